@@ -1,0 +1,72 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CLinux
+
+/// A region of memory that several processes map: a memfd, and this process's mapping of it.
+///
+/// pvhost creates guest memory this way and passes the fd (SCM_RIGHTS or inheritance); each
+/// side maps it with ``init(mapping:byteCount:)``. The mapping is removed and the fd closed
+/// when the value is dropped. Pointers obtained from it must not outlive it.
+public final class SharedMemoryRegion: @unchecked Sendable {
+    /// The memfd. Owned: closed on deinit.
+    public let fileDescriptor: Int32
+    /// Bytes mapped.
+    public let byteCount: Int
+    /// The mapping, page-aligned.
+    public let baseAddress: UnsafeMutableRawPointer
+
+    /// Creates a zero-filled memfd of `byteCount` bytes and maps it shared.
+    ///
+    /// - Parameters:
+    ///   - name: shown in `/proc/<pid>/fd` and `/proc/<pid>/maps`.
+    ///   - inheritable: leave the fd open across `exec` (for a child process to map it).
+    public init(creating name: String, byteCount: Int, inheritable: Bool = false) throws(SystemError) {
+        precondition(byteCount > 0, "a shared region needs at least one byte")
+        let flags: UInt32 = inheritable ? 0 : UInt32(MFD_CLOEXEC)
+        let fd = Int32(try retryingSyscall("memfd_create", context: name) { Int(memfd_create(name, flags)) })
+        do throws(SystemError) {
+            _ = try retryingSyscall("ftruncate", context: name) { Int(ftruncate(fd, off_t(byteCount))) }
+            baseAddress = try Self.map(fd: fd, byteCount: byteCount)
+        } catch {
+            close(fd)
+            throw error
+        }
+        fileDescriptor = fd
+        self.byteCount = byteCount
+    }
+
+    /// Maps an existing memfd (or any shared file) that this process now owns.
+    ///
+    /// - Parameter fileDescriptor: taken over; closed when the region is dropped.
+    public init(mapping fileDescriptor: Int32, byteCount: Int) throws(SystemError) {
+        var status = stat()
+        _ = try retryingSyscall("fstat") { Int(fstat(fileDescriptor, &status)) }
+        guard Int(status.st_size) >= byteCount else {
+            throw SystemError("mmap", errno: EINVAL, context: "fd \(fileDescriptor) holds \(status.st_size) bytes, \(byteCount) wanted")
+        }
+        baseAddress = try Self.map(fd: fileDescriptor, byteCount: byteCount)
+        self.fileDescriptor = fileDescriptor
+        self.byteCount = byteCount
+    }
+
+    private static func map(fd: Int32, byteCount: Int) throws(SystemError) -> UnsafeMutableRawPointer {
+        let address = mmap(nil, byteCount, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        guard let address, address != MAP_FAILED else { throw SystemError("mmap", errno: errno, context: "\(byteCount) bytes") }
+        return address
+    }
+
+    /// The whole mapping.
+    public var bytes: UnsafeMutableRawBufferPointer { UnsafeMutableRawBufferPointer(start: baseAddress, count: byteCount) }
+
+    /// Bytes `[offset, offset + count)` of the mapping.
+    public func slice(offset: Int, count: Int) -> UnsafeMutableRawBufferPointer {
+        precondition(offset >= 0 && count >= 0 && offset + count <= byteCount, "slice outside the region")
+        return UnsafeMutableRawBufferPointer(start: baseAddress + offset, count: count)
+    }
+
+    deinit {
+        munmap(baseAddress, byteCount)
+        close(fileDescriptor)
+    }
+}

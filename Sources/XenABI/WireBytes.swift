@@ -1,0 +1,18 @@
+/// Little-endian field access on raw wire buffers.
+///
+/// Every Xen ABI used here is little-endian (x86 and Arm). Fields are read and written at
+/// explicit byte offsets, never by binding a Swift struct to the memory: Swift's layout is not
+/// C's, and the offsets are checked against the C headers by the ABI tests.
+extension UnsafeRawBufferPointer {
+    @inline(__always)
+    func le<T: FixedWidthInteger>(_: T.Type, at offset: Int) -> T {
+        T(littleEndian: loadUnaligned(fromByteOffset: offset, as: T.self))
+    }
+}
+
+extension UnsafeMutableRawBufferPointer {
+    @inline(__always)
+    func storeLE<T: FixedWidthInteger>(_ value: T, at offset: Int) {
+        storeBytes(of: value.littleEndian, toByteOffset: offset, as: T.self)
+    }
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the Debian packages PVKit builds and tests with, when they are missing.
+# Usage: scripts/install-deps.sh [build|test]
+set -euo pipefail
+
+packages=(pkg-config gcc libxen-dev libelf-dev libkmod-dev zlib1g-dev liblzma-dev libzstd-dev liblz4-dev
+          liblzo2-dev libbz2-dev)
+if [ "${1:-build}" = test ]; then
+    packages+=(xz-utils zstd lz4 bzip2 lzop)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "PVKit needs these Debian packages: ${missing[*]}" >&2
+    echo "Run as root, or: sudo apt-get install ${missing[*]}" >&2
+    exit 1
+fi
+echo "Installing: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${missing[@]}"
