@@ -106,6 +106,7 @@ public struct BlkifSegment: Sendable, Equatable {
     /// Last 512-byte sector used in the page (inclusive, firstSector...7).
     public var lastSector: UInt8
 
+    @inlinable
     public init(gref: GrantRef, firstSector: UInt8, lastSector: UInt8) {
         self.gref = gref
         self.firstSector = firstSector
@@ -123,6 +124,7 @@ public struct BlkifSegment: Sendable, Equatable {
     public var byteCount: Int { (Int(lastSector) - Int(firstSector) + 1) * Blkif.sectorSize }
 
     /// Reads a segment at `offset`, rejecting a sector range outside the page.
+    @inlinable
     static func decode(_ buffer: UnsafeRawBufferPointer, at offset: Int, index: Int) throws(XenABIError) -> BlkifSegment {
         let first = buffer[offset + firstSectorOffset]
         let last = buffer[offset + lastSectorOffset]
@@ -130,11 +132,11 @@ public struct BlkifSegment: Sendable, Equatable {
         return BlkifSegment(gref: GrantRef(buffer.le(UInt32.self, at: offset + grefOffset)), firstSector: first, lastSector: last)
     }
 
+    @inlinable
     func encode(_ buffer: UnsafeMutableRawBufferPointer, at offset: Int) {
-        buffer.storeLE(gref.rawValue, at: offset + Self.grefOffset)
-        buffer[offset + Self.firstSectorOffset] = firstSector
-        buffer[offset + Self.lastSectorOffset] = lastSector
-        buffer.storeLE(UInt16(0), at: offset + 6)
+        // gref, then first_sect, last_sect and the padding as one little-endian word.
+        let sectors = UInt32(firstSector) | UInt32(lastSector) << 8
+        buffer.storeLE(UInt64(gref.rawValue) | UInt64(sectors) << 32, at: offset + Self.grefOffset)
     }
 
     /// Decodes the packed segment array of an indirect page.
@@ -165,16 +167,18 @@ public struct BlkifSegment: Sendable, Equatable {
 
 /// Up to eleven segments stored inline (no allocation on the data path).
 public struct BlkifSegmentList: RandomAccessCollection, Sendable, Equatable, ExpressibleByArrayLiteral {
-    private var storage = InlineArray<11, BlkifSegment>(repeating: BlkifSegment(gref: GrantRef(0), firstSector: 0, lastSector: 0))
-    public private(set) var count = 0
+    @usableFromInline var storage = InlineArray<11, BlkifSegment>(repeating: BlkifSegment(gref: GrantRef(0), firstSector: 0, lastSector: 0))
+    @usableFromInline var _count = 0
+    /// Segments held.
+    @inlinable public var count: Int { _count }
 
-    public init() {}
+    @inlinable public init() {}
     public init(arrayLiteral elements: BlkifSegment...) { for element in elements { append(element) } }
     public init(_ elements: some Sequence<BlkifSegment>) { for element in elements { append(element) } }
 
-    public var startIndex: Int { 0 }
-    public var endIndex: Int { count }
-    public subscript(position: Int) -> BlkifSegment {
+    @inlinable public var startIndex: Int { 0 }
+    @inlinable public var endIndex: Int { count }
+    @inlinable public subscript(position: Int) -> BlkifSegment {
         get {
             precondition(position >= 0 && position < count, "segment index out of range")
             return storage[position]
@@ -186,10 +190,10 @@ public struct BlkifSegmentList: RandomAccessCollection, Sendable, Equatable, Exp
     }
 
     /// Adds a segment. Traps past eleven: that is a programming error of the caller.
-    public mutating func append(_ segment: BlkifSegment) {
+    @inlinable public mutating func append(_ segment: BlkifSegment) {
         precondition(count < Blkif.maxSegmentsPerRequest, "a blkif request holds at most 11 segments")
-        storage[count] = segment
-        count += 1
+        storage[_count] = segment
+        _count += 1
     }
 
     public static func == (a: BlkifSegmentList, b: BlkifSegmentList) -> Bool { a.elementsEqual(b) }
@@ -208,7 +212,8 @@ public struct BlkifIORequest: Sendable, Equatable {
     /// The data pages.
     public var segments: BlkifSegmentList
 
-    public init(operation: BlkifOperation, handle: UInt16, id: UInt64, sector: UInt64, segments: BlkifSegmentList = []) {
+    @inlinable
+    public init(operation: BlkifOperation, handle: UInt16, id: UInt64, sector: UInt64, segments: BlkifSegmentList = BlkifSegmentList()) {
         precondition(operation != .discard && operation != .indirect, "use BlkifDiscardRequest or BlkifIndirectRequest")
         self.operation = operation
         self.handle = handle
@@ -229,6 +234,7 @@ public struct BlkifDiscardRequest: Sendable, Equatable {
     /// Length in 512-byte sectors.
     public var sectorCount: UInt64
 
+    @inlinable
     public init(secure: Bool = false, handle: UInt16, id: UInt64, sector: UInt64, sectorCount: UInt64) {
         self.secure = secure
         self.handle = handle
@@ -239,6 +245,8 @@ public struct BlkifDiscardRequest: Sendable, Equatable {
 }
 
 /// A request whose segments live in granted indirect pages. C: `struct blkif_request_indirect`.
+///
+/// A trivial value (no references), so requests copy as plain bytes on the data path.
 public struct BlkifIndirectRequest: Sendable, Equatable {
     /// `.read` or `.write`. C: `indirect_op`.
     public var operation: BlkifOperation
@@ -248,21 +256,43 @@ public struct BlkifIndirectRequest: Sendable, Equatable {
     public var handle: UInt16
     public var id: UInt64
     public var sector: UInt64
-    /// Grants of the indirect pages, `ceil(segmentCount / 512)` of them.
-    public var indirectGrants: [GrantRef]
+    @usableFromInline var grants = InlineArray<8, GrantRef>(repeating: GrantRef(0))
 
-    public init(operation: BlkifOperation, segmentCount: UInt16, handle: UInt16, id: UInt64, sector: UInt64, indirectGrants: [GrantRef]) {
+    /// - Parameter indirectGrants: grants of the indirect pages, `ceil(segmentCount / 512)` of them.
+    @inlinable
+    public init(operation: BlkifOperation, segmentCount: UInt16, handle: UInt16, id: UInt64, sector: UInt64,
+                indirectGrants: some Collection<GrantRef>) {
+        precondition(indirectGrants.count == Self.pagesNeeded(segments: Int(segmentCount)),
+                     "an indirect request needs ceil(segments / 512) indirect pages")
         self.operation = operation
         self.segmentCount = segmentCount
         self.handle = handle
         self.id = id
         self.sector = sector
-        self.indirectGrants = indirectGrants
+        for (index, gref) in indirectGrants.enumerated() { grants[index] = gref }
+    }
+
+    /// Grants of the indirect pages, in order.
+    public var indirectGrants: [GrantRef] { (0..<pageCount).map { grants[$0] } }
+
+    /// Indirect pages this request uses.
+    @inlinable public var pageCount: Int { Self.pagesNeeded(segments: Int(segmentCount)) }
+
+    /// The grant of indirect page `index`.
+    @inlinable public func indirectGrant(_ index: Int) -> GrantRef {
+        precondition(index >= 0 && index < pageCount, "indirect page index out of range")
+        return grants[index]
     }
 
     /// Indirect pages needed for `segments` segments.
+    @inlinable
     public static func pagesNeeded(segments: Int) -> Int {
         (segments + Blkif.segmentsPerIndirectPage - 1) / Blkif.segmentsPerIndirectPage
+    }
+
+    public static func == (a: Self, b: Self) -> Bool {
+        a.operation == b.operation && a.segmentCount == b.segmentCount && a.handle == b.handle && a.id == b.id
+            && a.sector == b.sector && a.indirectGrants == b.indirectGrants
     }
 }
 
@@ -294,7 +324,7 @@ public enum BlkifRequest: Sendable, Equatable {
 /// A blkif response status. C: `BLKIF_RSP_*` (`int16_t`).
 public struct BlkifStatus: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
     public var rawValue: Int16
-    public init(rawValue: Int16) { self.rawValue = rawValue }
+    @inlinable public init(rawValue: Int16) { self.rawValue = rawValue }
     /// C: `BLKIF_RSP_OKAY`.
     public static let okay = BlkifStatus(rawValue: 0)
     /// C: `BLKIF_RSP_ERROR`.
@@ -323,18 +353,20 @@ public struct BlkifResponse: Sendable, Equatable {
     public var operationCode: UInt8
     public var status: BlkifStatus
 
+    @inlinable
     public init(id: UInt64, operationCode: UInt8, status: BlkifStatus) {
         self.id = id
         self.operationCode = operationCode
         self.status = status
     }
 
+    @inlinable
     public init(id: UInt64, operation: BlkifOperation, status: BlkifStatus) {
         self.init(id: id, operationCode: operation.rawValue, status: status)
     }
 
     /// The operation, when the code names one.
-    public var operation: BlkifOperation? { BlkifOperation(rawValue: operationCode) }
+    @inlinable public var operation: BlkifOperation? { BlkifOperation(rawValue: operationCode) }
 }
 
 /// The blkif ring in one ABI.
@@ -352,6 +384,7 @@ public struct BlkifRing: RingProtocol {
 
     public var slotSize: Int { layout.slotSize }
 
+    @inlinable
     public func encodeRequest(_ request: BlkifRequest, into slot: UnsafeMutableRawBufferPointer) {
         let l = layout
         switch request {
@@ -372,19 +405,19 @@ public struct BlkifRing: RingProtocol {
             slot.storeLE(r.sector, at: l.discardSector)
             slot.storeLE(r.sectorCount, at: l.discardSectorCount)
         case let .indirect(r):
-            precondition(r.indirectGrants.count <= Blkif.maxIndirectPagesPerRequest, "at most 8 indirect pages")
             slot[l.requestOperation] = BlkifOperation.indirect.rawValue
             slot[l.indirectOperation] = r.operation.rawValue
             slot.storeLE(r.segmentCount, at: l.indirectSegmentCount)
             slot.storeLE(r.id, at: l.indirectID)
             slot.storeLE(r.sector, at: l.indirectSector)
             slot.storeLE(r.handle, at: l.indirectHandle)
-            for (index, gref) in r.indirectGrants.enumerated() {
-                slot.storeLE(gref.rawValue, at: l.indirectGrants + 4 * index)
+            for index in 0..<r.pageCount {
+                slot.storeLE(r.indirectGrant(index).rawValue, at: l.indirectGrants + 4 * index)
             }
         }
     }
 
+    @inlinable
     public func decodeRequest(_ slot: UnsafeRawBufferPointer) throws(XenABIError) -> BlkifRequest {
         let l = layout
         try requireBytes(slot, l.requestSize, "blkif_request")
@@ -410,15 +443,12 @@ public struct BlkifRing: RingProtocol {
                 throw .countOutOfRange(field: "blkif indirect nr_segments", value: Int(count), limit: Blkif.maxIndirectSegments)
             }
             let pages = BlkifIndirectRequest.pagesNeeded(segments: Int(count))
-            var grants: [GrantRef] = []
-            grants.reserveCapacity(pages)
-            for index in 0..<pages { grants.append(GrantRef(slot.le(UInt32.self, at: l.indirectGrants + 4 * index))) }
             return .indirect(BlkifIndirectRequest(
                 operation: inner, segmentCount: count,
                 handle: slot.le(UInt16.self, at: l.indirectHandle),
                 id: slot.le(UInt64.self, at: l.indirectID),
                 sector: slot.le(UInt64.self, at: l.indirectSector),
-                indirectGrants: grants))
+                indirectGrants: (0..<pages).lazy.map { GrantRef(slot.le(UInt32.self, at: l.indirectGrants + 4 * $0)) }))
         default:
             let count = Int(slot[l.requestSegmentCount])
             guard count <= Blkif.maxSegmentsPerRequest else {
@@ -437,6 +467,7 @@ public struct BlkifRing: RingProtocol {
         }
     }
 
+    @inlinable
     public func encodeResponse(_ response: BlkifResponse, into slot: UnsafeMutableRawBufferPointer) {
         let l = layout
         slot.storeLE(response.id, at: l.responseID)
@@ -445,6 +476,7 @@ public struct BlkifRing: RingProtocol {
         slot.storeLE(response.status.rawValue, at: l.responseStatus)
     }
 
+    @inlinable
     public func decodeResponse(_ slot: UnsafeRawBufferPointer) throws(XenABIError) -> BlkifResponse {
         let l = layout
         try requireBytes(slot, l.responseSize, "blkif_response")

@@ -1,8 +1,8 @@
 /// A Xen domain id, C `domid_t` (`uint16_t`).
 public struct DomainID: RawRepresentable, Hashable, Comparable, Sendable, CustomStringConvertible {
     public var rawValue: UInt16
-    public init(rawValue: UInt16) { self.rawValue = rawValue }
-    public init(_ value: UInt16) { self.rawValue = value }
+    @inlinable public init(rawValue: UInt16) { self.rawValue = rawValue }
+    @inlinable public init(_ value: UInt16) { self.rawValue = value }
 
     /// The control domain. C: domain 0.
     public static let dom0 = DomainID(0)
@@ -31,8 +31,8 @@ public struct DomainID: RawRepresentable, Hashable, Comparable, Sendable, Custom
 /// An index into a domain's grant table, C `grant_ref_t` (`uint32_t`).
 public struct GrantRef: RawRepresentable, Hashable, Comparable, Sendable, CustomStringConvertible {
     public var rawValue: UInt32
-    public init(rawValue: UInt32) { self.rawValue = rawValue }
-    public init(_ value: UInt32) { self.rawValue = value }
+    @inlinable public init(rawValue: UInt32) { self.rawValue = rawValue }
+    @inlinable public init(_ value: UInt32) { self.rawValue = value }
     public static func < (a: GrantRef, b: GrantRef) -> Bool { a.rawValue < b.rawValue }
     public var description: String { String(rawValue) }
 }
@@ -40,8 +40,8 @@ public struct GrantRef: RawRepresentable, Hashable, Comparable, Sendable, Custom
 /// An event-channel port, C `evtchn_port_t` (`uint32_t`).
 public struct EventChannelPort: RawRepresentable, Hashable, Comparable, Sendable, CustomStringConvertible {
     public var rawValue: UInt32
-    public init(rawValue: UInt32) { self.rawValue = rawValue }
-    public init(_ value: UInt32) { self.rawValue = value }
+    @inlinable public init(rawValue: UInt32) { self.rawValue = rawValue }
+    @inlinable public init(_ value: UInt32) { self.rawValue = value }
     public static func < (a: EventChannelPort, b: EventChannelPort) -> Bool { a.rawValue < b.rawValue }
     public var description: String { String(rawValue) }
 }

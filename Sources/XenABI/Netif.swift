@@ -20,7 +20,7 @@ public enum Netif {
 /// Flags of a tx request. C: `NETTXF_*`.
 public struct NetTxFlags: OptionSet, Sendable, Hashable {
     public var rawValue: UInt16
-    public init(rawValue: UInt16) { self.rawValue = rawValue }
+    @inlinable public init(rawValue: UInt16) { self.rawValue = rawValue }
     /// C: `NETTXF_csum_blank`: the L4 checksum is not filled in.
     public static let checksumBlank = NetTxFlags(rawValue: 1 << 0)
     /// C: `NETTXF_data_validated`.
@@ -34,7 +34,7 @@ public struct NetTxFlags: OptionSet, Sendable, Hashable {
 /// Flags of an rx response. C: `NETRXF_*` (note the swapped csum bits against tx).
 public struct NetRxFlags: OptionSet, Sendable, Hashable {
     public var rawValue: UInt16
-    public init(rawValue: UInt16) { self.rawValue = rawValue }
+    @inlinable public init(rawValue: UInt16) { self.rawValue = rawValue }
     /// C: `NETRXF_data_validated`.
     public static let dataValidated = NetRxFlags(rawValue: 1 << 0)
     /// C: `NETRXF_csum_blank`.
@@ -57,6 +57,7 @@ public struct NetifTxRequest: Sendable, Equatable {
     /// First slot: the whole packet's length; later slots: this fragment's.
     public var size: UInt16
 
+    @inlinable
     public init(gref: GrantRef, offset: UInt16, flags: NetTxFlags, id: UInt16, size: UInt16) {
         self.gref = gref
         self.offset = offset
@@ -75,6 +76,7 @@ public struct NetifTxResponse: Sendable, Equatable {
     public var id: UInt16
     /// `NETIF_RSP_*`.
     public var status: Int16
+    @inlinable
     public init(id: UInt16, status: Int16) {
         self.id = id
         self.status = status
@@ -87,6 +89,7 @@ public struct NetifTxResponse: Sendable, Equatable {
 public struct NetifRxRequest: Sendable, Equatable {
     public var id: UInt16
     public var gref: GrantRef
+    @inlinable
     public init(id: UInt16, gref: GrantRef) {
         self.id = id
         self.gref = gref
@@ -103,6 +106,7 @@ public struct NetifRxResponse: Sendable, Equatable {
     public var flags: NetRxFlags
     /// Bytes in this slot when positive; a `NETIF_RSP_*` error when negative.
     public var status: Int16
+    @inlinable
     public init(id: UInt16, offset: UInt16, flags: NetRxFlags, status: Int16) {
         self.id = id
         self.offset = offset
@@ -136,6 +140,7 @@ public struct NetifExtraInfo: Sendable, Equatable {
     /// C: `XEN_NETIF_EXTRA_FLAG_MORE`: another extra follows.
     public var more: Bool
 
+    @inlinable
     public init(_ payload: Payload, more: Bool = false) {
         self.payload = payload
         self.more = more
@@ -218,10 +223,12 @@ public enum NetifRxSlot: Sendable, Equatable {
 public struct NetifTxRing: RingProtocol {
     public typealias Request = NetifTxSlot
     public typealias Response = NetifTxResponse
+    @inlinable
     public init() {}
     /// C: `sizeof(union netif_tx_sring_entry)`.
     public var slotSize: Int { NetifTxRequest.wireSize }
 
+    @inlinable
     public func encodeRequest(_ request: NetifTxSlot, into slot: UnsafeMutableRawBufferPointer) {
         switch request {
         case let .request(r):
@@ -237,6 +244,7 @@ public struct NetifTxRing: RingProtocol {
 
     /// Decodes a data request. Whether a slot is an extra-info segment depends on the slot
     /// before it, so the caller re-decodes those with ``NetifExtraInfo/decode(_:)``.
+    @inlinable
     public func decodeRequest(_ slot: UnsafeRawBufferPointer) throws(XenABIError) -> NetifTxSlot {
         try requireBytes(slot, NetifTxRequest.wireSize, "netif_tx_request")
         return .request(NetifTxRequest(
@@ -247,11 +255,13 @@ public struct NetifTxRing: RingProtocol {
             size: slot.le(UInt16.self, at: NetifTxRequest.sizeOffset)))
     }
 
+    @inlinable
     public func encodeResponse(_ response: NetifTxResponse, into slot: UnsafeMutableRawBufferPointer) {
         slot.storeLE(response.id, at: NetifTxResponse.idOffset)
         slot.storeLE(response.status, at: NetifTxResponse.statusOffset)
     }
 
+    @inlinable
     public func decodeResponse(_ slot: UnsafeRawBufferPointer) throws(XenABIError) -> NetifTxResponse {
         try requireBytes(slot, NetifTxResponse.wireSize, "netif_tx_response")
         return NetifTxResponse(id: slot.le(UInt16.self, at: NetifTxResponse.idOffset),
@@ -264,22 +274,26 @@ public struct NetifTxRing: RingProtocol {
 public struct NetifRxRing: RingProtocol {
     public typealias Request = NetifRxRequest
     public typealias Response = NetifRxSlot
+    @inlinable
     public init() {}
     /// C: `sizeof(union netif_rx_sring_entry)`.
     public var slotSize: Int { NetifRxRequest.wireSize }
 
+    @inlinable
     public func encodeRequest(_ request: NetifRxRequest, into slot: UnsafeMutableRawBufferPointer) {
         slot.storeLE(request.id, at: NetifRxRequest.idOffset)
         slot.storeLE(UInt16(0), at: 2)
         slot.storeLE(request.gref.rawValue, at: NetifRxRequest.grefOffset)
     }
 
+    @inlinable
     public func decodeRequest(_ slot: UnsafeRawBufferPointer) throws(XenABIError) -> NetifRxRequest {
         try requireBytes(slot, NetifRxRequest.wireSize, "netif_rx_request")
         return NetifRxRequest(id: slot.le(UInt16.self, at: NetifRxRequest.idOffset),
                               gref: GrantRef(slot.le(UInt32.self, at: NetifRxRequest.grefOffset)))
     }
 
+    @inlinable
     public func encodeResponse(_ response: NetifRxSlot, into slot: UnsafeMutableRawBufferPointer) {
         switch response {
         case let .response(r):
@@ -292,6 +306,7 @@ public struct NetifRxRing: RingProtocol {
         }
     }
 
+    @inlinable
     public func decodeResponse(_ slot: UnsafeRawBufferPointer) throws(XenABIError) -> NetifRxSlot {
         try requireBytes(slot, NetifRxResponse.wireSize, "netif_rx_response")
         return .response(NetifRxResponse(

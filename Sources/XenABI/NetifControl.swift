@@ -85,6 +85,7 @@ public struct NetifControlRing: RingProtocol {
     /// C: `sizeof(union xen_netif_ctrl_sring_entry)`.
     public var slotSize: Int { NetifControlRequest.wireSize }
 
+    @inlinable
     public func encodeRequest(_ r: NetifControlRequest, into slot: UnsafeMutableRawBufferPointer) {
         slot.storeLE(r.id, at: NetifControlRequest.idOffset)
         slot.storeLE(r.type, at: NetifControlRequest.typeOffset)
@@ -93,6 +94,7 @@ public struct NetifControlRing: RingProtocol {
         slot.storeLE(r.data.2, at: NetifControlRequest.dataOffset + 8)
     }
 
+    @inlinable
     public func decodeRequest(_ slot: UnsafeRawBufferPointer) throws(XenABIError) -> NetifControlRequest {
         try requireBytes(slot, NetifControlRequest.wireSize, "xen_netif_ctrl_request")
         return NetifControlRequest(
@@ -103,6 +105,7 @@ public struct NetifControlRing: RingProtocol {
                    slot.le(UInt32.self, at: NetifControlRequest.dataOffset + 8)))
     }
 
+    @inlinable
     public func encodeResponse(_ r: NetifControlResponse, into slot: UnsafeMutableRawBufferPointer) {
         slot.storeLE(r.id, at: NetifControlResponse.idOffset)
         slot.storeLE(r.type, at: NetifControlResponse.typeOffset)
@@ -110,6 +113,7 @@ public struct NetifControlRing: RingProtocol {
         slot.storeLE(r.data, at: NetifControlResponse.dataOffset)
     }
 
+    @inlinable
     public func decodeResponse(_ slot: UnsafeRawBufferPointer) throws(XenABIError) -> NetifControlResponse {
         try requireBytes(slot, NetifControlResponse.wireSize, "xen_netif_ctrl_response")
         return NetifControlResponse(

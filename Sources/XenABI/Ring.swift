@@ -72,7 +72,7 @@ public struct RingGeometry: Sendable, Equatable, CustomStringConvertible {
     }
 
     /// Byte offset of the slot that index `index` addresses.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func slotOffset(_ index: RingIndex) -> Int {
         SharedRingHeader.size &+ Int(index & (entryCount &- 1)) &* slotSize
     }
@@ -84,20 +84,20 @@ public struct RingGeometry: Sendable, Equatable, CustomStringConvertible {
 public enum RingArithmetic {
     /// `RING_PUSH_*_AND_CHECK_NOTIFY`'s decision: notify iff the consumer's event index lies in
     /// `(old, new]`, the indexes this push just published.
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func needsNotify(old: RingIndex, new: RingIndex, event: RingIndex) -> Bool {
         (new &- event) < (new &- old)
     }
 
     /// `RING_FREE_REQUESTS`: slots the front end may still fill.
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func freeRequests(requestProducer: RingIndex, responseConsumer: RingIndex, size: UInt32) -> UInt32 {
         size &- (requestProducer &- responseConsumer)
     }
 
     /// `RING_HAS_UNCONSUMED_REQUESTS`: requests the back end may consume, bounded by the free
     /// response space so that a lying front end cannot push it past its own responses.
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func unconsumedRequests(
         sharedProducer: RingIndex, requestConsumer: RingIndex, responseProducer: RingIndex, size: UInt32
     ) -> UInt32 {
@@ -108,21 +108,21 @@ public enum RingArithmetic {
 
     /// `RING_REQUEST_PROD_OVERFLOW`: true when a front end's `req_prod` is more than a ring's
     /// worth ahead of the responses, which no honest front end can publish.
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func requestProducerOverflows(_ producer: RingIndex, responseProducer: RingIndex, size: UInt32) -> Bool {
         (producer &- responseProducer) > size
     }
 
     /// `RING_RESPONSE_PROD_OVERFLOW`: true when a back end's `rsp_prod` is more than a ring's
     /// worth ahead of the consumed responses.
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func responseProducerOverflows(_ producer: RingIndex, responseConsumer: RingIndex, size: UInt32) -> Bool {
         (producer &- responseConsumer) > size
     }
 
     /// `RING_REQUEST_CONS_OVERFLOW`: true when consuming index `consumer` would overwrite
     /// responses not yet published.
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func requestConsumerOverflows(_ consumer: RingIndex, responseProducer: RingIndex, size: UInt32) -> Bool {
         (consumer &- responseProducer) >= size
     }

@@ -4,14 +4,14 @@
 /// explicit byte offsets, never by binding a Swift struct to the memory: Swift's layout is not
 /// C's, and the offsets are checked against the C headers by the ABI tests.
 extension UnsafeRawBufferPointer {
-    @inline(__always)
+    @inlinable @inline(__always)
     func le<T: FixedWidthInteger>(_: T.Type, at offset: Int) -> T {
         T(littleEndian: loadUnaligned(fromByteOffset: offset, as: T.self))
     }
 }
 
 extension UnsafeMutableRawBufferPointer {
-    @inline(__always)
+    @inlinable @inline(__always)
     func storeLE<T: FixedWidthInteger>(_ value: T, at offset: Int) {
         storeBytes(of: value.littleEndian, toByteOffset: offset, as: T.self)
     }

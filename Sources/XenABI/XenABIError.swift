@@ -31,7 +31,7 @@ public enum XenABIError: Error, Equatable, Sendable, CustomStringConvertible {
     }
 }
 
-@inline(__always)
+@inlinable @inline(__always)
 func requireBytes(_ buffer: UnsafeRawBufferPointer, _ needed: Int, _ structure: String) throws(XenABIError) {
     guard buffer.count >= needed else {
         throw .truncated(structure: structure, needed: needed, available: buffer.count)

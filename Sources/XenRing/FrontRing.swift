@@ -15,16 +15,19 @@ public struct FrontRing<P: RingProtocol>: ~Copyable, @unchecked Sendable {
     public let ringProtocol: P
     /// Slot size and count.
     public let geometry: RingGeometry
-    private let base: UnsafeMutableRawPointer
-    private let header: SharedRingHeaderAccess
+    @usableFromInline let base: UnsafeMutableRawPointer
+    @usableFromInline let header: SharedRingHeaderAccess
     /// C `req_prod_pvt`: the next slot to fill.
-    public private(set) var requestProducer: RingIndex
+    @usableFromInline var reqProdPvt: RingIndex
+    @inlinable public var requestProducer: RingIndex { reqProdPvt }
     /// C `rsp_cons`: the next response to consume.
-    public private(set) var responseConsumer: RingIndex
+    @usableFromInline var rspCons: RingIndex
+    @inlinable public var responseConsumer: RingIndex { rspCons }
     /// The value last stored to the shared `req_prod`.
-    public private(set) var publishedRequests: RingIndex
+    @usableFromInline var publishedReqProd: RingIndex
+    @inlinable public var publishedRequests: RingIndex { publishedReqProd }
     /// The shared `rsp_prod` as last read (re-read only when it looks exhausted).
-    private var knownResponseProducer: RingIndex
+    @usableFromInline var knownResponseProducer: RingIndex
 
     /// Initialises the shared header and attaches (ring.h `SHARED_RING_INIT` + `FRONT_RING_INIT`).
     ///
@@ -51,8 +54,8 @@ public struct FrontRing<P: RingProtocol>: ~Copyable, @unchecked Sendable {
             throw .requestProducerAhead(producer: published, responseProducer: responseConsumer, size: geometry.entryCount)
         }
         self.init(base: base, geometry: geometry, ringProtocol: ringProtocol, index: responseConsumer)
-        requestProducer = published
-        publishedRequests = published
+        reqProdPvt = published
+        publishedReqProd = published
     }
 
     private init(base: UnsafeMutableRawPointer, geometry: RingGeometry, ringProtocol: P, index: RingIndex) {
@@ -60,51 +63,51 @@ public struct FrontRing<P: RingProtocol>: ~Copyable, @unchecked Sendable {
         self.geometry = geometry
         self.ringProtocol = ringProtocol
         self.header = SharedRingHeaderAccess(base: base)
-        requestProducer = index
-        responseConsumer = index
-        publishedRequests = index
+        reqProdPvt = index
+        rspCons = index
+        publishedReqProd = index
         knownResponseProducer = index
     }
 
     /// C `RING_FREE_REQUESTS`: how many requests may still be enqueued.
-    public var freeRequests: UInt32 {
-        RingArithmetic.freeRequests(requestProducer: requestProducer, responseConsumer: responseConsumer, size: geometry.entryCount)
+    @inlinable public var freeRequests: UInt32 {
+        RingArithmetic.freeRequests(requestProducer: reqProdPvt, responseConsumer: rspCons, size: geometry.entryCount)
     }
 
     /// C `RING_FULL`.
-    public var isFull: Bool { freeRequests == 0 }
+    @inlinable public var isFull: Bool { freeRequests == 0 }
 
     /// Writes a request into the next free slot (`RING_GET_REQUEST(req_prod_pvt++)`); it is
     /// not visible to the back end until a push.
     ///
     /// - Returns: false, writing nothing, when the ring is full.
-    @discardableResult
+    @inlinable @discardableResult
     public mutating func enqueueRequest(_ request: P.Request) -> Bool {
         guard !isFull else { return false }
-        let slot = UnsafeMutableRawBufferPointer(start: base + geometry.slotOffset(requestProducer), count: geometry.slotSize)
+        let slot = UnsafeMutableRawBufferPointer(start: base + geometry.slotOffset(reqProdPvt), count: geometry.slotSize)
         ringProtocol.encodeRequest(request, into: slot)
-        requestProducer &+= 1
+        reqProdPvt &+= 1
         return true
     }
 
     /// C `RING_PUSH_REQUESTS`: publishes the enqueued requests without the notify test
     /// (for callers that always notify).
-    public mutating func pushRequests() {
+    @inlinable public mutating func pushRequests() {
         // Write barrier: slots are visible before the index that covers them.
-        header.requestProducer.store(requestProducer, ordering: .releasing)
-        publishedRequests = requestProducer
+        header.requestProducer.store(reqProdPvt, ordering: .releasing)
+        publishedReqProd = reqProdPvt
     }
 
     /// C `RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`: publishes the enqueued requests.
     ///
     /// - Returns: true when the back end asked to be woken for one of them (`req_event` in
     ///   `(old, new]`): the caller must notify its event channel.
-    public mutating func pushRequestsAndCheckNotify() -> Bool {
-        let old = publishedRequests
-        let new = requestProducer
+    @inlinable public mutating func pushRequestsAndCheckNotify() -> Bool {
+        let old = publishedReqProd
+        let new = reqProdPvt
         // Write barrier: slots are visible before the index that covers them.
         header.requestProducer.store(new, ordering: .releasing)
-        publishedRequests = new
+        publishedReqProd = new
         // Full barrier: the req_prod store is globally visible before req_event is read,
         // pairing with the back end's fence between its req_event store and req_prod re-read.
         atomicMemoryFence(ordering: .sequentiallyConsistent)
@@ -116,17 +119,17 @@ public struct FrontRing<P: RingProtocol>: ~Copyable, @unchecked Sendable {
     ///
     /// - Throws: ``RingError/responseProducerAhead(producer:consumer:requestsPublished:)`` when
     ///   the back end claims more responses than requests were published.
-    public mutating func unconsumedResponses() throws(RingError) -> UInt32 {
-        if knownResponseProducer != responseConsumer { return knownResponseProducer &- responseConsumer }
+    @inlinable public mutating func unconsumedResponses() throws(RingError) -> UInt32 {
+        if knownResponseProducer != rspCons { return knownResponseProducer &- rspCons }
         try refreshResponseProducer()
-        return knownResponseProducer &- responseConsumer
+        return knownResponseProducer &- rspCons
     }
 
-    private mutating func refreshResponseProducer() throws(RingError) {
+    @inlinable mutating func refreshResponseProducer() throws(RingError) {
         // Read barrier: slots are read only after the index that covers them.
         let producer = header.responseProducer.load(ordering: .acquiring)
-        guard producer &- responseConsumer <= publishedRequests &- responseConsumer else {
-            throw .responseProducerAhead(producer: producer, consumer: responseConsumer, requestsPublished: publishedRequests)
+        guard producer &- rspCons <= publishedReqProd &- rspCons else {
+            throw .responseProducerAhead(producer: producer, consumer: rspCons, requestsPublished: publishedReqProd)
         }
         knownResponseProducer = producer
     }
@@ -136,20 +139,20 @@ public struct FrontRing<P: RingProtocol>: ~Copyable, @unchecked Sendable {
     /// - Returns: nil when no response is waiting.
     /// - Throws: ``RingError`` when the back end's index or the slot is bad; a malformed slot is
     ///   consumed all the same.
-    public mutating func nextResponse() throws(RingError) -> P.Response? {
+    @inlinable public mutating func nextResponse() throws(RingError) -> P.Response? {
         let ringProtocol = self.ringProtocol
         return try nextResponse { (slot) throws(XenABIError) in try ringProtocol.decodeResponse(slot) }
     }
 
     /// Consumes the next response with a decoder of the caller's (for slots whose meaning the
     /// previous slot decides, such as netif extra info).
-    public mutating func nextResponse<T>(decode: (UnsafeRawBufferPointer) throws(XenABIError) -> T) throws(RingError) -> T? {
-        if knownResponseProducer == responseConsumer {
+    @inlinable public mutating func nextResponse<T>(decode: (UnsafeRawBufferPointer) throws(XenABIError) -> T) throws(RingError) -> T? {
+        if knownResponseProducer == rspCons {
             try refreshResponseProducer()
-            if knownResponseProducer == responseConsumer { return nil }
+            if knownResponseProducer == rspCons { return nil }
         }
-        let index = responseConsumer
-        responseConsumer &+= 1
+        let index = rspCons
+        rspCons &+= 1
         return try copyOutSlot(base: base, geometry: geometry, index: index, decode)
     }
 
@@ -157,9 +160,9 @@ public struct FrontRing<P: RingProtocol>: ~Copyable, @unchecked Sendable {
     /// response and re-checks, closing the race with a back end that pushed meanwhile.
     ///
     /// - Returns: true when responses are waiting (do not sleep).
-    public mutating func finalCheckForResponses() throws(RingError) -> Bool {
+    @inlinable public mutating func finalCheckForResponses() throws(RingError) -> Bool {
         if try unconsumedResponses() > 0 { return true }
-        header.responseEvent.store(responseConsumer &+ 1, ordering: .relaxed)
+        header.responseEvent.store(rspCons &+ 1, ordering: .relaxed)
         // Full barrier: the rsp_event store is visible before rsp_prod is re-read,
         // pairing with the back end's fence between its rsp_prod store and rsp_event read.
         atomicMemoryFence(ordering: .sequentiallyConsistent)
@@ -168,8 +171,8 @@ public struct FrontRing<P: RingProtocol>: ~Copyable, @unchecked Sendable {
 
     /// Sets `rsp_event` so that the back end notifies only after `count` more responses
     /// (batching; `finalCheckForResponses` is the `count == 1` case).
-    public mutating func requestNotification(afterResponses count: UInt32) {
-        header.responseEvent.store(responseConsumer &+ max(count, 1), ordering: .relaxed)
+    @inlinable public mutating func requestNotification(afterResponses count: UInt32) {
+        header.responseEvent.store(rspCons &+ max(count, 1), ordering: .relaxed)
         atomicMemoryFence(ordering: .sequentiallyConsistent)
     }
 }

@@ -8,11 +8,12 @@ import XenABI
 /// our producer index are `.releasing` (the write barrier after filling slots); the full
 /// barriers ring.h places between a producer store and an event load (and between an event
 /// store and a producer re-load) are explicit sequentially consistent fences at the call sites.
+@usableFromInline
 struct SharedRingHeaderAccess {
-    let requestProducer: UnsafeAtomic<UInt32>
-    let requestEvent: UnsafeAtomic<UInt32>
-    let responseProducer: UnsafeAtomic<UInt32>
-    let responseEvent: UnsafeAtomic<UInt32>
+    @usableFromInline let requestProducer: UnsafeAtomic<UInt32>
+    @usableFromInline let requestEvent: UnsafeAtomic<UInt32>
+    @usableFromInline let responseProducer: UnsafeAtomic<UInt32>
+    @usableFromInline let responseEvent: UnsafeAtomic<UInt32>
 
     /// - Parameter base: the first byte of the ring's first page, 4-byte aligned.
     init(base: UnsafeMutableRawPointer) {
@@ -53,23 +54,19 @@ func ringGeometry(region: UnsafeMutableRawBufferPointer, slotSize: Int) throws(R
 
 /// Copies slot `index` out of shared memory once and decodes the private copy
 /// (ring.h `RING_COPY_REQUEST`: the peer may rewrite the slot while we read it).
-@inline(__always)
+@inlinable @inline(__always)
 func copyOutSlot<T>(
     base: UnsafeMutableRawPointer, geometry: RingGeometry, index: RingIndex,
     _ decode: (UnsafeRawBufferPointer) throws(XenABIError) -> T
 ) throws(RingError) -> T {
     let size = geometry.slotSize
     let source = UnsafeRawPointer(base + geometry.slotOffset(index))
-    let result: Result<T, XenABIError> = withUnsafeTemporaryAllocation(byteCount: size, alignment: 8) { copy in
+    return try withUnsafeTemporaryAllocation(byteCount: size, alignment: 8) { (copy) throws(RingError) -> T in
         copy.baseAddress!.copyMemory(from: source, byteCount: size)
         do throws(XenABIError) {
-            return .success(try decode(UnsafeRawBufferPointer(copy)))
+            return try decode(UnsafeRawBufferPointer(copy))
         } catch {
-            return .failure(error)
+            throw .malformedSlot(index: index, error)
         }
-    }
-    switch result {
-    case let .success(value): return value
-    case let .failure(error): throw .malformedSlot(index: index, error)
     }
 }
