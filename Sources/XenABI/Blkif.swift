@@ -126,10 +126,12 @@ public struct BlkifSegment: Sendable, Equatable {
     /// Reads a segment at `offset`, rejecting a sector range outside the page.
     @inlinable
     static func decode(_ buffer: UnsafeRawBufferPointer, at offset: Int, index: Int) throws(XenABIError) -> BlkifSegment {
-        let first = buffer[offset + firstSectorOffset]
-        let last = buffer[offset + lastSectorOffset]
+        // One 64-bit read: gref in the low word, first_sect and last_sect in bytes 4 and 5.
+        let word = buffer.le(UInt64.self, at: offset)
+        let first = UInt8(truncatingIfNeeded: word >> 32)
+        let last = UInt8(truncatingIfNeeded: word >> 40)
         guard first <= last, last < 8 else { throw .badSegmentSectors(index: index, first: first, last: last) }
-        return BlkifSegment(gref: GrantRef(buffer.le(UInt32.self, at: offset + grefOffset)), firstSector: first, lastSector: last)
+        return BlkifSegment(gref: GrantRef(UInt32(truncatingIfNeeded: word)), firstSector: first, lastSector: last)
     }
 
     @inlinable
