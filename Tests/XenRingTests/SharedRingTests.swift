@@ -150,3 +150,25 @@ struct HostilePeerTests {
         #expect(free == 27)
     }
 }
+
+@Suite("notification batching")
+struct NotificationBatchingTests {
+    @Test("a front end asking to be woken after 3 responses is notified on the third")
+    func batchedResponses() throws {
+        let pages = RingPages(order: 0)
+        var front = try FrontRing(initializing: pages.bytes, protocol: NetifTxRing())
+        var back = try BackRing(attaching: pages.bytes, protocol: NetifTxRing())
+        for id in 0..<3 {
+            front.enqueueRequest(.request(NetifTxRequest(gref: GrantRef(8), offset: 0, flags: [], id: UInt16(id), size: 60)))
+        }
+        front.pushRequests()
+        front.requestNotification(afterResponses: 3)
+        var decisions: [Bool] = []
+        for _ in 0..<3 {
+            guard case let .request(request)? = try back.nextRequest() else { Issue.record("request missing"); return }
+            back.enqueueResponse(NetifTxResponse(id: request.id, status: Netif.statusOkay))
+            decisions.append(back.pushResponsesAndCheckNotify())
+        }
+        #expect(decisions == [false, false, true])
+    }
+}
