@@ -98,19 +98,38 @@ public struct BlkifLayout: Sendable, Equatable {
 }
 
 /// One data page of a request. C: `struct blkif_request_segment` (8 bytes).
+///
+/// Held as its little-endian wire word (gref in bits 0–31, `first_sect` in 32–39, `last_sect`
+/// in 40–47, padding above), so that copying segments in and out of slots moves whole words.
+/// The padding of a decoded segment is whatever the peer wrote; it takes part in nothing.
 public struct BlkifSegment: Sendable, Equatable {
-    /// Grant of the 4 KiB data page.
-    public var gref: GrantRef
-    /// First 512-byte sector used in the page (inclusive, 0...7).
-    public var firstSector: UInt8
-    /// Last 512-byte sector used in the page (inclusive, firstSector...7).
-    public var lastSector: UInt8
+    @usableFromInline var word: UInt64
+
+    @inlinable public static func == (a: BlkifSegment, b: BlkifSegment) -> Bool {
+        (a.word ^ b.word) & 0xFFFF_FFFF_FFFF == 0
+    }
 
     @inlinable
     public init(gref: GrantRef, firstSector: UInt8, lastSector: UInt8) {
-        self.gref = gref
-        self.firstSector = firstSector
-        self.lastSector = lastSector
+        word = UInt64(gref.rawValue) | UInt64(firstSector) << 32 | UInt64(lastSector) << 40
+    }
+
+    @inlinable init(word: UInt64) { self.word = word }
+
+    /// Grant of the 4 KiB data page.
+    @inlinable public var gref: GrantRef {
+        get { GrantRef(UInt32(truncatingIfNeeded: word)) }
+        set { word = word & ~0xFFFF_FFFF | UInt64(newValue.rawValue) }
+    }
+    /// First 512-byte sector used in the page (inclusive, 0...7).
+    @inlinable public var firstSector: UInt8 {
+        get { UInt8(truncatingIfNeeded: word >> 32) }
+        set { word = word & ~(0xFF << 32) | UInt64(newValue) << 32 }
+    }
+    /// Last 512-byte sector used in the page (inclusive, firstSector...7).
+    @inlinable public var lastSector: UInt8 {
+        get { UInt8(truncatingIfNeeded: word >> 40) }
+        set { word = word & ~(0xFF << 40) | UInt64(newValue) << 40 }
     }
 
     /// C: `sizeof(struct blkif_request_segment)`.
@@ -123,22 +142,19 @@ public struct BlkifSegment: Sendable, Equatable {
     /// Bytes this segment moves.
     public var byteCount: Int { (Int(lastSector) - Int(firstSector) + 1) * Blkif.sectorSize }
 
-    /// Reads a segment at `offset`, rejecting a sector range outside the page.
+    /// Reads a segment at `offset` in one 64-bit load, rejecting a sector range outside the page.
     @inlinable
     static func decode(_ buffer: UnsafeRawBufferPointer, at offset: Int, index: Int) throws(XenABIError) -> BlkifSegment {
-        // One 64-bit read: gref in the low word, first_sect and last_sect in bytes 4 and 5.
-        let word = buffer.le(UInt64.self, at: offset)
-        let first = UInt8(truncatingIfNeeded: word >> 32)
-        let last = UInt8(truncatingIfNeeded: word >> 40)
+        let segment = BlkifSegment(word: buffer.le(UInt64.self, at: offset) & 0xFFFF_FFFF_FFFF)
+        let first = segment.firstSector, last = segment.lastSector
         guard first <= last, last < 8 else { throw .badSegmentSectors(index: index, first: first, last: last) }
-        return BlkifSegment(gref: GrantRef(UInt32(truncatingIfNeeded: word)), firstSector: first, lastSector: last)
+        return segment
     }
 
+    /// Writes the segment, padding zeroed, in one 64-bit store.
     @inlinable
     func encode(_ buffer: UnsafeMutableRawBufferPointer, at offset: Int) {
-        // gref, then first_sect, last_sect and the padding as one little-endian word.
-        let sectors = UInt32(firstSector) | UInt32(lastSector) << 8
-        buffer.storeLE(UInt64(gref.rawValue) | UInt64(sectors) << 32, at: offset + Self.grefOffset)
+        buffer.storeLE(word, at: offset)
     }
 
     /// Decodes the packed segment array of an indirect page.
@@ -169,7 +185,7 @@ public struct BlkifSegment: Sendable, Equatable {
 
 /// Up to eleven segments stored inline (no allocation on the data path).
 public struct BlkifSegmentList: RandomAccessCollection, Sendable, Equatable, ExpressibleByArrayLiteral {
-    @usableFromInline var storage = InlineArray<11, BlkifSegment>(repeating: BlkifSegment(gref: GrantRef(0), firstSector: 0, lastSector: 0))
+    @usableFromInline var storage = InlineArray<11, BlkifSegment>(repeating: BlkifSegment(word: 0))
     @usableFromInline var _count = 0
     /// Segments held.
     @inlinable public var count: Int { _count }
@@ -199,6 +215,34 @@ public struct BlkifSegmentList: RandomAccessCollection, Sendable, Equatable, Exp
     }
 
     public static func == (a: BlkifSegmentList, b: BlkifSegmentList) -> Bool { a.elementsEqual(b) }
+
+    /// Copies the packed wire segment array at `offset` (all eleven: the array has a fixed size in
+    /// every layout, and a fixed-size move compiles to a few vector moves), then checks the sector
+    /// range of the `count` in use.
+    @inlinable
+    init(copyingWordsFrom slot: UnsafeRawBufferPointer, at offset: Int, count: Int) throws(XenABIError) {
+        precondition(offset + Blkif.maxSegmentsPerRequest * BlkifSegment.wireSize <= slot.count, "segment array outside the slot")
+        withUnsafeMutableBytes(of: &storage) { words in
+            words.baseAddress!.copyMemory(from: slot.baseAddress! + offset, byteCount: Blkif.maxSegmentsPerRequest * BlkifSegment.wireSize)
+        }
+        _count = count
+        for index in 0..<count {
+            let segment = storage[index]
+            // Wire words are little-endian; so is every host PVKit runs on.
+            let first = segment.firstSector, last = segment.lastSector
+            guard first <= last, last < 8 else { throw .badSegmentSectors(index: index, first: first, last: last) }
+        }
+    }
+
+    /// Writes the whole segment array in one fixed-size move. Entries past `count` are ignored
+    /// by every reader (zero for lists built with `append`; for a decoded list, what the peer sent).
+    @inlinable
+    func copyWords(to slot: UnsafeMutableRawBufferPointer, at offset: Int) {
+        precondition(offset + Blkif.maxSegmentsPerRequest * BlkifSegment.wireSize <= slot.count, "segment array outside the slot")
+        withUnsafeBytes(of: storage) { words in
+            (slot.baseAddress! + offset).copyMemory(from: words.baseAddress!, byteCount: Blkif.maxSegmentsPerRequest * BlkifSegment.wireSize)
+        }
+    }
 }
 
 /// A read, write, barrier or flush request. C: `struct blkif_request`.
@@ -396,9 +440,7 @@ public struct BlkifRing: RingProtocol {
             slot.storeLE(r.handle, at: l.requestHandle)
             slot.storeLE(r.id, at: l.requestID)
             slot.storeLE(r.sector, at: l.requestSector)
-            for index in 0..<r.segments.count {
-                r.segments[index].encode(slot, at: l.requestSegments + index * BlkifSegment.wireSize)
-            }
+            r.segments.copyWords(to: slot, at: l.requestSegments)
         case let .discard(r):
             slot[l.requestOperation] = BlkifOperation.discard.rawValue
             slot[l.discardFlag] = r.secure ? Blkif.discardSecureFlag : 0
@@ -456,10 +498,7 @@ public struct BlkifRing: RingProtocol {
             guard count <= Blkif.maxSegmentsPerRequest else {
                 throw .countOutOfRange(field: "blkif nr_segments", value: count, limit: Blkif.maxSegmentsPerRequest)
             }
-            var segments = BlkifSegmentList()
-            for index in 0..<count {
-                segments.append(try BlkifSegment.decode(slot, at: l.requestSegments + index * BlkifSegment.wireSize, index: index))
-            }
+            let segments = try BlkifSegmentList(copyingWordsFrom: slot, at: l.requestSegments, count: count)
             return .io(BlkifIORequest(
                 operation: operation,
                 handle: slot.le(UInt16.self, at: l.requestHandle),

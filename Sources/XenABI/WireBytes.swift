@@ -16,3 +16,8 @@ extension UnsafeMutableRawBufferPointer {
         storeBytes(of: value.littleEndian, toByteOffset: offset, as: T.self)
     }
 }
+
+// Some encoders move whole little-endian words between Swift values and slots.
+#if _endian(big)
+#error("PVKit's wire encoders assume a little-endian host, as every Xen architecture is")
+#endif

@@ -46,6 +46,9 @@ func ringGeometry(region: UnsafeMutableRawBufferPointer, slotSize: Int) throws(R
     guard region.count >= XenPage.size, region.count % XenPage.size == 0 else {
         throw .regionUnusable("region of \(region.count) bytes is not a whole number of 4 KiB pages")
     }
+    guard slotSize <= MemoryLayout<SlotCopy>.size else {
+        throw .regionUnusable("\(slotSize)-byte slots are larger than the \(MemoryLayout<SlotCopy>.size)-byte copy buffer")
+    }
     guard let geometry = RingGeometry(slotSize: slotSize, byteCount: region.count) else {
         throw .regionUnusable("no \(slotSize)-byte slot fits in \(region.count) bytes")
     }
@@ -61,12 +64,23 @@ func copyOutSlot<T>(
 ) throws(RingError) -> T {
     let size = geometry.slotSize
     let source = UnsafeRawPointer(base + geometry.slotOffset(index))
-    return try withUnsafeTemporaryAllocation(byteCount: size, alignment: 8) { (copy) throws(RingError) -> T in
-        copy.baseAddress!.copyMemory(from: source, byteCount: size)
+    // A fixed stack buffer covers every classic ring's slot (blkif's 112 bytes is the largest).
+    var copy = SlotCopy()
+    // Ring initialisers refuse slots larger than the buffer.
+    return try withUnsafeMutableBytes(of: &copy) { (buffer) throws(RingError) -> T in
+        buffer.baseAddress!.copyMemory(from: source, byteCount: size)
         do throws(XenABIError) {
-            return try decode(UnsafeRawBufferPointer(copy))
+            return try decode(UnsafeRawBufferPointer(rebasing: buffer[0..<size]))
         } catch {
             throw .malformedSlot(index: index, error)
         }
     }
+}
+
+/// Stack storage for one slot copy: 128 bytes, 8-aligned.
+@usableFromInline
+typealias SlotCopy = InlineArray<16, UInt64>
+
+extension InlineArray where Element == UInt64, count == 16 {
+    @inlinable init() { self.init(repeating: 0) }
 }

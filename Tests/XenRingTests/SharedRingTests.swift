@@ -172,3 +172,22 @@ struct NotificationBatchingTests {
         #expect(decisions == [false, false, true])
     }
 }
+
+/// A protocol whose slots are larger than any classic ring's, to check the ring refuses it.
+struct OversizedSlotRing: RingProtocol {
+    var slotSize: Int { 200 }
+    func encodeRequest(_ request: UInt8, into slot: UnsafeMutableRawBufferPointer) { slot[0] = request }
+    func decodeRequest(_ slot: UnsafeRawBufferPointer) throws(XenABIError) -> UInt8 { slot[0] }
+    func encodeResponse(_ response: UInt8, into slot: UnsafeMutableRawBufferPointer) { slot[0] = response }
+    func decodeResponse(_ slot: UnsafeRawBufferPointer) throws(XenABIError) -> UInt8 { slot[0] }
+}
+
+@Suite("ring construction limits")
+struct RingConstructionTests {
+    @Test("slots over 128 bytes are refused, not copied past a buffer")
+    func oversizedSlots() {
+        let pages = RingPages(order: 0)
+        #expect(throws: RingError.self) { _ = try FrontRing(initializing: pages.bytes, protocol: OversizedSlotRing()) }
+        #expect(throws: RingError.self) { _ = try BackRing(attaching: pages.bytes, protocol: OversizedSlotRing()) }
+    }
+}
