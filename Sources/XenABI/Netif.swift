@@ -129,9 +129,9 @@ public struct NetifExtraInfo: Sendable, Equatable {
         /// C: `XEN_NETIF_EXTRA_TYPE_GSO`.
         case gso(size: UInt16, type: NetifGSOType, features: UInt16)
         /// C: `XEN_NETIF_EXTRA_TYPE_MCAST_ADD`.
-        case multicastAdd([UInt8])
+        case multicastAdd(MACAddress)
         /// C: `XEN_NETIF_EXTRA_TYPE_MCAST_DEL`.
-        case multicastDelete([UInt8])
+        case multicastDelete(MACAddress)
         /// C: `XEN_NETIF_EXTRA_TYPE_HASH`: hash type bit number, algorithm, value.
         case hash(type: UInt8, algorithm: UInt8, value: UInt32)
     }
@@ -171,7 +171,7 @@ public struct NetifExtraInfo: Sendable, Equatable {
             return NetifExtraInfo(.gso(size: slot.le(UInt16.self, at: gsoSizeOffset), type: gsoType,
                                        features: slot.le(UInt16.self, at: gsoFeaturesOffset)), more: more)
         case typeMulticastAdd, typeMulticastDelete:
-            let mac = Array(slot[multicastAddressOffset..<multicastAddressOffset + 6])
+            let mac = MACAddress(wire: slot, at: multicastAddressOffset)
             return NetifExtraInfo(type == typeMulticastAdd ? .multicastAdd(mac) : .multicastDelete(mac), more: more)
         case typeHash:
             return NetifExtraInfo(.hash(type: slot[hashTypeOffset], algorithm: slot[hashAlgorithmOffset],
@@ -192,9 +192,8 @@ public struct NetifExtraInfo: Sendable, Equatable {
             slot[Self.gsoTypeOffset] = type.rawValue
             slot.storeLE(features, at: Self.gsoFeaturesOffset)
         case let .multicastAdd(mac), let .multicastDelete(mac):
-            precondition(mac.count == 6, "a MAC address has 6 bytes")
             if case .multicastAdd = payload { slot[0] = Self.typeMulticastAdd } else { slot[0] = Self.typeMulticastDelete }
-            for (index, byte) in mac.enumerated() { slot[Self.multicastAddressOffset + index] = byte }
+            mac.encode(into: slot, at: Self.multicastAddressOffset)
         case let .hash(type, algorithm, value):
             slot[0] = Self.typeHash
             slot[Self.hashTypeOffset] = type

@@ -64,13 +64,21 @@ func copyOutSlot<T>(
 ) throws(RingError) -> T {
     let size = geometry.slotSize
     let source = UnsafeRawPointer(base + geometry.slotOffset(index))
-    // A fixed stack buffer covers every classic ring's slot (blkif's 112 bytes is the largest).
-    var copy = SlotCopy()
-    // Ring initialisers refuse slots larger than the buffer.
-    return try withUnsafeMutableBytes(of: &copy) { (buffer) throws(RingError) -> T in
-        buffer.baseAddress!.copyMemory(from: source, byteCount: size)
+    // A stack buffer (ring initialisers refuse slots larger than it), filled by a copy whose size
+    // is a constant for every classic ring so that it compiles to a few moves.
+    var storage = SlotCopy(repeating: 0)
+    return try withUnsafeMutableBytes(of: &storage) { (buffer) throws(RingError) -> T in
+        let copy = buffer.baseAddress!
+        switch size {
+        case 8: copy.copyMemory(from: source, byteCount: 8)
+        case 12: copy.copyMemory(from: source, byteCount: 12)
+        case 16: copy.copyMemory(from: source, byteCount: 16)
+        case 108: copy.copyMemory(from: source, byteCount: 108)
+        case 112: copy.copyMemory(from: source, byteCount: 112)
+        default: copy.copyMemory(from: source, byteCount: size)
+        }
         do throws(XenABIError) {
-            return try decode(UnsafeRawBufferPointer(rebasing: buffer[0..<size]))
+            return try decode(UnsafeRawBufferPointer(start: copy, count: size))
         } catch {
             throw .malformedSlot(index: index, error)
         }
@@ -80,7 +88,3 @@ func copyOutSlot<T>(
 /// Stack storage for one slot copy: 128 bytes, 8-aligned.
 @usableFromInline
 typealias SlotCopy = InlineArray<16, UInt64>
-
-extension InlineArray where Element == UInt64, count == 16 {
-    @inlinable init() { self.init(repeating: 0) }
-}

@@ -149,8 +149,8 @@ struct OtherWireTests {
     func extraInfo() throws {
         let extras: [NetifExtraInfo] = [
             NetifExtraInfo(.gso(size: 1448, type: .tcpv4, features: 0), more: true),
-            NetifExtraInfo(.multicastAdd([1, 0, 0x5e, 0, 0, 1])),
-            NetifExtraInfo(.multicastDelete([1, 0, 0x5e, 0, 0, 2])),
+            NetifExtraInfo(.multicastAdd(MACAddress(1, 0, 0x5e, 0, 0, 1))),
+            NetifExtraInfo(.multicastDelete(MACAddress("01:00:5e:00:00:02")!)),
             NetifExtraInfo(.hash(type: 1, algorithm: 1, value: 0xCAFE_F00D)),
         ]
         for extra in extras {
@@ -164,6 +164,20 @@ struct OtherWireTests {
         #expect(throws: XenABIError.unknownCode(field: "netif GSO type", value: 9)) {
             try decoded([1, 0, 0, 0, 9, 0, 0, 0]) { (b) throws(XenABIError) in try NetifExtraInfo.decode(b) }
         }
+    }
+
+    @Test("MAC addresses parse, print and keep their bytes in wire order")
+    func macAddresses() {
+        let mac = MACAddress("00:16:3e:0a:ff:01")
+        #expect(mac?.bytes == [0x00, 0x16, 0x3e, 0x0a, 0xff, 0x01])
+        #expect(mac?.description == "00:16:3e:0a:ff:01")
+        #expect(mac?.isMulticast == false)
+        #expect(MACAddress.broadcast.isMulticast)
+        for bad in ["", "00:16:3e:0a:ff", "00:16:3e:0a:ff:01:02", "0:16:3e:0a:ff:01", "zz:16:3e:0a:ff:01"] {
+            #expect(MACAddress(bad) == nil, "\(bad)")
+        }
+        let wire = encoded(8) { NetifExtraInfo(.multicastAdd(mac!)).encode(into: $0) }
+        #expect(Array(wire[2..<8]) == mac!.bytes)
     }
 
     @Test("control ring round-trip")
