@@ -13,12 +13,15 @@ let package = Package(
         .library(name: "XenABI", targets: ["XenABI"]),
         .library(name: "XenRing", targets: ["XenRing"]),
         .library(name: "SharedMemory", targets: ["SharedMemory"]),
+        .library(name: "KernelAudit", targets: ["KernelAudit"]),
+        .executable(name: "pvcheck", targets: ["pvcheck"]),
         .executable(name: "ring-bench", targets: ["ring-bench"]),
         .executable(name: "ring-bench-c", targets: ["ring-bench-c"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         // Pure wire formats and constants of Xen's public ABI. No I/O, no dependencies.
@@ -32,6 +35,32 @@ let package = Package(
         .systemLibrary(name: "CLinux", path: "Sources/CLinux"),
         // memfd-backed shared regions and eventfd notifications.
         .target(name: "SharedMemory", dependencies: ["CLinux"], swiftSettings: strictSwift),
+
+        // C libraries for pvcheck: compressors, libelf, libkmod.
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CLZMA", path: "Sources/CLZMA", pkgConfig: "liblzma", providers: [.apt(["liblzma-dev"])]),
+        .systemLibrary(name: "CZstd", path: "Sources/CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(name: "CBzip2", path: "Sources/CBzip2", providers: [.apt(["libbz2-dev"])]),
+        .systemLibrary(name: "CLZ4", path: "Sources/CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
+        .systemLibrary(name: "CLZO", path: "Sources/CLZO", pkgConfig: "lzo2", providers: [.apt(["liblzo2-dev"])]),
+        .systemLibrary(name: "CLibElf", path: "Sources/CLibElf", pkgConfig: "libelf", providers: [.apt(["libelf-dev"])]),
+        .systemLibrary(name: "CKmod", path: "Sources/CKmod", pkgConfig: "libkmod", providers: [.apt(["libkmod-dev"])]),
+        // pvcheck's engine: image detection, decompression, Xen notes, config, modules, verdict.
+        .target(
+            name: "KernelAudit",
+            dependencies: [
+                "XenABI", "CZlib", "CLZMA", "CZstd", "CBzip2", "CLZ4", "CLZO", "CLibElf", "CKmod",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSwift),
+        .executableTarget(
+            name: "pvcheck",
+            dependencies: [
+                "KernelAudit",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSwift),
 
         // Benchmarks: the Swift ring against a C harness built on the real ring.h.
         .executableTarget(

@@ -1,0 +1,2 @@
+// libkmod for module directories, aliases and modinfo.
+#include <libkmod.h>

@@ -1,0 +1,2 @@
+// liblzma for xz and legacy lzma ("lzma-alone") payloads.
+#include <lzma.h>

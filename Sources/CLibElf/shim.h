@@ -1,0 +1,3 @@
+// elfutils libelf for ELF headers, program headers, sections and notes.
+#include <libelf.h>
+#include <gelf.h>

@@ -1,0 +1,2 @@
+// zlib for gzip payloads and IKCONFIG.
+#include <zlib.h>

@@ -1,0 +1,2 @@
+// libzstd for zstd payloads.
+#include <zstd.h>

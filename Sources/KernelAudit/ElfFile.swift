@@ -1,0 +1,134 @@
+import CLibElf
+
+/// An ELF image read through elfutils' libelf, straight from memory this value does not copy.
+/// Owns the `Elf *` and ends it on deinit; the bytes must outlive it.
+final class ElfFile {
+    typealias ProgramHeader = GElf_Phdr
+
+    private let elf: OpaquePointer
+    let bytes: UnsafeRawBufferPointer
+    /// 32 or 64.
+    let bitness: Int
+    let machine: UInt16
+    let type: UInt16
+    let entry: UInt64
+
+    init(_ bytes: UnsafeRawBufferPointer) throws(KernelAuditError) {
+        _ = elf_version(UInt32(EV_CURRENT))
+        guard bytes.count >= 16, let handle = elf_memory(
+            UnsafeMutablePointer(mutating: bytes.baseAddress!.assumingMemoryBound(to: CChar.self)), bytes.count)
+        else {
+            throw KernelAuditError(.badELF, "libelf cannot read the ELF: \(Self.lastError())", offset: 0,
+                                   hint: "The decompressed payload is not a usable ELF; the image may be damaged")
+        }
+        elf = handle
+        self.bytes = bytes
+        var header = GElf_Ehdr()
+        guard elf_kind(handle) == ELF_K_ELF, gelf_getehdr(handle, &header) != nil else {
+            elf_end(handle)
+            throw KernelAuditError(.badELF, "ELF header unreadable: \(Self.lastError())", offset: 0,
+                                   hint: "The file claims to be ELF but its header is damaged")
+        }
+        bitness = gelf_getclass(handle) == ELFCLASS64 ? 64 : 32
+        machine = header.e_machine
+        type = header.e_type
+        entry = header.e_entry
+    }
+
+    deinit { elf_end(elf) }
+
+    static func lastError() -> String {
+        elf_errmsg(-1).map { String(cString: $0) } ?? "unknown libelf error"
+    }
+
+    /// Program headers; a header table outside the file is an error naming its offset.
+    func programHeaders() throws(KernelAuditError) -> [GElf_Phdr] {
+        var count = 0
+        guard elf_getphdrnum(elf, &count) == 0 else {
+            throw KernelAuditError(.badELF, "program headers unreadable: \(Self.lastError())", offset: 0x20,
+                                   hint: "The ELF is truncated or damaged")
+        }
+        var headers: [GElf_Phdr] = []
+        for index in 0..<count {
+            var header = GElf_Phdr()
+            guard gelf_getphdr(elf, Int32(index), &header) != nil else {
+                throw KernelAuditError(.badELF, "program header \(index) unreadable: \(Self.lastError())", offset: nil,
+                                       hint: "The ELF is truncated or damaged")
+            }
+            headers.append(header)
+        }
+        return headers
+    }
+
+    /// One raw note: its type, name and descriptor, with the descriptor's file offset.
+    struct RawNote {
+        let name: String
+        let type: UInt32
+        let descriptor: [UInt8]
+        let offset: Int
+    }
+
+    /// Notes in a byte range of the file (a PT_NOTE segment), parsed by libelf.
+    func notes(fileRange range: Range<Int>) throws(KernelAuditError) -> [RawNote] {
+        guard range.upperBound <= bytes.count else {
+            throw KernelAuditError(.truncated, "a PT_NOTE segment runs past the end of the ELF (\(bytes.count) bytes)",
+                                   offset: range.lowerBound, hint: "The kernel image is cut short")
+        }
+        guard let data = elf_getdata_rawchunk(elf, Int64(range.lowerBound), range.count, ELF_T_NHDR) else {
+            throw KernelAuditError(.badELF, "note segment unreadable: \(Self.lastError())", offset: range.lowerBound,
+                                   hint: "The ELF is damaged")
+        }
+        return parseNotes(data, base: range.lowerBound)
+    }
+
+    /// Notes of every SHT_NOTE section.
+    func noteSections() -> [RawNote] {
+        var notes: [RawNote] = []
+        var section: OpaquePointer? = nil
+        while let next = elf_nextscn(elf, section) {
+            section = next
+            var header = GElf_Shdr()
+            guard gelf_getshdr(next, &header) != nil, header.sh_type == SHT_NOTE,
+                  Int(header.sh_offset) + Int(header.sh_size) <= bytes.count,
+                  let data = elf_getdata(next, nil) else { continue }
+            notes += parseNotes(data, base: Int(header.sh_offset))
+        }
+        return notes
+    }
+
+    /// The bytes of the section called `name`, if there is one inside the file.
+    func section(named name: String) -> (offset: Int, bytes: UnsafeRawBufferPointer)? {
+        var stringTable = 0
+        guard elf_getshdrstrndx(elf, &stringTable) == 0 else { return nil }
+        var section: OpaquePointer? = nil
+        while let next = elf_nextscn(elf, section) {
+            section = next
+            var header = GElf_Shdr()
+            guard gelf_getshdr(next, &header) != nil, let sectionName = elf_strptr(elf, stringTable, Int(header.sh_name)),
+                  String(cString: sectionName) == name, header.sh_type != SHT_NOBITS else { continue }
+            let start = Int(header.sh_offset), size = Int(header.sh_size)
+            guard start >= 0, size >= 0, start + size <= bytes.count else { return nil }
+            return (start, UnsafeRawBufferPointer(rebasing: bytes[start..<start + size]))
+        }
+        return nil
+    }
+
+    private func parseNotes(_ data: UnsafeMutablePointer<Elf_Data>, base: Int) -> [RawNote] {
+        var notes: [RawNote] = []
+        var offset = 0
+        var header = GElf_Nhdr()
+        var nameOffset = 0, descriptorOffset = 0
+        let buffer = UnsafeRawBufferPointer(start: data.pointee.d_buf, count: data.pointee.d_size)
+        // Xen's libelf stops at 65536 notes; so do we.
+        while notes.count < 65536 {
+            let next = gelf_getnote(data, offset, &header, &nameOffset, &descriptorOffset)
+            guard next > 0 else { break }
+            let nameBytes = buffer[nameOffset..<nameOffset + Int(header.n_namesz)].prefix { $0 != 0 }
+            let descriptor = Array(buffer[descriptorOffset..<descriptorOffset + Int(header.n_descsz)])
+            notes.append(RawNote(name: String(decoding: nameBytes, as: UTF8.self), type: header.n_type,
+                                 descriptor: descriptor, offset: base + descriptorOffset))
+            offset = next
+        }
+        return notes
+    }
+}

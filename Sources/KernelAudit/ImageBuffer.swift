@@ -1,0 +1,59 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Bytes of an image held in memory this value owns: a file read whole, or a decompressed
+/// payload. Grows by `realloc`; the decompressors write straight into it.
+public final class ImageBuffer: @unchecked Sendable {
+    private(set) var base: UnsafeMutableRawPointer?
+    private(set) var capacity: Int
+    /// Bytes in use.
+    public private(set) var count: Int = 0
+
+    init(capacity: Int) {
+        self.capacity = max(capacity, 4096)
+        base = malloc(self.capacity)
+        precondition(base != nil, "out of memory allocating \(self.capacity) bytes")
+    }
+
+    /// The bytes in use. Valid while this buffer is alive and not growing.
+    public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: count) }
+
+    /// Makes room for at least `extra` more bytes, within `limit` in all.
+    /// - Returns: false when the limit forbids it.
+    func reserve(extra: Int, limit: Int) -> Bool {
+        let needed = count + extra
+        guard needed <= limit else { return false }
+        if needed <= capacity { return true }
+        let grown = min(max(needed, capacity * 2), limit)
+        guard let moved = realloc(base, grown) else { return false }
+        base = moved
+        capacity = grown
+        return true
+    }
+
+    /// Free space after the bytes in use.
+    var freeSpace: UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(start: base! + count, count: capacity - count)
+    }
+
+    /// Marks `n` bytes of `freeSpace` as written.
+    func commit(_ n: Int) {
+        precondition(count + n <= capacity)
+        count += n
+    }
+
+    func append(_ source: UnsafeRawBufferPointer) {
+        guard source.count > 0 else { return }
+        if count + source.count > capacity {
+            let grown = max(count + source.count, capacity * 2)
+            base = realloc(base, grown)
+            precondition(base != nil, "out of memory")
+            capacity = grown
+        }
+        (base! + count).copyMemory(from: source.baseAddress!, byteCount: source.count)
+        count += source.count
+    }
+
+    deinit { free(base) }
+}

@@ -1,0 +1,372 @@
+import Foundation
+import Logging
+import XenABI
+
+/// Where to look for what the image does not carry itself.
+public struct AuditOptions: Sendable {
+    /// A kernel config to use when the image has no embedded one.
+    public var configPath: String?
+    /// A module tree (`lib/modules/<version>`).
+    public var modulesPath: String?
+    /// A guest's root filesystem, for its `lib/modules` and `boot/config-*`.
+    public var rootPath: String?
+    public var limits: DecompressionLimits
+
+    public init(configPath: String? = nil, modulesPath: String? = nil, rootPath: String? = nil,
+                limits: DecompressionLimits = DecompressionLimits()) {
+        self.configPath = configPath
+        self.modulesPath = modulesPath
+        self.rootPath = rootPath
+        self.limits = limits
+    }
+}
+
+/// pvcheck's pipeline: file → container → payload → ELF (libelf) → notes, version, config,
+/// modules → verdicts. Every failure is a ``KernelAuditError``; nothing traps on bad input.
+public struct KernelAuditor: Sendable {
+    public let options: AuditOptions
+    let logger: Logger
+
+    public init(options: AuditOptions = AuditOptions(), logger: Logger = Logger(label: "pvcheck")) {
+        self.options = options
+        self.logger = logger
+    }
+
+    /// Audits one image; errors become the report's `error`.
+    public func report(path: String) -> AuditReport {
+        do {
+            return try audit(path: path)
+        } catch {
+            var report = AuditReport(path: path)
+            report.error = .init(code: error.code, message: error.message, offset: error.offset, hint: error.hint)
+            return report
+        }
+    }
+
+    /// Audits one image.
+    public func audit(path: String) throws(KernelAuditError) -> AuditReport {
+        let file = try ImageFile.read(path: path)
+        return try audit(bytes: file, path: path)
+    }
+
+    /// Audits an image already in memory (`path` names it in the report and locates its neighbours).
+    public func audit(bytes file: ImageBuffer, path: String) throws(KernelAuditError) -> AuditReport {
+        var report = AuditReport(path: path)
+        let view = ByteView(bytes: file.bytes)
+        guard file.count > 0 else {
+            throw KernelAuditError(.empty, "the file is empty", offset: 0, hint: "Point pvcheck at a kernel image such as /boot/vmlinuz-<version>")
+        }
+        var image = AuditReport.ImageInfo(container: "unknown", fileSize: file.count)
+        var payload: Decompressed? = nil
+        var kernelBytes: UnsafeRawBufferPointer
+
+        if X86SetupHeader.isPresent(view) {
+            let header = try X86SetupHeader(view)
+            image.container = "bzImage"
+            image.setupHeader = header
+            logger.debug("bzImage, boot protocol \(header.protocolString)")
+            if let range = try header.payloadRange(fileSize: file.count) {
+                image.payloadOffset = range.lowerBound
+                image.payloadLength = range.count
+                // setup + payload + 4-byte CRC; what follows is a signature or padding.
+                let expectedEnd = header.protectedModeOffset + Int(header.syssizeBytes(view))
+                image.trailingBytes = max(0, file.count - max(expectedEnd, range.upperBound + 4))
+                let payloadBytes = UnsafeRawBufferPointer(rebasing: file.bytes[range])
+                let payloadView = ByteView(bytes: payloadBytes)
+                if payloadView.hasPrefix(ElfMagic.bytes) {
+                    kernelBytes = payloadBytes
+                } else if let format = CompressionFormat.detect(payloadView) {
+                    payload = try Decompressor.decompress(file.bytes, format: format, at: range.lowerBound, limits: options.limits,
+                                                          sizeHint: trailingSizeHint(payloadBytes))
+                    kernelBytes = payload!.output.bytes
+                } else {
+                    throw KernelAuditError(.notAKernel, "the bzImage payload starts with no known compression magic",
+                                           offset: range.lowerBound, hint: "The image is damaged, or uses a compression this pvcheck does not know")
+                }
+            } else {
+                // Before boot protocol 2.08 the header does not say: find the stream by its magic.
+                payload = try scanForKernel(file.bytes, from: header.protectedModeOffset)
+                kernelBytes = payload!.output.bytes
+            }
+        } else if EFIZbootHeader.isPresent(view) {
+            let zboot = try EFIZbootHeader(view)
+            image.container = "efi-zboot"
+            image.payloadOffset = zboot.payloadOffset
+            image.payloadLength = zboot.payloadSize
+            guard let format = CompressionFormat(rawValue: zboot.compression == "lzma" ? "lzma" : zboot.compression) ??
+                    CompressionFormat.detect(view, at: zboot.payloadOffset) else {
+                throw KernelAuditError(.unsupported, "EFI zboot payload compressed with \"\(zboot.compression)\"", offset: 0x18,
+                                       hint: "Decompress the payload by hand and run pvcheck on the result")
+            }
+            let bytes = UnsafeRawBufferPointer(rebasing: file.bytes[zboot.payloadOffset..<zboot.payloadOffset + zboot.payloadSize])
+            payload = try Decompressor.decompress(bytes, format: format, at: 0, limits: options.limits)
+            kernelBytes = payload!.output.bytes
+        } else if view.hasPrefix(ElfMagic.bytes) {
+            image.container = "elf"
+            kernelBytes = file.bytes
+        } else if Arm64ImageHeader.isPresent(view) {
+            image.container = "arm64-image"
+            kernelBytes = file.bytes
+        } else if let format = CompressionFormat.detect(view) {
+            payload = try Decompressor.decompress(file.bytes, format: format, at: 0, limits: options.limits,
+                                                  sizeHint: format == .gzip ? trailingSizeHint(file.bytes) : nil)
+            kernelBytes = payload!.output.bytes
+            image.container = Arm64ImageHeader.isPresent(ByteView(bytes: kernelBytes)) ? "compressed-arm64-image" : "compressed-elf"
+        } else {
+            payload = try scanForKernel(file.bytes, from: 0)
+            kernelBytes = payload!.output.bytes
+            image.container = "embedded-stream"
+        }
+        if let payload {
+            image.compression = payload.format
+            image.decompressedSize = payload.output.count
+            if image.payloadOffset == nil { image.payloadOffset = payload.offset }
+            if image.payloadLength == nil { image.payloadLength = payload.consumed }
+        }
+        report.image = image
+
+        // The kernel proper: an ELF (x86, any vmlinux) or a raw arm64 Image.
+        let kernelView = ByteView(bytes: kernelBytes)
+        var kernel: AuditReport.KernelInfo
+        var notes = XenNoteSet(source: .none, notes: [])
+        var loadSegments: [(paddr: UInt64, memsz: UInt64)] = []
+        if kernelView.hasPrefix(ElfMagic.bytes) {
+            let elf = try ElfFile(kernelBytes)
+            let architecture = ElfMagic.architecture(machine: elf.machine, bitness: elf.bitness)
+            kernel = AuditReport.KernelInfo(architecture: architecture, elfClass: elf.bitness, elfMachine: elf.machine,
+                                            entry: elf.entry, family: .other, familyEvidence: "")
+            let headers = try elf.programHeaders()
+            loadSegments = headers.filter { $0.p_type == 1 }.map { ($0.p_paddr, $0.p_memsz) }
+            notes = try xenNotes(elf, headers: headers)
+            if elf.type != 2 && notes.isEmpty {
+                throw KernelAuditError(.notAKernel, "an ELF \(elf.type == 1 ? "object" : "file of type \(elf.type)") with no Xen notes, not a kernel",
+                                       offset: 16, hint: "Point pvcheck at vmlinuz, vmlinux or a bzImage")
+            }
+        } else if let arm = Arm64ImageHeader(kernelView) {
+            image.arm64Header = arm
+            report.image = image
+            kernel = AuditReport.KernelInfo(architecture: "arm64", family: .arm64, familyEvidence: "")
+        } else {
+            throw KernelAuditError(.notAKernel, "the \(payload == nil ? "file" : "decompressed payload") is neither an ELF nor an arm64 Image",
+                                   offset: payload == nil ? 0 : nil, hint: "This is not a Linux kernel image pvcheck can read")
+        }
+
+        // Release: the setup header's string, else the banner.
+        if let version = image.setupHeader?.kernelVersion, let release = version.split(separator: " ").first {
+            kernel.release = String(release)
+            kernel.releaseSource = "setup header"
+        }
+        if let banner = KernelBanner.find(in: kernelBytes) {
+            kernel.banner = banner.banner
+            if kernel.release == nil {
+                kernel.release = banner.release
+                kernel.releaseSource = "banner at payload offset \(banner.offset)"
+            }
+        }
+
+        // Config: embedded first, then the places a user would keep it.
+        let config = try loadConfig(fileBytes: file.bytes, kernelBytes: kernelBytes, path: path, release: kernel.release)
+        if let config {
+            report.config = .init(source: config.source, xenOptions: config.values.filter { Self.isXenRelevant($0.key) })
+        }
+        let family = Self.family(kernel: kernel, config: config, notes: notes, container: image.container)
+        kernel.family = family.family
+        kernel.familyEvidence = family.evidence
+        report.kernel = kernel
+        report.xenNotes = notes
+
+        // Modules through libkmod.
+        var frontends: [FrontendPresence]? = nil
+        if let directory = moduleDirectory(path: path, release: kernel.release), let index = ModuleIndex(directory: directory) {
+            // Built-in drivers that only have a device table carry no alias in
+            // modules.builtin.modinfo: the config says whether they are there.
+            frontends = index.resolve().map { presence in
+                guard presence.state == .absent, let config, config.state(presence.frontend.configOption) == .builtIn else { return presence }
+                return FrontendPresence(frontend: presence.frontend, state: .builtIn, module: nil, file: nil,
+                                        evidence: config.evidence(presence.frontend.configOption) + " (built in without an alias in modules.builtin.modinfo)")
+            }
+            report.modules = .init(directory: directory, frontends: frontends!)
+        } else if let config {
+            let fromConfig = XenFrontend.allCases.map { frontend -> FrontendPresence in
+                let state: FrontendPresence.State = switch config.state(frontend.configOption) {
+                case .builtIn: .builtIn
+                case .module: .module
+                default: .absent
+                }
+                return FrontendPresence(frontend: frontend, state: state, module: nil, file: nil,
+                                        evidence: config.evidence(frontend.configOption) + (state == .module ? "; no module tree to confirm the file" : ""))
+            }
+            report.modules = .init(directory: nil, frontends: fromConfig)
+        }
+
+        report.verdicts = VerdictRules.decide(VerdictFacts(
+            architecture: kernel.architecture, elfMachine: kernel.elfMachine, notes: notes, entryFromHeader: kernel.entry,
+            loadSegments: loadSegments, config: config, frontends: frontends, family: family.family, familyEvidence: family.evidence))
+        return report
+    }
+
+    /// Xen's note discovery: PT_NOTE segments (skipping p_offset 0), else SHT_NOTE sections,
+    /// else the legacy `__xen_guest` section.
+    func xenNotes(_ elf: ElfFile, headers: [GElfProgramHeader]) throws(KernelAuditError) -> XenNoteSet {
+        var raw: [ElfFile.RawNote] = []
+        for header in headers where header.p_type == 4 && header.p_offset != 0 {
+            let start = Int(clamping: header.p_offset)
+            let (end, overflow) = start.addingReportingOverflow(Int(clamping: header.p_filesz))
+            guard !overflow else {
+                throw KernelAuditError(.badELF, "a PT_NOTE segment's size overflows", offset: start, hint: "The ELF is damaged")
+            }
+            raw += try elf.notes(fileRange: start..<end)
+        }
+        let fromSegments = XenNoteDecoder.decode(raw, source: .programHeader)
+        if !fromSegments.isEmpty { return fromSegments }
+        let fromSections = XenNoteDecoder.decode(elf.noteSections(), source: .section)
+        if !fromSections.isEmpty { return fromSections }
+        if let legacy = elf.section(named: "__xen_guest"), let text = ByteView(bytes: legacy.bytes).cString(at: 0, limit: 4096) {
+            return XenNoteDecoder.decodeLegacy(text, offset: legacy.offset)
+        }
+        return XenNoteSet(source: .none, notes: [])
+    }
+
+    /// extract-vmlinux's way: try every compression magic in the file, keep the first stream
+    /// that decompresses to an ELF or an arm64 Image.
+    func scanForKernel(_ bytes: UnsafeRawBufferPointer, from start: Int) throws(KernelAuditError) -> Decompressed {
+        let view = ByteView(bytes: bytes)
+        var lastError: KernelAuditError? = nil
+        for format in [CompressionFormat.gzip, .xz, .bzip2, .lzma, .lzo, .lz4, .zstd] {
+            for offset in view.find(format.scanMagic, in: start..<bytes.count, limit: 8) {
+                do {
+                    let result = try Decompressor.decompress(bytes, format: format, at: offset, limits: options.limits)
+                    let inner = ByteView(bytes: result.output.bytes)
+                    if inner.hasPrefix(ElfMagic.bytes) || Arm64ImageHeader.isPresent(inner) { return result }
+                } catch {
+                    if error.code == .outputLimitExceeded { throw error }
+                    lastError = error
+                }
+            }
+        }
+        throw KernelAuditError(.notAKernel, "no kernel found: not a bzImage, ELF or arm64 Image, and no compressed stream in it decompresses to one"
+                               + (lastError.map { " (last attempt: \($0.message))" } ?? ""),
+                               offset: nil, hint: "Check that this is a Linux kernel image (vmlinuz, vmlinux, Image)")
+    }
+
+    func loadConfig(fileBytes: UnsafeRawBufferPointer, kernelBytes: UnsafeRawBufferPointer, path: String, release: String?) throws(KernelAuditError) -> KernelConfig? {
+        if let embedded = EmbeddedConfig.find(in: fileBytes, limits: options.limits) ?? EmbeddedConfig.find(in: kernelBytes, limits: options.limits) {
+            return KernelConfig(text: embedded.text, source: "embedded IKCONFIG")
+        }
+        if let given = options.configPath {
+            guard let text = try? String(contentsOfFile: given, encoding: .utf8) else {
+                throw KernelAuditError(.unreadable, "cannot read the config \(given)", hint: "Check the --config path")
+            }
+            return KernelConfig(text: text, source: given)
+        }
+        guard let release else { return nil }
+        let directory = (path as NSString).deletingLastPathComponent
+        var candidates = [directory + "/config-\(release)"]
+        if let root = options.rootPath {
+            candidates += [root + "/boot/config-\(release)", root + "/lib/modules/\(release)/config", root + "/usr/lib/modules/\(release)/config"]
+        }
+        for candidate in candidates {
+            if let text = try? String(contentsOfFile: candidate, encoding: .utf8) {
+                let config = KernelConfig(text: text, source: candidate)
+                if config.isPlausible { return config }
+            }
+        }
+        return nil
+    }
+
+    func moduleDirectory(path: String, release: String?) -> String? {
+        if let given = options.modulesPath { return given }
+        guard let release else { return nil }
+        let directory = (path as NSString).deletingLastPathComponent
+        var candidates = [directory + "/lib/modules/\(release)", (directory as NSString).deletingLastPathComponent + "/lib/modules/\(release)"]
+        if let root = options.rootPath { candidates += [root + "/lib/modules/\(release)", root + "/usr/lib/modules/\(release)"] }
+        return candidates.first { FileManager.default.fileExists(atPath: $0) }
+    }
+
+    static func isXenRelevant(_ option: String) -> Bool {
+        option.contains("XEN") || option == "CONFIG_PVH" || option == "CONFIG_PARAVIRT" || option == "CONFIG_HYPERVISOR_GUEST"
+            || option == "CONFIG_IKCONFIG" || option.hasPrefix("CONFIG_KERNEL_") || option == "CONFIG_X86_64" || option == "CONFIG_64BIT"
+    }
+
+    static func family(kernel: AuditReport.KernelInfo, config: KernelConfig?, notes: XenNoteSet, container: String) -> (family: KernelFamily, evidence: String) {
+        if kernel.architecture == "arm64" { return (.arm64, "arm64 kernel (\(container))") }
+        guard kernel.architecture.hasPrefix("x86") else { return (.other, "\(kernel.architecture) kernel") }
+        if let config {
+            for option in ["CONFIG_X86_XEN", "CONFIG_X86_64_XEN"] where config.state(option) == .builtIn {
+                return (.xenLinux, "\(config.evidence(option)): a XenLinux-forked kernel")
+            }
+            if config.state("CONFIG_PARAVIRT").isEnabled || config.state("CONFIG_XEN").isEnabled {
+                return (.pvops, "\(config.evidence("CONFIG_PARAVIRT")): a pvops kernel")
+            }
+            return (.pvops, "no XenLinux options in \(config.source): a mainline kernel")
+        }
+        // Without a config: XenLinux images are ELF (often gzip'd), carry a hypercall page and
+        // no PVH entry, and name themselves "-xen".
+        let looksXen = (kernel.release ?? "").contains("xen") || (kernel.banner ?? "").contains("-xen")
+        if container != "bzImage", notes.note(.hypercallPage) != nil, notes.note(.phys32Entry) == nil, looksXen {
+            return (.xenLinux, "an ELF kernel with a HYPERCALL_PAGE note, no PVH entry and a \"-xen\" release: the XenLinux pattern (no config to confirm)")
+        }
+        return (.pvops, container == "bzImage" ? "a bzImage (XenLinux kernels ship as ELF): a pvops kernel" : "no XenLinux markers: a pvops kernel")
+    }
+}
+
+/// The program header type libelf hands out.
+typealias GElfProgramHeader = ElfFile.ProgramHeader
+
+enum ElfMagic {
+    static let bytes: [UInt8] = [0x7F, 0x45, 0x4C, 0x46]
+
+    static func architecture(machine: UInt16, bitness: Int) -> String {
+        switch machine {
+        case 62: "x86_64"
+        case 3: "x86"
+        case 183: "arm64"
+        case 40: "arm"
+        case 243: "riscv\(bitness)"
+        default: "machine \(machine)"
+        }
+    }
+}
+
+extension X86SetupHeader {
+    /// `syssize` in bytes (16-byte paragraphs), protocol 2.04+.
+    func syssizeBytes(_ view: ByteView) -> UInt64 { UInt64(view.le(UInt32.self, 0x1F4) ?? 0) * 16 }
+}
+
+/// Reading an image file whole, with the errors a user can act on.
+enum ImageFile {
+    static func read(path: String) throws(KernelAuditError) -> ImageBuffer {
+        var status = stat()
+        guard stat(path, &status) == 0 else {
+            let code = errno
+            throw KernelAuditError(.unreadable, "cannot open \(path): \(String(cString: strerror(code)))",
+                                   hint: code == ENOENT ? "Check the path" : "Check the file's permissions")
+        }
+        guard status.st_mode & S_IFMT == S_IFREG else {
+            throw KernelAuditError(.notAFile, "\(path) is \(status.st_mode & S_IFMT == S_IFDIR ? "a directory" : "not a regular file")",
+                                   hint: "Give a kernel image file; for a whole root filesystem use --root")
+        }
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            let code = errno
+            throw KernelAuditError(.unreadable, "cannot open \(path): \(String(cString: strerror(code)))", hint: "Check the file's permissions")
+        }
+        defer { close(fd) }
+        let size = Int(status.st_size)
+        let buffer = ImageBuffer(capacity: max(size, 1))
+        while true {
+            guard buffer.reserve(extra: 1 << 20, limit: Int.max) else { break }
+            let space = buffer.freeSpace
+            let n = Glibc.read(fd, space.baseAddress, space.count)
+            if n < 0 {
+                if errno == EINTR { continue }
+                let code = errno
+                throw KernelAuditError(.unreadable, "reading \(path) failed: \(String(cString: strerror(code)))",
+                                       offset: buffer.count, hint: "Check the device the file is on")
+            }
+            if n == 0 { break }
+            buffer.commit(n)
+        }
+        return buffer
+    }
+}

@@ -1,0 +1,88 @@
+/// A kernel `.config`: `CONFIG_X=y|m|value` and `# CONFIG_X is not set` lines.
+public struct KernelConfig: Sendable, Equatable {
+    /// Where it came from: "embedded IKCONFIG", a path, ….
+    public let source: String
+    /// Option → value ("y", "m", a number or a quoted string). Unset options are absent.
+    public let values: [String: String]
+    /// Line number of each option, for evidence.
+    public let lines: [String: Int]
+
+    public init(text: String, source: String) {
+        var values: [String: String] = [:], lines: [String: Int] = [:]
+        for (number, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            if line.hasPrefix("CONFIG_"), let equals = line.firstIndex(of: "=") {
+                let name = String(line[..<equals])
+                values[name] = String(line[line.index(after: equals)...])
+                lines[name] = number + 1
+            } else if line.hasPrefix("# CONFIG_"), line.hasSuffix(" is not set") {
+                let name = String(line.dropFirst(2).dropLast(" is not set".count))
+                lines[name] = number + 1
+            }
+        }
+        self.source = source
+        self.values = values
+        self.lines = lines
+    }
+
+    /// The option's state.
+    public func state(_ option: String) -> OptionState {
+        switch values[option] {
+        case "y": .builtIn
+        case "m": .module
+        case nil: .unset
+        case let value?: .value(value)
+        }
+    }
+
+    /// Evidence text: "CONFIG_X=y (config line 123 of SOURCE)".
+    public func evidence(_ option: String) -> String {
+        let line = lines[option].map { " (line \($0) of \(source))" } ?? " (\(source))"
+        return "\(option)\(values[option].map { "=\($0)" } ?? " is not set")\(line)"
+    }
+
+    /// True when the text looks like a kernel config at all.
+    public var isPlausible: Bool { values.count >= 10 }
+}
+
+public enum OptionState: Sendable, Equatable {
+    case builtIn, module, unset
+    case value(String)
+    public var isEnabled: Bool { self == .builtIn || self == .module }
+}
+
+/// Finds the embedded config (CONFIG_IKCONFIG): "IKCFG_ST" followed by a gzip stream.
+enum EmbeddedConfig {
+    static let marker: [UInt8] = Array("IKCFG_ST".utf8) + [0x1F, 0x8B, 0x08]
+
+    static func find(in bytes: UnsafeRawBufferPointer, limits: DecompressionLimits) -> (text: String, offset: Int)? {
+        let view = ByteView(bytes: bytes)
+        for offset in view.find(marker, limit: 4) {
+            var small = limits
+            small.maxOutput = min(limits.maxOutput, 16 << 20)
+            guard let result = try? Decompressor.decompress(bytes, format: .gzip, at: offset + 8, limits: small) else { continue }
+            let text = String(decoding: result.output.bytes, as: UTF8.self)
+            if text.contains("CONFIG_") { return (text, offset) }
+        }
+        return nil
+    }
+}
+
+/// The `Linux version …` banner (`linux_banner`).
+enum KernelBanner {
+    static let prefix: [UInt8] = Array("Linux version ".utf8)
+
+    /// The first banner whose release looks like a version number, and the release itself.
+    static func find(in bytes: UnsafeRawBufferPointer) -> (banner: String, release: String, offset: Int)? {
+        let view = ByteView(bytes: bytes)
+        for offset in view.find(prefix, limit: 64) {
+            var end = offset + prefix.count
+            while end < bytes.count, end - offset < 512, bytes[end] >= 0x20, bytes[end] < 0x7F { end += 1 }
+            let banner = String(decoding: bytes[offset..<end], as: UTF8.self)
+            let release = banner.dropFirst(prefix.count).prefix { $0 != " " }
+            if let first = release.first, first.isNumber, release.contains(".") {
+                return (banner, String(release), offset)
+            }
+        }
+        return nil
+    }
+}

@@ -1,0 +1,163 @@
+import CKmod
+import Foundation
+
+/// The xenbus frontends pvcheck looks for: the alias a frontend driver declares, and the
+/// config option that builds it.
+public enum XenFrontend: String, Sendable, Codable, CaseIterable {
+    case vbd, vif, vscsi, pci, vkbd, vfb, p9 = "9pfs", vtpm, vdispl, vsnd, console
+
+    /// The module alias the driver carries (`xen:<type>`).
+    public var alias: String { "xen:\(rawValue)" }
+
+    /// The Kconfig option that builds the driver.
+    public var configOption: String {
+        switch self {
+        case .vbd: "CONFIG_XEN_BLKDEV_FRONTEND"
+        case .vif: "CONFIG_XEN_NETDEV_FRONTEND"
+        case .vscsi: "CONFIG_XEN_SCSI_FRONTEND"
+        case .pci: "CONFIG_XEN_PCIDEV_FRONTEND"
+        case .vkbd: "CONFIG_INPUT_XEN_KBDDEV_FRONTEND"
+        case .vfb: "CONFIG_XEN_FBDEV_FRONTEND"
+        case .p9: "CONFIG_NET_9P_XEN"
+        case .vtpm: "CONFIG_TCG_XEN"
+        case .vdispl: "CONFIG_DRM_XEN_FRONTEND"
+        case .vsnd: "CONFIG_SND_XEN_FRONTEND"
+        case .console: "CONFIG_HVC_XEN_FRONTEND"
+        }
+    }
+
+    /// What the device is, for people.
+    public var purpose: String {
+        switch self {
+        case .vbd: "block devices (xvd*)"
+        case .vif: "network interfaces"
+        case .vscsi: "PV SCSI"
+        case .pci: "PCI passthrough"
+        case .vkbd: "keyboard and mouse"
+        case .vfb: "framebuffer"
+        case .p9: "9pfs shared folders"
+        case .vtpm: "virtual TPM"
+        case .vdispl: "display"
+        case .vsnd: "sound"
+        case .console: "secondary consoles"
+        }
+    }
+}
+
+/// How a frontend is present in a kernel.
+public struct FrontendPresence: Sendable, Codable, Equatable {
+    public enum State: String, Sendable, Codable { case builtIn = "built-in", module, absent, unknown }
+    public let frontend: XenFrontend
+    public let state: State
+    /// The module name (`xen_blkfront`) when known.
+    public let module: String?
+    /// The module file, relative to the module directory, when it is one.
+    public let file: String?
+    /// How this was decided.
+    public let evidence: String
+}
+
+/// A module tree (`lib/modules/<version>`) read through libkmod: depmod's indexes when present,
+/// otherwise the modinfo of the module files themselves and `modules.builtin.modinfo`.
+final class ModuleIndex {
+    let directory: String
+    private let context: OpaquePointer
+
+    init?(directory: String) {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue,
+              let context = kmod_new(directory, nil) else { return nil }
+        self.directory = directory
+        self.context = context
+    }
+
+    deinit { kmod_unref(context) }
+
+    /// Built-in modules' aliases from `modules.builtin.modinfo` ("module.key=value\0" records).
+    lazy var builtinAliases: [String: String] = {
+        guard let data = FileManager.default.contents(atPath: directory + "/modules.builtin.modinfo") else { return [:] }
+        var aliases: [String: String] = [:]
+        for record in data.split(separator: 0) {
+            let text = String(decoding: record, as: UTF8.self)
+            guard let dot = text.firstIndex(of: "."), text[text.index(after: dot)...].hasPrefix("alias=") else { continue }
+            let module = String(text[..<dot])
+            let alias = String(text[text.index(dot, offsetBy: 7)...])
+            aliases[alias] = module
+        }
+        return aliases
+    }()
+
+    /// Built-in module names from `modules.builtin` (paths), for when modinfo is absent.
+    lazy var builtinModules: Set<String> = {
+        guard let text = try? String(contentsOfFile: directory + "/modules.builtin", encoding: .utf8) else { return [] }
+        return Set(text.split(separator: "\n").map { moduleName(fromPath: String($0)) })
+    }()
+
+    var hasDepmodIndex: Bool { FileManager.default.fileExists(atPath: directory + "/modules.alias.bin") }
+
+    /// Module files (relative paths) under `kernel/` and `updates/`, any compression.
+    lazy var moduleFiles: [String] = {
+        var files: [String] = []
+        for top in ["kernel", "updates", "extra"] {
+            guard let walker = FileManager.default.enumerator(atPath: directory + "/" + top) else { continue }
+            while let path = walker.nextObject() as? String {
+                if path.hasSuffix(".ko") || path.hasSuffix(".ko.xz") || path.hasSuffix(".ko.zst") || path.hasSuffix(".ko.gz") {
+                    files.append(top + "/" + path)
+                }
+            }
+        }
+        return files.sorted()
+    }()
+
+    /// Aliases of one module file, read by libkmod from its `.modinfo` (compressed or not).
+    func aliases(ofFile relative: String) -> [String] {
+        var module: OpaquePointer? = nil
+        guard kmod_module_new_from_path(context, directory + "/" + relative, &module) == 0, let module else { return [] }
+        defer { kmod_module_unref(module) }
+        var list: OpaquePointer? = nil
+        guard kmod_module_get_info(module, &list) >= 0 else { return [] }
+        defer { kmod_module_info_free_list(list) }
+        var aliases: [String] = []
+        var entry = list
+        while let current = entry {
+            if let key = kmod_module_info_get_key(current), String(cString: key) == "alias",
+               let value = kmod_module_info_get_value(current) {
+                aliases.append(String(cString: value))
+            }
+            entry = kmod_list_next(list, current)
+        }
+        return aliases
+    }
+
+    /// Resolves every frontend. Without depmod's index, only module files whose name mentions
+    /// "xen" are opened (every Xen frontend's does), which keeps a 4000-module tree fast.
+    func resolve() -> [FrontendPresence] {
+        var byAlias: [String: (module: String, file: String)] = [:]
+        let candidates = moduleFiles.filter { moduleName(fromPath: $0).contains("xen") }
+        for file in candidates {
+            for alias in aliases(ofFile: file) where alias.hasPrefix("xen:") {
+                byAlias[alias] = (moduleName(fromPath: file), file)
+            }
+        }
+        return XenFrontend.allCases.map { frontend in
+            if let module = builtinAliases[frontend.alias] {
+                return FrontendPresence(frontend: frontend, state: .builtIn, module: module, file: nil,
+                                        evidence: "\(module).alias=\(frontend.alias) in modules.builtin.modinfo")
+            }
+            if let found = byAlias[frontend.alias] {
+                return FrontendPresence(frontend: frontend, state: .module, module: found.module, file: found.file,
+                                        evidence: "alias \(frontend.alias) in the modinfo of \(found.file)")
+            }
+            return FrontendPresence(frontend: frontend, state: .absent, module: nil, file: nil,
+                                    evidence: "no module in \(directory) declares \(frontend.alias) (\(candidates.count) xen module files read, modules.builtin.modinfo \(builtinAliases.isEmpty ? "absent" : "read"))")
+        }
+    }
+}
+
+/// `kernel/drivers/block/xen-blkfront.ko.xz` → `xen_blkfront`.
+func moduleName(fromPath path: String) -> String {
+    var name = Substring(path.split(separator: "/").last ?? Substring(path))
+    for suffix in [".xz", ".zst", ".gz"] where name.hasSuffix(suffix) { name = name.dropLast(suffix.count) }
+    if name.hasSuffix(".ko") { name = name.dropLast(3) }
+    return name.replacingOccurrences(of: "-", with: "_")
+}

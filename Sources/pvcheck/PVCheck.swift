@@ -1,0 +1,108 @@
+import ArgumentParser
+import Foundation
+import KernelAudit
+import Logging
+
+/// `pvcheck`: will this kernel boot as a Xen PV, PVH or HVM guest, and what will it miss?
+@main
+struct PVCheck: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pvcheck",
+        abstract: "Audit Linux kernel images for Xen PV, PVH and HVM, with evidence.",
+        discussion: """
+            Reads bzImage (EFI stub, signed), vmlinux, vmlinux.gz/.xz/…, arm64 Image/Image.gz and EFI zboot
+            images; every compression Linux uses. Config: embedded IKCONFIG, --config, config-<release> beside
+            the image, or under --root. Modules: --modules, lib/modules/<release> beside the image or under --root.
+
+            Exit status: 0 audited (with --require: requirement met), 1 requirement not met,
+            2 usage error, 3 could not tell (unreadable, damaged or unknown image; unknown verdict).
+
+            Examples:
+              pvcheck /boot/vmlinuz-6.1.0-27-amd64
+              pvcheck --explain --config /boot/config-6.1.0-27-amd64 vmlinuz
+              pvcheck --require pv --quiet /mnt/guest/boot/vmlinuz-*  && echo "boots PV"
+              pvcheck --root /mnt/guest --json
+            """,
+        version: "pvcheck 0.1 (JSON schema \(AuditReport.schema))")
+
+    @Argument(help: "Kernel images to audit.", completion: .file())
+    var images: [String] = []
+
+    @Option(help: "A mounted guest root filesystem: audit every kernel in its /boot.", completion: .directory)
+    var root: String?
+
+    @Option(help: "The kernel config to use when the image carries none.", completion: .file())
+    var config: String?
+
+    @Option(help: "The module tree (lib/modules/<release>).", completion: .directory)
+    var modules: String?
+
+    @Option(help: "Exit 0 only if the kernel can boot this way: pv, pvh, pvhvm or dom0.")
+    var require: RequirementArgument?
+
+    @Flag(help: "One JSON object per image (JSON lines), schema \(AuditReport.schema).")
+    var json = false
+
+    @Flag(help: "Show the evidence behind every verdict.")
+    var explain = false
+
+    @Flag(name: .shortAndLong, help: "Print nothing; only the exit status.")
+    var quiet = false
+
+    @Flag(name: .shortAndLong, help: "Log each step to standard error.")
+    var verbose = false
+
+    @Option(help: "The most bytes a payload may decompress to (decompression-bomb guard).")
+    var maxOutput: Int = 1 << 30
+
+    func validate() throws {
+        if images.isEmpty && root == nil { throw ValidationError("Give at least one kernel image, or --root DIR.") }
+        if maxOutput < 1 << 20 { throw ValidationError("--max-output must be at least 1048576 bytes.") }
+    }
+
+    func run() throws {
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = verbose ? .debug : .warning
+            return handler
+        }
+        let auditor = KernelAuditor(
+            options: AuditOptions(configPath: config, modulesPath: modules, rootPath: root,
+                                  limits: DecompressionLimits(maxOutput: maxOutput)),
+            logger: Logger(label: "pvcheck"))
+        var targets = images.map { ($0, false) }
+        if let root {
+            do {
+                let found = try RootScanner.kernels(root: root)
+                if found.paths.isEmpty && images.isEmpty {
+                    if !quiet { FileHandle.standardError.write(Data("pvcheck: no kernels in \(root)/boot\n".utf8)) }
+                    throw ExitCode(3)
+                }
+                targets += found.paths.map { ($0, $0 == found.defaultPath) }
+            } catch let error as KernelAuditError {
+                if !quiet { FileHandle.standardError.write(Data("pvcheck: \(error)\n".utf8)) }
+                throw ExitCode(3)
+            }
+        }
+        let renderer = ReportRenderer(colour: isatty(STDOUT_FILENO) == 1 && ProcessInfo.processInfo.environment["NO_COLOR"] == nil,
+                                      explain: explain)
+        var status: Int32 = 0
+        for (path, isDefault) in targets {
+            var report = auditor.report(path: path)
+            if root != nil { report.isDefault = isDefault }
+            if !quiet { print(json ? ReportRenderer.json(report) : renderer.text(report)) }
+            let code: Int32 = require.map { $0.requirement.exitCode(for: report) } ?? (report.error == nil ? 0 : 3)
+            status = max(status, code)
+        }
+        if status != 0 { throw ExitCode(status) }
+    }
+}
+
+struct RequirementArgument: ExpressibleByArgument {
+    let requirement: Requirement
+    init?(argument: String) {
+        guard let value = Requirement(rawValue: argument) else { return nil }
+        requirement = value
+    }
+    static var allValueStrings: [String] { Requirement.allCases.map(\.rawValue) }
+}
