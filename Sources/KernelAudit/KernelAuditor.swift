@@ -76,8 +76,9 @@ public struct KernelAuditor: Sendable {
                 if payloadView.hasPrefix(ElfMagic.bytes) {
                     kernelBytes = payloadBytes
                 } else if let format = CompressionFormat.detect(payloadView) {
-                    payload = try Decompressor.decompress(file.bytes, format: format, at: range.lowerBound, limits: options.limits,
-                                                          sizeHint: trailingSizeHint(payloadBytes))
+                    // The stream is bounded by the payload, not by the file (a CRC and maybe a signature follow).
+                    payload = try Decompressor.decompress(UnsafeRawBufferPointer(rebasing: file.bytes[..<range.upperBound]), format: format,
+                                                          at: range.lowerBound, limits: options.limits, sizeHint: trailingSizeHint(payloadBytes))
                     kernelBytes = payload!.output.bytes
                 } else {
                     throw KernelAuditError(.notAKernel, "the bzImage payload starts with no known compression magic",

@@ -23,7 +23,10 @@ public struct X86SetupHeader: Sendable, Codable, Equatable {
     public let relocatable: Bool
 
     /// The protocol as "2.15".
-    public var protocolString: String { "\(protocolVersion >> 8).\(protocolVersion & 0xFF)" }
+    public var protocolString: String {
+        let minor = protocolVersion & 0xFF
+        return "\(protocolVersion >> 8).\(minor < 10 ? "0" : "")\(minor)"
+    }
     /// `XLF_KERNEL_64`: a 64-bit kernel.
     public var is64Bit: Bool { xloadFlags & 1 != 0 }
 
