@@ -49,7 +49,7 @@ let package = Package(
         .target(
             name: "KernelAudit",
             dependencies: [
-                "XenABI", "CZlib", "CLZMA", "CZstd", "CBzip2", "CLZ4", "CLZO", "CLibElf", "CKmod",
+                "XenABI", "CLinux", "CZlib", "CLZMA", "CZstd", "CBzip2", "CLZ4", "CLZO", "CLibElf", "CKmod",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSwift),

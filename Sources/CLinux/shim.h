@@ -1,12 +1,14 @@
 // Linux calls that Swift's Glibc module lacks: it is built without _GNU_SOURCE, so
-// memfd_create and the eventfd header are not visible. Header-only: nothing to link.
+// memfd_create, memmem and the eventfd header are not visible. Header-only: nothing to link.
 // This can go when the Glibc module exports them.
 #ifndef PVKIT_CLINUX_SHIM_H
 #define PVKIT_CLINUX_SHIM_H
+#include <stddef.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <linux/memfd.h>
 
 int memfd_create(const char *name, unsigned int flags);
+void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen);
 
 #endif

@@ -36,18 +36,27 @@ struct ByteView {
         return String(decoding: slice, as: UTF8.self)
     }
 
-    /// Offsets of `needle` in `range`, in order (memchr on the first byte, then compare).
+    /// The first offset of `needle` at or after `start` (glibc's `memmem`).
+    func firstOffset(of needle: [UInt8], from start: Int = 0) -> Int? {
+        guard !needle.isEmpty, start >= 0, bytes.count - start >= needle.count, let base = bytes.baseAddress else { return nil }
+        return needle.withUnsafeBytes { pattern in
+            memmem(base + start, bytes.count - start, pattern.baseAddress, needle.count).map { base.distance(to: UnsafeRawPointer($0)) }
+        }
+    }
+
+    /// Offsets of `needle` in `range`, in order (glibc's `memmem`).
     func find(_ needle: [UInt8], in range: Range<Int>? = nil, limit: Int = .max) -> [Int] {
         let range = (range ?? 0..<bytes.count).clamped(to: 0..<bytes.count)
-        guard let first = needle.first, range.count >= needle.count, let base = bytes.baseAddress else { return [] }
+        guard !needle.isEmpty, range.count >= needle.count, let base = bytes.baseAddress else { return [] }
         var hits: [Int] = []
         var position = range.lowerBound
-        let last = range.upperBound - needle.count
-        while position <= last, hits.count < limit {
-            guard let found = memchr(base + position, Int32(first), last - position + 1) else { break }
-            let offset = base.distance(to: UnsafeRawPointer(found))
-            if hasPrefix(needle, at: offset) { hits.append(offset) }
-            position = offset + 1
+        needle.withUnsafeBytes { pattern in
+            while hits.count < limit, range.upperBound - position >= needle.count,
+                  let found = memmem(base + position, range.upperBound - position, pattern.baseAddress, needle.count) {
+                let offset = base.distance(to: UnsafeRawPointer(found))
+                hits.append(offset)
+                position = offset + 1
+            }
         }
         return hits
     }
@@ -56,3 +65,4 @@ struct ByteView {
 #if canImport(Glibc)
 import Glibc
 #endif
+import CLinux

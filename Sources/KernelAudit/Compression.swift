@@ -70,7 +70,8 @@ enum Decompressor {
     ) throws(KernelAuditError) -> Decompressed {
         let stream = UnsafeRawBufferPointer(rebasing: input[offset...])
         let hint = min(sizeHint ?? stream.count * 4, limits.maxOutput)
-        let output = ImageBuffer(capacity: hint)
+        // Room for the announced size and the decoder's end-of-stream probe, so an honest size means no reallocation.
+        let output = ImageBuffer(capacity: hint + 65536)
         let consumed: Int
         switch format {
         case .gzip: consumed = try GzipDecoder.run(stream, into: output, limits: limits, base: offset)

@@ -14,6 +14,17 @@ public final class ImageBuffer: @unchecked Sendable {
         self.capacity = max(capacity, 4096)
         base = malloc(self.capacity)
         precondition(base != nil, "out of memory allocating \(self.capacity) bytes")
+        adviseHugePages()
+    }
+
+    /// Large payloads fill tens of MiB of fresh memory: transparent huge pages cut the page
+    /// faults by 512×. Advice only; ignored where THP is off.
+    private func adviseHugePages() {
+        let huge = 2 << 20
+        guard capacity >= 2 * huge, let base else { return }
+        let start = (Int(bitPattern: base) + huge - 1) & ~(huge - 1)
+        let end = (Int(bitPattern: base) + capacity) & ~(huge - 1)
+        if end > start { _ = madvise(UnsafeMutableRawPointer(bitPattern: start), end - start, 14 /* MADV_HUGEPAGE */) }
     }
 
     /// The bytes in use. Valid while this buffer is alive and not growing.
@@ -25,10 +36,11 @@ public final class ImageBuffer: @unchecked Sendable {
         let needed = count + extra
         guard needed <= limit else { return false }
         if needed <= capacity { return true }
-        let grown = min(max(needed, capacity * 2), limit)
+        let grown = min(max(needed, capacity + capacity / 2), limit)
         guard let moved = realloc(base, grown) else { return false }
         base = moved
         capacity = grown
+        adviseHugePages()
         return true
     }
 

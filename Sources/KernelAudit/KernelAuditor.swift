@@ -285,7 +285,7 @@ public struct KernelAuditor: Sendable {
     }
 
     static func isXenRelevant(_ option: String) -> Bool {
-        option.contains("XEN") || option == "CONFIG_PVH" || option == "CONFIG_PARAVIRT" || option == "CONFIG_HYPERVISOR_GUEST"
+        option.utf8.split(separator: UInt8(ascii: "_")).contains { $0.elementsEqual("XEN".utf8) || $0.starts(with: "XEN".utf8) } || option == "CONFIG_PVH" || option == "CONFIG_PARAVIRT" || option == "CONFIG_HYPERVISOR_GUEST"
             || option == "CONFIG_IKCONFIG" || option.hasPrefix("CONFIG_KERNEL_") || option == "CONFIG_X86_64" || option == "CONFIG_64BIT"
     }
 

@@ -56,12 +56,15 @@ enum EmbeddedConfig {
 
     static func find(in bytes: UnsafeRawBufferPointer, limits: DecompressionLimits) -> (text: String, offset: Int)? {
         let view = ByteView(bytes: bytes)
-        for offset in view.find(marker, limit: 4) {
+        var next = 0
+        for _ in 0..<4 {
+            guard let offset = view.firstOffset(of: marker, from: next) else { return nil }
+            next = offset + 1
             var small = limits
             small.maxOutput = min(limits.maxOutput, 16 << 20)
             guard let result = try? Decompressor.decompress(bytes, format: .gzip, at: offset + 8, limits: small) else { continue }
             let text = String(decoding: result.output.bytes, as: UTF8.self)
-            if text.contains("CONFIG_") { return (text, offset) }
+            if text.utf8.starts(with: "#".utf8) || text.contains("\nCONFIG_") { return (text, offset) }
         }
         return nil
     }
@@ -74,7 +77,10 @@ enum KernelBanner {
     /// The first banner whose release looks like a version number, and the release itself.
     static func find(in bytes: UnsafeRawBufferPointer) -> (banner: String, release: String, offset: Int)? {
         let view = ByteView(bytes: bytes)
-        for offset in view.find(prefix, limit: 64) {
+        var next = 0
+        for _ in 0..<64 {
+            guard let offset = view.firstOffset(of: prefix, from: next) else { return nil }
+            next = offset + 1
             var end = offset + prefix.count
             while end < bytes.count, end - offset < 512, bytes[end] >= 0x20, bytes[end] < 0x7F { end += 1 }
             let banner = String(decoding: bytes[offset..<end], as: UTF8.self)

@@ -156,8 +156,9 @@ final class ModuleIndex {
 
 /// `kernel/drivers/block/xen-blkfront.ko.xz` → `xen_blkfront`.
 func moduleName(fromPath path: String) -> String {
-    var name = Substring(path.split(separator: "/").last ?? Substring(path))
-    for suffix in [".xz", ".zst", ".gz"] where name.hasSuffix(suffix) { name = name.dropLast(suffix.count) }
-    if name.hasSuffix(".ko") { name = name.dropLast(3) }
-    return name.replacingOccurrences(of: "-", with: "_")
+    var name = path.utf8.split(separator: UInt8(ascii: "/")).last.map { Array($0) } ?? Array(path.utf8)
+    for suffix in [".xz", ".zst", ".gz", ".ko"] where name.count > suffix.utf8.count && name.suffix(suffix.utf8.count).elementsEqual(suffix.utf8) {
+        name.removeLast(suffix.utf8.count)
+    }
+    return String(decoding: name.map { $0 == UInt8(ascii: "-") ? UInt8(ascii: "_") : $0 }, as: UTF8.self)
 }
