@@ -73,6 +73,11 @@ let package = Package(
             swiftSettings: strictSwift),
         .executableTarget(name: "ring-bench-c", path: "Benchmarks/RingBenchC"),
 
+        .testTarget(
+            name: "KernelAuditTests",
+            dependencies: ["KernelAudit", "XenABI", "SharedMemory"],
+            swiftSettings: strictSwift),
+
         // C reference compiled against /usr/include/xen (libxen-dev): layout facts and ring.h.
         .target(name: "CXenReference", path: "Tests/CXenReference"),
         .testTarget(

@@ -279,7 +279,8 @@ public struct KernelAuditor: Sendable {
         if let given = options.modulesPath { return given }
         guard let release else { return nil }
         let directory = (path as NSString).deletingLastPathComponent
-        var candidates = [directory + "/lib/modules/\(release)", (directory as NSString).deletingLastPathComponent + "/lib/modules/\(release)"]
+        let parent = (directory as NSString).deletingLastPathComponent
+        var candidates = [directory + "/lib/modules/\(release)", parent + "/lib/modules/\(release)", parent + "/usr/lib/modules/\(release)"]
         if let root = options.rootPath { candidates += [root + "/lib/modules/\(release)", root + "/usr/lib/modules/\(release)"] }
         return candidates.first { FileManager.default.fileExists(atPath: $0) }
     }
