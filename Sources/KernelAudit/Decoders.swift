@@ -34,13 +34,15 @@ enum GzipDecoder {
             let window = min(space.count, Int(UInt32.max))
             stream.next_out = space.baseAddress!.assumingMemoryBound(to: UInt8.self)
             stream.avail_out = UInt32(window)
+            let before = stream.total_in
             let status = inflate(&stream, Z_NO_FLUSH)
-            output.commit(window - Int(stream.avail_out))
+            let produced = window - Int(stream.avail_out)
+            output.commit(produced)
             switch status {
             case Z_STREAM_END: return Int(stream.total_in)
-            case Z_OK: continue
-            case Z_BUF_ERROR:
-                if stream.avail_in == 0 { throw Decompressor.truncated(.gzip, at: base + Int(stream.total_in)) }
+            case Z_OK, Z_BUF_ERROR:
+                if stream.avail_in == 0 && produced < window { throw Decompressor.truncated(.gzip, at: base + Int(stream.total_in)) }
+                if produced == 0 && stream.total_in == before { throw Decompressor.corrupt(.gzip, "the decoder made no progress", at: base + Int(stream.total_in)) }
                 continue
             default:
                 let message = stream.msg.map { String(cString: $0) } ?? "error \(status)"
@@ -65,12 +67,15 @@ enum Bzip2Decoder {
             let window = min(space.count, Int(UInt32.max))
             stream.next_out = space.baseAddress!.assumingMemoryBound(to: CChar.self)
             stream.avail_out = UInt32(window)
+            let before = consumed()
             let status = BZ2_bzDecompress(&stream)
-            output.commit(window - Int(stream.avail_out))
+            let produced = window - Int(stream.avail_out)
+            output.commit(produced)
             switch status {
             case BZ_STREAM_END: return consumed()
             case BZ_OK:
-                if stream.avail_in == 0 && stream.avail_out > 0 { throw Decompressor.truncated(.bzip2, at: base + consumed()) }
+                if stream.avail_in == 0 && produced < window { throw Decompressor.truncated(.bzip2, at: base + consumed()) }
+                if produced == 0 && consumed() == before { throw Decompressor.corrupt(.bzip2, "the decoder made no progress", at: base + consumed()) }
             case BZ_DATA_ERROR, BZ_DATA_ERROR_MAGIC: throw Decompressor.corrupt(.bzip2, "bad block data", at: base + consumed())
             default: throw Decompressor.corrupt(.bzip2, "error \(status)", at: base + consumed())
             }
@@ -96,12 +101,14 @@ enum LZMADecoder {
             stream.avail_out = space.count
             // LZMA_FINISH: all input is here; the decoder reports a short stream as LZMA_BUF_ERROR.
             let status = lzma_code(&stream, LZMA_FINISH)
-            output.commit(space.count - stream.avail_out)
+            let produced = space.count - stream.avail_out
+            output.commit(produced)
             switch status {
             case LZMA_STREAM_END: return Int(stream.total_in)
             case LZMA_OK: continue
             case LZMA_BUF_ERROR:
                 if stream.avail_in == 0 { throw Decompressor.truncated(format, at: base + Int(stream.total_in)) }
+                if produced < space.count { throw Decompressor.corrupt(format, "the decoder made no progress", at: base + Int(stream.total_in)) }
                 continue
             case LZMA_MEMLIMIT_ERROR:
                 throw KernelAuditError(.outputLimitExceeded, "\(format) stream asks for more decoder memory than \(limits.maxDecoderMemory) bytes",
@@ -126,6 +133,7 @@ enum ZstdDecoder {
         while true {
             let space = try room(output, .zstd, limits, at: base + source.pos)
             var target = ZSTD_outBuffer(dst: space.baseAddress, size: space.count, pos: 0)
+            let before = source.pos
             let result = ZSTD_decompressStream(context, &target, &source)
             output.commit(target.pos)
             if ZSTD_isError(result) != 0 {
@@ -133,6 +141,7 @@ enum ZstdDecoder {
             }
             if result == 0 { return source.pos }
             if source.pos == source.size && target.pos < target.size { throw Decompressor.truncated(.zstd, at: base + source.pos) }
+            if source.pos == before && target.pos == 0 { throw Decompressor.corrupt(.zstd, "the decoder made no progress", at: base + source.pos) }
         }
     }
 }

@@ -19,16 +19,32 @@ final class ElfFile {
             UnsafeMutablePointer(mutating: bytes.baseAddress!.assumingMemoryBound(to: CChar.self)), bytes.count)
         else {
             throw KernelAuditError(.badELF, "libelf cannot read the ELF: \(Self.lastError())", offset: 0,
-                                   hint: "The decompressed payload is not a usable ELF; the image may be damaged")
+                                   hint: "The ELF (or the decompressed payload) is damaged; re-copy the image from its package")
+        }
+        // Everything is checked on the local handle: a throw before all properties are set
+        // runs no deinit, so the handle is ended here exactly once.
+        var header = GElf_Ehdr()
+        guard elf_kind(handle) == ELF_K_ELF, gelf_getehdr(handle, &header) != nil else {
+            let message = Self.lastError()
+            elf_end(handle)
+            throw KernelAuditError(.badELF, "ELF header unreadable: \(message)", offset: 0,
+                                   hint: "The file claims to be ELF but its header is damaged")
+        }
+        // libelf reads tables lazily; a cut-short image must fail here, naming where.
+        let tables: [(String, UInt64, Int, Int)] = [
+            ("program header table", header.e_phoff, Int(header.e_phnum), Int(header.e_phentsize)),
+            ("section header table", header.e_shoff, Int(header.e_shnum), Int(header.e_shentsize)),
+        ]
+        for (name, offset, count, size) in tables where count > 0 && offset > 0 {
+            let (end, overflow) = Int(clamping: offset).addingReportingOverflow(count * size)
+            guard !overflow, end <= bytes.count else {
+                elf_end(handle)
+                throw KernelAuditError(.truncated, "the ELF \(name) (\(count) × \(size) bytes at \(offset)) runs past the end of the \(bytes.count)-byte image",
+                                       offset: Int(clamping: offset), hint: "The kernel image is cut short or damaged; re-copy it from its package")
+            }
         }
         elf = handle
         self.bytes = bytes
-        var header = GElf_Ehdr()
-        guard elf_kind(handle) == ELF_K_ELF, gelf_getehdr(handle, &header) != nil else {
-            elf_end(handle)
-            throw KernelAuditError(.badELF, "ELF header unreadable: \(Self.lastError())", offset: 0,
-                                   hint: "The file claims to be ELF but its header is damaged")
-        }
         bitness = gelf_getclass(handle) == ELFCLASS64 ? 64 : 32
         machine = header.e_machine
         type = header.e_type

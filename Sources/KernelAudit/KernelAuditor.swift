@@ -234,7 +234,7 @@ public struct KernelAuditor: Sendable {
         let view = ByteView(bytes: bytes)
         var lastError: KernelAuditError? = nil
         for format in [CompressionFormat.gzip, .xz, .bzip2, .lzma, .lzo, .lz4, .zstd] {
-            for offset in view.find(format.scanMagic, in: start..<bytes.count, limit: 8) {
+            for offset in view.find(format.scanMagic, in: min(start, bytes.count)..<bytes.count, limit: 8) {
                 do {
                     let result = try Decompressor.decompress(bytes, format: format, at: offset, limits: options.limits)
                     let inner = ByteView(bytes: result.output.bytes)

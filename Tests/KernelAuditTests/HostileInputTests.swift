@@ -1,0 +1,161 @@
+import Foundation
+import KernelAudit
+import Testing
+
+/// Bad input: each gets one clear error (what, where, what to do), never a crash and never
+/// unbounded memory.
+@Suite("hostile and broken images")
+struct HostileInputTests {
+    func auditError(_ path: String, limits: DecompressionLimits = DecompressionLimits()) -> KernelAuditError? {
+        do {
+            _ = try KernelAuditor(options: AuditOptions(limits: limits)).audit(path: path)
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    @Test("an empty file")
+    func empty() throws {
+        let scratch = try ScratchDirectory()
+        let error = auditError(try scratch.write("empty", []))
+        #expect(error?.code == .empty)
+        #expect(error?.hint.isEmpty == false)
+    }
+
+    @Test("a directory, a FIFO, a missing file")
+    func notFiles() throws {
+        let scratch = try ScratchDirectory()
+        #expect(auditError(scratch.url.path)?.code == .notAFile)
+        let fifo = scratch.url.appendingPathComponent("fifo").path
+        #expect(mkfifo(fifo, 0o600) == 0)
+        #expect(auditError(fifo)?.code == .notAFile)
+        #expect(auditError(scratch.url.appendingPathComponent("missing").path)?.code == .unreadable)
+    }
+
+    @Test("random bytes", arguments: [1, 2, 3, 4] as [UInt64])
+    func random(seed: UInt64) throws {
+        var generator = SeededGenerator(state: seed)
+        let noise = (0..<(64 << 10)).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        let scratch = try ScratchDirectory()
+        #expect(auditError(try scratch.write("noise", noise))?.code == .notAKernel)
+    }
+
+    @Test("an ELF that is not a kernel")
+    func notAKernel() {
+        let error = auditError(fixture("not-a-kernel.o"))
+        #expect(error?.code == .notAKernel)
+        #expect(error?.offset == 16)
+    }
+
+    @Test("a setup header that lies about the payload")
+    func lyingHeader() throws {
+        var image = try bytes(of: fixture("bzImage-xz"))
+        image.replaceSubrange(0x24C..<0x250, with: le32(0x7FFF_FFFF))  // payload_length
+        let scratch = try ScratchDirectory()
+        let error = auditError(try scratch.write("liar", image))
+        #expect(error?.code == .badHeader)
+        #expect(error?.offset == 0x248)
+        #expect(error?.message.contains("past the end") == true)
+    }
+
+    @Test("a payload with no known compression")
+    func unknownPayload() throws {
+        var image = try bytes(of: fixture("bzImage-xz"))
+        let start = (Int(image[0x1F1]) + 1) * 512 + Int(image[0x248]) | Int(image[0x249]) << 8
+        image.replaceSubrange(start..<start + 6, with: [0x11, 0x22, 0x33, 0x44, 0x55, 0x66])
+        let scratch = try ScratchDirectory()
+        let error = auditError(try scratch.write("unknown", image))
+        #expect(error?.code == .notAKernel)
+        #expect(error?.offset == start)
+    }
+
+    @Test("corrupted streams in every compression are errors",
+          arguments: ["bzImage-gzip", "bzImage-bzip2", "bzImage-xz", "bzImage-lzma", "bzImage-lzo", "bzImage-lz4", "bzImage-zstd"])
+    func corrupted(_ name: String) throws {
+        let original = try bytes(of: fixture(name))
+        let start = (Int(original[0x1F1]) + 1) * 512 + 64  // payload after the 64-byte stub
+        let scratch = try ScratchDirectory()
+        var failures = 0
+        for position in stride(from: start + 16, to: original.count - 40, by: 97) {
+            var image = original
+            for i in position..<min(position + 8, image.count) { image[i] ^= 0xA5 }
+            if let error = auditError(try scratch.write("corrupt", image)) {
+                failures += 1
+                #expect([.corruptStream, .truncated, .badELF, .notAKernel].contains(error.code), "\(error)")
+            }
+        }
+        // lzo and lz4 carry no checksum: garbage may decode, and then the ELF checks catch most.
+        #expect(failures > 0)
+    }
+
+    @Test("a bzImage cut at every 7th byte never crashes, and errors once the payload is cut",
+          arguments: ["bzImage-gzip", "bzImage-bzip2", "bzImage-xz", "bzImage-lzma", "bzImage-lzo", "bzImage-lz4", "bzImage-zstd",
+                      "vmlinux-pv-pvh.elf", "vmlinux.gz", "Image-arm64.gz", "vmlinux-legacy-guest.elf32"])
+    func truncated(_ name: String) throws {
+        let original = try bytes(of: fixture(name))
+        let scratch = try ScratchDirectory()
+        for length in stride(from: 0, to: original.count, by: 7) {
+            let path = try scratch.write("cut", Array(original[..<length]))
+            let error = auditError(path)
+            if length < original.count - 1100 {
+                #expect(error != nil, "\(name) cut at \(length) of \(original.count) was accepted")
+            }
+            if let error {
+                #expect(!error.message.isEmpty && !error.hint.isEmpty)
+            }
+        }
+    }
+
+    @Test("a gzip bomb stops at the output limit")
+    func gzipBomb() {
+        let error = auditError(fixture("bomb-64MiB.gz"), limits: DecompressionLimits(maxOutput: 16 << 20))
+        #expect(error?.code == .outputLimitExceeded)
+        #expect(error?.message.contains("16777216") == true)
+    }
+
+    @Test("a 2 GiB zstd bomb in a bzImage stops at the output limit")
+    func zstdBomb() {
+        let error = auditError(fixture("bzImage-bomb-zstd"), limits: DecompressionLimits(maxOutput: 64 << 20))
+        #expect(error?.code == .outputLimitExceeded)
+    }
+
+    @Test("a stream decompressing to garbage is not a kernel")
+    func bombWithinLimit() {
+        let error = auditError(fixture("bomb-64MiB.gz"), limits: DecompressionLimits(maxOutput: 128 << 20))
+        #expect(error?.code == .notAKernel)
+    }
+}
+
+@Suite("pure parts: config, note text, compression magic")
+struct ParsingTests {
+    @Test("config lines")
+    func config() {
+        let config = KernelConfig(text: "#\n# comment\nCONFIG_XEN=y\nCONFIG_XEN_PV=m\n# CONFIG_XEN_PVH is not set\nCONFIG_NR_CPUS=64\nCONFIG_S=\"a=b\"\n",
+                                  source: "test")
+        #expect(config.state("CONFIG_XEN") == .builtIn)
+        #expect(config.state("CONFIG_XEN_PV") == .module)
+        #expect(config.state("CONFIG_XEN_PVH") == .unset)
+        #expect(config.state("CONFIG_NR_CPUS") == .value("64"))
+        #expect(config.state("CONFIG_S") == .value("\"a=b\""))
+        #expect(config.evidence("CONFIG_XEN_PVH") == "CONFIG_XEN_PVH is not set (line 5 of test)")
+        #expect(config.evidence("CONFIG_ABSENT") == "CONFIG_ABSENT is not set (test)")
+        #expect(!config.isPlausible)
+    }
+
+    @Test("--require exit codes", arguments: [
+        ("bzImage-xz", Requirement.pv, Int32(0)), ("vmlinux-pvh-only.elf", .pv, 1), ("vmlinux-pvh-only.elf", .pvh, 0),
+        ("vmlinux-no-xen.elf", .pvhvm, 0), ("vmlinux-no-xen.elf", .dom0, 1), ("vmlinux-i386-pvh.elf32", .dom0, 3),
+        ("vmlinux-i386-pvh.elf32", .pvhvm, 3), ("Image-arm64", .pv, 1),
+    ])
+    func requirement(file: String, requirement: Requirement, code: Int32) {
+        #expect(requirement.exitCode(for: KernelAuditor().report(path: fixture(file))) == code)
+    }
+
+    @Test("an unreadable image answers 3 to every requirement")
+    func requirementOnError() {
+        let report = KernelAuditor().report(path: "/nonexistent/vmlinuz")
+        #expect(report.error?.code == .unreadable)
+        for requirement in Requirement.allCases { #expect(requirement.exitCode(for: report) == 3) }
+    }
+}
