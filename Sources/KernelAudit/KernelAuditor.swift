@@ -65,11 +65,16 @@ public struct KernelAuditor: Sendable {
             image.container = "bzImage"
             image.setupHeader = header
             logger.debug("bzImage, boot protocol \(header.protocolString)")
+            // syssize covers the protected-mode part to the CRC: a shorter file was cut.
+            let expectedEnd = header.protectedModeOffset + Int(header.syssizeBytes(view))
+            if header.protocolVersion >= 0x0204, expectedEnd > header.protectedModeOffset, file.count < expectedEnd {
+                throw KernelAuditError(.truncated, "the setup header says the image is \(expectedEnd) bytes, the file has \(file.count)",
+                                       offset: file.count, hint: "The file is cut short; re-copy it from its package")
+            }
             if let range = try header.payloadRange(fileSize: file.count) {
                 image.payloadOffset = range.lowerBound
                 image.payloadLength = range.count
-                // setup + payload + 4-byte CRC; what follows is a signature or padding.
-                let expectedEnd = header.protectedModeOffset + Int(header.syssizeBytes(view))
+                // What follows the syssize-covered image is a signature (or padding).
                 image.trailingBytes = max(0, file.count - max(expectedEnd, range.upperBound + 4))
                 let payloadBytes = UnsafeRawBufferPointer(rebasing: file.bytes[range])
                 let payloadView = ByteView(bytes: payloadBytes)

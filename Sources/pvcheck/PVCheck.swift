@@ -55,6 +55,22 @@ struct PVCheck: ParsableCommand {
     @Option(help: "The most bytes a payload may decompress to (decompression-bomb guard).")
     var maxOutput: Int = 1 << 30
 
+    /// Runs the command with pvcheck's exit statuses: usage errors are 2 (ArgumentParser's
+    /// default is 64), everything else as the command says.
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            let code = exitCode(for: error)
+            if code == .validationFailure {
+                FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
+                Foundation.exit(2)
+            }
+            exit(withError: error)
+        }
+    }
+
     func validate() throws {
         if images.isEmpty && root == nil { throw ValidationError("Give at least one kernel image, or --root DIR.") }
         if maxOutput < 1 << 20 { throw ValidationError("--max-output must be at least 1048576 bytes.") }

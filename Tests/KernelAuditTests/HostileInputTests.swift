@@ -89,7 +89,7 @@ struct HostileInputTests {
         #expect(failures > 0)
     }
 
-    @Test("a bzImage cut at every 7th byte never crashes, and errors once the payload is cut",
+    @Test("an image cut at every 7th byte is an error, never a crash",
           arguments: ["bzImage-gzip", "bzImage-bzip2", "bzImage-xz", "bzImage-lzma", "bzImage-lzo", "bzImage-lz4", "bzImage-zstd",
                       "vmlinux-pv-pvh.elf", "vmlinux.gz", "Image-arm64.gz", "vmlinux-legacy-guest.elf32"])
     func truncated(_ name: String) throws {
@@ -98,7 +98,7 @@ struct HostileInputTests {
         for length in stride(from: 0, to: original.count, by: 7) {
             let path = try scratch.write("cut", Array(original[..<length]))
             let error = auditError(path)
-            if length < original.count - 1100 {
+            if length < original.count {
                 #expect(error != nil, "\(name) cut at \(length) of \(original.count) was accepted")
             }
             if let error {
