@@ -17,6 +17,7 @@ let package = Package(
         .executable(name: "pvcheck", targets: ["pvcheck"]),
         .executable(name: "ring-bench", targets: ["ring-bench"]),
         .executable(name: "ring-bench-c", targets: ["ring-bench-c"]),
+        .executable(name: "pvcheck-bench", targets: ["pvcheck-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
@@ -72,6 +73,8 @@ let package = Package(
             path: "Benchmarks/RingBench",
             swiftSettings: strictSwift),
         .executableTarget(name: "ring-bench-c", path: "Benchmarks/RingBenchC"),
+        // pvcheck against xz -dc / zstd -dc on real kernels.
+        .executableTarget(name: "pvcheck-bench", dependencies: ["KernelAudit"], path: "Benchmarks/PVCheckBench", swiftSettings: strictSwift),
 
         .testTarget(
             name: "KernelAuditTests",

@@ -127,6 +127,34 @@ enum ZstdDecoder {
             throw KernelAuditError(.unsupported, "libzstd could not start", hint: "Check the zstd installation")
         }
         defer { ZSTD_freeDCtx(context) }
+        // The kernel's frames declare no content size but a 128 MiB window. Decoding into one
+        // stable output buffer (sized from the size trailer) lets zstd use the output as its
+        // window: no second 55 MiB buffer, no copies. If the buffer turns out too small, start
+        // over streaming.
+        let start = output.count
+        if output.freeSpace.count > 1 << 20 {
+            ZSTD_DCtx_setParameter(context, ZSTD_dParameter(rawValue: 1001) /* ZSTD_d_stableOutBuffer */, 1)
+            let space = output.freeSpace
+            var source = ZSTD_inBuffer(src: input.baseAddress, size: input.count, pos: 0)
+            var target = ZSTD_outBuffer(dst: space.baseAddress, size: space.count, pos: 0)
+            while true {
+                let before = (source.pos, target.pos)
+                let result = ZSTD_decompressStream(context, &target, &source)
+                if ZSTD_isError(result) != 0 {
+                    if target.pos == target.size { break }  // too small: stream instead
+                    throw Decompressor.corrupt(.zstd, String(cString: ZSTD_getErrorName(result)), at: base + source.pos)
+                }
+                if result == 0 {
+                    output.commit(target.pos)
+                    return source.pos
+                }
+                if target.pos == target.size { break }
+                if source.pos == source.size { throw Decompressor.truncated(.zstd, at: base + source.pos) }
+                if (source.pos, target.pos) == before { throw Decompressor.corrupt(.zstd, "the decoder made no progress", at: base + source.pos) }
+            }
+            ZSTD_DCtx_reset(context, ZSTD_reset_session_and_parameters)
+            output.truncate(to: start)
+        }
         let windowLog = Int32(min(31, max(10, 63 - limits.maxDecoderMemory.leadingZeroBitCount)))
         ZSTD_DCtx_setParameter(context, ZSTD_d_windowLogMax, windowLog)
         var source = ZSTD_inBuffer(src: input.baseAddress, size: input.count, pos: 0)

@@ -55,6 +55,12 @@ public final class ImageBuffer: @unchecked Sendable {
         count += n
     }
 
+    /// Forgets the bytes past `count`.
+    func truncate(to count: Int) {
+        precondition(count <= self.count)
+        self.count = count
+    }
+
     func append(_ source: UnsafeRawBufferPointer) {
         guard source.count > 0 else { return }
         if count + source.count > capacity {

@@ -95,13 +95,28 @@ final class ModuleIndex {
 
     var hasDepmodIndex: Bool { FileManager.default.fileExists(atPath: directory + "/modules.alias.bin") }
 
-    /// Module files (relative paths) under `kernel/` and `updates/`, any compression.
-    lazy var moduleFiles: [String] = {
+    /// Module files (relative paths) whose name mentions "xen", any compression. Taken from
+    /// `modules.order` when the tree has it (a line per module, far cheaper than walking
+    /// thousands of files), else found by walking `kernel/`, `updates/` and `extra/`.
+    lazy var xenModuleFiles: [String] = {
+        let suffixes = ["", ".xz", ".zst", ".gz"]
+        if let order = FileManager.default.contents(atPath: directory + "/modules.order") {
+            var files: [String] = []
+            for line in order.split(separator: UInt8(ascii: "\n")) {
+                let path = String(decoding: line, as: UTF8.self)
+                guard moduleName(fromPath: path).contains("xen") else { continue }
+                let base = path.hasSuffix(".o") ? String(path.dropLast(2)) + ".ko" : path
+                if let found = suffixes.lazy.map({ base + $0 }).first(where: { access(self.directory + "/" + $0, F_OK) == 0 }) {
+                    files.append(found)
+                }
+            }
+            if !files.isEmpty { return files }
+        }
         var files: [String] = []
         for top in ["kernel", "updates", "extra"] {
             guard let walker = FileManager.default.enumerator(atPath: directory + "/" + top) else { continue }
             while let path = walker.nextObject() as? String {
-                if path.hasSuffix(".ko") || path.hasSuffix(".ko.xz") || path.hasSuffix(".ko.zst") || path.hasSuffix(".ko.gz") {
+                if suffixes.contains(where: { path.hasSuffix(".ko" + $0) }), moduleName(fromPath: path).contains("xen") {
                     files.append(top + "/" + path)
                 }
             }
@@ -133,7 +148,7 @@ final class ModuleIndex {
     /// "xen" are opened (every Xen frontend's does), which keeps a 4000-module tree fast.
     func resolve() -> [FrontendPresence] {
         var byAlias: [String: (module: String, file: String)] = [:]
-        let candidates = moduleFiles.filter { moduleName(fromPath: $0).contains("xen") }
+        let candidates = xenModuleFiles
         for file in candidates {
             for alias in aliases(ofFile: file) where alias.hasPrefix("xen:") {
                 byAlias[alias] = (moduleName(fromPath: file), file)
