@@ -136,8 +136,11 @@ public struct KernelAuditor: Sendable {
         var kernel: AuditReport.KernelInfo
         var notes = XenNoteSet(source: .none, notes: [])
         var loadSegments: [(paddr: UInt64, memsz: UInt64)] = []
+        // The banner and IKCONFIG live in .rodata: search only there when the ELF says where it is.
+        var searchBytes = kernelBytes
         if kernelView.hasPrefix(ElfMagic.bytes) {
             let elf = try ElfFile(kernelBytes)
+            if let rodata = elf.section(named: ".rodata"), rodata.bytes.count > 0 { searchBytes = rodata.bytes }
             let architecture = ElfMagic.architecture(machine: elf.machine, bitness: elf.bitness)
             kernel = AuditReport.KernelInfo(architecture: architecture, elfClass: elf.bitness, elfMachine: elf.machine,
                                             entry: elf.entry, family: .other, familyEvidence: "")
@@ -162,7 +165,7 @@ public struct KernelAuditor: Sendable {
             kernel.release = String(release)
             kernel.releaseSource = "setup header"
         }
-        if let banner = KernelBanner.find(in: kernelBytes) {
+        if let banner = KernelBanner.find(in: searchBytes) ?? (searchBytes.count != kernelBytes.count ? KernelBanner.find(in: kernelBytes) : nil) {
             kernel.banner = banner.banner
             if kernel.release == nil {
                 kernel.release = banner.release
@@ -171,7 +174,7 @@ public struct KernelAuditor: Sendable {
         }
 
         // Config: embedded first, then the places a user would keep it.
-        let config = try loadConfig(fileBytes: file.bytes, kernelBytes: kernelBytes, path: path, release: kernel.release)
+        let config = try loadConfig(kernelBytes: searchBytes, path: path, release: kernel.release)
         if let config {
             report.config = .init(source: config.source, xenOptions: config.values.filter { Self.isXenRelevant($0.key) })
         }
@@ -255,8 +258,10 @@ public struct KernelAuditor: Sendable {
                                offset: nil, hint: "Check that this is a Linux kernel image (vmlinuz, vmlinux, Image)")
     }
 
-    func loadConfig(fileBytes: UnsafeRawBufferPointer, kernelBytes: UnsafeRawBufferPointer, path: String, release: String?) throws(KernelAuditError) -> KernelConfig? {
-        if let embedded = EmbeddedConfig.find(in: fileBytes, limits: options.limits) ?? EmbeddedConfig.find(in: kernelBytes, limits: options.limits) {
+    func loadConfig(kernelBytes: UnsafeRawBufferPointer, path: String, release: String?) throws(KernelAuditError) -> KernelConfig? {
+        // The kernel (its .rodata when known) holds IKCONFIG; the file itself only when it is
+        // not a compressed payload's container, i.e. when the two are the same bytes.
+        if let embedded = EmbeddedConfig.find(in: kernelBytes, limits: options.limits) {
             return KernelConfig(text: embedded.text, source: "embedded IKCONFIG")
         }
         if let given = options.configPath {

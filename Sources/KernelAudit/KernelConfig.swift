@@ -9,14 +9,17 @@ public struct KernelConfig: Sendable, Equatable {
 
     public init(text: String, source: String) {
         var values: [String: String] = [:], lines: [String: Int] = [:]
-        for (number, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            if line.hasPrefix("CONFIG_"), let equals = line.firstIndex(of: "=") {
-                let name = String(line[..<equals])
-                values[name] = String(line[line.index(after: equals)...])
-                lines[name] = number + 1
-            } else if line.hasPrefix("# CONFIG_"), line.hasSuffix(" is not set") {
-                let name = String(line.dropFirst(2).dropLast(" is not set".count))
-                lines[name] = number + 1
+        let notSet = Array(" is not set".utf8)
+        var number = 0
+        // Byte-wise: a distribution config has ~10 000 lines.
+        for line in text.utf8.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
+            number += 1
+            if line.starts(with: "CONFIG_".utf8), let equals = line.firstIndex(of: UInt8(ascii: "=")) {
+                let name = String(decoding: line[..<equals], as: UTF8.self)
+                values[name] = String(decoding: line[line.index(after: equals)...], as: UTF8.self)
+                lines[name] = number
+            } else if line.starts(with: "# CONFIG_".utf8), line.count > notSet.count + 2, line.suffix(notSet.count).elementsEqual(notSet) {
+                lines[String(decoding: line.dropFirst(2).dropLast(notSet.count), as: UTF8.self)] = number
             }
         }
         self.source = source
