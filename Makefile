@@ -1,35 +1,53 @@
 # PVKit: two commands matter. `make demo` runs the main job, `make test` runs every test tier.
 SWIFT ?= swift
-SCRATCH_RELEASE ?= .build
 
-.PHONY: deps test-deps build demo test bench clean
+.PHONY: deps build demo test bench kernels fixtures clean
 
 deps:
 	@scripts/install-deps.sh build
 
-test-deps:
-	@scripts/install-deps.sh test
-
 build: deps
 	$(SWIFT) build
 
-# Prints the ABI facts and runs the ring benchmark briefly (release build).
+# pvcheck on the bundled fixtures (and on real Debian kernels when cached), then the ABI facts
+# and a short ring benchmark.
 demo: deps
-	$(SWIFT) build -c release --product ring-bench
-	$(SWIFT) build -c release --product ring-bench-c
+	$(SWIFT) build -c release --product pvcheck --product ring-bench --product ring-bench-c
+	@echo "== pvcheck on a guest root filesystem (fixtures/root)"
+	.build/release/pvcheck --root fixtures/root
+	@echo "== pvcheck --explain on a PVH-only kernel"
+	.build/release/pvcheck --explain fixtures/images/vmlinux-pvh-only.elf
+	@echo "== pvcheck on a XenLinux kernel and an arm64 Image"
+	-.build/release/pvcheck fixtures/images/vmlinuz-2.6.18-xen-pvkit.gz fixtures/images/Image-arm64.gz
+	@for k in $${PVKIT_CACHE:-$$HOME/.cache/pvkit}/kernels/*/root/boot/vmlinuz-*; do \
+	  [ -f "$$k" ] && echo "== pvcheck on $$k" && .build/release/pvcheck "$$k"; done; true
+	@echo "== Xen ABI facts and a short ring benchmark"
 	.build/release/ring-bench abi
 	.build/release/ring-bench run --quick
 
-# Every tier: unit, ABI (against /usr/include/xen), differential (ring.h), cross-process.
-test: test-deps
+# Real Debian kernels for the interop tier, cached outside the repository.
+kernels:
+	@scripts/fetch-kernels.sh
+
+# Every tier: unit, ABI (against /usr/include/xen), differential (ring.h), cross-process,
+# hostile input, command line, real kernels against Xen's readnotes.
+test:
+	@scripts/install-deps.sh test
+	@scripts/fetch-kernels.sh
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build --disable-xctest
 
-# The full benchmark, side by side with the C ring.h harness; numbers go in README.md.
-bench: deps
-	$(SWIFT) build -c release --product ring-bench
-	$(SWIFT) build -c release --product ring-bench-c
+# The benchmarks behind README.md's performance table (release builds).
+bench:
+	@scripts/install-deps.sh bench
+	@scripts/fetch-kernels.sh
+	$(SWIFT) build -c release --product ring-bench --product ring-bench-c --product pvcheck --product pvcheck-bench
 	.build/release/ring-bench run
+	.build/release/pvcheck-bench
+
+# Regenerates fixtures/ from fixtures/generate.py (needs gzip, bzip2, xz, lzop, lz4, zstd).
+fixtures:
+	python3 fixtures/generate.py
 
 clean:
 	rm -rf .build

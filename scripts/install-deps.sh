@@ -5,9 +5,12 @@ set -euo pipefail
 
 packages=(pkg-config gcc libxen-dev libelf-dev libkmod-dev zlib1g-dev liblzma-dev libzstd-dev liblz4-dev
           liblzo2-dev libbz2-dev)
-if [ "${1:-build}" = test ]; then
-    packages+=(xz-utils zstd lz4 bzip2 lzop)
-fi
+case "${1:-build}" in
+    # readnotes (xen-utils-4.17) and readelf (binutils) are pvcheck's interop oracles; the
+    # decompressor tools extract real kernels independently of pvcheck.
+    test) packages+=(xz-utils zstd bzip2 binutils xen-utils-4.17) ;;
+    bench) packages+=(xz-utils zstd time) ;;
+esac
 
 missing=()
 for p in "${packages[@]}"; do
@@ -23,4 +26,5 @@ fi
 echo "Installing: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
+# xen-utils' post-install warns that no hypervisor runs here, and still succeeds.
 apt-get install -y -q --no-install-recommends "${missing[@]}"

@@ -94,7 +94,7 @@ enum VerdictRules {
         }
         guard let entryNote = n.note(.entry), let entry = entryNote.number else {
             if let config = f.config { evidence.append(config.evidence("CONFIG_XEN_PV")) }
-            return no("no ENTRY note: built without CONFIG_XEN_PV, so there is no PV entry point")
+            return no("no ENTRY note: no PV entry point (Linux emits one only with CONFIG_XEN_PV)")
         }
         evidence.append(noteEvidence(entryNote))
         if !n.unknownRequiredTokens.isEmpty {
