@@ -144,9 +144,38 @@ final class ModuleIndex {
         return aliases
     }
 
-    /// Resolves every frontend. Without depmod's index, only module files whose name mentions
+    /// Resolves one alias through depmod's index (`modules.alias.bin`, `modules.builtin.alias.bin`).
+    func lookup(_ alias: String) -> (module: String, file: String?)? {
+        var list: OpaquePointer? = nil
+        guard kmod_module_new_from_lookup(context, alias, &list) >= 0, let list else { return nil }
+        defer { kmod_module_unref_list(list) }
+        guard let module = kmod_module_get_module(list) else { return nil }
+        defer { kmod_module_unref(module) }
+        let name = String(cString: kmod_module_get_name(module))
+        guard let path = kmod_module_get_path(module) else { return (name, nil) }
+        var file = String(cString: path)
+        if file.hasPrefix(directory + "/") { file.removeFirst(directory.count + 1) }
+        return (name, file)
+    }
+
+    /// Resolves every frontend: through depmod's index when the tree has one, else from the
+    /// modinfo of the module files themselves. In that case only files whose name mentions
     /// "xen" are opened (every Xen frontend's does), which keeps a 4000-module tree fast.
     func resolve() -> [FrontendPresence] {
+        if hasDepmodIndex {
+            return XenFrontend.allCases.map { frontend in
+                guard let found = lookup(frontend.alias) else {
+                    return FrontendPresence(frontend: frontend, state: .absent, module: nil, file: nil,
+                                            evidence: "depmod's index in \(directory) has no module for \(frontend.alias)")
+                }
+                guard let file = found.file else {
+                    return FrontendPresence(frontend: frontend, state: .builtIn, module: found.module, file: nil,
+                                            evidence: "depmod's index maps \(frontend.alias) to built-in \(found.module)")
+                }
+                return FrontendPresence(frontend: frontend, state: .module, module: found.module, file: file,
+                                        evidence: "depmod's index maps \(frontend.alias) to \(file)")
+            }
+        }
         var byAlias: [String: (module: String, file: String)] = [:]
         let candidates = xenModuleFiles
         for file in candidates {

@@ -11,7 +11,7 @@ struct CommandLineTests {
         (["--require", "pvh", "vmlinux-pvh-only.elf"], 0),
         (["--require", "dom0", "vmlinux-i386-pvh.elf32"], 3),
         (["--require", "pvhvm", "Image-arm64.gz"], 0),
-        (["not-a-kernel.o"], 3),
+        (["not-a-kernel-object.elf32"], 3),
         (["bzImage-zstd", "vmlinux-no-xen.elf"], 0),
         (["--require", "pv", "bzImage-zstd", "vmlinux-no-xen.elf"], 1),
         (["--require", "bogus", "bzImage-xz"], 2),
@@ -25,7 +25,7 @@ struct CommandLineTests {
 
     @Test("--json writes one versioned object per image")
     func jsonLines() throws {
-        let result = try run("pvcheck", ["--json", fixture("bzImage-xz"), fixture("not-a-kernel.o"), fixture("Image-arm64")])
+        let result = try run("pvcheck", ["--json", fixture("bzImage-xz"), fixture("not-a-kernel-object.elf32"), fixture("Image-arm64")])
         let lines = result.stdout.split(separator: "\n")
         #expect(lines.count == 3)
         let decoder = JSONDecoder()

@@ -57,6 +57,8 @@ struct FixtureVerdictTests {
              answers: [.no, .no, .no, .no, .yes, .yes]),
         Case(file: "Image-arm64.gz", container: "compressed-arm64-image", compression: .gzip, release: "6.6.0-pvkit-arm64",
              answers: [.no, .no, .no, .no, .yes, .yes]),
+        Case(file: "vmlinuz-arm64-zboot.efi", container: "efi-zboot", compression: .gzip, release: "6.6.0-pvkit-arm64",
+             answers: [.no, .no, .no, .no, .yes, .yes]),
     ]
 
     @Test("verdicts", arguments: cases)
@@ -157,6 +159,19 @@ struct RootAndModuleTests {
         #expect(state(.console)?.state == .builtIn, "CONFIG_HVC_XEN_FRONTEND=y without a builtin alias")
         #expect(state(.vscsi)?.state == .absent)
         #expect(report.config?.source.hasSuffix("boot/config-6.6.0-pvkit-fixture") == true)
+    }
+
+    @Test("a depmod-indexed tree resolves through libkmod's lookup")
+    func indexedModules() throws {
+        let directory = fixtures.appendingPathComponent("modules-indexed/lib/modules/6.6.0-pvkit-fixture").path
+        let report = try KernelAuditor(options: AuditOptions(modulesPath: directory)).audit(path: fixture("vmlinux-pv-pvh.elf"))
+        let frontends = try #require(report.modules?.frontends)
+        func state(_ frontend: XenFrontend) -> FrontendPresence? { frontends.first { $0.frontend == frontend } }
+        #expect(state(.vbd)?.state == .module && state(.vbd)?.file == "kernel/drivers/block/xen-blkfront.ko")
+        #expect(state(.vbd)?.evidence.hasPrefix("depmod's index") == true)
+        #expect(state(.vif)?.file == "kernel/drivers/net/xen-netfront.ko.xz")
+        #expect(state(.vkbd)?.state == .builtIn && state(.vkbd)?.module == "xen_kbdfront")
+        #expect(state(.vscsi)?.state == .absent)
     }
 }
 

@@ -43,7 +43,7 @@ struct HostileInputTests {
 
     @Test("an ELF that is not a kernel")
     func notAKernel() {
-        let error = auditError(fixture("not-a-kernel.o"))
+        let error = auditError(fixture("not-a-kernel-object.elf32"))
         #expect(error?.code == .notAKernel)
         #expect(error?.offset == 16)
     }
