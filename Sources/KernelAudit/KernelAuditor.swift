@@ -130,6 +130,7 @@ public struct KernelAuditor: Sendable {
             if image.payloadLength == nil { image.payloadLength = payload.consumed }
         }
         report.image = image
+        logger.debug("\(path): \(image.container)\(payload.map { ", \($0.format) payload of \($0.consumed) bytes at \($0.offset) → \($0.output.count) bytes" } ?? "")")
 
         // The kernel proper: an ELF (x86, any vmlinux) or a raw arm64 Image.
         let kernelView = ByteView(bytes: kernelBytes)
@@ -183,6 +184,7 @@ public struct KernelAuditor: Sendable {
         kernel.familyEvidence = family.evidence
         report.kernel = kernel
         report.xenNotes = notes
+        logger.debug("\(path): \(kernel.architecture) \(kernel.family.rawValue) kernel \(kernel.release ?? "?"), \(notes.notes.count) Xen notes from the \(notes.source.rawValue), config: \(config?.source ?? "none")")
 
         // Modules through libkmod.
         var frontends: [FrontendPresence]? = nil
@@ -195,6 +197,7 @@ public struct KernelAuditor: Sendable {
                                         evidence: config.evidence(presence.frontend.configOption) + " (built in without an alias in modules.builtin.modinfo)")
             }
             report.modules = .init(directory: directory, frontends: frontends!)
+            logger.debug("\(path): modules from \(directory)\(index.hasDepmodIndex ? " (depmod index)" : " (modinfo of \(index.xenModuleFiles.count) files)")")
         } else if let config {
             let fromConfig = XenFrontend.allCases.map { frontend -> FrontendPresence in
                 let state: FrontendPresence.State = switch config.state(frontend.configOption) {
