@@ -11,13 +11,19 @@ public struct AuditOptions: Sendable {
     /// A guest's root filesystem, for its `lib/modules` and `boot/config-*`.
     public var rootPath: String?
     public var limits: DecompressionLimits
+    /// Recover the symbol table (kallsyms, else the fallbacks).
+    public var symbols: Bool
+    /// A System.map to use when the image has no kallsyms.
+    public var systemMapPath: String?
 
     public init(configPath: String? = nil, modulesPath: String? = nil, rootPath: String? = nil,
-                limits: DecompressionLimits = DecompressionLimits()) {
+                limits: DecompressionLimits = DecompressionLimits(), symbols: Bool = false, systemMapPath: String? = nil) {
         self.configPath = configPath
         self.modulesPath = modulesPath
         self.rootPath = rootPath
         self.limits = limits
+        self.symbols = symbols
+        self.systemMapPath = systemMapPath
     }
 }
 
@@ -43,14 +49,30 @@ public struct KernelAuditor: Sendable {
         }
     }
 
+    /// Like ``report(path:)``, with the symbol table when it was recovered.
+    public func reportWithSymbols(path: String) -> (report: AuditReport, symbols: SymbolTable?) {
+        do {
+            return try auditWithSymbols(path: path)
+        } catch {
+            var report = AuditReport(path: path)
+            report.error = .init(code: error.code, message: error.message, offset: error.offset, hint: error.hint)
+            return (report, nil)
+        }
+    }
+
     /// Audits one image.
     public func audit(path: String) throws(KernelAuditError) -> AuditReport {
+        try auditWithSymbols(path: path).report
+    }
+
+    /// Audits one image and returns its symbol table too (with `options.symbols`).
+    public func auditWithSymbols(path: String) throws(KernelAuditError) -> (report: AuditReport, symbols: SymbolTable?) {
         let file = try ImageFile.read(path: path)
         return try audit(bytes: file, path: path)
     }
 
     /// Audits an image already in memory (`path` names it in the report and locates its neighbours).
-    public func audit(bytes file: ImageBuffer, path: String) throws(KernelAuditError) -> AuditReport {
+    public func audit(bytes file: ImageBuffer, path: String) throws(KernelAuditError) -> (report: AuditReport, symbols: SymbolTable?) {
         var report = AuditReport(path: path)
         let view = ByteView(bytes: file.bytes)
         guard file.count > 0 else {
@@ -139,8 +161,10 @@ public struct KernelAuditor: Sendable {
         var loadSegments: [(paddr: UInt64, memsz: UInt64)] = []
         // The banner and IKCONFIG live in .rodata: search only there when the ELF says where it is.
         var searchBytes = kernelBytes
+        var elfFile: ElfFile? = nil
         if kernelView.hasPrefix(ElfMagic.bytes) {
             let elf = try ElfFile(kernelBytes)
+            elfFile = elf
             if let rodata = elf.section(named: ".rodata"), rodata.bytes.count > 0 { searchBytes = rodata.bytes }
             let architecture = ElfMagic.architecture(machine: elf.machine, bitness: elf.bitness)
             kernel = AuditReport.KernelInfo(architecture: architecture, elfClass: elf.bitness, elfMachine: elf.machine,
@@ -214,7 +238,34 @@ public struct KernelAuditor: Sendable {
         report.verdicts = VerdictRules.decide(VerdictFacts(
             architecture: kernel.architecture, elfMachine: kernel.elfMachine, notes: notes, entryFromHeader: kernel.entry,
             loadSegments: loadSegments, config: config, frontends: frontends, family: family.family, familyEvidence: family.evidence))
-        return report
+
+        var symbols: SymbolTable? = nil
+        if options.symbols {
+            symbols = recoverSymbols(kernelBytes, elf: elfFile, path: path, release: kernel.release, config: config)
+            if let symbols { report.symbols = SymbolsInfo(source: symbols.source, count: symbols.symbols.count, detail: symbols.detail) }
+            logger.debug("\(path): symbols: \(symbols?.detail ?? "none")")
+        }
+        return (report, symbols)
+    }
+
+    /// kallsyms, else a real System.map, else `__ksymtab_strings`, else `.BTF` strings, else plain strings.
+    func recoverSymbols(_ bytes: UnsafeRawBufferPointer, elf: ElfFile?, path: String, release: String?, config: KernelConfig?) -> SymbolTable? {
+        let pointerSize = (elf?.bitness ?? 64) / 8
+        let percpu: Bool? = config.map { $0.state("CONFIG_KALLSYMS_ABSOLUTE_PERCPU") == .builtIn }
+        if let table = KallsymsFinder.find(bytes, pointerSize: pointerSize, absolutePercpu: percpu) { return table }
+        var notes: [String] = ["no kallsyms tables found"]
+        let directory = (path as NSString).deletingLastPathComponent
+        for candidate in [options.systemMapPath, release.map { directory + "/System.map-\($0)" }].compactMap({ $0 }) {
+            let result = SymbolFallbacks.systemMap(path: candidate)
+            if let table = result.table { return table }
+            notes.append(result.note)
+        }
+        if let section = elf?.section(named: "__ksymtab_strings"),
+           let table = SymbolFallbacks.strings(of: section.bytes, source: .ksymtabStrings, detail: (notes + ["exported symbols only"]).joined(separator: "; ")) {
+            return table
+        }
+        if let section = elf?.section(named: ".BTF"), let table = SymbolFallbacks.btfStrings(section.bytes) { return table }
+        return SymbolFallbacks.plainStrings(bytes)
     }
 
     /// Xen's note discovery: PT_NOTE segments (skipping p_offset 0), else SHT_NOTE sections,

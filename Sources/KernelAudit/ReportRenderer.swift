@@ -65,6 +65,9 @@ public struct ReportRenderer: Sendable {
                 }
             }
         }
+        if let symbols = report.symbols {
+            lines.append("  Symbols: \(symbols.count) from \(symbols.source.rawValue)" + (explain ? " — \(symbols.detail)" : ""))
+        }
         if explain, let notes = report.xenNotes {
             lines.append("  Xen notes (\(notes.source.rawValue)): " + (notes.isEmpty ? "none" : ""))
             for note in notes.notes {

@@ -52,6 +52,15 @@ struct PVCheck: ParsableCommand {
     @Flag(name: .shortAndLong, help: "Log each step to standard error.")
     var verbose = false
 
+    @Flag(help: "Recover the kernel's symbol table (kallsyms, else System.map, __ksymtab_strings, .BTF, strings).")
+    var symbols = false
+
+    @Option(help: "Write the recovered symbols to FILE in System.map format (one image only).", completion: .file())
+    var dumpSymbols: String?
+
+    @Option(help: "A System.map to use when the image has no kallsyms.", completion: .file())
+    var systemMap: String?
+
     @Option(help: "The most bytes a payload may decompress to (decompression-bomb guard).")
     var maxOutput: Int = 1 << 30
 
@@ -74,6 +83,7 @@ struct PVCheck: ParsableCommand {
     func validate() throws {
         if images.isEmpty && root == nil { throw ValidationError("Give at least one kernel image, or --root DIR.") }
         if maxOutput < 1 << 20 { throw ValidationError("--max-output must be at least 1048576 bytes.") }
+        if dumpSymbols != nil && (images.count != 1 || root != nil) { throw ValidationError("--dump-symbols takes exactly one image.") }
     }
 
     func run() throws {
@@ -84,7 +94,8 @@ struct PVCheck: ParsableCommand {
         }
         let auditor = KernelAuditor(
             options: AuditOptions(configPath: config, modulesPath: modules, rootPath: root,
-                                  limits: DecompressionLimits(maxOutput: maxOutput)),
+                                  limits: DecompressionLimits(maxOutput: maxOutput), symbols: symbols || dumpSymbols != nil,
+                                  systemMapPath: systemMap),
             logger: Logger(label: "pvcheck"))
         var targets = images.map { ($0, false) }
         if let root {
@@ -104,7 +115,15 @@ struct PVCheck: ParsableCommand {
                                       explain: explain)
         var status: Int32 = 0
         for (path, isDefault) in targets {
-            var report = auditor.report(path: path)
+            var (report, table) = auditor.reportWithSymbols(path: path)
+            if let dumpSymbols, let table {
+                do {
+                    try table.systemMap().write(toFile: dumpSymbols, atomically: true, encoding: .utf8)
+                } catch {
+                    FileHandle.standardError.write(Data("pvcheck: cannot write \(dumpSymbols): \(error.localizedDescription)\n".utf8))
+                    throw ExitCode(3)
+                }
+            }
             if root != nil { report.isDefault = isDefault }
             if !quiet { print(json ? ReportRenderer.json(report) : renderer.text(report)) }
             let code: Int32 = require.map { $0.requirement.exitCode(for: report) } ?? (report.error == nil ? 0 : 3)
