@@ -81,8 +81,7 @@ enum KallsymsFinder {
             var symbols: [KernelSymbol] = []
             symbols.reserveCapacity(names.count)
             for (index, name) in names.enumerated() {
-                let type = name.first.map { String(UnicodeScalar($0)) }
-                symbols.append(KernelSymbol(name: String(decoding: name.dropFirst(), as: UTF8.self), type: type, address: addresses[index]))
+                symbols.append(KernelSymbol(name: name.name, type: name.type, address: addresses[index]))
             }
             let detail = "kallsyms (\(layout)): \(tables.count) symbols, token table at payload offset \(tables.tokenTable), names at \(tables.namesStart), \(tables.markers.count) markers"
             return SymbolTable(source: .kallsyms, symbols: symbols, detail: detail)
@@ -184,25 +183,52 @@ enum KallsymsFinder {
         return position
     }
 
-    /// Expands every name through the token table (type letter first).
-    static func decodeNames(_ view: ByteView, _ t: Tables) -> [[UInt8]] {
+    /// Expands every name through the token table into (type letter, name), writing each name's
+    /// bytes straight into its String.
+    static func decodeNames(_ view: ByteView, _ t: Tables) -> [(type: String, name: String)] {
         let b = view.bytes
-        var names: [[UInt8]] = []
+        // Flatten the tokens: one byte buffer and (start, length) per token.
+        var flat: [UInt8] = []
+        var spans: [(Int, Int)] = []
+        for token in t.tokens {
+            spans.append((flat.count, token.count))
+            flat += token
+        }
+        var names: [(type: String, name: String)] = []
         names.reserveCapacity(t.count)
         var position = t.namesStart
-        for _ in 0..<t.count {
-            var length = Int(b[position])
-            if length & 0x80 != 0 {
-                length = (length & 0x7F) | Int(b[position + 1]) << 7
-                position += 2
-            } else {
-                position += 1
+        flat.withUnsafeBufferPointer { tokenBytes in
+            for _ in 0..<t.count {
+                var length = Int(b[position])
+                if length & 0x80 != 0 {
+                    length = (length & 0x7F) | Int(b[position + 1]) << 7
+                    position += 2
+                } else {
+                    position += 1
+                }
+                var expanded = 0
+                for i in 0..<length { expanded += spans[Int(b[position + i])].1 }
+                guard expanded > 0 else {
+                    names.append(("?", ""))
+                    position += length
+                    continue
+                }
+                let type = String(UnicodeScalar(tokenBytes[spans[Int(b[position])].0]))
+                let name = String(unsafeUninitializedCapacity: expanded - 1) { out in
+                    var written = 0, skip = 1
+                    for i in 0..<length {
+                        let (start, count) = spans[Int(b[position + i])]
+                        for j in 0..<count {
+                            if skip > 0 { skip -= 1; continue }
+                            out[written] = tokenBytes[start + j]
+                            written += 1
+                        }
+                    }
+                    return written
+                }
+                names.append((type, name))
+                position += length
             }
-            var name: [UInt8] = []
-            name.reserveCapacity(length * 3)
-            for i in 0..<length { name += t.tokens[Int(b[position + i])] }
-            names.append(name)
-            position += length
         }
         return names
     }
@@ -304,4 +330,10 @@ enum SymbolFallbacks {
             SymbolTable(source: .strings, symbols: Array(table.symbols.filter { $0.name.utf8.count >= 4 }.prefix(1 << 20)), detail: table.detail)
         }
     }
+}
+
+/// The System.map reader, for callers that hold a map of their own.
+public enum SymbolFallbacksProbe {
+    /// Reads a System.map; nil with the reason when it is missing, empty or Debian's stub.
+    public static func systemMap(_ path: String) -> (table: SymbolTable?, note: String) { SymbolFallbacks.systemMap(path: path) }
 }

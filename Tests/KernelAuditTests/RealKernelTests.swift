@@ -146,3 +146,42 @@ func shell(_ arguments: [String]) throws -> String {
     process.waitUntilExit()
     return String(decoding: data, as: UTF8.self)
 }
+
+/// Symbol recovery from real kernels, cross-checked against facts the image states twice.
+@Suite("real Debian kernels: kallsyms", .serialized)
+struct RealKernelSymbolTests {
+    @Test("the whole kallsyms table, agreeing with the Xen notes and the ELF", arguments: RealKernelTests.kernels)
+    func kallsyms(_ kernel: RealKernelTests.Kernel) throws {
+        guard let root = try RealKernelTests.root(kernel.suite) else { return }
+        let image = try RealKernelTests.image(in: root)
+        let (report, table) = try KernelAuditor(options: AuditOptions(symbols: true)).auditWithSymbols(path: image)
+        let symbols = try #require(table)
+        #expect(symbols.source == .kallsyms)
+        #expect(report.symbols?.count == symbols.symbols.count)
+        #expect(symbols.symbols.count > 90_000, "\(symbols.detail)")
+        // kallsyms is sorted by address; every name decodes to something with a type letter.
+        let addresses = symbols.symbols.compactMap(\.address)
+        #expect(addresses.count == symbols.symbols.count)
+        #expect(zip(addresses, addresses.dropFirst()).allSatisfy { $0 <= $1 })
+        #expect(symbols.symbols.allSatisfy { !$0.name.isEmpty && $0.type?.count == 1 })
+        func address(_ name: String) -> UInt64? { symbols.symbols.first { $0.name == name }?.address }
+        let notes = try #require(report.xenNotes)
+        // The PV entry note is startup_xen; the PVH entry is pvh_start_xen's physical address.
+        #expect(address("startup_xen") == notes.number(.entry))
+        let virtBase = try #require(notes.number(.virtBase))
+        #expect(address("pvh_start_xen").map { $0 &- virtBase } == notes.number(.phys32Entry))
+        #expect(address("_text") == 0xFFFF_FFFF_8100_0000)
+        // Symbols the kernel-fix catalogue will look for.
+        for name in ["gnttab_try_end_foreign_access", "xen_start_kernel", "linux_banner", "xenbus_probe"] {
+            #expect(address(name) != nil, "\(name) missing")
+        }
+    }
+
+    @Test("Debian's System.map is a stub and is refused")
+    func systemMapStub() throws {
+        guard let root = try RealKernelTests.root("bookworm") else { return }
+        let map = try FileManager.default.contentsOfDirectory(atPath: root + "/boot").first { $0.hasPrefix("System.map-") }
+        let result = SymbolFallbacksProbe.systemMap(root + "/boot/" + (try #require(map)))
+        #expect(result.table == nil && result.note.contains("stub"))
+    }
+}
