@@ -253,6 +253,9 @@ enum KallsymsFinder {
             let modes: [Bool] = candidate.base == nil ? [false] : (absolutePercpu.map { [$0] } ?? [true, false])
             for percpu in modes {
                 guard let addresses = read(view, candidate.offsets, n, base: candidate.base, absolutePercpu: percpu, pointerSize: pointerSize) else { continue }
+                // Absolute per-CPU tables hold kernel text as negative offsets: without any, the
+                // mode is wrong (every address would be a small absolute value).
+                if percpu, candidate.base != nil, !(0..<n).contains(where: { Int32(bitPattern: view.le(UInt32.self, candidate.offsets + 4 * $0)!) < 0 }) { continue }
                 var unsorted = 0
                 for i in 1..<max(addresses.count, 1) where addresses[i] < addresses[i - 1] { unsorted += 1 }
                 let layout = candidate.layout + (candidate.base != nil && percpu ? ", absolute per-CPU" : "")
