@@ -12,7 +12,7 @@ build: deps
 # pvcheck on the bundled fixtures (and on real Debian kernels when cached), then the ABI facts
 # and a short ring benchmark.
 demo: deps
-	$(SWIFT) build -c release --product pvcheck --product ring-bench --product ring-bench-c
+	$(SWIFT) build -c release
 	@echo "== pvcheck on a guest root filesystem (fixtures/root)"
 	.build/release/pvcheck --root fixtures/root
 	@echo "== pvcheck --explain on a PVH-only kernel"
@@ -41,7 +41,7 @@ test:
 bench:
 	@scripts/install-deps.sh bench
 	@scripts/fetch-kernels.sh
-	$(SWIFT) build -c release --product ring-bench --product ring-bench-c --product pvcheck --product pvcheck-bench
+	$(SWIFT) build -c release
 	.build/release/ring-bench run
 	.build/release/pvcheck-bench
 

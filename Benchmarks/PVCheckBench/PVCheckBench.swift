@@ -27,6 +27,11 @@ struct PVCheckBench {
         print("pvcheck vs the decompressor alone, same payload, \(rounds) rounds each, alternating; medians")
         print("")
         print("kernel                       payload   vmlinux    pvcheck s  decompressor s  time ratio  pvcheck peak  peak/vmlinux")
+        var results: [(String, String, String, [String])] = []
+        defer {
+            symbolRecovery(results, pvcheck: pvcheck, rounds: max(1, rounds / 3))
+            for result in results { try? FileManager.default.removeItem(atPath: result.2) }
+        }
         for (suite, tool) in [("bookworm", ["xz", "-dc"]), ("trixie", ["zstd", "-dcq"])] {
             let status = (try? String(contentsOfFile: "\(cache)/kernels/\(suite)/STATUS", encoding: .utf8)) ?? ""
             guard status.hasPrefix("ok ") else {
@@ -48,7 +53,6 @@ struct PVCheckBench {
             let payloadPath = NSTemporaryDirectory() + "pvcheck-bench-payload-\(suite)"
             // Without the kernel build's 4-byte size trailer, which the decompressor tools reject.
             try copy(image, offset: offset, length: length - 4, to: payloadPath)
-            defer { try? FileManager.default.removeItem(atPath: payloadPath) }
             var a: [Sample] = [], b: [Sample] = []
             for _ in 0..<(rounds + 1) {  // the first pair warms the page cache and is dropped
                 a.append(try measure(pvcheck, [image]))
@@ -60,9 +64,47 @@ struct PVCheckBench {
             let aTime = median(a.map(\.seconds)), bTime = median(b.map(\.seconds))
             let peak = median(a.map(\.peakBytes))
             let vmlinux = Double(vmlinuxBytes)
+            results.append((suite, image, payloadPath, tool))
             print(String(format: "%@ %@ %@ %9.3f %15.3f %10.2f× %11.0f MiB %12.2f×",
                          "\(report.kernel!.release!) (\(report.image!.compression!))".padding(toLength: 28, withPad: " ", startingAt: 0),
                          mib(Double(length)), mib(vmlinux), aTime, bTime, ratios[ratios.count / 2], peak / 1048576, peak / vmlinux))
+        }
+    }
+
+    /// `pvcheck --symbols --json` against vmlinux-to-elf's `kallsyms-finder` on the same images.
+    static func symbolRecovery(_ kernels: [(String, String, String, [String])], pvcheck: String, rounds: Int) {
+        print("")
+        guard let finder = ProcessInfo.processInfo.environment["PATH"]?.split(separator: ":")
+            .map({ "\($0)/kallsyms-finder" }).first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+            print("symbol recovery: kallsyms-finder is not installed (pip install vmlinux-to-elf): no comparison")
+            return
+        }
+        print("symbol recovery vs vmlinux-to-elf's kallsyms-finder, \(rounds) rounds each, medians")
+        print("input                 pvcheck --symbols s  kallsyms-finder s   speed-up  symbols pvcheck  symbols kallsyms-finder")
+        for (suite, image, payload, tool) in kernels {
+            // The packaged image (both decompress it), and the bare vmlinux (symbol recovery alone).
+            let vmlinux = payload + ".vmlinux"
+            defer { try? FileManager.default.removeItem(atPath: vmlinux) }
+            _ = try? spawn("/bin/sh", ["-c", "\(tool.joined(separator: " ")) '\(payload)'"], stdout: vmlinux)
+            for (label, input) in [("\(suite) image", image), ("\(suite) vmlinux", vmlinux)] {
+                do {
+                    var a: [Double] = [], b: [Double] = []
+                    for _ in 0..<rounds {
+                        a.append(try measure(pvcheck, ["--symbols", input]).seconds)
+                        b.append(try measure(finder, [input]).seconds)
+                    }
+                    let report = try JSONDecoder().decode(AuditReport.self, from: try output(pvcheck, ["--symbols", "--json", input]))
+                    let finderOutput = String(decoding: try output(finder, [input]), as: UTF8.self)
+                    let finderCount = finderOutput.split(separator: "\n").filter { line in
+                        let fields = line.split(separator: " ")
+                        return fields.count == 3 && fields[0].count == 16 && UInt64(fields[0], radix: 16) != nil
+                    }.count
+                    print(String(format: "%@ %19.3f %18.3f %9.1f× %16d %24d", label.padding(toLength: 21, withPad: " ", startingAt: 0),
+                                 median(a), median(b), median(b) / median(a), report.symbols?.count ?? 0, finderCount))
+                } catch {
+                    print("\(label): \(error)")
+                }
+            }
         }
     }
 

@@ -10,11 +10,26 @@ public final class ImageBuffer: @unchecked Sendable {
     /// Bytes in use.
     public private(set) var count: Int = 0
 
+    /// A read-only file mapping instead of malloc'd memory (unmapped on deinit).
+    private let mapped: Bool
+
     init(capacity: Int) {
         self.capacity = max(capacity, 4096)
         base = malloc(self.capacity)
         precondition(base != nil, "out of memory allocating \(self.capacity) bytes")
+        mapped = false
         adviseHugePages()
+    }
+
+    /// Maps `count` bytes of an open file privately, read-only: no copy, no zeroed pages.
+    /// (A file truncated by someone else while it is mapped would fault; pvcheck reads
+    /// kernels, not files being rewritten.)
+    init?(mapping fd: Int32, count: Int) {
+        guard count > 0, let address = mmap(nil, count, PROT_READ, MAP_PRIVATE, fd, 0), address != MAP_FAILED else { return nil }
+        base = address
+        capacity = count
+        self.count = count
+        mapped = true
     }
 
     /// Large payloads fill tens of MiB of fresh memory: transparent huge pages cut the page
@@ -33,6 +48,7 @@ public final class ImageBuffer: @unchecked Sendable {
     /// Makes room for at least `extra` more bytes, within `limit` in all.
     /// - Returns: false when the limit forbids it.
     func reserve(extra: Int, limit: Int) -> Bool {
+        precondition(!mapped, "a mapped file does not grow")
         let needed = count + extra
         guard needed <= limit else { return false }
         if needed <= capacity { return true }
@@ -73,5 +89,7 @@ public final class ImageBuffer: @unchecked Sendable {
         count += source.count
     }
 
-    deinit { free(base) }
+    deinit {
+        if mapped { munmap(base, capacity) } else { free(base) }
+    }
 }

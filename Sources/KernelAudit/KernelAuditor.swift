@@ -419,6 +419,7 @@ enum ImageFile {
         }
         defer { close(fd) }
         let size = Int(status.st_size)
+        if size > 0, let mapped = ImageBuffer(mapping: fd, count: size) { return mapped }
         let buffer = ImageBuffer(capacity: max(size, 1))
         while true {
             guard buffer.reserve(extra: 1 << 20, limit: Int.max) else { break }
