@@ -13,6 +13,8 @@ public struct AuditReport: Sendable, Codable {
     public var config: ConfigInfo?
     public var modules: ModulesInfo?
     public var verdicts: [Verdict]?
+    /// The initramfs checked with the kernel, when there is one.
+    public var initramfs: InitramfsInfo?
     /// The recovered symbol table's source and size (with `--symbols`).
     public var symbols: SymbolsInfo?
     /// Set instead of the rest when the image could not be audited.

@@ -15,9 +15,13 @@ public struct AuditOptions: Sendable {
     public var symbols: Bool
     /// A System.map to use when the image has no kallsyms.
     public var systemMapPath: String?
+    /// The initramfs to check (else `initrd.img-<release>` beside the image or under the root).
+    public var initrdPath: String?
 
     public init(configPath: String? = nil, modulesPath: String? = nil, rootPath: String? = nil,
-                limits: DecompressionLimits = DecompressionLimits(), symbols: Bool = false, systemMapPath: String? = nil) {
+                limits: DecompressionLimits = DecompressionLimits(), symbols: Bool = false, systemMapPath: String? = nil,
+                initrdPath: String? = nil) {
+        self.initrdPath = initrdPath
         self.configPath = configPath
         self.modulesPath = modulesPath
         self.rootPath = rootPath
@@ -239,6 +243,12 @@ public struct KernelAuditor: Sendable {
             architecture: kernel.architecture, elfMachine: kernel.elfMachine, notes: notes, entryFromHeader: kernel.entry,
             loadSegments: loadSegments, config: config, frontends: frontends, family: family.family, familyEvidence: family.evidence))
 
+        if let initrd = initramfsPath(path: path, release: kernel.release) {
+            let (info, _) = try Initramfs.read(path: initrd, limits: options.limits)
+            report.initramfs = info
+            report.verdicts?.append(Initramfs.verdict(info, release: kernel.release, frontends: report.modules?.frontends))
+        }
+
         var symbols: SymbolTable? = nil
         if options.symbols {
             symbols = recoverSymbols(kernelBytes, elf: elfFile, path: path, release: kernel.release, config: config)
@@ -337,6 +347,15 @@ public struct KernelAuditor: Sendable {
             }
         }
         return nil
+    }
+
+    func initramfsPath(path: String, release: String?) -> String? {
+        if let given = options.initrdPath { return given }
+        guard let release else { return nil }
+        let directory = (path as NSString).deletingLastPathComponent
+        var candidates = [directory + "/initrd.img-\(release)"]
+        if let root = options.rootPath { candidates.append(root + "/boot/initrd.img-\(release)") }
+        return candidates.first { FileManager.default.fileExists(atPath: $0) }
     }
 
     func moduleDirectory(path: String, release: String?) -> String? {

@@ -8,6 +8,11 @@ public enum BootMode: String, Sendable, Codable, CaseIterable {
     case pvhDom0 = "pvh-dom0"
     case hvmPVDrivers = "hvm-pv-drivers"
     case hvm = "hvm"
+    /// With an initramfs: can the kernel and initramfs find a root disk on xvda?
+    case initramfsRootDisk = "initramfs-root-disk"
+
+    /// The six boot modes every report judges (the initramfs verdict is added when there is one).
+    public static let bootModes: [BootMode] = [.pv, .pvDom0, .pvh, .pvhDom0, .hvmPVDrivers, .hvm]
 
     /// The label of the human report.
     public var label: String {
@@ -18,6 +23,7 @@ public enum BootMode: String, Sendable, Codable, CaseIterable {
         case .pvhDom0: "Xen PVH dom0"
         case .hvmPVDrivers: "Xen HVM, PV drivers"
         case .hvm: "HVM, KVM, bare metal"
+        case .initramfsRootDisk: "initramfs: xvda root"
         }
     }
 }

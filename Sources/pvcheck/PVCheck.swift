@@ -61,6 +61,10 @@ struct PVCheck: ParsableCommand {
     @Option(help: "A System.map to use when the image has no kallsyms.", completion: .file())
     var systemMap: String?
 
+    @Option(help: "The initramfs to check for the frontends the root disk needs (default: initrd.img-<release> beside the image).",
+            completion: .file())
+    var initrd: String?
+
     @Option(help: "The most bytes a payload may decompress to (decompression-bomb guard).")
     var maxOutput: Int = 1 << 30
 
@@ -95,7 +99,7 @@ struct PVCheck: ParsableCommand {
         let auditor = KernelAuditor(
             options: AuditOptions(configPath: config, modulesPath: modules, rootPath: root,
                                   limits: DecompressionLimits(maxOutput: maxOutput), symbols: symbols || dumpSymbols != nil,
-                                  systemMapPath: systemMap),
+                                  systemMapPath: systemMap, initrdPath: initrd),
             logger: Logger(label: "pvcheck"))
         var targets = images.map { ($0, false) }
         if let root {

@@ -67,7 +67,7 @@ struct FixtureVerdictTests {
         #expect(report.image?.container == c.container)
         #expect(report.image?.compression == c.compression)
         #expect(report.kernel?.release == c.release)
-        #expect(report.verdicts?.map(\.mode) == BootMode.allCases)
+        #expect(report.verdicts?.map(\.mode) == BootMode.bootModes)
         #expect(report.verdicts?.map(\.answer) == c.answers, "\(report.verdicts?.map { "\($0.mode.rawValue): \($0.summary)" } ?? [])")
         for verdict in report.verdicts ?? [] where verdict.answer != .unknown {
             #expect(!verdict.summary.isEmpty)

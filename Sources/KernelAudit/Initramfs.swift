@@ -1,0 +1,191 @@
+import Foundation
+
+/// One member of a cpio archive (`newc`/`crc` format, as Linux's initramfs uses).
+public struct CpioEntry: Sendable, Equatable {
+    public let name: String
+    public let mode: UInt32
+    public let size: Int
+    /// Where the member's data starts in its (decompressed) archive.
+    public let dataOffset: Int
+    public var isRegularFile: Bool { mode & 0o170000 == 0o100000 }
+}
+
+/// What an initramfs holds that matters for a Xen guest, and its verdict.
+public struct InitramfsInfo: Sendable, Codable {
+    public struct Archive: Sendable, Codable {
+        /// Where the archive starts in the file.
+        public let offset: Int
+        /// nil for the uncompressed (early microcode) part.
+        public let compression: CompressionFormat?
+        public let entries: Int
+    }
+
+    public let path: String
+    public let archives: [Archive]
+    /// Module files in the initramfs (paths), for the releases it carries.
+    public let moduleReleases: [String]
+    /// xen-blkfront / xen-netfront files, if present.
+    public let blockFrontend: String?
+    public let netFrontend: String?
+    /// Members whose names would escape the root (`..`, absolute): reported, never written.
+    public let suspiciousNames: [String]
+}
+
+/// Reading an initramfs: concatenated cpio archives, the uncompressed early part first, then
+/// any compression Linux supports; bounded by the decompression limits; nothing is written.
+enum Initramfs {
+    static let newcMagic: [UInt8] = Array("070701".utf8)
+    static let crcMagic: [UInt8] = Array("070702".utf8)
+    static let headerSize = 110
+    static let nameLimit = 4096
+
+    static func read(path: String, limits: DecompressionLimits) throws(KernelAuditError) -> (info: InitramfsInfo, entries: [CpioEntry]) {
+        let file = try ImageFile.read(path: path)
+        guard file.count > 0 else {
+            throw KernelAuditError(.empty, "the initramfs \(path) is empty", offset: 0, hint: "Rebuild it (update-initramfs -u)")
+        }
+        let bytes = file.bytes
+        let view = ByteView(bytes: bytes)
+        var archives: [InitramfsInfo.Archive] = []
+        var entries: [CpioEntry] = []
+        var offset = 0
+        while offset < bytes.count {
+            // Archives are separated by zero padding.
+            while offset < bytes.count, bytes[offset] == 0 { offset += 1 }
+            guard offset < bytes.count else { break }
+            if view.hasPrefix(newcMagic, at: offset) || view.hasPrefix(crcMagic, at: offset) {
+                let (members, end) = try parse(bytes, from: offset, base: 0, context: path)
+                archives.append(.init(offset: offset, compression: nil, entries: members.count))
+                entries += members
+                offset = end
+            } else if let format = CompressionFormat.detect(view, at: offset) {
+                let stream = try Decompressor.decompress(bytes, format: format, at: offset, limits: limits)
+                let inner = stream.output.bytes
+                var innerOffset = 0
+                var count = 0
+                while innerOffset < inner.count {
+                    while innerOffset < inner.count, inner[innerOffset] == 0 { innerOffset += 1 }
+                    guard innerOffset < inner.count else { break }
+                    let (members, end) = try parse(inner, from: innerOffset, base: offset, context: "\(path) (\(format) archive at byte \(offset))")
+                    entries += members
+                    count += members.count
+                    innerOffset = end
+                }
+                archives.append(.init(offset: offset, compression: format, entries: count))
+                offset += stream.consumed
+            } else {
+                throw KernelAuditError(.corruptStream, "the initramfs has neither a cpio archive nor a known compression here",
+                                       offset: offset, hint: "The file is damaged or not an initramfs; rebuild it (update-initramfs -u)")
+            }
+        }
+        guard !archives.isEmpty else {
+            throw KernelAuditError(.notAKernel, "\(path) holds no cpio archive", offset: 0, hint: "This is not an initramfs")
+        }
+        return (summarize(path: path, archives: archives, entries: entries), entries)
+    }
+
+    /// Parses one cpio archive up to and including its `TRAILER!!!`.
+    static func parse(_ bytes: UnsafeRawBufferPointer, from start: Int, base: Int, context: String) throws(KernelAuditError) -> ([CpioEntry], Int) {
+        var entries: [CpioEntry] = []
+        var offset = start
+        func field(_ index: Int) throws(KernelAuditError) -> Int {
+            let at = offset + 6 + 8 * index
+            var value = 0
+            for i in 0..<8 {
+                let c = bytes[at + i]
+                let digit: Int
+                switch c {
+                case 0x30...0x39: digit = Int(c - 0x30)
+                case 0x41...0x46: digit = Int(c - 0x41 + 10)
+                case 0x61...0x66: digit = Int(c - 0x61 + 10)
+                default:
+                    throw KernelAuditError(.corruptStream, "cpio header field \(index) is not hexadecimal in \(context)", offset: base + at,
+                                           hint: "The initramfs is damaged; rebuild it (update-initramfs -u)")
+                }
+                value = value << 4 | digit
+            }
+            return value
+        }
+        while true {
+            guard offset + headerSize <= bytes.count else {
+                throw KernelAuditError(.truncated, "cpio archive ends inside a header in \(context)", offset: base + offset,
+                                       hint: "The initramfs is cut short; rebuild it (update-initramfs -u)")
+            }
+            guard ByteView(bytes: bytes).hasPrefix(newcMagic, at: offset) || ByteView(bytes: bytes).hasPrefix(crcMagic, at: offset) else {
+                throw KernelAuditError(.corruptStream, "expected a cpio header (070701) in \(context)", offset: base + offset,
+                                       hint: "The initramfs is damaged; rebuild it (update-initramfs -u)")
+            }
+            let mode = try field(1), size = try field(6), nameSize = try field(11)
+            guard nameSize >= 1, nameSize <= nameLimit else {
+                throw KernelAuditError(.corruptStream, "cpio member name size \(nameSize) is absurd (limit \(nameLimit)) in \(context)",
+                                       offset: base + offset + 6 + 88, hint: "The initramfs is damaged or hostile; rebuild it")
+            }
+            let nameStart = offset + headerSize
+            let dataStart = (nameStart + nameSize + 3) & ~3
+            guard dataStart <= bytes.count, size <= bytes.count - dataStart else {
+                throw KernelAuditError(.truncated, "cpio member at byte \(base + offset) runs past the end of \(context)",
+                                       offset: base + offset, hint: "The initramfs is cut short; rebuild it (update-initramfs -u)")
+            }
+            let name = String(decoding: bytes[nameStart..<nameStart + nameSize - 1], as: UTF8.self)
+            offset = (dataStart + size + 3) & ~3
+            if name == "TRAILER!!!" { return (entries, min(offset, bytes.count)) }
+            entries.append(CpioEntry(name: name, mode: UInt32(truncatingIfNeeded: mode), size: size, dataOffset: dataStart))
+        }
+    }
+
+    static func summarize(path: String, archives: [InitramfsInfo.Archive], entries: [CpioEntry]) -> InitramfsInfo {
+        var releases = Set<String>()
+        var block: String? = nil, net: String? = nil
+        var suspicious: [String] = []
+        for entry in entries {
+            let name = entry.name.hasPrefix("./") ? String(entry.name.dropFirst(2)) : entry.name
+            if name.hasPrefix("/") || name.split(separator: "/").contains("..") { suspicious.append(entry.name) }
+            let parts = name.split(separator: "/")
+            if let modules = parts.firstIndex(of: "modules"), modules > 0, parts[modules - 1] == "lib", modules + 1 < parts.count {
+                releases.insert(String(parts[modules + 1]))
+            }
+            guard entry.isRegularFile else { continue }
+            let module = moduleName(fromPath: name)
+            if module == "xen_blkfront" { block = name }
+            if module == "xen_netfront" { net = name }
+        }
+        return InitramfsInfo(path: path, archives: archives, moduleReleases: releases.sorted(), blockFrontend: block, netFrontend: net,
+                             suspiciousNames: suspicious)
+    }
+
+    /// The first-class question: will this kernel + initramfs find a root disk on xvda?
+    static func verdict(_ info: InitramfsInfo, release: String?, frontends: [FrontendPresence]?) -> Verdict {
+        var evidence = info.archives.map { "cpio archive at byte \($0.offset)\($0.compression.map { ", \($0)" } ?? ", uncompressed"): \($0.entries) members" }
+        let vbd = frontends?.first { $0.frontend == .vbd }
+        if vbd?.state == .builtIn {
+            evidence.append(vbd!.evidence)
+            return Verdict(mode: .initramfsRootDisk, answer: .yes, summary: "blkfront is built into the kernel: xvd* disks appear without the initramfs",
+                           evidence: evidence)
+        }
+        if let release, !info.moduleReleases.isEmpty, !info.moduleReleases.contains(release) {
+            evidence.append("modules in the initramfs are for \(info.moduleReleases.joined(separator: ", "))")
+            return Verdict(mode: .initramfsRootDisk, answer: .no,
+                           summary: "the initramfs carries modules for \(info.moduleReleases.joined(separator: ", ")), not \(release): rebuild it for this kernel (update-initramfs -u -k \(release))",
+                           evidence: evidence)
+        }
+        if let block = info.blockFrontend {
+            evidence.append("\(block) in the initramfs")
+            if let net = info.netFrontend { evidence.append("\(net) in the initramfs") }
+            return Verdict(mode: .initramfsRootDisk, answer: .yes, summary: "xen-blkfront is in the initramfs: the root disk on xvda will be found",
+                           evidence: evidence)
+        }
+        if vbd?.state == .absent {
+            evidence.append("kernel: \(vbd!.evidence)")
+            return Verdict(mode: .initramfsRootDisk, answer: .no, summary: "this kernel has no blkfront at all: no xvd* disks, whatever the initramfs holds",
+                           evidence: evidence)
+        }
+        if vbd == nil || vbd?.state == .unknown {
+            return Verdict(mode: .initramfsRootDisk, answer: .unknown,
+                           summary: "no xen-blkfront in the initramfs, and the kernel's own blkfront cannot be confirmed", evidence: evidence)
+        }
+        evidence.append(vbd.map { "kernel: \($0.evidence)" } ?? "")
+        return Verdict(mode: .initramfsRootDisk, answer: .no,
+                       summary: "xen-blkfront is a module but not in the initramfs: a root disk on xvda will not be found — add xen-blkfront to /etc/initramfs-tools/modules and run update-initramfs -u",
+                       evidence: evidence)
+    }
+}
