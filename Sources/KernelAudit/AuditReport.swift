@@ -13,6 +13,8 @@ public struct AuditReport: Sendable, Codable {
     public var config: ConfigInfo?
     public var modules: ModulesInfo?
     public var verdicts: [Verdict]?
+    /// With `--live`: how the machine runs now (this report audits its running kernel).
+    public var live: LiveSystemInfo?
     /// The initramfs checked with the kernel, when there is one.
     public var initramfs: InitramfsInfo?
     /// The recovered symbol table's source and size (with `--symbols`).
@@ -63,6 +65,13 @@ public struct AuditReport: Sendable, Codable {
         public var message: String
         public var offset: Int?
         public var hint: String
+
+        public init(code: KernelAuditError.Code, message: String, offset: Int?, hint: String) {
+            self.code = code
+            self.message = message
+            self.offset = offset
+            self.hint = hint
+        }
     }
 
     public init(path: String) { self.path = path }

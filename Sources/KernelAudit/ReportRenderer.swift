@@ -34,9 +34,21 @@ public struct ReportRenderer: Sendable {
         var lines: [String] = []
         if let error = report.error {
             let place = error.offset.map { " (byte \($0))" } ?? ""
+            if let live = report.live { lines.append(paint("Live system: \(live.summary)", "1")) }
             lines.append("\(paint("error", "31")): \(report.path): \(error.message)\(place)")
             lines.append("  \(error.hint)")
             return lines.joined(separator: "\n")
+        }
+        if let live = report.live {
+            lines.append(paint("Live system: \(live.summary)", "1"))
+            if !live.xenDevices.isEmpty { lines.append("  Xen devices: \(live.xenDevices.joined(separator: ", "))") }
+            if !live.loadedXenModules.isEmpty { lines.append("  Xen modules loaded: \(live.loadedXenModules.joined(separator: ", "))") }
+            if explain { for item in live.evidence { lines.append("      · \(item)") } }
+            guard report.image != nil else {
+                lines.append("  Running kernel \(live.release ?? "(release unknown)"): its image is not in /boot; give it as an argument to audit it")
+                return lines.joined(separator: "\n")
+            }
+            lines.append("  Running kernel \(live.release ?? "(release unknown)"):")
         }
         lines.append(paint(report.path, "1") + (report.isDefault == true ? "  (default kernel)" : ""))
         if let kernel = report.kernel, let image = report.image {

@@ -40,6 +40,12 @@ struct PVCheck: ParsableCommand {
     @Option(help: "Exit 0 only if the kernel can boot this way: pv, pvh, pvhvm or dom0.")
     var require: RequirementArgument?
 
+    @Flag(help: "Report how this machine runs now (/sys/hypervisor, /proc/xen, Xen devices, loaded modules) and audit its running kernel.")
+    var live = false
+
+    @Option(help: "Read the live facts from this tree instead of / (a captured sysfs/procfs).", completion: .directory)
+    var liveRoot: String?
+
     @Flag(help: "One JSON object per image (JSON lines), schema \(AuditReport.schema).")
     var json = false
 
@@ -85,7 +91,7 @@ struct PVCheck: ParsableCommand {
     }
 
     func validate() throws {
-        if images.isEmpty && root == nil { throw ValidationError("Give at least one kernel image, or --root DIR.") }
+        if images.isEmpty && root == nil && !live && liveRoot == nil { throw ValidationError("Give at least one kernel image, --root DIR or --live.") }
         if maxOutput < 1 << 20 { throw ValidationError("--max-output must be at least 1048576 bytes.") }
         if dumpSymbols != nil && (images.count != 1 || root != nil) { throw ValidationError("--dump-symbols takes exactly one image.") }
     }
@@ -102,6 +108,7 @@ struct PVCheck: ParsableCommand {
                                   systemMapPath: systemMap, initrdPath: initrd),
             logger: Logger(label: "pvcheck"))
         var targets = images.map { ($0, false) }
+        var liveReport: AuditReport? = nil
         if let root {
             do {
                 let found = try RootScanner.kernels(root: root)
@@ -115,11 +122,27 @@ struct PVCheck: ParsableCommand {
                 throw ExitCode(3)
             }
         }
+        if live || liveRoot != nil {
+            let liveRoot = self.liveRoot.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 } ?? ""
+            let facts = LiveSystem.read(root: liveRoot)
+            var report: AuditReport
+            if let release = facts.release, let kernel = LiveSystem.runningKernel(root: liveRoot, release: release) {
+                let liveAuditor = KernelAuditor(options: AuditOptions(configPath: config, modulesPath: modules, rootPath: root ?? (liveRoot.isEmpty ? "/" : liveRoot),
+                                                                      limits: DecompressionLimits(maxOutput: maxOutput)), logger: Logger(label: "pvcheck"))
+                report = liveAuditor.report(path: kernel)
+            } else {
+                // The live facts stand on their own; the image is simply not there to audit.
+                report = AuditReport(path: liveRoot + "/boot/vmlinuz-\(facts.release ?? "?")")
+            }
+            report.live = facts
+            targets.insert(("", false), at: 0)
+            liveReport = report
+        }
         let renderer = ReportRenderer(colour: isatty(STDOUT_FILENO) == 1 && ProcessInfo.processInfo.environment["NO_COLOR"] == nil,
                                       explain: explain)
         var status: Int32 = 0
         for (path, isDefault) in targets {
-            var (report, table) = auditor.reportWithSymbols(path: path)
+            var (report, table) = path.isEmpty && liveReport != nil ? (liveReport!, nil) : auditor.reportWithSymbols(path: path)
             if let dumpSymbols, let table {
                 do {
                     try table.systemMap().write(toFile: dumpSymbols, atomically: true, encoding: .utf8)

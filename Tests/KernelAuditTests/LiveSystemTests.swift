@@ -1,0 +1,60 @@
+import Foundation
+import KernelAudit
+import Testing
+
+/// `--live` on captured /sys and /proc trees: PV, PV dom0, PVH, HVM with PV drivers, bare metal, KVM.
+@Suite("live system")
+struct LiveSystemTests {
+    struct Case: Sendable, CustomTestStringConvertible {
+        let tree: String
+        let mode: String
+        let dom0: Bool
+        let devices: [String]
+        let summary: String
+        var testDescription: String { tree }
+    }
+
+    static let cases = [
+        Case(tree: "pv", mode: "pv", dom0: false, devices: ["vbd-51712", "vif-0"], summary: "running as a Xen PV domU on Xen 4.17.3"),
+        Case(tree: "pv-dom0", mode: "pv", dom0: true, devices: [], summary: "running as a Xen PV dom0 on Xen 4.17.3"),
+        Case(tree: "pvh", mode: "pvh", dom0: false, devices: ["console-1", "vbd-51712", "vif-0"], summary: "running as a Xen PVH domU on Xen 4.17.3"),
+        Case(tree: "hvm", mode: "hvm", dom0: false, devices: ["vbd-768", "vif-0"], summary: "running as a Xen HVM domU on Xen 4.17.3"),
+        Case(tree: "bare-metal", mode: "none", dom0: false, devices: [], summary: "not on Xen"),
+        Case(tree: "kvm", mode: "none", dom0: false, devices: [], summary: "not on Xen (running on QEMU)"),
+    ]
+
+    @Test("facts read from the tree", arguments: cases)
+    func facts(_ c: Case) {
+        let info = LiveSystem.read(root: fixtures.appendingPathComponent("live/\(c.tree)").path)
+        #expect(info.mode == c.mode)
+        #expect(info.onXen == (c.mode != "none"))
+        #expect(info.dom0 == c.dom0)
+        #expect(info.xenDevices == c.devices)
+        #expect(info.summary == c.summary)
+        #expect(info.loadedXenModules == (c.mode == "none" ? [] : ["xen_blkfront", "xen_netfront"]))
+        #expect(!info.evidence.isEmpty)
+    }
+
+    @Test("--live-root reports the machine and audits its running kernel")
+    func commandLine() throws {
+        let result = try run("pvcheck", ["--json", "--live-root", fixtures.appendingPathComponent("live/pvh").path])
+        #expect(result.status == 0)
+        let report = try JSONDecoder().decode(AuditReport.self, from: Data(result.stdout.utf8))
+        #expect(report.live?.mode == "pvh")
+        #expect(report.kernel?.release == "6.6.0-pvkit-fixture")
+        #expect(report.verdict(.pvh)?.answer == .yes)
+        #expect(report.verdict(.initramfsRootDisk)?.answer == .yes)
+        let text = try run("pvcheck", ["--live-root", fixtures.appendingPathComponent("live/bare-metal").path])
+        #expect(text.status == 0 && text.stdout.contains("Live system: not on Xen"))
+        #expect(text.stdout.contains("its image is not in /boot"))
+    }
+
+    @Test("this machine: --live works wherever it runs")
+    func thisMachine() throws {
+        let result = try run("pvcheck", ["--live", "--json"])
+        let report = try JSONDecoder().decode(AuditReport.self, from: Data(result.stdout.utf8))
+        let live = try #require(report.live)
+        #expect(live.summary.hasPrefix(live.onXen ? "running as" : "not on Xen"))
+        #expect(result.status == 0 || report.error != nil)
+    }
+}
