@@ -35,7 +35,8 @@ public struct AuditOptions: Sendable {
 /// modules → verdicts. Every failure is a ``KernelAuditError``; nothing traps on bad input.
 public struct KernelAuditor: Sendable {
     public let options: AuditOptions
-    let logger: Logger
+    /// Where each stage logs (debug level).
+    public let logger: Logger
 
     public init(options: AuditOptions = AuditOptions(), logger: Logger = Logger(label: "pvcheck")) {
         self.options = options

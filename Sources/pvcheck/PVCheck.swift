@@ -28,8 +28,11 @@ struct PVCheck: ParsableCommand {
     @Argument(help: "Kernel images to audit.", completion: .file())
     var images: [String] = []
 
-    @Option(help: "A mounted guest root filesystem: audit every kernel in its /boot.", completion: .directory)
-    var root: String?
+    @Option(help: "A mounted guest root filesystem: audit every kernel in its /boot (repeatable, for fleets).", completion: .directory)
+    var root: [String] = []
+
+    @Option(help: "Images audited at once (default: one per core).")
+    var jobs: Int = ProcessInfo.processInfo.activeProcessorCount
 
     @Option(help: "The kernel config to use when the image carries none.", completion: .file())
     var config: String?
@@ -91,9 +94,10 @@ struct PVCheck: ParsableCommand {
     }
 
     func validate() throws {
-        if images.isEmpty && root == nil && !live && liveRoot == nil { throw ValidationError("Give at least one kernel image, --root DIR or --live.") }
+        if images.isEmpty && root.isEmpty && !live && liveRoot == nil { throw ValidationError("Give at least one kernel image, --root DIR or --live.") }
+        if jobs < 1 { throw ValidationError("--jobs must be at least 1.") }
         if maxOutput < 1 << 20 { throw ValidationError("--max-output must be at least 1048576 bytes.") }
-        if dumpSymbols != nil && (images.count != 1 || root != nil) { throw ValidationError("--dump-symbols takes exactly one image.") }
+        if dumpSymbols != nil && (images.count != 1 || !root.isEmpty) { throw ValidationError("--dump-symbols takes exactly one image.") }
     }
 
     func run() throws {
@@ -103,20 +107,20 @@ struct PVCheck: ParsableCommand {
             return handler
         }
         let auditor = KernelAuditor(
-            options: AuditOptions(configPath: config, modulesPath: modules, rootPath: root,
+            options: AuditOptions(configPath: config, modulesPath: modules, rootPath: nil,
                                   limits: DecompressionLimits(maxOutput: maxOutput), symbols: symbols || dumpSymbols != nil,
                                   systemMapPath: systemMap, initrdPath: initrd),
             logger: Logger(label: "pvcheck"))
-        var targets = images.map { ($0, false) }
+        var targets = images.map { Fleet.Target(path: $0, isDefault: nil) }
         var liveReport: AuditReport? = nil
-        if let root {
+        for root in root {
             do {
                 let found = try RootScanner.kernels(root: root)
-                if found.paths.isEmpty && images.isEmpty {
+                if found.paths.isEmpty {
                     if !quiet { FileHandle.standardError.write(Data("pvcheck: no kernels in \(root)/boot\n".utf8)) }
                     throw ExitCode(3)
                 }
-                targets += found.paths.map { ($0, $0 == found.defaultPath) }
+                targets += found.paths.map { Fleet.Target(path: $0, isDefault: $0 == found.defaultPath, rootPath: root) }
             } catch let error as KernelAuditError {
                 if !quiet { FileHandle.standardError.write(Data("pvcheck: \(error)\n".utf8)) }
                 throw ExitCode(3)
@@ -127,7 +131,7 @@ struct PVCheck: ParsableCommand {
             let facts = LiveSystem.read(root: liveRoot)
             var report: AuditReport
             if let release = facts.release, let kernel = LiveSystem.runningKernel(root: liveRoot, release: release) {
-                let liveAuditor = KernelAuditor(options: AuditOptions(configPath: config, modulesPath: modules, rootPath: root ?? (liveRoot.isEmpty ? "/" : liveRoot),
+                let liveAuditor = KernelAuditor(options: AuditOptions(configPath: config, modulesPath: modules, rootPath: liveRoot.isEmpty ? "/" : liveRoot,
                                                                       limits: DecompressionLimits(maxOutput: maxOutput)), logger: Logger(label: "pvcheck"))
                 report = liveAuditor.report(path: kernel)
             } else {
@@ -135,14 +139,20 @@ struct PVCheck: ParsableCommand {
                 report = AuditReport(path: liveRoot + "/boot/vmlinuz-\(facts.release ?? "?")")
             }
             report.live = facts
-            targets.insert(("", false), at: 0)
             liveReport = report
         }
         let renderer = ReportRenderer(colour: isatty(STDOUT_FILENO) == 1 && ProcessInfo.processInfo.environment["NO_COLOR"] == nil,
                                       explain: explain)
         var status: Int32 = 0
-        for (path, isDefault) in targets {
-            var (report, table) = path.isEmpty && liveReport != nil ? (liveReport!, nil) : auditor.reportWithSymbols(path: path)
+        var outputs: [(report: AuditReport, symbols: SymbolTable?)] = liveReport.map { [($0, nil)] } ?? []
+        let showProgress = !quiet && targets.count > 1 && isatty(STDERR_FILENO) == 1
+        outputs += Fleet.audit(targets, with: auditor, jobs: jobs, progress: { done, total in
+            guard showProgress else { return }
+            let width = 30, filled = width * done / total
+            FileHandle.standardError.write(Data("\r[\(String(repeating: "#", count: filled))\(String(repeating: ".", count: width - filled))] \(done)/\(total)".utf8))
+            if done == total { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+        })
+        for (report, table) in outputs {
             if let dumpSymbols, let table {
                 do {
                     try table.systemMap().write(toFile: dumpSymbols, atomically: true, encoding: .utf8)
@@ -151,11 +161,11 @@ struct PVCheck: ParsableCommand {
                     throw ExitCode(3)
                 }
             }
-            if root != nil { report.isDefault = isDefault }
             if !quiet { print(json ? ReportRenderer.json(report) : renderer.text(report)) }
             let code: Int32 = require.map { $0.requirement.exitCode(for: report) } ?? (report.error == nil ? 0 : 3)
             status = max(status, code)
         }
+        if !quiet && !json && targets.count > 1 { print(renderer.summary(outputs.map(\.report))) }
         if status != 0 { throw ExitCode(status) }
     }
 }

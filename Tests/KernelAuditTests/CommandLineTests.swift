@@ -29,14 +29,18 @@ struct CommandLineTests {
         let lines = result.stdout.split(separator: "\n")
         #expect(lines.count == 3)
         let decoder = JSONDecoder()
-        let reports = try lines.map { try decoder.decode(AuditReport.self, from: Data($0.utf8)) }
-        #expect(reports.allSatisfy { $0.schema == "pvcheck/1" })
+        let all = try lines.map { try decoder.decode(AuditReport.self, from: Data($0.utf8)) }
+        #expect(all.map(\.path) == all.map(\.path).sorted(), "reports come in path order")
+        #expect(all.allSatisfy { $0.schema == "pvcheck/1" })
+        let reports = [fixture("bzImage-xz"), fixture("not-a-kernel-object.elf32"), fixture("Image-arm64")].compactMap { path in all.first { $0.path == path } }
+        try #require(reports.count == 3)
         #expect(reports[0].verdict(.pv)?.answer == .yes)
         #expect(reports[0].image?.compression == .xz)
         #expect(reports[1].error?.code == .notAKernel && reports[1].error?.offset == 16)
         #expect(reports[2].kernel?.family == .arm64)
         // Keys a consumer can rely on.
-        let object = try JSONSerialization.jsonObject(with: Data(lines[0].utf8)) as? [String: Any] ?? [:]
+        let line = try #require(lines.first { $0.contains("bzImage-xz") })
+        let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] ?? [:]
         let keys = Set(object.keys)
         #expect(keys.isSuperset(of: ["schema", "path", "image", "kernel", "xenNotes", "verdicts"]))
     }
