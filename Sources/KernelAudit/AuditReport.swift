@@ -17,6 +17,8 @@ public struct AuditReport: Sendable, Codable {
     public var live: LiveSystemInfo?
     /// The initramfs checked with the kernel, when there is one.
     public var initramfs: InitramfsInfo?
+    /// The fix catalogue's results (with `--fixes`).
+    public var fixes: [CatalogueResult]?
     /// The recovered symbol table's source and size (with `--symbols`).
     public var symbols: SymbolsInfo?
     /// Set instead of the rest when the image could not be audited.

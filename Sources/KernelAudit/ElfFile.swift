@@ -129,6 +129,27 @@ final class ElfFile {
         return nil
     }
 
+    /// Names in the symbol table (`.symtab`, defined and undefined): a module's own functions and
+    /// the kernel functions it calls.
+    func symbolNames() -> Set<String> {
+        var names = Set<String>()
+        var section: OpaquePointer? = nil
+        while let next = elf_nextscn(elf, section) {
+            section = next
+            var header = GElf_Shdr()
+            guard gelf_getshdr(next, &header) != nil, header.sh_type == SHT_SYMTAB, header.sh_entsize > 0,
+                  Int(header.sh_offset) + Int(header.sh_size) <= bytes.count, let data = elf_getdata(next, nil) else { continue }
+            let count = Int(header.sh_size / header.sh_entsize)
+            for index in 0..<count {
+                var symbol = GElf_Sym()
+                guard gelf_getsym(data, Int32(index), &symbol) != nil, symbol.st_name != 0,
+                      let name = elf_strptr(elf, Int(header.sh_link), Int(symbol.st_name)) else { continue }
+                names.insert(String(cString: name))
+            }
+        }
+        return names
+    }
+
     private func parseNotes(_ data: UnsafeMutablePointer<Elf_Data>, base: Int) -> [RawNote] {
         var notes: [RawNote] = []
         var offset = 0

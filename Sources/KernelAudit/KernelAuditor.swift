@@ -17,11 +17,14 @@ public struct AuditOptions: Sendable {
     public var systemMapPath: String?
     /// The initramfs to check (else `initrd.img-<release>` beside the image or under the root).
     public var initrdPath: String?
+    /// A loaded fix catalogue to evaluate (implies symbol recovery).
+    public var catalogue: [CatalogueEntry]?
 
     public init(configPath: String? = nil, modulesPath: String? = nil, rootPath: String? = nil,
                 limits: DecompressionLimits = DecompressionLimits(), symbols: Bool = false, systemMapPath: String? = nil,
-                initrdPath: String? = nil) {
+                initrdPath: String? = nil, catalogue: [CatalogueEntry]? = nil) {
         self.initrdPath = initrdPath
+        self.catalogue = catalogue
         self.configPath = configPath
         self.modulesPath = modulesPath
         self.rootPath = rootPath
@@ -251,10 +254,15 @@ public struct KernelAuditor: Sendable {
         }
 
         var symbols: SymbolTable? = nil
-        if options.symbols {
+        if options.symbols || options.catalogue != nil {
             symbols = recoverSymbols(kernelBytes, elf: elfFile, path: path, release: kernel.release, config: config)
             if let symbols { report.symbols = SymbolsInfo(source: symbols.source, count: symbols.symbols.count, detail: symbols.detail) }
             logger.debug("\(path): symbols: \(symbols?.detail ?? "none")")
+        }
+        if let catalogue = options.catalogue {
+            let index = moduleDirectory(path: path, release: kernel.release).flatMap { ModuleIndex(directory: $0) }
+            var facts = CatalogueFacts(symbols: symbols, config: config, notes: notes, release: kernel.release, modules: index, limits: options.limits)
+            report.fixes = catalogue.map { CatalogueEvaluator.evaluate($0, &facts) }
         }
         return (report, symbols)
     }

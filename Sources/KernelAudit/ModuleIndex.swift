@@ -124,6 +124,48 @@ final class ModuleIndex {
         return files.sorted()
     }()
 
+    /// The file of a module by name (`xen_blkfront`), among the xen module files or via depmod.
+    func file(ofModule name: String) -> String? {
+        if hasDepmodIndex, let found = lookupByName(name) { return found }
+        return xenModuleFiles.first { moduleName(fromPath: $0) == name }
+    }
+
+    private func lookupByName(_ name: String) -> String? {
+        var module: OpaquePointer? = nil
+        guard kmod_module_new_from_name(context, name, &module) == 0, let module else { return nil }
+        defer { kmod_module_unref(module) }
+        guard let path = kmod_module_get_path(module) else { return nil }
+        var file = String(cString: path)
+        if file.hasPrefix(directory + "/") { file.removeFirst(directory.count + 1) }
+        return file
+    }
+
+    /// modinfo `key` values of a module file (`parm`, `alias`, …), read by libkmod.
+    func info(ofFile relative: String, key: String) -> [String] {
+        var module: OpaquePointer? = nil
+        guard kmod_module_new_from_path(context, directory + "/" + relative, &module) == 0, let module else { return [] }
+        defer { kmod_module_unref(module) }
+        var list: OpaquePointer? = nil
+        guard kmod_module_get_info(module, &list) >= 0 else { return [] }
+        defer { kmod_module_info_free_list(list) }
+        var values: [String] = []
+        var entry = list
+        while let current = entry {
+            if let k = kmod_module_info_get_key(current), String(cString: k) == key, let value = kmod_module_info_get_value(current) {
+                values.append(String(cString: value))
+            }
+            entry = kmod_list_next(list, current)
+        }
+        return values
+    }
+
+    /// A module file's bytes, decompressed when it is .xz/.zst/.gz.
+    func contents(ofFile relative: String, limits: DecompressionLimits) -> ImageBuffer? {
+        guard let file = try? ImageFile.read(path: directory + "/" + relative) else { return nil }
+        guard let format = CompressionFormat.detect(ByteView(bytes: file.bytes)) else { return file }
+        return (try? Decompressor.decompress(file.bytes, format: format, at: 0, limits: limits))?.output
+    }
+
     /// Aliases of one module file, read by libkmod from its `.modinfo` (compressed or not).
     func aliases(ofFile relative: String) -> [String] {
         var module: OpaquePointer? = nil

@@ -77,6 +77,15 @@ public struct ReportRenderer: Sendable {
                 }
             }
         }
+        if let fixes = report.fixes {
+            let counts = Dictionary(grouping: fixes, by: \.status).mapValues(\.count)
+            lines.append("  Catalogue: \(counts[.fixed] ?? 0) fixed or present, \(counts[.notFixed] ?? 0) missing, \(counts[.unknown] ?? 0) unknown")
+            for fix in fixes where explain || fix.status != .fixed {
+                let mark = fix.status == .fixed ? paint("fixed  ", "32") : fix.status == .notFixed ? paint("missing", "31") : paint("unknown", "33")
+                lines.append("    \(mark) \(fix.id): \(fix.title)" + (fix.meaning.map { " — \($0)" } ?? ""))
+                if explain { for item in fix.evidence { lines.append("      · \(item)") } }
+            }
+        }
         if let symbols = report.symbols {
             lines.append("  Symbols: \(symbols.count) from \(symbols.source.rawValue)" + (explain ? " — \(symbols.detail)" : ""))
         }

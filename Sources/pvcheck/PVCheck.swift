@@ -74,6 +74,12 @@ struct PVCheck: ParsableCommand {
             completion: .file())
     var initrd: String?
 
+    @Flag(help: "Check the kernel against the PV fix catalogue (patches/).")
+    var fixes = false
+
+    @Option(help: "The fix catalogue directory (implies --fixes; default: the patches/ folder PVKit ships).", completion: .directory)
+    var catalogue: String?
+
     @Option(help: "The most bytes a payload may decompress to (decompression-bomb guard).")
     var maxOutput: Int = 1 << 30
 
@@ -106,10 +112,20 @@ struct PVCheck: ParsableCommand {
             handler.logLevel = verbose ? .debug : .warning
             return handler
         }
+        var loadedCatalogue: [CatalogueEntry]? = nil
+        if fixes || catalogue != nil {
+            guard let directory = catalogue ?? Self.defaultCatalogue() else {
+                FileHandle.standardError.write(Data("pvcheck: no catalogue found; give --catalogue DIR\n".utf8))
+                throw ExitCode(2)
+            }
+            let loaded = Catalogue.load(directory: directory)
+            for problem in loaded.problems { FileHandle.standardError.write(Data("pvcheck: catalogue: \(problem)\n".utf8)) }
+            loadedCatalogue = loaded.entries
+        }
         let auditor = KernelAuditor(
             options: AuditOptions(configPath: config, modulesPath: modules, rootPath: nil,
                                   limits: DecompressionLimits(maxOutput: maxOutput), symbols: symbols || dumpSymbols != nil,
-                                  systemMapPath: systemMap, initrdPath: initrd),
+                                  systemMapPath: systemMap, initrdPath: initrd, catalogue: loadedCatalogue),
             logger: Logger(label: "pvcheck"))
         var targets = images.map { Fleet.Target(path: $0, isDefault: nil) }
         var liveReport: AuditReport? = nil
@@ -167,6 +183,24 @@ struct PVCheck: ParsableCommand {
         }
         if !quiet && !json && targets.count > 1 { print(renderer.summary(outputs.map(\.report))) }
         if status != 0 { throw ExitCode(status) }
+    }
+}
+
+extension PVCheck {
+    /// `$PVCHECK_CATALOGUE`, else a `patches` folder of JSON entries in a directory above the
+    /// executable (the repository, for a build from source), else `../share/pvkit/patches`.
+    static func defaultCatalogue() -> String? {
+        if let given = ProcessInfo.processInfo.environment["PVCHECK_CATALOGUE"] { return given }
+        var directory = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+        for _ in 0..<6 {
+            for candidate in [directory.appendingPathComponent("patches"), directory.appendingPathComponent("share/pvkit/patches")] {
+                if let names = try? FileManager.default.contentsOfDirectory(atPath: candidate.path), names.contains(where: { $0.hasSuffix(".json") }) {
+                    return candidate.path
+                }
+            }
+            directory.deleteLastPathComponent()
+        }
+        return nil
     }
 }
 

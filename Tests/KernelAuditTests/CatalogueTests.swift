@@ -1,0 +1,94 @@
+import Foundation
+import KernelAudit
+import Testing
+
+/// The kernel-fix catalogue in `patches/`: schema, loading with file and line, evaluation.
+@Suite("fix catalogue")
+struct CatalogueTests {
+    static let directory = KernelAuditTests.fixtures.deletingLastPathComponent().appendingPathComponent("patches").path
+
+    @Test("every entry in patches/ loads and validates")
+    func schema() {
+        let (entries, problems) = Catalogue.load(directory: Self.directory)
+        #expect(problems.isEmpty, "\(problems)")
+        #expect(entries.count >= 20)
+        #expect(Set(entries.map(\.id)).count == entries.count)
+        let xsas = Set(entries.compactMap(\.xsa))
+        #expect(xsas.isSuperset(of: ["XSA-391", "XSA-396", "XSA-403", "XSA-466"]))
+        for topic in ["pvh-guest", "pv-dom0", "blkfront-persistent-grants", "blkfront-indirect-descriptors", "blkfront-multi-queue",
+                      "netfront-multi-queue", "netfront-split-event-channels", "netfront-xdp", "balloon", "save-restore"] {
+            #expect(entries.contains { $0.id == topic }, "\(topic) missing")
+        }
+        #expect(entries.allSatisfy { !$0.absence.isEmpty && !$0.evidence.isEmpty && !($0.verified ?? []).isEmpty })
+    }
+
+    @Test("a broken entry is reported with its file and line; the others still load")
+    func broken() throws {
+        let scratch = try ScratchDirectory()
+        let good = try String(contentsOfFile: Self.directory + "/balloon.json", encoding: .utf8)
+        _ = try scratch.write("balloon.json", Array(good.utf8))
+        _ = try scratch.write("bad-json.json", Array("{\n  \"id\": \"x\",\n  \"title\": oops\n}\n".utf8))
+        _ = try scratch.write("missing.json", Array("{\n  \"id\": \"missing-title\",\n  \"kind\": \"fix\"\n}\n".utf8))
+        let twoKinds = good.replacingOccurrences(of: "\"config\": \"CONFIG_XEN_BALLOON\"", with: "\"config\": \"CONFIG_XEN_BALLOON\", \"note\": \"ENTRY\"")
+            .replacingOccurrences(of: "\"id\": \"balloon\"", with: "\"id\": \"two-kinds\"")
+        _ = try scratch.write("two-kinds.json", Array(twoKinds.utf8))
+        let (entries, problems) = Catalogue.load(directory: scratch.url.path)
+        #expect(entries.map(\.id) == ["balloon"])
+        #expect(problems.count == 3)
+        let json = try #require(problems.first { $0.file.hasSuffix("bad-json.json") })
+        #expect(json.line == 3, "\(json)")
+        #expect(problems.first { $0.file.hasSuffix("missing.json") }?.message.contains("missing") == true)
+        let rule = try #require(problems.first { $0.file.hasSuffix("two-kinds.json") })
+        #expect(rule.message.contains("exactly one rule kind") && rule.line != nil)
+    }
+
+    func results(_ path: String, root: String? = nil) throws -> [String: CatalogueResult.Status] {
+        let entries = Catalogue.load(directory: Self.directory).entries
+        let report = try KernelAuditor(options: AuditOptions(rootPath: root, catalogue: entries)).audit(path: path)
+        return Dictionary(uniqueKeysWithValues: (report.fixes ?? []).map { ($0.id, $0.status) })
+    }
+
+    @Test("fixed, not fixed and unknown on the fixtures, with the evidence that decided")
+    func onFixtures() throws {
+        // kallsyms with gnttab_try_end_foreign_access but no xen_hypercall_pv; no module tree.
+        let kallsyms = try results(fixture("vmlinux-kallsyms-6.4.elf"))
+        #expect(kallsyms["xsa-396-gnttab-try-end-foreign-access"] == .fixed)
+        #expect(kallsyms["xsa-466-no-hypercall-page"] == .notFixed)
+        #expect(kallsyms["xsa-391-blkfront-lateeoi"] == .unknown)
+        // A root whose module files carry modinfo but no symbol table and no parameters.
+        let root = KernelAuditTests.fixtures.appendingPathComponent("root").path
+        let guest = try results(root + "/boot/vmlinuz-6.6.0-pvkit-fixture", root: root)
+        #expect(guest["xsa-403-blkfront-bounce"] == .notFixed)
+        #expect(guest["xsa-391-netfront-lateeoi"] == .notFixed)
+        #expect(guest["pvh-guest"] == .fixed && guest["pv-dom0"] == .fixed && guest["balloon"] == .notFixed)
+        // No symbols (System.map beside this one is the fixture's): notes and config still decide.
+        let hvmOnly = try results(fixture("vmlinux-no-xen.elf"))
+        #expect(hvmOnly["pvh-guest"] == .notFixed && hvmOnly["pv-guest"] == .notFixed)
+    }
+
+    @Test("pvcheck --fixes and --catalogue on the command line")
+    func commandLine() throws {
+        let text = try run("pvcheck", ["--fixes", "--explain", fixture("vmlinux-kallsyms-6.4.elf")])
+        #expect(text.status == 0)
+        #expect(text.stdout.contains("missing xsa-466-no-hypercall-page"))
+        #expect(text.stdout.contains("· symbol xen_hypercall_pv absent in kallsyms"))
+        let scratch = try ScratchDirectory()
+        _ = try scratch.write("bad.json", Array("{ nope".utf8))
+        let broken = try run("pvcheck", ["--catalogue", scratch.url.path, fixture("bzImage-xz")])
+        #expect(broken.status == 0 && broken.stderr.contains("bad.json"))
+    }
+}
+
+/// Every catalogue entry against the real Debian kernels it was verified on.
+@Suite("fix catalogue on real Debian kernels", .serialized)
+struct RealKernelCatalogueTests {
+    @Test("every entry is fixed or present", arguments: RealKernelTests.kernels)
+    func all(_ kernel: RealKernelTests.Kernel) throws {
+        guard let root = try RealKernelTests.root(kernel.suite) else { return }
+        let entries = Catalogue.load(directory: CatalogueTests.directory).entries
+        let report = try KernelAuditor(options: AuditOptions(catalogue: entries)).audit(path: try RealKernelTests.image(in: root))
+        let fixes = try #require(report.fixes)
+        #expect(fixes.count == entries.count)
+        for fix in fixes { #expect(fix.status == .fixed, "\(fix.id): \(fix.status) — \(fix.evidence)") }
+    }
+}
