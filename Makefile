@@ -19,8 +19,10 @@ demo: deps
 	.build/release/pvcheck --explain fixtures/images/vmlinux-pvh-only.elf
 	@echo "== pvcheck on a XenLinux kernel and an arm64 Image"
 	-.build/release/pvcheck fixtures/images/vmlinuz-2.6.18-xen-pvkit.gz fixtures/images/Image-arm64.gz
+	@echo "== pvcheck --live on this machine"
+	.build/release/pvcheck --live
 	@for k in $${PVKIT_CACHE:-$$HOME/.cache/pvkit}/kernels/*/root/boot/vmlinuz-*; do \
-	  [ -f "$$k" ] && echo "== pvcheck on $$k" && .build/release/pvcheck "$$k"; done; true
+	  [ -f "$$k" ] && echo "== pvcheck --fixes --symbols on $$k" && .build/release/pvcheck --fixes --symbols "$$k"; done; true
 	@echo "== Xen ABI facts and a short ring benchmark"
 	.build/release/ring-bench abi
 	.build/release/ring-bench run --quick
