@@ -163,21 +163,25 @@ enum KallsymsFinder {
         return false
     }
 
+    /// A name record's length at `position` (one byte, or two when the first has bit 7: big
+    /// symbols, 6.x) and where its bytes start; nil past the end.
+    @inline(__always)
+    static func recordLength(_ b: UnsafeRawBufferPointer, at position: Int) -> (length: Int, start: Int)? {
+        guard position < b.count else { return nil }
+        let first = Int(b[position])
+        guard first & 0x80 != 0 else { return (first, position + 1) }
+        guard position + 1 < b.count else { return nil }
+        return ((first & 0x7F) | Int(b[position + 1]) << 7, position + 2)
+    }
+
     /// Walks `count` name records; nil unless every 256th lands on its marker.
     static func walk(_ view: ByteView, from start: Int, count: Int, markers: [UInt32]) -> Int? {
         let b = view.bytes
         var position = start
         for index in 0..<count {
             if index & 0xFF == 0, position - start != Int(markers[index >> 8]) { return nil }
-            guard position + 1 < b.count else { return nil }
-            var length = Int(b[position])
-            if length & 0x80 != 0 {
-                length = (length & 0x7F) | Int(b[position + 1]) << 7
-                position += 2
-            } else {
-                position += 1
-            }
-            position += length
+            guard let record = recordLength(b, at: position) else { return nil }
+            position = record.start + record.length
             guard position <= b.count else { return nil }
         }
         return position
@@ -199,13 +203,9 @@ enum KallsymsFinder {
         var position = t.namesStart
         flat.withUnsafeBufferPointer { tokenBytes in
             for _ in 0..<t.count {
-                var length = Int(b[position])
-                if length & 0x80 != 0 {
-                    length = (length & 0x7F) | Int(b[position + 1]) << 7
-                    position += 2
-                } else {
-                    position += 1
-                }
+                // The walk in locateNames proved every record lies inside the image.
+                let (length, start) = recordLength(b, at: position)!
+                position = start
                 var expanded = 0
                 for i in 0..<length { expanded += spans[Int(b[position + i])].1 }
                 guard expanded > 0 else {

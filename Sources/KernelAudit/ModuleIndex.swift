@@ -167,24 +167,7 @@ final class ModuleIndex {
     }
 
     /// Aliases of one module file, read by libkmod from its `.modinfo` (compressed or not).
-    func aliases(ofFile relative: String) -> [String] {
-        var module: OpaquePointer? = nil
-        guard kmod_module_new_from_path(context, directory + "/" + relative, &module) == 0, let module else { return [] }
-        defer { kmod_module_unref(module) }
-        var list: OpaquePointer? = nil
-        guard kmod_module_get_info(module, &list) >= 0 else { return [] }
-        defer { kmod_module_info_free_list(list) }
-        var aliases: [String] = []
-        var entry = list
-        while let current = entry {
-            if let key = kmod_module_info_get_key(current), String(cString: key) == "alias",
-               let value = kmod_module_info_get_value(current) {
-                aliases.append(String(cString: value))
-            }
-            entry = kmod_list_next(list, current)
-        }
-        return aliases
-    }
+    func aliases(ofFile relative: String) -> [String] { info(ofFile: relative, key: "alias") }
 
     /// Resolves one alias through depmod's index (`modules.alias.bin`, `modules.builtin.alias.bin`).
     func lookup(_ alias: String) -> (module: String, file: String?)? {
