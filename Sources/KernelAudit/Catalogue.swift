@@ -44,11 +44,15 @@ public struct EvidenceRule: Sendable, Codable, Equatable {
     public var note: String?
     /// Kernel release at least this (e.g. "5.9").
     public var minimumVersion: String?
+    /// Text the distribution's changelog of this kernel names (a CVE, a commit subject):
+    /// `usr/share/doc/linux-image-<release>*/changelog.Debian.gz` of the package or guest root.
+    /// Mentioned decides "fixed"; not mentioned decides nothing (older fixes predate the log).
+    public var changelog: String?
 
     var kind: String? {
         let kinds: [(String, Any?)] = [("symbol", symbol), ("symbolAbsent", symbolAbsent), ("moduleSymbol", moduleSymbol), ("moduleString", moduleString),
                                        ("moduleParameter", moduleParameter), ("config", config), ("note", note),
-                                       ("minimumVersion", minimumVersion)]
+                                       ("minimumVersion", minimumVersion), ("changelog", changelog)]
         let set = kinds.filter { $0.1 != nil }.map(\.0)
         return set.count == 1 ? set[0] : nil
     }
@@ -74,6 +78,24 @@ public struct CatalogueProblem: Sendable, Codable, Equatable, CustomStringConver
 }
 
 public enum Catalogue {
+    /// The distribution changelog of `release`: in the package tree the image came from, or in the guest root.
+    static func changelog(imagePath: String, root: String?, release: String?, limits: DecompressionLimits) -> (file: String, text: String)? {
+        guard let release else { return nil }
+        let boot = (imagePath as NSString).deletingLastPathComponent
+        let bases = [(boot as NSString).deletingLastPathComponent, root].compactMap { $0 }
+        for base in bases {
+            let doc = base + "/usr/share/doc"
+            guard let packages = try? FileManager.default.contentsOfDirectory(atPath: doc) else { continue }
+            for package in packages.sorted() where package.hasPrefix("linux-image-\(release)") {
+                let file = doc + "/" + package + "/changelog.Debian.gz"
+                guard let bytes = try? ImageFile.read(path: file),
+                      let text = try? Decompressor.decompress(bytes.bytes, format: .gzip, at: 0, limits: limits) else { continue }
+                return (file, String(decoding: text.output.bytes, as: UTF8.self))
+            }
+        }
+        return nil
+    }
+
     /// Loads every `*.json` in `directory`; broken entries become problems, the rest load.
     public static func load(directory: String) -> (entries: [CatalogueEntry], problems: [CatalogueProblem]) {
         guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else {
@@ -166,6 +188,8 @@ struct CatalogueFacts {
     var release: String?
     var modules: ModuleIndex?
     var limits: DecompressionLimits
+    /// The kernel's distribution changelog, decompressed: (file, text), when there is one.
+    var changelog: (file: String, text: String)?
     var moduleCache: [String: (bytes: ImageBuffer, symbols: Set<String>)?] = [:]
 
     /// A module's bytes and symbol names, read once.
@@ -228,6 +252,14 @@ enum CatalogueEvaluator {
             guard let type = XenElfNoteType.allCases.first(where: { $0.description == name }) else { return (nil, "unknown note \(name)") }
             let present = facts.notes.note(type) != nil
             return (present, "Xen note \(name) \(present ? "present" : "absent")")
+        }
+        if let text = rule.changelog {
+            guard let changelog = facts.changelog else { return (nil, "no distribution changelog for this kernel") }
+            guard let range = changelog.text.range(of: text) else { return (nil, "\(changelog.file) does not mention \(text)") }
+            let number = changelog.text[..<range.lowerBound].filter { $0 == "\n" }.count + 1
+            let lineStart = changelog.text[..<range.lowerBound].lastIndex(of: "\n").map { changelog.text.index(after: $0) } ?? changelog.text.startIndex
+            let line = changelog.text[lineStart...].prefix { $0 != "\n" }.trimmingCharacters(in: .whitespaces)
+            return (true, "\(changelog.file) line \(number): \(line)")
         }
         if let minimum = rule.minimumVersion {
             guard let release = facts.release, let version = KernelVersion(release), let wanted = KernelVersion(minimum) else {

@@ -262,6 +262,7 @@ public struct KernelAuditor: Sendable {
         if let catalogue = options.catalogue {
             let index = moduleDirectory(path: path, release: kernel.release).flatMap { ModuleIndex(directory: $0) }
             var facts = CatalogueFacts(symbols: symbols, config: config, notes: notes, release: kernel.release, modules: index, limits: options.limits)
+            facts.changelog = Catalogue.changelog(imagePath: path, root: options.rootPath, release: kernel.release, limits: options.limits)
             report.fixes = catalogue.map { CatalogueEvaluator.evaluate($0, &facts) }
         }
         return (report, symbols)
