@@ -58,3 +58,25 @@ struct LiveSystemTests {
         #expect(result.status == 0 || report.error != nil)
     }
 }
+
+@Suite("live system: broken trees")
+struct BrokenLiveTreeTests {
+    @Test("garbage, binary and missing files are read as absent, never a crash")
+    func garbage() throws {
+        let scratch = try ScratchDirectory()
+        let root = scratch.url.path
+        for (path, bytes) in [("sys/hypervisor/type", [0xFF, 0xFE, 0x00, 0x78] as [UInt8]), ("sys/hypervisor/guest_type", Array("PV\u{0}junk".utf8)),
+                              ("sys/hypervisor/version/major", Array("four".utf8)), ("proc/cpuinfo", [UInt8](repeating: 0x80, count: 4096)),
+                              ("proc/modules", Array("\n\n   \nxen\n".utf8)), ("proc/sys/kernel/osrelease", Array("../../../etc/passwd\n".utf8))] {
+            try FileManager.default.createDirectory(atPath: (root + "/" + path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            _ = try scratch.write(path, bytes)
+        }
+        try FileManager.default.createDirectory(atPath: root + "/sys/bus/xen/devices/not-a-device", withIntermediateDirectories: true)
+        let info = LiveSystem.read(root: root)
+        #expect(!info.onXen && info.mode == "none")
+        #expect(info.summary == "not on Xen")
+        #expect(LiveSystem.runningKernel(root: root, release: info.release ?? "") == nil)
+        let result = try run("pvcheck", ["--live-root", root])
+        #expect(result.status == 0 && result.stdout.contains("not on Xen"))
+    }
+}
