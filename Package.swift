@@ -13,6 +13,7 @@ let package = Package(
         .library(name: "XenABI", targets: ["XenABI"]),
         .library(name: "XenRing", targets: ["XenRing"]),
         .library(name: "SharedMemory", targets: ["SharedMemory"]),
+        .library(name: "XenStore", targets: ["XenStore"]),
         .library(name: "KernelAudit", targets: ["KernelAudit"]),
         .executable(name: "pvcheck", targets: ["pvcheck"]),
         .executable(name: "ring-bench", targets: ["ring-bench"]),
@@ -32,6 +33,8 @@ let package = Package(
             name: "XenRing",
             dependencies: ["XenABI", .product(name: "Atomics", package: "swift-atomics")],
             swiftSettings: strictSwift),
+        // XenStore: the xs_wire protocol (pure); the client and transports follow.
+        .target(name: "XenStore", dependencies: ["XenABI"], swiftSettings: strictSwift),
         // Linux calls that Glibc's module lacks (memfd_create, eventfd).
         .systemLibrary(name: "CLinux", path: "Sources/CLinux"),
         // memfd-backed shared regions and eventfd notifications.
@@ -76,6 +79,7 @@ let package = Package(
         // pvcheck against xz -dc / zstd -dc on real kernels.
         .executableTarget(name: "pvcheck-bench", dependencies: ["KernelAudit"], path: "Benchmarks/PVCheckBench", swiftSettings: strictSwift),
 
+        .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "XenABI"], swiftSettings: strictSwift),
         .testTarget(
             name: "KernelAuditTests",
             dependencies: ["KernelAudit", "XenABI", "SharedMemory"],
