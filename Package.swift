@@ -35,6 +35,8 @@ let package = Package(
             swiftSettings: strictSwift),
         // XenStore: the xs_wire protocol (pure); the client and transports follow.
         .target(name: "XenStore", dependencies: ["XenABI"], swiftSettings: strictSwift),
+        // pvhost's engine: so far the xenstored core (tree, permissions, watches), sans I/O.
+        .target(name: "PVHost", dependencies: ["XenABI", "XenStore"], swiftSettings: strictSwift),
         // Linux calls that Glibc's module lacks (memfd_create, eventfd).
         .systemLibrary(name: "CLinux", path: "Sources/CLinux"),
         // memfd-backed shared regions and eventfd notifications.
@@ -80,6 +82,7 @@ let package = Package(
         .executableTarget(name: "pvcheck-bench", dependencies: ["KernelAudit"], path: "Benchmarks/PVCheckBench", swiftSettings: strictSwift),
 
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "XenABI"], swiftSettings: strictSwift),
+        .testTarget(name: "PVHostTests", dependencies: ["PVHost", "XenStore", "XenABI"], swiftSettings: strictSwift),
         .testTarget(
             name: "KernelAuditTests",
             dependencies: ["KernelAudit", "XenABI", "SharedMemory"],

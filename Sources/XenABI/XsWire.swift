@@ -117,7 +117,7 @@ public struct XsHeader: Sendable, Equatable {
 
 /// An error a xenstore server names in an ERROR reply. C: `xsd_errors[]`, in table order
 /// (new errors are only ever appended).
-public enum XsErrorName: String, Sendable, CaseIterable {
+public enum XsErrorName: String, Sendable, CaseIterable, Error {
     case EINVAL, EACCES, EEXIST, EISDIR, ENOENT, ENOMEM, ENOSPC, EIO, ENOTEMPTY, ENOSYS, EROFS, EBUSY, EAGAIN,
          EISCONN, E2BIG, EPERM
 
