@@ -1,0 +1,190 @@
+import XenABI
+import XenStore
+
+/// The xenstored engine, sans I/O: every connection's requests in, replies and watch events
+/// out. Sockets and domain rings feed it bytes through their own adapters; it never blocks.
+///
+/// Transactions behave like C xenstored's (abort on conflict with EAGAIN). A relative path is
+/// resolved against the connection's home (dom0's socket: `/local/domain/0`).
+public struct XenStoreEngine: Sendable {
+    /// Something to send: a message for a connection.
+    public struct Output: Sendable, Equatable {
+        public let connection: Int
+        public let message: XsMessage
+    }
+
+    struct Connection: Sendable {
+        var caller: XenStoreCaller
+        var transactions: [UInt32: XenStoreTransaction] = [:]
+    }
+
+    public private(set) var tree = XenStoreTree()
+    var watches = XenStoreWatches()
+    var connections: [Int: Connection] = [:]
+    var nextTransaction: UInt32 = 1
+    /// Introduced domains and their rings (gfn, port).
+    public private(set) var introduced: [DomainID: (gfn: UInt64, port: EventChannelPort)] = [:]
+    /// C xenstored 4.17's default `quota_max_transaction`.
+    public var transactionQuota = 10
+
+    public init() {}
+
+    /// A new connection (a socket client is dom0 and privileged; a ring is its domain).
+    public mutating func connect(_ id: Int, caller: XenStoreCaller) { connections[id] = Connection(caller: caller) }
+
+    /// A connection went away: its watches and transactions go with it.
+    public mutating func disconnect(_ id: Int) {
+        connections[id] = nil
+        watches.removeAll(connection: id)
+    }
+
+    /// Handles one request; returns the reply to the sender and any watch events.
+    public mutating func handle(_ message: XsMessage, from id: Int) -> [Output] {
+        guard let connection = connections[id] else { return [] }
+        func reply(_ reply: XenStoreReply) -> Output { Output(connection: id, message: reply.message(answering: message.header)) }
+        let request: XenStoreRequest
+        do {
+            request = try XenStoreRequest.decode(message)
+        } catch {
+            let name: XsErrorName = message.header.messageType == nil || message.header.messageType == .invalid ? .ENOSYS : .EINVAL
+            return [reply(.error(name))]
+        }
+        do {
+            return try perform(request, header: message.header, connection: connection, id: id)
+        } catch {
+            return [reply(.error(error))]
+        }
+    }
+
+    private func home(_ caller: XenStoreCaller) -> XenStorePath { .home(of: caller.domain) }
+
+    private mutating func perform(_ request: XenStoreRequest, header: XsHeader, connection: Connection, id: Int) throws(XsErrorName) -> [Output] {
+        let caller = connection.caller
+        func out(_ reply: XenStoreReply) -> Output { Output(connection: id, message: reply.message(answering: header)) }
+        func absolute(_ path: XenStorePath) -> String { path.resolved(home: home(caller)).rawValue }
+        let tx = header.transactionID
+        if tx != 0, ![.watch, .unwatch].contains(request.type), connection.transactions[tx] == nil, request.type != .transactionStart {
+            throw .ENOENT
+        }
+        switch request {
+        case let .read(path):
+            if tx != 0 { return [out(.value(try connections[id]!.transactions[tx]!.read(absolute(path), base: tree)))] }
+            return [out(.value(try tree.read(absolute(path), caller: caller)))]
+        case let .directory(path):
+            if tx != 0 { return [out(.children(try connections[id]!.transactions[tx]!.directory(absolute(path), base: tree)))] }
+            return [out(.children(try tree.directory(absolute(path), caller: caller)))]
+        case let .directoryPart(path, offset):
+            let children = try tree.directory(absolute(path), caller: caller)
+            let generation = String(tree.nodeGeneration(absolute(path)))
+            // One reply holds as many children as fit in the payload limit.
+            var taken: [String] = [], size = generation.utf8.count + 2
+            for child in children.dropFirst(offset) {
+                guard size + child.utf8.count + 1 <= XsWire.payloadMax else { break }
+                taken.append(child)
+                size += child.utf8.count + 1
+            }
+            return [out(.childrenPart(generation: generation, children: taken, complete: offset + taken.count >= children.count))]
+        case let .getPerms(path):
+            return [out(.permissions(try tree.permissions(absolute(path), caller: caller)))]
+        case let .write(path, value):
+            guard !path.isSpecial else { throw .EINVAL }
+            if tx != 0 {
+                try connections[id]!.transactions[tx]!.write(absolute(path), value: value, base: tree)
+                return [out(.ok)]
+            }
+            let changed = try tree.write(absolute(path), value: value, caller: caller)
+            return [out(.ok)] + events(changed.map { ($0, false) })
+        case let .mkdir(path):
+            guard !path.isSpecial else { throw .EINVAL }
+            if tx != 0 {
+                try connections[id]!.transactions[tx]!.mkdir(absolute(path), base: tree)
+                return [out(.ok)]
+            }
+            let changed = try tree.mkdir(absolute(path), caller: caller)
+            return [out(.ok)] + events(changed.map { ($0, false) })
+        case let .rm(path):
+            guard !path.isSpecial else { throw .EINVAL }
+            if tx != 0 {
+                try connections[id]!.transactions[tx]!.remove(absolute(path), base: tree)
+                return [out(.ok)]
+            }
+            let removed = try tree.remove(absolute(path), caller: caller)
+            return [out(.ok)] + (removed.isEmpty ? [] : events([(absolute(path), true)]))
+        case let .setPerms(path, permissions):
+            if tx != 0 {
+                try connections[id]!.transactions[tx]!.setPermissions(absolute(path), permissions, base: tree)
+                return [out(.ok)]
+            }
+            try tree.setPermissions(absolute(path), permissions, caller: caller)
+            return [out(.ok)] + events([(absolute(path), false)])
+        case let .watch(path, token):
+            let watch = try watches.add(connection: id, path: path, token: token, home: home(caller), privileged: caller.privileged)
+            // OK first, then the event that fires on registration.
+            let event = XenStoreReply.watchEvent(path: watch.path, token: token)
+            return [out(.ok), Output(connection: id, message: event.message(answering: header))]
+        case let .unwatch(path, token):
+            try watches.remove(connection: id, path: path, token: token)
+            return [out(.ok)]
+        case .transactionStart:
+            guard tx == 0 else { throw .EBUSY }
+            guard caller.privileged || connection.transactions.count < transactionQuota else { throw .ENOSPC }
+            let number = nextTransaction
+            nextTransaction = nextTransaction &+ 1 == 0 ? 1 : nextTransaction &+ 1
+            connections[id]!.transactions[number] = XenStoreTransaction(id: number, caller: caller, base: tree)
+            return [out(.transactionID(number))]
+        case let .transactionEnd(commit):
+            guard tx != 0, let transaction = connections[id]!.transactions.removeValue(forKey: tx) else { throw .ENOENT }
+            guard commit else { return [out(.ok)] }
+            let changed = try transaction.commit(to: &tree)
+            return [out(.ok)] + events(changed)
+        case let .getDomainPath(domain):
+            return [out(.domainPath(XenStorePath.home(of: domain).rawValue))]
+        case let .introduce(domain, gfn, port):
+            guard caller.privileged else { throw .EACCES }
+            guard domain.isRegular else { throw .EINVAL }
+            if let existing = introduced[domain] {
+                guard existing.gfn == gfn && existing.port == port else { throw .EEXIST }
+                return [out(.ok)]
+            }
+            introduced[domain] = (gfn, port)
+            return [out(.ok)] + events([("@introduceDomain", false)])
+        case let .release(domain):
+            guard caller.privileged else { throw .EACCES }
+            guard introduced.removeValue(forKey: domain) != nil else { throw .ENOENT }
+            return [out(.ok)] + events([("@releaseDomain", false)])
+        case let .isDomainIntroduced(domain):
+            guard caller.privileged else { throw .EACCES }
+            return [out(.introduced(domain == .dom0 || introduced[domain] != nil))]
+        case .resume, .setTarget:
+            guard caller.privileged else { throw .EACCES }
+            return [out(.ok)]
+        case .resetWatches:
+            watches.removeAll(connection: id)
+            connections[id]!.transactions.removeAll()
+            return [out(.ok)]
+        case .control:
+            guard caller.privileged else { throw .EACCES }
+            return [out(.text("OK"))]
+        }
+    }
+
+    /// Watch events for changes, to watchers allowed to read the changed node (or its parent,
+    /// for a removal); special paths go to privileged watchers.
+    private func events(_ changes: [(String, Bool)]) -> [Output] {
+        var outputs: [Output] = []
+        for (path, removal) in changes {
+            for (watch, shown) in watches.events(for: path, removal: removal) {
+                guard let caller = connections[watch.connection]?.caller else { continue }
+                if path.hasPrefix("@") {
+                    guard caller.privileged else { continue }
+                } else if !caller.privileged {
+                    let target = tree.exists(path) ? path : XenStoreTree.parent(of: path) ?? "/"
+                    guard (try? tree.permissions(target, caller: caller)) != nil else { continue }
+                }
+                let event = XenStoreReply.watchEvent(path: shown, token: watch.token)
+                outputs.append(Output(connection: watch.connection, message: event.message(answering: XsHeader(type: .watch, requestID: 0, length: 0))))
+            }
+        }
+        return outputs
+    }
+}

@@ -1,0 +1,136 @@
+import PVHost
+import Testing
+import XenABI
+import XenStore
+
+/// The engine through xs_wire messages, as a socket or ring adapter would drive it.
+@Suite("xenstored engine: requests in, replies and events out")
+struct XenStoreEngineTests {
+    struct Harness {
+        var engine = XenStoreEngine()
+        var nextRequest: UInt32 = 1
+
+        init() {
+            engine.connect(0, caller: .dom0)
+            engine.connect(5, caller: XenStoreCaller(domain: DomainID(5), privileged: false))
+        }
+
+        /// Sends a request; returns (reply to the sender, events per connection).
+        mutating func send(_ request: XenStoreRequest, from connection: Int = 0, tx: UInt32 = 0) throws -> (reply: XenStoreReply, events: [Int: [XenStoreReply]]) {
+            let message = try request.message(requestID: nextRequest, transactionID: tx)
+            nextRequest += 1
+            return decode(engine.handle(message, from: connection), request: request.type, sender: connection, requestID: message.header.requestID)
+        }
+
+        mutating func raw(_ message: XsMessage, from connection: Int = 0) throws -> XenStoreReply {
+            let outputs = engine.handle(message, from: connection)
+            return try XenStoreReply.decode(try #require(outputs.first).message, answering: message.header.messageType)
+        }
+
+        func decode(_ outputs: [XenStoreEngine.Output], request: XsMessageType, sender: Int, requestID: UInt32) -> (XenStoreReply, [Int: [XenStoreReply]]) {
+            var reply: XenStoreReply? = nil
+            var events: [Int: [XenStoreReply]] = [:]
+            for output in outputs {
+                let decoded = try! XenStoreReply.decode(output.message, answering: request)
+                if output.connection == sender && output.message.header.requestID == requestID && reply == nil {
+                    reply = decoded
+                } else {
+                    events[output.connection, default: []].append(decoded)
+                }
+            }
+            return (reply!, events)
+        }
+    }
+
+    @Test("write, read, directory; relative paths resolve against the caller's home")
+    func basics() throws {
+        var h = Harness()
+        #expect(try h.send(.write("name", value: Array("dom0".utf8))).reply == .ok)
+        #expect(try h.send(.read("/local/domain/0/name")).reply == .value(Array("dom0".utf8)))
+        #expect(try h.send(.directory("/local/domain/0")).reply == .children(["name"]))
+        #expect(try h.send(.read("/nope")).reply == .error(.ENOENT))
+        #expect(try h.send(.getDomainPath(DomainID(7))).reply == .domainPath("/local/domain/7"))
+        #expect(try h.send(.write("/tool/x", value: []), from: 5).reply == .error(.EACCES))
+    }
+
+    @Test("a watch answers OK, fires once on registration, then on every change below it")
+    func watches() throws {
+        var h = Harness()
+        _ = try h.send(.mkdir("/local/domain/5"))
+        _ = try h.send(.setPerms("/local/domain/5", XenStorePermissions([XenStorePermission(.none, DomainID(5))])))
+        let registered = try h.send(.watch("device", token: "dev"), from: 5)
+        #expect(registered.reply == .ok)
+        #expect(registered.events[5] == [.watchEvent(path: "device", token: "dev")])
+        let write = try h.send(.write("/local/domain/5/device/vif/0/state", value: Array("1".utf8)))
+        #expect(write.events[5]?.contains(.watchEvent(path: "device/vif/0/state", token: "dev")) == true)
+        #expect(try h.send(.watch("device", token: "dev"), from: 5).reply == .error(.EEXIST))
+        // A change the watcher may not read is not told to it.
+        _ = try h.send(.watch("/tool", token: "tool"), from: 5)
+        #expect(try h.send(.write("/tool/secret", value: [])).events[5] == nil)
+        h.engine.disconnect(5)
+        #expect(try h.send(.write("/local/domain/5/device/x", value: [])).events.isEmpty)
+    }
+
+    @Test("transactions: commit, conflict, unknown id, nesting, quota")
+    func transactions() throws {
+        var h = Harness()
+        guard case let .transactionID(t1) = try h.send(.transactionStart).reply else { Issue.record("no id"); return }
+        #expect(try h.send(.write("/tool/a", value: Array("1".utf8)), tx: t1).reply == .ok)
+        #expect(try h.send(.read("/tool/a")).reply == .error(.ENOENT), "invisible until commit")
+        #expect(try h.send(.read("/tool/a"), tx: t1).reply == .value(Array("1".utf8)))
+        #expect(try h.send(.transactionEnd(commit: true), tx: t1).reply == .ok)
+        #expect(try h.send(.read("/tool/a")).reply == .value(Array("1".utf8)))
+        guard case let .transactionID(t2) = try h.send(.transactionStart).reply else { return }
+        _ = try h.send(.read("/tool/a"), tx: t2)
+        _ = try h.send(.write("/tool/a", value: Array("2".utf8)), tx: t2)
+        _ = try h.send(.write("/tool/a", value: Array("3".utf8)))
+        #expect(try h.send(.transactionEnd(commit: true), tx: t2).reply == .error(.EAGAIN))
+        #expect(try h.send(.read("/tool/a")).reply == .value(Array("3".utf8)))
+        #expect(try h.send(.transactionEnd(commit: true), tx: t2).reply == .error(.ENOENT), "ended transactions are gone")
+        #expect(try h.send(.read("/tool/a"), tx: 999).reply == .error(.ENOENT))
+        guard case let .transactionID(t3) = try h.send(.transactionStart).reply else { return }
+        #expect(try h.send(.transactionStart, tx: t3).reply == .error(.EBUSY))
+        for _ in 0..<10 { _ = try h.send(.transactionStart, from: 5) }
+        #expect(try h.send(.transactionStart, from: 5).reply == .error(.ENOSPC))
+    }
+
+    @Test("INTRODUCE and RELEASE fire the special watches; only the privileged may")
+    func domains() throws {
+        var h = Harness()
+        let watched = try h.send(.watch(.introduceDomain, token: "in"))
+        #expect(watched.events[0] == [.watchEvent(path: "@introduceDomain", token: "in")])
+        _ = try h.send(.watch(.releaseDomain, token: "out"))
+        let introduce = try h.send(.introduce(DomainID(5), gfn: 0x1000, port: EventChannelPort(3)))
+        #expect(introduce.reply == .ok && introduce.events[0] == [.watchEvent(path: "@introduceDomain", token: "in")])
+        #expect(try h.send(.isDomainIntroduced(DomainID(5))).reply == .introduced(true))
+        #expect(try h.send(.introduce(DomainID(6), gfn: 1, port: EventChannelPort(1)), from: 5).reply == .error(.EACCES))
+        let release = try h.send(.release(DomainID(5)))
+        #expect(release.events[0] == [.watchEvent(path: "@releaseDomain", token: "out")])
+        #expect(try h.send(.isDomainIntroduced(DomainID(5))).reply == .introduced(false))
+        #expect(try h.send(.release(DomainID(5))).reply == .error(.ENOENT))
+    }
+
+    @Test("unknown types are ENOSYS, malformed payloads EINVAL, and the connection lives on")
+    func badRequests() throws {
+        var h = Harness()
+        #expect(try h.raw(XsMessage(header: XsHeader(type: 20, requestID: 1, transactionID: 0, length: 0), payload: [])) == .error(.ENOSYS))
+        #expect(try h.raw(XsMessage(header: XsHeader(type: 0xFFFF, requestID: 1, transactionID: 0, length: 0), payload: [])) == .error(.ENOSYS))
+        #expect(try h.raw(XsMessage(header: XsHeader(type: .read, requestID: 2, length: 4), payload: Array("/a b".utf8) + [0])) == .error(.EINVAL))
+        #expect(try h.send(.write("/tool/ok", value: [])).reply == .ok)
+    }
+
+    @Test("DIRECTORY_PART pages a long child list within the payload limit")
+    func directoryPart() throws {
+        var h = Harness()
+        for index in 0..<400 { _ = try h.send(.write(try XenStorePath("/tool/dir/child-with-a-long-name-\(index)"), value: [])) }
+        var offset = 0, seen: [String] = []
+        while true {
+            guard case let .childrenPart(_, children, complete) = try h.send(.directoryPart("/tool/dir", offset: offset)).reply else { return }
+            seen += children
+            offset += children.count
+            if complete { break }
+            #expect(!children.isEmpty)
+        }
+        #expect(seen.count == 400 && seen.first == "child-with-a-long-name-0")
+    }
+}
