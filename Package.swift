@@ -16,6 +16,7 @@ let package = Package(
         .library(name: "XenStore", targets: ["XenStore"]),
         .library(name: "KernelAudit", targets: ["KernelAudit"]),
         .executable(name: "pvcheck", targets: ["pvcheck"]),
+        .executable(name: "pvhost", targets: ["pvhost"]),
         .executable(name: "ring-bench", targets: ["ring-bench"]),
         .executable(name: "ring-bench-c", targets: ["ring-bench-c"]),
         .executable(name: "pvcheck-bench", targets: ["pvcheck-bench"]),
@@ -58,6 +59,10 @@ let package = Package(
                 "XenABI", "CLinux", "CZlib", "CLZMA", "CZstd", "CBzip2", "CLZ4", "CLZO", "CLibElf", "CKmod",
                 .product(name: "Logging", package: "swift-log"),
             ],
+            swiftSettings: strictSwift),
+        .executableTarget(
+            name: "pvhost",
+            dependencies: ["PVHost", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strictSwift),
         .executableTarget(
             name: "pvcheck",

@@ -8,7 +8,7 @@ packages=(pkg-config gcc libxen-dev libelf-dev libkmod-dev zlib1g-dev liblzma-de
 case "${1:-build}" in
     # readnotes (xen-utils-4.17) and readelf (binutils) are pvcheck's interop oracles; the
     # decompressor tools extract real kernels independently of pvcheck.
-    test) packages+=(xz-utils zstd bzip2 binutils xen-utils-4.17) ;;
+    test) packages+=(xz-utils zstd bzip2 binutils xen-utils-4.17 xenstore-utils) ;;
     bench) packages+=(xz-utils zstd time) ;;
 esac
 
