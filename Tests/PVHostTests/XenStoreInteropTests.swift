@@ -57,7 +57,7 @@ struct XenStoreInteropTests {
         #expect(try daemon.tool("/usr/bin/xenstore-write", ["/local/domain/0/name", "Domain-0", "/tool/pvkit/a", "one"]).status == 0)
         #expect(try daemon.tool("/usr/bin/xenstore-read", ["/tool/pvkit/a"]) == (0, "one\n"))
         #expect(try daemon.tool("/usr/bin/xenstore-read", ["/tool/missing"]).status != 0)
-        #expect(try daemon.tool("/usr/bin/xenstore-ls", ["/tool"]).output == "pvkit = \"\"\n a = \"one\"\n")
+        #expect(try daemon.tool("/usr/bin/xenstore-ls", ["/tool"]).output == "xenstored = \"\"\npvkit = \"\"\n a = \"one\"\n")
         #expect(try daemon.tool("/usr/bin/xenstore-list", ["/tool/pvkit"]) == (0, "a\n"))
         #expect(try daemon.tool("/usr/bin/xenstore-exists", ["/tool/pvkit/a"]).status == 0)
         #expect(try daemon.tool("/usr/bin/xenstore-chmod", ["/tool/pvkit/a", "n0", "r5"]).status == 0)
@@ -66,6 +66,81 @@ struct XenStoreInteropTests {
         #expect(watch == (0, "/tool/pvkit\n"), "the watch fires once on registration")
         #expect(try daemon.tool("/usr/bin/xenstore-rm", ["/tool/pvkit"]).status == 0)
         #expect(try daemon.tool("/usr/bin/xenstore-exists", ["/tool/pvkit/a"]).status != 0)
+    }
+
+    /// Xen's C xenstored, run without a hypervisor through Tests/Interop/xenstored-preload.c.
+    final class CDaemon {
+        let directory: URL
+        let socket: String
+        let process = Process()
+
+        init() throws {
+            let binary = "/usr/lib/xen-4.17/bin/xenstored"
+            try XenStoreInteropTests.available(binary)
+            directory = FileManager.default.temporaryDirectory.appendingPathComponent("pvkit-cxs-\(UUID().uuidString)")
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            let source = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+                .appendingPathComponent("Interop/xenstored-preload.c").path
+            let library = directory.appendingPathComponent("preload.so").path
+            let cc = Process()
+            cc.executableURL = URL(fileURLWithPath: "/usr/bin/cc")
+            cc.arguments = ["-shared", "-fPIC", "-O2", "-o", library, source, "-ldl"]
+            try cc.run()
+            cc.waitUntilExit()
+            try #require(cc.terminationStatus == 0, "the preload library did not build")
+            process.executableURL = URL(fileURLWithPath: binary)
+            process.arguments = ["-N"]
+            process.environment = ["XENSTORED_RUNDIR": directory.path, "LD_PRELOAD": library]
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            let candidates = [directory.appendingPathComponent("socket").path, directory.appendingPathComponent("xenstored/socket").path]
+            for _ in 0..<100 where !candidates.contains(where: { FileManager.default.fileExists(atPath: $0) }) { usleep(20_000) }
+            socket = try #require(candidates.first { FileManager.default.fileExists(atPath: $0) }, "C xenstored made no socket")
+        }
+
+        deinit {
+            // C xenstored run this way does not act on SIGTERM promptly: end it outright.
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+            try? FileManager.default.removeItem(at: directory)
+        }
+    }
+
+    @Test("xenstore-utils print the same against our daemon and Xen's C xenstored")
+    func sameAsC() throws {
+        try Self.available("/usr/bin/xenstore-ls")
+        let ours = try Daemon()
+        let theirs = try CDaemon()
+        let script: [(String, [String])] = [
+            ("xenstore-write", ["/local/domain/0/name", "Domain-0", "/tool/pvkit/a", "one", "/tool/pvkit/b/c", "two"]),
+            ("xenstore-read", ["/tool/pvkit/a"]), ("xenstore-read", ["/tool/pvkit/nope"]),
+            ("xenstore-ls", ["/tool"]), ("xenstore-ls", ["-f", "/tool/pvkit"]), ("xenstore-list", ["/tool/pvkit"]),
+            ("xenstore-exists", ["/tool/pvkit/b"]), ("xenstore-exists", ["/tool/pvkit/x"]),
+            ("xenstore-chmod", ["/tool/pvkit/a", "n0", "r5", "w7"]), ("xenstore-ls", ["-p", "/tool/pvkit"]),
+            ("xenstore-rm", ["/tool/pvkit/b"]), ("xenstore-ls", ["/tool/pvkit"]),
+            ("xenstore-watch", ["-n", "1", "/tool/pvkit"]), ("xenstore-rm", ["/tool/pvkit/nope/deeper"]),
+        ]
+        for (tool, arguments) in script {
+            let mine = try ours.tool("/usr/bin/" + tool, arguments)
+            let reference = try theirsTool(theirs, "/usr/bin/" + tool, arguments)
+            #expect(mine.status == reference.status && mine.output == reference.output,
+                    "\(tool) \(arguments): ours \(mine), C xenstored \(reference)")
+        }
+    }
+
+    func theirsTool(_ daemon: CDaemon, _ path: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
+        let tool = Process()
+        tool.executableURL = URL(fileURLWithPath: path)
+        tool.arguments = arguments
+        tool.environment = ["XENSTORED_PATH": daemon.socket, "PATH": "/usr/bin:/bin"]
+        let pipe = Pipe()
+        tool.standardOutput = pipe
+        tool.standardError = pipe
+        try tool.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        tool.waitUntilExit()
+        return (tool.terminationStatus, String(decoding: data, as: UTF8.self))
     }
 
     @Test("Xen's test-xenstore passes every test")

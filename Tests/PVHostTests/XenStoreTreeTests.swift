@@ -21,7 +21,7 @@ struct XenStoreTreeTests {
     @Test("the initial tree")
     func initial() throws {
         let tree = XenStoreTree()
-        #expect(tree.paths == ["/", "/local", "/local/domain", "/tool"])
+        #expect(tree.paths == ["/", "/local", "/local/domain", "/tool", "/tool/xenstored"])
         #expect(try tree.directory("/", caller: .dom0) == ["local", "tool"])
     }
 

@@ -28,11 +28,12 @@ public struct XenStoreTree: Sendable {
     private(set) var nodes: [String: Node]
     private(set) var generation: UInt64 = 1
 
-    /// A tree with `/`, `/local`, `/local/domain` and `/tool` owned by dom0 (`n0`).
+    /// A tree with `/`, `/local`, `/local/domain`, `/tool` and `/tool/xenstored` owned by dom0
+    /// (`n0`), as C xenstored starts.
     public init() {
         let dom0Only = try! XenStorePermissions([XenStorePermission(.none, .dom0)])
         nodes = ["/": Node(value: [], permissions: dom0Only, children: [], generation: 0)]
-        for path in ["/local", "/local/domain", "/tool"] { try! createNode(path, caller: .dom0) }
+        for path in ["/local", "/local/domain", "/tool", "/tool/xenstored"] { try! createNode(path, caller: .dom0) }
     }
 
     static func parent(of path: String) -> String? {
