@@ -77,18 +77,6 @@ public final class ImageBuffer: @unchecked Sendable {
         self.count = count
     }
 
-    func append(_ source: UnsafeRawBufferPointer) {
-        guard source.count > 0 else { return }
-        if count + source.count > capacity {
-            let grown = max(count + source.count, capacity * 2)
-            base = realloc(base, grown)
-            precondition(base != nil, "out of memory")
-            capacity = grown
-        }
-        (base! + count).copyMemory(from: source.baseAddress!, byteCount: source.count)
-        count += source.count
-    }
-
     deinit {
         if mapped { munmap(base, capacity) } else { free(base) }
     }

@@ -244,7 +244,7 @@ public struct KernelAuditor: Sendable {
         }
 
         report.verdicts = VerdictRules.decide(VerdictFacts(
-            architecture: kernel.architecture, elfMachine: kernel.elfMachine, notes: notes, entryFromHeader: kernel.entry,
+            architecture: kernel.architecture, elfMachine: kernel.elfMachine, notes: notes,
             loadSegments: loadSegments, config: config, frontends: frontends, family: family.family, familyEvidence: family.evidence))
 
         if let initrd = initramfsPath(path: path, release: kernel.release) {

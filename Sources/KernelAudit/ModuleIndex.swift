@@ -87,12 +87,6 @@ final class ModuleIndex {
         return aliases
     }()
 
-    /// Built-in module names from `modules.builtin` (paths), for when modinfo is absent.
-    lazy var builtinModules: Set<String> = {
-        guard let text = try? String(contentsOfFile: directory + "/modules.builtin", encoding: .utf8) else { return [] }
-        return Set(text.split(separator: "\n").map { moduleName(fromPath: String($0)) })
-    }()
-
     var hasDepmodIndex: Bool { FileManager.default.fileExists(atPath: directory + "/modules.alias.bin") }
 
     /// Module files (relative paths) whose name mentions "xen", any compression. Taken from

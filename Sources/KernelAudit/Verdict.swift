@@ -58,7 +58,6 @@ struct VerdictFacts {
     var architecture: String
     var elfMachine: UInt16?
     var notes: XenNoteSet
-    var entryFromHeader: UInt64?
     /// (p_paddr, p_memsz) of each PT_LOAD segment.
     var loadSegments: [(paddr: UInt64, memsz: UInt64)]
     var config: KernelConfig?

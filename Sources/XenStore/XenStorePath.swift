@@ -47,11 +47,6 @@ public struct XenStorePath: Hashable, Sendable, CustomStringConvertible, Express
         return XenStorePath(unchecked: home.rawValue == "/" ? "/" + rawValue : home.rawValue + "/" + rawValue)
     }
 
-    /// `path/child`.
-    public func appending(_ component: String) throws(XenStoreWireError) -> XenStorePath {
-        try XenStorePath(rawValue == "/" ? "/" + component : rawValue + "/" + component)
-    }
-
     /// The home of a domain. C xenstored: `/local/domain/<domid>`.
     public static func home(of domain: DomainID) -> XenStorePath { XenStorePath(unchecked: "/local/domain/\(domain.rawValue)") }
 

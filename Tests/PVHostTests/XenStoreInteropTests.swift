@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import Testing
 
 /// Xen's own tools against our xenstored on a UNIX socket: xenstore-utils and test-xenstore.
@@ -26,17 +29,7 @@ struct XenStoreInteropTests {
 
         /// Runs a tool with XENSTORED_PATH pointing at this daemon.
         func tool(_ path: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
-            let tool = Process()
-            tool.executableURL = URL(fileURLWithPath: path)
-            tool.arguments = arguments
-            tool.environment = ["XENSTORED_PATH": socket, "PATH": "/usr/bin:/bin"]
-            let pipe = Pipe()
-            tool.standardOutput = pipe
-            tool.standardError = pipe
-            try tool.run()
-            let data = pipe.fileHandleForReading.readDataToEndOfFile()
-            tool.waitUntilExit()
-            return (tool.terminationStatus, String(decoding: data, as: UTF8.self))
+            try runTool(path, arguments, socket: socket)
         }
 
         deinit {
@@ -123,24 +116,10 @@ struct XenStoreInteropTests {
         ]
         for (tool, arguments) in script {
             let mine = try ours.tool("/usr/bin/" + tool, arguments)
-            let reference = try theirsTool(theirs, "/usr/bin/" + tool, arguments)
+            let reference = try runTool("/usr/bin/" + tool, arguments, socket: theirs.socket)
             #expect(mine.status == reference.status && mine.output == reference.output,
                     "\(tool) \(arguments): ours \(mine), C xenstored \(reference)")
         }
-    }
-
-    func theirsTool(_ daemon: CDaemon, _ path: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
-        let tool = Process()
-        tool.executableURL = URL(fileURLWithPath: path)
-        tool.arguments = arguments
-        tool.environment = ["XENSTORED_PATH": daemon.socket, "PATH": "/usr/bin:/bin"]
-        let pipe = Pipe()
-        tool.standardOutput = pipe
-        tool.standardError = pipe
-        try tool.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        tool.waitUntilExit()
-        return (tool.terminationStatus, String(decoding: data, as: UTF8.self))
     }
 
     @Test("Xen's test-xenstore passes every test")
@@ -155,5 +134,96 @@ struct XenStoreInteropTests {
         for name in names {
             #expect(run.output.split(separator: "\n").contains { $0.hasPrefix(name) && $0.hasSuffix(" ns") }, "\(name): \(run.output)")
         }
+    }
+}
+
+/// Runs a xenstore tool against the daemon listening on `socket` (XENSTORED_PATH).
+func runTool(_ path: String, _ arguments: [String], socket: String) throws -> (status: Int32, output: String) {
+    let tool = Process()
+    tool.executableURL = URL(fileURLWithPath: path)
+    tool.arguments = arguments
+    tool.environment = ["XENSTORED_PATH": socket, "PATH": "/usr/bin:/bin"]
+    let pipe = Pipe()
+    tool.standardOutput = pipe
+    tool.standardError = pipe
+    try tool.run()
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    tool.waitUntilExit()
+    return (tool.terminationStatus, String(decoding: data, as: UTF8.self))
+}
+
+/// Connection-level bad input against the running daemon.
+@Suite("xenstored: hostile clients", .serialized)
+struct XenStoreHostileClientTests {
+    /// A raw client socket to the daemon.
+    func connect(_ path: String) throws -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        try #require(fd >= 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in for (i, b) in path.utf8.enumerated() { raw[i] = b } }
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        try #require(result == 0, "connect failed: \(errno)")
+        return fd
+    }
+
+    /// Reads until EOF or error; true when the daemon closed the connection.
+    func closedByDaemon(_ fd: Int32) -> Bool {
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = read(fd, &buffer, buffer.count)
+            if n == 0 { return true }
+            if n < 0 { return errno == ECONNRESET }
+        }
+    }
+
+    func residentKilobytes(_ pid: Int32) -> Int {
+        let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+        let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+        return Int(line.split(whereSeparator: \.isWhitespace).dropFirst().first ?? "") ?? 0
+    }
+
+    @Test("an oversized frame ends only that connection")
+    func oversized() throws {
+        let daemon = try XenStoreInteropTests.Daemon()
+        let fd = try connect(daemon.socket)
+        defer { close(fd) }
+        let header = [UInt32(2), 1, 0, 5000].flatMap { withUnsafeBytes(of: $0.littleEndian, Array.init) }
+        #expect(write(fd, header, header.count) == header.count)
+        #expect(closedByDaemon(fd))
+        #expect(try daemon.tool("/usr/bin/xenstore-write", ["/tool/still", "here"]).status == 0)
+        #expect(try daemon.tool("/usr/bin/xenstore-read", ["/tool/still"]) == (0, "here\n"))
+    }
+
+    @Test("a client that never reads its replies is dropped; the daemon's memory stays bounded")
+    func neverReads() throws {
+        let daemon = try XenStoreInteropTests.Daemon()
+        #expect(try daemon.tool("/usr/bin/xenstore-write", ["/tool/big", String(repeating: "x", count: 3000)]).status == 0)
+        let fd = try connect(daemon.socket)
+        defer { close(fd) }
+        let request = [UInt32(2), 1, 0, 10].flatMap { withUnsafeBytes(of: $0.littleEndian, Array.init) } + Array("/tool/big".utf8) + [0]
+        var batch: [UInt8] = []
+        for _ in 0..<100 { batch += request }
+        var timeout = timeval(tv_sec: 2, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        // 5000 reads of 3000 bytes: 15 MB of replies nobody collects.
+        for _ in 0..<50 where send(fd, batch, batch.count, Int32(MSG_NOSIGNAL)) > 0 {}
+        // Not reading yet: reading now would make this an ordinary (slow) reader.
+        usleep(1_000_000)
+        #expect(closedByDaemon(fd), "the daemon must give up on a reader that never reads")
+        #expect(residentKilobytes(daemon.process.processIdentifier) < 64 * 1024)
+        #expect(try daemon.tool("/usr/bin/xenstore-read", ["/tool/big"]).output.count == 3001)
+    }
+
+    @Test("2000 connections opened and dropped leave the daemon serving")
+    func churn() throws {
+        let daemon = try XenStoreInteropTests.Daemon()
+        for _ in 0..<2000 { close(try connect(daemon.socket)) }
+        #expect(try daemon.tool("/usr/bin/xenstore-write", ["/tool/after", "ok"]).status == 0)
+        #expect(try daemon.tool("/usr/bin/xenstore-read", ["/tool/after"]) == (0, "ok\n"))
     }
 }

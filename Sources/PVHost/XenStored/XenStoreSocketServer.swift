@@ -97,7 +97,8 @@ public final class XenStoreSocketServer: @unchecked Sendable {
             if n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) { drop(fd); return }
             if n > 0 {
                 clients[fd]!.decoder.feed(buffer[..<n])
-                while true {
+                // Replies may drop this very connection (a reader that never reads): stop then.
+                while clients[fd] != nil {
                     let message: XsMessage?
                     do { message = try clients[fd]!.decoder.next() } catch { drop(fd); return }
                     guard let message else { break }
