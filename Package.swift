@@ -17,6 +17,7 @@ let package = Package(
         .library(name: "KernelAudit", targets: ["KernelAudit"]),
         .executable(name: "pvcheck", targets: ["pvcheck"]),
         .executable(name: "pvhost", targets: ["pvhost"]),
+        .executable(name: "pvstore", targets: ["pvstore"]),
         .executable(name: "ring-bench", targets: ["ring-bench"]),
         .executable(name: "ring-bench-c", targets: ["ring-bench-c"]),
         .executable(name: "pvcheck-bench", targets: ["pvcheck-bench"]),
@@ -34,8 +35,12 @@ let package = Package(
             name: "XenRing",
             dependencies: ["XenABI", .product(name: "Atomics", package: "swift-atomics")],
             swiftSettings: strictSwift),
-        // XenStore: the xs_wire protocol (pure); the client and transports follow.
-        .target(name: "XenStore", dependencies: ["XenABI"], swiftSettings: strictSwift),
+        // XenStore: the xs_wire protocol (pure), the async client and its transports (socket,
+        // /dev/xen/xenbus, a domain's ring page).
+        .target(
+            name: "XenStore",
+            dependencies: ["XenABI", "CLinux", "SharedMemory", .product(name: "Atomics", package: "swift-atomics")],
+            swiftSettings: strictSwift),
         // pvhost's engine: so far the xenstored core (tree, permissions, watches), sans I/O.
         .target(name: "PVHost", dependencies: ["XenABI", "XenStore"], swiftSettings: strictSwift),
         // Linux calls that Glibc's module lacks (memfd_create, eventfd).
@@ -63,6 +68,10 @@ let package = Package(
         .executableTarget(
             name: "pvhost",
             dependencies: ["PVHost", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: strictSwift),
+        .executableTarget(
+            name: "pvstore",
+            dependencies: ["XenStore", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strictSwift),
         .executableTarget(
             name: "pvcheck",

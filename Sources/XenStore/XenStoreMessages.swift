@@ -35,6 +35,7 @@ public enum XenStoreRequest: Sendable, Equatable {
     case resume(DomainID)
     case setTarget(DomainID, target: DomainID)
     case resetWatches
+    /// DIRECTORY_PART: `offset` counts bytes into the whole child list ("a\0b\0…").
     case directoryPart(XenStorePath, offset: Int)
 
     public var type: XsMessageType {

@@ -127,10 +127,11 @@ struct XenStoreEngineTests {
         while true {
             guard case let .childrenPart(_, children, complete) = try h.send(.directoryPart("/tool/dir", offset: offset)).reply else { return }
             seen += children
-            offset += children.count
+            offset += children.reduce(0) { $0 + $1.utf8.count + 1 }  // a byte offset, as in C xenstored
             if complete { break }
             #expect(!children.isEmpty)
         }
         #expect(seen.count == 400 && seen.first == "child-with-a-long-name-0")
+        #expect(try h.send(.directory("/tool/dir")).reply == .error(.E2BIG), "too long for one DIRECTORY reply")
     }
 }

@@ -22,6 +22,9 @@ struct XenStoreInteropTests {
             try #require(FileManager.default.isExecutableFile(atPath: exe), "pvhost is not built beside the tests: swift build --build-tests")
             process.executableURL = URL(fileURLWithPath: exe)
             process.arguments = ["xenstored", "--socket", socket]
+            // Not the test's pipes: a daemon left behind by a crashed test must not hold them.
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
             try process.run()
             for _ in 0..<100 where !FileManager.default.fileExists(atPath: socket) { usleep(20_000) }
             try #require(FileManager.default.fileExists(atPath: socket), "the daemon did not create its socket")

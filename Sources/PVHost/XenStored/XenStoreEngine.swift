@@ -50,7 +50,13 @@ public struct XenStoreEngine: Sendable {
             return [reply(.error(name))]
         }
         do {
-            return try perform(request, header: message.header, connection: connection, id: id)
+            var outputs = try perform(request, header: message.header, connection: connection, id: id)
+            // A reply that would be over the payload limit is E2BIG (C xenstored: a directory
+            // too long for one reply, which clients then read with DIRECTORY_PART).
+            if let first = outputs.first, first.connection == id, first.message.payload.count > XsWire.payloadMax {
+                outputs[0] = reply(.error(.E2BIG))
+            }
+            return outputs
         } catch {
             return [reply(.error(error))]
         }
@@ -74,16 +80,17 @@ public struct XenStoreEngine: Sendable {
             if tx != 0 { return [out(.children(try connections[id]!.transactions[tx]!.directory(absolute(path), base: tree)))] }
             return [out(.children(try tree.directory(absolute(path), caller: caller)))]
         case let .directoryPart(path, offset):
+            // The offset counts bytes into the whole list ("a\0b\0…"), as in C xenstored.
             let children = try tree.directory(absolute(path), caller: caller)
             let generation = String(tree.nodeGeneration(absolute(path)))
-            // One reply holds as many children as fit in the payload limit.
-            var taken: [String] = [], size = generation.utf8.count + 2
-            for child in children.dropFirst(offset) {
-                guard size + child.utf8.count + 1 <= XsWire.payloadMax else { break }
-                taken.append(child)
-                size += child.utf8.count + 1
-            }
-            return [out(.childrenPart(generation: generation, children: taken, complete: offset + taken.count >= children.count))]
+            let list: [UInt8] = children.flatMap { Array($0.utf8) + [0] }
+            let rest: ArraySlice<UInt8> = offset < list.count ? list[offset...] : []
+            // One reply holds as many whole names as fit in the payload limit.
+            var end = rest.startIndex
+            let room = XsWire.payloadMax - generation.utf8.count - 2
+            while let nul = rest[end...].firstIndex(of: 0), nul + 1 - rest.startIndex <= room { end = nul + 1 }
+            let taken = rest[..<end].split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+            return [out(.childrenPart(generation: generation, children: taken, complete: end == rest.endIndex))]
         case let .getPerms(path):
             return [out(.permissions(try tree.permissions(absolute(path), caller: caller)))]
         case let .write(path, value):

@@ -1,0 +1,334 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Synchronization
+import XenABI
+
+/// An async XenStore client over one connection (a UNIX socket, `/dev/xen/xenbus`, or a
+/// domain's ring). Many requests may be in flight at once; each reply is matched to its
+/// request by `req_id`. Watch events go to their ``XenStoreWatch`` by token.
+///
+/// ```swift
+/// let store = try XenStoreClient.connect()
+/// try await store.write("/local/domain/0/name", "Domain-0")
+/// for try await event in try await store.watch("/local/domain/0/control") { … }
+/// ```
+///
+/// A dedicated reader thread takes bytes from the transport, frames them and resumes the
+/// waiting tasks; sends are serialised so messages never interleave on the stream.
+public final class XenStoreClient: XenStoreOperations, Sendable {
+    /// The connection underneath.
+    public let transport: any XenStoreTransport
+    private let core: ClientCore
+    private let sending = Mutex(())
+    private let reader: ReaderThread
+
+    /// Starts a client on an open transport.
+    public init(transport: any XenStoreTransport) {
+        self.transport = transport
+        let core = ClientCore(transport: transport)
+        self.core = core
+        reader = ReaderThread()
+        reader.start { core.readLoop() }
+    }
+
+    /// Connects the way libxenstore does (``XenStoreLocation``): `XENSTORED_PATH`,
+    /// `XENSTORED_RUNDIR`, `/var/run/xenstored/socket`, then `/dev/xen/xenbus`.
+    public static func connect(_ location: XenStoreLocation = .current) throws(XenStoreError) -> XenStoreClient {
+        XenStoreClient(transport: try location.open())
+    }
+
+    deinit {
+        transport.shutdown()
+        reader.join()
+    }
+
+    /// Closes the connection; requests in flight fail with ``XenStoreError/connectionClosed(_:)``
+    /// and watches end.
+    public func close() {
+        core.fail(.connectionClosed("closed by the client"))
+        transport.shutdown()
+    }
+
+    // MARK: Requests
+
+    /// Sends one request and waits for its reply (``XenStoreOperations`` builds on this).
+    public func call(_ request: XenStoreRequest, transaction: UInt32) async throws(XenStoreError) -> XenStoreReply {
+        let path = Self.subject(of: request)
+        let result: Result<XenStoreReply, XenStoreError> = await withCheckedContinuation { continuation in
+            let registered: Result<UInt32, XenStoreError> = core.state.withLock { state in
+                if let closed = state.closed { return .failure(closed) }
+                let id = state.nextRequestID
+                state.nextRequestID = id &+ 1 == 0 ? 1 : id &+ 1
+                state.pending[id] = ClientCore.Pending(type: request.type, path: path, continuation: continuation)
+                return .success(id)
+            }
+            let id: UInt32
+            switch registered {
+            case let .failure(error): continuation.resume(returning: .failure(error)); return
+            case let .success(value): id = value
+            }
+            do throws(XenStoreError) {
+                let message: XsMessage
+                do throws(XenStoreWireError) { message = try request.message(requestID: id, transactionID: transaction, limit: transport.payloadLimit) } catch {
+                    throw .invalidRequest(error)
+                }
+                try send(message)
+            } catch {
+                if let pending = core.state.withLock({ $0.pending.removeValue(forKey: id) }) {
+                    pending.continuation.resume(returning: .failure(error))
+                }
+            }
+        }
+        return try result.get()
+    }
+
+    private func send(_ message: XsMessage) throws(XenStoreError) {
+        let bytes = message.bytes
+        let failure: XenStoreError? = sending.withLock { _ in
+            bytes.withUnsafeBytes { raw in
+                do throws(XenStoreError) { try transport.send(raw) } catch { return error }
+                return nil
+            }
+        }
+        if let failure { throw failure }
+    }
+
+    /// Starts a transaction and returns its id; prefer ``transaction(attempts:_:)``.
+    public func startTransaction() async throws(XenStoreError) -> UInt32 {
+        guard case let .transactionID(id) = try await call(.transactionStart, transaction: 0) else { throw .badReply("TRANSACTION_START without an id") }
+        return id
+    }
+
+    /// Commits (or aborts) a transaction started with ``startTransaction()``.
+    public func endTransaction(_ id: UInt32, commit: Bool) async throws(XenStoreError) {
+        _ = try await call(.transactionEnd(commit: commit), transaction: id)
+    }
+
+    /// Runs `body` in a transaction and commits it; when the commit conflicts (EAGAIN) the
+    /// whole body runs again, up to `attempts` times. If `body` throws, the transaction is
+    /// aborted and the error rethrown.
+    public func transaction<T: Sendable>(attempts: Int = 16, _ body: (XenStoreTransaction) async throws -> T) async throws -> T {
+        precondition(attempts > 0, "a transaction needs at least one attempt")
+        for _ in 0..<attempts {
+            let transaction = XenStoreTransaction(client: self, id: try await startTransaction())
+            let value: T
+            do {
+                value = try await body(transaction)
+            } catch {
+                try? await endTransaction(transaction.id, commit: false)
+                throw error
+            }
+            do {
+                try await endTransaction(transaction.id, commit: true)
+                return value
+            } catch .transactionConflict {
+                continue
+            }
+        }
+        throw XenStoreError.transactionConflict(attempts: attempts)
+    }
+
+    // MARK: Domains and watches
+
+    /// The home path of a domain (`/local/domain/<id>`).
+    public func domainPath(of domain: DomainID) async throws(XenStoreError) -> String {
+        guard case let .domainPath(path) = try await call(.getDomainPath(domain), transaction: 0) else { throw .badReply("GET_DOMAIN_PATH") }
+        return path
+    }
+
+    /// Tells the daemon about a domain's ring (toolstack only); fires `@introduceDomain`.
+    public func introduce(_ domain: DomainID, gfn: UInt64, port: EventChannelPort) async throws(XenStoreError) {
+        _ = try await call(.introduce(domain, gfn: gfn, port: port), transaction: 0)
+    }
+
+    /// Forgets a domain (toolstack only); fires `@releaseDomain`.
+    public func release(_ domain: DomainID) async throws(XenStoreError) {
+        _ = try await call(.release(domain), transaction: 0)
+    }
+
+    /// Whether the daemon knows the domain.
+    public func isIntroduced(_ domain: DomainID) async throws(XenStoreError) -> Bool {
+        guard case let .introduced(yes) = try await call(.isDomainIntroduced(domain), transaction: 0) else { throw .badReply("IS_DOMAIN_INTRODUCED") }
+        return yes
+    }
+
+    /// Drops every watch and transaction of this connection on the daemon's side (and ends
+    /// this client's watch streams).
+    public func resetWatches() async throws(XenStoreError) {
+        _ = try await call(.resetWatches, transaction: 0)
+        let streams = core.state.withLock { state in
+            defer { state.watches.removeAll() }
+            return Array(state.watches.values)
+        }
+        for stream in streams { stream.finish() }
+    }
+
+    /// A daemon-specific CONTROL command (privileged).
+    public func control(_ words: [String]) async throws(XenStoreError) -> String {
+        guard case let .text(text) = try await call(.control(words), transaction: 0) else { throw .badReply("CONTROL") }
+        return text
+    }
+
+    /// Registers a watch and returns its events. The first event is the one the daemon fires
+    /// on registration (its path is `path`); pass `skipInitial` to drop it. The watch is
+    /// removed from the daemon when iteration ends or the task is cancelled.
+    public func watch(_ path: XenStorePath, token: String? = nil, skipInitial: Bool = false) async throws(XenStoreError) -> XenStoreWatch {
+        let (stream, continuation) = AsyncStream<XenStoreWatchEvent>.makeStream()
+        let chosen: Result<String, XenStoreError> = core.state.withLock { state in
+            if let closed = state.closed { return .failure(closed) }
+            let token = token ?? "pvkit-\(state.nextToken)"
+            state.nextToken += 1
+            guard state.watches[token] == nil else { return .failure(.alreadyExists("watch token \(token)")) }
+            state.watches[token] = continuation
+            return .success(token)
+        }
+        let token = try chosen.get()
+        do {
+            _ = try await call(.watch(path, token: token), transaction: 0)
+        } catch {
+            core.state.withLock { _ = $0.watches.removeValue(forKey: token) }
+            continuation.finish()
+            throw error
+        }
+        continuation.onTermination = { [weak self] _ in
+            guard let self else { return }
+            let removed = self.core.state.withLock { $0.watches.removeValue(forKey: token) != nil }
+            guard removed else { return }
+            Task { _ = try? await self.call(.unwatch(path, token: token), transaction: 0) }
+        }
+        return XenStoreWatch(path: path, token: token, stream: stream, skipInitial: skipInitial, continuation: continuation)
+    }
+}
+
+/// What the client and its reader thread share: requests in flight, watch streams, and
+/// whether the connection has failed. The reader holds this, not the client, so dropping the
+/// last client reference closes the connection.
+private final class ClientCore: Sendable {
+    struct Pending: Sendable {
+        let type: XsMessageType
+        let path: String?
+        let continuation: CheckedContinuation<Result<XenStoreReply, XenStoreError>, Never>
+    }
+
+    struct State: Sendable {
+        var nextRequestID: UInt32 = 1
+        var nextToken = 1
+        var pending: [UInt32: Pending] = [:]
+        var watches: [String: AsyncStream<XenStoreWatchEvent>.Continuation] = [:]
+        var closed: XenStoreError?
+    }
+
+    let state = Mutex(State())
+    let transport: any XenStoreTransport
+
+    init(transport: any XenStoreTransport) { self.transport = transport }
+
+    func readLoop() {
+        var decoder = XsFrameDecoder()
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let received: Result<Int, XenStoreError> = buffer.withUnsafeMutableBytes { raw in
+                do throws(XenStoreError) { return .success(try transport.receive(into: raw)) } catch { return .failure(error) }
+            }
+            guard case let .success(count) = received else {
+                if case let .failure(error) = received { fail(error) }
+                return
+            }
+            guard count > 0 else {
+                fail(.connectionClosed("\(transport.name): the daemon ended the connection"))
+                return
+            }
+            decoder.feed(buffer[..<count])
+            do {
+                while let message = try decoder.next() { try dispatch(message) }
+            } catch let error as XenStoreError {
+                fail(error)
+                transport.shutdown()
+                return
+            } catch {
+                fail(.badReply("\(error)"))
+                transport.shutdown()
+                return
+            }
+        }
+    }
+
+    func dispatch(_ message: XsMessage) throws(XenStoreError) {
+        if message.header.messageType == .watchEvent {
+            guard case let .watchEvent(path, token)? = try? XenStoreReply.decode(message, answering: nil) else {
+                throw .badReply("malformed WATCH_EVENT")
+            }
+            // An event for a watch already removed is harmless (it may have been queued).
+            let stream = state.withLock { $0.watches[token] }
+            stream?.yield(XenStoreWatchEvent(path: path, token: token))
+            return
+        }
+        guard let pending = state.withLock({ $0.pending.removeValue(forKey: message.header.requestID) }) else {
+            throw .badReply("a reply with req_id \(message.header.requestID), which no request in flight has")
+        }
+        let result: Result<XenStoreReply, XenStoreError>
+        do {
+            switch try XenStoreReply.decode(message, answering: pending.type) {
+            case let .error(name): result = .failure(.from(name, request: pending.type, path: pending.path))
+            case let reply: result = .success(reply)
+            }
+        } catch {
+            result = .failure(.badReply("\(pending.type): \(error)"))
+        }
+        pending.continuation.resume(returning: result)
+    }
+
+    /// Fails everything in flight and ends every watch; later calls fail with `error`.
+    func fail(_ error: XenStoreError) {
+        let (pending, watches) = state.withLock { state in
+            if state.closed == nil { state.closed = error }
+            defer { state.pending.removeAll(); state.watches.removeAll() }
+            return (Array(state.pending.values), Array(state.watches.values))
+        }
+        for request in pending { request.continuation.resume(returning: .failure(error)) }
+        for watch in watches { watch.finish() }
+    }
+
+}
+
+extension XenStoreClient {
+    fileprivate static func subject(of request: XenStoreRequest) -> String? {
+        switch request {
+        case let .read(p), let .directory(p), let .getPerms(p), let .mkdir(p), let .rm(p), let .write(p, _),
+             let .setPerms(p, _), let .watch(p, _), let .unwatch(p, _), let .directoryPart(p, _):
+            return p.rawValue
+        default:
+            return nil
+        }
+    }
+}
+
+/// A pthread that runs one closure (the client's reader); blocking reads stay off Swift's
+/// cooperative thread pool.
+private final class ReaderThread: @unchecked Sendable {
+    private var thread: pthread_t?
+
+    func start(_ body: @escaping @Sendable () -> Void) {
+        let box = Unmanaged.passRetained(Box(body)).toOpaque()
+        var handle = pthread_t()
+        let result = pthread_create(&handle, nil, { raw in
+            let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
+            box.body()
+            return nil
+        }, box)
+        precondition(result == 0, "pthread_create failed: \(result)")
+        thread = handle
+    }
+
+    /// Waits for the thread, unless called on it (the last reference dropped by the reader).
+    func join() {
+        guard let thread else { return }
+        if pthread_equal(thread, pthread_self()) != 0 { pthread_detach(thread) } else { pthread_join(thread, nil) }
+    }
+
+    private final class Box {
+        let body: @Sendable () -> Void
+        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+    }
+}
