@@ -8,15 +8,27 @@ packages=(pkg-config gcc libxen-dev libelf-dev libkmod-dev zlib1g-dev liblzma-de
 case "${1:-build}" in
     # readnotes (xen-utils-4.17) and readelf (binutils) are pvcheck's interop oracles; the
     # decompressor tools extract real kernels independently of pvcheck.
-    test) packages+=(xz-utils zstd bzip2 binutils xen-utils-4.17 xenstore-utils) ;;
-    bench) packages+=(xz-utils zstd time) ;;
+    test) packages+=(xz-utils zstd bzip2 binutils xen-utils-4.17 xenstore-utils python3-pip) ;;
+    # C xenstored (xen-utils-4.17) is the xenstored benchmark's baseline.
+    bench) packages+=(xz-utils zstd time xen-utils-4.17) ;;
 esac
+
+# The pyxs Python client (PyPI) is an interop peer of our xenstored; kept in the cache, not
+# installed into the system.
+install_pyxs() {
+    local target="${PVKIT_CACHE:-$HOME/.cache/pvkit}/python"
+    [ -d "$target/pyxs" ] && return 0
+    python3 -m pip install -q --disable-pip-version-check --target "$target" pyxs==0.4.1
+}
 
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+if [ ${#missing[@]} -eq 0 ]; then
+    [ "${1:-build}" = test ] && install_pyxs
+    exit 0
+fi
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "PVKit needs these Debian packages: ${missing[*]}" >&2
@@ -28,3 +40,5 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
 # xen-utils' post-install warns that no hypervisor runs here, and still succeeds.
 apt-get install -y -q --no-install-recommends "${missing[@]}"
+[ "${1:-build}" = test ] && install_pyxs
+exit 0

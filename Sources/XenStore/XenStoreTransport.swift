@@ -25,8 +25,15 @@ public protocol XenStoreTransport: AnyObject, Sendable {
 /// `/var/run/xenstored/socket`; if that cannot be opened, the device `$XENSTORED_PATH`, else
 /// `/dev/xen/xenbus`, else `/proc/xen/xenbus`.
 public struct XenStoreLocation: Sendable, Equatable {
+    /// The daemon's socket.
     public var socket: String
+    /// Devices tried when the socket cannot be opened.
     public var devices: [String]
+
+    public init(socket: String, devices: [String]) {
+        self.socket = socket
+        self.devices = devices
+    }
 
     public init(environment: [String: String]) {
         if let path = environment["XENSTORED_PATH"], !path.isEmpty {

@@ -225,3 +225,26 @@ struct FramingTests {
         #expect(many.pending == 0)
     }
 }
+
+@Suite("Where the client looks for the daemon")
+struct XenStoreLocationTests {
+    @Test("libxenstore's order: XENSTORED_PATH, XENSTORED_RUNDIR/socket, /var/run/xenstored/socket, then the devices")
+    func rules() {
+        #expect(XenStoreLocation(environment: ["XENSTORED_PATH": "/x/s", "XENSTORED_RUNDIR": "/r"]) == XenStoreLocation(socket: "/x/s", devices: ["/x/s"]))
+        #expect(XenStoreLocation(environment: ["XENSTORED_RUNDIR": "/r"]).socket == "/r/socket")
+        let plain = XenStoreLocation(environment: [:])
+        #expect(plain.socket == "/var/run/xenstored/socket")
+        #expect(plain.devices == ["/dev/xen/xenbus", "/proc/xen/xenbus"])
+    }
+
+    @Test("nothing reachable: the error lists every place tried")
+    func unreachable() {
+        let location = XenStoreLocation(socket: "/nonexistent/socket", devices: ["/nonexistent/xenbus"])
+        #expect {
+            _ = try location.open()
+        } throws: { error in
+            guard case let .unreachable(tried) = error as? XenStoreError else { return false }
+            return tried.count == 2 && tried[0].hasPrefix("/nonexistent/socket") && tried[1].hasPrefix("/nonexistent/xenbus")
+        }
+    }
+}
