@@ -108,13 +108,15 @@ struct XenStoreWatchTests {
 
     @Test("EEXIST for the same watch twice, E2BIG past the quota, ENOENT unwatching nothing")
     func quotas() throws {
-        var watches = XenStoreWatches(perConnectionLimit: 2)
+        var watches = XenStoreWatches()
         let home = XenStorePath.home(of: DomainID(5))
-        _ = try watches.add(connection: 1, path: "a", token: "t", home: home, privileged: false)
-        #expect(throws: XsErrorName.EEXIST) { _ = try watches.add(connection: 1, path: "a", token: "t", home: home, privileged: false) }
-        _ = try watches.add(connection: 1, path: "b", token: "t", home: home, privileged: false)
-        #expect(throws: XsErrorName.E2BIG) { _ = try watches.add(connection: 1, path: "c", token: "t", home: home, privileged: false) }
-        _ = try watches.add(connection: 2, path: "c", token: "t", home: home, privileged: false)
+        _ = try watches.add(connection: 1, path: "a", token: "t", home: home, privileged: false, limit: 2)
+        #expect(throws: XsErrorName.EEXIST) { _ = try watches.add(connection: 1, path: "a", token: "t", home: home, privileged: false, limit: 2) }
+        _ = try watches.add(connection: 1, path: "b", token: "t", home: home, privileged: false, limit: 2)
+        #expect(throws: XsErrorName.E2BIG) { _ = try watches.add(connection: 1, path: "c", token: "t", home: home, privileged: false, limit: 2) }
+        _ = try watches.add(connection: 2, path: "c", token: "t", home: home, privileged: false, limit: 2)
+        try watches.remove(connection: 1, path: "b", token: "t")
+        _ = try watches.add(connection: 1, path: "d", token: "t", home: home, privileged: false, limit: 2)
         #expect(throws: XsErrorName.ENOENT) { try watches.remove(connection: 1, path: "zzz", token: "t") }
         watches.removeAll(connection: 1)
         #expect(watches.events(for: "/local/domain/5/a").isEmpty)
@@ -126,7 +128,7 @@ struct XenStoreTransactionTests {
     @Test("a transaction commits its changes, and watches see them only then")
     func commit() throws {
         var tree = XenStoreTree()
-        var t = XenStoreTransaction(id: 1, caller: .dom0, base: tree)
+        var t = XenStoredTransaction(id: 1, caller: .dom0)
         try t.write("/tool/a", value: bytes("1"), base: tree)
         try t.write("/tool/b", value: bytes("2"), base: tree)
         #expect(!tree.exists("/tool/a"), "nothing is visible before commit")
@@ -140,7 +142,7 @@ struct XenStoreTransactionTests {
     func conflict() throws {
         var tree = XenStoreTree()
         try tree.write("/tool/counter", value: bytes("1"), caller: .dom0)
-        var t = XenStoreTransaction(id: 1, caller: .dom0, base: tree)
+        var t = XenStoredTransaction(id: 1, caller: .dom0)
         _ = try t.read("/tool/counter", base: tree)
         try t.write("/tool/counter", value: bytes("2"), base: tree)
         try t.write("/tool/other", value: bytes("x"), base: tree)
@@ -153,7 +155,7 @@ struct XenStoreTransactionTests {
     @Test("unrelated changes meanwhile do not conflict and are kept")
     func unrelated() throws {
         var tree = XenStoreTree()
-        var t = XenStoreTransaction(id: 1, caller: .dom0, base: tree)
+        var t = XenStoredTransaction(id: 1, caller: .dom0)
         try t.write("/local/domain/1/x", value: bytes("t"), base: tree)
         try tree.write("/tool/elsewhere", value: bytes("e"), caller: .dom0)
         _ = try t.commit(to: &tree)

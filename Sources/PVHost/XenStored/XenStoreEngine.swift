@@ -15,7 +15,7 @@ public struct XenStoreEngine: Sendable {
 
     struct Connection: Sendable {
         var caller: XenStoreCaller
-        var transactions: [UInt32: XenStoreTransaction] = [:]
+        var transactions: [UInt32: XenStoredTransaction] = [:]
     }
 
     public private(set) var tree = XenStoreTree()
@@ -24,8 +24,14 @@ public struct XenStoreEngine: Sendable {
     var nextTransaction: UInt32 = 1
     /// Introduced domains and their rings (gfn, port).
     public private(set) var introduced: [DomainID: (gfn: UInt64, port: EventChannelPort)] = [:]
-    /// C xenstored 4.17's default `quota_max_transaction`.
-    public var transactionQuota = 10
+    /// Connections the engine ended (a released domain's): the I/O layer closes them.
+    public private(set) var ended: [Int] = []
+
+    /// The quotas in force: C xenstored 4.17's defaults, and per-domain overrides.
+    public var quotas: XenStoreQuotas {
+        get { tree.quotas }
+        set { tree.quotas = newValue }
+    }
 
     public init() {}
 
@@ -36,6 +42,32 @@ public struct XenStoreEngine: Sendable {
     public mutating func disconnect(_ id: Int) {
         connections[id] = nil
         watches.removeAll(connection: id)
+    }
+
+    /// Takes the list of connections the engine ended since the last call.
+    public mutating func takeEnded() -> [Int] {
+        defer { ended.removeAll() }
+        return ended
+    }
+
+    /// A domain is gone (RELEASE, or pvhost reclaiming a dead guest): its connections end,
+    /// with their watches and transactions; the nodes it owns are removed (with what lies
+    /// below them); watchers hear the removals and `@releaseDomain`.
+    public mutating func releaseDomain(_ domain: DomainID) -> [Output] {
+        introduced[domain] = nil
+        for (id, connection) in connections where connection.caller.domain == domain && !connection.caller.privileged {
+            disconnect(id)
+            ended.append(id)
+        }
+        var changes: [(String, Bool)] = []
+        if domain != .dom0 {
+            let home = XenStorePath.home(of: domain).rawValue
+            for root in [home] + tree.ownedRoots(of: domain) where tree.exists(root) {
+                if let removed = try? tree.remove(root, caller: .dom0), !removed.isEmpty { changes.append((root, true)) }
+            }
+        }
+        changes.append(("@releaseDomain", false))
+        return events(changes)
     }
 
     /// Handles one request; returns the reply to the sender and any watch events.
@@ -92,6 +124,7 @@ public struct XenStoreEngine: Sendable {
             let taken = rest[..<end].split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
             return [out(.childrenPart(generation: generation, children: taken, complete: end == rest.endIndex))]
         case let .getPerms(path):
+            if tx != 0 { return [out(.permissions(try connections[id]!.transactions[tx]!.permissions(absolute(path), base: tree)))] }
             return [out(.permissions(try tree.permissions(absolute(path), caller: caller)))]
         case let .write(path, value):
             guard !path.isSpecial else { throw .EINVAL }
@@ -125,7 +158,8 @@ public struct XenStoreEngine: Sendable {
             try tree.setPermissions(absolute(path), permissions, caller: caller)
             return [out(.ok)] + events([(absolute(path), false)])
         case let .watch(path, token):
-            let watch = try watches.add(connection: id, path: path, token: token, home: home(caller), privileged: caller.privileged)
+            let watch = try watches.add(connection: id, path: path, token: token, home: home(caller), privileged: caller.privileged,
+                                        limit: quotas.quota(for: caller.domain).watches)
             // OK first, then the event that fires on registration.
             let event = XenStoreReply.watchEvent(path: watch.path, token: token)
             return [out(.ok), Output(connection: id, message: event.message(answering: header))]
@@ -134,10 +168,10 @@ public struct XenStoreEngine: Sendable {
             return [out(.ok)]
         case .transactionStart:
             guard tx == 0 else { throw .EBUSY }
-            guard caller.privileged || connection.transactions.count < transactionQuota else { throw .ENOSPC }
+            guard caller.privileged || connection.transactions.count < quotas.quota(for: caller.domain).transactions else { throw .ENOSPC }
             let number = nextTransaction
             nextTransaction = nextTransaction &+ 1 == 0 ? 1 : nextTransaction &+ 1
-            connections[id]!.transactions[number] = XenStoreTransaction(id: number, caller: caller, base: tree)
+            connections[id]!.transactions[number] = XenStoredTransaction(id: number, caller: caller)
             return [out(.transactionID(number))]
         case let .transactionEnd(commit):
             guard tx != 0, let transaction = connections[id]!.transactions.removeValue(forKey: tx) else { throw .ENOENT }
@@ -157,8 +191,8 @@ public struct XenStoreEngine: Sendable {
             return [out(.ok)] + events([("@introduceDomain", false)])
         case let .release(domain):
             guard caller.privileged else { throw .EACCES }
-            guard introduced.removeValue(forKey: domain) != nil else { throw .ENOENT }
-            return [out(.ok)] + events([("@releaseDomain", false)])
+            guard introduced[domain] != nil else { throw .ENOENT }
+            return [out(.ok)] + releaseDomain(domain)
         case let .isDomainIntroduced(domain):
             guard caller.privileged else { throw .EACCES }
             return [out(.introduced(domain == .dom0 || introduced[domain] != nil))]
