@@ -110,6 +110,72 @@ struct XenStoreEngineTests {
         #expect(try h.send(.release(DomainID(5))).reply == .error(.ENOENT))
     }
 
+    /// Domain 5's home, owned by it, as the toolstack makes it.
+    func guestHome(_ h: inout Harness) throws {
+        _ = try h.send(.mkdir("/local/domain/5"))
+        _ = try h.send(.setPerms("/local/domain/5", XenStorePermissions([XenStorePermission(.none, DomainID(5))])))
+    }
+
+    @Test("entry quota: ENOSPC to that domain only, per-domain override, dom0 exempt")
+    func entryQuota() throws {
+        var h = Harness()
+        h.engine.connect(6, caller: XenStoreCaller(domain: DomainID(6), privileged: false))
+        var small = XenStoreQuota()
+        small.entries = 4
+        h.engine.quotas.overrides[DomainID(5)] = small
+        try guestHome(&h)  // the home counts as one of domain 5's entries
+        for i in 0..<3 { #expect(try h.send(.write(XenStorePath("data-\(i)"), value: []), from: 5).reply == .ok) }
+        #expect(try h.send(.write("data-3", value: []), from: 5).reply == .error(.ENOSPC))
+        #expect(try h.send(.write("deep/a/b", value: []), from: 5).reply == .error(.ENOSPC), "all or nothing")
+        #expect(try h.send(.read("deep"), from: 5).reply == .error(.ENOENT))
+        #expect(try h.send(.read("data-0"), from: 5).reply == .value([]), "the connection lives on")
+        _ = try h.send(.rm("data-0"), from: 5)
+        #expect(try h.send(.write("data-3", value: []), from: 5).reply == .ok, "removal frees an entry")
+        // Others are not affected: dom0 writes freely, domain 6 has the default quota.
+        for i in 0..<20 { #expect(try h.send(.write(XenStorePath("/tool/q/\(i)"), value: [])).reply == .ok) }
+        _ = try h.send(.mkdir("/local/domain/6"))
+        _ = try h.send(.setPerms("/local/domain/6", XenStorePermissions([XenStorePermission(.none, DomainID(6))])))
+        for i in 0..<20 { #expect(try h.send(.write(XenStorePath("n\(i)"), value: []), from: 6).reply == .ok) }
+    }
+
+    @Test("node size and permissions-per-node quotas: ENOSPC for a guest, dom0 exempt")
+    func sizeQuota() throws {
+        var h = Harness()
+        try guestHome(&h)
+        #expect(try h.send(.write("big", value: Array(repeating: 0x41, count: 2000)), from: 5).reply == .ok)
+        #expect(try h.send(.write("big", value: Array(repeating: 0x41, count: 2100)), from: 5).reply == .error(.ENOSPC))
+        #expect(try h.send(.read("big"), from: 5).reply == .value(Array(repeating: 0x41, count: 2000)), "the old value stays")
+        #expect(try h.send(.write("/local/domain/5/big", value: Array(repeating: 0x42, count: 3000))).reply == .ok, "dom0 is exempt")
+        let six = try XenStorePermissions([XenStorePermission(.none, DomainID(5))] + (1...5).map { XenStorePermission(.read, DomainID(UInt16(10 + $0))) })
+        _ = try h.send(.write("small", value: []), from: 5)
+        #expect(try h.send(.setPerms("small", six), from: 5).reply == .error(.ENOSPC))
+        let five = try XenStorePermissions(Array(six.entries.prefix(5)))
+        #expect(try h.send(.setPerms("small", five), from: 5).reply == .ok)
+    }
+
+    @Test("RELEASE ends the domain's connections and removes its nodes and watches; watchers hear it")
+    func release() throws {
+        var h = Harness()
+        try guestHome(&h)
+        _ = try h.send(.introduce(DomainID(5), gfn: 1, port: EventChannelPort(1)))
+        _ = try h.send(.write("device/vbd/51712/state", value: Array("4".utf8)), from: 5)
+        _ = try h.send(.watch("device", token: "guest"), from: 5)
+        _ = try h.send(.watch("/local/domain/5", token: "toolstack"))
+        _ = try h.send(.watch(.releaseDomain, token: "rel"))
+        // A node domain 5 owns outside its home goes too.
+        _ = try h.send(.mkdir("/tool/guest5"))
+        _ = try h.send(.setPerms("/tool/guest5", XenStorePermissions([XenStorePermission(.none, DomainID(5))])))
+        let release = try h.send(.release(DomainID(5)))
+        #expect(release.reply == .ok)
+        #expect(h.engine.takeEnded() == [5])
+        #expect(release.events[0]?.contains(.watchEvent(path: "/local/domain/5", token: "toolstack")) == true)
+        #expect(release.events[0]?.contains(.watchEvent(path: "@releaseDomain", token: "rel")) == true)
+        #expect(release.events[5] == nil, "the released domain hears nothing")
+        #expect(try h.send(.read("/local/domain/5/device/vbd/51712/state")).reply == .error(.ENOENT))
+        #expect(try h.send(.read("/tool/guest5")).reply == .error(.ENOENT))
+        #expect(h.engine.tree.entries(of: DomainID(5)) == 0)
+    }
+
     @Test("unknown types are ENOSYS, malformed payloads EINVAL, and the connection lives on")
     func badRequests() throws {
         var h = Harness()
