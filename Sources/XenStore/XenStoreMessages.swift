@@ -12,6 +12,15 @@ public struct XsMessage: Sendable, Equatable {
 
     /// Header and payload as they go on the wire.
     public var bytes: [UInt8] { header.bytes + payload }
+
+    /// Appends the wire bytes to `buffer` (no intermediate array).
+    public func append(to buffer: inout [UInt8]) {
+        buffer.reserveCapacity(buffer.count + XsHeader.wireSize + payload.count)
+        for field in [header.type, header.requestID, header.transactionID, header.length] {
+            withUnsafeBytes(of: field.littleEndian) { buffer.append(contentsOf: $0) }
+        }
+        buffer.append(contentsOf: payload)
+    }
 }
 
 /// Every request a client can send (xs_wire.h types 0–22 that clients send).

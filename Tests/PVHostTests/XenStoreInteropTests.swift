@@ -3,6 +3,9 @@ import Foundation
 import Glibc
 #endif
 import Testing
+import XenABI
+import XenStore
+import PVHost
 
 /// Xen's own tools against our xenstored on a UNIX socket: xenstore-utils and test-xenstore.
 @Suite("xenstored interop: Xen's own tools", .serialized)
@@ -222,11 +225,100 @@ struct XenStoreHostileClientTests {
         #expect(try daemon.tool("/usr/bin/xenstore-read", ["/tool/big"]).output.count == 3001)
     }
 
-    @Test("2000 connections opened and dropped leave the daemon serving")
+    @Test("10 000 connections opened and dropped (500 open at once) leave the daemon serving")
     func churn() throws {
         let daemon = try XenStoreInteropTests.Daemon()
-        for _ in 0..<2000 { close(try connect(daemon.socket)) }
+        for _ in 0..<20 {
+            let batch = try (0..<500).map { _ in try connect(daemon.socket) }
+            for fd in batch { close(fd) }
+        }
         #expect(try daemon.tool("/usr/bin/xenstore-write", ["/tool/after", "ok"]).status == 0)
         #expect(try daemon.tool("/usr/bin/xenstore-read", ["/tool/after"]) == (0, "ok\n"))
+        #expect(residentKilobytes(daemon.process.processIdentifier) < 64 * 1024)
+    }
+
+    /// Frames a request with the path as NUL-terminated payload.
+    func request(_ type: XsMessageType, _ strings: [String], value: [UInt8] = [], id: UInt32 = 1) -> [UInt8] {
+        let payload = strings.flatMap { Array($0.utf8) + [0] } + value
+        return XsHeader(type: type, requestID: id, length: UInt32(payload.count)).bytes + payload
+    }
+
+    /// Reads messages until the daemon is silent for 300 ms.
+    func drain(_ fd: Int32) -> [XsMessage] {
+        var timeout = timeval(tv_sec: 0, tv_usec: 300_000)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var decoder = XsFrameDecoder()
+        var messages: [XsMessage] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = read(fd, &buffer, buffer.count)
+            guard n > 0 else { return messages }
+            decoder.feed(buffer[..<n])
+            while let message = try? decoder.next() { messages.append(message) }
+        }
+    }
+
+    @Test("a watch storm: a slow watcher of a hot node gets coalesced events, a watcher that never reads is dropped, the writer is unharmed")
+    func watchStorm() async throws {
+        let daemon = try XenStoreInteropTests.Daemon()
+        let writer = try XenStoreClient.connect(XenStoreLocation(environment: ["XENSTORED_PATH": daemon.socket]))
+        try await writer.write("/tool/hot", "0")
+        // One watcher never reads; one reads only after the storm.
+        let silent = try connect(daemon.socket), slow = try connect(daemon.socket)
+        defer { close(silent); close(slow) }
+        for (fd, path) in [(silent, "/tool"), (slow, "/tool/hot")] {
+            var watch = request(.watch, [path, "tok"])
+            #expect(send(fd, &watch, watch.count, 0) == watch.count)
+        }
+        try await Task.sleep(for: .milliseconds(100))
+        // 10 000 writes of the hot node (64 in flight at a time), then 10 000 distinct nodes
+        // with long names: the silent watcher's events add up to over 2 MB.
+        for round in 0..<(10_000 / 64 + 1) {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for i in (round * 64)..<min(10_000, round * 64 + 64) { group.addTask { try await writer.write("/tool/hot", String(i)) } }
+                try await group.waitForAll()
+            }
+        }
+        let long = String(repeating: "x", count: 200)
+        for i in 0..<10_000 { try await writer.write(XenStorePath("/tool/cold/\(long)-\(i)"), "v") }
+        #expect(try await writer.readString("/tool/hot") == "9999", "the writer is unharmed")
+        let events = drain(slow).filter { $0.header.messageType == .watchEvent }
+        #expect(events.count >= 2, "the registration event and at least one change")
+        #expect(events.count < 5_000, "coalesced: \(events.count) events for 10 000 changes")
+        #expect(residentKilobytes(daemon.process.processIdentifier) < 96 * 1024)
+        #expect(closedByDaemon(silent), "a watcher that never reads is dropped")
+    }
+}
+
+@Suite("xenstored output queue")
+struct XenStoreOutputQueueTests {
+    func event(_ path: String, _ token: String) -> XsMessage {
+        XenStoreReply.watchEvent(path: path, token: token).message(answering: XsHeader(type: .watch, requestID: 0, length: 0))
+    }
+
+    @Test("an event identical to one still queued is dropped; once sent, it is queued again")
+    func coalescing() {
+        var queue = XenStoreOutputQueue(limit: 1000)
+        let appended = [queue.append(event("/a", "t")), queue.append(event("/a", "t")), queue.append(event("/a", "u"))]
+        #expect(appended == [true, true, true])
+        #expect(queue.coalesced == 1)
+        let first = event("/a", "t").bytes.count
+        #expect(queue.pending == first + event("/a", "u").bytes.count)
+        queue.consumed(first)
+        let again = queue.append(event("/a", "t"))
+        #expect(again && queue.coalesced == 1, "the queued one went out: a new change is a new event")
+        let reply = XenStoreReply.ok.message(answering: XsHeader(type: .write, requestID: 1, length: 0))
+        let before = queue.pending
+        _ = queue.append(reply)
+        _ = queue.append(reply)
+        #expect(queue.pending == before + 2 * reply.bytes.count, "replies are never coalesced")
+    }
+
+    @Test("past the limit, append says drop the connection")
+    func bounded() {
+        var queue = XenStoreOutputQueue(limit: 100)
+        var accepted = 0
+        while queue.append(event("/n\(accepted)", "t")) { accepted += 1 }
+        #expect(queue.pending > 100 && accepted < 10)
     }
 }

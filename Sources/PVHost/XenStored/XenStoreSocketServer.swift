@@ -15,8 +15,7 @@ public final class XenStoreSocketServer: @unchecked Sendable {
     private var engine = XenStoreEngine()
     private struct Client {
         var decoder = XsFrameDecoder()
-        var output: [UInt8] = []
-        var sent = 0
+        var output: XenStoreOutputQueue
     }
     private var clients: [Int32: Client] = [:]
     private var stopping = false
@@ -59,7 +58,7 @@ public final class XenStoreSocketServer: @unchecked Sendable {
         while !stopping {
             var fds = [pollfd(fd: listener, events: Int16(POLLIN), revents: 0)]
             for (fd, client) in clients {
-                let wantsOut = client.sent < client.output.count
+                let wantsOut = !client.output.isEmpty
                 fds.append(pollfd(fd: fd, events: Int16(POLLIN) | (wantsOut ? Int16(POLLOUT) : 0), revents: 0))
             }
             let ready = poll(&fds, nfds_t(fds.count), 200)
@@ -79,7 +78,7 @@ public final class XenStoreSocketServer: @unchecked Sendable {
             guard fd >= 0 else { return }
             _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-            clients[fd] = Client()
+            clients[fd] = Client(output: XenStoreOutputQueue(limit: outputLimit))
             engine.connect(Int(fd), caller: .dom0)
         }
     }
@@ -103,6 +102,7 @@ public final class XenStoreSocketServer: @unchecked Sendable {
                     do { message = try clients[fd]!.decoder.next() } catch { drop(fd); return }
                     guard let message else { break }
                     for output in engine.handle(message, from: Int(fd)) { enqueue(output) }
+                    for ended in engine.takeEnded() where clients[Int32(ended)] != nil { drop(Int32(ended)) }
                 }
             }
         }
@@ -112,23 +112,15 @@ public final class XenStoreSocketServer: @unchecked Sendable {
     private func enqueue(_ output: XenStoreEngine.Output) {
         let fd = Int32(output.connection)
         guard clients[fd] != nil else { return }
-        clients[fd]!.output += output.message.bytes
-        if clients[fd]!.output.count - clients[fd]!.sent > outputLimit { drop(fd); return }
+        guard clients[fd]!.output.append(output.message) else { drop(fd); return }
         flush(fd)
     }
 
     private func flush(_ fd: Int32) {
-        guard var client = clients[fd], client.sent < client.output.count else { return }
-        let n = client.output.withUnsafeBytes { raw in
-            send(fd, raw.baseAddress! + client.sent, raw.count - client.sent, Int32(MSG_NOSIGNAL))
-        }
+        guard clients[fd] != nil, !clients[fd]!.output.isEmpty else { return }
+        let n = clients[fd]!.output.withUnsent { raw in send(fd, raw.baseAddress!, raw.count, Int32(MSG_NOSIGNAL)) }
         if n < 0 && errno != EAGAIN && errno != EINTR { drop(fd); return }
-        if n > 0 { client.sent += n }
-        if client.sent == client.output.count {
-            client.output.removeAll(keepingCapacity: true)
-            client.sent = 0
-        }
-        clients[fd] = client
+        if n > 0 { clients[fd]!.output.consumed(n) }
     }
 }
 
