@@ -21,6 +21,7 @@ let package = Package(
         .executable(name: "ring-bench", targets: ["ring-bench"]),
         .executable(name: "ring-bench-c", targets: ["ring-bench-c"]),
         .executable(name: "pvcheck-bench", targets: ["pvcheck-bench"]),
+        .executable(name: "xenstore-bench", targets: ["xenstore-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
@@ -42,7 +43,7 @@ let package = Package(
             dependencies: ["XenABI", "CLinux", "SharedMemory", .product(name: "Atomics", package: "swift-atomics")],
             swiftSettings: strictSwift),
         // pvhost's engine: so far the xenstored core (tree, permissions, watches), sans I/O.
-        .target(name: "PVHost", dependencies: ["XenABI", "XenStore"], swiftSettings: strictSwift),
+        .target(name: "PVHost", dependencies: ["XenABI", "XenStore", "SharedMemory", "CLinux"], swiftSettings: strictSwift),
         // Linux calls that Glibc's module lacks (memfd_create, eventfd).
         .systemLibrary(name: "CLinux", path: "Sources/CLinux"),
         // memfd-backed shared regions and eventfd notifications.
@@ -94,6 +95,8 @@ let package = Package(
         .executableTarget(name: "ring-bench-c", path: "Benchmarks/RingBenchC"),
         // pvcheck against xz -dc / zstd -dc on real kernels.
         .executableTarget(name: "pvcheck-bench", dependencies: ["KernelAudit"], path: "Benchmarks/PVCheckBench", swiftSettings: strictSwift),
+        // Our xenstored against Xen's C xenstored, same client load, side by side.
+        .executableTarget(name: "xenstore-bench", dependencies: ["XenStore", "XenABI"], path: "Benchmarks/XenStoreBench", swiftSettings: strictSwift),
 
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "XenABI"], swiftSettings: strictSwift),
         .testTarget(name: "PVHostTests", dependencies: ["PVHost", "XenStore", "XenABI"], swiftSettings: strictSwift),

@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/epoll.h>
 #include <linux/memfd.h>
 
 int memfd_create(const char *name, unsigned int flags);

@@ -14,6 +14,9 @@ public struct XenStoreOutputQueue: Sendable {
     private var queuedEvents: [EventKey: Int] = [:]
     /// Events dropped as duplicates of queued ones.
     public private(set) var coalesced = 0
+    /// Where each queued message ends in `bytes`, oldest first (from `firstEnd`).
+    private var ends: [Int] = []
+    private var firstEnd = 0
 
     private struct EventKey: Hashable, Sendable {
         let payload: [UInt8]
@@ -24,6 +27,8 @@ public struct XenStoreOutputQueue: Sendable {
     /// Bytes waiting to go out.
     public var pending: Int { bytes.count - sent }
     public var isEmpty: Bool { sent == bytes.count }
+    /// Messages not yet wholly sent.
+    public var queuedMessages: Int { ends.count - firstEnd }
 
     /// Queues a message. Returns false when the unsent bytes are over the limit (drop the
     /// connection).
@@ -39,6 +44,7 @@ public struct XenStoreOutputQueue: Sendable {
         } else {
             message.append(to: &bytes)
         }
+        ends.append(bytes.count)
         return pending <= limit
     }
 
@@ -50,10 +56,13 @@ public struct XenStoreOutputQueue: Sendable {
     /// `count` bytes went out.
     public mutating func consumed(_ count: Int) {
         sent += count
+        while firstEnd < ends.count && ends[firstEnd] <= sent { firstEnd += 1 }
         if sent == bytes.count {
             bytes.removeAll(keepingCapacity: bytes.capacity <= 65536)
             sent = 0
             queuedEvents.removeAll(keepingCapacity: true)
+            ends.removeAll(keepingCapacity: true)
+            firstEnd = 0
         }
     }
 }

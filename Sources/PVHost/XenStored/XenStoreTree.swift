@@ -33,6 +33,26 @@ public struct XenStoreQuota: Sendable, Equatable {
     public var outstanding = 20
 
     public init() {}
+
+    /// The names `pvhost xenstored --quota` takes (C xenstored's `-Q` names in brackets).
+    public static let names = ["entries", "node-size", "watches", "transactions", "perms", "outstanding"]
+
+    /// Sets one quota by name: entries (nb-entry-per-domain), node-size (max-entry-size),
+    /// watches (nb-watch-per-domain), transactions (max-transaction), perms
+    /// (nb-perms-per-node), outstanding (req-outstanding).
+    public mutating func set(_ name: String, to value: Int) -> Bool {
+        guard value > 0 else { return false }
+        switch name {
+        case "entries": entries = value
+        case "node-size": nodeSize = value
+        case "watches": watches = value
+        case "transactions": transactions = value
+        case "perms": permissionsPerNode = value
+        case "outstanding": outstanding = value
+        default: return false
+        }
+        return true
+    }
 }
 
 /// The defaults and per-domain overrides (e.g. a driver domain that owns many nodes).
