@@ -52,7 +52,7 @@ struct XenStoreBench {
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
             let p = Process()
             p.executableURL = URL(fileURLWithPath: executable)
-            p.arguments = ["xenstored", "--socket", dir + "/socket"]
+            p.arguments = ["xenstored", "--socket", dir + "/socket"] + (ProcessInfo.processInfo.environment["XSBENCH_POLL_US"].map { ["--poll-microseconds", $0] } ?? [])
             p.standardOutput = FileHandle.nullDevice
             p.standardError = FileHandle.nullDevice
             try p.run()
@@ -83,7 +83,7 @@ struct XenStoreBench {
     }
 
     /// A plain blocking client: write a request, read replies; as libxenstore does it.
-    final class RawClient {
+    final class RawClient: @unchecked Sendable {
         let fd: Int32
         var buffer = [UInt8](repeating: 0, count: 1 << 16)
         var decoder = XsFrameDecoder()
@@ -136,8 +136,45 @@ struct XenStoreBench {
         let name: String
         let unit: String
         let operations: Int
+        /// Connections driving the load at once, each on its own thread.
+        var clients = 1
         /// Runs `operations` operations on a connected client.
-        let run: (RawClient, Int) throws -> Void
+        let run: @Sendable (RawClient, Int) throws -> Void
+
+        init(name: String, unit: String, operations: Int, clients: Int = 1, run: @escaping @Sendable (RawClient, Int) throws -> Void) {
+            self.name = name
+            self.unit = unit
+            self.operations = operations
+            self.clients = clients
+            self.run = run
+        }
+
+        /// Runs the load on `clients` connections to `socket`; returns the wall time.
+        func measure(_ socket: String) throws -> Double {
+            let connections = try (0..<clients).map { _ in try RawClient(socket) }
+            if clients == 1 { return try seconds { try run(connections[0], operations) } }
+            let share = operations / clients
+            let failures = Failures()
+            let done = DispatchSemaphore(value: 0)
+            let t = seconds {
+                for c in connections {
+                    Thread {
+                        do { try run(c, share) } catch { failures.add("\(error)") }
+                        done.signal()
+                    }.start()
+                }
+                for _ in connections { done.wait() }
+            }
+            if let failure = failures.first { throw BenchError(failure) }
+            return t
+        }
+    }
+
+    final class Failures: @unchecked Sendable {
+        private let lock = NSLock()
+        private var list: [String] = []
+        func add(_ s: String) { lock.withLock { list.append(s) } }
+        var first: String? { lock.withLock { list.first } }
     }
 
     static func workloads(quick: Bool) -> [Workload] {
@@ -148,6 +185,8 @@ struct XenStoreBench {
         return [
             Workload(name: "sync read", unit: "ops/s", operations: n) { c, n in for _ in 0..<n { _ = try c.call(read) } },
             Workload(name: "sync write", unit: "ops/s", operations: n) { c, n in for _ in 0..<n { _ = try c.call(write) } },
+            Workload(name: "sync read, 8 clients at once", unit: "ops/s", operations: n * 2, clients: 8) { c, n in for _ in 0..<n { _ = try c.call(read) } },
+            Workload(name: "sync write, 8 clients at once", unit: "ops/s", operations: n * 2, clients: 8) { c, n in for _ in 0..<n { _ = try c.call(write) } },
             Workload(name: "pipelined read (depth 32)", unit: "ops/s", operations: n * 4) { c, n in
                 let batch = Array((0..<32).map { _ in read }.joined())
                 for _ in 0..<(n / 32) {
@@ -191,6 +230,19 @@ struct XenStoreBench {
 
     static func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
 
+    /// CPU time (µs) a process has used, in nanosecond resolution: /proc/PID/schedstat's
+    /// first field, summed over its threads.
+    static func cpuMicroseconds(_ pid: Int32) -> Double {
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+        var total = 0.0
+        for task in tasks {
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/schedstat", encoding: .utf8),
+                  let first = stat.split(separator: " ").first, let ns = Double(first) else { continue }
+            total += ns / 1000
+        }
+        return total
+    }
+
     /// Latency percentiles (µs) of sync reads.
     static func latencies(_ client: RawClient, count: Int) throws -> (p50: Double, p99: Double) {
         let read = frame(.read("/bench/node"))
@@ -213,19 +265,24 @@ struct XenStoreBench {
         for d in daemons { try prepare(d) }
         print("xenstored: ours vs Xen's C xenstored 4.17, one blocking client each, \(rounds) alternating rounds, medians")
         print("")
-        print(pad("workload", 40) + pad("pvhost ops/s", 16) + pad("C ops/s", 16) + "ratio (ours/C)")
+        print(pad("workload", 40) + pad("pvhost ops/s", 14) + pad("C ops/s", 14) + pad("ratio", 9)
+              + pad("pvhost CPU µs/op", 18) + pad("C CPU µs/op", 14) + "CPU ratio (C/ours)")
         for workload in workloads(quick: quick) {
-            var rates: [[Double]] = [[], []]
+            var rates: [[Double]] = [[], []], cpu: [[Double]] = [[], []]
             for _ in 0..<(rounds + 1) {
                 for (i, d) in daemons.enumerated() {
-                    let c = try RawClient(d.socket)
-                    let t = try seconds { try workload.run(c, workload.operations) }
+                    let before = cpuMicroseconds(d.process.processIdentifier)
+                    let t = try workload.measure(d.socket)
                     rates[i].append(Double(workload.operations) / t)
+                    cpu[i].append((cpuMicroseconds(d.process.processIdentifier) - before) / Double(workload.operations))
                 }
             }
             let ours = median(Array(rates[0].dropFirst())), theirs = median(Array(rates[1].dropFirst()))
-            print(pad(workload.name, 40) + pad(String(format: "%.0f", ours), 16) + pad(String(format: "%.0f", theirs), 16)
-                  + String(format: "%.2f×", ours / theirs))
+            let ourCPU = median(Array(cpu[0].dropFirst())), theirCPU = median(Array(cpu[1].dropFirst()))
+            print(pad(workload.name, 40) + pad(String(format: "%.0f", ours), 14) + pad(String(format: "%.0f", theirs), 14)
+                  + pad(String(format: "%.2f×", ours / theirs), 9)
+                  + pad(String(format: "%.1f", ourCPU), 18) + pad(String(format: "%.1f", theirCPU), 14)
+                  + String(format: "%.2f×", theirCPU / max(ourCPU, 0.01)))
         }
         // Latency with 500 idle connections open, against none.
         print("")

@@ -74,7 +74,7 @@ public enum XenStoreRequest: Sendable, Equatable {
 
     /// The payload: NUL-terminated strings, except a WRITE value (raw, unterminated).
     public var payload: [UInt8] {
-        func strings(_ items: [String]) -> [UInt8] { items.flatMap { Array($0.utf8) + [0] } }
+        func strings(_ items: [String]) -> [UInt8] { XsPayload.encode(items) }
         switch self {
         case let .control(words): return strings(words)
         case let .directory(p), let .read(p), let .getPerms(p), let .mkdir(p), let .rm(p): return strings([p.rawValue])
@@ -244,7 +244,7 @@ public enum XenStoreReply: Sendable, Equatable {
 
     /// The payload the daemon sends for this reply.
     public var payload: [UInt8] {
-        func strings(_ items: [String]) -> [UInt8] { items.flatMap { Array($0.utf8) + [0] } }
+        func strings(_ items: [String]) -> [UInt8] { XsPayload.encode(items) }
         switch self {
         case .ok: return strings(["OK"])
         case let .value(bytes): return bytes
@@ -277,7 +277,20 @@ public enum XenStoreReply: Sendable, Equatable {
 }
 
 /// Payload helpers: NUL-separated strings.
-enum XsPayload {
+public enum XsPayload {
+    /// `a\0b\0…`, built in one allocation.
+    public static func encode(_ items: [String]) -> [UInt8] {
+        var size = 0
+        for item in items { size += item.utf8.count + 1 }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(size)
+        for item in items {
+            bytes.append(contentsOf: item.utf8)
+            bytes.append(0)
+        }
+        return bytes
+    }
+
     static func strings(_ payload: [UInt8]) -> [String] {
         guard !payload.isEmpty else { return [] }
         var parts = payload.split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }

@@ -48,6 +48,9 @@ struct PVHostCommand: ParsableCommand {
             return result
         }
 
+        @Option(help: "After serving a request, look for the next one this many µs before sleeping (0: never).")
+        var pollMicroseconds = 50
+
         func run() throws {
             let limits = try parsedQuotas()
             let server: XenStoreDaemon
@@ -58,6 +61,7 @@ struct PVHostCommand: ParsableCommand {
                 throw ExitCode(1)
             }
             server.quotas = limits
+            server.pollMicroseconds = pollMicroseconds
             signal(SIGPIPE, SIG_IGN)
             let stopper = DispatchSource.makeSignalSource(signal: SIGTERM, queue: .global())
             signal(SIGTERM, SIG_IGN)

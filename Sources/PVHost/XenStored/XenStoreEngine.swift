@@ -115,7 +115,7 @@ public struct XenStoreEngine: Sendable {
             // The offset counts bytes into the whole list ("a\0b\0…"), as in C xenstored.
             let children = try tree.directory(absolute(path), caller: caller)
             let generation = String(tree.nodeGeneration(absolute(path)))
-            let list: [UInt8] = children.flatMap { Array($0.utf8) + [0] }
+            let list = XsPayload.encode(children)
             let rest: ArraySlice<UInt8> = offset < list.count ? list[offset...] : []
             // One reply holds as many whole names as fit in the payload limit.
             var end = rest.startIndex
