@@ -170,6 +170,7 @@ public final class XenStoreDaemon: @unchecked Sendable {
                     _ = try? wake.wait()
                     runCommands()
                 } else if let id = ringByEventFD[fd] {
+                    if let client = rings[id] { _ = try? client.fromGuest.wait() }  // readable: does not block
                     serviceRing(id)
                 } else if sockets[fd] != nil {
                     if flags & (EPOLLIN.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 { readSocket(fd) }
@@ -312,7 +313,6 @@ public final class XenStoreDaemon: @unchecked Sendable {
 
     private func serviceRing(_ id: Int) {
         guard let client = rings[id] else { return }
-        _ = try? client.fromGuest.wait()
         if client.ring.connection == XsWire.reconnecting {
             // The guest asked for a fresh connection: forget its watches and transactions,
             // drop what is in flight, and say done.
@@ -327,9 +327,18 @@ public final class XenStoreDaemon: @unchecked Sendable {
         }
         guard !client.broken else { return }
         flushRing(client, id)
-        let outstanding = engine.quotas.quota(for: client.domain).outstanding
+        // Requests are handled while fewer than `outstanding` replies wait for the guest to
+        // read them; past that, bytes stay in the ring (at most one ring's worth is held here).
+        let outstanding = client.domain == .dom0 ? Int.max : engine.quotas.quota(for: client.domain).outstanding
         var consumed = false
-        while rings[id] != nil, !client.broken, client.output.queuedMessages < outstanding || client.domain == .dom0 {
+        while rings[id] != nil, !client.broken {
+            while rings[id] != nil, !client.broken, client.output.queuedMessages < outstanding {
+                let message: XsMessage?
+                do { message = try client.decoder.next() } catch { fail(client, id, error: XsWire.errorProtocol); return }
+                guard let message else { break }
+                handle(message, from: id)
+            }
+            guard rings[id] != nil, !client.broken, client.output.queuedMessages < outstanding else { break }
             let n: Int
             do { n = try buffer.withUnsafeMutableBytes { try client.ring.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[..<XsWire.ringSize])) } } catch {
                 fail(client, id, error: XsWire.errorRingIndex)
@@ -338,12 +347,6 @@ public final class XenStoreDaemon: @unchecked Sendable {
             guard n > 0 else { break }
             consumed = true
             client.decoder.feed(buffer[..<n])
-            while rings[id] != nil, !client.broken {
-                let message: XsMessage?
-                do { message = try client.decoder.next() } catch { fail(client, id, error: XsWire.errorProtocol); return }
-                guard let message else { break }
-                handle(message, from: id)
-            }
         }
         if consumed { try? client.toGuest.notify() }
     }

@@ -132,16 +132,18 @@ public struct XenStoreEngine: Sendable {
                 try connections[id]!.transactions[tx]!.write(absolute(path), value: value, base: tree)
                 return [out(.ok)]
             }
-            let changed = try tree.write(absolute(path), value: value, caller: caller)
-            return [out(.ok)] + events(changed.map { ($0, false) })
+            _ = try tree.write(absolute(path), value: value, caller: caller)
+            // One event for the node written, as C xenstored (implicitly created parents are
+            // above it, so their watchers hear this path anyway).
+            return [out(.ok)] + events([(absolute(path), false)])
         case let .mkdir(path):
             guard !path.isSpecial else { throw .EINVAL }
             if tx != 0 {
                 try connections[id]!.transactions[tx]!.mkdir(absolute(path), base: tree)
                 return [out(.ok)]
             }
-            let changed = try tree.mkdir(absolute(path), caller: caller)
-            return [out(.ok)] + events(changed.map { ($0, false) })
+            let created = try tree.mkdir(absolute(path), caller: caller)
+            return [out(.ok)] + (created.isEmpty ? [] : events([(absolute(path), false)]))
         case let .rm(path):
             guard !path.isSpecial else { throw .EINVAL }
             if tx != 0 {

@@ -139,8 +139,11 @@ public struct XenStoredTransaction: Sendable {
             var fired: [(String, Bool)] = []
             for change in changes {
                 switch change {
-                case let .write(path, value): fired += try tree.write(path, value: value, caller: caller).map { ($0, false) }
-                case let .mkdir(path): fired += try tree.mkdir(path, caller: caller).map { ($0, false) }
+                case let .write(path, value):
+                    _ = try tree.write(path, value: value, caller: caller)
+                    fired.append((path, false))
+                case let .mkdir(path):
+                    if !(try tree.mkdir(path, caller: caller)).isEmpty { fired.append((path, false)) }
                 case let .remove(path):
                     let removed = try tree.remove(path, caller: caller)
                     if !removed.isEmpty { fired.append((path, true)) }
