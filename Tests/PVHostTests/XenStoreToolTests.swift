@@ -54,6 +54,16 @@ struct XenStoreToolTests {
         #expect(try runTool("/usr/bin/xenstore-exists", ["/tool/pv"], socket: socket).status == 1)
     }
 
+    @Test("pvhost xenstored rejects a bad quota with a usage error that lists the names")
+    func badQuota() throws {
+        let pvhost = URL(fileURLWithPath: Self.pvstore).deletingLastPathComponent().appendingPathComponent("pvhost").path
+        for arguments in [["--quota", "bogus=1"], ["--quota", "entries=0"], ["--domain-quota", "x:entries=5"]] {
+            let result = try runTool(pvhost, ["xenstored", "--socket", "/tmp/pvkit-never-\(getpid())"] + arguments, socket: "")
+            #expect(result.status == 64, "\(arguments): \(result.output)")
+            #expect(result.output.contains("quota"))
+        }
+    }
+
     @Test("pvstore says where it looked when no daemon is reachable")
     func unreachable() throws {
         let result = try runTool(Self.pvstore, ["read", "/x"], socket: "/nonexistent/pvkit/socket")

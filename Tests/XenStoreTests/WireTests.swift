@@ -248,3 +248,22 @@ struct XenStoreLocationTests {
         }
     }
 }
+
+@Suite("The /dev/xen/xenbus transport")
+struct XenbusDeviceTransportTests {
+    @Test("a device carries at most 4080 payload bytes (header + payload ≤ 4096): longer requests fail before sending")
+    func payloadCap() async throws {
+        // A FIFO opened read-write stands in for the character device: same open/write path.
+        let fifo = NSTemporaryDirectory() + "pvkit-xenbus-\(getpid())"
+        unlink(fifo)
+        #expect(mkfifo(fifo, 0o600) == 0)
+        defer { unlink(fifo) }
+        let transport = try XenStoreLocation(socket: "/nonexistent/socket", devices: [fifo]).open()
+        #expect(transport.payloadLimit == 4080)
+        let client = XenStoreClient(transport: transport)
+        defer { client.close() }
+        await #expect(throws: XenStoreError.invalidRequest(.payloadTooLarge(length: 4081, limit: 4080))) {
+            try await client.write("/a", Array(repeating: 0x41, count: 4081 - 3))
+        }
+    }
+}
