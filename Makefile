@@ -23,6 +23,8 @@ demo: deps
 	.build/release/pvcheck --live
 	@for k in $${PVKIT_CACHE:-$$HOME/.cache/pvkit}/kernels/*/root/boot/vmlinuz-*; do \
 	  [ -f "$$k" ] && echo "== pvcheck --fixes --symbols on $$k" && .build/release/pvcheck --fixes --symbols "$$k"; done; true
+	@echo "== pvhost xenstored with pvstore (a dom0 session on a private socket)"
+	@scripts/demo-xenstore.sh .build/release
 	@echo "== Xen ABI facts and a short ring benchmark"
 	.build/release/ring-bench abi
 	.build/release/ring-bench run --quick
@@ -46,6 +48,7 @@ bench:
 	$(SWIFT) build -c release
 	.build/release/ring-bench run
 	.build/release/pvcheck-bench
+	.build/release/xenstore-bench
 
 # Regenerates fixtures/ from fixtures/generate.py (needs gzip, bzip2, xz, lzop, lz4, zstd).
 fixtures:
