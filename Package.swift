@@ -14,6 +14,7 @@ let package = Package(
         .library(name: "XenRing", targets: ["XenRing"]),
         .library(name: "SharedMemory", targets: ["SharedMemory"]),
         .library(name: "XenStore", targets: ["XenStore"]),
+        .library(name: "XenGrants", targets: ["XenGrants"]),
         .library(name: "KernelAudit", targets: ["KernelAudit"]),
         .executable(name: "pvcheck", targets: ["pvcheck"]),
         .executable(name: "pvhost", targets: ["pvhost"]),
@@ -42,8 +43,13 @@ let package = Package(
             name: "XenStore",
             dependencies: ["XenABI", "CLinux", "SharedMemory", .product(name: "Atomics", package: "swift-atomics")],
             swiftSettings: strictSwift),
+        // Grant table v1 in shared memory: the granting guest's and the hypervisor's halves.
+        .target(
+            name: "XenGrants",
+            dependencies: ["XenABI", .product(name: "Atomics", package: "swift-atomics")],
+            swiftSettings: strictSwift),
         // pvhost's engine: so far the xenstored core (tree, permissions, watches), sans I/O.
-        .target(name: "PVHost", dependencies: ["XenABI", "XenStore", "SharedMemory", "CLinux"], swiftSettings: strictSwift),
+        .target(name: "PVHost", dependencies: ["XenABI", "XenStore", "XenGrants", "SharedMemory", "CLinux"], swiftSettings: strictSwift),
         // Linux calls that Glibc's module lacks (memfd_create, eventfd).
         .systemLibrary(name: "CLinux", path: "Sources/CLinux"),
         // memfd-backed shared regions and eventfd notifications.
@@ -99,7 +105,7 @@ let package = Package(
         .executableTarget(name: "xenstore-bench", dependencies: ["XenStore", "XenABI"], path: "Benchmarks/XenStoreBench", swiftSettings: strictSwift),
 
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "XenABI"], swiftSettings: strictSwift),
-        .testTarget(name: "PVHostTests", dependencies: ["PVHost", "XenStore", "XenABI"], swiftSettings: strictSwift),
+        .testTarget(name: "PVHostTests", dependencies: ["PVHost", "XenStore", "XenABI", "XenGrants", "SharedMemory"], swiftSettings: strictSwift),
         .testTarget(
             name: "KernelAuditTests",
             dependencies: ["KernelAudit", "XenABI", "SharedMemory"],
