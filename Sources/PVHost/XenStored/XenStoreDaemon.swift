@@ -59,7 +59,8 @@ public final class XenStoreDaemon: @unchecked Sendable {
     private var stopping = false
 
     private enum Command: Sendable {
-        case attach(id: Int, domain: DomainID, page: UInt, fromGuest: EventFD, toGuest: EventFD, keepAlive: SendableBox)
+        case attach(id: Int, domain: DomainID, page: UInt, fromGuest: EventFD, toGuest: EventFD, keepAlive: SendableBox, introduce: (gfn: UInt64, port: EventChannelPort)?)
+        case release(DomainID)
         case detach(id: Int)
         case stop
     }
@@ -116,12 +117,19 @@ public final class XenStoreDaemon: @unchecked Sendable {
     /// Serves a domain on its xenstore ring page, as that domain. The page is initialised
     /// (zeroed, features advertised) before the daemon reads it. Thread-safe.
     /// - Returns: the connection's id, for ``detachRing(_:)``.
-    public func attachRing(domain: DomainID, page: UnsafeMutableRawPointer, fromGuest: EventFD, toGuest: EventFD, keepAlive: AnyObject? = nil) -> Int {
+    /// With `introduce` (the ring's frame and the guest's port), the domain counts as
+    /// introduced and `@introduceDomain` fires, as after a toolstack's INTRODUCE.
+    public func attachRing(domain: DomainID, page: UnsafeMutableRawPointer, fromGuest: EventFD, toGuest: EventFD, keepAlive: AnyObject? = nil,
+                           introduce: (gfn: UInt64, port: EventChannelPort)? = nil) -> Int {
         XenStoreRing(page: page, side: .daemon).initialize()
         let id = nextRingID.withLock { id in defer { id += 1 }; return id }
-        post(.attach(id: id, domain: domain, page: UInt(bitPattern: page), fromGuest: fromGuest, toGuest: toGuest, keepAlive: SendableBox(keepAlive)))
+        post(.attach(id: id, domain: domain, page: UInt(bitPattern: page), fromGuest: fromGuest, toGuest: toGuest, keepAlive: SendableBox(keepAlive), introduce: introduce))
         return id
     }
+
+    /// A domain is gone: its ring stops being served, its watches and nodes go, and
+    /// `@releaseDomain` fires (as RELEASE from the toolstack). Thread-safe.
+    public func releaseDomain(_ domain: DomainID) { post(.release(domain)) }
 
     /// Stops serving a ring (its watches and transactions go). Thread-safe.
     public func detachRing(_ id: Int) { post(.detach(id: id)) }
@@ -199,13 +207,17 @@ public final class XenStoreDaemon: @unchecked Sendable {
         let pending = commands.withLock { list in defer { list.removeAll() }; return list }
         for command in pending {
             switch command {
-            case let .attach(id, domain, page, fromGuest, toGuest, keepAlive):
+            case let .attach(id, domain, page, fromGuest, toGuest, keepAlive, introduce):
                 let ring = XenStoreRing(page: UnsafeMutableRawPointer(bitPattern: page)!, side: .daemon)
                 rings[id] = RingClient(domain: domain, ring: ring, fromGuest: fromGuest, toGuest: toGuest, keepAlive: keepAlive.value, outputLimit: outputLimit)
                 ringByEventFD[fromGuest.fileDescriptor] = id
                 watch(fromGuest.fileDescriptor)
                 engine.connect(id, caller: XenStoreCaller(domain: domain, privileged: domain == .dom0))
+                if let introduce { for output in engine.introduceDomain(domain, gfn: introduce.gfn, port: introduce.port) { enqueue(output) } }
                 serviceRing(id)  // requests written before the attach
+            case let .release(domain):
+                for output in engine.releaseDomain(domain) { enqueue(output) }
+                for ended in engine.takeEnded() { drop(ended) }
             case let .detach(id):
                 dropRing(id)
             case .stop:

@@ -44,6 +44,13 @@ public struct XenStoreEngine: Sendable {
         watches.removeAll(connection: id)
     }
 
+    /// pvhost introduced a domain whose ring it serves (as the toolstack's INTRODUCE would):
+    /// fires `@introduceDomain`.
+    public mutating func introduceDomain(_ domain: DomainID, gfn: UInt64, port: EventChannelPort) -> [Output] {
+        introduced[domain] = (gfn, port)
+        return events([("@introduceDomain", false)])
+    }
+
     /// Takes the list of connections the engine ended since the last call.
     public mutating func takeEnded() -> [Int] {
         defer { ended.removeAll() }
