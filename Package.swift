@@ -15,6 +15,7 @@ let package = Package(
         .library(name: "SharedMemory", targets: ["SharedMemory"]),
         .library(name: "XenStore", targets: ["XenStore"]),
         .library(name: "XenGrants", targets: ["XenGrants"]),
+        .library(name: "XenBus", targets: ["XenBus"]),
         .library(name: "KernelAudit", targets: ["KernelAudit"]),
         .executable(name: "pvcheck", targets: ["pvcheck"]),
         .executable(name: "pvhost", targets: ["pvhost"]),
@@ -43,6 +44,9 @@ let package = Package(
             name: "XenStore",
             dependencies: ["XenABI", "CLinux", "SharedMemory", .product(name: "Atomics", package: "swift-atomics")],
             swiftSettings: strictSwift),
+        // The XenBus frontend lifecycle: a pure state machine and the driver that runs it on XenStore.
+        .target(name: "XenBus", dependencies: ["XenABI", "XenStore"], swiftSettings: strictSwift),
+        .testTarget(name: "XenBusTests", dependencies: ["XenBus", "XenABI"], swiftSettings: strictSwift),
         // Grant table v1 in shared memory: the granting guest's and the hypervisor's halves.
         .target(
             name: "XenGrants",
@@ -105,7 +109,7 @@ let package = Package(
         .executableTarget(name: "xenstore-bench", dependencies: ["XenStore", "XenABI"], path: "Benchmarks/XenStoreBench", swiftSettings: strictSwift),
 
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "XenABI"], swiftSettings: strictSwift),
-        .testTarget(name: "PVHostTests", dependencies: ["PVHost", "XenStore", "XenABI", "XenGrants", "SharedMemory"], swiftSettings: strictSwift),
+        .testTarget(name: "PVHostTests", dependencies: ["PVHost", "XenStore", "XenABI", "XenGrants", "XenBus", "SharedMemory"], swiftSettings: strictSwift),
         .testTarget(
             name: "KernelAuditTests",
             dependencies: ["KernelAudit", "XenABI", "SharedMemory"],

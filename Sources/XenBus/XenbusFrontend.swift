@@ -1,0 +1,160 @@
+import XenABI
+import XenStore
+
+/// What a device frontend (blkfront, netfront) does at each step of the XenBus handshake.
+public protocol XenbusFrontendDriver: Sendable {
+    /// Allocate the transport (ring pages, grants, event channels) and write its keys into the
+    /// frontend directory inside `transaction` (the driver may be asked again after EAGAIN).
+    func publish(_ transaction: XenStoreTransaction, frontend: String, backend: String) async throws
+    /// The backend is Connected: read its device properties and start I/O.
+    func connect(frontend: String, backend: String) async throws
+    /// The backend wrote Connected again while connected (e.g. a new disk size).
+    func refresh(frontend: String, backend: String) async throws
+    /// Stop I/O and release the transport (revoking grants with try semantics).
+    func disconnect() async
+}
+
+/// Why the frontend stopped.
+public enum XenbusFrontendError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// The device directory (or its `backend` key) is not there.
+    case noDevice(String)
+    /// Our own `state` node vanished (the toolstack removed the device): never recreate it.
+    case removed(String)
+    case store(XenStoreError)
+    /// The driver failed; the message went to `error/<device>/error` and the state to Closing.
+    case driver(String)
+
+    public var description: String {
+        switch self {
+        case let .noDevice(path): "no device at \(path) (or no backend key in it)"
+        case let .removed(path): "\(path) was removed"
+        case let .store(error): "\(error)"
+        case let .driver(what): "driver failed: \(what)"
+        }
+    }
+}
+
+/// Runs one frontend device through the XenBus lifecycle, as Linux's xenbus does: reads
+/// `backend` and `backend-id`, watches the backend's `state`, re-reads both states on every
+/// event and acts per ``FrontendStateMachine``; state changes go through a transaction that
+/// refuses to recreate a removed directory; a failing driver gets its error written to
+/// `error/device/<type>/<id>/error` ("<errno> <text>") and the device switched to Closing.
+public final class XenbusFrontend: Sendable {
+    public let store: XenStoreClient
+    /// `device/<type>/<id>`, relative to the guest's home.
+    public let path: String
+    public let driver: any XenbusFrontendDriver
+    public let connectsDirectly: Bool
+
+    public init(store: XenStoreClient, type: String, id: Int, driver: any XenbusFrontendDriver, connectsDirectly: Bool) {
+        self.store = store
+        path = "device/\(type)/\(id)"
+        self.driver = driver
+        self.connectsDirectly = connectsDirectly
+    }
+
+    private func node(_ key: String) throws(XenbusFrontendError) -> XenStorePath {
+        do { return try XenStorePath(key) } catch { throw .store(.invalidRequest(error)) }
+    }
+
+    /// The device's `state`, Unknown when missing or unreadable.
+    private func state(_ directory: String) async -> XenbusState {
+        guard let path = try? XenStorePath(directory + "/state"), let text = try? await store.readString(path) else { return .unknown }
+        return XenbusState(nodeValue: text) ?? .unknown
+    }
+
+    /// Writes our state in a transaction that first checks the node still exists (Linux's
+    /// `xenbus_switch_state`), retried on EAGAIN.
+    public func switchState(_ new: XenbusState) async throws(XenbusFrontendError) {
+        let statePath = try node(path + "/state")
+        do {
+            try await store.transaction { tx in
+                guard try await tx.exists(statePath) else { throw XenbusFrontendError.removed(statePath.rawValue) }
+                if try await tx.readString(statePath) != new.nodeValue { try await tx.write(statePath, new.nodeValue) }
+            }
+        } catch let error as XenbusFrontendError {
+            throw error
+        } catch let error as XenStoreError {
+            throw .store(error)
+        } catch {
+            throw .driver("\(error)")
+        }
+    }
+
+    /// Records a driver error where Linux's `xenbus_dev_error` puts it and switches to Closing.
+    public func fail(errno: Int32, _ message: String) async {
+        if let errorPath = try? XenStorePath("error/" + path + "/error") {
+            try? await store.write(errorPath, "\(errno) \(message)")
+        }
+        try? await switchState(.closing)
+    }
+
+    /// Runs the handshake until the device is closed (after the backend closed it, or after
+    /// removal). With `restart`, first walks a backend left connected by a previous run down
+    /// and back up (the reconnect ladder).
+    public func run(restart: Bool = false) async throws(XenbusFrontendError) {
+        let backend: String
+        let backendKey = try node(path + "/backend")
+        do throws(XenStoreError) {
+            backend = try await store.readString(backendKey)
+        } catch .noEntry {
+            throw .noDevice(path)
+        } catch {
+            throw .store(error)
+        }
+        guard let backendState = try? XenStorePath(backend + "/state") else { throw .noDevice(path) }
+        let frontend = path
+        var machine = FrontendStateMachine(connectsDirectly: connectsDirectly)
+        if restart { machine.restart() }
+        let events: XenStoreWatch
+        do { events = try await store.watch(backendState) } catch { throw .store(error) }
+        defer { events.cancel() }
+        var connected = false
+        for await _ in events {
+            // Act until there is nothing to do without the backend moving: our own state
+            // change can make the next step due at once (a backend that is already Connected).
+            while true {
+                let own = await state(path)
+                if own == .unknown && !restart { throw .removed(path) }
+                let peer = await state(backend)
+                switch machine.next(own: own, backend: peer) {
+                case .wait:
+                    break
+                case let .switchTo(new):
+                    try await switchState(new)
+                    continue
+                case let .publish(then):
+                    do {
+                        try await store.transaction { tx in try await self.driver.publish(tx, frontend: frontend, backend: backend) }
+                    } catch {
+                        await fail(errno: 5, "publishing the transport: \(error)")
+                        throw .driver("\(error)")
+                    }
+                    try await switchState(then)
+                    connected = then == .connected
+                    continue
+                case .connect:
+                    do { try await driver.connect(frontend: frontend, backend: backend) } catch {
+                        await fail(errno: 5, "connecting: \(error)")
+                        throw .driver("\(error)")
+                    }
+                    try await switchState(.connected)
+                    connected = true
+                case .refresh:
+                    if !connected {
+                        do { try await driver.connect(frontend: frontend, backend: backend) } catch { throw .driver("\(error)") }
+                        connected = true
+                    } else {
+                        try? await driver.refresh(frontend: frontend, backend: backend)
+                    }
+                case .close:
+                    await driver.disconnect()
+                    connected = false
+                    try? await switchState(.closed)
+                    return
+                }
+                break
+            }
+        }
+    }
+}
