@@ -16,6 +16,7 @@ let package = Package(
         .library(name: "XenStore", targets: ["XenStore"]),
         .library(name: "XenGrants", targets: ["XenGrants"]),
         .library(name: "XenBus", targets: ["XenBus"]),
+        .library(name: "PVPlatform", targets: ["PVPlatform"]),
         .library(name: "KernelAudit", targets: ["KernelAudit"]),
         .executable(name: "pvcheck", targets: ["pvcheck"]),
         .executable(name: "pvhost", targets: ["pvhost"]),
@@ -53,7 +54,14 @@ let package = Package(
             dependencies: ["XenABI", .product(name: "Atomics", package: "swift-atomics")],
             swiftSettings: strictSwift),
         // pvhost's engine: so far the xenstored core (tree, permissions, watches), sans I/O.
-        .target(name: "PVHost", dependencies: ["XenABI", "XenStore", "XenGrants", "SharedMemory", "CLinux"], swiftSettings: strictSwift),
+        .target(name: "PVHost", dependencies: ["XenABI", "XenStore", "XenGrants", "SharedMemory", "CLinux", "PVHostProtocol"], swiftSettings: strictSwift),
+        // pvhost's control channel messages (guest processes and tools ↔ pvhost).
+        .target(name: "PVHostProtocol", swiftSettings: strictSwift),
+        // What a frontend needs from "the hypervisor"; `ReferencePlatform` is a guest of pvhost.
+        .target(
+            name: "PVPlatform",
+            dependencies: ["XenABI", "XenStore", "XenGrants", "SharedMemory", "PVHostProtocol", .product(name: "Atomics", package: "swift-atomics")],
+            swiftSettings: strictSwift),
         // Linux calls that Glibc's module lacks (memfd_create, eventfd).
         .systemLibrary(name: "CLinux", path: "Sources/CLinux"),
         // memfd-backed shared regions and eventfd notifications.
@@ -78,11 +86,11 @@ let package = Package(
             swiftSettings: strictSwift),
         .executableTarget(
             name: "pvhost",
-            dependencies: ["PVHost", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["PVHost", "PVHostProtocol", "PVPlatform", "XenStore", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strictSwift),
         .executableTarget(
             name: "pvstore",
-            dependencies: ["XenStore", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["XenStore", "PVPlatform", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strictSwift),
         .executableTarget(
             name: "pvcheck",

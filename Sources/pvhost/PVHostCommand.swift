@@ -1,15 +1,109 @@
 import ArgumentParser
 import Foundation
 import PVHost
+import PVHostProtocol
+import PVPlatform
 import XenABI
+import XenStore
 
-/// `pvhost`: the reference backend hypervisor. So far: its xenstored, runnable on its own.
+extension String {
+    func padded(_ width: Int) -> String { count >= width ? self : self + String(repeating: " ", count: width - count) }
+    func leftPadded(_ width: Int) -> String { count >= width ? self : String(repeating: " ", count: width - count) + self }
+}
+
+/// `pvhost`: the reference backend hypervisor: `run` (hypervisor, xenstored, toolstack and the
+/// control socket guests attach to), `status`, and `xenstored` on its own.
 @main
 struct PVHostCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pvhost",
         abstract: "PVKit's userspace stand-in for Xen + dom0.",
-        subcommands: [XenStored.self])
+        subcommands: [Run.self, Status.self, XenStored.self])
+
+    struct Run: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run pvhost: guest processes attach on the control socket and become domains.",
+            discussion: """
+                Guests: any program linking PVPlatform, e.g. `pvstore --pvhost CONTROL --name alpha ls`. \
+                A guest whose process ends is destroyed and reclaimed (grants, event channels, xenstore nodes and watches). \
+                On SIGINT/SIGTERM every guest is told to power off (control/shutdown) and given --grace seconds.
+                """)
+
+        @Option(help: "The control socket guests attach to.") var control: String = "/run/pvhost/control"
+        @Option(help: "The xenstored socket for dom0 tools.") var xenstore: String = "/run/pvhost/xenstored"
+        @Option(help: "Seconds guests get to detach after being told to power off.") var grace: Double = 2
+
+        func run() throws {
+            for path in [control, xenstore] {
+                try? FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            }
+            signal(SIGPIPE, SIG_IGN)
+            let daemon: XenStoreDaemon
+            let server: ControlServer
+            let toolstack: Toolstack
+            do {
+                daemon = try XenStoreDaemon(path: xenstore)
+                Thread { daemon.run() }.start()
+                let store = try XenStoreClient.connect(XenStoreLocation(environment: ["XENSTORED_PATH": xenstore]))
+                toolstack = Toolstack(hypervisor: Hypervisor(), xenstored: daemon, store: store)
+                server = try ControlServer(path: control, toolstack: toolstack)
+            } catch {
+                FileHandle.standardError.write(Data("pvhost run: \(error)\n".utf8))
+                throw ExitCode(1)
+            }
+            let grace = self.grace
+            let stop: @Sendable () -> Void = {
+                Task {
+                    // Tell every guest first, as xl shutdown does, then give them time to go.
+                    for domain in toolstack.hypervisor.domains {
+                        try? await toolstack.store.write(XenStorePath("/local/domain/\(domain.id.rawValue)/control/shutdown"), "poweroff")
+                    }
+                    let deadline = Date().addingTimeInterval(grace)
+                    while !toolstack.hypervisor.domains.isEmpty && Date() < deadline { try? await Task.sleep(for: .milliseconds(50)) }
+                    for domain in toolstack.hypervisor.domains { await toolstack.destroyDomain(domain.id) }
+                    server.stop()
+                    daemon.stop()
+                }
+            }
+            var sources: [DispatchSourceSignal] = []
+            for signalNumber in [SIGINT, SIGTERM] {
+                signal(signalNumber, SIG_IGN)
+                let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
+                source.setEventHandler(handler: stop)
+                source.resume()
+                sources.append(source)
+            }
+            print("pvhost: control \(control), xenstored \(xenstore)")
+            server.run()
+            withExtendedLifetime(sources) {}
+        }
+    }
+
+    struct Status: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show pvhost's domains, grants in use and event counters.")
+        @Option(help: "pvhost's control socket.") var control: String = "/run/pvhost/control"
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() throws {
+            let status: HostStatus
+            do { status = try ReferencePlatform.status(socket: control) } catch {
+                FileHandle.standardError.write(Data("pvhost status: \(error) (is `pvhost run --control \(control)` running?)\n".utf8))
+                throw ExitCode(1)
+            }
+            if json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.sortedKeys]
+                print(String(decoding: try encoder.encode(status), as: UTF8.self))
+                return
+            }
+            print("domid  name                 pages  ports")
+            print("    0  Domain-0 (pvhost)        -      -")
+            for d in status.domains {
+                print(String(d.domid).leftPadded(5) + "  " + d.name.padded(20) + " " + String(d.pages).leftPadded(5) + "  " + String(d.ports).leftPadded(5))
+            }
+            print("grants mapped now: \(status.grantsMapped); maps since start: \(status.grantMapsTotal); copies: \(status.grantCopiesTotal); notifications sent by backends: \(status.notificationsSent)")
+        }
+    }
 
     struct XenStored: ParsableCommand {
         static let configuration = CommandConfiguration(

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import XenABI
 import XenStore
+import PVPlatform
 
 /// `pvstore`: xenstore-utils-style commands on PVKit's async client. It finds the daemon as
 /// libxenstore does (XENSTORED_PATH, XENSTORED_RUNDIR, /var/run/xenstored/socket, then
@@ -19,7 +20,16 @@ struct PVStoreCommand: AsyncParsableCommand {
 struct Output: ParsableArguments {
     @Flag(help: "Print JSON (one document; `watch` prints one per line).")
     var json = false
+
+    @Option(help: ArgumentHelp("Run as a guest of pvhost: attach to its control socket and use this domain's xenstore ring.", valueName: "control-socket"))
+    var pvhost: String?
+
+    @Option(help: "The guest's domain name (with --pvhost).")
+    var name = "pvstore"
 }
+
+/// The guest platform while a command runs with --pvhost (kept alive for the connection).
+nonisolated(unsafe) var guestPlatform: ReferencePlatform?
 
 /// Parses a path argument, or exits with the reason.
 func path(_ text: String) throws -> XenStorePath {
@@ -28,9 +38,21 @@ func path(_ text: String) throws -> XenStorePath {
 
 /// Runs `body` on a client; a xenstore error is printed as `pvstore <command>: <error>` and
 /// exits 1.
-func withStore<T>(_ command: String, _ body: (XenStoreClient) async throws -> T) async throws -> T {
+func withStore<T>(_ command: String, _ output: Output? = nil, _ body: (XenStoreClient) async throws -> T) async throws -> T {
     do {
-        let store = try XenStoreClient.connect()
+        let store: XenStoreClient
+        if let control = output?.pvhost {
+            do {
+                let platform = try ReferencePlatform.attach(socket: control, name: output?.name ?? "pvstore")
+                guestPlatform = platform
+                store = try platform.xenstore()
+            } catch {
+                FileHandle.standardError.write(Data("pvstore \(command): \(error)\n".utf8))
+                throw ExitCode(1)
+            }
+        } else {
+            store = try XenStoreClient.connect()
+        }
         defer { store.close() }
         return try await body(store)
     } catch let error as XenStoreError {
@@ -80,7 +102,7 @@ extension PVStoreCommand {
 
         func run() async throws {
             let checked = try paths.map(path)
-            try await withStore("read") { store in
+            try await withStore("read", output) { store in
                 var nodes: [NodeJSON] = []
                 for p in checked {
                     let value = try await store.read(p)
@@ -105,11 +127,13 @@ extension PVStoreCommand {
             guard !pairs.isEmpty, pairs.count % 2 == 0 else { throw ValidationError("expected PATH VALUE pairs") }
         }
 
+        @OptionGroup var output: Output
+
         func run() async throws {
             var writes: [(XenStorePath, String)] = []
             for i in stride(from: 0, to: pairs.count, by: 2) { writes.append((try path(pairs[i]), pairs[i + 1])) }
             let items = writes
-            try await withStore("write") { store in
+            try await withStore("write", output) { store in
                 try await store.transaction { tx in
                     for (p, value) in items { try await tx.write(p, value) }
                 }
@@ -125,7 +149,7 @@ extension PVStoreCommand {
 
         func run() async throws {
             let p = try pvstore.path(path)
-            try await withStore("list") { store in
+            try await withStore("list", output) { store in
                 let children = try await store.directory(p)
                 let shown = prefix ? children.map { p.rawValue == "/" ? "/" + $0 : p.rawValue + "/" + $0 } : children
                 if output.json { try printJSON(shown) } else { for line in shown { print(line) } }
@@ -142,7 +166,7 @@ extension PVStoreCommand {
 
         func run() async throws {
             let root = try pvstore.path(path)
-            try await withStore("ls") { store in
+            try await withStore("ls", output) { store in
                 var nodes: [NodeJSON] = []
                 try await walk(store, root, depth: 0, into: &nodes)
                 if output.json { try printJSON(nodes) }
@@ -172,9 +196,11 @@ extension PVStoreCommand {
         static let configuration = CommandConfiguration(commandName: "rm", abstract: "Remove nodes and everything below them.")
         @Argument var paths: [String]
 
+        @OptionGroup var output: Output
+
         func run() async throws {
             let checked = try paths.map(path)
-            try await withStore("rm") { store in
+            try await withStore("rm", output) { store in
                 for p in checked { try await store.remove(p) }
             }
         }
@@ -187,7 +213,7 @@ extension PVStoreCommand {
 
         func run() async throws {
             let checked = try paths.map(path)
-            let results = try await withStore("exists") { store in
+            let results = try await withStore("exists", output) { store in
                 var results: [String: Bool] = [:]
                 for p in checked { results[p.rawValue] = try await store.exists(p) }
                 return results
@@ -205,11 +231,13 @@ extension PVStoreCommand {
         @Argument var path: String
         @Argument var permissions: [String]
 
+        @OptionGroup var output: Output
+
         func run() async throws {
             let root = try pvstore.path(path)
             let perms: XenStorePermissions
             do { perms = try XenStorePermissions(permissions.map { try XenStorePermission($0) }) } catch { throw ValidationError("\(error)") }
-            try await withStore("chmod") { store in
+            try await withStore("chmod", output) { store in
                 var queue = [root]
                 while let node = queue.popLast() {
                     try await store.setPermissions(node, perms)
@@ -227,9 +255,11 @@ extension PVStoreCommand {
         static let configuration = CommandConfiguration(abstract: "Create nodes with empty values (nothing if they exist).")
         @Argument var paths: [String]
 
+        @OptionGroup var output: Output
+
         func run() async throws {
             let checked = try paths.map(path)
-            try await withStore("mkdir") { store in
+            try await withStore("mkdir", output) { store in
                 for p in checked { try await store.mkdir(p) }
             }
         }
@@ -244,7 +274,7 @@ extension PVStoreCommand {
 
         func run() async throws {
             let p = try pvstore.path(path)
-            try await withStore("watch") { store in
+            try await withStore("watch", output) { store in
                 var seen = 0
                 for await event in try await store.watch(p, token: p.rawValue) {
                     if output.json { try printJSON(["path": event.path, "token": event.token]) } else { print(event.path) }

@@ -1,4 +1,5 @@
 import SharedMemory
+import Synchronization
 import XenABI
 import XenStore
 
@@ -10,6 +11,8 @@ public final class Toolstack: Sendable {
     public let xenstored: XenStoreDaemon
     /// pvhost's own xenstore connection (dom0, privileged).
     public let store: XenStoreClient
+    /// dom0's end of each guest's xenstore event channel, closed when the guest goes.
+    private let storePorts = Mutex<[DomainID: EventChannelPort]>([:])
 
     public init(hypervisor: Hypervisor, xenstored: XenStoreDaemon, store: XenStoreClient) {
         self.hypervisor = hypervisor
@@ -28,7 +31,7 @@ public final class Toolstack: Sendable {
     }
 
     /// Why the toolstack could not do something.
-    public enum Failure: Error, CustomStringConvertible {
+    public enum Failure: Error, Sendable, CustomStringConvertible {
         case hypervisor(String)
         case store(XenStoreError)
         public var description: String {
@@ -50,7 +53,9 @@ public final class Toolstack: Sendable {
         do {
             domain = try hypervisor.createDomain(name: name, limits: limits)
             (guestPort, guestEnd) = try hypervisor.allocUnbound(domain.id, remote: .dom0)
-            (_, daemonEnd) = try hypervisor.bindInterdomain(.dom0, remote: domain.id, remotePort: guestPort)
+            let daemonPort: EventChannelPort
+            (daemonPort, daemonEnd) = try hypervisor.bindInterdomain(.dom0, remote: domain.id, remotePort: guestPort)
+            storePorts.withLock { $0[domain.id] = daemonPort }
         } catch {
             throw .hypervisor("\(error)")
         }
@@ -84,10 +89,11 @@ public final class Toolstack: Sendable {
                 try await tx.write(XenStorePath("/vm/\(uuid)/uuid"), uuid)
             }
         } catch {
+            closeStorePort(of: domain.id)
             hypervisor.destroyDomain(domain.id)
             throw Self.failure(error)
         }
-        xenstored.attachRing(domain: domain.id, page: domain.page(domain.storeFrame), fromGuest: daemonEnd.delivery,
+        _ = xenstored.attachRing(domain: domain.id, page: domain.page(domain.storeFrame), fromGuest: daemonEnd.delivery,
                              toGuest: daemonEnd.peer, keepAlive: domain,
                              introduce: (gfn: UInt64(domain.storeFrame), port: guestPort))
         return Guest(domain: domain, storePort: guestPort, storeChannel: guestEnd, uuid: uuid)
@@ -99,7 +105,12 @@ public final class Toolstack: Sendable {
     public func destroyDomain(_ id: DomainID) async -> Hypervisor.Reclaimed {
         xenstored.releaseDomain(id)
         try? await store.remove(XenStorePath("/vm/\(Self.uuid(for: id))"))
+        closeStorePort(of: id)
         return hypervisor.destroyDomain(id)
+    }
+
+    private func closeStorePort(of id: DomainID) {
+        if let port = storePorts.withLock({ $0.removeValue(forKey: id) }) { try? hypervisor.closePort(.dom0, port) }
     }
 
     private static func failure(_ error: any Error) -> Failure {

@@ -1,0 +1,146 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import PVHostProtocol
+import SharedMemory
+import XenABI
+
+/// pvhost's control socket: guest processes attach here and become domains; their few
+/// hypercalls (event channels) come here; tools ask for the status. One thread per
+/// connection (there are few). When a guest's connection ends — it exited, crashed or was
+/// killed — its domain is destroyed and everything it held reclaimed.
+public final class ControlServer: @unchecked Sendable {
+    public let path: String
+    public let toolstack: Toolstack
+    private let listener: Int32
+    private let lock = NSLock()
+    private var stopping = false
+    private var connections: [Int32: DomainID?] = [:]
+
+    public init(path: String, toolstack: Toolstack) throws(SystemError) {
+        self.path = path
+        self.toolstack = toolstack
+        listener = try SeqpacketSocket.listen(at: path)
+    }
+
+    deinit {
+        close(listener)
+        unlink(path)
+    }
+
+    /// Accepts connections until ``stop()``; each is served on its own thread.
+    public func run() {
+        while true {
+            var entry = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
+            let ready = poll(&entry, 1, 200)
+            if lock.withLock({ stopping }) { return }
+            guard ready > 0 else { continue }
+            let fd = accept(listener, nil, nil)
+            guard fd >= 0 else { continue }
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            let connection = SeqpacketSocket(adopting: fd)
+            Thread { [self] in serve(connection) }.start()
+        }
+    }
+
+    public func stop() { lock.withLock { stopping = true } }
+
+    /// Runs an async toolstack call from a connection thread.
+    private func blocking<T: Sendable>(_ body: @escaping @Sendable () async -> T) -> T {
+        let box = ResultBox<T>()
+        let done = DispatchSemaphore(value: 0)
+        Task {
+            box.value = await body()
+            done.signal()
+        }
+        done.wait()
+        return box.value!
+    }
+
+    private final class ResultBox<T>: @unchecked Sendable { var value: T? }
+
+    private func serve(_ connection: SeqpacketSocket) {
+        var domain: DomainID?
+        defer {
+            if let domain {
+                let toolstack = self.toolstack
+                _ = blocking { await toolstack.destroyDomain(domain) }
+            }
+        }
+        while let (bytes, descriptors) = try? connection.receive() {
+            for fd in descriptors { close(fd) }  // guests send none
+            guard let request = ControlCoding.decode(ControlRequest.self, bytes) else {
+                try? connection.send(ControlCoding.encode(ControlReply.error("malformed control message (\(bytes.count) bytes): expected a JSON ControlRequest")))
+                continue
+            }
+            let (reply, attached) = handle(request, domain: domain)
+            if case let .attached(info) = reply { domain = DomainID(info.domid) }
+            do {
+                try connection.send(ControlCoding.encode(reply), descriptors: attached.map(\.fileDescriptor))
+            } catch {
+                return
+            }
+            withExtendedLifetime(attached) {}
+        }
+    }
+
+    /// Objects whose descriptors go with a reply (kept alive until it is sent).
+    private struct Attachment { let fileDescriptor: Int32; let owner: AnyObject }
+
+    private func handle(_ request: ControlRequest, domain: DomainID?) -> (ControlReply, [Attachment]) {
+        let hypervisor = toolstack.hypervisor
+        switch request {
+        case let .attach(name, pages):
+            guard domain == nil else { return (.error("this connection is already domain \(domain!.rawValue)"), []) }
+            var wanted = Domain.Limits()
+            if let pages { wanted.pages = max(pages, 16) }
+            let limits = wanted, toolstack = self.toolstack
+            let created: Result<Toolstack.Guest, Toolstack.Failure> = blocking {
+                do throws(Toolstack.Failure) { return .success(try await toolstack.createDomain(name: name, limits: limits)) } catch { return .failure(error) }
+            }
+            switch created {
+            case let .failure(error): return (.error("creating domain \"\(name)\": \(error)"), [])
+            case let .success(guest):
+                let d = guest.domain
+                let info = AttachedDomain(domid: d.id.rawValue, pages: d.pageCount, grantFrames: d.limits.grantFrames,
+                                          storeFrame: d.storeFrame, storePort: guest.storePort.rawValue)
+                return (.attached(info), [Attachment(fileDescriptor: d.memory.fileDescriptor, owner: d.memory),
+                                          Attachment(fileDescriptor: d.grantFrames.fileDescriptor, owner: d.grantFrames),
+                                          Attachment(fileDescriptor: guest.storeChannel.delivery.fileDescriptor, owner: guest.storeChannel.delivery),
+                                          Attachment(fileDescriptor: guest.storeChannel.peer.fileDescriptor, owner: guest.storeChannel.peer)])
+            }
+        case let .allocUnbound(remote):
+            guard let domain else { return (.error("attach first"), []) }
+            do {
+                let (port, end) = try hypervisor.allocUnbound(domain, remote: DomainID(remote))
+                return (.port(port.rawValue), [Attachment(fileDescriptor: end.delivery.fileDescriptor, owner: end.delivery),
+                                               Attachment(fileDescriptor: end.peer.fileDescriptor, owner: end.peer)])
+            } catch {
+                return (.error("\(error)"), [])
+            }
+        case let .bindInterdomain(remote, port):
+            guard let domain else { return (.error("attach first"), []) }
+            do {
+                let (local, end) = try hypervisor.bindInterdomain(domain, remote: DomainID(remote), remotePort: EventChannelPort(port))
+                return (.port(local.rawValue), [Attachment(fileDescriptor: end.delivery.fileDescriptor, owner: end.delivery),
+                                                Attachment(fileDescriptor: end.peer.fileDescriptor, owner: end.peer)])
+            } catch {
+                return (.error("\(error)"), [])
+            }
+        case let .closePort(port):
+            guard let domain else { return (.error("attach first"), []) }
+            do {
+                try hypervisor.closePort(domain, EventChannelPort(port))
+                return (.ok, [])
+            } catch {
+                return (.error("\(error)"), [])
+            }
+        case .status:
+            let s = hypervisor.status
+            return (.status(HostStatus(domains: s.domains.map { .init(domid: $0.id.rawValue, name: $0.name, pages: $0.pages, ports: $0.ports) },
+                                       grantsMapped: s.grantsMapped, grantMapsTotal: s.mapsTotal, grantCopiesTotal: s.copiesTotal,
+                                       notificationsSent: s.notificationsSent)), [])
+        }
+    }
+}

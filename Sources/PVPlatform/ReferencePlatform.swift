@@ -1,0 +1,152 @@
+import Foundation
+import PVHostProtocol
+import SharedMemory
+import Synchronization
+import XenABI
+import XenGrants
+import XenStore
+
+/// A guest of pvhost: attaching over the control socket makes this process a domain. Its
+/// memory and grant table arrive as memfds and are mapped here (pvhost maps the same ones);
+/// grants are written into the shared table with Xen's v1 protocol; event channels are
+/// eventfds pvhost hands over; xenstore is the ring page in this domain's memory. The control
+/// socket carries only the attach and event-channel "hypercalls".
+public final class ReferencePlatform: PVPlatform, @unchecked Sendable {
+    public let domain: DomainID
+    public let info: AttachedDomain
+    public let memory: SharedMemoryRegion
+    public let grantFrames: SharedMemoryRegion
+    public let grants: SharedGrantTable
+    private let control: SeqpacketSocket
+    private let controlLock = NSLock()
+    private let storeDelivery: EventFD
+    private let storePeer: EventFD
+
+    private struct Allocation {
+        var freeFrames: [Int]
+        var freeRefs: [UInt32]
+    }
+    private let allocation: Mutex<Allocation>
+
+    /// Attaches to pvhost at `socket` as a new domain called `name`.
+    public static func attach(socket: String, name: String, pages: Int? = nil) throws(PlatformError) -> ReferencePlatform {
+        let control: SeqpacketSocket
+        do { control = try SeqpacketSocket.connect(to: socket) } catch { throw .connection("\(error)") }
+        let (reply, descriptors) = try exchange(control, .attach(name: name, pages: pages))
+        guard case let .attached(info) = reply, descriptors.count == 4 else {
+            for fd in descriptors { close(fd) }
+            if case let .error(why) = reply { throw .refused(why) }
+            throw .connection("unexpected reply to attach")
+        }
+        do {
+            let memory = try SharedMemoryRegion(mapping: descriptors[0], byteCount: info.pages * XenPage.size)
+            let grantFrames = try SharedMemoryRegion(mapping: descriptors[1], byteCount: info.grantFrames * XenPage.size)
+            return ReferencePlatform(control: control, info: info, memory: memory, grantFrames: grantFrames,
+                                     storeDelivery: EventFD(adopting: descriptors[2]), storePeer: EventFD(adopting: descriptors[3]))
+        } catch {
+            throw .connection("mapping the domain's memory: \(error)")
+        }
+    }
+
+    private init(control: SeqpacketSocket, info: AttachedDomain, memory: SharedMemoryRegion, grantFrames: SharedMemoryRegion,
+                 storeDelivery: EventFD, storePeer: EventFD) {
+        self.control = control
+        self.info = info
+        domain = DomainID(info.domid)
+        self.memory = memory
+        self.grantFrames = grantFrames
+        grants = SharedGrantTable(base: grantFrames.baseAddress, frames: info.grantFrames)
+        self.storeDelivery = storeDelivery
+        self.storePeer = storePeer
+        let frames = (0..<info.pages).filter { $0 != info.storeFrame }
+        let refs = (UInt32(GrantTable.reservedEntries)..<UInt32(grants.count))
+        allocation = Mutex(Allocation(freeFrames: frames.reversed(), freeRefs: refs.reversed()))
+    }
+
+    private static func exchange(_ control: SeqpacketSocket, _ request: ControlRequest) throws(PlatformError) -> (ControlReply, [Int32]) {
+        do {
+            try control.send(ControlCoding.encode(request))
+            guard let (bytes, descriptors) = try control.receive() else { throw PlatformError.connection("pvhost closed the control socket") }
+            guard let reply = ControlCoding.decode(ControlReply.self, bytes) else {
+                for fd in descriptors { close(fd) }
+                throw PlatformError.connection("malformed reply")
+            }
+            return (reply, descriptors)
+        } catch let error as PlatformError {
+            throw error
+        } catch {
+            throw .connection("\(error)")
+        }
+    }
+
+    private func call(_ request: ControlRequest) throws(PlatformError) -> (ControlReply, [Int32]) {
+        controlLock.lock()
+        defer { controlLock.unlock() }
+        return try Self.exchange(control, request)
+    }
+
+    // MARK: PVPlatform
+
+    public func grantPage(to peer: DomainID, readOnly: Bool) throws(PlatformError) -> SharedPage {
+        let taken: (Int, UInt32)? = allocation.withLock { a in
+            guard let frame = a.freeFrames.popLast() else { return nil }
+            guard let ref = a.freeRefs.popLast() else { a.freeFrames.append(frame); return nil }
+            return (frame, ref)
+        }
+        guard let (frame, ref) = taken else { throw .exhausted("pages or grant references") }
+        let address = memory.baseAddress + frame * XenPage.size
+        address.initializeMemory(as: UInt8.self, repeating: 0, count: XenPage.size)  // never leak old data
+        grants.grant(GrantRef(ref), to: peer, frame: UInt32(frame), readOnly: readOnly)
+        return SharedPage(ref: GrantRef(ref), frame: frame, address: address)
+    }
+
+    public func revoke(_ page: SharedPage) -> Bool {
+        guard grants.revoke(page.ref) else { return false }
+        allocation.withLock { a in
+            a.freeFrames.append(page.frame)
+            a.freeRefs.append(page.ref.rawValue)
+        }
+        return true
+    }
+
+    private func channel(_ reply: ControlReply, _ descriptors: [Int32]) throws(PlatformError) -> EventChannel {
+        guard case let .port(port) = reply, descriptors.count == 2 else {
+            for fd in descriptors { close(fd) }
+            if case let .error(why) = reply { throw .refused(why) }
+            throw .connection("unexpected reply")
+        }
+        return EventChannel(port: EventChannelPort(port), delivery: EventFD(adopting: descriptors[0]), peer: EventFD(adopting: descriptors[1])) { [weak self] port in
+            _ = try? self?.call(.closePort(port.rawValue))
+        }
+    }
+
+    public func allocateUnboundPort(remote: DomainID) throws(PlatformError) -> EventChannel {
+        let (reply, descriptors) = try call(.allocUnbound(remote: remote.rawValue))
+        return try channel(reply, descriptors)
+    }
+
+    public func bindInterdomain(remote: DomainID, port: EventChannelPort) throws(PlatformError) -> EventChannel {
+        let (reply, descriptors) = try call(.bindInterdomain(remote: remote.rawValue, port: port.rawValue))
+        return try channel(reply, descriptors)
+    }
+
+    public func xenstore() throws(PlatformError) -> XenStoreClient {
+        let page = memory.baseAddress + info.storeFrame * XenPage.size
+        do {
+            return XenStoreClient(transport: try XenStoreRingTransport(page: page, incoming: storeDelivery, outgoing: storePeer,
+                                                                        name: "domain \(domain.rawValue)'s xenstore ring", keepAlive: memory))
+        } catch {
+            throw .connection("\(error)")
+        }
+    }
+
+    /// pvhost's state (any connection may ask).
+    public static func status(socket: String) throws(PlatformError) -> HostStatus {
+        let control: SeqpacketSocket
+        do { control = try SeqpacketSocket.connect(to: socket) } catch { throw .connection("\(error)") }
+        let (reply, descriptors) = try exchange(control, .status)
+        for fd in descriptors { close(fd) }
+        guard case let .status(status) = reply else { throw .connection("unexpected reply to status") }
+        return status
+    }
+}

@@ -1,0 +1,134 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import Testing
+import XenABI
+import XenStore
+
+/// pvhost as its own process with guest processes attached over the control socket: each
+/// guest is a real process mapping its own memory memfd and talking xenstore over its ring.
+@Suite("pvhost with guest processes", .serialized)
+struct GuestProcessTests {
+    final class PVHostProcess {
+        let directory: String
+        let process = Process()
+        var control: String { directory + "/control" }
+        var xenstore: String { directory + "/xs" }
+        static var binaries: URL {
+            let me = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+            return URL(fileURLWithPath: me).deletingLastPathComponent()
+        }
+
+        init() throws {
+            directory = NSTemporaryDirectory() + "pvkit-pvhost-\(UUID().uuidString.prefix(8))"
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            process.executableURL = Self.binaries.appendingPathComponent("pvhost")
+            process.arguments = ["run", "--control", directory + "/control", "--xenstore", directory + "/xs"]
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            for _ in 0..<200 where !FileManager.default.fileExists(atPath: directory + "/control") { usleep(10_000) }
+            try #require(FileManager.default.fileExists(atPath: directory + "/control"), "pvhost made no control socket")
+        }
+
+        /// Starts `pvstore ARGS --pvhost CONTROL --name NAME`.
+        func guest(_ name: String, _ arguments: [String]) throws -> (Process, Pipe) {
+            let guest = Process()
+            guest.executableURL = Self.binaries.appendingPathComponent("pvstore")
+            guest.arguments = arguments + ["--pvhost", control, "--name", name]
+            let pipe = Pipe()
+            guest.standardOutput = pipe
+            guest.standardError = pipe
+            try guest.run()
+            return (guest, pipe)
+        }
+
+        func run(_ name: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
+            let (guest, pipe) = try self.guest(name, arguments)
+            let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            guest.waitUntilExit()
+            return (guest.terminationStatus, output)
+        }
+
+        func dom0() throws -> XenStoreClient { try XenStoreClient.connect(XenStoreLocation(environment: ["XENSTORED_PATH": xenstore])) }
+
+        func count(_ what: String) -> Int {
+            let pid = process.processIdentifier
+            if what == "fd" { return (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? -1 }
+            return ((try? String(contentsOfFile: "/proc/\(pid)/maps", encoding: .utf8)) ?? "").split(separator: "\n").filter { $0.contains("pvhost-dom") }.count
+        }
+
+        deinit {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+            try? FileManager.default.removeItem(atPath: directory)
+        }
+    }
+
+    /// Waits until `condition` holds (5 s at most).
+    func eventually(_ condition: () async throws -> Bool) async throws -> Bool {
+        for _ in 0..<500 {
+            if try await condition() { return true }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        return false
+    }
+
+    @Test("a guest process is a domain: it reads its own nodes, writes its data, cannot read another guest's")
+    func identity() async throws {
+        let host = try PVHostProcess()
+        let (watcher, _) = try host.guest("alpha", ["watch", "data"])
+        defer { kill(watcher.processIdentifier, SIGKILL); watcher.waitUntilExit() }
+        let dom0 = try host.dom0()
+        #expect(try await eventually { try await dom0.directory("/local/domain").count == 1 })
+        let alpha = try await dom0.directory("/local/domain")[0]
+        #expect(try await dom0.readString(XenStorePath("/local/domain/\(alpha)/name")) == "alpha")
+        let beta = try host.run("beta", ["read", "name", "domid"])
+        #expect(beta.status == 0 && beta.output.hasPrefix("beta\n"), "\(beta)")
+        let snoop = try host.run("beta", ["read", "/local/domain/\(alpha)/name"])
+        #expect(snoop.status == 1 && snoop.output.contains("EACCES"), "\(snoop)")
+        #expect(try host.run("beta", ["write", "data/x", "1"]).status == 0)
+        let status = try host.run("beta", ["write", "/local/domain/\(alpha)/data/x", "1"])
+        #expect(status.status == 1 && status.output.contains("EACCES"))
+        // pvhost status names the live guest.
+        let pvhost = Process()
+        pvhost.executableURL = PVHostProcess.binaries.appendingPathComponent("pvhost")
+        pvhost.arguments = ["status", "--control", host.control]
+        let pipe = Pipe()
+        pvhost.standardOutput = pipe
+        try pvhost.run()
+        let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        pvhost.waitUntilExit()
+        #expect(text.contains("alpha") && !text.contains("beta"), "beta exited and was reclaimed: \(text)")
+    }
+
+    @Test("100 guests killed with SIGKILL mid-watch: no fd, mapping, domain or node left behind")
+    func killedGuests() async throws {
+        let host = try PVHostProcess()
+        let dom0 = try host.dom0()
+        let released = try await dom0.watch(.releaseDomain, skipInitial: true)
+        // One round first, so lazily created things (threads, buffers) exist before counting.
+        func round(_ i: Int) async throws {
+            let (guest, _) = try host.guest("victim-\(i)", ["watch", "data"])
+            #expect(try await eventually { try await dom0.directory("/local/domain").count == 1 }, "guest \(i) attached")
+            // Some I/O in flight from dom0 to the guest's watch.
+            let domid = try await dom0.directory("/local/domain")[0]
+            try await dom0.write(XenStorePath("/local/domain/\(domid)/data/ping"), "\(i)")
+            kill(guest.processIdentifier, SIGKILL)
+            guest.waitUntilExit()
+            #expect(try await eventually { try await dom0.directory("/local/domain").isEmpty }, "guest \(i) reclaimed")
+        }
+        try await round(0)
+        let fds = host.count("fd"), maps = host.count("maps")
+        #expect(maps == 0, "no domain memory stays mapped")
+        for i in 1...100 { try await round(i) }
+        #expect(host.count("fd") == fds, "file descriptors: \(fds) before, \(host.count("fd")) after")
+        #expect(host.count("maps") == 0)
+        var events = released.makeAsyncIterator()
+        var seen = 0
+        while seen < 101, await events.next() != nil { seen += 1 }
+        #expect(seen == 101, "@releaseDomain for every guest")
+        #expect(try await dom0.directory("/vm").isEmpty)
+    }
+}
