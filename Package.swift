@@ -117,7 +117,7 @@ let package = Package(
         .executableTarget(name: "xenstore-bench", dependencies: ["XenStore", "XenABI"], path: "Benchmarks/XenStoreBench", swiftSettings: strictSwift),
 
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "XenABI"], swiftSettings: strictSwift),
-        .testTarget(name: "PVHostTests", dependencies: ["PVHost", "XenStore", "XenABI", "XenGrants", "XenBus", "SharedMemory"], swiftSettings: strictSwift),
+        .testTarget(name: "PVHostTests", dependencies: ["PVHost", "PVPlatform", "XenStore", "XenABI", "XenGrants", "XenBus", "SharedMemory"], swiftSettings: strictSwift),
         .testTarget(
             name: "KernelAuditTests",
             dependencies: ["KernelAudit", "XenABI", "SharedMemory"],

@@ -1,0 +1,80 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import PVHost
+import PVPlatform
+import Testing
+import XenABI
+import XenStore
+
+/// A guest on ReferencePlatform (memfds and eventfds received over the control socket) with
+/// pvhost in the same process acting as the backend: grants, revokes, event channels.
+@Suite("PVPlatform.Reference against pvhost", .serialized)
+struct ReferencePlatformTests {
+    final class Host: @unchecked Sendable {
+        let tools: ToolstackTests.Host
+        let server: ControlServer
+        let thread: Thread
+        var control: String { tools.directory + "/control" }
+
+        init() throws {
+            tools = try ToolstackTests.Host()
+            server = try ControlServer(path: tools.directory + "/control", toolstack: tools.toolstack)
+            let server = self.server
+            thread = Thread { server.run() }
+            thread.start()
+        }
+
+        deinit {
+            server.stop()
+            while !thread.isFinished { usleep(1000) }
+        }
+    }
+
+    @Test("a granted page: the backend maps it and writes, the guest sees it; revoke is refused until unmapped; pages come zeroed")
+    func grants() async throws {
+        let host = try Host()
+        let guest = try ReferencePlatform.attach(socket: host.control, name: "g")
+        let hv = host.tools.hypervisor
+        let page = try guest.grantPage(to: .dom0, readOnly: false)
+        #expect(page.ref.rawValue >= 8, "refs 0–7 are reserved")
+        page.address.storeBytes(of: 0xAB, as: UInt8.self)
+        let mapping = try hv.mapGrant(page.ref, of: guest.domain, by: .dom0, writable: true)
+        #expect(mapping.page.load(as: UInt8.self) == 0xAB)
+        mapping.page.storeBytes(of: 0xCD, toByteOffset: 1, as: UInt8.self)
+        #expect(page.address.load(fromByteOffset: 1, as: UInt8.self) == 0xCD, "one page, two mappings, two processes' worth")
+        #expect(!guest.revoke(page), "mapped: revoke refused, page kept")
+        try hv.unmapGrant(mapping.handle, by: .dom0)
+        #expect(guest.revoke(page))
+        #expect(throws: GrantStatus.generalError) { _ = try hv.mapGrant(page.ref, of: guest.domain, by: .dom0, writable: false) }
+        // Read-only grants refuse a writable map; a reused page comes zeroed.
+        let readOnly = try guest.grantPage(to: .dom0, readOnly: true)
+        #expect(readOnly.address.load(fromByteOffset: 1, as: UInt8.self) == 0)
+        #expect(throws: GrantStatus.generalError) { _ = try hv.mapGrant(readOnly.ref, of: guest.domain, by: .dom0, writable: true) }
+        // A grant to another domain is not dom0's to map.
+        let elsewhere = try guest.grantPage(to: DomainID(42), readOnly: false)
+        #expect(throws: GrantStatus.generalError) { _ = try hv.mapGrant(elsewhere.ref, of: guest.domain, by: .dom0, writable: false) }
+    }
+
+    @Test("event channels across the control socket: alloc-unbound, the backend binds, notifications both ways, close")
+    func events() async throws {
+        let host = try Host()
+        let guest = try ReferencePlatform.attach(socket: host.control, name: "g")
+        let hv = host.tools.hypervisor
+        let channel = try guest.allocateUnboundPort(remote: .dom0)
+        let (backendPort, backendEnd) = try hv.bindInterdomain(.dom0, remote: guest.domain, remotePort: channel.port)
+        try hv.notify(.dom0, backendPort)
+        #expect(await channel.wait() == 1)
+        channel.notify()
+        #expect(backendEnd.delivery.isPending)
+        #expect(channel.notificationsSent == 1 && channel.wakeups == 1)
+        channel.close()
+        guard case .unbound = try hv.port(.dom0, backendPort).state else { Issue.record("the backend's port should be unbound"); return }
+        // Binding to a port nobody offered is refused, with pvhost's reason.
+        #expect(throws: PlatformError.self) { _ = try guest.bindInterdomain(remote: .dom0, port: EventChannelPort(999)) }
+        // The guest's xenstore works next to it.
+        let store = try guest.xenstore()
+        #expect(try await store.readString("name") == "g")
+    }
+}
