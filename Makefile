@@ -25,6 +25,8 @@ demo: deps
 	  [ -f "$$k" ] && echo "== pvcheck --fixes --symbols on $$k" && .build/release/pvcheck --fixes --symbols "$$k"; done; true
 	@echo "== pvhost xenstored with pvstore (a dom0 session on a private socket)"
 	@scripts/demo-xenstore.sh .build/release
+	@echo "== pvhost with two guest processes, pvhost status, a guest killed and reclaimed"
+	@scripts/demo-pvhost.sh .build/release
 	@echo "== Xen ABI facts and a short ring benchmark"
 	.build/release/ring-bench abi
 	.build/release/ring-bench run --quick
@@ -49,6 +51,7 @@ bench:
 	.build/release/ring-bench run
 	.build/release/pvcheck-bench
 	.build/release/xenstore-bench
+	.build/release/pvhost-bench
 
 # Regenerates fixtures/ from fixtures/generate.py (needs gzip, bzip2, xz, lzop, lz4, zstd).
 fixtures:

@@ -25,6 +25,7 @@ let package = Package(
         .executable(name: "ring-bench-c", targets: ["ring-bench-c"]),
         .executable(name: "pvcheck-bench", targets: ["pvcheck-bench"]),
         .executable(name: "xenstore-bench", targets: ["xenstore-bench"]),
+        .executable(name: "pvhost-bench", targets: ["pvhost-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
@@ -115,6 +116,8 @@ let package = Package(
         .executableTarget(name: "pvcheck-bench", dependencies: ["KernelAudit"], path: "Benchmarks/PVCheckBench", swiftSettings: strictSwift),
         // Our xenstored against Xen's C xenstored, same client load, side by side.
         .executableTarget(name: "xenstore-bench", dependencies: ["XenStore", "XenABI"], path: "Benchmarks/XenStoreBench", swiftSettings: strictSwift),
+        // pvhost's grant and event-channel operations; event round trip against bare eventfds.
+        .executableTarget(name: "pvhost-bench", dependencies: ["PVHost", "XenGrants", "SharedMemory", "XenABI"], path: "Benchmarks/PVHostBench", swiftSettings: strictSwift),
 
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "XenABI"], swiftSettings: strictSwift),
         .testTarget(name: "PVHostTests", dependencies: ["PVHost", "PVPlatform", "XenStore", "XenABI", "XenGrants", "XenBus", "SharedMemory"], swiftSettings: strictSwift),
