@@ -29,11 +29,21 @@ struct PVHostCommand: ParsableCommand {
                 On SIGINT/SIGTERM every guest is told to power off (control/shutdown) and given --grace seconds.
                 """)
 
+        @Argument(help: ArgumentHelp("A JSON file naming the domains that may attach and their limits (without it any name may attach, with default limits).", valueName: "config"), completion: .file())
+        var configPath: String?
+
         @Option(help: "The control socket guests attach to.") var control: String = "/run/pvhost/control"
         @Option(help: "The xenstored socket for dom0 tools.") var xenstore: String = "/run/pvhost/xenstored"
         @Option(help: "Seconds guests get to detach after being told to power off.") var grace: Double = 2
 
         func run() throws {
+            var config: PVHostConfig?
+            if let configPath {
+                do { config = try PVHostConfig.load(configPath) } catch {
+                    FileHandle.standardError.write(Data("pvhost run: \(error)\n".utf8))
+                    throw ExitCode(2)
+                }
+            }
             for path in [control, xenstore] {
                 try? FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
             }
@@ -46,7 +56,7 @@ struct PVHostCommand: ParsableCommand {
                 Thread { daemon.run() }.start()
                 let store = try XenStoreClient.connect(XenStoreLocation(environment: ["XENSTORED_PATH": xenstore]))
                 toolstack = Toolstack(hypervisor: Hypervisor(), xenstored: daemon, store: store)
-                server = try ControlServer(path: control, toolstack: toolstack)
+                server = try ControlServer(path: control, toolstack: toolstack, config: config)
             } catch {
                 FileHandle.standardError.write(Data("pvhost run: \(error)\n".utf8))
                 throw ExitCode(1)

@@ -20,11 +20,16 @@ struct GuestProcessTests {
             return URL(fileURLWithPath: me).deletingLastPathComponent()
         }
 
-        init() throws {
+        init(config: String? = nil) throws {
             directory = NSTemporaryDirectory() + "pvkit-pvhost-\(UUID().uuidString.prefix(8))"
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             process.executableURL = Self.binaries.appendingPathComponent("pvhost")
-            process.arguments = ["run", "--control", directory + "/control", "--xenstore", directory + "/xs"]
+            var arguments = ["run", "--control", directory + "/control", "--xenstore", directory + "/xs", "--grace", "3"]
+            if let config {
+                try config.write(toFile: directory + "/config.json", atomically: true, encoding: .utf8)
+                arguments.append(directory + "/config.json")
+            }
+            process.arguments = arguments
             process.standardOutput = FileHandle.nullDevice
             process.standardError = FileHandle.nullDevice
             try process.run()
@@ -130,5 +135,34 @@ struct GuestProcessTests {
         while seen < 101, await events.next() != nil { seen += 1 }
         #expect(seen == 101, "@releaseDomain for every guest")
         #expect(try await dom0.directory("/vm").isEmpty)
+    }
+
+    @Test("with a configuration: named domains get their limits; other names and a second alpha are refused")
+    func configured() async throws {
+        let host = try PVHostProcess(config: #"{"domains": [{"name": "alpha", "pages": 512}]}"#)
+        let (alpha, _) = try host.guest("alpha", ["watch", "data"])
+        defer { kill(alpha.processIdentifier, SIGKILL); alpha.waitUntilExit() }
+        let dom0 = try host.dom0()
+        #expect(try await eventually { try await dom0.directory("/local/domain").count == 1 })
+        let id = try await dom0.directory("/local/domain")[0]
+        #expect(try await dom0.readString(XenStorePath("/local/domain/\(id)/memory/static-max")) == "2048", "512 pages of 4 KiB")
+        let stranger = try host.run("mallory", ["read", "name"])
+        #expect(stranger.status == 1 && stranger.output.contains("no domain named \"mallory\""), "\(stranger)")
+        let twin = try host.run("alpha", ["read", "name"])
+        #expect(twin.status == 1 && twin.output.contains("already running"), "\(twin)")
+    }
+
+    @Test("SIGTERM: every guest is told control/shutdown = poweroff, then pvhost exits")
+    func shutdown() async throws {
+        let host = try PVHostProcess()
+        let (guest, pipe) = try host.guest("alpha", ["watch", "--count", "2", "control/shutdown"])
+        let dom0 = try host.dom0()
+        #expect(try await eventually { try await dom0.directory("/local/domain").count == 1 })
+        try await Task.sleep(for: .milliseconds(200))  // the watch is registered
+        kill(host.process.processIdentifier, SIGTERM)
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        guest.waitUntilExit()
+        #expect(guest.terminationStatus == 0 && output == "control/shutdown\ncontrol/shutdown\n", "\(output)")
+        #expect(try await eventually { !host.process.isRunning }, "pvhost exits after telling its guests")
     }
 }

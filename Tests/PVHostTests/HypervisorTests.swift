@@ -6,6 +6,7 @@ import SharedMemory
 import Testing
 import XenABI
 import XenGrants
+import Foundation
 
 /// The hypervisor's grant tables and event channels, driven as a guest and a backend would:
 /// the guest writes its own grant table through its own mapping of the frames.
@@ -140,5 +141,35 @@ struct HypervisorTests {
         // The backend's stale mapping value still points at memory that is mapped.
         mapping.page.storeBytes(of: 1, as: UInt8.self)
         guard case .unbound = try hv.port(.dom0, backendPort).state else { Issue.record("the backend's port should be unbound"); return }
+    }
+}
+
+@Suite("pvhost configuration")
+struct PVHostConfigTests {
+    @Test("a valid file: names and limits")
+    func valid() throws {
+        let config = try PVHostConfig.parse(Data(#"{"domains": [{"name": "alpha", "pages": 512, "grantFrames": 8}, {"name": "beta"}]}"#.utf8))
+        #expect(config.domain(named: "alpha")?.limits.pages == 512)
+        #expect(config.domain(named: "alpha")?.limits.grantFrames == 8)
+        #expect(config.domain(named: "beta")?.limits == Domain.Limits())
+        #expect(config.domain(named: "gamma") == nil)
+    }
+
+    @Test("refusals name the entry and the rule", arguments: [
+        (#"{"domains": [{"name": "a b"}]}"#, "letters, digits"),
+        (#"{"domains": [{"name": "a"}, {"name": "a"}]}"#, "appears twice"),
+        (#"{"domains": [{"name": "a", "pages": 1}]}"#, "pages 1"),
+        (#"{"domains": [{"name": "a", "grantFrames": 0}]}"#, "grantFrames 0"),
+        (#"{"domains": [{"name": "a", "eventChannels": 99999}]}"#, "eventChannels 99999"),
+        (#"{"domain": []}"#, "not a pvhost configuration"),
+        ("not json", "not a pvhost configuration"),
+    ])
+    func invalid(text: String, reason: String) {
+        #expect {
+            _ = try PVHostConfig.parse(Data(text.utf8), source: "test.json")
+        } throws: { error in
+            let message = (error as? PVHostConfig.Invalid)?.description ?? ""
+            return message.hasPrefix("test.json") && message.contains(reason)
+        }
     }
 }

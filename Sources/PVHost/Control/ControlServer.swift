@@ -13,14 +13,17 @@ import XenABI
 public final class ControlServer: @unchecked Sendable {
     public let path: String
     public let toolstack: Toolstack
+    /// With a configuration, only its domains may attach, with its limits.
+    public let config: PVHostConfig?
     private let listener: Int32
     private let lock = NSLock()
     private var stopping = false
     private var connections: [Int32: DomainID?] = [:]
 
-    public init(path: String, toolstack: Toolstack) throws(SystemError) {
+    public init(path: String, toolstack: Toolstack, config: PVHostConfig? = nil) throws(SystemError) {
         self.path = path
         self.toolstack = toolstack
+        self.config = config
         listener = try SeqpacketSocket.listen(at: path)
     }
 
@@ -94,7 +97,17 @@ public final class ControlServer: @unchecked Sendable {
         case let .attach(name, pages):
             guard domain == nil else { return (.error("this connection is already domain \(domain!.rawValue)"), []) }
             var wanted = Domain.Limits()
-            if let pages { wanted.pages = max(pages, 16) }
+            if let config {
+                guard let entry = config.domain(named: name) else {
+                    return (.error("no domain named \"\(name)\" in pvhost's configuration (known: \(config.domains.map(\.name).joined(separator: ", ")))"), [])
+                }
+                guard !toolstack.hypervisor.domains.contains(where: { $0.name == name }) else {
+                    return (.error("domain \"\(name)\" is already running"), [])
+                }
+                wanted = entry.limits
+            } else if let pages {
+                wanted.pages = max(pages, 16)
+            }
             let limits = wanted, toolstack = self.toolstack
             let created: Result<Toolstack.Guest, Toolstack.Failure> = blocking {
                 do throws(Toolstack.Failure) { return .success(try await toolstack.createDomain(name: name, limits: limits)) } catch { return .failure(error) }

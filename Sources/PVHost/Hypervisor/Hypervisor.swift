@@ -18,6 +18,13 @@ public final class Hypervisor: @unchecked Sendable {
         var maps = 0
     }
     private let state = Mutex(State())
+    private let destroyObservers = Mutex<[@Sendable (DomainID) -> Void]>([])
+
+    /// Calls `body` when a domain is being destroyed, before its grants are force-unmapped:
+    /// backends disconnect its devices and unmap what they hold.
+    public func onDomainDestroyed(_ body: @escaping @Sendable (DomainID) -> Void) {
+        destroyObservers.withLock { $0.append(body) }
+    }
 
     public init() {
         state.withLock { $0.events.addDomain(.dom0, limit: 4096) }
@@ -59,7 +66,8 @@ public final class Hypervisor: @unchecked Sendable {
     /// domain's memory), every port closed (peers' ports become unbound).
     @discardableResult
     public func destroyDomain(_ id: DomainID) -> Reclaimed {
-        state.withLock { s in
+        for observer in destroyObservers.withLock({ $0 }) { observer(id) }
+        return state.withLock { s in
             var reclaimed = Reclaimed()
             let dying = s.domains[id]
             for handle in s.grants.handles(mappedBy: id) {
