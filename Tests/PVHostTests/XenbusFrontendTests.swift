@@ -99,4 +99,33 @@ struct XenbusFrontendTests {
         await #expect(throws: XenbusFrontendError.removed("device/vbd/768/state")) { try await frontend.switchState(.closed) }
         #expect(try await !host.toolstack.store.exists(XenStorePath("/local/domain/\(guest.domain.id.rawValue)/device/vbd/768")))
     }
+
+    @Test("the backend restarts: the frontend closes, then a new run walks Closed → Initialising → publish → Connected again")
+    func backendRestart() async throws {
+        let host = try ToolstackTests.Host()
+        let guest = try await host.toolstack.createDomain(name: "g")
+        let device = Toolstack.Device(type: "vif", frontend: guest.domain.id, devid: 0)
+        try await host.toolstack.addDevice(device)
+        let dom0 = host.toolstack.store
+        let recorder = Recorder()
+        let frontend = XenbusFrontend(store: try host.client(for: guest), type: "vif", id: 0, driver: Driver(recorder: recorder), connectsDirectly: true)
+        let first = Task { try await frontend.run() }
+        try await dom0.write(XenStorePath(device.backendPath + "/state"), "2")
+        #expect(try await wait(dom0, device.frontendPath + "/state", "4"), "netfront publishes straight to Connected")
+        try await dom0.write(XenStorePath(device.backendPath + "/state"), "4")
+        // The backend dies and comes back: Closed, then Initialising, InitWait.
+        try await dom0.write(XenStorePath(device.backendPath + "/state"), "6")
+        try await first.value
+        #expect(try await dom0.readString(XenStorePath(device.frontendPath + "/state")) == "6")
+        let second = Task { try await frontend.run() }
+        try await dom0.write(XenStorePath(device.backendPath + "/state"), "1")
+        try await dom0.write(XenStorePath(device.backendPath + "/state"), "2")
+        #expect(try await wait(dom0, device.frontendPath + "/state", "4"), "connected again")
+        try await dom0.write(XenStorePath(device.backendPath + "/state"), "5")
+        try await second.value
+        // A refresh may come between (when the frontend saw the backend's Connected before it
+        // closed): it is not part of what is checked.
+        let calls = await recorder.calls.filter { $0 != "refresh" }
+        #expect(calls == ["publish", "disconnect", "publish", "disconnect"], "\(calls)")
+    }
 }
