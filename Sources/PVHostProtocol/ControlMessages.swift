@@ -15,6 +15,17 @@ public enum ControlRequest: Codable, Sendable, Equatable {
     case bindInterdomain(remote: UInt16, port: UInt32)
     /// `EVTCHNOP_close`.
     case closePort(UInt32)
+    /// `GNTTABOP_map_grant_ref` by a guest backend: `granter`'s `ref`. Reply:
+    /// ``ControlReply/mapped(handle:frame:)`` with one descriptor, the granter's memory, to map
+    /// at `frame × 4096` (one page).
+    case mapGrant(granter: UInt16, ref: UInt32, writable: Bool)
+    /// `GNTTABOP_unmap_grant_ref` (unmap the page first).
+    case unmapGrant(handle: UInt32)
+    /// `GNTTABOP_copy`: pvhost copies `length` bytes between `granter`'s granted page (at
+    /// `offset`) and the caller's own frame (at `localOffset`); nothing crosses the socket.
+    case copyGrant(granter: UInt16, ref: UInt32, offset: Int, localFrame: Int, localOffset: Int, length: Int, toGrant: Bool)
+    /// This domain's start info again.
+    case domainInfo
     /// The host's state, for `pvhost status`.
     case status
 }
@@ -23,6 +34,9 @@ public enum ControlRequest: Codable, Sendable, Equatable {
 public enum ControlReply: Codable, Sendable, Equatable {
     case attached(AttachedDomain)
     case port(UInt32)
+    case mapped(handle: UInt32, frame: UInt32)
+    /// A grant operation refused, with Xen's `GNTST_*` value and name.
+    case grantStatus(Int16, String)
     case ok
     case status(HostStatus)
     /// What failed, where, and what to do.

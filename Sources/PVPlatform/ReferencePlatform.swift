@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import PVHostProtocol
 import SharedMemory
 import Synchronization
@@ -138,6 +141,82 @@ public final class ReferencePlatform: PVPlatform, @unchecked Sendable {
         } catch {
             throw .connection("\(error)")
         }
+    }
+
+    // MARK: Backend hypercalls (a guest that serves other guests)
+
+    /// Another domain's granted page, mapped here. Unmap it with ``unmapGrant(_:)``.
+    public struct MappedGrant: @unchecked Sendable {
+        public let handle: UInt32
+        public let frame: UInt32
+        /// The page (4 KiB), shared with the granting domain.
+        public let address: UnsafeMutableRawPointer
+    }
+
+    /// Why a grant operation was refused: Xen's status.
+    public struct GrantRefused: Error, Equatable, CustomStringConvertible {
+        public let status: GrantStatus
+        public init(status: GrantStatus) { self.status = status }
+        public var description: String { "grant operation refused: \(status) (GNTST \(status.rawValue))" }
+    }
+
+    private func grantCall(_ request: ControlRequest) throws(PlatformError) -> (ControlReply, [Int32]) {
+        try call(request)
+    }
+
+    /// `GNTTABOP_map_grant_ref`: maps `granter`'s `ref` (pvhost checks the grant names this
+    /// domain, is writable if asked, and pins it).
+    public func mapGrant(from granter: DomainID, ref: GrantRef, writable: Bool) throws -> MappedGrant {
+        let (reply, descriptors) = try grantCall(.mapGrant(granter: granter.rawValue, ref: ref.rawValue, writable: writable))
+        defer { for fd in descriptors { close(fd) } }
+        switch reply {
+        case let .mapped(handle, frame) where descriptors.count == 1:
+            let protection = PROT_READ | (writable ? PROT_WRITE : 0)
+            let address = mmap(nil, XenPage.size, protection, MAP_SHARED, descriptors[0], off_t(Int(frame) * XenPage.size))
+            guard let address, address != MAP_FAILED else {
+                _ = try? grantCall(.unmapGrant(handle: handle))
+                throw PlatformError.connection("mapping the granted page: \(String(cString: strerror(errno)))")
+            }
+            return MappedGrant(handle: handle, frame: frame, address: address)
+        case let .grantStatus(value, _):
+            throw GrantRefused(status: GrantStatus(rawValue: value) ?? .generalError)
+        case let .error(why):
+            throw PlatformError.refused(why)
+        default:
+            throw PlatformError.connection("unexpected reply to map")
+        }
+    }
+
+    /// `GNTTABOP_unmap_grant_ref`: unmaps the page here, then lets pvhost unpin it.
+    public func unmapGrant(_ mapping: MappedGrant) throws {
+        munmap(mapping.address, XenPage.size)
+        let (reply, descriptors) = try grantCall(.unmapGrant(handle: mapping.handle))
+        for fd in descriptors { close(fd) }
+        if case let .grantStatus(value, _) = reply { throw GrantRefused(status: GrantStatus(rawValue: value) ?? .generalError) }
+    }
+
+    /// `GNTTABOP_copy`: pvhost copies between `granter`'s grant and this domain's `frame`.
+    public func copyGrant(from granter: DomainID, ref: GrantRef, offset: Int, toFrame frame: Int, frameOffset: Int, length: Int, toGrant: Bool = false) throws {
+        let (reply, descriptors) = try grantCall(.copyGrant(granter: granter.rawValue, ref: ref.rawValue, offset: offset, localFrame: frame,
+                                                             localOffset: frameOffset, length: length, toGrant: toGrant))
+        for fd in descriptors { close(fd) }
+        switch reply {
+        case .ok: return
+        case let .grantStatus(value, _): throw GrantRefused(status: GrantStatus(rawValue: value) ?? .generalError)
+        case let .error(why): throw PlatformError.refused(why)
+        default: throw PlatformError.connection("unexpected reply to copy")
+        }
+    }
+
+    /// A page of this domain's own memory (for copies), not granted to anyone.
+    public func ownPage(_ frame: Int) -> UnsafeMutableRawPointer { memory.baseAddress + frame * XenPage.size }
+
+    /// This domain's start info, asked again.
+    public func domainInfo() throws(PlatformError) -> AttachedDomain {
+        let (reply, descriptors) = try call(.domainInfo)
+        for fd in descriptors { close(fd) }
+        guard case let .attached(info) = reply else { throw .connection("unexpected reply to domain info") }
+        return info
     }
 
     /// pvhost's state (any connection may ask).

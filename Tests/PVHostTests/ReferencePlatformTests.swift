@@ -77,4 +77,39 @@ struct ReferencePlatformTests {
         let store = try guest.xenstore()
         #expect(try await store.readString("name") == "g")
     }
+
+    @Test("a guest backend maps another guest's grant over the control socket; copy, refusals, and its death releasing the pin")
+    func guestBackend() async throws {
+        let host = try Host()
+        let frontend = try ReferencePlatform.attach(socket: host.control, name: "front")
+        var backend: ReferencePlatform? = try ReferencePlatform.attach(socket: host.control, name: "driver-domain")
+        let backendID = backend!.domain
+        let page = try frontend.grantPage(to: backendID, readOnly: false)
+        page.address.storeBytes(of: UInt32(0x600D), as: UInt32.self)
+        let mapping = try backend!.mapGrant(from: frontend.domain, ref: page.ref, writable: true)
+        #expect(mapping.address.load(as: UInt32.self) == 0x600D)
+        mapping.address.storeBytes(of: UInt32(0xBEEF), toByteOffset: 8, as: UInt32.self)
+        #expect(page.address.load(fromByteOffset: 8, as: UInt32.self) == 0xBEEF, "the same page in two processes' worth of mappings")
+        #expect(!frontend.revoke(page))
+        // Grant copy into the backend's own page: pvhost copies, the socket carries no data.
+        try backend!.copyGrant(from: frontend.domain, ref: page.ref, offset: 8, toFrame: 3, frameOffset: 100, length: 4)
+        #expect(backend!.ownPage(3).load(fromByteOffset: 100, as: UInt32.self) == 0xBEEF)
+        #expect(throws: ReferencePlatform.GrantRefused(status: .badCopyArg)) {
+            try backend!.copyGrant(from: frontend.domain, ref: page.ref, offset: 4000, toFrame: 3, frameOffset: 0, length: 200)
+        }
+        // A grant for someone else is refused with Xen's status.
+        let other = try frontend.grantPage(to: .dom0, readOnly: false)
+        #expect(throws: ReferencePlatform.GrantRefused(status: .generalError)) { _ = try backend!.mapGrant(from: frontend.domain, ref: other.ref, writable: false) }
+        #expect(throws: ReferencePlatform.GrantRefused(status: .badGntref)) { _ = try backend!.mapGrant(from: frontend.domain, ref: GrantRef(1 << 20), writable: false) }
+        #expect(try backend!.domainInfo().domid == backendID.rawValue)
+        // The backend dies holding the mapping: pvhost undoes it, and the frontend can revoke.
+        backend = nil
+        var revoked = false
+        for _ in 0..<200 where !revoked {
+            revoked = frontend.revoke(page)
+            if !revoked { try await Task.sleep(for: .milliseconds(10)) }
+        }
+        #expect(revoked, "the dead backend's pin was released")
+        #expect(host.tools.hypervisor.domain(backendID) == nil)
+    }
 }

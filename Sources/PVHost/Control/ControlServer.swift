@@ -65,6 +65,7 @@ public final class ControlServer: @unchecked Sendable {
 
     private func serve(_ connection: SeqpacketSocket) {
         var domain: DomainID?
+        var info: AttachedDomain?
         defer {
             if let domain {
                 let toolstack = self.toolstack
@@ -77,8 +78,15 @@ public final class ControlServer: @unchecked Sendable {
                 try? connection.send(ControlCoding.encode(ControlReply.error("malformed control message (\(bytes.count) bytes): expected a JSON ControlRequest")))
                 continue
             }
+            if request == .domainInfo, let info {
+                try? connection.send(ControlCoding.encode(ControlReply.attached(info)))
+                continue
+            }
             let (reply, attached) = handle(request, domain: domain)
-            if case let .attached(info) = reply { domain = DomainID(info.domid) }
+            if case let .attached(started) = reply, domain == nil {
+                domain = DomainID(started.domid)
+                info = started
+            }
             do {
                 try connection.send(ControlCoding.encode(reply), descriptors: attached.map(\.fileDescriptor))
             } catch {
@@ -149,6 +157,45 @@ public final class ControlServer: @unchecked Sendable {
             } catch {
                 return (.error("\(error)"), [])
             }
+        case let .mapGrant(granter, ref, writable):
+            guard let domain else { return (.error("attach first"), []) }
+            do {
+                let mapping = try hypervisor.mapGrant(GrantRef(ref), of: DomainID(granter), by: domain, writable: writable)
+                guard let owner = hypervisor.domain(DomainID(granter)) else {
+                    try? hypervisor.unmapGrant(mapping.handle, by: domain)
+                    return (.grantStatus(GrantStatus.badDomain.rawValue, "\(GrantStatus.badDomain)"), [])
+                }
+                return (.mapped(handle: mapping.handle, frame: mapping.frame), [Attachment(fileDescriptor: owner.memory.fileDescriptor, owner: owner.memory)])
+            } catch {
+                return (.grantStatus(error.rawValue, "\(error)"), [])
+            }
+        case let .unmapGrant(handle):
+            guard let domain else { return (.error("attach first"), []) }
+            do {
+                try hypervisor.unmapGrant(handle, by: domain)
+                return (.ok, [])
+            } catch {
+                return (.grantStatus(error.rawValue, "\(error)"), [])
+            }
+        case let .copyGrant(granter, ref, offset, localFrame, localOffset, length, toGrant):
+            guard let domain, let own = hypervisor.domain(domain) else { return (.error("attach first"), []) }
+            guard length >= 0, localFrame >= 0, localFrame < own.pageCount, localOffset >= 0, localOffset + length <= XenPage.size else {
+                return (.grantStatus(GrantStatus.badCopyArg.rawValue, "\(GrantStatus.badCopyArg)"), [])
+            }
+            let local = own.page(localFrame) + localOffset
+            do {
+                if toGrant {
+                    try hypervisor.copyGrant(UnsafeRawBufferPointer(start: local, count: length), to: GrantRef(ref), of: DomainID(granter), by: domain, offset: offset)
+                } else {
+                    try hypervisor.copyGrant(GrantRef(ref), of: DomainID(granter), by: domain, offset: offset,
+                                             into: UnsafeMutableRawBufferPointer(start: local, count: length))
+                }
+                return (.ok, [])
+            } catch {
+                return (.grantStatus(error.rawValue, "\(error)"), [])
+            }
+        case .domainInfo:
+            return (.error("attach first"), [])  // answered by serve() from the attach
         case .status:
             let s = hypervisor.status
             return (.status(HostStatus(domains: s.domains.map { .init(domid: $0.id.rawValue, name: $0.name, pages: $0.pages, ports: $0.ports) },
