@@ -55,7 +55,10 @@ let package = Package(
             dependencies: ["XenABI", .product(name: "Atomics", package: "swift-atomics")],
             swiftSettings: strictSwift),
         // pvhost's engine: so far the xenstored core (tree, permissions, watches), sans I/O.
-        .target(name: "PVHost", dependencies: ["XenABI", "XenStore", "XenGrants", "SharedMemory", "CLinux", "PVHostProtocol"], swiftSettings: strictSwift),
+        .target(
+            name: "PVHost",
+            dependencies: ["XenABI", "XenStore", "XenGrants", "SharedMemory", "CLinux", "PVHostProtocol", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strictSwift),
         // pvhost's control channel messages (guest processes and tools ↔ pvhost).
         .target(name: "PVHostProtocol", swiftSettings: strictSwift),
         // What a frontend needs from "the hypervisor"; `ReferencePlatform` is a guest of pvhost.
@@ -87,7 +90,10 @@ let package = Package(
             swiftSettings: strictSwift),
         .executableTarget(
             name: "pvhost",
-            dependencies: ["PVHost", "PVHostProtocol", "PVPlatform", "XenStore", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "PVHost", "PVHostProtocol", "PVPlatform", "XenStore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strictSwift),
         .executableTarget(
             name: "pvstore",

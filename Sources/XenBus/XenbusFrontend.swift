@@ -5,7 +5,7 @@ import XenStore
 public protocol XenbusFrontendDriver: Sendable {
     /// Allocate the transport (ring pages, grants, event channels) and write its keys into the
     /// frontend directory inside `transaction` (the driver may be asked again after EAGAIN).
-    func publish(_ transaction: XenStoreTransaction, frontend: String, backend: String) async throws
+    func publish(_ transaction: XenStoreTransaction, frontend: String, backend: String, backendID: DomainID) async throws
     /// The backend is Connected: read its device properties and start I/O.
     func connect(frontend: String, backend: String) async throws
     /// The backend wrote Connected again while connected (e.g. a new disk size).
@@ -35,7 +35,7 @@ public enum XenbusFrontendError: Error, Equatable, Sendable, CustomStringConvert
 }
 
 /// Runs one frontend device through the XenBus lifecycle, as Linux's xenbus does: reads
-/// `backend` and `backend-id`, watches the backend's `state`, re-reads both states on every
+/// `backend` and `backend-id` (the domain the driver grants its transport to), watches the backend's `state`, re-reads both states on every
 /// event and acts per ``FrontendStateMachine``; state changes go through a transaction that
 /// refuses to recreate a removed directory; a failing driver gets its error written to
 /// `error/device/<type>/<id>/error` ("<errno> <text>") and the device switched to Closing.
@@ -103,6 +103,10 @@ public final class XenbusFrontend: Sendable {
             throw .store(error)
         }
         guard let backendState = try? XenStorePath(backend + "/state") else { throw .noDevice(path) }
+        // The domain to grant the transport to.
+        let backendIDKey = try node(path + "/backend-id")
+        guard let text = try? await store.readString(backendIDKey), let backendNumber = UInt16(text) else { throw .noDevice(path) }
+        let backendID = DomainID(backendNumber)
         let frontend = path
         var machine = FrontendStateMachine(connectsDirectly: connectsDirectly)
         if restart { machine.restart() }
@@ -125,7 +129,7 @@ public final class XenbusFrontend: Sendable {
                     continue
                 case let .publish(then):
                     do {
-                        try await store.transaction { tx in try await self.driver.publish(tx, frontend: frontend, backend: backend) }
+                        try await store.transaction { tx in try await self.driver.publish(tx, frontend: frontend, backend: backend, backendID: backendID) }
                     } catch {
                         await fail(errno: 5, "publishing the transport: \(error)")
                         throw .driver("\(error)")

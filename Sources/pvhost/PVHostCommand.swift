@@ -1,4 +1,5 @@
 import ArgumentParser
+import Logging
 import Foundation
 import PVHost
 import PVHostProtocol
@@ -83,7 +84,7 @@ struct PVHostCommand: ParsableCommand {
                 source.resume()
                 sources.append(source)
             }
-            print("pvhost: control \(control), xenstored \(xenstore)")
+            Logger(label: "pvhost").info("running", metadata: ["control": "\(control)", "xenstored": "\(xenstore)"])
             server.run()
             withExtendedLifetime(sources) {}
         }

@@ -18,7 +18,8 @@ struct XenbusFrontendTests {
         let recorder: Recorder
         var failConnect = false
 
-        func publish(_ transaction: XenStoreTransaction, frontend: String, backend: String) async throws {
+        func publish(_ transaction: XenStoreTransaction, frontend: String, backend: String, backendID: DomainID) async throws {
+            #expect(backendID == .dom0)
             try await transaction.write(XenStorePath(frontend + "/ring-ref"), "8")
             try await transaction.write(XenStorePath(frontend + "/event-channel"), "5")
             await recorder.add("publish")

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -16,12 +17,14 @@ public final class ControlServer: @unchecked Sendable {
     /// With a configuration, only its domains may attach, with its limits.
     public let config: PVHostConfig?
     private let listener: Int32
+    private let logger: Logger
     private let lock = NSLock()
     private var stopping = false
     private var connections: [Int32: DomainID?] = [:]
 
-    public init(path: String, toolstack: Toolstack, config: PVHostConfig? = nil) throws(SystemError) {
+    public init(path: String, toolstack: Toolstack, config: PVHostConfig? = nil, logger: Logger = Logger(label: "pvhost.control")) throws(SystemError) {
         self.path = path
+        self.logger = logger
         self.toolstack = toolstack
         self.config = config
         listener = try SeqpacketSocket.listen(at: path)
@@ -69,7 +72,9 @@ public final class ControlServer: @unchecked Sendable {
         defer {
             if let domain {
                 let toolstack = self.toolstack
-                _ = blocking { await toolstack.destroyDomain(domain) }
+                let reclaimed = blocking { await toolstack.destroyDomain(domain) }
+                logger.info("domain \(domain.rawValue) detached and destroyed", metadata: [
+                    "mappings-by-it": "\(reclaimed.mappingsByIt)", "mappings-of-it": "\(reclaimed.mappingsOfIt)", "ports": "\(reclaimed.ports)"])
             }
         }
         while let (bytes, descriptors) = try? connection.receive() {
@@ -86,6 +91,9 @@ public final class ControlServer: @unchecked Sendable {
             if case let .attached(started) = reply, domain == nil {
                 domain = DomainID(started.domid)
                 info = started
+                logger.info("domain \(started.domid) attached", metadata: ["pages": "\(started.pages)", "store-port": "\(started.storePort)"])
+            } else if case let .error(why) = reply {
+                logger.notice("refused: \(why)", metadata: ["domain": "\(domain.map { String($0.rawValue) } ?? "-")"])
             }
             do {
                 try connection.send(ControlCoding.encode(reply), descriptors: attached.map(\.fileDescriptor))
