@@ -75,7 +75,23 @@ public struct HostStatus: Codable, Sendable, Equatable {
             self.ports = ports
         }
     }
+    public struct DeviceEntry: Codable, Sendable, Equatable {
+        public let type: String
+        public let frontend: UInt16
+        public let devid: String
+        /// The backend's and the frontend's XenBus states.
+        public let backendState: String
+        public let frontendState: String
+        public init(type: String, frontend: UInt16, devid: String, backendState: String, frontendState: String) {
+            self.type = type
+            self.frontend = frontend
+            self.devid = devid
+            self.backendState = backendState
+            self.frontendState = frontendState
+        }
+    }
     public let domains: [DomainEntry]
+    public var devices: [DeviceEntry] = []
     public let grantsMapped: Int
     public let grantMapsTotal: Int
     public let grantCopiesTotal: Int

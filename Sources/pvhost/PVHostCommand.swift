@@ -112,6 +112,9 @@ struct PVHostCommand: ParsableCommand {
             for d in status.domains {
                 print(String(d.domid).leftPadded(5) + "  " + d.name.padded(20) + " " + String(d.pages).leftPadded(5) + "  " + String(d.ports).leftPadded(5))
             }
+            for device in status.devices {
+                print("device \(device.type) \(device.devid) of domain \(device.frontend): backend state \(device.backendState), frontend state \(device.frontendState)")
+            }
             print("grants mapped now: \(status.grantsMapped); maps since start: \(status.grantMapsTotal); copies: \(status.grantCopiesTotal); notifications sent by backends: \(status.notificationsSent)")
         }
     }

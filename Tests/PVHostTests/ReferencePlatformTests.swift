@@ -4,6 +4,7 @@ import Glibc
 #endif
 import PVHost
 import PVPlatform
+import PVHostProtocol
 import Testing
 import XenABI
 import XenStore
@@ -111,5 +112,17 @@ struct ReferencePlatformTests {
         }
         #expect(revoked, "the dead backend's pin was released")
         #expect(host.tools.hypervisor.domain(backendID) == nil)
+    }
+
+    @Test("status lists domains and devices with both ends' states")
+    func status() async throws {
+        let host = try Host()
+        let guest = try ReferencePlatform.attach(socket: host.control, name: "g")
+        let device = Toolstack.Device(type: "vif", frontend: guest.domain, devid: 0)
+        try await host.tools.toolstack.addDevice(device)
+        try await host.tools.toolstack.store.write(XenStorePath(device.backendPath + "/state"), "2")
+        let status = try ReferencePlatform.status(socket: host.control)
+        #expect(status.domains.map(\.name) == ["g"])
+        #expect(status.devices == [HostStatus.DeviceEntry(type: "vif", frontend: guest.domain.rawValue, devid: "0", backendState: "2", frontendState: "1")])
     }
 }

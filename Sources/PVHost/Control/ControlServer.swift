@@ -6,6 +6,7 @@ import Glibc
 import PVHostProtocol
 import SharedMemory
 import XenABI
+import XenStore
 
 /// pvhost's control socket: guest processes attach here and become domains; their few
 /// hypercalls (event channels) come here; tools ask for the status. One thread per
@@ -102,6 +103,27 @@ public final class ControlServer: @unchecked Sendable {
             }
             withExtendedLifetime(attached) {}
         }
+    }
+
+    /// Every device under dom0's backend directory, with both ends' states.
+    private static func devices(_ store: XenStoreClient) async -> [HostStatus.DeviceEntry] {
+        var devices: [HostStatus.DeviceEntry] = []
+        func read(_ path: String) async -> String {
+            guard let node = try? XenStorePath(path), let value = try? await store.readString(node) else { return "-" }
+            return value
+        }
+        guard let types = try? await store.directory("/local/domain/0/backend") else { return [] }
+        for type in types {
+            for frontend in (try? await store.directory(XenStorePath("/local/domain/0/backend/\(type)"))) ?? [] {
+                for devid in (try? await store.directory(XenStorePath("/local/domain/0/backend/\(type)/\(frontend)"))) ?? [] {
+                    let backend = "/local/domain/0/backend/\(type)/\(frontend)/\(devid)"
+                    let frontendPath = await read(backend + "/frontend")
+                    devices.append(.init(type: type, frontend: UInt16(frontend) ?? 0, devid: devid,
+                                         backendState: await read(backend + "/state"), frontendState: await read(frontendPath + "/state")))
+                }
+            }
+        }
+        return devices
     }
 
     /// Objects whose descriptors go with a reply (kept alive until it is sent).
@@ -206,9 +228,12 @@ public final class ControlServer: @unchecked Sendable {
             return (.error("attach first"), [])  // answered by serve() from the attach
         case .status:
             let s = hypervisor.status
-            return (.status(HostStatus(domains: s.domains.map { .init(domid: $0.id.rawValue, name: $0.name, pages: $0.pages, ports: $0.ports) },
-                                       grantsMapped: s.grantsMapped, grantMapsTotal: s.mapsTotal, grantCopiesTotal: s.copiesTotal,
-                                       notificationsSent: s.notificationsSent)), [])
+            var status = HostStatus(domains: s.domains.map { .init(domid: $0.id.rawValue, name: $0.name, pages: $0.pages, ports: $0.ports) },
+                                    grantsMapped: s.grantsMapped, grantMapsTotal: s.mapsTotal, grantCopiesTotal: s.copiesTotal,
+                                    notificationsSent: s.notificationsSent)
+            let store = toolstack.store
+            status.devices = blocking { await Self.devices(store) }
+            return (.status(status), [])
         }
     }
 }
