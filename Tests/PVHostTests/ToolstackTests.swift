@@ -96,6 +96,12 @@ struct ToolstackTests {
         await #expect(throws: XenStoreError.accessDenied(device.backendPath + "/state")) {
             try await frontend.write(XenStorePath(device.backendPath + "/state"), "4")
         }
+        // A vif gets libxl's empty hotplug-status; the "script" reports it connected.
+        let vif = Toolstack.Device(type: "vif", frontend: guest.domain.id, devid: 0)
+        try await host.toolstack.addDevice(vif, frontendKeys: ["mac": "00:16:3e:00:00:01"])
+        #expect(try await store.readString(XenStorePath(vif.backendPath + "/hotplug-status")) == "")
+        try await host.toolstack.reportHotplug(vif)
+        #expect(try await store.readString(XenStorePath(vif.backendPath + "/hotplug-status")) == "connected")
         // A backend that closes when told: removal sees state 6 and deletes both directories.
         let backendState = try await store.watch(XenStorePath(device.backendPath + "/state"), skipInitial: true)
         let closer = Task {

@@ -155,7 +155,9 @@ public final class Toolstack: Sendable {
         let frontendPermissions = try! XenStorePermissions([XenStorePermission(.none, device.frontend), XenStorePermission(.read, device.backend)])
         let backendPermissions = try! XenStorePermissions([XenStorePermission(.none, device.backend), XenStorePermission(.read, device.frontend)])
         let front = ["backend": device.backendPath, "backend-id": "\(device.backend.rawValue)", "state": "1"].merging(frontendKeys) { $1 }
-        let back = ["frontend": device.frontendPath, "frontend-id": "\(device.frontend.rawValue)", "online": "1", "state": "1"].merging(backendKeys) { $1 }
+        var back = ["frontend": device.frontendPath, "frontend-id": "\(device.frontend.rawValue)", "online": "1", "state": "1"].merging(backendKeys) { $1 }
+        // libxl pre-creates an empty hotplug-status for vifs; the "script" fills it in.
+        if device.type == "vif", back["hotplug-status"] == nil { back["hotplug-status"] = "" }
         do {
             _ = try await store.transaction { tx in
                 for (directory, permissions, keys) in [(device.frontendPath, frontendPermissions, front), (device.backendPath, backendPermissions, back)] {
@@ -166,6 +168,20 @@ public final class Toolstack: Sendable {
                         try await tx.setPermissions(XenStorePath(directory + "/" + key), permissions)
                     }
                 }
+            }
+        } catch {
+            throw Self.failure(error)
+        }
+    }
+
+    /// What libxl's hotplug script reports once the backend's resource (file, tap) is attached:
+    /// `hotplug-status` = `connected` (netback waits for it before Connected), or `error` with
+    /// `hotplug-error`.
+    public func reportHotplug(_ device: Device, error: String? = nil) async throws(Failure) {
+        do {
+            try await store.transaction { tx in
+                try await tx.write(XenStorePath(device.backendPath + "/hotplug-status"), error == nil ? "connected" : "error")
+                if let error { try await tx.write(XenStorePath(device.backendPath + "/hotplug-error"), error) }
             }
         } catch {
             throw Self.failure(error)
