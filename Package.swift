@@ -17,6 +17,7 @@ let package = Package(
         .library(name: "XenGrants", targets: ["XenGrants"]),
         .library(name: "XenBus", targets: ["XenBus"]),
         .library(name: "PVPlatform", targets: ["PVPlatform"]),
+        .library(name: "BlockFront", targets: ["BlockFront"]),
         .library(name: "KernelAudit", targets: ["KernelAudit"]),
         .executable(name: "pvcheck", targets: ["pvcheck"]),
         .executable(name: "pvhost", targets: ["pvhost"]),
@@ -57,7 +58,12 @@ let package = Package(
         // pvhost's engine: so far the xenstored core (tree, permissions, watches), sans I/O.
         .target(
             name: "PVHost",
-            dependencies: ["XenABI", "XenStore", "XenGrants", "SharedMemory", "CLinux", "PVHostProtocol", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["XenABI", "XenRing", "XenStore", "XenGrants", "SharedMemory", "CLinux", "PVHostProtocol", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strictSwift),
+        // blkfront: a virtual disk over Xen's PV block protocol.
+        .target(
+            name: "BlockFront",
+            dependencies: ["XenABI", "XenRing", "XenStore", "XenBus", "PVPlatform", "SharedMemory"],
             swiftSettings: strictSwift),
         // pvhost's control channel messages (guest processes and tools ↔ pvhost).
         .target(name: "PVHostProtocol", swiftSettings: strictSwift),
@@ -126,7 +132,7 @@ let package = Package(
         .executableTarget(name: "pvhost-bench", dependencies: ["PVHost", "XenGrants", "SharedMemory", "XenABI"], path: "Benchmarks/PVHostBench", swiftSettings: strictSwift),
 
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "XenABI"], swiftSettings: strictSwift),
-        .testTarget(name: "PVHostTests", dependencies: ["PVHost", "PVPlatform", "PVHostProtocol", "XenStore", "XenABI", "XenGrants", "XenBus", "SharedMemory"], swiftSettings: strictSwift),
+        .testTarget(name: "PVHostTests", dependencies: ["PVHost", "PVPlatform", "PVHostProtocol", "BlockFront", "XenStore", "XenABI", "XenGrants", "XenBus", "SharedMemory"], swiftSettings: strictSwift),
         .testTarget(
             name: "KernelAuditTests",
             dependencies: ["KernelAudit", "XenABI", "SharedMemory"],

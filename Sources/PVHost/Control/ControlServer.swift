@@ -32,6 +32,7 @@ public final class ControlServer: @unchecked Sendable {
     }
 
     deinit {
+        executor.shutdown()
         close(listener)
         unlink(path)
     }
@@ -53,17 +54,21 @@ public final class ControlServer: @unchecked Sendable {
 
     public func stop() { lock.withLock { stopping = true } }
 
-    /// Runs an async toolstack call from a connection thread.
+    /// Runs an async toolstack call from a connection thread, on pvhost's own executor thread
+    /// (not Swift's cooperative pool, which a guest in the same process may be blocking in a
+    /// synchronous hypercall to us).
     private func blocking<T: Sendable>(_ body: @escaping @Sendable () async -> T) -> T {
         let box = ResultBox<T>()
         let done = DispatchSemaphore(value: 0)
-        Task {
+        Task(executorPreference: executor) {
             box.value = await body()
             done.signal()
         }
         done.wait()
         return box.value!
     }
+
+    private let executor = ThreadExecutor(name: "pvhost.control")
 
     private final class ResultBox<T>: @unchecked Sendable { var value: T? }
 
