@@ -27,6 +27,8 @@ demo: deps
 	@scripts/demo-xenstore.sh .build/release
 	@echo "== pvhost with two guest processes, pvhost status, a guest killed and reclaimed"
 	@scripts/demo-pvhost.sh .build/release
+	@echo "== a virtual disk through blkfront/blkback: pvblk writes and verifies it"
+	@scripts/demo-pvblk.sh .build/release
 	@echo "== Xen ABI facts and a short ring benchmark"
 	.build/release/ring-bench abi
 	.build/release/ring-bench run --quick

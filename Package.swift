@@ -22,6 +22,7 @@ let package = Package(
         .executable(name: "pvcheck", targets: ["pvcheck"]),
         .executable(name: "pvhost", targets: ["pvhost"]),
         .executable(name: "pvstore", targets: ["pvstore"]),
+        .executable(name: "pvblk", targets: ["pvblk"]),
         .executable(name: "ring-bench", targets: ["ring-bench"]),
         .executable(name: "ring-bench-c", targets: ["ring-bench-c"]),
         .executable(name: "pvcheck-bench", targets: ["pvcheck-bench"]),
@@ -104,6 +105,10 @@ let package = Package(
         .executableTarget(
             name: "pvstore",
             dependencies: ["XenStore", "PVPlatform", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: strictSwift),
+        .executableTarget(
+            name: "pvblk",
+            dependencies: ["BlockFront", "PVPlatform", "XenStore", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strictSwift),
         .executableTarget(
             name: "pvcheck",

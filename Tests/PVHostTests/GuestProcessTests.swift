@@ -37,10 +37,10 @@ struct GuestProcessTests {
             try #require(FileManager.default.fileExists(atPath: directory + "/control"), "pvhost made no control socket")
         }
 
-        /// Starts `pvstore ARGS --pvhost CONTROL --name NAME`.
-        func guest(_ name: String, _ arguments: [String]) throws -> (Process, Pipe) {
+        /// Starts `TOOL ARGS --pvhost CONTROL --name NAME` (pvstore unless told).
+        func guest(_ name: String, _ arguments: [String], tool: String = "pvstore") throws -> (Process, Pipe) {
             let guest = Process()
-            guest.executableURL = Self.binaries.appendingPathComponent("pvstore")
+            guest.executableURL = Self.binaries.appendingPathComponent(tool)
             guest.arguments = arguments + ["--pvhost", control, "--name", name]
             let pipe = Pipe()
             guest.standardOutput = pipe
@@ -49,8 +49,8 @@ struct GuestProcessTests {
             return (guest, pipe)
         }
 
-        func run(_ name: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
-            let (guest, pipe) = try self.guest(name, arguments)
+        func run(_ name: String, _ arguments: [String], tool: String = "pvstore") throws -> (status: Int32, output: String) {
+            let (guest, pipe) = try self.guest(name, arguments, tool: tool)
             let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
             guest.waitUntilExit()
             return (guest.terminationStatus, output)
@@ -173,5 +173,28 @@ struct GuestProcessTests {
         guest.waitUntilExit()
         #expect(guest.terminationStatus == 0 && output == "control/shutdown\ncontrol/shutdown\n", "\(output)")
         #expect(try await eventually { !host.process.isRunning }, "pvhost exits after telling its guests")
+    }
+
+    @Test("a configured disk: pvblk (a guest process) verifies a pattern against the backing file; a killed pvblk leaves nothing mapped")
+    func disk() async throws {
+        let image = NSTemporaryDirectory() + "pvkit-disk-\(getpid()).img"
+        FileManager.default.createFile(atPath: image, contents: Data(count: 4 << 20))
+        defer { unlink(image) }
+        let host = try PVHostProcess(config: #"{"domains": [{"name": "alpha", "disks": [{"devid": 51712, "path": "\#(image)"}]}]}"#)
+        let info = try host.run("alpha", ["info", "--json"], tool: "pvblk")
+        #expect(info.status == 0 && info.output.contains(#""sectors":8192"#), "\(info)")
+        let verify = try host.run("alpha", ["verify", "--sector", "100", "--count", "262144", "--backing", image], tool: "pvblk")
+        #expect(verify.status == 0 && verify.output.contains("verified 262144 bytes"), "\(verify)")
+        // Kill one mid-workload: pvhost reclaims the domain and its disk's mappings.
+        let (victim, _) = try host.guest("alpha", ["verify", "--count", "4194304"], tool: "pvblk")
+        try await Task.sleep(for: .milliseconds(300))
+        kill(victim.processIdentifier, SIGKILL)
+        victim.waitUntilExit()
+        let dom0 = try host.dom0()
+        #expect(try await eventually { try await dom0.directory("/local/domain").allSatisfy { $0 == "0" } }, "only dom0's home is left")
+        #expect(try await eventually { (try? await dom0.directory("/local/domain/0/backend/vbd"))?.isEmpty ?? true }, "the backend directory went with the domain")
+        // And the disk serves a new guest afterwards.
+        let again = try host.run("alpha", ["verify", "--count", "65536", "--backing", image], tool: "pvblk")
+        #expect(again.status == 0, "\(again)")
     }
 }

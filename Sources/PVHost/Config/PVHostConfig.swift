@@ -1,15 +1,31 @@
 import Foundation
 
-/// `pvhost run CONFIG`: the domains pvhost will accept and their limits, as a small JSON file.
-/// Devices (disks, nics) join the file with the block and net backends.
+/// `pvhost run CONFIG`: the domains pvhost will accept, their limits and their disks, as a
+/// small JSON file. (NICs join it with the net backend.)
 ///
 /// ```json
-/// { "domains": [ { "name": "alpha", "pages": 512, "grantFrames": 8, "eventChannels": 64 },
+/// { "domains": [ { "name": "alpha", "pages": 512, "grantFrames": 8, "eventChannels": 64,
+///                  "disks": [ { "devid": 51712, "path": "/var/lib/pvhost/alpha.img" } ] },
 ///                { "name": "beta" } ] }
 /// ```
 public struct PVHostConfig: Codable, Sendable, Equatable {
+    /// A virtual disk: served by pvhost's blkback from `path` as `device/vbd/<devid>`.
+    public struct DiskConfig: Codable, Sendable, Equatable {
+        /// The vbd number (`virtual-device`), e.g. 51712 for xvda.
+        public var devid: Int
+        public var path: String
+        public var readOnly: Bool?
+        public init(devid: Int, path: String, readOnly: Bool? = nil) {
+            self.devid = devid
+            self.path = path
+            self.readOnly = readOnly
+        }
+    }
+
     public struct DomainConfig: Codable, Sendable, Equatable {
         public var name: String
+        /// Disks given to the domain when it attaches.
+        public var disks: [DiskConfig]?
         /// Guest memory in 4 KiB pages (default 256).
         public var pages: Int?
         /// Grant-table frames, 512 entries each (default 4).
@@ -17,8 +33,9 @@ public struct PVHostConfig: Codable, Sendable, Equatable {
         /// Event channel ports (default 1023).
         public var eventChannels: Int?
 
-        public init(name: String, pages: Int? = nil, grantFrames: Int? = nil, eventChannels: Int? = nil) {
+        public init(name: String, pages: Int? = nil, grantFrames: Int? = nil, eventChannels: Int? = nil, disks: [DiskConfig]? = nil) {
             self.name = name
+            self.disks = disks
             self.pages = pages
             self.grantFrames = grantFrames
             self.eventChannels = eventChannels
@@ -66,6 +83,13 @@ public struct PVHostConfig: Codable, Sendable, Equatable {
             if let pages = domain.pages, !(16...262_144).contains(pages) { throw Invalid(description: "\(at): pages \(pages) is outside 16…262144") }
             if let frames = domain.grantFrames, !(1...64).contains(frames) { throw Invalid(description: "\(at): grantFrames \(frames) is outside 1…64") }
             if let ports = domain.eventChannels, !(1...4096).contains(ports) { throw Invalid(description: "\(at): eventChannels \(ports) is outside 1…4096") }
+            var devids = Set<Int>()
+            for (d, disk) in (domain.disks ?? []).enumerated() {
+                guard (1...0xFFFF).contains(disk.devid), devids.insert(disk.devid).inserted else {
+                    throw Invalid(description: "\(at).disks[\(d)]: devid \(disk.devid) must be 1…65535 and unique")
+                }
+                guard !disk.path.isEmpty else { throw Invalid(description: "\(at).disks[\(d)]: path is empty") }
+            }
         }
         return config
     }

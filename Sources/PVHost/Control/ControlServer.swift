@@ -21,7 +21,8 @@ public final class ControlServer: @unchecked Sendable {
     private let logger: Logger
     private let lock = NSLock()
     private var stopping = false
-    private var connections: [Int32: DomainID?] = [:]
+    /// The disks served for each attached domain.
+    private var disks: [DomainID: [BlockBackend]] = [:]
 
     public init(path: String, toolstack: Toolstack, config: PVHostConfig? = nil, logger: Logger = Logger(label: "pvhost.control")) throws(SystemError) {
         self.path = path
@@ -72,11 +73,15 @@ public final class ControlServer: @unchecked Sendable {
 
     private final class ResultBox<T>: @unchecked Sendable { var value: T? }
 
+    private struct Failure: Error, CustomStringConvertible { let description: String }
+
     private func serve(_ connection: SeqpacketSocket) {
         var domain: DomainID?
         var info: AttachedDomain?
         defer {
             if let domain {
+                let backends = lock.withLock { disks.removeValue(forKey: domain) } ?? []
+                if !backends.isEmpty { _ = blocking { for backend in backends { await backend.stop() } } }
                 let toolstack = self.toolstack
                 let reclaimed = blocking { await toolstack.destroyDomain(domain) }
                 logger.info("domain \(domain.rawValue) detached and destroyed", metadata: [
@@ -159,6 +164,32 @@ public final class ControlServer: @unchecked Sendable {
             case let .failure(error): return (.error("creating domain \"\(name)\": \(error)"), [])
             case let .success(guest):
                 let d = guest.domain
+                if let configured = config?.domain(named: name)?.disks, !configured.isEmpty {
+                    let toolstack = self.toolstack
+                    let started: Result<[BlockBackend], Failure> = blocking {
+                        var backends: [BlockBackend] = []
+                        for disk in configured {
+                            let device = Toolstack.Device(type: "vbd", frontend: d.id, devid: disk.devid)
+                            var settings = BlockBackend.Settings()
+                            settings.readOnly = disk.readOnly ?? false
+                            do {
+                                try await toolstack.addDevice(device, frontendKeys: ["virtual-device": "\(disk.devid)", "device-type": "disk"],
+                                                              backendKeys: ["params": disk.path, "type": "file", "mode": settings.readOnly ? "r" : "w"])
+                                backends.append(try await BlockBackend.start(toolstack: toolstack, device: device, path: disk.path, settings: settings))
+                            } catch {
+                                for backend in backends { await backend.stop() }
+                                return .failure(Failure(description: "disk \(disk.devid) (\(disk.path)): \(error)"))
+                            }
+                        }
+                        return .success(backends)
+                    }
+                    switch started {
+                    case let .success(backends): lock.withLock { disks[d.id] = backends }
+                    case let .failure(error):
+                        _ = blocking { await toolstack.destroyDomain(d.id) }
+                        return (.error("creating domain \"\(name)\": \(error)"), [])
+                    }
+                }
                 let info = AttachedDomain(domid: d.id.rawValue, pages: d.pageCount, grantFrames: d.limits.grantFrames,
                                           storeFrame: d.storeFrame, storePort: guest.storePort.rawValue)
                 return (.attached(info), [Attachment(fileDescriptor: d.memory.fileDescriptor, owner: d.memory),

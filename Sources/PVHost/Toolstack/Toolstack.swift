@@ -100,11 +100,16 @@ public final class Toolstack: Sendable {
     }
 
     /// Destroys a domain: xenstored forgets it (its ring, watches and nodes; `@releaseDomain`
-    /// fires), `/vm/<uuid>` goes, and the hypervisor reclaims its mappings, ports and memory.
+    /// fires), `/vm/<uuid>` and its devices' backend directories go, and the hypervisor
+    /// reclaims its mappings, ports and memory.
     @discardableResult
     public func destroyDomain(_ id: DomainID) async -> Hypervisor.Reclaimed {
         xenstored.releaseDomain(id)
         try? await store.remove(XenStorePath("/vm/\(Self.uuid(for: id))"))
+        // The backend halves of its devices live in dom0's tree: they go too, as with xl destroy.
+        for type in (try? await store.directory("/local/domain/0/backend")) ?? [] {
+            if let path = try? XenStorePath("/local/domain/0/backend/\(type)/\(id.rawValue)") { try? await store.remove(path) }
+        }
         closeStorePort(of: id)
         return hypervisor.destroyDomain(id)
     }
