@@ -40,7 +40,8 @@ public final class SeqpacketSocket: @unchecked Sendable {
         return fd
     }
 
-    static func address(_ path: String) throws(SystemError) -> sockaddr_un {
+    /// A UNIX socket address for `path`; ENAMETOOLONG when it does not fit `sun_path`.
+    public static func address(_ path: String) throws(SystemError) -> sockaddr_un {
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8)

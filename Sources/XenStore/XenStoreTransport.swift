@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CLinux
+import SharedMemory
 import XenABI
 
 /// A byte stream to a xenstore daemon. The client frames and matches messages; a transport
@@ -85,15 +86,10 @@ final class FileDescriptorTransport: XenStoreTransport, @unchecked Sendable {
     convenience init(socket path: String) throws(TransportOpenError) {
         let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw TransportOpenError(errno: errno) }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+        var address: sockaddr_un
+        do { address = try SeqpacketSocket.address(path) } catch {
             Glibc.close(fd)
             throw TransportOpenError(errno: ENAMETOOLONG)
-        }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            for (i, b) in bytes.enumerated() { raw[i] = b }
         }
         let connected = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
