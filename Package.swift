@@ -134,7 +134,11 @@ let package = Package(
         // Our xenstored against Xen's C xenstored, same client load, side by side.
         .executableTarget(name: "xenstore-bench", dependencies: ["XenStore", "XenABI"], path: "Benchmarks/XenStoreBench", swiftSettings: strictSwift),
         // pvhost's grant and event-channel operations; event round trip against bare eventfds.
-        .executableTarget(name: "pvhost-bench", dependencies: ["PVHost", "XenGrants", "SharedMemory", "XenABI"], path: "Benchmarks/PVHostBench", swiftSettings: strictSwift),
+        .executableTarget(
+            name: "pvhost-bench",
+            dependencies: ["PVHost", "XenGrants", "SharedMemory", "XenABI", "BlockFront", "PVPlatform", "XenStore"],
+            path: "Benchmarks/PVHostBench",
+            swiftSettings: strictSwift),
 
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "XenABI"], swiftSettings: strictSwift),
         .testTarget(name: "PVHostTests", dependencies: ["PVHost", "PVPlatform", "PVHostProtocol", "BlockFront", "XenStore", "XenABI", "XenGrants", "XenBus", "SharedMemory"], swiftSettings: strictSwift),

@@ -55,29 +55,58 @@ public final class BlockFront: Sendable {
         self.lifecycle = lifecycle
     }
 
-    /// Reads `count` bytes at `sector` (both multiples of the sector size).
+    /// Reads `count` bytes at `sector` (both multiples of the sector size). Large reads go
+    /// out as several requests at once (up to 11 pages each).
     public func read(sector: UInt64, count: Int) async throws(BlockFrontError) -> [UInt8] {
         try check(sector: sector, count: count)
-        var result: [UInt8] = []
-        result.reserveCapacity(count)
-        var done = 0
-        while done < count {
-            let chunk = min(count - done, Blkif.maxSegmentsPerRequest * XenPage.size)
-            result += try await core.transfer(.read, sector: sector + UInt64(done / Blkif.sectorSize), bytes: chunk, data: nil)
-            done += chunk
+        let chunks = Self.chunks(count)
+        if chunks.count == 1 { return try await core.transfer(.read, sector: sector, bytes: count, data: nil) }
+        let core = self.core
+        do {
+            let parts = try await withThrowingTaskGroup(of: (Int, [UInt8]).self) { group in
+                for (index, (offset, length)) in chunks.enumerated() {
+                    group.addTask { (index, try await core.transfer(.read, sector: sector + UInt64(offset / Blkif.sectorSize), bytes: length, data: nil)) }
+                }
+                var parts = [[UInt8]](repeating: [], count: chunks.count)
+                for try await (index, bytes) in group { parts[index] = bytes }
+                return parts
+            }
+            var result: [UInt8] = []
+            result.reserveCapacity(count)
+            for part in parts { result += part }
+            return result
+        } catch {
+            throw error as? BlockFrontError ?? .closed("\(error)")
         }
-        return result
     }
 
-    /// Writes `data` at `sector` (a multiple of the sector size long).
+    /// (offset, length) of each request a transfer of `count` bytes is split into.
+    private static func chunks(_ count: Int) -> [(Int, Int)] {
+        let most = Blkif.maxSegmentsPerRequest * XenPage.size
+        return stride(from: 0, to: count, by: most).map { ($0, min(most, count - $0)) }
+    }
+
+    /// Writes `data` at `sector` (a multiple of the sector size long); the requests of a
+    /// large write go out at once. Durable only after ``flush()``.
     public func write(sector: UInt64, _ data: [UInt8]) async throws(BlockFrontError) {
         guard !info.readOnly else { throw .readOnly }
         try check(sector: sector, count: data.count)
-        var done = 0
-        while done < data.count {
-            let chunk = min(data.count - done, Blkif.maxSegmentsPerRequest * XenPage.size)
-            _ = try await core.transfer(.write, sector: sector + UInt64(done / Blkif.sectorSize), bytes: chunk, data: Array(data[done..<done + chunk]))
-            done += chunk
+        let chunks = Self.chunks(data.count)
+        if chunks.count == 1 {
+            _ = try await core.transfer(.write, sector: sector, bytes: data.count, data: data)
+            return
+        }
+        let core = self.core
+        do {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for (offset, length) in chunks {
+                    let part = Array(data[offset..<offset + length])
+                    group.addTask { _ = try await core.transfer(.write, sector: sector + UInt64(offset / Blkif.sectorSize), bytes: length, data: part) }
+                }
+                try await group.waitForAll()
+            }
+        } catch {
+            throw error as? BlockFrontError ?? .closed("\(error)")
         }
     }
 
