@@ -206,6 +206,7 @@ final class Core: @unchecked Sendable {
                             }
                             guard response.operation == request.operation, response.status.isDefined else {
                                 broken = "response \(response.id): operation \(response.operationCode), status \(response.status.rawValue)"
+                                pending[response.id] = request  // failed below with everything in flight
                                 return
                             }
                             done.append((request, response.status))

@@ -95,13 +95,28 @@ struct BlockConformanceTests {
         await d.disk.close()
         let store = d.host.tools.toolstack.store
         var closed = false
-        for _ in 0..<300 where !closed {
+        for _ in 0..<1000 where !closed {  // up to 10 s on a loaded machine
             closed = (try? await store.readString(XenStorePath("/local/domain/0/backend/vbd/\(d.guest.domain.rawValue)/51712/state"))) == "6"
             if !closed { try await Task.sleep(for: .milliseconds(10)) }
         }
         #expect(closed)
         #expect(d.host.tools.hypervisor.status.grantsMapped == 0, "no grant left mapped")
         await #expect(throws: BlockFrontError.self) { _ = try await d.disk.read(sector: 0, count: 512) }
+    }
+
+    @Test("a lying backend closes the device with a clear error; pvhost and the frontend survive", arguments: BlockBackend.HostileMode.allCases)
+    func hostileBackend(mode: BlockBackend.HostileMode) async throws {
+        var settings = BlockBackend.Settings()
+        settings.hostile = mode
+        let d = try await disk(settings: settings)
+        var failure: BlockFrontError?
+        // Two reads: the duplicate mode lies from the second response on.
+        for sector: UInt64 in [0, 8] where failure == nil {
+            do { _ = try await d.disk.read(sector: sector, count: 4096) } catch { failure = error }
+        }
+        guard case .backendMisbehaved? = failure else { Issue.record("\(mode): expected backendMisbehaved, got \(String(describing: failure))"); return }
+        await #expect(throws: BlockFrontError.self) { _ = try await d.disk.read(sector: 0, count: 512) }
+        #expect(d.host.tools.hypervisor.domain(d.guest.domain) != nil, "the host lives on")
     }
 }
 

@@ -21,7 +21,21 @@ public final class BlockBackend: @unchecked Sendable {
     public struct Settings: Sendable, Equatable {
         public var readOnly = false
         public var flush = true
+        /// Test-only: make the backend lie, to prove the frontend survives it.
+        public var hostile: HostileMode?
         public init() {}
+    }
+
+    /// Ways a broken or malicious backend answers (for the conformance tests).
+    public enum HostileMode: String, Sendable, CaseIterable {
+        /// Responses carry an id no request had.
+        case unknownID
+        /// Responses carry a status outside BLKIF_RSP_*.
+        case garbageStatus
+        /// Responses name another operation than the request's.
+        case wrongOperation
+        /// The same response is published twice.
+        case duplicateResponse
     }
 
     public let device: Toolstack.Device
@@ -195,11 +209,22 @@ public final class BlockBackend: @unchecked Sendable {
         guard var ring = try? BackRing(attaching: page, protocol: BlkifRing()) else { return }
         var fds = [pollfd(fd: connection.end.delivery.fileDescriptor, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: connection.stop.fileDescriptor, events: Int16(POLLIN), revents: 0)]
+        var firstResponse: BlkifResponse?
         while true {
             do {
                 var count = 0
                 while let request = try ring.nextRequest() {
-                    ring.enqueueResponse(handle(request))
+                    let response = handle(request)
+                    switch settings.hostile {
+                    case nil: ring.enqueueResponse(response)
+                    case .unknownID?: ring.enqueueResponse(BlkifResponse(id: response.id &+ 1000, operationCode: response.operationCode, status: response.status))
+                    case .garbageStatus?: ring.enqueueResponse(BlkifResponse(id: response.id, operationCode: response.operationCode, status: BlkifStatus(rawValue: 7)))
+                    case .wrongOperation?: ring.enqueueResponse(BlkifResponse(id: response.id, operationCode: 99, status: response.status))
+                    case .duplicateResponse?:
+                        // Every request after the first is answered with the first's response.
+                        ring.enqueueResponse(firstResponse ?? response)
+                        if firstResponse == nil { firstResponse = response }
+                    }
                     count += 1
                 }
                 if count > 0 { lock.withLock { servedCount += count } }
