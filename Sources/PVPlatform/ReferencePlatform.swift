@@ -24,6 +24,34 @@ public final class ReferencePlatform: PVPlatform, @unchecked Sendable {
     private let controlLock = NSLock()
     private let storeDelivery: EventFD
     private let storePeer: EventFD
+    /// The xenstore connections handed out: ended when pvhost goes away.
+    private let transports = Transports()
+    private let watchdogStop: EventFD
+
+    /// Weak references to this domain's xenstore transports.
+    private final class Transports: @unchecked Sendable {
+        private let lock = NSLock()
+        private var list: [WeakTransport] = []
+        private var hungUp = false
+        struct WeakTransport { weak var transport: XenStoreRingTransport? }
+
+        func add(_ transport: XenStoreRingTransport) {
+            let dead = lock.withLock { () -> Bool in
+                list.removeAll { $0.transport == nil }
+                list.append(WeakTransport(transport: transport))
+                return hungUp
+            }
+            if dead { transport.shutdown() }
+        }
+
+        func hangUp() {
+            let live = lock.withLock { () -> [XenStoreRingTransport] in
+                hungUp = true
+                return list.compactMap(\.transport)
+            }
+            for transport in live { transport.shutdown() }
+        }
+    }
 
     private struct Allocation {
         var freeFrames: [Int]
@@ -64,7 +92,19 @@ public final class ReferencePlatform: PVPlatform, @unchecked Sendable {
         let frames = (0..<info.pages).filter { $0 != info.storeFrame }
         let refs = (UInt32(GrantTable.reservedEntries)..<UInt32(grants.count))
         allocation = Mutex(Allocation(freeFrames: frames.reversed(), freeRefs: refs.reversed()))
+        watchdogStop = (try? EventFD()) ?? EventFD(adopting: -1)
+        // pvhost gone (its end of the control socket hung up): this domain is dead, so its
+        // xenstore connections end instead of waiting forever.
+        let controlFD = control.fileDescriptor, stopFD = watchdogStop.fileDescriptor, transports = self.transports
+        Thread {
+            var fds = [pollfd(fd: controlFD, events: Int16(0x2000 /* POLLRDHUP */), revents: 0),
+                       pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)]
+            while poll(&fds, 2, -1) < 0 && errno == EINTR {}
+            if fds[1].revents == 0 { transports.hangUp() }
+        }.start()
     }
+
+    deinit { try? watchdogStop.notify() }
 
     private static func exchange(_ control: SeqpacketSocket, _ request: ControlRequest) throws(PlatformError) -> (ControlReply, [Int32]) {
         do {
@@ -136,8 +176,10 @@ public final class ReferencePlatform: PVPlatform, @unchecked Sendable {
     public func xenstore() throws(PlatformError) -> XenStoreClient {
         let page = memory.baseAddress + info.storeFrame * XenPage.size
         do {
-            return XenStoreClient(transport: try XenStoreRingTransport(page: page, incoming: storeDelivery, outgoing: storePeer,
-                                                                        name: "domain \(domain.rawValue)'s xenstore ring", keepAlive: memory))
+            let transport = try XenStoreRingTransport(page: page, incoming: storeDelivery, outgoing: storePeer,
+                                                      name: "domain \(domain.rawValue)'s xenstore ring", keepAlive: memory)
+            transports.add(transport)
+            return XenStoreClient(transport: transport)
         } catch {
             throw .connection("\(error)")
         }

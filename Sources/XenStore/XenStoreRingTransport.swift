@@ -35,7 +35,7 @@ public final class XenStoreRingTransport: XenStoreTransport, @unchecked Sendable
     }
 
     public func send(_ bytes: UnsafeRawBufferPointer) throws(XenStoreError) {
-        var offset = 0
+        var offset = 0, stalled = 0
         while offset < bytes.count {
             try checkError()
             let written: Int
@@ -44,14 +44,18 @@ public final class XenStoreRingTransport: XenStoreTransport, @unchecked Sendable
             }
             if written > 0 {
                 offset += written
+                stalled = 0
                 notify()
                 continue
             }
             // Full: wait for the daemon to consume. The reader thread owns `incoming`, so poll
-            // it without reading, briefly, and look again.
+            // it without reading, briefly, and look again; a daemon that takes nothing for
+            // 10 s is gone (this runs on the caller's thread, which must not be held forever).
             var fds = [pollfd(fd: incoming.fileDescriptor, events: Int16(POLLIN), revents: 0), pollfd(fd: wake.fileDescriptor, events: Int16(POLLIN), revents: 0)]
             _ = poll(&fds, 2, 1)
             if fds[1].revents != 0 { throw .connectionClosed("\(name): closed") }
+            stalled += 1
+            if stalled > 10_000 { throw .connectionClosed("\(name): the daemon took no request bytes for 10 s") }
         }
     }
 

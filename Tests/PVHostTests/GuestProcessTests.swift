@@ -165,11 +165,14 @@ struct GuestProcessTests {
     func shutdown() async throws {
         let host = try PVHostProcess()
         let (guest, pipe) = try host.guest("alpha", ["watch", "--count", "2", "control/shutdown"])
-        let dom0 = try host.dom0()
-        #expect(try await eventually { try await dom0.directory("/local/domain").count == 1 })
-        try await Task.sleep(for: .milliseconds(200))  // the watch is registered
+        // The registration event on the guest's output says its watch is in place.
+        var output = ""
+        for _ in 0..<1000 where !output.contains("\n") {
+            output += String(decoding: pipe.fileHandleForReading.availableData, as: UTF8.self)
+        }
+        #expect(output == "control/shutdown\n")
         kill(host.process.processIdentifier, SIGTERM)
-        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        output += String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         guest.waitUntilExit()
         #expect(guest.terminationStatus == 0 && output == "control/shutdown\ncontrol/shutdown\n", "\(output)")
         #expect(try await eventually { !host.process.isRunning }, "pvhost exits after telling its guests")
@@ -196,5 +199,20 @@ struct GuestProcessTests {
         // And the disk serves a new guest afterwards.
         let again = try host.run("alpha", ["verify", "--count", "65536", "--backing", image], tool: "pvblk")
         #expect(again.status == 0, "\(again)")
+    }
+
+    @Test("pvhost killed outright: a guest waiting on a watch sees its connection end and exits with an error, not a hang")
+    func hostDies() async throws {
+        let host = try PVHostProcess()
+        let (guest, pipe) = try host.guest("alpha", ["watch", "data"])
+        var output = ""
+        for _ in 0..<1000 where !output.contains("\n") {
+            output += String(decoding: pipe.fileHandleForReading.availableData, as: UTF8.self)
+        }
+        kill(host.process.processIdentifier, SIGKILL)
+        output += String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        guest.waitUntilExit()
+        #expect(guest.terminationStatus == 1, "\(output)")
+        #expect(output.contains("connection"), "\(output)")
     }
 }
