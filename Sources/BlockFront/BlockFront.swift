@@ -64,11 +64,19 @@ public final class BlockFront: Sendable {
         let core = self.core
         do {
             let parts = try await withThrowingTaskGroup(of: (Int, [UInt8]).self) { group in
-                for (index, (offset, length)) in chunks.enumerated() {
+                var parts = [[UInt8]](repeating: [], count: chunks.count)
+                var next = 0
+                func start() {
+                    guard next < chunks.count else { return }
+                    let (index, (offset, length)) = (next, chunks[next])
+                    next += 1
                     group.addTask { (index, try await core.transfer(.read, sector: sector + UInt64(offset / Blkif.sectorSize), bytes: length, data: nil)) }
                 }
-                var parts = [[UInt8]](repeating: [], count: chunks.count)
-                for try await (index, bytes) in group { parts[index] = bytes }
+                for _ in 0..<Self.window { start() }
+                while let (index, bytes) = try await group.next() {
+                    parts[index] = bytes
+                    start()
+                }
                 return parts
             }
             var result: [UInt8] = []
@@ -79,6 +87,9 @@ public final class BlockFront: Sendable {
             throw error as? BlockFrontError ?? .closed("\(error)")
         }
     }
+
+    /// Requests of one large transfer in flight at once (8 × 11 pages of this domain's memory).
+    static let window = 8
 
     /// (offset, length) of each request a transfer of `count` bytes is split into.
     private static func chunks(_ count: Int) -> [(Int, Int)] {
@@ -99,11 +110,16 @@ public final class BlockFront: Sendable {
         let core = self.core
         do {
             try await withThrowingTaskGroup(of: Void.self) { group in
-                for (offset, length) in chunks {
+                var next = 0
+                func start() {
+                    guard next < chunks.count else { return }
+                    let (offset, length) = chunks[next]
+                    next += 1
                     let part = Array(data[offset..<offset + length])
                     group.addTask { _ = try await core.transfer(.write, sector: sector + UInt64(offset / Blkif.sectorSize), bytes: length, data: part) }
                 }
-                try await group.waitForAll()
+                for _ in 0..<Self.window { start() }
+                while try await group.next() != nil { start() }
             }
         } catch {
             throw error as? BlockFrontError ?? .closed("\(error)")

@@ -59,6 +59,17 @@ struct BlockConformanceTests {
         #expect(try await d.disk.read(sector: 8191, count: 512) == fileBytes(d.path, offset: 8191 * 512, count: 512), "the last sector")
     }
 
+    @Test("a transfer three times the guest's own memory: requests windowed, pages reused, every byte right")
+    func largerThanMemory() async throws {
+        let d = try await disk()
+        #expect(d.guest.info.pages * 4096 < 3 << 20, "the guest has 1 MiB")
+        let data = (0..<(3 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ ($0 >> 12)) }
+        try await d.disk.write(sector: 0, data)
+        try await d.disk.flush()
+        #expect(fileBytes(d.path, offset: 0, count: data.count) == data)
+        #expect(try await d.disk.read(sector: 0, count: data.count) == data)
+    }
+
     @Test("64 requests at once through a 32-slot ring: back-pressure, every byte where it belongs")
     func concurrent() async throws {
         let d = try await disk()
