@@ -135,8 +135,11 @@ public final class BlockFront: Sendable {
 
     /// Closes the device (Closing → Closed); requests in flight fail.
     public func close() async {
-        try? await xenbus.switchState(.closing)
+        // Stop the handshake first, so its last state write (Connected) cannot land after
+        // Closing and leave the backend connected.
         lifecycle.cancel()
+        await lifecycle.value
+        try? await xenbus.switchState(.closing)
         core.fail(.closed("closed by the frontend"))
     }
 
