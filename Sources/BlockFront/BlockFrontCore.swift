@@ -140,22 +140,11 @@ final class Core: @unchecked Sendable {
         var segments = BlkifSegmentList()
         var remaining = bytes
         while remaining > 0 {
-            // Out of pages or grant references is back-pressure too: wait for requests in
-            // flight to give theirs back (10 s at most).
-            var granted: SharedPage?
-            for attempt in 0..<100_000 where granted == nil {
-                do { granted = try platform.grantPage(to: backend, readOnly: operation == .write) } catch .exhausted(let what) {
-                    if attempt == 99_999 || lock.withLock({ self.pending.isEmpty }) {
-                        release(pages)
-                        throw .platform("out of \(what)")
-                    }
-                    try? await Task.sleep(for: .microseconds(100))
-                } catch {
-                    release(pages)
-                    throw .platform("\(error)")
-                }
+            let page: SharedPage
+            do { page = try platform.grantPage(to: backend, readOnly: operation == .write) } catch {
+                release(pages)
+                throw .platform("\(error)")
             }
-            let page = granted!
             let length = min(remaining, XenPage.size)
             if let data { data.withUnsafeBytes { page.address.copyMemory(from: $0.baseAddress! + (bytes - remaining), byteCount: length) } }
             segments.append(BlkifSegment(gref: page.ref, firstSector: 0, lastSector: UInt8(length / Blkif.sectorSize - 1)))
