@@ -202,21 +202,17 @@ public final class ReferencePlatform: PVPlatform, @unchecked Sendable {
         public var description: String { "grant operation refused: \(status) (GNTST \(status.rawValue))" }
     }
 
-    private func grantCall(_ request: ControlRequest) throws(PlatformError) -> (ControlReply, [Int32]) {
-        try call(request)
-    }
-
     /// `GNTTABOP_map_grant_ref`: maps `granter`'s `ref` (pvhost checks the grant names this
     /// domain, is writable if asked, and pins it).
     public func mapGrant(from granter: DomainID, ref: GrantRef, writable: Bool) throws -> MappedGrant {
-        let (reply, descriptors) = try grantCall(.mapGrant(granter: granter.rawValue, ref: ref.rawValue, writable: writable))
+        let (reply, descriptors) = try call(.mapGrant(granter: granter.rawValue, ref: ref.rawValue, writable: writable))
         defer { for fd in descriptors { close(fd) } }
         switch reply {
         case let .mapped(handle, frame) where descriptors.count == 1:
             let protection = PROT_READ | (writable ? PROT_WRITE : 0)
             let address = mmap(nil, XenPage.size, protection, MAP_SHARED, descriptors[0], off_t(Int(frame) * XenPage.size))
             guard let address, address != MAP_FAILED else {
-                _ = try? grantCall(.unmapGrant(handle: handle))
+                _ = try? call(.unmapGrant(handle: handle))
                 throw PlatformError.connection("mapping the granted page: \(String(cString: strerror(errno)))")
             }
             return MappedGrant(handle: handle, frame: frame, address: address)
@@ -232,14 +228,14 @@ public final class ReferencePlatform: PVPlatform, @unchecked Sendable {
     /// `GNTTABOP_unmap_grant_ref`: unmaps the page here, then lets pvhost unpin it.
     public func unmapGrant(_ mapping: MappedGrant) throws {
         munmap(mapping.address, XenPage.size)
-        let (reply, descriptors) = try grantCall(.unmapGrant(handle: mapping.handle))
+        let (reply, descriptors) = try call(.unmapGrant(handle: mapping.handle))
         for fd in descriptors { close(fd) }
         if case let .grantStatus(value, _) = reply { throw GrantRefused(status: GrantStatus(rawValue: value) ?? .generalError) }
     }
 
     /// `GNTTABOP_copy`: pvhost copies between `granter`'s grant and this domain's `frame`.
     public func copyGrant(from granter: DomainID, ref: GrantRef, offset: Int, toFrame frame: Int, frameOffset: Int, length: Int, toGrant: Bool = false) throws {
-        let (reply, descriptors) = try grantCall(.copyGrant(granter: granter.rawValue, ref: ref.rawValue, offset: offset, localFrame: frame,
+        let (reply, descriptors) = try call(.copyGrant(granter: granter.rawValue, ref: ref.rawValue, offset: offset, localFrame: frame,
                                                              localOffset: frameOffset, length: length, toGrant: toGrant))
         for fd in descriptors { close(fd) }
         switch reply {

@@ -107,7 +107,6 @@ public final class XenbusFrontend: Sendable {
         let backendIDKey = try node(path + "/backend-id")
         guard let text = try? await store.readString(backendIDKey), let backendNumber = UInt16(text) else { throw .noDevice(path) }
         let backendID = DomainID(backendNumber)
-        let frontend = path
         var machine = FrontendStateMachine(connectsDirectly: connectsDirectly)
         if restart { machine.restart() }
         let events: XenStoreWatch
@@ -129,7 +128,7 @@ public final class XenbusFrontend: Sendable {
                     continue
                 case let .publish(then):
                     do {
-                        try await store.transaction { tx in try await self.driver.publish(tx, frontend: frontend, backend: backend, backendID: backendID) }
+                        try await store.transaction { tx in try await self.driver.publish(tx, frontend: path, backend: backend, backendID: backendID) }
                     } catch {
                         await fail(errno: 5, "publishing the transport: \(error)")
                         throw .driver("\(error)")
@@ -138,7 +137,7 @@ public final class XenbusFrontend: Sendable {
                     connected = then == .connected
                     continue
                 case .connect:
-                    do { try await driver.connect(frontend: frontend, backend: backend) } catch {
+                    do { try await driver.connect(frontend: path, backend: backend) } catch {
                         await fail(errno: 5, "connecting: \(error)")
                         throw .driver("\(error)")
                     }
@@ -146,10 +145,10 @@ public final class XenbusFrontend: Sendable {
                     connected = true
                 case .refresh:
                     if !connected {
-                        do { try await driver.connect(frontend: frontend, backend: backend) } catch { throw .driver("\(error)") }
+                        do { try await driver.connect(frontend: path, backend: backend) } catch { throw .driver("\(error)") }
                         connected = true
                     } else {
-                        try? await driver.refresh(frontend: frontend, backend: backend)
+                        try? await driver.refresh(frontend: path, backend: backend)
                     }
                 case .close:
                     await driver.disconnect()
