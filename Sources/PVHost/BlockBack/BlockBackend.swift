@@ -156,6 +156,15 @@ public final class BlockBackend: @unchecked Sendable {
 
     private var isConnected: Bool { lock.withLock { connection != nil } }
 
+    /// Writes our state only while the node exists (as Linux's xenbus_switch_state): a watcher
+    /// acting late must not recreate a directory the toolstack removed.
+    private func setState(_ state: XenbusState) async {
+        let path = node("state")
+        try? await store.transaction { tx in
+            if try await tx.exists(path) { try await tx.write(path, state.nodeValue) }
+        }
+    }
+
     private func connect() async {
         do {
             let ringRef = try await store.readString(XenStorePath(device.frontendPath + "/ring-ref"))
@@ -175,12 +184,12 @@ public final class BlockBackend: @unchecked Sendable {
             let thread = Thread { [self] in serve(connection) }
             connection.thread = thread
             thread.start()
-            try await store.write(node("state"), XenbusState.connected.nodeValue)
+            await setState(.connected)
             logger.info("vbd \(device.devid) of domain \(device.frontend.rawValue) connected", metadata: ["file": "\(path)", "sectors": "\(sectors)"])
         } catch {
             logger.error("vbd \(device.devid) of domain \(device.frontend.rawValue): cannot connect: \(error)")
             try? await store.write(XenStorePath("/local/domain/0/error/backend/vbd/\(device.frontend.rawValue)/\(device.devid)/error"), "5 \(error)")
-            try? await store.write(node("state"), XenbusState.closing.nodeValue)
+            await setState(.closing)
         }
     }
 
@@ -193,7 +202,7 @@ public final class BlockBackend: @unchecked Sendable {
             try? toolstack.hypervisor.unmapGrant(old.ringMapping.handle, by: .dom0)
             try? toolstack.hypervisor.closePort(.dom0, old.port)
         }
-        try? await store.write(node("state"), XenbusState.closed.nodeValue)
+        await setState(.closed)
     }
 
     /// Stops following the frontend (pvhost removing the device or shutting down).
