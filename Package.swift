@@ -50,6 +50,7 @@ let package = Package(
             swiftSettings: strictSwift),
         // The XenBus frontend lifecycle: a pure state machine and the driver that runs it on XenStore.
         .target(name: "XenBus", dependencies: ["XenABI", "XenStore"], swiftSettings: strictSwift),
+        .testTarget(name: "BlockFrontTests", dependencies: ["BlockFront", "XenABI"], swiftSettings: strictSwift),
         .testTarget(name: "XenBusTests", dependencies: ["XenBus", "XenABI"], swiftSettings: strictSwift),
         // Grant table v1 in shared memory: the granting guest's and the hypervisor's halves.
         .target(

@@ -3,15 +3,21 @@ import PVPlatform
 import Synchronization
 import XenABI
 import XenBus
-import XenRing
 import XenStore
 
 /// A virtual disk seen through Xen's PV block protocol: the frontend of `device/vbd/<id>`.
-/// It negotiates with the backend through XenBus, shares one ring page and an event channel,
-/// and moves data through pages granted per request (zeroed before granting, revoked after
-/// the response with try semantics). Responses are copied out of the ring once and checked:
-/// an id that is not in flight, or a status outside the protocol, closes the device with
+///
+/// It negotiates with the backend through XenBus as Linux's blkfront does and uses every
+/// feature the backend offers (and ``Options`` allows): multi-page rings, several queues,
+/// persistent grants, indirect descriptors, flush, barrier, discard. Data moves through pages
+/// of this domain's memory granted to the backend — never the caller's memory — copied in
+/// before a write and out after a read. Responses are copied out of the ring once and checked:
+/// an id that is not in flight, an operation that is not the request's, a status outside the
+/// protocol or a `rsp_prod` past what was requested closes the device with
 /// ``BlockFrontError/backendMisbehaved(_:)``.
+///
+/// Back-pressure, not errors: a request waits for ring slots and for pages of its budget.
+/// When the backend restarts, requests in flight are re-issued on the new rings.
 ///
 /// ```swift
 /// let disk = try await BlockFront.connect(platform: platform, store: store, id: 51712)
@@ -19,135 +25,235 @@ import XenStore
 /// try await disk.flush()
 /// ```
 public final class BlockFront: Sendable {
-    /// What the backend told us about the disk.
+    /// What this frontend asks for; the backend's offer may give less.
+    public struct Options: Sendable, Equatable {
+        /// Rings wanted (default: one per processor).
+        public var queues = ProcessInfo.processInfo.activeProcessorCount
+        /// Pages per ring wanted, as an order (4 = 16 pages = 512 slots).
+        public var ringPageOrder = 4
+        public var persistentGrants = true
+        /// Segments per request wanted beyond 11 (indirect descriptors); ≤ 11 turns them off.
+        public var indirectSegments = 256
+        /// Data pages the device may hold at once (its memory budget, 4 KiB each).
+        public var pages = 1024
+        /// A request not answered within this fails the device (nil: wait forever, as Linux).
+        public var requestTimeout: Duration?
+        /// Re-issue requests on a backend that restarts (Closed, then InitWait again).
+        public var reconnect = true
+        /// How long requests wait for a restarted backend before they fail.
+        public var reconnectTimeout: Duration = .seconds(30)
+
+        public init() {}
+
+        /// No optional feature: one page, one queue, 11 segments, grants per request.
+        public static var minimal: Options {
+            var o = Options()
+            o.queues = 1
+            o.ringPageOrder = 0
+            o.persistentGrants = false
+            o.indirectSegments = 0
+            return o
+        }
+    }
+
+    /// The discard parameters the backend published.
+    public struct Discard: Sendable, Equatable {
+        public let granularity: Int
+        public let alignment: Int
+        public let secure: Bool
+        public init(granularity: Int, alignment: Int, secure: Bool) {
+            self.granularity = granularity
+            self.alignment = alignment
+            self.secure = secure
+        }
+    }
+
+    /// What the backend told us about the disk, and what was negotiated.
     public struct Info: Sendable, Equatable {
-        /// Size in 512-byte sectors.
-        public let sectors: UInt64
+        /// Size in 512-byte sectors (changes when the backend announces a new capacity).
+        public internal(set) var sectors: UInt64
         /// Logical block size (alignment of every request, in bytes).
         public let sectorSize: Int
+        public let physicalSectorSize: Int
         public let readOnly: Bool
+        public let removable: Bool
+        public let cdrom: Bool
         public let flush: Bool
+        public let barrier: Bool
+        public let discard: Discard?
+        public let persistentGrants: Bool
+        /// Segments per indirect request; 0 when indirect descriptors are not in use.
+        public let indirectSegments: Int
+        public let queues: Int
+        /// Pages per ring.
+        public let ringPages: Int
+        /// False when our `trusted` key is "0": pages are zeroed before every reuse.
+        public let trusted: Bool
         public var bytes: UInt64 { sectors * UInt64(Blkif.sectorSize) }
     }
 
-    public let info: Info
+    /// Counters for tools and tests.
+    public struct Statistics: Sendable, Equatable {
+        /// Connections made (more than one after a backend restart).
+        public let connections: Int
+        /// Requests sent again after a backend restart.
+        public let reissued: Int
+        /// Notifications sent to the backend on the current rings.
+        public let notificationsSent: Int
+        /// Wake-ups that found no response.
+        public let spuriousWakeups: Int
+        /// Pages (ring and data) whose grant the backend has not let go.
+        public let pagesHeldByBackend: Int
+    }
+
     private let core: Core
-    private let xenbus: XenbusFrontend
-    private let lifecycle: Task<Void, Never>
+    private let closer: Closer
+
+    /// The disk as negotiated on the current connection.
+    public var info: Info { core.currentInfo! }
+    public var statistics: Statistics { core.statistics }
 
     /// Connects to the disk `device/vbd/<id>` of this domain (waits for the backend).
-    public static func connect(platform: ReferencePlatform, store: XenStoreClient, id: Int) async throws(BlockFrontError) -> BlockFront {
-        let core = Core(platform: platform, handle: UInt16(truncatingIfNeeded: id))
+    public static func connect(platform: any PVPlatform, store: XenStoreClient, id: Int,
+                               options: Options = Options()) async throws(BlockFrontError) -> BlockFront {
+        let core = Core(platform: platform, handle: UInt16(truncatingIfNeeded: id), options: options)
         let driver = Driver(core: core, store: store)
-        let xenbus = XenbusFrontend(store: store, type: "vbd", id: id, driver: driver, connectsDirectly: false)
+        let xenbus = XenbusFrontend(store: store, type: "vbd", id: id, driver: driver, connectsDirectly: false,
+                                    reconnects: options.reconnect)
         let lifecycle = Task {
             do { try await xenbus.run() } catch { core.fail(.closed("\(error)")) }
             core.fail(.closed("the device was closed"))
         }
-        let info = try await core.waitForConnection()
-        return BlockFront(info: info, core: core, xenbus: xenbus, lifecycle: lifecycle)
+        let closer = Closer(core: core, xenbus: xenbus, lifecycle: lifecycle)
+        // A device that fails on its own (a lying backend, a timeout) closes as if asked to.
+        core.onFailure = { error in
+            switch error {
+            case .backendMisbehaved, .timedOut: Task { await closer.close(reason: error) }
+            default: break  // closed by the backend, the toolstack or us: the handshake handles it
+            }
+        }
+        do {
+            _ = try await core.waitForConnection()
+        } catch {
+            await closer.close(reason: error)
+            throw error
+        }
+        return BlockFront(core: core, closer: closer)
     }
 
-    private init(info: Info, core: Core, xenbus: XenbusFrontend, lifecycle: Task<Void, Never>) {
-        self.info = info
+    private init(core: Core, closer: Closer) {
+        self.core = core
+        self.closer = closer
+    }
+
+    /// Reads `buffer.count` bytes at `sector` into `buffer` (offset and length multiples of
+    /// the sector size). The buffer must stay valid until the call returns.
+    public func read(at sector: UInt64, into buffer: UnsafeMutableRawBufferPointer) async throws(BlockFrontError) {
+        try check(sector: sector, count: buffer.count)
+        try await core.run(.read, sector: sector, count: buffer.count, buffer: buffer.baseAddress)
+    }
+
+    /// Writes `buffer` at `sector`; durable after ``flush()``.
+    public func write(at sector: UInt64, from buffer: UnsafeRawBufferPointer, barrier: Bool = false) async throws(BlockFrontError) {
+        let info = self.info
+        guard !info.readOnly else { throw .readOnly }
+        if barrier && !info.barrier { throw .notSupported("barrier") }
+        try check(sector: sector, count: buffer.count)
+        try await core.run(barrier ? .writeBarrier : .write, sector: sector, count: buffer.count, buffer: UnsafeMutableRawPointer(mutating: buffer.baseAddress))
+    }
+
+    /// Reads `count` bytes at `sector` into a new array.
+    public func read(sector: UInt64, count: Int) async throws(BlockFrontError) -> [UInt8] {
+        try check(sector: sector, count: count)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: XenPage.size)
+        defer { buffer.deallocate() }
+        try await read(at: sector, into: buffer)
+        return Array(buffer)
+    }
+
+    /// Writes `data` at `sector` (a multiple of the sector size long). With `barrier`, every
+    /// write that completed before it is durable before it, and later requests start after
+    /// it (BLKIF_OP_WRITE_BARRIER; needs the backend's `feature-barrier`).
+    public func write(sector: UInt64, _ data: [UInt8], barrier: Bool = false) async throws(BlockFrontError) {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(data.count, 1), alignment: XenPage.size)
+        defer { buffer.deallocate() }
+        buffer.copyBytes(from: data)
+        try await write(at: sector, from: UnsafeRawBufferPointer(rebasing: buffer[0..<data.count]), barrier: barrier)
+    }
+
+    /// Commits the disk's volatile cache (BLKIF_OP_FLUSH_DISKCACHE): every write that
+    /// completed before the call is durable when it returns.
+    public func flush() async throws(BlockFrontError) {
+        guard info.flush else { throw .notSupported("flush") }
+        try await core.run(.flushDiskCache, sector: 0, count: 0, buffer: nil)
+    }
+
+    /// Tells the backend the bytes are no longer needed (BLKIF_OP_DISCARD); they read back
+    /// as zeros from pvhost's file-backed disks. `secure` asks for a secure erase when offered.
+    public func discard(sector: UInt64, count: Int, secure: Bool = false) async throws(BlockFrontError) {
+        let info = self.info
+        guard let discard = info.discard else { throw .notSupported("discard") }
+        guard !info.readOnly else { throw .readOnly }
+        try check(sector: sector, count: count)
+        try await core.run(.discard, sector: sector, count: 0, buffer: nil,
+                           discard: (UInt64(count / Blkif.sectorSize), secure && discard.secure))
+    }
+
+    /// Closes the device: requests in flight fail; Closing, then waits (up to 5 s) for the
+    /// backend to let go before revoking the pages (those it still maps are kept, see
+    /// ``Statistics/pagesHeldByBackend``); Closed.
+    public func close() async { await closer.close(reason: nil) }
+
+    private func check(sector: UInt64, count: Int) throws(BlockFrontError) {
+        let info = self.info
+        guard count > 0, count % info.sectorSize == 0, (sector * UInt64(Blkif.sectorSize)) % UInt64(info.sectorSize) == 0 else {
+            throw .misaligned(sector: sector, count: count, sectorSize: info.sectorSize)
+        }
+        guard sector < info.sectors, UInt64(count / Blkif.sectorSize) <= info.sectors - sector else {
+            throw .outOfRange(sector: sector, count: count, sectors: info.sectors)
+        }
+    }
+}
+
+/// Closes a device once, whoever asks first (the user, or the device's own failure).
+private final class Closer: Sendable {
+    let core: Core
+    let xenbus: XenbusFrontend
+    let lifecycle: Task<Void, Never>
+    private let started = Mutex(false)
+    private let done = Mutex<[CheckedContinuation<Void, Never>]?>([])
+
+    init(core: Core, xenbus: XenbusFrontend, lifecycle: Task<Void, Never>) {
         self.core = core
         self.xenbus = xenbus
         self.lifecycle = lifecycle
     }
 
-    /// Reads `count` bytes at `sector` (both multiples of the sector size). Large reads go
-    /// out as several requests at once (up to 11 pages each).
-    public func read(sector: UInt64, count: Int) async throws(BlockFrontError) -> [UInt8] {
-        try check(sector: sector, count: count)
-        let chunks = Self.chunks(count)
-        if chunks.count == 1 { return try await core.transfer(.read, sector: sector, bytes: count, data: nil) }
-        let core = self.core
-        do {
-            let parts = try await withThrowingTaskGroup(of: (Int, [UInt8]).self) { group in
-                var parts = [[UInt8]](repeating: [], count: chunks.count)
-                var next = 0
-                func start() {
-                    guard next < chunks.count else { return }
-                    let (index, (offset, length)) = (next, chunks[next])
-                    next += 1
-                    group.addTask { (index, try await core.transfer(.read, sector: sector + UInt64(offset / Blkif.sectorSize), bytes: length, data: nil)) }
+    func close(reason: BlockFrontError?) async {
+        let first = started.withLock { started in defer { started = true }; return !started }
+        guard first else {
+            // Someone else is closing: wait for them.
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let finished = done.withLock { waiting in
+                    guard waiting != nil else { return true }
+                    waiting!.append(continuation)
+                    return false
                 }
-                for _ in 0..<Self.window { start() }
-                while let (index, bytes) = try await group.next() {
-                    parts[index] = bytes
-                    start()
-                }
-                return parts
+                if finished { continuation.resume() }
             }
-            var result: [UInt8] = []
-            result.reserveCapacity(count)
-            for part in parts { result += part }
-            return result
-        } catch {
-            throw error as? BlockFrontError ?? .closed("\(error)")
-        }
-    }
-
-    /// Requests of one large transfer in flight at once (8 × 11 pages of this domain's memory).
-    static let window = 8
-
-    /// (offset, length) of each request a transfer of `count` bytes is split into.
-    private static func chunks(_ count: Int) -> [(Int, Int)] {
-        let most = Blkif.maxSegmentsPerRequest * XenPage.size
-        return stride(from: 0, to: count, by: most).map { ($0, min(most, count - $0)) }
-    }
-
-    /// Writes `data` at `sector` (a multiple of the sector size long); the requests of a
-    /// large write go out at once. Durable only after ``flush()``.
-    public func write(sector: UInt64, _ data: [UInt8]) async throws(BlockFrontError) {
-        guard !info.readOnly else { throw .readOnly }
-        try check(sector: sector, count: data.count)
-        let chunks = Self.chunks(data.count)
-        if chunks.count == 1 {
-            _ = try await core.transfer(.write, sector: sector, bytes: data.count, data: data)
             return
         }
-        let core = self.core
-        do {
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                var next = 0
-                func start() {
-                    guard next < chunks.count else { return }
-                    let (offset, length) = chunks[next]
-                    next += 1
-                    let part = Array(data[offset..<offset + length])
-                    group.addTask { _ = try await core.transfer(.write, sector: sector + UInt64(offset / Blkif.sectorSize), bytes: length, data: part) }
-                }
-                for _ in 0..<Self.window { start() }
-                while try await group.next() != nil { start() }
-            }
-        } catch {
-            throw error as? BlockFrontError ?? .closed("\(error)")
-        }
-    }
-
-    /// Commits the disk's volatile cache (BLKIF_OP_FLUSH_DISKCACHE); a no-op error when the
-    /// backend offers no flush.
-    public func flush() async throws(BlockFrontError) {
-        guard info.flush else { throw .notSupported("flush") }
-        _ = try await core.transfer(.flushDiskCache, sector: 0, bytes: 0, data: nil)
-    }
-
-    /// Closes the device (Closing → Closed); requests in flight fail.
-    public func close() async {
         // Stop the handshake first, so its last state write (Connected) cannot land after
         // Closing and leave the backend connected.
         lifecycle.cancel()
         await lifecycle.value
-        try? await xenbus.switchState(.closing)
-        core.fail(.closed("closed by the frontend"))
-    }
-
-    private func check(sector: UInt64, count: Int) throws(BlockFrontError) {
-        guard count > 0, count % info.sectorSize == 0, (sector * UInt64(Blkif.sectorSize)) % UInt64(info.sectorSize) == 0 else {
-            throw .misaligned(sector: sector, count: count, sectorSize: info.sectorSize)
-        }
-        guard sector + UInt64(count / Blkif.sectorSize) <= info.sectors else { throw .outOfRange(sector: sector, count: count, sectors: info.sectors) }
+        core.fail(reason ?? .closed("closed by the frontend"))
+        if let reason { await xenbus.fail(errno: 5, "\(reason)") } else { try? await xenbus.switchState(.closing) }
+        await xenbus.waitForBackend(in: [.closed, .unknown], timeout: .seconds(5))
+        core.drain()
+        try? await xenbus.switchState(.closed)
+        let waiting = done.withLock { waiting in defer { waiting = nil }; return waiting ?? [] }
+        for continuation in waiting { continuation.resume() }
     }
 }
 
@@ -161,6 +267,10 @@ public enum BlockFrontError: Error, Equatable, Sendable, CustomStringConvertible
     case ioError(sector: UInt64)
     /// The backend broke the protocol; the device is closed.
     case backendMisbehaved(String)
+    /// A request went unanswered past ``BlockFront/Options/requestTimeout``; the device is closed.
+    case timedOut(seconds: Double)
+    /// The calling task was cancelled before its requests went out (none were left behind).
+    case cancelled
     /// The device is closed (by us, the backend, or the toolstack).
     case closed(String)
     case platform(String)
@@ -173,6 +283,8 @@ public enum BlockFrontError: Error, Equatable, Sendable, CustomStringConvertible
         case let .notSupported(what): "the backend does not offer \(what)"
         case let .ioError(sector): "the backend reported an I/O error at sector \(sector)"
         case let .backendMisbehaved(what): "the backend broke the protocol (\(what)); the device is closed"
+        case let .timedOut(seconds): "a request went unanswered for \(seconds) s; the device is closed"
+        case .cancelled: "cancelled"
         case let .closed(why): "the device is closed: \(why)"
         case let .platform(what): what
         }

@@ -3,245 +3,383 @@ import Foundation
 import Glibc
 #endif
 import PVPlatform
-import SharedMemory
 import XenABI
 import XenBus
-import XenRing
 import XenStore
 
-/// The ring, the requests in flight and the completion thread of one BlockFront.
+/// A device's state across connections: the rings of the current connection, the data pages,
+/// requests waiting to be re-issued while the backend restarts, and the failure that closed
+/// the device.
 final class Core: @unchecked Sendable {
-    let platform: ReferencePlatform
+    let platform: any PVPlatform
     let handle: UInt16
+    let options: BlockFront.Options
+    let gate = OrderingGate()
     private let lock = NSLock()
-
-    /// The ring, touched only under `lock`.
-    private final class RingBox: @unchecked Sendable {
-        var ring: FrontRing<BlkifRing>
-        init(_ ring: consuming FrontRing<BlkifRing>) { self.ring = ring }
-    }
-
-    private struct Pending {
-        let continuation: CheckedContinuation<Result<[UInt8], BlockFrontError>?, Never>
-        let operation: BlkifOperation
-        let sector: UInt64
-        let bytes: Int
-        let pages: [SharedPage]
-    }
-
-    private struct Transport: @unchecked Sendable {
-        let ringPage: SharedPage
-        let box: RingBox
-        let channel: EventChannel
-        let backend: DomainID
-        let stop: EventFD
-    }
-
-    private var transport: Transport?
-    private var pending: [UInt64: Pending] = [:]
-    private var nextID: UInt64 = 1
-    private var failure: BlockFrontError?
+    /// Rings made at publish, started at Connected.
+    private var staged: [BlockQueue] = []
+    private var transport: BlockNegotiation.Transport?
+    private var queues: [BlockQueue] = []
+    private var nextQueue = 0
+    private var pool: GrantPool?
     private var info: BlockFront.Info?
-    private var connectWaiters: [CheckedContinuation<Result<BlockFront.Info, BlockFrontError>, Never>] = []
-    /// Pages whose revoke the backend refused (still mapped): kept, retried later.
-    private var deferred: [SharedPage] = []
+    private var failure: BlockFrontError?
+    /// In flight when the backend went away; re-issued on the next connection.
+    private var suspended: [InFlight] = []
+    private var waiters: [CheckedContinuation<BlockFrontError?, Never>] = []
+    /// Ring pages the backend did not let go (kept, retried at close).
+    private var heldRingPages: [SharedPage] = []
+    private var connections = 0
+    private var reissuedCount = 0
+    private var reconnectTimer: Task<Void, Never>?
+    /// Told once when the device fails on its own (set before the handshake starts).
+    nonisolated(unsafe) var onFailure: (@Sendable (BlockFrontError) -> Void)?
 
-    init(platform: ReferencePlatform, handle: UInt16) {
+    init(platform: any PVPlatform, handle: UInt16, options: BlockFront.Options) {
         self.platform = platform
         self.handle = handle
+        self.options = options
+    }
+
+    static func now() -> UInt64 {
+        var t = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t)
+        return UInt64(t.tv_sec) * 1_000_000_000 + UInt64(t.tv_nsec)
+    }
+
+    static func nanoseconds(_ duration: Duration) -> UInt64 {
+        let (seconds, attoseconds) = duration.components
+        return UInt64(max(0, seconds)) * 1_000_000_000 + UInt64(max(0, attoseconds) / 1_000_000_000)
+    }
+
+    var currentInfo: BlockFront.Info? { lock.withLock { info } }
+    var statistics: BlockFront.Statistics {
+        lock.withLock {
+            BlockFront.Statistics(connections: connections, reissued: reissuedCount, notificationsSent: queues.reduce(0) { $0 + $1.channel.notificationsSent },
+                                  spuriousWakeups: queues.reduce(0) { $0 + $1.spuriousWakeups },
+                                  pagesHeldByBackend: (pool?.pagesHeldByBackend ?? 0) + heldRingPages.count)
+        }
     }
 
     // MARK: Lifecycle (called by the XenBus driver)
 
-    /// The ring page and event channel, made once per connection (publish may be retried).
-    func transport(for backend: DomainID) throws(BlockFrontError) -> (ringRef: GrantRef, port: EventChannelPort) {
-        if let existing = lock.withLock({ transport }) { return (existing.ringPage.ref, existing.channel.port) }
-        let page: SharedPage
-        let channel: EventChannel
-        let stop: EventFD
-        do {
-            page = try platform.grantPage(to: backend, readOnly: false)
-            channel = try platform.allocateUnboundPort(remote: backend)
-            stop = try EventFD()
-        } catch {
-            throw .platform("\(error)")
-        }
-        let ring: FrontRing<BlkifRing>
-        do { ring = try FrontRing(initializing: UnsafeMutableRawBufferPointer(start: page.address, count: XenPage.size), protocol: BlkifRing()) } catch {
-            throw .platform("\(error)")
-        }
-        let made = Transport(ringPage: page, box: RingBox(ring), channel: channel, backend: backend, stop: stop)
-        lock.withLock { transport = made }
-        Thread { [self] in completions(made) }.start()
-        return (page.ref, channel.port)
-    }
-
-    func connected(_ info: BlockFront.Info) {
-        let waiters = lock.withLock { () -> [CheckedContinuation<Result<BlockFront.Info, BlockFrontError>, Never>] in
-            self.info = info
-            defer { connectWaiters.removeAll() }
-            return connectWaiters
-        }
-        for waiter in waiters { waiter.resume(returning: .success(info)) }
-    }
-
-    func waitForConnection() async throws(BlockFrontError) -> BlockFront.Info {
-        let result: Result<BlockFront.Info, BlockFrontError> = await withCheckedContinuation { continuation in
-            let immediate: Result<BlockFront.Info, BlockFrontError>? = lock.withLock {
-                if let info { return .success(info) }
-                if let failure { return .failure(failure) }
-                connectWaiters.append(continuation)
-                return nil
+    /// The rings to publish (made once per connection attempt: publish may be retried).
+    func stage(offer: [String: String], backend: DomainID) throws(BlockFrontError) -> (BlockNegotiation.Transport, [BlockQueue]) {
+        if let failure = lock.withLock({ failure }) { throw failure }
+        if let existing = lock.withLock({ self.transport.map { ($0, self.staged) } }), !existing.1.isEmpty { return existing }
+        let wanted = try BlockNegotiation.transport(offer: offer, options: options)
+        var made: [BlockQueue] = []
+        do throws(BlockFrontError) {
+            for index in 0..<wanted.queues {
+                let pages: SharedPages
+                let channel: EventChannel
+                do {
+                    pages = try platform.grantPages(1 << wanted.ringPageOrder, to: backend, readOnly: false)
+                } catch { throw .platform("\(error)") }
+                do { channel = try platform.allocateUnboundPort(remote: backend) } catch {
+                    releaseRing(pages)
+                    throw .platform("\(error)")
+                }
+                made.append(try BlockQueue(index: index, core: self, ringPages: pages, channel: channel))
             }
-            if let immediate { continuation.resume(returning: immediate) }
+        } catch {
+            for queue in made { retire(queue) }
+            throw error
         }
-        return try result.get()
+        lock.withLock {
+            self.transport = wanted
+            self.staged = made
+        }
+        return (wanted, made)
     }
 
-    /// Everything in flight fails with `error`; the completion thread stops; the ring page and
-    /// data pages are revoked (kept if the backend still maps them).
-    func fail(_ error: BlockFrontError) {
-        let (requests, waiters, old) = lock.withLock { () -> ([Pending], [CheckedContinuation<Result<BlockFront.Info, BlockFrontError>, Never>], Transport?) in
-            if failure == nil { failure = error }
-            defer { pending.removeAll(); connectWaiters.removeAll(); transport = nil }
-            return (Array(pending.values), connectWaiters, transport)
+    /// The backend is Connected: start the rings, re-issue what was suspended, admit callers.
+    func connected(backend keys: [String: String], trusted: String?, backendID: DomainID) throws(BlockFrontError) {
+        guard let transport = lock.withLock({ self.transport }) else { throw .closed("connected before publishing") }
+        let info = try BlockNegotiation.disk(backend: keys, transport: transport, trusted: trusted, options: options)
+        let pool = lock.withLock { () -> GrantPool in
+            if let pool = self.pool { return pool }
+            // Never more than three quarters of what the domain can still grant, and room for
+            // at least two of the largest requests.
+            let budget = max(min(options.pages, platform.availablePages * 3 / 4), 2 * (Blkif.maxSegmentsPerRequest + 1))
+            let made = GrantPool(platform: platform, backend: backendID, persistent: info.persistentGrants, zeroOnReuse: !info.trusted, pages: budget)
+            self.pool = made
+            return made
         }
-        if let old {
-            try? old.stop.notify()
-            old.channel.close()
-            if !platform.revoke(old.ringPage) { lock.withLock { deferred.append(old.ringPage) } }
+        _ = pool
+        let (started, again, ready): ([BlockQueue], [InFlight], [CheckedContinuation<BlockFrontError?, Never>]) = lock.withLock {
+            reconnectTimer?.cancel()
+            reconnectTimer = nil
+            self.info = info
+            queues = staged
+            staged = []
+            connections += 1
+            reissuedCount += suspended.count
+            defer { suspended = []; waiters = [] }
+            return (queues, suspended, waiters)
         }
-        for request in requests {
-            release(request.pages)
-            request.continuation.resume(returning: .failure(error))
-        }
-        for waiter in waiters { waiter.resume(returning: .failure(error)) }
+        for queue in started { queue.start() }
+        for waiter in ready { waiter.resume(returning: nil) }
+        reissue(again, on: started, info: info)
     }
 
-    private func release(_ pages: [SharedPage]) {
-        var kept: [SharedPage] = []
-        for page in pages where !platform.revoke(page) { kept.append(page) }
-        let retry = lock.withLock { () -> [SharedPage] in
-            deferred += kept
-            defer { deferred.removeAll() }
-            return deferred
+    /// Requests that were on the rings of the previous connection go out again, in order,
+    /// each on a ring of the new one (they hold their slots' budget and pages already).
+    private func reissue(_ entries: [InFlight], on queues: [BlockQueue], info: BlockFront.Info) {
+        guard !entries.isEmpty else { return }
+        Task {
+            for (n, entry) in entries.enumerated() {
+                let queue = queues[n % queues.count]
+                if case let .indirect(r) = entry.request, Int(r.segmentCount) > info.indirectSegments {
+                    finish(entry, error: .closed("the backend came back without the indirect segments this request used"))
+                    continue
+                }
+                do throws(BlockFrontError) {
+                    try await queue.slots.acquire(1)
+                    try queue.submit(entry)
+                } catch {
+                    finish(entry, error: error)
+                }
+            }
         }
+    }
+
+    /// The backend went away (Closing/Closed). With reconnect on, requests in flight wait for
+    /// the next connection (bounded by the reconnect timeout); otherwise they fail.
+    func disconnected() {
+        guard options.reconnect, options.reconnectTimeout > .zero, lock.withLock({ failure == nil }) else {
+            fail(.closed("the backend closed the device"))
+            return
+        }
+        let old = lock.withLock { defer { queues = []; staged = []; transport = nil }; return queues + staged }
+        var waiting: [InFlight] = []
+        for queue in old {
+            waiting += queue.halt()
+            queue.slots.fail(.closed("the backend restarted"))
+            retire(queue)
+        }
+        let timeout = options.reconnectTimeout
+        lock.withLock {
+            suspended += waiting.sorted { $0.issued < $1.issued }
+            reconnectTimer = Task { [weak self] in
+                try? await Task.sleep(for: timeout)
+                guard !Task.isCancelled, let self else { return }
+                self.fail(.closed("the backend did not come back within \(timeout)"))
+            }
+        }
+    }
+
+    /// Waits until the device is connected (the first time, or again after a backend restart).
+    func waitForConnection() async throws(BlockFrontError) -> BlockFront.Info {
+        while true {
+            let error: BlockFrontError? = await withCheckedContinuation { continuation in
+                let immediate: BlockFrontError?? = lock.withLock {
+                    if let failure { return .some(failure) }
+                    if info != nil && !queues.isEmpty { return .some(nil) }
+                    waiters.append(continuation)
+                    return nil
+                }
+                if let immediate { continuation.resume(returning: immediate) }
+            }
+            if let error { throw error }
+            if let info = lock.withLock({ queues.isEmpty ? nil : info }) { return info }
+        }
+    }
+
+    /// Closes the device: everything in flight and waiting fails with `error`; rings and
+    /// pages are revoked (kept while the backend maps them).
+    func fail(_ error: BlockFrontError, from caller: BlockQueue? = nil) {
+        var first = false
+        let (old, waiting, ready, pool) = lock.withLock { () -> ([BlockQueue], [InFlight], [CheckedContinuation<BlockFrontError?, Never>], GrantPool?) in
+            if failure == nil { failure = error; first = true }
+            reconnectTimer?.cancel()
+            defer { queues = []; staged = []; suspended = []; waiters = []; transport = nil }
+            return (queues + staged, suspended, waiters, self.pool)
+        }
+        let error = lock.withLock { failure } ?? error
+        pool?.budget.fail(error)
+        gate.release()
+        var entries = waiting
+        for queue in old {
+            queue.slots.fail(error)
+            entries += queue.halt()
+            retire(queue)
+        }
+        for entry in entries { finish(entry, error: error) }
+        for waiter in ready { waiter.resume(returning: error) }
+        if first { onFailure?(error) }
+    }
+
+    /// The backend wrote Connected again: re-read the size (a capacity change).
+    func resized(backend keys: [String: String], trusted: String?) throws(BlockFrontError) {
+        guard let transport = lock.withLock({ self.transport }) else { return }
+        let new = try BlockNegotiation.disk(backend: keys, transport: transport, trusted: trusted, options: options)
+        lock.withLock { info?.sectors = new.sectors }
+    }
+
+    /// After close: revokes every page, retrying the ones the backend held. Returns how many
+    /// it still holds.
+    @discardableResult
+    func drain() -> Int {
+        let held = lock.withLock { defer { heldRingPages = [] }; return heldRingPages }
         var still: [SharedPage] = []
-        for page in retry where !platform.revoke(page) { still.append(page) }
-        if !still.isEmpty { lock.withLock { deferred += still } }
+        for page in held where !platform.revoke(page) { still.append(page) }
+        let pool = lock.withLock { heldRingPages += still; return self.pool }
+        return (pool?.drain() ?? 0) + still.count
+    }
+
+    private func retire(_ queue: BlockQueue) {
+        queue.channel.close()
+        releaseRing(queue.ringPages)
+    }
+
+    private func releaseRing(_ pages: SharedPages) {
+        var kept: [SharedPage] = []
+        for page in pages.pages where !platform.revoke(page) { kept.append(page) }
+        if !kept.isEmpty { lock.withLock { heldRingPages += kept } }
     }
 
     // MARK: I/O
 
-    func transfer(_ operation: BlkifOperation, sector: UInt64, bytes: Int, data: [UInt8]?) async throws(BlockFrontError) -> [UInt8] {
-        guard let backend = lock.withLock({ transport?.backend }) else { throw lock.withLock { failure } ?? .closed("not connected") }
-        // Grant the data pages: writable for a read (the backend writes them).
-        var pages: [SharedPage] = []
-        var segments = BlkifSegmentList()
-        var remaining = bytes
-        while remaining > 0 {
-            let page: SharedPage
-            do { page = try platform.grantPage(to: backend, readOnly: operation == .write) } catch {
-                release(pages)
-                throw .platform("\(error)")
-            }
-            let length = min(remaining, XenPage.size)
-            if let data { data.withUnsafeBytes { page.address.copyMemory(from: $0.baseAddress! + (bytes - remaining), byteCount: length) } }
-            segments.append(BlkifSegment(gref: page.ref, firstSector: 0, lastSector: UInt8(length / Blkif.sectorSize - 1)))
-            pages.append(page)
-            remaining -= length
-        }
-        // A full ring is back-pressure: the request waits for responses to free a slot.
+    /// A ring of the current connection (round robin), waiting while the backend restarts.
+    private func pickQueue() async throws(BlockFrontError) -> BlockQueue {
         while true {
-            let outcome: Result<[UInt8], BlockFrontError>? = await withCheckedContinuation { continuation in
-                var notify: EventChannel?
-                let immediate: Result<[UInt8], BlockFrontError>?? = lock.withLock {
-                    if let failure { return .some(.failure(failure)) }
-                    guard let transport else { return .some(.failure(.closed("not connected"))) }
-                    guard !transport.box.ring.isFull else { return .some(nil) }
-                    let id = nextID
-                    nextID &+= 1
-                    let request = BlkifIORequest(operation: operation, handle: handle, id: id, sector: sector, segments: segments)
-                    _ = transport.box.ring.enqueueRequest(.io(request))
-                    pending[id] = Pending(continuation: continuation, operation: operation, sector: sector, bytes: bytes, pages: pages)
-                    if transport.box.ring.pushRequestsAndCheckNotify() { notify = transport.channel }
-                    return .none
-                }
-                if let immediate {
-                    // Not queued: the pages are still ours to give back.
-                    if case .failure = immediate { release(pages) }
-                    continuation.resume(returning: immediate)
-                }
-                notify?.notify()
+            let picked: BlockQueue? = lock.withLock {
+                guard !queues.isEmpty else { return nil }
+                nextQueue &+= 1
+                return queues[nextQueue % queues.count]
             }
-            guard let outcome else {
-                try? await Task.sleep(for: .microseconds(100))
-                continue
-            }
-            return try outcome.get()
+            if let picked { return picked }
+            _ = try await waitForConnection()
         }
     }
 
-    /// The completion thread: waits for the backend's notifications, copies each response out
-    /// once, checks it, and completes the request.
-    private func completions(_ transport: Transport) {
-        var fds = [pollfd(fd: transport.channel.delivery.fileDescriptor, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: transport.stop.fileDescriptor, events: Int16(POLLIN), revents: 0)]
-        while true {
-            fds[0].revents = 0
-            fds[1].revents = 0
-            _ = poll(&fds, 2, -1)
-            if fds[1].revents != 0 { return }
-            _ = try? transport.channel.delivery.wait()
-            var done: [(Pending, BlkifStatus)] = []
-            var broken: String?
-            lock.withLock {
-                guard self.transport?.box === transport.box else { return }
-                do {
-                    repeat {
-                        while let response = try transport.box.ring.nextResponse() {
-                            guard let request = pending.removeValue(forKey: response.id) else {
-                                broken = "a response for id \(response.id), which is not in flight"
-                                return
-                            }
-                            guard response.operation == request.operation, response.status.isDefined else {
-                                broken = "response \(response.id): operation \(response.operationCode), status \(response.status.rawValue)"
-                                pending[response.id] = request  // failed below with everything in flight
-                                return
-                            }
-                            done.append((request, response.status))
-                        }
-                    } while try transport.box.ring.finalCheckForResponses()
-                } catch {
-                    broken = "\(error)"
-                }
+    /// Runs one operation: the data cut into requests, each holding pages of the budget and a
+    /// ring slot while in flight; ends when all have ended (the first error wins).
+    ///
+    /// - Parameter buffer: reads: where the bytes go; writes: where they come from.
+    func run(_ operation: BlkifOperation, sector: UInt64, count: Int, buffer: UnsafeMutableRawPointer?,
+             discard: (sectors: UInt64, secure: Bool)? = nil) async throws(BlockFrontError) {
+        let info = try await waitForConnection()
+        guard let pool = lock.withLock({ pool }) else { throw .closed("not connected") }
+        let barrier = operation == .writeBarrier
+        if barrier { await gate.exclusive() } else { await gate.enter() }
+        defer { if barrier { gate.endExclusive() } else { gate.leave() } }
+        let transfer = Transfer()
+        if count == 0 {
+            // Flush and discard: no data pages.
+            do {
+                try await submit(operation, chunk: RequestPlan.Chunk(offset: 0, length: 0, sector: sector), buffer: nil, discard: discard, transfer: transfer)
+            } catch {
+                transfer.fail(error)
             }
-            for (request, status) in done {
-                let result: Result<[UInt8], BlockFrontError>
-                switch status {
-                case .okay:
-                    var bytes: [UInt8] = []
-                    if request.operation == .read {
-                        bytes.reserveCapacity(request.bytes)
-                        var left = request.bytes
-                        for page in request.pages {
-                            let length = min(left, XenPage.size)
-                            bytes.append(contentsOf: UnsafeRawBufferPointer(start: page.address, count: length))
-                            left -= length
-                        }
-                    }
-                    result = .success(bytes)
-                case .notSupported: result = .failure(.notSupported("\(request.operation)"))
-                default: result = .failure(.ioError(sector: request.sector))
+        } else {
+            // A barrier goes without indirect pages (the backend orders it on its ring).
+            // Requests no larger than half the page budget, so two are always in flight.
+            let fits = (pool.limit - Blkif.maxIndirectPagesPerRequest) / 2
+            let most = barrier || min(info.indirectSegments, fits) <= Blkif.maxSegmentsPerRequest
+                ? Blkif.maxSegmentsPerRequest : min(info.indirectSegments, fits)
+            for chunk in RequestPlan(sector: sector, byteCount: count, maxSegments: most).chunks {
+                if Task.isCancelled { transfer.fail(.cancelled); break }
+                do { try await submit(operation, chunk: chunk, buffer: buffer, discard: nil, transfer: transfer) } catch {
+                    transfer.fail(error)
+                    break
                 }
-                release(request.pages)
-                request.continuation.resume(returning: result)
-            }
-            if let broken {
-                fail(.backendMisbehaved(broken))
-                return
             }
         }
+        try await transfer.finish()
+    }
+
+    private func submit(_ operation: BlkifOperation, chunk: RequestPlan.Chunk, buffer: UnsafeMutableRawPointer?,
+                        discard: (sectors: UInt64, secure: Bool)?, transfer: Transfer) async throws(BlockFrontError) {
+        guard let pool = lock.withLock({ pool }) else { throw lock.withLock { failure } ?? .closed("not connected") }
+        try await pool.budget.acquire(chunk.budget)
+        var queue: BlockQueue
+        while true {
+            do {
+                queue = try await pickQueue()
+                try await queue.slots.acquire(1)
+                break
+            } catch {
+                // A ring closed under us by a backend restart: take one of the next connection.
+                if case .cancelled = error {} else if lock.withLock({ failure == nil && options.reconnect }) { continue }
+                pool.budget.release(chunk.budget)
+                throw error
+            }
+        }
+        let pages: [SharedPage]
+        do { pages = try pool.take(chunk.budget, readOnly: operation == .write || operation == .writeBarrier) } catch {
+            queue.slots.release(1)
+            pool.budget.release(chunk.budget)
+            throw error
+        }
+        if let buffer, operation != .read {
+            for index in 0..<chunk.pages {
+                let start = index * XenPage.size
+                pages[index].address.copyMemory(from: buffer + chunk.offset + start, byteCount: min(XenPage.size, chunk.length - start))
+            }
+        }
+        let request: BlkifRequest
+        if let discard {
+            request = .discard(BlkifDiscardRequest(secure: discard.secure, handle: handle, id: 0, sector: chunk.sector, sectorCount: discard.sectors))
+        } else if chunk.indirectPages > 0 {
+            let indirect = pages[chunk.pages...]
+            for (n, page) in indirect.enumerated() {
+                let first = n * Blkif.segmentsPerIndirectPage
+                let segments = (first..<min(chunk.pages, first + Blkif.segmentsPerIndirectPage)).lazy.map { chunk.segment($0, gref: pages[$0].ref) }
+                BlkifSegment.encodeIndirectPage(segments, into: UnsafeMutableRawBufferPointer(start: page.address, count: XenPage.size))
+            }
+            request = .indirect(BlkifIndirectRequest(operation: operation, segmentCount: UInt16(chunk.pages), handle: handle, id: 0,
+                                                     sector: chunk.sector, indirectGrants: indirect.map(\.ref)))
+        } else {
+            var segments = BlkifSegmentList()
+            for index in 0..<chunk.pages { segments.append(chunk.segment(index, gref: pages[index].ref)) }
+            request = .io(BlkifIORequest(operation: operation, handle: handle, id: 0, sector: chunk.sector, segments: segments))
+        }
+        let entry = InFlight(transfer: transfer, request: request, operation: operation, sector: chunk.sector, pages: pages,
+                             destination: operation == .read ? buffer.map { $0 + chunk.offset } : nil, byteCount: chunk.length,
+                             budget: chunk.budget, issued: 0)
+        transfer.started()
+        do { try queue.submit(entry) } catch {
+            // The ring was halted between taking the slot and now.
+            park(entry, error: error)
+        }
+    }
+
+    /// A request that could not go on its ring: waits for the next connection, or fails.
+    private func park(_ entry: InFlight, error: BlockFrontError) {
+        let parked: Bool = lock.withLock {
+            guard failure == nil, options.reconnect, queues.isEmpty else { return false }
+            suspended.append(entry)
+            return true
+        }
+        if !parked { finish(entry, error: lock.withLock { failure } ?? error) }
+    }
+
+    /// A response arrived (checked by the ring): data out, pages and slot back, caller told.
+    func finish(_ entry: InFlight, status: BlkifStatus, queue: BlockQueue) {
+        var error: BlockFrontError?
+        switch status {
+        case .okay:
+            if let destination = entry.destination {
+                for (index, page) in entry.pages.prefix((entry.byteCount + XenPage.size - 1) / XenPage.size).enumerated() {
+                    let start = index * XenPage.size
+                    (destination + start).copyMemory(from: page.address, byteCount: min(XenPage.size, entry.byteCount - start))
+                }
+            }
+        case .notSupported: error = .notSupported("\(entry.operation)")
+        default: error = .ioError(sector: entry.sector)
+        }
+        queue.slots.release(1)
+        finish(entry, error: error)
+    }
+
+    /// Ends a request without a ring slot to give back (failed, or after its ring halted).
+    private func finish(_ entry: InFlight, error: BlockFrontError?) {
+        let pool = lock.withLock { self.pool }
+        pool?.give(entry.pages)
+        pool?.budget.release(entry.budget)
+        entry.transfer.complete(error)
     }
 }
 
@@ -250,31 +388,55 @@ struct Driver: XenbusFrontendDriver {
     let core: Core
     let store: XenStoreClient
 
+    private func read(_ directory: String, _ keys: [String], in transaction: XenStoreTransaction? = nil) async throws -> [String: String] {
+        var values: [String: String] = [:]
+        for key in keys {
+            let path = try XenStorePath(directory + "/" + key)
+            let value: String?
+            if let transaction { value = try? await transaction.readString(path) } else { value = try? await store.readString(path) }
+            if let value { values[key] = value }
+        }
+        return values
+    }
+
     func publish(_ transaction: XenStoreTransaction, frontend: String, backend: String, backendID: DomainID) async throws {
-        let (ref, port) = try core.transport(for: backendID)
-        try await transaction.write(XenStorePath(frontend + "/ring-ref"), "\(ref.rawValue)")
-        try await transaction.write(XenStorePath(frontend + "/event-channel"), "\(port.rawValue)")
-        try await transaction.write(XenStorePath(frontend + "/protocol"), BlkifABI.x86_64.rawValue)
+        let offer = try await read(backend, BlockNegotiation.offerKeys, in: transaction)
+        let (transport, queues) = try failing { () throws(BlockFrontError) in try core.stage(offer: offer, backend: backendID) }
+        func write(_ key: String, _ value: String) async throws { try await transaction.write(XenStorePath(frontend + "/" + key), value) }
+        if transport.ringPageOrder > 0 { try await write("ring-page-order", "\(transport.ringPageOrder)") }
+        if transport.queues > 1 { try await write("multi-queue-num-queues", "\(transport.queues)") }
+        for queue in queues {
+            let prefix = transport.queues > 1 ? "queue-\(queue.index)/" : ""
+            if transport.ringPageOrder == 0 {
+                try await write(prefix + "ring-ref", "\(queue.ringPages.pages[0].ref.rawValue)")
+            } else {
+                for (n, page) in queue.ringPages.pages.enumerated() { try await write(prefix + "ring-ref\(n)", "\(page.ref.rawValue)") }
+            }
+            try await write(prefix + "event-channel", "\(queue.channel.port.rawValue)")
+        }
+        try await write("protocol", BlkifABI.x86_64.rawValue)
+        try await write("feature-persistent", core.options.persistentGrants ? "1" : "0")
     }
 
     func connect(frontend: String, backend: String) async throws {
-        // Never trust the backend: every value parsed and checked.
-        func number(_ key: String) async throws -> UInt64? {
-            guard let text = try? await store.readString(XenStorePath(backend + "/" + key)) else { return nil }
-            guard let value = UInt64(text) else { throw BlockFrontError.backendMisbehaved("\(key) = \"\(text)\" is not a number") }
-            return value
-        }
-        guard let sectors = try await number("sectors"), sectors > 0 else { throw BlockFrontError.backendMisbehaved("sectors missing or 0") }
-        let sectorSize = Int(try await number("sector-size") ?? 512)
-        guard sectorSize >= 512, sectorSize <= 65536, sectorSize & (sectorSize - 1) == 0 else {
-            throw BlockFrontError.backendMisbehaved("sector-size \(sectorSize) is not a power of two from 512 to 64 KiB")
-        }
-        let info = try await number("info") ?? 0
-        let flush = try await number("feature-flush-cache") ?? 0
-        core.connected(BlockFront.Info(sectors: sectors, sectorSize: sectorSize, readOnly: info & UInt64(Blkif.vdiskReadOnly) != 0, flush: flush == 1))
+        let keys = try await read(backend, BlockNegotiation.diskKeys)
+        let trusted = try await read(frontend, ["trusted"])["trusted"]
+        let backendID = try await read(frontend, ["backend-id"])["backend-id"].flatMap { UInt16($0) }.map { DomainID($0) } ?? .dom0
+        try failing { () throws(BlockFrontError) in try core.connected(backend: keys, trusted: trusted, backendID: backendID) }
     }
 
-    func refresh(frontend: String, backend: String) async throws {}
+    /// A BlockFrontError closes the device with that error before XenBus reports it (as a
+    /// driver failure, untyped).
+    private func failing<T>(_ body: () throws(BlockFrontError) -> T) throws(BlockFrontError) -> T {
+        do { return try body() } catch {
+            core.fail(error)
+            throw error
+        }
+    }
 
-    func disconnect() async { core.fail(.closed("the backend closed the device")) }
+    func refresh(frontend: String, backend: String) async throws {
+        try core.resized(backend: try await read(backend, BlockNegotiation.diskKeys), trusted: try await read(frontend, ["trusted"])["trusted"])
+    }
+
+    func disconnect() async { core.disconnected() }
 }

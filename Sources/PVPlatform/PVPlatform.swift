@@ -12,6 +12,11 @@ public protocol PVPlatform: Sendable {
     var domain: DomainID { get }
     /// A zeroed page of this domain's memory, granted to `peer`.
     func grantPage(to peer: DomainID, readOnly: Bool) throws(PlatformError) -> SharedPage
+    /// `count` zeroed pages granted to `peer`, also mapped side by side here (a multi-page
+    /// ring: `ring-ref0…`). Revoke them page by page.
+    func grantPages(_ count: Int, to peer: DomainID, readOnly: Bool) throws(PlatformError) -> SharedPages
+    /// Pages this domain could still grant now (memory and grant references both free).
+    var availablePages: Int { get }
     /// Ends the peer's access and frees the page; false while the peer still has it mapped
     /// (the page then stays allocated; try again later).
     func revoke(_ page: SharedPage) -> Bool
@@ -33,6 +38,22 @@ public struct SharedPage: @unchecked Sendable, Equatable {
     public let address: UnsafeMutableRawPointer
 
     public static func == (a: SharedPage, b: SharedPage) -> Bool { a.ref == b.ref && a.frame == b.frame }
+}
+
+/// Granted pages mapped contiguously here (see ``PVPlatform/grantPages(_:to:readOnly:)``).
+public struct SharedPages: @unchecked Sendable {
+    /// Each page and its grant, in order.
+    public let pages: [SharedPage]
+    /// All of them, side by side (`pages.count` × 4 KiB).
+    public let address: UnsafeMutableRawPointer
+    /// Keeps the contiguous view mapped.
+    let view: AnyObject?
+
+    public init(pages: [SharedPage], address: UnsafeMutableRawPointer, view: AnyObject?) {
+        self.pages = pages
+        self.address = address
+        self.view = view
+    }
 }
 
 /// Why the platform could not do something.

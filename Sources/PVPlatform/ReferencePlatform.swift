@@ -143,6 +143,23 @@ public final class ReferencePlatform: PVPlatform, @unchecked Sendable {
         return SharedPage(ref: GrantRef(ref), frame: frame, address: address)
     }
 
+    public func grantPages(_ count: Int, to peer: DomainID, readOnly: Bool) throws(PlatformError) -> SharedPages {
+        precondition(count > 0, "at least one page")
+        var pages: [SharedPage] = []
+        do throws(PlatformError) {
+            for _ in 0..<count { pages.append(try grantPage(to: peer, readOnly: readOnly)) }
+            if count == 1 { return SharedPages(pages: pages, address: pages[0].address, view: nil) }
+            let view: PageAlias
+            do { view = try memory.alias(pages: pages.map(\.frame)) } catch { throw PlatformError.exhausted("address space for \(count) pages: \(error)") }
+            return SharedPages(pages: pages, address: view.address, view: view)
+        } catch {
+            for page in pages { _ = revoke(page) }
+            throw error
+        }
+    }
+
+    public var availablePages: Int { allocation.withLock { min($0.freeFrames.count, $0.freeRefs.count) } }
+
     public func revoke(_ page: SharedPage) -> Bool {
         guard grants.revoke(page.ref) else { return false }
         allocation.withLock { a in

@@ -70,3 +70,38 @@ public final class SharedMemoryRegion: @unchecked Sendable {
         close(fileDescriptor)
     }
 }
+
+extension SharedMemoryRegion {
+    /// Maps the region's pages `pages` (4 KiB page numbers, in that order) side by side at a
+    /// new address, like a kernel's `vmap`: a multi-page ring whose granted pages are scattered
+    /// in a guest's memory is contiguous in the alias. Both views share the same memory.
+    public func alias(pages: [Int]) throws(SystemError) -> PageAlias {
+        precondition(!pages.isEmpty && pages.allSatisfy { $0 >= 0 && ($0 + 1) * 4096 <= byteCount }, "alias of pages outside the region")
+        let length = pages.count * 4096
+        guard let reserved = mmap(nil, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), reserved != MAP_FAILED else {
+            throw SystemError("mmap", errno: errno, context: "reserving \(pages.count) pages")
+        }
+        for (slot, page) in pages.enumerated() {
+            let placed = mmap(reserved + slot * 4096, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fileDescriptor, off_t(page * 4096))
+            guard placed == reserved + slot * 4096 else {
+                let code = errno
+                munmap(reserved, length)
+                throw SystemError("mmap", errno: code, context: "page \(page) of the alias")
+            }
+        }
+        return PageAlias(address: reserved, byteCount: length)
+    }
+}
+
+/// A contiguous view of scattered pages of a ``SharedMemoryRegion`` (see
+/// ``SharedMemoryRegion/alias(pages:)``); unmapped when dropped. The region's memory itself
+/// stays (the memfd is shared), but pointers into the alias must not outlive it.
+public final class PageAlias: @unchecked Sendable {
+    public let address: UnsafeMutableRawPointer
+    public let byteCount: Int
+    init(address: UnsafeMutableRawPointer, byteCount: Int) {
+        self.address = address
+        self.byteCount = byteCount
+    }
+    deinit { munmap(address, byteCount) }
+}

@@ -348,12 +348,22 @@ public enum BlkifRequest: Sendable, Equatable {
     case discard(BlkifDiscardRequest)
     case indirect(BlkifIndirectRequest)
 
-    /// The id the response will carry.
+    /// The id the response will carry (settable: a frontend re-issuing a request on a new
+    /// ring gives it that ring's slot).
     public var id: UInt64 {
-        switch self {
-        case let .io(r): r.id
-        case let .discard(r): r.id
-        case let .indirect(r): r.id
+        get {
+            switch self {
+            case let .io(r): r.id
+            case let .discard(r): r.id
+            case let .indirect(r): r.id
+            }
+        }
+        set {
+            switch self {
+            case var .io(r): r.id = newValue; self = .io(r)
+            case var .discard(r): r.id = newValue; self = .discard(r)
+            case var .indirect(r): r.id = newValue; self = .indirect(r)
+            }
         }
     }
 

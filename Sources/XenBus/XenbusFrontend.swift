@@ -45,12 +45,40 @@ public final class XenbusFrontend: Sendable {
     public let path: String
     public let driver: any XenbusFrontendDriver
     public let connectsDirectly: Bool
+    /// After the backend closed, wait for it to come back (Closed → InitWait) and connect
+    /// again, instead of ending the run.
+    public let reconnects: Bool
 
-    public init(store: XenStoreClient, type: String, id: Int, driver: any XenbusFrontendDriver, connectsDirectly: Bool) {
+    public init(store: XenStoreClient, type: String, id: Int, driver: any XenbusFrontendDriver, connectsDirectly: Bool, reconnects: Bool = false) {
         self.store = store
         path = "device/\(type)/\(id)"
         self.driver = driver
         self.connectsDirectly = connectsDirectly
+        self.reconnects = reconnects
+    }
+
+    /// Waits until the backend's state is one of `states` (e.g. Closed after our Closing), at
+    /// most `timeout`. Returns whether it got there.
+    @discardableResult
+    public func waitForBackend(in states: Set<XenbusState>, timeout: Duration) async -> Bool {
+        guard let backend = try? await store.readString(node(path + "/backend")),
+              let backendState = try? XenStorePath(backend + "/state") else { return true }
+        guard let events = try? await store.watch(backendState) else { return false }
+        defer { events.cancel() }
+        return await withTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                // The first event comes at registration: the state as it is now.
+                for await _ in events where states.contains(await self.state(backend)) { return true }
+                return false
+            }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return false
+            }
+            let reached = await group.next() ?? false
+            group.cancelAll()
+            return reached
+        }
     }
 
     private func node(_ key: String) throws(XenbusFrontendError) -> XenStorePath {
@@ -154,7 +182,7 @@ public final class XenbusFrontend: Sendable {
                     await driver.disconnect()
                     connected = false
                     try? await switchState(.closed)
-                    return
+                    if !reconnects { return }
                 }
                 break
             }

@@ -71,6 +71,22 @@ struct XenStoreEngineTests {
         #expect(try h.send(.write("/local/domain/5/device/x", value: [])).events.isEmpty)
     }
 
+    @Test("a removal is told to a watcher that could read the removed node, even when it cannot read the parent (as C xenstored)")
+    func removalSeenThroughTheNodesOwnPermissions() throws {
+        var h = Harness()
+        // A backend directory the guest may read, under a parent it may not (libxl's layout).
+        _ = try h.send(.write("/local/domain/0/backend/vbd/5/51712/state", value: Array("4".utf8)))
+        _ = try h.send(.setPerms("/local/domain/0/backend/vbd/5/51712", XenStorePermissions([XenStorePermission(.none, .dom0), XenStorePermission(.read, DomainID(5))])))
+        _ = try h.send(.setPerms("/local/domain/0/backend/vbd/5/51712/state", XenStorePermissions([XenStorePermission(.none, .dom0), XenStorePermission(.read, DomainID(5))])))
+        _ = try h.send(.watch("/local/domain/0/backend/vbd/5/51712/state", token: "be"), from: 5)
+        let removed = try h.send(.rm("/local/domain/0/backend/vbd/5/51712"))
+        #expect(removed.events[5] == [.watchEvent(path: "/local/domain/0/backend/vbd/5/51712/state", token: "be")])
+        // A node it could never read: its removal stays unheard.
+        _ = try h.send(.write("/local/domain/0/private/x", value: []))
+        _ = try h.send(.watch("/local/domain/0/private/x", token: "p"), from: 5)
+        #expect(try h.send(.rm("/local/domain/0/private")).events[5] == nil)
+    }
+
     @Test("transactions: commit, conflict, unknown id, nesting, quota")
     func transactions() throws {
         var h = Harness()

@@ -8,25 +8,65 @@ import XenABI
 import XenRing
 import XenStore
 
-/// pvhost's blkback for one virtual disk backed by a file: it publishes the disk and its
-/// features in the backend directory, follows the frontend's XenBus state, maps the ring the
-/// frontend granted, binds its event channel, and serves read, write and flush requests on a
-/// thread of its own with `pread`/`pwrite`/`fdatasync` straight into the guest's granted pages.
+/// pvhost's blkback for one virtual disk backed by a file or block device: it publishes the
+/// disk and its features in the backend directory, follows the frontend's XenBus state, maps
+/// the ring pages the frontend granted (one or several queues, one or several pages each),
+/// binds their event channels, and serves each queue on a thread of its own with
+/// `preadv`/`pwritev` straight into the guest's granted pages, `fdatasync` for flush and
+/// barrier, `fallocate(PUNCH_HOLE)` for discard.
 ///
-/// Every request is checked before any I/O (segment sectors inside the page, the range inside
-/// the disk, writes refused on a read-only disk); a bad request gets BLKIF_RSP_ERROR, an
-/// unknown operation BLKIF_RSP_EOPNOTSUPP, and the backend carries on.
+/// Every request is checked before any I/O (segment sectors inside the page, alignment to the
+/// sector size, the range inside the disk, writes refused on a read-only disk); a bad request
+/// gets BLKIF_RSP_ERROR, an operation not offered BLKIF_RSP_EOPNOTSUPP, and the backend
+/// carries on. A slow device stalls only its own queues.
 public final class BlockBackend: @unchecked Sendable {
-    /// What the backend offers (each can be switched off, for tests).
+    /// What the backend offers; each feature can be switched off (for tests and benchmarks).
     public struct Settings: Sendable, Equatable {
         public var readOnly = false
+        /// `info` bits besides read-only.
+        public var removable = false
+        public var cdrom = false
         public var flush = true
+        public var barrier = true
+        public var discard = true
+        /// `discard-secure`: secure discards are punched like the others (a file has no
+        /// remanence to scrub beyond that).
+        public var discardSecure = false
+        public var persistent = true
+        /// `feature-max-indirect-segments`; 0 = no indirect descriptors.
+        public var maxIndirectSegments = 256
+        /// `max-ring-page-order` (pages per ring = 2^order).
+        public var maxRingPageOrder = 4
+        /// `multi-queue-max-queues`.
+        public var maxQueues = 4
+        /// Logical block size: every request's byte offset and length are multiples of it.
+        public var sectorSize = 512
+        /// `physical-sector-size`; nil = the sector size.
+        public var physicalSectorSize: Int?
+        /// Open the backing file with `O_DIRECT` (falls back to the page cache per request
+        /// when the file system refuses an alignment).
+        public var direct = false
+        /// Persistent grants kept mapped per queue (Linux blkback's `max_persistent_grants`).
+        public var maxPersistentGrants = 1056
         /// Test-only: make the backend lie, to prove the frontend survives it.
         public var hostile: HostileMode?
         public init() {}
+
+        /// Every feature off: the protocol's 1992 baseline (one page, one queue, 11 segments).
+        public static var minimal: Settings {
+            var s = Settings()
+            s.flush = false
+            s.barrier = false
+            s.discard = false
+            s.persistent = false
+            s.maxIndirectSegments = 0
+            s.maxRingPageOrder = 0
+            s.maxQueues = 1
+            return s
+        }
     }
 
-    /// Ways a broken or malicious backend answers (for the conformance tests).
+    /// Ways a broken or malicious backend behaves (for the conformance tests).
     public enum HostileMode: String, Sendable, CaseIterable {
         /// Responses carry an id no request had.
         case unknownID
@@ -34,8 +74,25 @@ public final class BlockBackend: @unchecked Sendable {
         case garbageStatus
         /// Responses name another operation than the request's.
         case wrongOperation
-        /// The same response is published twice.
+        /// Every response is published twice.
         case duplicateResponse
+        /// `rsp_prod` is pushed past the requests the frontend published.
+        case responseProducerAhead
+        /// A response is rewritten (id and status) after it was published.
+        case rewriteAfterPublish
+        /// A burst of notifications with no work after every response.
+        case eventStorm
+        /// Requests are consumed and never answered.
+        case neverAnswer
+        /// The backend vanishes mid-request: stops serving and its directory is removed.
+        case vanish
+        /// Absurd limits in xenstore (ring order 99, 100 000 queues, 2^32−1 indirect
+        /// segments): a frontend must clamp them and work.
+        case absurdLimits
+        /// `sectors` = 0: a frontend must refuse the disk.
+        case zeroSectors
+        /// Grants (ring and persistent pages) stay mapped after the device is closed.
+        case keepGrantsAfterClose
     }
 
     public let device: Toolstack.Device
@@ -44,51 +101,66 @@ public final class BlockBackend: @unchecked Sendable {
     /// Disk size in 512-byte sectors.
     public let sectors: UInt64
     private let toolstack: Toolstack
-    private let file: Int32
-    private let logger = Logger(label: "pvhost.blkback")
+    let file: Int32
+    /// The same file without `O_DIRECT` (the fallback), or `file` itself.
+    let bufferedFile: Int32
+    let logger = Logger(label: "pvhost.blkback")
     private let lock = NSLock()
-    private var connection: Connection?
+    private var connection: [ServedQueue]?
     private var watcher: Task<Void, Never>?
+    /// Grant mappings left behind on purpose (hostile mode `keepGrantsAfterClose`).
+    private var abandoned: [[GrantMapping]] = []
 
     /// Requests served (for status and benchmarks).
-    public var served: Int { lock.withLock { servedCount } }
-    private var servedCount = 0
-
-    private final class Connection: @unchecked Sendable {
-        let ringMapping: GrantMapping
-        let port: EventChannelPort
-        let end: EventChannelPortEnd
-        let stop: EventFD
-        var thread: Thread?
-        init(ringMapping: GrantMapping, port: EventChannelPort, end: EventChannelPortEnd, stop: EventFD) {
-            self.ringMapping = ringMapping
-            self.port = port
-            self.end = end
-            self.stop = stop
-        }
-    }
+    public var served: Int { lock.withLock { servedBefore } + (lock.withLock { connection } ?? []).reduce(0) { $0 + $1.served } }
+    private var servedBefore = 0
 
     /// Why the backend could not start.
     public enum Failure: Error, CustomStringConvertible {
         case file(String, Int32)
+        case settings(String)
         case toolstack(Toolstack.Failure)
         public var description: String {
             switch self {
             case let .file(path, code): "\(path): \(String(cString: strerror(code)))"
+            case let .settings(what): "bad disk settings: \(what)"
             case let .toolstack(error): "\(error)"
             }
         }
     }
 
+    /// `O_DIRECT` (not exported by Swift's Glibc module).
+    #if arch(arm64)
+    static let directFlag: Int32 = 0o200000
+    #else
+    static let directFlag: Int32 = 0o40000
+    #endif
+
     /// Opens the backing file, publishes the disk (size, sector size, features) and goes to
     /// InitWait, then follows the frontend.
     public static func start(toolstack: Toolstack, device: Toolstack.Device, path: String, settings: Settings = Settings()) async throws(Failure) -> BlockBackend {
-        let fd = open(path, (settings.readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
-        guard fd >= 0 else { throw .file(path, errno) }
+        let size = settings.sectorSize
+        guard size >= 512, size <= 65536, size & (size - 1) == 0 else { throw .settings("sector size \(size) is not a power of two from 512 to 64 KiB") }
+        guard (0...8).contains(settings.maxRingPageOrder), settings.maxQueues >= 1, settings.maxIndirectSegments >= 0,
+              settings.maxIndirectSegments <= Blkif.maxIndirectSegments else {
+            throw .settings("ring order 0…8, at least one queue, at most \(Blkif.maxIndirectSegments) indirect segments")
+        }
+        let mode = (settings.readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC
+        let buffered = open(path, mode)
+        guard buffered >= 0 else { throw .file(path, errno) }
+        var file = buffered
+        if settings.direct {
+            file = open(path, mode | directFlag)
+            guard file >= 0 else { let e = errno; close(buffered); throw .file(path + " (O_DIRECT)", e) }
+        }
         var status = stat()
-        guard fstat(fd, &status) == 0 else { let e = errno; close(fd); throw .file(path, e) }
-        let backend = BlockBackend(toolstack: toolstack, device: device, path: path, file: fd, settings: settings,
-                                   sectors: UInt64(status.st_size) / UInt64(Blkif.sectorSize))
+        guard fstat(buffered, &status) == 0 else { let e = errno; close(buffered); throw .file(path, e) }
+        var bytes = UInt64(status.st_size)
+        if (status.st_mode & S_IFMT) == S_IFBLK {
+            bytes = UInt64(lseek(buffered, 0, SEEK_END))
+        }
+        let backend = BlockBackend(toolstack: toolstack, device: device, path: path, file: file, bufferedFile: buffered, settings: settings,
+                                   sectors: bytes / UInt64(size) * UInt64(size / Blkif.sectorSize))
         do {
             try await backend.publish()
         } catch {
@@ -98,30 +170,54 @@ public final class BlockBackend: @unchecked Sendable {
         return backend
     }
 
-    private init(toolstack: Toolstack, device: Toolstack.Device, path: String, file: Int32, settings: Settings, sectors: UInt64) {
+    private init(toolstack: Toolstack, device: Toolstack.Device, path: String, file: Int32, bufferedFile: Int32, settings: Settings, sectors: UInt64) {
         self.toolstack = toolstack
         self.device = device
         self.path = path
         self.file = file
+        self.bufferedFile = bufferedFile
         self.settings = settings
         self.sectors = sectors
     }
 
-    deinit { close(file) }
+    deinit {
+        if file != bufferedFile { close(file) }
+        close(bufferedFile)
+    }
 
+    var hypervisor: Hypervisor { toolstack.hypervisor }
     private var store: XenStoreClient { toolstack.store }
     private func node(_ key: String) -> XenStorePath { try! XenStorePath(device.backendPath + "/" + key) }
+    private func frontendNode(_ key: String) throws -> XenStorePath { try XenStorePath(device.frontendPath + "/" + key) }
+
+    /// The backend directory's keys, as Linux blkback writes them (all at probe here).
+    var publishedKeys: [(String, String)] {
+        let s = settings
+        var info: UInt32 = 0
+        if s.readOnly { info |= Blkif.vdiskReadOnly }
+        if s.removable { info |= Blkif.vdiskRemovable }
+        if s.cdrom { info |= Blkif.vdiskCDROM }
+        var keys: [(String, String)] = [
+            ("sectors", s.hostile == .zeroSectors ? "0" : "\(sectors)"), ("sector-size", "\(s.sectorSize)"),
+            ("physical-sector-size", "\(s.physicalSectorSize ?? s.sectorSize)"),
+            ("info", "\(info)"), ("mode", s.readOnly ? "r" : "w"),
+            ("feature-flush-cache", s.flush ? "1" : "0"), ("feature-barrier", s.barrier ? "1" : "0"),
+            ("feature-persistent", s.persistent ? "1" : "0"), ("feature-discard", s.discard ? "1" : "0"),
+            ("max-ring-page-order", "\(s.maxRingPageOrder)"), ("multi-queue-max-queues", "\(s.maxQueues)"),
+        ]
+        if s.discard {
+            keys += [("discard-granularity", "\(max(4096, s.sectorSize))"), ("discard-alignment", "0"), ("discard-secure", s.discardSecure ? "1" : "0")]
+        }
+        if s.maxIndirectSegments > 0 { keys.append(("feature-max-indirect-segments", "\(s.maxIndirectSegments)")) }
+        if s.hostile == .absurdLimits {
+            keys += [("max-ring-page-order", "99"), ("multi-queue-max-queues", "100000"), ("feature-max-indirect-segments", "4294967295")]
+        }
+        return keys + [("state", XenbusState.initWait.nodeValue)]
+    }
 
     private func publish() async throws(Toolstack.Failure) {
-        let keys: [(String, String)] = [
-            ("sectors", "\(sectors)"), ("sector-size", "512"), ("physical-sector-size", "512"),
-            ("info", "\(settings.readOnly ? Blkif.vdiskReadOnly : 0)"), ("mode", settings.readOnly ? "r" : "w"),
-            ("feature-flush-cache", settings.flush ? "1" : "0"), ("feature-barrier", "0"), ("feature-persistent", "0"),
-            ("feature-discard", "0"), ("max-ring-page-order", "0"), ("multi-queue-max-queues", "1"),
-            ("state", XenbusState.initWait.nodeValue),
-        ]
         do {
-            let nodes = keys.map { (node($0.0), $0.1) }
+            let nodes = publishedKeys.map { (node($0.0), $0.1) }
             try await store.transaction { tx in
                 for (key, value) in nodes { try await tx.write(key, value) }
             }
@@ -147,6 +243,9 @@ public final class BlockBackend: @unchecked Sendable {
                 case .closing, .closed, .unknown:
                     if self.isConnected || state == .closed { await self.disconnect() }
                     if state == .unknown { return }
+                case .initialising:
+                    // A frontend starting over (after Closed): offer the device again.
+                    if await self.ownState() == .closed { await self.setState(.initWait) }
                 default:
                     break
                 }
@@ -155,6 +254,11 @@ public final class BlockBackend: @unchecked Sendable {
     }
 
     private var isConnected: Bool { lock.withLock { connection != nil } }
+
+    private func ownState() async -> XenbusState? {
+        guard let text = try? await store.readString(node("state")) else { return nil }
+        return XenbusState(nodeValue: text)
+    }
 
     /// Writes our state only while the node exists (as Linux's xenbus_switch_state): a watcher
     /// acting late must not recreate a directory the toolstack removed.
@@ -165,137 +269,100 @@ public final class BlockBackend: @unchecked Sendable {
         }
     }
 
-    private func connect() async {
-        do {
-            let ringRef = try await store.readString(XenStorePath(device.frontendPath + "/ring-ref"))
-            let portText = try await store.readString(XenStorePath(device.frontendPath + "/event-channel"))
-            let protocolName = (try? await store.readString(XenStorePath(device.frontendPath + "/protocol"))) ?? BlkifABI.x86_64.rawValue
-            guard let ref = UInt32(ringRef), let remotePort = UInt32(portText) else { throw BlockBackendError("ring-ref \"\(ringRef)\" or event-channel \"\(portText)\" is not a number") }
-            guard protocolName == BlkifABI.x86_64.rawValue else { throw BlockBackendError("protocol \(protocolName) is not served (x86_64-abi only)") }
-            let hypervisor = toolstack.hypervisor
-            let mapping = try hypervisor.mapGrant(GrantRef(ref), of: device.frontend, by: .dom0, writable: true)
-            let (port, end): (EventChannelPort, EventChannelPortEnd)
-            do { (port, end) = try hypervisor.bindInterdomain(.dom0, remote: device.frontend, remotePort: EventChannelPort(remotePort)) } catch {
-                try? hypervisor.unmapGrant(mapping.handle, by: .dom0)
-                throw error
+    /// What the frontend asked for, read and checked (never trusted).
+    struct Request {
+        var queues = 1
+        var ringOrder = 0
+        var persistent = false
+        /// Per queue: ring grant refs and the event channel.
+        var rings: [(refs: [GrantRef], port: EventChannelPort)] = []
+    }
+
+    private func readRequest() async throws -> Request {
+        func value(_ key: String) async -> String? { try? await store.readString(frontendNode(key)) }
+        func number(_ key: String, default fallback: UInt32? = nil) async throws -> UInt32 {
+            guard let text = await value(key) else {
+                if let fallback { return fallback }
+                throw BlockBackendError("\(device.frontendPath)/\(key) is missing")
             }
-            let connection = Connection(ringMapping: mapping, port: port, end: end, stop: try EventFD())
-            lock.withLock { self.connection = connection }
-            let thread = Thread { [self] in serve(connection) }
-            connection.thread = thread
-            thread.start()
+            guard let n = UInt32(text) else { throw BlockBackendError("\(device.frontendPath)/\(key) = \"\(text)\" is not a number") }
+            return n
+        }
+        var request = Request()
+        request.queues = Int(try await number("multi-queue-num-queues", default: 1))
+        guard (1...settings.maxQueues).contains(request.queues) else { throw BlockBackendError("\(request.queues) queues asked, at most \(settings.maxQueues) offered") }
+        request.ringOrder = Int(try await number("ring-page-order", default: 0))
+        guard request.ringOrder <= settings.maxRingPageOrder else { throw BlockBackendError("ring order \(request.ringOrder) asked, at most \(settings.maxRingPageOrder) offered") }
+        let frontendPersistent = try await number("feature-persistent", default: 0)
+        request.persistent = settings.persistent && frontendPersistent == 1
+        let protocolName = await value("protocol") ?? BlkifABI.x86_64.rawValue
+        guard protocolName == BlkifABI.x86_64.rawValue else { throw BlockBackendError("protocol \(protocolName) is not served (x86_64-abi only)") }
+        for queue in 0..<request.queues {
+            let prefix = request.queues > 1 ? "queue-\(queue)/" : ""
+            var refs: [GrantRef] = []
+            if request.ringOrder == 0 {
+                refs.append(GrantRef(try await number(prefix + "ring-ref")))
+            } else {
+                for page in 0..<(1 << request.ringOrder) { refs.append(GrantRef(try await number(prefix + "ring-ref\(page)"))) }
+            }
+            request.rings.append((refs, EventChannelPort(try await number(prefix + "event-channel"))))
+        }
+        return request
+    }
+
+    private func connect() async {
+        var made: [ServedQueue] = []
+        do {
+            let request = try await readRequest()
+            for (index, ring) in request.rings.enumerated() {
+                made.append(try ServedQueue(backend: self, index: index, refs: ring.refs, remotePort: ring.port, persistent: request.persistent))
+            }
+            let queues = made
+            lock.withLock { connection = queues }
+            for queue in queues { queue.start() }
             await setState(.connected)
-            logger.info("vbd \(device.devid) of domain \(device.frontend.rawValue) connected", metadata: ["file": "\(path)", "sectors": "\(sectors)"])
+            logger.info("vbd \(device.devid) of domain \(device.frontend.rawValue) connected",
+                        metadata: ["file": "\(path)", "sectors": "\(sectors)", "queues": "\(request.queues)",
+                                   "ring-pages": "\(1 << request.ringOrder)", "persistent": "\(request.persistent)"])
         } catch {
+            for queue in made { queue.release() }
             logger.error("vbd \(device.devid) of domain \(device.frontend.rawValue): cannot connect: \(error)")
             try? await store.write(XenStorePath("/local/domain/0/error/backend/vbd/\(device.frontend.rawValue)/\(device.devid)/error"), "5 \(error)")
             await setState(.closing)
         }
     }
 
-    /// Stops serving, unmaps the ring, closes the port, and says Closed.
+    /// Stops serving, unmaps the rings and persistent grants, closes the ports, and says Closed.
     public func disconnect() async {
-        let old: Connection? = lock.withLock { defer { connection = nil }; return connection }
+        let old: [ServedQueue]? = lock.withLock { defer { connection = nil }; return connection }
         if let old {
-            try? old.stop.notify()
-            while let thread = old.thread, !thread.isFinished { try? await Task.sleep(for: .milliseconds(1)) }
-            try? toolstack.hypervisor.unmapGrant(old.ringMapping.handle, by: .dom0)
-            try? toolstack.hypervisor.closePort(.dom0, old.port)
+            for queue in old { queue.stop() }
+            for queue in old { while !queue.isFinished { try? await Task.sleep(for: .milliseconds(1)) } }
+            let count = old.reduce(0) { $0 + $1.served }
+            if settings.hostile == .keepGrantsAfterClose {
+                let kept = old.map { $0.abandonMappings() }
+                lock.withLock { abandoned += kept }
+            }
+            for queue in old { queue.release() }
+            lock.withLock { servedBefore += count }
         }
         await setState(.closed)
     }
 
-    /// Stops following the frontend (pvhost removing the device or shutting down).
+    /// Called by a queue whose thread stopped on its own (hostile `vanish`): the backend's
+    /// directory goes, as if its driver had been unloaded.
+    func vanish() {
+        let store = self.store, path = device.backendPath
+        Task { try? await store.remove(XenStorePath(path)) }
+    }
+
+    /// Stops following the frontend (pvhost removing the device or shutting down); mappings
+    /// kept by the hostile mode are released now.
     public func stop() async {
         watcher?.cancel()
         await disconnect()
-    }
-
-    // MARK: Serving
-
-    private func serve(_ connection: Connection) {
-        let page = UnsafeMutableRawBufferPointer(start: connection.ringMapping.page, count: XenPage.size)
-        guard var ring = try? BackRing(attaching: page, protocol: BlkifRing()) else { return }
-        var fds = [pollfd(fd: connection.end.delivery.fileDescriptor, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: connection.stop.fileDescriptor, events: Int16(POLLIN), revents: 0)]
-        var firstResponse: BlkifResponse?
-        while true {
-            do {
-                var count = 0
-                while let request = try ring.nextRequest() {
-                    let response = handle(request)
-                    switch settings.hostile {
-                    case nil: ring.enqueueResponse(response)
-                    case .unknownID?: ring.enqueueResponse(BlkifResponse(id: response.id &+ 1000, operationCode: response.operationCode, status: response.status))
-                    case .garbageStatus?: ring.enqueueResponse(BlkifResponse(id: response.id, operationCode: response.operationCode, status: BlkifStatus(rawValue: 7)))
-                    case .wrongOperation?: ring.enqueueResponse(BlkifResponse(id: response.id, operationCode: 99, status: response.status))
-                    case .duplicateResponse?:
-                        // Every request after the first is answered with the first's response.
-                        ring.enqueueResponse(firstResponse ?? response)
-                        if firstResponse == nil { firstResponse = response }
-                    }
-                    count += 1
-                }
-                if count > 0 { lock.withLock { servedCount += count } }
-            } catch {
-                // A frontend that broke the ring's rules: stop serving it.
-                logger.error("vbd \(device.devid) of domain \(device.frontend.rawValue): \(error); closing")
-                return
-            }
-            if ring.pushResponsesAndCheckNotify() { try? toolstack.hypervisor.notify(.dom0, connection.port) }
-            if (try? ring.finalCheckForRequests()) == true { continue }
-            fds[0].revents = 0
-            fds[1].revents = 0
-            _ = poll(&fds, 2, -1)
-            if fds[1].revents != 0 { return }
-            if fds[0].revents != 0 { _ = try? connection.end.delivery.wait() }
-        }
-    }
-
-    private func handle(_ request: BlkifRequest) -> BlkifResponse {
-        switch request {
-        case let .io(io):
-            return BlkifResponse(id: io.id, operation: io.operation, status: transfer(io))
-        case let .discard(discard):
-            return BlkifResponse(id: discard.id, operation: .discard, status: .notSupported)
-        case let .indirect(indirect):
-            return BlkifResponse(id: indirect.id, operationCode: indirect.operation.rawValue, status: .notSupported)
-        }
-    }
-
-    private func transfer(_ io: BlkifIORequest) -> BlkifStatus {
-        switch io.operation {
-        case .flushDiskCache:
-            guard settings.flush else { return .notSupported }
-            return fdatasync(file) == 0 ? .okay : .error
-        case .read, .write:
-            break
-        default:
-            return .notSupported
-        }
-        let writing = io.operation == .write
-        if writing && settings.readOnly { return .error }
-        guard io.segments.count > 0, io.segments.count <= Blkif.maxSegmentsPerRequest else { return .error }
-        var total: UInt64 = 0
-        for segment in io.segments {
-            guard segment.firstSector <= segment.lastSector, segment.lastSector < 8 else { return .error }
-            total += UInt64(segment.byteCount)
-        }
-        let start = io.sector &* UInt64(Blkif.sectorSize)
-        guard io.sector < sectors, start + total <= sectors * UInt64(Blkif.sectorSize) else { return .error }
-        var offset = off_t(start)
-        let hypervisor = toolstack.hypervisor
-        for segment in io.segments {
-            // Reading the disk writes the guest's page, and the other way round.
-            guard let mapping = try? hypervisor.mapGrant(segment.gref, of: device.frontend, by: .dom0, writable: !writing) else { return .error }
-            defer { try? hypervisor.unmapGrant(mapping.handle, by: .dom0) }
-            let data = mapping.page + segment.byteOffset
-            let count = segment.byteCount
-            let done = writing ? pwrite(file, data, count, offset) : pread(file, data, count, offset)
-            guard done == count else { return .error }
-            offset += off_t(count)
-        }
-        return .okay
+        let kept = lock.withLock { defer { abandoned.removeAll() }; return abandoned }
+        for mappings in kept { for mapping in mappings { try? hypervisor.unmapGrant(mapping.handle, by: .dom0) } }
     }
 }
 

@@ -5,7 +5,8 @@ import Foundation
 ///
 /// ```json
 /// { "domains": [ { "name": "alpha", "pages": 512, "grantFrames": 8, "eventChannels": 64,
-///                  "disks": [ { "devid": 51712, "path": "/var/lib/pvhost/alpha.img" } ] },
+///                  "disks": [ { "devid": 51712, "path": "/var/lib/pvhost/alpha.img" },
+///                             { "devid": 51728, "path": "/dev/sdb", "direct": true, "maxQueues": 2 } ] },
 ///                { "name": "beta" } ] }
 /// ```
 public struct PVHostConfig: Codable, Sendable, Equatable {
@@ -15,10 +16,35 @@ public struct PVHostConfig: Codable, Sendable, Equatable {
         public var devid: Int
         public var path: String
         public var readOnly: Bool?
+        /// Logical block size in bytes (default 512).
+        public var sectorSize: Int?
+        /// Open the file with `O_DIRECT`.
+        public var direct: Bool?
+        /// Features offered (each defaults to on): flush, barrier, discard, persistent grants.
+        public var flush: Bool?, barrier: Bool?, discard: Bool?, persistent: Bool?
+        /// Limits offered: indirect segments (0 = none), queues, ring page order.
+        public var maxIndirectSegments: Int?, maxQueues: Int?, maxRingPageOrder: Int?
+
         public init(devid: Int, path: String, readOnly: Bool? = nil) {
             self.devid = devid
             self.path = path
             self.readOnly = readOnly
+        }
+
+        /// The backend settings this entry asks for.
+        public var settings: BlockBackend.Settings {
+            var s = BlockBackend.Settings()
+            s.readOnly = readOnly ?? s.readOnly
+            s.sectorSize = sectorSize ?? s.sectorSize
+            s.direct = direct ?? s.direct
+            s.flush = flush ?? s.flush
+            s.barrier = barrier ?? s.barrier
+            s.discard = discard ?? s.discard
+            s.persistent = persistent ?? s.persistent
+            s.maxIndirectSegments = maxIndirectSegments ?? s.maxIndirectSegments
+            s.maxQueues = maxQueues ?? s.maxQueues
+            s.maxRingPageOrder = maxRingPageOrder ?? s.maxRingPageOrder
+            return s
         }
     }
 

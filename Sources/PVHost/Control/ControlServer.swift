@@ -81,7 +81,7 @@ public final class ControlServer: @unchecked Sendable {
         defer {
             if let domain {
                 let backends = lock.withLock { disks.removeValue(forKey: domain) } ?? []
-                if !backends.isEmpty { _ = blocking { for backend in backends { await backend.stop() } } }
+                if !backends.isEmpty { blocking { for backend in backends { await backend.stop() } } }
                 let toolstack = self.toolstack
                 let reclaimed = blocking { await toolstack.destroyDomain(domain) }
                 logger.info("domain \(domain.rawValue) detached and destroyed", metadata: [
@@ -170,8 +170,7 @@ public final class ControlServer: @unchecked Sendable {
                         var backends: [BlockBackend] = []
                         for disk in configured {
                             let device = Toolstack.Device(type: "vbd", frontend: d.id, devid: disk.devid)
-                            var settings = BlockBackend.Settings()
-                            settings.readOnly = disk.readOnly ?? false
+                            let settings = disk.settings
                             do {
                                 try await toolstack.addDevice(device, frontendKeys: ["virtual-device": "\(disk.devid)", "device-type": "disk"],
                                                               backendKeys: ["params": disk.path, "type": "file", "mode": settings.readOnly ? "r" : "w"])

@@ -98,6 +98,11 @@ public final class Hypervisor: @unchecked Sendable {
         }
     }
 
+    /// The pages of `granter` that `mapper` has mapped now (what a backend can see of a guest).
+    public func mappedPages(of granter: DomainID, by mapper: DomainID) -> [UnsafeMutableRawPointer] {
+        state.withLock { s in s.grants.mappings.values.filter { $0.granter == granter && $0.mapper == mapper }.map(\.page) }
+    }
+
     /// Undoes a mapping; `.badHandle` for a handle `mapper` does not hold. C: `GNTTABOP_unmap_grant_ref`.
     public func unmapGrant(_ handle: UInt32, by mapper: DomainID) throws(GrantStatus) {
         try state.withLock { s throws(GrantStatus) in

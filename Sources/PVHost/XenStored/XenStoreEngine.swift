@@ -67,14 +67,16 @@ public struct XenStoreEngine: Sendable {
             ended.append(id)
         }
         var changes: [(String, Bool)] = []
+        var before: [String: XenStorePermissions] = [:]
         if domain != .dom0 {
             let home = XenStorePath.home(of: domain).rawValue
             for root in [home] + tree.ownedRoots(of: domain) where tree.exists(root) {
+                before[root] = tree[node: root]?.permissions
                 if let removed = try? tree.remove(root, caller: .dom0), !removed.isEmpty { changes.append((root, true)) }
             }
         }
         changes.append(("@releaseDomain", false))
-        return events(changes)
+        return events(changes, removed: before)
     }
 
     /// Handles one request; returns the reply to the sender and any watch events.
@@ -157,8 +159,11 @@ public struct XenStoreEngine: Sendable {
                 try connections[id]!.transactions[tx]!.remove(absolute(path), base: tree)
                 return [out(.ok)]
             }
+            // Watchers hear of a removal if they could read the node before it went (as C
+            // xenstored checks the deleted node's own permissions).
+            let before = tree[node: absolute(path)]?.permissions
             let removed = try tree.remove(absolute(path), caller: caller)
-            return [out(.ok)] + (removed.isEmpty ? [] : events([(absolute(path), true)]))
+            return [out(.ok)] + (removed.isEmpty ? [] : events([(absolute(path), true)], removed: before.map { [absolute(path): $0] } ?? [:]))
         case let .setPerms(path, permissions):
             if tx != 0 {
                 try connections[id]!.transactions[tx]!.setPermissions(absolute(path), permissions, base: tree)
@@ -220,13 +225,16 @@ public struct XenStoreEngine: Sendable {
 
     /// Watch events for changes, to watchers allowed to read the changed node (or its parent,
     /// for a removal); special paths go to privileged watchers.
-    private func events(_ changes: [(String, Bool)]) -> [Output] {
+    /// - Parameter removed: permissions of removed nodes as they were (who may hear of it).
+    private func events(_ changes: [(String, Bool)], removed: [String: XenStorePermissions] = [:]) -> [Output] {
         var outputs: [Output] = []
         for (path, removal) in changes {
             for (watch, shown) in watches.events(for: path, removal: removal) {
                 guard let caller = connections[watch.connection]?.caller else { continue }
                 if path.hasPrefix("@") {
                     guard caller.privileged else { continue }
+                } else if !caller.privileged, let permissions = removed[path], !tree.exists(path) {
+                    guard permissions.access(for: caller.domain).canRead else { continue }
                 } else if !caller.privileged {
                     let target = tree.exists(path) ? path : XenStoreTree.parent(of: path) ?? "/"
                     guard (try? tree.permissions(target, caller: caller)) != nil else { continue }

@@ -1,0 +1,184 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import PVPlatform
+import SharedMemory
+import XenABI
+import XenRing
+
+/// A request on a ring, with everything needed to finish it, or to send it again on a new
+/// ring after the backend restarted.
+struct InFlight: @unchecked Sendable {
+    let transfer: Transfer
+    /// As sent (its id is the ring's; rewritten when re-issued).
+    var request: BlkifRequest
+    /// What the response must name (for an indirect request, its `indirect_op`).
+    let operation: BlkifOperation
+    let sector: UInt64
+    /// Data pages, then indirect pages.
+    let pages: [SharedPage]
+    /// Reads: where this request's bytes go in the caller's buffer.
+    let destination: UnsafeMutableRawPointer?
+    let byteCount: Int
+    /// Budget units the request holds (given back when it ends).
+    let budget: Int
+    /// When it went on a ring (for the request timeout), `CLOCK_MONOTONIC` nanoseconds.
+    var issued: UInt64
+}
+
+/// One ring of a device: its pages (one or several, granted), its event channel, the
+/// requests in flight by id (the id is the slot's index, so lookups are array reads), and a
+/// completion thread that copies each response out of the ring once and checks it before
+/// anything else reads it.
+final class BlockQueue: @unchecked Sendable {
+    let index: Int
+    let ringPages: SharedPages
+    let channel: EventChannel
+    /// Ring slots: a request holds one from submission to its response.
+    let slots: AsyncSemaphore
+    let entries: Int
+    private unowned let core: Core
+    private let lock = NSLock()
+    private let ring: RingBox
+    private var inFlight: [InFlight?]
+    /// Free ids, first in first out: a stale duplicate response is then unlikely to name an
+    /// id that is in flight again.
+    private var freeIDs: FreeIDs
+    private let stopSignal: EventFD
+    private var thread: Thread?
+    /// Wake-ups that found no response (an event storm is counted, not obeyed).
+    private(set) var spuriousWakeups = 0
+
+    /// The ring, touched only under `lock`.
+    private final class RingBox: @unchecked Sendable {
+        var ring: FrontRing<BlkifRing>
+        init(_ ring: consuming FrontRing<BlkifRing>) { self.ring = ring }
+    }
+
+    init(index: Int, core: Core, ringPages: SharedPages, channel: EventChannel) throws(BlockFrontError) {
+        self.index = index
+        self.core = core
+        self.ringPages = ringPages
+        self.channel = channel
+        let region = UnsafeMutableRawBufferPointer(start: ringPages.address, count: ringPages.pages.count * XenPage.size)
+        do {
+            ring = RingBox(try FrontRing(initializing: region, protocol: BlkifRing()))
+            stopSignal = try EventFD()
+        } catch {
+            throw .platform("\(error)")
+        }
+        entries = Int(ring.ring.geometry.entryCount)
+        slots = AsyncSemaphore(units: entries)
+        inFlight = Array(repeating: nil, count: entries)
+        freeIDs = FreeIDs(count: entries)
+    }
+
+    func start() {
+        let thread = Thread { [self] in completions() }
+        thread.name = "blkfront q\(index)"
+        self.thread = thread
+        thread.start()
+    }
+
+    /// Puts `entry` on the ring (the caller holds a slot) and notifies when the backend asked.
+    func submit(_ entry: InFlight) throws(BlockFrontError) {
+        var entry = entry
+        let notify: Bool? = lock.withLock {
+            guard let id = freeIDs.take() else { return nil }
+            entry.request.id = UInt64(id)
+            entry.issued = Core.now()
+            inFlight[id] = entry
+            ring.ring.enqueueRequest(entry.request)
+            return ring.ring.pushRequestsAndCheckNotify()
+        }
+        guard let notify else { throw .closed("no free slot on ring \(index)") }
+        if notify { channel.notify() }
+    }
+
+    /// Stops the completion thread; returns what was in flight (to fail or re-issue).
+    func halt() -> [InFlight] {
+        try? stopSignal.notify()
+        if let thread, thread !== Thread.current { while !thread.isFinished { usleep(100) } }
+        return lock.withLock {
+            defer {
+                for id in inFlight.indices { inFlight[id] = nil }
+                freeIDs = FreeIDs(count: entries)
+            }
+            return inFlight.compactMap { $0 }
+        }
+    }
+
+    /// The oldest request's issue time, if any is in flight.
+    private var oldest: UInt64? { lock.withLock { inFlight.lazy.compactMap { $0?.issued }.min() } }
+
+    private func completions() {
+        var fds = [pollfd(fd: channel.delivery.fileDescriptor, events: Int16(POLLIN), revents: 0),
+                   pollfd(fd: stopSignal.fileDescriptor, events: Int16(POLLIN), revents: 0)]
+        let timeout = core.options.requestTimeout.map { Core.nanoseconds($0) }
+        while true {
+            fds[0].revents = 0
+            fds[1].revents = 0
+            _ = poll(&fds, 2, timeout == nil ? -1 : 100)
+            if fds[1].revents != 0 { return }
+            if let timeout, let oldest, Core.now() - oldest > timeout {
+                core.fail(.timedOut(seconds: Double(timeout) / 1e9), from: self)
+                return
+            }
+            guard fds[0].revents != 0 else { continue }
+            _ = try? channel.delivery.wait()
+            var done: [(InFlight, BlkifStatus)] = []
+            var broken: String?
+            lock.withLock {
+                do {
+                    repeat {
+                        while let response = try ring.ring.nextResponse() {
+                            guard response.id < UInt64(entries), let entry = inFlight[Int(response.id)] else {
+                                broken = "a response for id \(response.id), which is not in flight on ring \(index)"
+                                return
+                            }
+                            guard response.operationCode == entry.operation.rawValue, response.status.isDefined else {
+                                broken = "response \(response.id): operation \(response.operationCode) for \(entry.operation), status \(response.status.rawValue)"
+                                return
+                            }
+                            inFlight[Int(response.id)] = nil
+                            freeIDs.give(Int(response.id))
+                            done.append((entry, response.status))
+                        }
+                    } while try ring.ring.finalCheckForResponses()
+                } catch {
+                    broken = "\(error)"
+                }
+                if done.isEmpty && broken == nil { spuriousWakeups += 1 }
+            }
+            for (entry, status) in done { core.finish(entry, status: status, queue: self) }
+            if let broken {
+                core.fail(.backendMisbehaved(broken), from: self)
+                return
+            }
+        }
+    }
+}
+
+/// The free ids of a ring as a FIFO over a fixed array (each id is free at most once).
+struct FreeIDs {
+    private var ids: [Int]
+    private var head = 0
+    private var count: Int
+
+    init(count: Int) {
+        ids = Array(0..<count)
+        self.count = count
+    }
+
+    mutating func take() -> Int? {
+        guard count > 0 else { return nil }
+        defer { head = (head + 1) % ids.count; count -= 1 }
+        return ids[head]
+    }
+
+    mutating func give(_ id: Int) {
+        ids[(head + count) % ids.count] = id
+        count += 1
+    }
+}

@@ -1,0 +1,280 @@
+import Atomics
+import CLinux
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import SharedMemory
+import XenABI
+import XenRing
+
+/// One ring of a connected disk and the thread that serves it: the ring pages mapped (side by
+/// side when there are several), the bound event channel, and — with persistent grants — the
+/// guest's data pages kept mapped across requests (Linux blkback's per-ring tree, a dictionary
+/// here, touched only by the serving thread).
+final class ServedQueue: @unchecked Sendable {
+    private unowned let backend: BlockBackend
+    let index: Int
+    private let ringMappings: [GrantMapping]
+    private let ringView: PageAlias?
+    private let ringAddress: UnsafeMutableRawPointer
+    private let ringBytes: Int
+    private let port: EventChannelPort
+    private let end: EventChannelPortEnd
+    private let stopSignal: EventFD
+    private let persistent: Bool
+    private var thread: Thread?
+    private let servedCount = ManagedAtomic<Int>(0)
+    /// Persistent grants: the serving thread's until it stops, then the disconnect's.
+    private var cache: [GrantRef: GrantMapping] = [:]
+    /// Mappings handed to the hostile mode that keeps them: not unmapped by ``release()``.
+    private var abandoned = false
+
+    var served: Int { servedCount.load(ordering: .relaxed) }
+    var isFinished: Bool { thread?.isFinished ?? true }
+
+    /// Maps the ring pages (writable, contiguous) and binds the frontend's port.
+    init(backend: BlockBackend, index: Int, refs: [GrantRef], remotePort: EventChannelPort, persistent: Bool) throws {
+        self.backend = backend
+        self.index = index
+        self.persistent = persistent
+        let hypervisor = backend.hypervisor
+        let frontend = backend.device.frontend
+        var mappings: [GrantMapping] = []
+        do {
+            for ref in refs { mappings.append(try hypervisor.mapGrant(ref, of: frontend, by: .dom0, writable: true)) }
+            if mappings.count > 1 {
+                let view = try mappings[0].owner.memory.alias(pages: mappings.map { Int($0.frame) })
+                ringView = view
+                ringAddress = view.address
+            } else {
+                ringView = nil
+                ringAddress = mappings[0].page
+            }
+            (port, end) = try hypervisor.bindInterdomain(.dom0, remote: frontend, remotePort: remotePort)
+            stopSignal = try EventFD()
+        } catch {
+            for mapping in mappings { try? hypervisor.unmapGrant(mapping.handle, by: .dom0) }
+            throw error
+        }
+        ringMappings = mappings
+        ringBytes = refs.count * XenPage.size
+    }
+
+    func start() {
+        let thread = Thread { [self] in serve() }
+        thread.name = "blkback \(backend.device.frontend.rawValue)/\(backend.device.devid) q\(index)"
+        self.thread = thread
+        thread.start()
+    }
+
+    func stop() { try? stopSignal.notify() }
+
+    /// For hostile mode `keepGrantsAfterClose`: the mappings ``release()`` will leave in place.
+    func abandonMappings() -> [GrantMapping] {
+        abandoned = true
+        return ringMappings + Array(cache.values)
+    }
+
+    /// After the thread finished: unmaps persistent grants and the ring, closes the port.
+    func release() {
+        let hypervisor = backend.hypervisor
+        if !abandoned {
+            for mapping in cache.values { try? hypervisor.unmapGrant(mapping.handle, by: .dom0) }
+            for mapping in ringMappings { try? hypervisor.unmapGrant(mapping.handle, by: .dom0) }
+        }
+        cache.removeAll()
+        try? hypervisor.closePort(.dom0, port)
+    }
+
+    // MARK: Serving
+
+    private func serve() {
+        let region = UnsafeMutableRawBufferPointer(start: ringAddress, count: ringBytes)
+        guard var ring = try? BackRing(attaching: region, protocol: BlkifRing()) else { return }
+        var fds = [pollfd(fd: end.delivery.fileDescriptor, events: Int16(POLLIN), revents: 0),
+                   pollfd(fd: stopSignal.fileDescriptor, events: Int16(POLLIN), revents: 0)]
+        let hostile = backend.settings.hostile
+        while true {
+            do {
+                var count = 0
+                while let request = try ring.nextRequest() {
+                    if hostile == .vanish {
+                        backend.vanish()
+                        return
+                    }
+                    count += 1
+                    if hostile == .neverAnswer { continue }
+                    let response = perform(request)
+                    switch hostile {
+                    case .unknownID?: ring.enqueueResponse(BlkifResponse(id: response.id &+ 1000, operationCode: response.operationCode, status: response.status))
+                    case .garbageStatus?: ring.enqueueResponse(BlkifResponse(id: response.id, operationCode: response.operationCode, status: BlkifStatus(rawValue: 7)))
+                    case .wrongOperation?: ring.enqueueResponse(BlkifResponse(id: response.id, operationCode: 99, status: response.status))
+                    default: ring.enqueueResponse(response)
+                    }
+                }
+                if count > 0 { servedCount.wrappingIncrement(by: count, ordering: .relaxed) }
+            } catch {
+                // A frontend that broke the ring's rules: stop serving it.
+                backend.logger.error("vbd \(backend.device.devid) of domain \(backend.device.frontend.rawValue): \(error); closing")
+                return
+            }
+            let published = ring.publishedResponses
+            if ring.pushResponsesAndCheckNotify() { try? backend.hypervisor.notify(.dom0, port) }
+            misbehaveAfterPush(ring: ring.geometry, published: published, now: ring.publishedResponses)
+            if (try? ring.finalCheckForRequests()) == true { continue }
+            fds[0].revents = 0
+            fds[1].revents = 0
+            _ = poll(&fds, 2, -1)
+            if fds[1].revents != 0 { return }
+            if fds[0].revents != 0 { _ = try? end.delivery.wait() }
+        }
+    }
+
+    /// The hostile modes that act on the shared ring after a push.
+    private func misbehaveAfterPush(ring geometry: RingGeometry, published old: RingIndex, now: RingIndex) {
+        guard old != now, let hostile = backend.settings.hostile else { return }
+        switch hostile {
+        case .responseProducerAhead:
+            (ringAddress + SharedRingHeader.responseProducer).storeBytes(of: now &+ 5, as: UInt32.self)
+            try? backend.hypervisor.notify(.dom0, port)
+        case .duplicateResponse:
+            // The last response again, in the next slot (BackRing itself refuses to answer
+            // more than was asked, so this is done by hand).
+            let source = ringAddress + geometry.slotOffset(now &- 1), target = ringAddress + geometry.slotOffset(now)
+            target.copyMemory(from: source, byteCount: geometry.slotSize)
+            atomicMemoryFence(ordering: .releasing)
+            (ringAddress + SharedRingHeader.responseProducer).storeBytes(of: now &+ 1, as: UInt32.self)
+            try? backend.hypervisor.notify(.dom0, port)
+        case .rewriteAfterPublish:
+            let slot = ringAddress + geometry.slotOffset(now &- 1)
+            let id = slot.loadUnaligned(as: UInt64.self)
+            slot.storeBytes(of: id &+ 77, as: UInt64.self)
+            (slot + BlkifLayout.x86_64.responseStatus).storeBytes(of: Int16(5), as: Int16.self)
+        case .eventStorm:
+            for _ in 0..<1000 { try? backend.hypervisor.notify(.dom0, port) }
+        default:
+            break
+        }
+    }
+
+    private func perform(_ request: BlkifRequest) -> BlkifResponse {
+        let settings = backend.settings
+        switch request {
+        case let .io(io):
+            let status: BlkifStatus
+            switch io.operation {
+            case .read, .write: status = transfer(write: io.operation == .write, sector: io.sector, segments: Array(io.segments))
+            case .flushDiskCache: status = settings.flush ? (fdatasync(backend.file) == 0 ? .okay : .error) : .notSupported
+            case .writeBarrier:
+                // Everything before it on this ring is done (served in order); the frontend
+                // drains other rings first. Durable before and after.
+                guard settings.barrier else { status = .notSupported; break }
+                guard fdatasync(backend.file) == 0 else { status = .error; break }
+                let written = transfer(write: true, sector: io.sector, segments: Array(io.segments))
+                status = written == .okay && fdatasync(backend.file) == 0 ? .okay : (written == .okay ? .error : written)
+            default: status = .notSupported
+            }
+            return BlkifResponse(id: io.id, operation: io.operation, status: status)
+        case let .discard(discard):
+            return BlkifResponse(id: discard.id, operation: .discard, status: self.discard(discard))
+        case let .indirect(indirect):
+            return BlkifResponse(id: indirect.id, operationCode: indirect.operation.rawValue, status: self.indirect(indirect))
+        }
+    }
+
+    private func discard(_ request: BlkifDiscardRequest) -> BlkifStatus {
+        let settings = backend.settings
+        guard settings.discard else { return .notSupported }
+        guard !settings.readOnly else { return .error }
+        let sectors = backend.sectors
+        guard request.sectorCount > 0, request.sector < sectors, request.sectorCount <= sectors - request.sector else { return .error }
+        let offset = off_t(request.sector * UInt64(Blkif.sectorSize)), length = off_t(request.sectorCount * UInt64(Blkif.sectorSize))
+        return fallocate(backend.file, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0 ? .okay : .error
+    }
+
+    private func indirect(_ request: BlkifIndirectRequest) -> BlkifStatus {
+        let limit = backend.settings.maxIndirectSegments
+        guard limit > 0 else { return .notSupported }
+        guard request.operation == .read || request.operation == .write else { return .error }
+        let count = Int(request.segmentCount)
+        guard count >= 1, count <= limit, request.pageCount <= Blkif.maxIndirectPagesPerRequest else { return .error }
+        // The segment pages, copied out once (the frontend could rewrite them meanwhile).
+        var segments: [BlkifSegment] = []
+        segments.reserveCapacity(count)
+        for page in 0..<request.pageCount {
+            let inPage = min(Blkif.segmentsPerIndirectPage, count - page * Blkif.segmentsPerIndirectPage)
+            var transient: [GrantMapping] = []
+            defer { unmap(transient) }
+            guard let pointer = self.page(request.indirectGrant(page), writable: false, transient: &transient),
+                  let decoded = try? BlkifSegment.decodeIndirectPage(UnsafeRawBufferPointer(start: pointer, count: XenPage.size), count: inPage) else {
+                return .error
+            }
+            segments += decoded
+        }
+        return transfer(write: request.operation == .write, sector: request.sector, segments: segments)
+    }
+
+    /// The granted page `ref`: from the persistent cache (mapped writable and kept), or
+    /// mapped now with the access asked and added to `transient` (unmapped by the caller).
+    /// nil when the grant cannot be mapped.
+    private func page(_ ref: GrantRef, writable: Bool, transient: inout [GrantMapping]) -> UnsafeMutableRawPointer? {
+        if let mapping = cache[ref] { return mapping.page }
+        let hypervisor = backend.hypervisor
+        let frontend = backend.device.frontend
+        if persistent, cache.count < backend.settings.maxPersistentGrants,
+           let mapping = try? hypervisor.mapGrant(ref, of: frontend, by: .dom0, writable: true) {
+            cache[ref] = mapping
+            return mapping.page
+        }
+        guard let mapping = try? hypervisor.mapGrant(ref, of: frontend, by: .dom0, writable: writable) else { return nil }
+        transient.append(mapping)
+        return mapping.page
+    }
+
+    private func unmap(_ transient: [GrantMapping]) {
+        for mapping in transient { try? backend.hypervisor.unmapGrant(mapping.handle, by: .dom0) }
+    }
+
+    /// Reads or writes the segments' bytes at `sector`: every segment and the range checked
+    /// first, then one `preadv`/`pwritev` over the guest's pages.
+    private func transfer(write: Bool, sector: UInt64, segments: [BlkifSegment]) -> BlkifStatus {
+        let settings = backend.settings
+        if write && settings.readOnly { return .error }
+        guard !segments.isEmpty else { return .error }
+        let alignment = UInt64(settings.sectorSize)
+        var total: UInt64 = 0
+        for segment in segments {
+            guard segment.firstSector <= segment.lastSector, segment.lastSector < 8,
+                  UInt64(segment.byteOffset) % alignment == 0, UInt64(segment.byteCount) % alignment == 0 else { return .error }
+            total += UInt64(segment.byteCount)
+        }
+        let start = sector &* UInt64(Blkif.sectorSize)
+        let diskBytes = backend.sectors * UInt64(Blkif.sectorSize)
+        guard sector < backend.sectors, start % alignment == 0, total <= diskBytes - start else { return .error }
+
+        // Map what the cache lacks; keep the transient mappings until the I/O is done.
+        var transient: [GrantMapping] = []
+        defer { unmap(transient) }
+        var vectors: [iovec] = []
+        vectors.reserveCapacity(segments.count)
+        for segment in segments {
+            // Reading the disk writes the guest's page, and the other way round.
+            guard var page = self.page(segment.gref, writable: !write, transient: &transient) else { return .error }
+            page += segment.byteOffset
+            if let last = vectors.last, last.iov_base! + last.iov_len == page {
+                vectors[vectors.count - 1].iov_len += segment.byteCount
+            } else {
+                vectors.append(iovec(iov_base: page, iov_len: segment.byteCount))
+            }
+        }
+        func move(_ fd: Int32) -> Int {
+            vectors.withUnsafeBufferPointer { v in
+                write ? pwritev(fd, v.baseAddress, Int32(v.count), off_t(start)) : preadv(fd, v.baseAddress, Int32(v.count), off_t(start))
+            }
+        }
+        var done = move(backend.file)
+        if done < 0 && errno == EINVAL && backend.file != backend.bufferedFile { done = move(backend.bufferedFile) }
+        return done == Int(total) ? .okay : .error
+    }
+}
