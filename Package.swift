@@ -33,6 +33,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // Pure wire formats and constants of Xen's public ABI. No I/O, no dependencies.
@@ -109,7 +110,8 @@ let package = Package(
             swiftSettings: strictSwift),
         .executableTarget(
             name: "pvblk",
-            dependencies: ["BlockFront", "PVPlatform", "XenStore", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["BlockFront", "PVPlatform", "XenStore", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                           .product(name: "Histogram", package: "hdrhistogram-swift")],
             swiftSettings: strictSwift),
         .executableTarget(
             name: "pvcheck",

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A virtual disk through the PV block protocol for `make demo`: pvhost serves a file as
 # vbd 51712 of the guest "alpha"; pvblk, running as that guest, writes a pattern, flushes,
-# reads it back and checks it against the backing file.
+# reads it back and checks it against the backing file, then measures it (pvblk bench).
 # Usage: scripts/demo-pvblk.sh BINDIR
 set -euo pipefail
 bin="$1"
@@ -19,3 +19,6 @@ set -x
 "$bin/pvblk" verify --pvhost "$dir/control" --name alpha --sector 4096 --count 8388608 --backing "$dir/alpha.img"
 printf 'written by a PV guest\n' | dd conv=sync bs=512 count=1 status=none | "$bin/pvblk" write --pvhost "$dir/control" --name alpha --sector 0
 dd if="$dir/alpha.img" bs=512 count=1 status=none | head -c 22
+echo
+"$bin/pvblk" bench --pvhost "$dir/control" --name alpha --pattern random --block-size 4096 --queue-depth 32 --seconds 2
+"$bin/pvblk" bench --pvhost "$dir/control" --name alpha --pattern sequential --block-size 1048576 --queue-depth 4 --seconds 2

@@ -87,14 +87,15 @@ struct PVHostBench {
         try await block(quick: quick, runs: runs)
     }
 
-    /// BlockFront through pvhost's blkback against `pread` on the same file (page cache warm).
+    /// BlockFront through pvhost's blkback against `pread` on the same file (page cache warm),
+    /// with every feature on, then with one feature off at a time.
     static func block(quick: Bool, runs: Int) async throws {
         let directory = NSTemporaryDirectory() + "pvhost-bench-\(getpid())"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let size = 64 << 20
         let path = directory + "/disk.img"
-        FileManager.default.createFile(atPath: path, contents: Data((0..<size).lazy.map { UInt8(truncatingIfNeeded: $0 >> 12) }))
+        _ = FileManager.default.createFile(atPath: path, contents: Data((0..<size).lazy.map { UInt8(truncatingIfNeeded: $0 >> 12) }))
         let daemon = try XenStoreDaemon(path: directory + "/xs")
         Thread { daemon.run() }.start()
         let store = try XenStoreClient.connect(XenStoreLocation(environment: ["XENSTORED_PATH": directory + "/xs"]))
@@ -102,54 +103,24 @@ struct PVHostBench {
         let server = try ControlServer(path: directory + "/control", toolstack: toolstack)
         Thread { server.run() }.start()
         defer { server.stop(); daemon.stop() }
-        var limits = Domain.Limits()
-        limits.pages = 4096
-        let guest = try ReferencePlatform.attach(socket: directory + "/control", name: "bench", pages: limits.pages)
-        let device = Toolstack.Device(type: "vbd", frontend: guest.domain, devid: 51712)
-        try await toolstack.addDevice(device)
-        let backend = try await BlockBackend.start(toolstack: toolstack, device: device, path: path)
-        let disk = try await BlockFront.connect(platform: guest, store: try guest.xenstore(), id: 51712)
 
         let megabyte = 1 << 20
         let passes = quick ? 1 : 4
-        var blockRates: [Double] = [], preadRates: [Double] = []
+        let reads = quick ? 4_000 : 40_000
         let fd = open(path, O_RDONLY)
         defer { close(fd) }
-        var buffer = [UInt8](repeating: 0, count: megabyte)
-        for _ in 0..<runs {
-            let t1 = try await asyncSeconds {
-                for _ in 0..<passes { for m in 0..<(size / megabyte) { _ = try await disk.read(sector: UInt64(m * megabyte / 512), count: megabyte) } }
-            }
-            blockRates.append(Double(passes * size) / t1 / Double(megabyte))
-            let t2 = seconds {
-                for _ in 0..<passes { for m in 0..<(size / megabyte) { _ = pread(fd, &buffer, megabyte, off_t(m * megabyte)) } }
-            }
-            preadRates.append(Double(passes * size) / t2 / Double(megabyte))
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: megabyte, alignment: 4096)
+        defer { buffer.deallocate() }
+
+        // Baselines: a pread loop, and pread on 32 threads.
+        let preadMiB = median(runs) {
+            Double(passes * size) / seconds {
+                for _ in 0..<passes { for m in 0..<(size / megabyte) { _ = pread(fd, buffer.baseAddress, megabyte, off_t(m * megabyte)) } }
+            } / Double(megabyte)
         }
-        let served0 = backend.served
-        let sent0 = toolstack.hypervisor.status.notificationsSent
-        let blockMiB = blockRates.sorted()[runs / 2], preadMiB = preadRates.sorted()[runs / 2]
-        // 4 KiB random reads, 32 at a time, against pread on 32 threads.
-        let reads = quick ? 4_000 : 40_000
-        var random: [Double] = [], threaded: [Double] = []
-        for _ in 0..<runs {
-            let t1 = try await asyncSeconds {
-                try await withThrowingTaskGroup(of: Void.self) { group in
-                    for worker in 0..<32 {
-                        group.addTask {
-                            var state = UInt64(worker + 1) &* 0x9E37_79B9_7F4A_7C15
-                            for _ in 0..<(reads / 32) {
-                                state ^= state << 13; state ^= state >> 7; state ^= state << 17
-                                _ = try await disk.read(sector: (state % UInt64(size / 4096)) * 8, count: 4096)
-                            }
-                        }
-                    }
-                    try await group.waitForAll()
-                }
-            }
-            random.append(Double(reads) / t1)
+        let preadIOPS = median(runs) {
             let done = DispatchSemaphore(value: 0)
-            let t2 = seconds {
+            return Double(reads) / seconds {
                 for worker in 0..<32 {
                     Thread {
                         var local = [UInt8](repeating: 0, count: 4096)
@@ -163,18 +134,66 @@ struct PVHostBench {
                 }
                 for _ in 0..<32 { done.wait() }
             }
-            threaded.append(Double(reads) / t2)
         }
-        let requests = backend.served - served0
-        let notifications = toolstack.hypervisor.status.notificationsSent - sent0
-        let blockIOPS = random.sorted()[runs / 2], preadIOPS = threaded.sorted()[runs / 2]
+
+        var rows: [(String, BlockBackend.Settings, BlockFront.Options)] = [("every feature (2 queues)", .init(), .init())]
+        var settings = BlockBackend.Settings()
+        settings.persistent = false
+        rows.append(("persistent grants off", settings, .init()))
+        settings = .init()
+        settings.maxIndirectSegments = 0
+        rows.append(("indirect off", settings, .init()))
+        var options = BlockFront.Options()
+        options.queues = 1
+        rows.append(("1 queue", .init(), options))
+        options.queues = 4
+        rows.append(("4 queues", .init(), options))
+        rows.append(("nothing (1 page, 1 queue, 11 segments)", .minimal, .minimal))
+
         print("")
-        print("blkfront ↔ pvhost blkback (one ring page, one queue), page cache warm, medians of \(runs)")
-        print(String(format: "sequential 1 MiB reads   BlockFront %8.0f MiB/s   pread loop %8.0f MiB/s   ratio %.2f×", blockMiB, preadMiB, blockMiB / preadMiB))
-        print(String(format: "4 KiB random reads, QD32 BlockFront %8.0f IOPS    pread × 32 %8.0f IOPS    ratio %.2f×", blockIOPS, preadIOPS, blockIOPS / preadIOPS))
-        print(String(format: "backend notifications per request (random reads): %.3f", Double(notifications) / Double(max(requests, 1))))
-        await disk.close()
-        await backend.stop()
+        print("blkfront ↔ pvhost blkback, page cache warm, medians of \(runs); baselines: pread loop \(Int(preadMiB)) MiB/s, pread × 32 \(Int(preadIOPS)) IOPS")
+        print("configuration                              seq 1 MiB MiB/s  ratio   4K QD32 IOPS  ratio   notifications/request")
+        var devid = 51712
+        for (label, settings, options) in rows {
+            let guest = try ReferencePlatform.attach(socket: directory + "/control", name: "bench\(devid)", pages: 8192)
+            let device = Toolstack.Device(type: "vbd", frontend: guest.domain, devid: devid)
+            devid += 16
+            try await toolstack.addDevice(device)
+            let backend = try await BlockBackend.start(toolstack: toolstack, device: device, path: path, settings: settings)
+            let disk = try await BlockFront.connect(platform: guest, store: try guest.xenstore(), id: device.devid, options: options)
+            var seq: [Double] = [], random: [Double] = []
+            let served0 = backend.served, sent0 = disk.statistics.notificationsSent
+            for _ in 0..<runs {
+                let t1 = try await asyncSeconds {
+                    for _ in 0..<passes { for m in 0..<(size / megabyte) { try await disk.read(at: UInt64(m * megabyte / 512), into: buffer) } }
+                }
+                seq.append(Double(passes * size) / t1 / Double(megabyte))
+                let t2 = try await asyncSeconds {
+                    try await withThrowingTaskGroup(of: Void.self) { group in
+                        for worker in 0..<32 {
+                            group.addTask {
+                                let local = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 4096)
+                                defer { local.deallocate() }
+                                var state = UInt64(worker + 1) &* 0x9E37_79B9_7F4A_7C15
+                                for _ in 0..<(reads / 32) {
+                                    state ^= state << 13; state ^= state >> 7; state ^= state << 17
+                                    try await disk.read(at: (state % UInt64(size / 4096)) * 8, into: local)
+                                }
+                            }
+                        }
+                        try await group.waitForAll()
+                    }
+                }
+                random.append(Double(reads) / t2)
+            }
+            let perRequest = Double(disk.statistics.notificationsSent - sent0) / Double(max(backend.served - served0, 1))
+            let seqMiB = seq.sorted()[runs / 2], iops = random.sorted()[runs / 2]
+            let name = label.padding(toLength: 42, withPad: " ", startingAt: 0)
+            print(name + String(format: " %10.0f  %6.2f×  %12.0f  %6.2f×   %.3f", seqMiB, seqMiB / preadMiB, iops, iops / preadIOPS, perRequest))
+            await disk.close()
+            await backend.stop()
+            _ = try await toolstack.removeDevice(device)
+        }
     }
 
     static func asyncSeconds(_ body: () async throws -> Void) async rethrows -> Double {

@@ -33,7 +33,10 @@ public final class BlockFront: Sendable {
         public var ringPageOrder = 4
         public var persistentGrants = true
         /// Segments per request wanted beyond 11 (indirect descriptors); ≤ 11 turns them off.
-        public var indirectSegments = 256
+        /// 32 as Linux's default: larger requests cut the notifications per byte but stop a
+        /// large transfer from pipelining (the backend's read and our copy-out overlap only
+        /// across requests).
+        public var indirectSegments = 32
         /// Data pages the device may hold at once (its memory budget, 4 KiB each).
         public var pages = 1024
         /// A request not answered within this fails the device (nil: wait forever, as Linux).

@@ -1,18 +1,20 @@
 import ArgumentParser
 import BlockFront
 import Foundation
+import Histogram
+import Synchronization
 import PVPlatform
 import XenStore
 
 /// `pvblk`: a guest tool on BlockFront. It attaches to a pvhost as a domain and uses that
 /// domain's virtual disk over the PV block protocol. Exit status: 0 success, 1 an I/O or
-/// connection error, 2 a verification mismatch, 64 bad usage.
+/// connection error, 2 a verification mismatch, 64 bad usage. `bench` measures it.
 @main
 struct PVBlkCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pvblk",
         abstract: "Use a virtual disk through Xen's PV block protocol, as a guest of pvhost.",
-        subcommands: [Info.self, Read.self, Write.self, Verify.self])
+        subcommands: [Info.self, Read.self, Write.self, Verify.self, Bench.self])
 }
 
 struct Connection: ParsableArguments {
@@ -21,10 +23,10 @@ struct Connection: ParsableArguments {
     @Option(help: "The disk's vbd number.") var device = 51712
 
     /// Attaches and connects the disk; prints a clear error and exits 1 on failure.
-    func open() async throws -> (BlockFront, ReferencePlatform) {
+    func open(options: BlockFront.Options = BlockFront.Options()) async throws -> (BlockFront, ReferencePlatform) {
         do {
             let platform = try ReferencePlatform.attach(socket: pvhost, name: name)
-            let disk = try await BlockFront.connect(platform: platform, store: try platform.xenstore(), id: device)
+            let disk = try await BlockFront.connect(platform: platform, store: try platform.xenstore(), id: device, options: options)
             return (disk, platform)
         } catch {
             FileHandle.standardError.write(Data("pvblk: \(error)\n".utf8))
@@ -127,5 +129,121 @@ extension PVBlkCommand {
             }
             print("verified \(count) bytes at sector \(sector)\(backing.map { ", and in \($0)" } ?? "")")
         }
+    }
+
+    struct Bench: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Measure the disk: sequential or random reads (or writes), at a queue depth; IOPS, MiB/s and latency percentiles.")
+        enum Pattern: String, ExpressibleByArgument { case sequential, random }
+        @OptionGroup var connection: Connection
+        @Option(help: "sequential or random.") var pattern: Pattern = .random
+        @Option(help: "Bytes per request (a multiple of the sector size).") var blockSize = 4096
+        @Option(help: "Requests in flight.") var queueDepth = 32
+        @Option(help: "Seconds to run.") var seconds = 5.0
+        @Flag(help: "Write (destroys the disk's contents) instead of reading.") var write = false
+        @Option(help: "Rings to ask for (default: one per processor).") var queues: Int?
+        @Flag(help: "Do not use persistent grants.") var noPersistent = false
+        @Option(help: "Indirect segments to ask for (≤ 11: none).") var indirectSegments = 32
+
+        func validate() throws {
+            guard blockSize > 0, blockSize % 512 == 0, queueDepth >= 1, seconds > 0 else {
+                throw ValidationError("--block-size must be a positive multiple of 512, --queue-depth and --seconds positive")
+            }
+        }
+
+        func run() async throws {
+            var options = BlockFront.Options()
+            if let queues { options.queues = queues }
+            options.persistentGrants = !noPersistent
+            options.indirectSegments = indirectSegments
+            let (disk, _) = try await connection.open(options: options)
+            let info = disk.info
+            let blocks = info.bytes / UInt64(blockSize)
+            guard blocks > 0, blockSize % info.sectorSize == 0 else {
+                FileHandle.standardError.write(Data("pvblk: a \(blockSize)-byte block does not fit this disk (\(info.bytes) bytes, \(info.sectorSize)-byte sectors)\n".utf8))
+                throw ExitCode(64)
+            }
+            if write && info.readOnly {
+                FileHandle.standardError.write(Data("pvblk: the disk is read-only\n".utf8))
+                throw ExitCode(1)
+            }
+            let (blockSize, pattern, write) = (self.blockSize, self.pattern, self.write)
+            let run = BenchRun(blocks: blocks, deadline: DispatchTime.now().uptimeNanoseconds + UInt64(seconds * 1e9))
+            let progress = Task {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .seconds(1))
+                    let (count, elapsed) = run.snapshot()
+                    FileHandle.standardError.write(Data(String(format: "\r%.0f s: %.0f IOPS, %.1f MiB/s   ", elapsed, Double(count) / elapsed,
+                                                               Double(count * blockSize) / elapsed / 1_048_576).utf8))
+                }
+            }
+            try await running {
+                try await withThrowingTaskGroup(of: Histogram<UInt64>.self) { group in
+                    for worker in 0..<queueDepth {
+                        group.addTask {
+                            var latencies = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
+                            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: blockSize, alignment: 4096)
+                            defer { buffer.deallocate() }
+                            if write { for i in 0..<blockSize { buffer[i] = UInt8(truncatingIfNeeded: i &* 31 &+ worker) } }
+                            var state = UInt64(worker + 1) &* 0x9E37_79B9_7F4A_7C15
+                            while let next = run.next() {
+                                let block: UInt64
+                                if pattern == .random {
+                                    state ^= state << 13; state ^= state >> 7; state ^= state << 17
+                                    block = state % run.blocks
+                                } else {
+                                    block = next % run.blocks
+                                }
+                                let sector = block * UInt64(blockSize / 512)
+                                let start = DispatchTime.now().uptimeNanoseconds
+                                if write { try await disk.write(at: sector, from: UnsafeRawBufferPointer(buffer)) } else { try await disk.read(at: sector, into: buffer) }
+                                _ = latencies.record(DispatchTime.now().uptimeNanoseconds - start)
+                                run.done()
+                            }
+                            return latencies
+                        }
+                    }
+                    var all = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
+                    for try await part in group { all.add(part) }
+                    progress.cancel()
+                    let (count, elapsed) = run.snapshot()
+                    FileHandle.standardError.write(Data("\n".utf8))
+                    let stats = disk.statistics
+                    print("\(pattern.rawValue) \(write ? "writes" : "reads") of \(blockSize) bytes at queue depth \(queueDepth), \(info.queues) ring(s) of \(info.ringPages) page(s), persistent grants \(info.persistentGrants ? "on" : "off"), indirect segments \(info.indirectSegments)")
+                    print(String(format: "%.0f IOPS, %.1f MiB/s over %.1f s (%d requests), %.3f notifications per request", Double(count) / elapsed,
+                                 Double(count * blockSize) / elapsed / 1_048_576, elapsed, count, Double(stats.notificationsSent) / Double(max(count, 1))))
+                    func us(_ p: Double) -> String { String(format: "%.1f", Double(all.valueAtPercentile(p)) / 1000) }
+                    print("latency µs: p50 \(us(50)), p90 \(us(90)), p99 \(us(99)), p99.9 \(us(99.9)), max \(String(format: "%.1f", Double(all.max) / 1000))")
+                }
+            }
+            await disk.close()
+        }
+    }
+}
+
+/// The shared state of a benchmark: requests handed out until the deadline, and counted.
+final class BenchRun: Sendable {
+    let blocks: UInt64
+    let deadline: UInt64
+    let started = DispatchTime.now().uptimeNanoseconds
+    private let issued = Mutex<UInt64>(0)
+    private let completed = Mutex(0)
+
+    init(blocks: UInt64, deadline: UInt64) {
+        self.blocks = blocks
+        self.deadline = deadline
+    }
+
+    /// The next request's sequence number, nil once time is up.
+    func next() -> UInt64? {
+        guard DispatchTime.now().uptimeNanoseconds < deadline else { return nil }
+        return issued.withLock { n in defer { n += 1 }; return n }
+    }
+
+    func done() { completed.withLock { $0 += 1 } }
+
+    /// Requests completed and seconds elapsed.
+    func snapshot() -> (Int, Double) {
+        (completed.withLock { $0 }, Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9)
     }
 }

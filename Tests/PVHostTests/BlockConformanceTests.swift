@@ -69,7 +69,7 @@ struct BlockConformanceTests {
         return false
     }
 
-    @Test("negotiation uses every feature offered: 16-page rings, 2 queues, persistent grants, 256 indirect segments, flush, barrier, discard")
+    @Test("negotiation uses every feature offered: 16-page rings, 2 queues, persistent grants, 32 indirect segments, flush, barrier, discard")
     func negotiated() async throws {
         var options = BlockFront.Options()
         options.queues = 2
@@ -77,7 +77,7 @@ struct BlockConformanceTests {
         let i = d.disk.info
         #expect(i.sectors == 8192 && i.sectorSize == 512 && i.physicalSectorSize == 512 && !i.readOnly && i.trusted)
         #expect(i.ringPages == 16 && i.queues == 2 && i.persistentGrants && i.flush && i.barrier)
-        #expect(i.indirectSegments == 256 && i.discard == BlockFront.Discard(granularity: 4096, alignment: 0, secure: false))
+        #expect(i.indirectSegments == 32 && i.discard == BlockFront.Discard(granularity: 4096, alignment: 0, secure: false))
         let store = d.host.tools.toolstack.store
         let fe = d.device.frontendPath
         #expect(try await store.readString(XenStorePath(fe + "/ring-page-order")) == "4")
@@ -418,7 +418,7 @@ struct BlockConformanceTests {
         var options = BlockFront.Options()
         options.queues = 2
         let d = try await disk(settings: settings, options: options)
-        #expect(d.disk.info.ringPages == 16 && d.disk.info.queues == 2 && d.disk.info.indirectSegments == 256)
+        #expect(d.disk.info.ringPages == 16 && d.disk.info.queues == 2 && d.disk.info.indirectSegments == 32)
         #expect(try await d.disk.read(sector: 0, count: 1 << 20) == fileBytes(d.path, offset: 0, count: 1 << 20))
         await d.disk.close()
     }

@@ -199,6 +199,14 @@ struct GuestProcessTests {
         // And the disk serves a new guest afterwards.
         let again = try host.run("alpha", ["verify", "--count", "65536", "--backing", image], tool: "pvblk")
         #expect(again.status == 0, "\(again)")
+        // pvblk bench: IOPS, throughput and latency percentiles from its histogram.
+        let bench = try host.run("alpha", ["bench", "--seconds", "0.5", "--queue-depth", "8"], tool: "pvblk")
+        #expect(bench.status == 0 && bench.output.contains("random reads of 4096 bytes at queue depth 8"), "\(bench)")
+        let rate = bench.output.split(separator: "\n").first { $0.hasSuffix("per request") }.flatMap { Double($0.split(separator: " ")[0]) } ?? 0
+        #expect(rate > 0, "a rate was measured: \(bench.output)")
+        #expect(bench.output.contains("latency µs: p50 "), "\(bench)")
+        let refused = try host.run("alpha", ["bench", "--block-size", "100"], tool: "pvblk")
+        #expect(refused.status == 64, "\(refused)")
     }
 
     @Test("pvhost killed outright: a guest waiting on a watch sees its connection end and exits with an error, not a hang")
