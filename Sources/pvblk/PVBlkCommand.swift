@@ -14,7 +14,7 @@ struct PVBlkCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pvblk",
         abstract: "Use a virtual disk through Xen's PV block protocol, as a guest of pvhost.",
-        subcommands: [Info.self, Read.self, Write.self, Verify.self, Bench.self])
+        subcommands: [Info.self, Read.self, Write.self, Verify.self, Journal.self, Bench.self])
 }
 
 struct Connection: ParsableArguments {
@@ -128,6 +128,38 @@ extension PVBlkCommand {
                 }
             }
             print("verified \(count) bytes at sector \(sector)\(backing.map { ", and in \($0)" } ?? "")")
+        }
+    }
+
+    struct Journal: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Write numbered 4 KiB blocks in order, flushing every few, and print \"durable N\" after each flush (blocks 0..<N are on stable storage): a workload for crash tests.")
+        @OptionGroup var connection: Connection
+        @Option(help: "Blocks to write.") var blocks = 1024
+        @Option(help: "Blocks between flushes.") var flushEvery = 8
+
+        /// The content of block `index`: its number in every 8-byte word.
+        static func block(_ index: Int) -> [UInt8] {
+            (0..<512).flatMap { _ in withUnsafeBytes(of: UInt64(index).littleEndian, Array.init) }
+        }
+
+        func run() async throws {
+            let (disk, _) = try await connection.open()
+            guard disk.info.flush, UInt64(blocks) * 4096 <= disk.info.bytes else {
+                FileHandle.standardError.write(Data("pvblk: the disk must offer flush and hold \(blocks) blocks\n".utf8))
+                throw ExitCode(1)
+            }
+            try await running {
+                for index in 0..<blocks {
+                    try await disk.write(sector: UInt64(index * 8), Self.block(index))
+                    if (index + 1) % flushEvery == 0 || index + 1 == blocks {
+                        try await disk.flush()
+                        // Unbuffered: the line is out before the next write starts.
+                        FileHandle.standardOutput.write(Data("durable \(index + 1)\n".utf8))
+                    }
+                }
+            }
+            await disk.close()
         }
     }
 

@@ -209,6 +209,36 @@ struct GuestProcessTests {
         #expect(refused.status == 64, "\(refused)")
     }
 
+    @Test("pvhost killed mid-workload: every block written before the last completed flush is in the file; pvblk fails cleanly")
+    func hostKilledMidWrite() async throws {
+        let image = NSTemporaryDirectory() + "pvkit-journal-\(getpid()).img"
+        FileManager.default.createFile(atPath: image, contents: Data(count: 16 << 20))
+        defer { unlink(image) }
+        let host = try PVHostProcess(config: #"{"domains": [{"name": "alpha", "disks": [{"devid": 51712, "path": "\#(image)"}]}]}"#)
+        let (guest, pipe) = try host.guest("alpha", ["journal", "--blocks", "4096", "--flush-every", "4"], tool: "pvblk")
+        var output = ""
+        func durable() -> Int { output.split(separator: "\n").last { $0.hasPrefix("durable ") }.flatMap { Int($0.dropFirst(8)) } ?? 0 }
+        while durable() < 64 {
+            let data = pipe.fileHandleForReading.availableData
+            guard !data.isEmpty else { break }
+            output += String(decoding: data, as: UTF8.self)
+        }
+        kill(host.process.processIdentifier, SIGKILL)
+        output += String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        guest.waitUntilExit()
+        let acknowledged = durable()
+        #expect(acknowledged >= 64 && acknowledged < 4096, "killed mid-workload: \(output.suffix(200))")
+        #expect(guest.terminationStatus == 1, "pvblk reports the failure and exits 1: \(output.suffix(300))")
+        let file = try #require(FileHandle(forReadingAtPath: image))
+        defer { try? file.close() }
+        for index in 0..<acknowledged {
+            let block = Array(file.readData(ofLength: 4096))
+            let expected = (0..<512).flatMap { _ in withUnsafeBytes(of: UInt64(index).littleEndian, Array.init) }
+            #expect(block == expected, "block \(index) of \(acknowledged) acknowledged as durable")
+            if block != expected { break }
+        }
+    }
+
     @Test("pvhost killed outright: a guest waiting on a watch sees its connection end and exits with an error, not a hang")
     func hostDies() async throws {
         let host = try PVHostProcess()
