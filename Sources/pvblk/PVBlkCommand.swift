@@ -238,11 +238,12 @@ extension PVBlkCommand {
                     var all = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
                     for try await part in group { all.add(part) }
                     progress.cancel()
+                    await progress.value
                     let (count, elapsed) = run.snapshot()
                     FileHandle.standardError.write(Data("\n".utf8))
                     let stats = disk.statistics
                     print("\(pattern.rawValue) \(write ? "writes" : "reads") of \(blockSize) bytes at queue depth \(queueDepth), \(info.queues) ring(s) of \(info.ringPages) page(s), persistent grants \(info.persistentGrants ? "on" : "off"), indirect segments \(info.indirectSegments)")
-                    print(String(format: "%.0f IOPS, %.1f MiB/s over %.1f s (%d requests), %.3f notifications per request", Double(count) / elapsed,
+                    print(String(format: "%.0f IOPS, %.1f MiB/s over %.1f s (%d I/Os), %.3f notifications per I/O", Double(count) / elapsed,
                                  Double(count * blockSize) / elapsed / 1_048_576, elapsed, count, Double(stats.notificationsSent) / Double(max(count, 1))))
                     func us(_ p: Double) -> String { String(format: "%.1f", Double(all.valueAtPercentile(p)) / 1000) }
                     print("latency µs: p50 \(us(50)), p90 \(us(90)), p99 \(us(99)), p99.9 \(us(99.9)), max \(String(format: "%.1f", Double(all.max) / 1000))")

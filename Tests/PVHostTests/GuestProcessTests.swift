@@ -202,7 +202,7 @@ struct GuestProcessTests {
         // pvblk bench: IOPS, throughput and latency percentiles from its histogram.
         let bench = try host.run("alpha", ["bench", "--seconds", "0.5", "--queue-depth", "8"], tool: "pvblk")
         #expect(bench.status == 0 && bench.output.contains("random reads of 4096 bytes at queue depth 8"), "\(bench)")
-        let rate = bench.output.split(separator: "\n").first { $0.hasSuffix("per request") }.flatMap { Double($0.split(separator: " ")[0]) } ?? 0
+        let rate = bench.output.split(separator: "\n").first { $0.hasSuffix("per I/O") }.flatMap { Double($0.split(separator: " ")[0]) } ?? 0
         #expect(rate > 0, "a rate was measured: \(bench.output)")
         #expect(bench.output.contains("latency µs: p50 "), "\(bench)")
         let refused = try host.run("alpha", ["bench", "--block-size", "100"], tool: "pvblk")
