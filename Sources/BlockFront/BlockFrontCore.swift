@@ -171,6 +171,8 @@ final class Core: @unchecked Sendable {
 
     /// Waits until the device is connected (the first time, or again after a backend restart).
     func waitForConnection() async throws(BlockFrontError) -> BlockFront.Info {
+        // Fast path (every request): connected, no suspension.
+        if let info = lock.withLock({ failure == nil && !queues.isEmpty ? info : nil }) { return info }
         while true {
             let error: BlockFrontError? = await withCheckedContinuation { continuation in
                 let immediate: BlockFrontError?? = lock.withLock {
