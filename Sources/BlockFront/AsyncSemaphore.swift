@@ -86,12 +86,4 @@ final class AsyncSemaphore: @unchecked Sendable {
         }
         for waiter in all { waiter.continuation.resume(returning: error) }
     }
-
-    /// Accepts callers again after ``fail(_:)`` (a reconnect), with `units` free.
-    func reset(units: Int) {
-        lock.withLock {
-            failure = nil
-            free = units
-        }
-    }
 }

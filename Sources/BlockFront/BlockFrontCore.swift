@@ -97,16 +97,14 @@ final class Core: @unchecked Sendable {
     func connected(backend keys: [String: String], trusted: String?, backendID: DomainID) throws(BlockFrontError) {
         guard let transport = lock.withLock({ self.transport }) else { throw .closed("connected before publishing") }
         let info = try BlockNegotiation.disk(backend: keys, transport: transport, trusted: trusted, options: options)
-        let pool = lock.withLock { () -> GrantPool in
-            if let pool = self.pool { return pool }
-            // Never more than three quarters of what the domain can still grant, and room for
-            // at least two of the largest requests.
+        // The pool is made at the first connection and kept across reconnects (suspended
+        // requests hold its pages). Never more than three quarters of what the domain can
+        // still grant, and room for at least two of the largest requests.
+        lock.withLock {
+            guard pool == nil else { return }
             let budget = max(min(options.pages, platform.availablePages * 3 / 4), 2 * (Blkif.maxSegmentsPerRequest + 1))
-            let made = GrantPool(platform: platform, backend: backendID, persistent: info.persistentGrants, zeroOnReuse: !info.trusted, pages: budget)
-            self.pool = made
-            return made
+            pool = GrantPool(platform: platform, backend: backendID, persistent: info.persistentGrants, zeroOnReuse: !info.trusted, pages: budget)
         }
-        _ = pool
         let (started, again, ready): ([BlockQueue], [InFlight], [CheckedContinuation<BlockFrontError?, Never>]) = lock.withLock {
             reconnectTimer?.cancel()
             reconnectTimer = nil
@@ -190,7 +188,7 @@ final class Core: @unchecked Sendable {
 
     /// Closes the device: everything in flight and waiting fails with `error`; rings and
     /// pages are revoked (kept while the backend maps them).
-    func fail(_ error: BlockFrontError, from caller: BlockQueue? = nil) {
+    func fail(_ error: BlockFrontError) {
         var first = false
         let (old, waiting, ready, pool) = lock.withLock { () -> ([BlockQueue], [InFlight], [CheckedContinuation<BlockFrontError?, Never>], GrantPool?) in
             if failure == nil { failure = error; first = true }

@@ -48,7 +48,8 @@ final class BlockQueue: @unchecked Sendable {
     private let stopSignal: EventFD
     private var thread: Thread?
     /// Wake-ups that found no response (an event storm is counted, not obeyed).
-    private(set) var spuriousWakeups = 0
+    var spuriousWakeups: Int { lock.withLock { spurious } }
+    private var spurious = 0
 
     /// The ring, touched only under `lock`.
     private final class RingBox: @unchecked Sendable {
@@ -122,7 +123,7 @@ final class BlockQueue: @unchecked Sendable {
             _ = poll(&fds, 2, timeout == nil ? -1 : 100)
             if fds[1].revents != 0 { return }
             if let timeout, let oldest, Core.now() - oldest > timeout {
-                core.fail(.timedOut(seconds: Double(timeout) / 1e9), from: self)
+                core.fail(.timedOut(seconds: Double(timeout) / 1e9))
                 return
             }
             guard fds[0].revents != 0 else { continue }
@@ -149,11 +150,11 @@ final class BlockQueue: @unchecked Sendable {
                 } catch {
                     broken = "\(error)"
                 }
-                if done.isEmpty && broken == nil { spuriousWakeups += 1 }
+                if done.isEmpty && broken == nil { spurious += 1 }
             }
             for (entry, status) in done { core.finish(entry, status: status, queue: self) }
             if let broken {
-                core.fail(.backendMisbehaved(broken), from: self)
+                core.fail(.backendMisbehaved(broken))
                 return
             }
         }
