@@ -33,10 +33,9 @@ public final class BlockFront: Sendable {
         public var ringPageOrder = 4
         public var persistentGrants = true
         /// Segments per request wanted beyond 11 (indirect descriptors); ≤ 11 turns them off.
-        /// 32 as Linux's default: larger requests cut the notifications per byte but stop a
-        /// large transfer from pipelining (the backend's read and our copy-out overlap only
-        /// across requests).
-        public var indirectSegments = 32
+        /// Transfers through a ``BlockBuffer`` use up to this many (fewer requests per byte);
+        /// copied transfers at most ``copiedRequestSegments``.
+        public var indirectSegments = 128
         /// Data pages the device may hold at once (its memory budget, 4 KiB each).
         public var pages = 1024
         /// A request not answered within this fails the device (nil: wait forever, as Linux).
@@ -58,6 +57,11 @@ public final class BlockFront: Sendable {
             return o
         }
     }
+
+    /// Segments per request of a copied transfer: a large transfer then spans several requests,
+    /// so our copy-out of one overlaps the backend's read of the next (a single 1 MiB request
+    /// serialises them).
+    public static let copiedRequestSegments = 32
 
     /// The discard parameters the backend published.
     public struct Discard: Sendable, Equatable {
@@ -184,6 +188,52 @@ public final class BlockFront: Sendable {
         try await write(at: sector, from: UnsafeRawBufferPointer(rebasing: buffer[0..<data.count]), barrier: barrier)
     }
 
+    /// Memory for ``read(at:into:byteOffset:count:)`` and ``write(at:from:byteOffset:count:barrier:)``
+    /// without copies: its pages are granted to the backend once, and the backend reads and
+    /// writes them in place (the way Linux's blkfront grants a bio's own pages). Made for
+    /// large or frequent transfers; ordinary memory works with the other calls.
+    ///
+    /// The backend can see and change these pages while the buffer lives, so a backend that
+    /// is not trusted (`trusted` = 0) never gets them: transfers then go through zeroed
+    /// bounce pages as the other calls do.
+    public func makeBuffer(byteCount: Int) async throws(BlockFrontError) -> BlockBuffer {
+        guard byteCount > 0 else { throw .badBuffer("a buffer of \(byteCount) bytes") }
+        let pages = try await core.grantBuffer(pages: (byteCount + XenPage.size - 1) / XenPage.size)
+        return BlockBuffer(core: core, pages: pages, byteCount: byteCount)
+    }
+
+    /// Reads `count` bytes (default: to the end of the buffer) at `sector` into `buffer`
+    /// from `byteOffset`, a multiple of the page size; the backend writes them in place.
+    public func read(at sector: UInt64, into buffer: BlockBuffer, byteOffset: Int = 0, count: Int? = nil) async throws(BlockFrontError) {
+        let bytes = try window(buffer, byteOffset, count)
+        try check(sector: sector, count: bytes.count)
+        try await core.run(.read, sector: sector, count: bytes.count, buffer: bytes.baseAddress,
+                           granted: core.trustsBackend ? buffer.pages.pages[(byteOffset / XenPage.size)...] : nil)
+    }
+
+    /// Writes `count` bytes (default: to the end of the buffer) of `buffer` from `byteOffset`
+    /// at `sector`; the backend reads them in place. Durable after ``flush()``.
+    public func write(at sector: UInt64, from buffer: BlockBuffer, byteOffset: Int = 0, count: Int? = nil,
+                      barrier: Bool = false) async throws(BlockFrontError) {
+        let info = self.info
+        guard !info.readOnly else { throw .readOnly }
+        if barrier && !info.barrier { throw .notSupported("barrier") }
+        let bytes = try window(buffer, byteOffset, count)
+        try check(sector: sector, count: bytes.count)
+        // A barrier goes through pool pages: ordered on its ring without indirect segments.
+        try await core.run(barrier ? .writeBarrier : .write, sector: sector, count: bytes.count, buffer: bytes.baseAddress,
+                           granted: core.trustsBackend && !barrier ? buffer.pages.pages[(byteOffset / XenPage.size)...] : nil)
+    }
+
+    private func window(_ buffer: BlockBuffer, _ offset: Int, _ count: Int?) throws(BlockFrontError) -> UnsafeMutableRawBufferPointer {
+        guard buffer.core === core else { throw .badBuffer("the buffer was made by another device") }
+        let count = count ?? buffer.bytes.count - offset
+        guard offset >= 0, offset % XenPage.size == 0, count >= 0, offset <= buffer.bytes.count, count <= buffer.bytes.count - offset else {
+            throw .badBuffer("\(count) bytes from byte \(offset) of a \(buffer.bytes.count)-byte buffer (the offset must be a multiple of \(XenPage.size))")
+        }
+        return UnsafeMutableRawBufferPointer(rebasing: buffer.bytes[offset..<offset + count])
+    }
+
     /// Commits the disk's volatile cache (BLKIF_OP_FLUSH_DISKCACHE): every write that
     /// completed before the call is durable when it returns.
     public func flush() async throws(BlockFrontError) {
@@ -216,6 +266,24 @@ public final class BlockFront: Sendable {
             throw .outOfRange(sector: sector, count: count, sectors: info.sectors)
         }
     }
+}
+
+/// Memory granted to a device's backend, for transfers without copies (see
+/// ``BlockFront/makeBuffer(byteCount:)``). Its pages are revoked when the buffer goes away
+/// (kept, and retried at the device's close, while the backend still maps them).
+public final class BlockBuffer: @unchecked Sendable {
+    /// The memory, page-aligned.
+    public let bytes: UnsafeMutableRawBufferPointer
+    let core: Core
+    let pages: SharedPages
+
+    init(core: Core, pages: SharedPages, byteCount: Int) {
+        self.core = core
+        self.pages = pages
+        bytes = UnsafeMutableRawBufferPointer(start: pages.address, count: byteCount)
+    }
+
+    deinit { core.releasePages(pages) }
 }
 
 /// Closes a device once, whoever asks first (the user, or the device's own failure).
@@ -277,6 +345,8 @@ public enum BlockFrontError: Error, Equatable, Sendable, CustomStringConvertible
     /// The device is closed (by us, the backend, or the toolstack).
     case closed(String)
     case platform(String)
+    /// A ``BlockBuffer`` used wrongly (another device's, or a range outside it).
+    case badBuffer(String)
 
     public var description: String {
         switch self {
@@ -290,6 +360,7 @@ public enum BlockFrontError: Error, Equatable, Sendable, CustomStringConvertible
         case .cancelled: "cancelled"
         case let .closed(why): "the device is closed: \(why)"
         case let .platform(what): what
+        case let .badBuffer(what): "unusable buffer: \(what)"
         }
     }
 }

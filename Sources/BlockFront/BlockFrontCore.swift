@@ -27,8 +27,8 @@ final class Core: @unchecked Sendable {
     /// In flight when the backend went away; re-issued on the next connection.
     private var suspended: [InFlight] = []
     private var waiters: [CheckedContinuation<BlockFrontError?, Never>] = []
-    /// Ring pages the backend did not let go (kept, retried at close).
-    private var heldRingPages: [SharedPage] = []
+    /// Ring and buffer pages the backend did not let go (kept, retried at close).
+    private var heldPages: [SharedPage] = []
     private var connections = 0
     private var reissuedCount = 0
     private var reconnectTimer: Task<Void, Never>?
@@ -57,7 +57,7 @@ final class Core: @unchecked Sendable {
         lock.withLock {
             BlockFront.Statistics(connections: connections, reissued: reissuedCount, notificationsSent: queues.reduce(0) { $0 + $1.channel.notificationsSent },
                                   spuriousWakeups: queues.reduce(0) { $0 + $1.spuriousWakeups },
-                                  pagesHeldByBackend: (pool?.pagesHeldByBackend ?? 0) + heldRingPages.count)
+                                  pagesHeldByBackend: (pool?.pagesHeldByBackend ?? 0) + heldPages.count)
         }
     }
 
@@ -77,7 +77,7 @@ final class Core: @unchecked Sendable {
                     pages = try platform.grantPages(1 << wanted.ringPageOrder, to: backend, readOnly: false)
                 } catch { throw .platform("\(error)") }
                 do { channel = try platform.allocateUnboundPort(remote: backend) } catch {
-                    releaseRing(pages)
+                    releasePages(pages)
                     throw .platform("\(error)")
                 }
                 made.append(try BlockQueue(index: index, core: self, ringPages: pages, channel: channel))
@@ -221,22 +221,35 @@ final class Core: @unchecked Sendable {
     /// it still holds.
     @discardableResult
     func drain() -> Int {
-        let held = lock.withLock { defer { heldRingPages = [] }; return heldRingPages }
+        let held = lock.withLock { defer { heldPages = [] }; return heldPages }
         var still: [SharedPage] = []
         for page in held where !platform.revoke(page) { still.append(page) }
-        let pool = lock.withLock { heldRingPages += still; return self.pool }
+        let pool = lock.withLock { heldPages += still; return self.pool }
         return (pool?.drain() ?? 0) + still.count
     }
 
     private func retire(_ queue: BlockQueue) {
         queue.channel.close()
-        releaseRing(queue.ringPages)
+        releasePages(queue.ringPages)
     }
 
-    private func releaseRing(_ pages: SharedPages) {
+    /// Pages for a caller's ``BlockBuffer``: granted to the backend once, read and written in
+    /// place by every request that uses them.
+    func grantBuffer(pages count: Int) async throws(BlockFrontError) -> SharedPages {
+        _ = try await waitForConnection()
+        guard let backend = lock.withLock({ pool?.backend }) else { throw .closed("not connected") }
+        do { return try platform.grantPages(count, to: backend, readOnly: false) } catch { throw .platform("\(error)") }
+    }
+
+    /// Whether data may go through caller-granted pages (a backend not trusted gets bounce
+    /// pages, zeroed, instead).
+    var trustsBackend: Bool { lock.withLock { info?.trusted ?? false } }
+
+    /// A buffer's pages once its owner let go: revoked, or kept while the backend maps them.
+    func releasePages(_ pages: SharedPages) {
         var kept: [SharedPage] = []
         for page in pages.pages where !platform.revoke(page) { kept.append(page) }
-        if !kept.isEmpty { lock.withLock { heldRingPages += kept } }
+        if !kept.isEmpty { lock.withLock { heldPages += kept } }
     }
 
     // MARK: I/O
@@ -257,9 +270,12 @@ final class Core: @unchecked Sendable {
     /// Runs one operation: the data cut into requests, each holding pages of the budget and a
     /// ring slot while in flight; ends when all have ended (the first error wins).
     ///
-    /// - Parameter buffer: reads: where the bytes go; writes: where they come from.
+    /// - Parameters:
+    ///   - buffer: reads: where the bytes go; writes: where they come from.
+    ///   - granted: the pages of `buffer` when they are a ``BlockBuffer``'s (already granted:
+    ///     the backend moves the bytes in place, nothing is copied here).
     func run(_ operation: BlkifOperation, sector: UInt64, count: Int, buffer: UnsafeMutableRawPointer?,
-             discard: (sectors: UInt64, secure: Bool)? = nil) async throws(BlockFrontError) {
+             granted: ArraySlice<SharedPage>? = nil, discard: (sectors: UInt64, secure: Bool)? = nil) async throws(BlockFrontError) {
         let info = try await waitForConnection()
         guard let pool = lock.withLock({ pool }) else { throw .closed("not connected") }
         let barrier = operation == .writeBarrier
@@ -269,7 +285,8 @@ final class Core: @unchecked Sendable {
         if count == 0 {
             // Flush and discard: no data pages.
             do {
-                try await submit(operation, chunk: RequestPlan.Chunk(offset: 0, length: 0, sector: sector), buffer: nil, discard: discard, transfer: transfer)
+                try await submit(operation, chunk: RequestPlan.Chunk(offset: 0, length: 0, sector: sector), buffer: nil, granted: nil,
+                                 discard: discard, transfer: transfer)
             } catch {
                 transfer.fail(error)
             }
@@ -277,11 +294,11 @@ final class Core: @unchecked Sendable {
             // A barrier goes without indirect pages (the backend orders it on its ring).
             // Requests no larger than half the page budget, so two are always in flight.
             let fits = (pool.limit - Blkif.maxIndirectPagesPerRequest) / 2
-            let most = barrier || min(info.indirectSegments, fits) <= Blkif.maxSegmentsPerRequest
-                ? Blkif.maxSegmentsPerRequest : min(info.indirectSegments, fits)
+            let wanted = min(info.indirectSegments, fits, granted == nil ? BlockFront.copiedRequestSegments : Int.max)
+            let most = barrier || wanted <= Blkif.maxSegmentsPerRequest ? Blkif.maxSegmentsPerRequest : wanted
             for chunk in RequestPlan(sector: sector, byteCount: count, maxSegments: most).chunks {
                 if Task.isCancelled { transfer.fail(.cancelled); break }
-                do { try await submit(operation, chunk: chunk, buffer: buffer, discard: nil, transfer: transfer) } catch {
+                do { try await submit(operation, chunk: chunk, buffer: buffer, granted: granted, discard: nil, transfer: transfer) } catch {
                     transfer.fail(error)
                     break
                 }
@@ -291,9 +308,12 @@ final class Core: @unchecked Sendable {
     }
 
     private func submit(_ operation: BlkifOperation, chunk: RequestPlan.Chunk, buffer: UnsafeMutableRawPointer?,
-                        discard: (sectors: UInt64, secure: Bool)?, transfer: Transfer) async throws(BlockFrontError) {
+                        granted: ArraySlice<SharedPage>?, discard: (sectors: UInt64, secure: Bool)?,
+                        transfer: Transfer) async throws(BlockFrontError) {
         guard let pool = lock.withLock({ pool }) else { throw lock.withLock { failure } ?? .closed("not connected") }
-        try await pool.budget.acquire(chunk.budget)
+        // With a granted buffer the request holds only its indirect pages.
+        let budget = granted == nil ? chunk.budget : chunk.indirectPages
+        try await pool.budget.acquire(budget)
         var queue: BlockQueue
         while true {
             do {
@@ -303,17 +323,20 @@ final class Core: @unchecked Sendable {
             } catch {
                 // A ring closed under us by a backend restart: take one of the next connection.
                 if case .cancelled = error {} else if lock.withLock({ failure == nil && options.reconnect }) { continue }
-                pool.budget.release(chunk.budget)
+                pool.budget.release(budget)
                 throw error
             }
         }
-        let pages: [SharedPage]
-        do { pages = try pool.take(chunk.budget, readOnly: operation == .write || operation == .writeBarrier) } catch {
+        // Pool pages: data pages (unless granted), then indirect pages.
+        let taken: [SharedPage]
+        do { taken = try pool.take(budget, readOnly: operation == .write || operation == .writeBarrier) } catch {
             queue.slots.release(1)
-            pool.budget.release(chunk.budget)
+            pool.budget.release(budget)
             throw error
         }
-        if let buffer, operation != .read {
+        let first = chunk.offset / XenPage.size
+        let pages = granted.map { Array($0[$0.startIndex + first ..< $0.startIndex + first + chunk.pages]) + taken } ?? taken
+        if let buffer, granted == nil, operation != .read {
             for index in 0..<chunk.pages {
                 let start = index * XenPage.size
                 pages[index].address.copyMemory(from: buffer + chunk.offset + start, byteCount: min(XenPage.size, chunk.length - start))
@@ -336,9 +359,9 @@ final class Core: @unchecked Sendable {
             for index in 0..<chunk.pages { segments.append(chunk.segment(index, gref: pages[index].ref)) }
             request = .io(BlkifIORequest(operation: operation, handle: handle, id: 0, sector: chunk.sector, segments: segments))
         }
-        let entry = InFlight(transfer: transfer, request: request, operation: operation, sector: chunk.sector, pages: pages,
-                             destination: operation == .read ? buffer.map { $0 + chunk.offset } : nil, byteCount: chunk.length,
-                             budget: chunk.budget, issued: 0)
+        let entry = InFlight(transfer: transfer, request: request, operation: operation, sector: chunk.sector, pages: taken,
+                             destination: operation == .read && granted == nil ? buffer.map { $0 + chunk.offset } : nil,
+                             byteCount: chunk.length, budget: budget, issued: 0)
         transfer.started()
         do { try queue.submit(entry) } catch {
             // The ring was halted between taking the slot and now.

@@ -27,6 +27,9 @@ public final class ReferencePlatform: PVPlatform, @unchecked Sendable {
     /// The xenstore connections handed out: ended when pvhost goes away.
     private let transports = Transports()
     private let watchdogStop: EventFD
+    /// The client on the xenstore ring while someone holds it.
+    private let sharedStore = Mutex(WeakClient())
+    private struct WeakClient { weak var client: XenStoreClient? }
 
     /// Weak references to this domain's xenstore transports.
     private final class Transports: @unchecked Sendable {
@@ -190,15 +193,23 @@ public final class ReferencePlatform: PVPlatform, @unchecked Sendable {
         return try channel(reply, descriptors)
     }
 
+    /// The domain has one xenstore ring, so callers share one client while any of them holds
+    /// it (two clients on one ring would take each other's replies); closing it closes it for
+    /// all. A new one is made once every holder let go.
     public func xenstore() throws(PlatformError) -> XenStoreClient {
-        let page = memory.baseAddress + info.storeFrame * XenPage.size
-        do {
-            let transport = try XenStoreRingTransport(page: page, incoming: storeDelivery, outgoing: storePeer,
-                                                      name: "domain \(domain.rawValue)'s xenstore ring", keepAlive: memory)
-            transports.add(transport)
-            return XenStoreClient(transport: transport)
-        } catch {
-            throw .connection("\(error)")
+        try sharedStore.withLock { (shared) throws(PlatformError) -> XenStoreClient in
+            if let client = shared.client { return client }
+            let page = memory.baseAddress + info.storeFrame * XenPage.size
+            do {
+                let transport = try XenStoreRingTransport(page: page, incoming: storeDelivery, outgoing: storePeer,
+                                                          name: "domain \(domain.rawValue)'s xenstore ring", keepAlive: memory)
+                transports.add(transport)
+                let client = XenStoreClient(transport: transport)
+                shared.client = client
+                return client
+            } catch {
+                throw .connection("\(error)")
+            }
         }
     }
 

@@ -176,6 +176,7 @@ public struct BlkifSegment: Sendable, Equatable {
     }
 
     /// Writes segments into an indirect page, packed.
+    @inlinable
     public static func encodeIndirectPage(_ segments: some Collection<BlkifSegment>, into page: UnsafeMutableRawBufferPointer) {
         precondition(segments.count <= Blkif.segmentsPerIndirectPage && page.count >= segments.count * wireSize,
                      "too many segments for one indirect page")

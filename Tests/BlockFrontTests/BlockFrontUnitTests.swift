@@ -46,7 +46,7 @@ struct BlockFrontUnitTests {
     func disk() throws {
         let info = try BlockNegotiation.disk(backend: good, transport: transport, trusted: nil, options: .init())
         #expect(info.sectors == 8192 && info.sectorSize == 512 && info.physicalSectorSize == 512 && info.flush && !info.barrier)
-        #expect(info.persistentGrants && info.indirectSegments == 32 && info.queues == 3 && info.ringPages == 4 && info.trusted)
+        #expect(info.persistentGrants && info.indirectSegments == 128 && info.queues == 3 && info.ringPages == 4 && info.trusted)
         #expect(info.discard == BlockFront.Discard(granularity: 4096, alignment: 0, secure: false))
         let plain = try BlockNegotiation.disk(backend: good, transport: transport, trusted: "0", options: .minimal)
         #expect(!plain.persistentGrants && plain.indirectSegments == 0 && !plain.trusted)

@@ -69,7 +69,7 @@ struct BlockConformanceTests {
         return false
     }
 
-    @Test("negotiation uses every feature offered: 16-page rings, 2 queues, persistent grants, 32 indirect segments, flush, barrier, discard")
+    @Test("negotiation uses every feature offered: 16-page rings, 2 queues, persistent grants, 128 indirect segments, flush, barrier, discard")
     func negotiated() async throws {
         var options = BlockFront.Options()
         options.queues = 2
@@ -77,7 +77,7 @@ struct BlockConformanceTests {
         let i = d.disk.info
         #expect(i.sectors == 8192 && i.sectorSize == 512 && i.physicalSectorSize == 512 && !i.readOnly && i.trusted)
         #expect(i.ringPages == 16 && i.queues == 2 && i.persistentGrants && i.flush && i.barrier)
-        #expect(i.indirectSegments == 32 && i.discard == BlockFront.Discard(granularity: 4096, alignment: 0, secure: false))
+        #expect(i.indirectSegments == 128 && i.discard == BlockFront.Discard(granularity: 4096, alignment: 0, secure: false))
         let store = d.host.tools.toolstack.store
         let fe = d.device.frontendPath
         #expect(try await store.readString(XenStorePath(fe + "/ring-page-order")) == "4")
@@ -273,6 +273,90 @@ struct BlockConformanceTests {
         await backend.stop()
     }
 
+    /// Whether some page the backend maps is `page` itself (same memory, not a copy): a marker
+    /// written here shows up there.
+    static func backendMaps(_ page: UnsafeMutableRawPointer, host: ReferencePlatformTests.Host, guest: ReferencePlatform) -> Bool {
+        let saved = page.loadUnaligned(as: UInt64.self)
+        defer { page.storeBytes(of: saved, as: UInt64.self) }
+        page.storeBytes(of: 0x5EED_CAFE_F00D_D00D, as: UInt64.self)
+        return host.tools.hypervisor.mappedPages(of: guest.domain, by: .dom0).contains { $0.loadUnaligned(as: UInt64.self) == 0x5EED_CAFE_F00D_D00D }
+    }
+
+    @Test("BlockBuffer: the backend reads and writes its pages in place; data right at every offset, with and without persistent grants and indirect segments",
+          arguments: [0, 1, 2])
+    func blockBuffer(row: Int) async throws {
+        var settings = BlockBackend.Settings()
+        if row == 1 { settings.persistent = false }
+        if row == 2 { settings.maxIndirectSegments = 0 }
+        let d = try await disk(settings: settings, pages: 2048)
+        let buffer = try await d.disk.makeBuffer(byteCount: 1 << 20)
+        #expect(buffer.bytes.count == 1 << 20 && Int(bitPattern: buffer.bytes.baseAddress) % 4096 == 0)
+        // Reads: the whole buffer, and a window of it.
+        try await d.disk.read(at: 64, into: buffer)
+        #expect(Array(buffer.bytes) == fileBytes(d.path, offset: 64 * 512, count: 1 << 20))
+        try await d.disk.read(at: 3, into: buffer, byteOffset: 8192, count: 5 * 512)
+        #expect(Array(buffer.bytes[8192..<8192 + 2560]) == fileBytes(d.path, offset: 3 * 512, count: 2560))
+        // Writes from a window, then the whole buffer; the file and a copied read agree.
+        for i in 0..<buffer.bytes.count { buffer.bytes[i] = UInt8(truncatingIfNeeded: i &* 7 &+ row) }
+        try await d.disk.write(at: 2048, from: buffer, byteOffset: 4096 * 3, count: 4096 * 40)
+        #expect(fileBytes(d.path, offset: 2048 * 512, count: 4096 * 40) == Array(buffer.bytes[4096 * 3..<4096 * 43]))
+        try await d.disk.write(at: 4096, from: buffer)
+        #expect(fileBytes(d.path, offset: 4096 * 512, count: 1 << 20) == Array(buffer.bytes))
+        #expect(try await d.disk.read(sector: 4096, count: 1 << 20) == Array(buffer.bytes))
+        if settings.persistent {
+            #expect(Self.backendMaps(buffer.bytes.baseAddress!, host: d.host, guest: d.guest), "the backend maps the buffer itself")
+        }
+        await d.disk.close()
+        #expect(d.host.tools.hypervisor.status.grantsMapped == 0, "nothing left mapped after close")
+    }
+
+    @Test("BlockBuffer misuse is refused with badBuffer: an offset not on a page, a range past its end, another device's buffer")
+    func blockBufferMisuse() async throws {
+        let d = try await disk(pages: 2048)
+        let buffer = try await d.disk.makeBuffer(byteCount: 16384)
+        await #expect(throws: BlockFrontError.self) { try await d.disk.read(at: 0, into: buffer, byteOffset: 512, count: 512) }
+        await #expect(throws: BlockFrontError.self) { try await d.disk.read(at: 0, into: buffer, byteOffset: 8192, count: 12288) }
+        await #expect(throws: BlockFrontError.self) { _ = try await d.disk.makeBuffer(byteCount: 0) }
+        // A second device of the same guest.
+        let device = Toolstack.Device(type: "vbd", frontend: d.guest.domain, devid: 51728)
+        try await d.host.tools.toolstack.addDevice(device)
+        let backend = try await BlockBackend.start(toolstack: d.host.tools.toolstack, device: device, path: d.path, settings: .init())
+        let other = try await BlockFront.connect(platform: d.guest, store: try d.guest.xenstore(), id: 51728)
+        do {
+            try await other.read(at: 0, into: buffer)
+            Issue.record("another device's buffer was accepted")
+        } catch {
+            guard case .badBuffer = error else { Issue.record("\(error)"); return }
+        }
+        await other.close()
+        await backend.stop()
+        await d.disk.close()
+    }
+
+    @Test("a BlockBuffer's pages are revoked when it goes away; with trusted = 0 the backend never gets them (bounce pages)")
+    func blockBufferLifetime() async throws {
+        let (host, guest, device, backend, path) = try await backend()
+        try await host.tools.toolstack.store.write(XenStorePath(device.frontendPath + "/trusted"), "0")
+        let disk = try await BlockFront.connect(platform: guest, store: try guest.xenstore(), id: 51712)
+        let before = guest.availablePages
+        let during: Int
+        do {
+            let buffer = try await disk.makeBuffer(byteCount: 64 * 4096)
+            #expect(guest.availablePages == before - 64)
+            try await disk.read(at: 8, into: buffer)
+            #expect(Array(buffer.bytes) == Self.fileBytes(path, offset: 8 * 512, count: 64 * 4096))
+            #expect(!Self.backendMaps(buffer.bytes.baseAddress!, host: host, guest: guest), "an untrusted backend does not map the buffer")
+            for i in 0..<buffer.bytes.count { buffer.bytes[i] = UInt8(truncatingIfNeeded: i >> 3) }
+            try await disk.write(at: 800, from: buffer)
+            #expect(Self.fileBytes(path, offset: 800 * 512, count: 64 * 4096) == Array(buffer.bytes))
+            // The bounce pages stay granted (persistent); the buffer's own pages come back.
+            during = guest.availablePages
+        }
+        #expect(guest.availablePages == during + 64, "the buffer's pages are back")
+        await disk.close()
+        await backend.stop()
+    }
+
     @Test("closing: the backend disconnects (Closed) and unmaps everything; every page revoked; later I/O fails cleanly")
     func close() async throws {
         let d = try await disk()
@@ -418,7 +502,7 @@ struct BlockConformanceTests {
         var options = BlockFront.Options()
         options.queues = 2
         let d = try await disk(settings: settings, options: options)
-        #expect(d.disk.info.ringPages == 16 && d.disk.info.queues == 2 && d.disk.info.indirectSegments == 32)
+        #expect(d.disk.info.ringPages == 16 && d.disk.info.queues == 2 && d.disk.info.indirectSegments == 128)
         #expect(try await d.disk.read(sector: 0, count: 1 << 20) == fileBytes(d.path, offset: 0, count: 1 << 20))
         await d.disk.close()
     }
