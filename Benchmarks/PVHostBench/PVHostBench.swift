@@ -105,40 +105,11 @@ struct PVHostBench {
         Thread { server.run() }.start()
         defer { server.stop(); daemon.stop() }
 
-        let megabyte = 1 << 20
         let passes = quick ? 1 : 4
         let reads = quick ? 4_000 : 40_000
-        // The baseline runs ten times as many reads: at over a million a second, 40 000 would
-        // be over before its 32 threads were all scheduled.
-        let baselineReads = 10 * reads
-        let fd = open(path, O_RDONLY)
-        defer { close(fd) }
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: megabyte, alignment: 4096)
-        defer { buffer.deallocate() }
-
-        // Baselines: a pread loop, and pread on 32 threads.
-        let preadMiB = median(runs) {
-            Double(passes * size) / seconds {
-                for _ in 0..<passes { for m in 0..<(size / megabyte) { _ = pread(fd, buffer.baseAddress, megabyte, off_t(m * megabyte)) } }
-            } / Double(megabyte)
-        }
-        let preadIOPS = median(runs) {
-            let done = DispatchSemaphore(value: 0)
-            return Double(baselineReads) / seconds {
-                for worker in 0..<32 {
-                    Thread {
-                        var local = [UInt8](repeating: 0, count: 4096)
-                        var state = UInt64(worker + 1) &* 0x9E37_79B9_7F4A_7C15
-                        for _ in 0..<(baselineReads / 32) {
-                            state ^= state << 13; state ^= state >> 7; state ^= state << 17
-                            _ = pread(fd, &local, 4096, off_t((state % UInt64(size / 4096)) * 4096))
-                        }
-                        done.signal()
-                    }.start()
-                }
-                for _ in 0..<32 { done.wait() }
-            }
-        }
+        // `--only TEXT`: the rows whose label contains TEXT (for profiling one configuration).
+        let only = CommandLine.arguments.firstIndex(of: "--only").flatMap { CommandLine.arguments.dropFirst($0 + 1).first }
+        let load = Load(path: path, size: size, passes: passes, reads: reads, runs: runs)
 
         var rows: [(String, BlockBackend.Settings, BlockFront.Options)] = [("every feature (2 queues)", .init(), .init())]
         var settings = BlockBackend.Settings()
@@ -154,22 +125,94 @@ struct PVHostBench {
         rows.append(("4 queues", .init(), options))
         rows.append(("nothing (1 page, 1 queue, 11 segments)", .minimal, .minimal))
 
+        // The baseline runs ten times as many random reads: at over a million a second, 40 000
+        // would be over before its 32 threads were all scheduled.
+        let (preadMiB, preadIOPS) = try load.baselines(direct: false, readsFactor: 10)
         print("")
         print("blkfront ↔ pvhost blkback, page cache warm, medians of \(runs); baselines: pread loop \(Int(preadMiB)) MiB/s, pread × 32 \(Int(preadIOPS)) IOPS")
-        print("                                         seq 1 MiB reads, MiB/s          4 KiB random reads, QD32, IOPS")
-        print("configuration                            copied         BlockBuffer      copied           BlockBuffer       notifications/request")
+        Load.header()
         var devid = 51712
-        // `--only TEXT`: the rows whose label contains TEXT (for profiling one configuration).
-        let only = CommandLine.arguments.firstIndex(of: "--only").flatMap { CommandLine.arguments.dropFirst($0 + 1).first }
         for (label, settings, options) in rows where only.map({ label.contains($0) }) ?? true {
-            let guest = try ReferencePlatform.attach(socket: directory + "/control", name: "bench\(devid)", pages: 8192)
-            let device = Toolstack.Device(type: "vbd", frontend: guest.domain, devid: devid)
+            try await load.row(label, settings: settings, options: options, toolstack: toolstack, control: directory + "/control",
+                               devid: devid, baseline: (preadMiB, preadIOPS))
             devid += 16
+        }
+
+        // The same through O_DIRECT on both sides: the disk's own speed, no page cache.
+        guard only.map({ "O_DIRECT".contains($0) }) ?? true else { return }
+        let direct = Load(path: path, size: size, passes: 1, reads: reads / 4, runs: runs)
+        let (directMiB, directIOPS) = try direct.baselines(direct: true, readsFactor: 1)
+        print("")
+        print("O_DIRECT (the file opened O_DIRECT by blkback and by the baseline), medians of \(runs); baselines: pread loop \(Int(directMiB)) MiB/s, pread × 32 \(Int(directIOPS)) IOPS")
+        Load.header()
+        settings = .init()
+        settings.direct = true
+        try await direct.row("every feature, O_DIRECT", settings: settings, options: .init(), toolstack: toolstack, control: directory + "/control",
+                             devid: devid, baseline: (directMiB, directIOPS))
+    }
+
+    /// One benchmark load on one backing file: sequential 1 MiB reads over the file (`passes`
+    /// times) and `reads` random 4 KiB reads from 32 tasks or threads.
+    struct Load {
+        let path: String
+        let size: Int
+        let passes: Int
+        let reads: Int
+        let runs: Int
+        static let megabyte = 1 << 20
+
+        static func header() {
+            print("                                         seq 1 MiB reads, MiB/s          4 KiB random reads, QD32, IOPS")
+            print("configuration                            copied         BlockBuffer      copied           BlockBuffer       notifications/request")
+        }
+
+        /// A `pread` loop, and `pread` on 32 threads (`readsFactor` × as many reads).
+        func baselines(direct: Bool, readsFactor: Int) throws -> (Double, Double) {
+            let fd = open(path, O_RDONLY | (direct ? BlockBackend.directFlag : 0))
+            guard fd >= 0 else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
+            defer { close(fd) }
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.megabyte, alignment: 4096)
+            defer { buffer.deallocate() }
+            let (size, passes, megabyte, count) = (self.size, self.passes, Self.megabyte, reads * readsFactor)
+            let mib = PVHostBench.median(runs) {
+                Double(passes * size) / PVHostBench.seconds {
+                    for _ in 0..<passes { for m in 0..<(size / megabyte) { _ = pread(fd, buffer.baseAddress, megabyte, off_t(m * megabyte)) } }
+                } / Double(megabyte)
+            }
+            let iops = PVHostBench.median(runs) {
+                let done = DispatchSemaphore(value: 0)
+                return Double(count) / PVHostBench.seconds {
+                    for worker in 0..<32 {
+                        Thread {
+                            let local = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 4096)
+                            defer { local.deallocate() }
+                            var state = UInt64(worker + 1) &* 0x9E37_79B9_7F4A_7C15
+                            for _ in 0..<(count / 32) {
+                                state ^= state << 13; state ^= state >> 7; state ^= state << 17
+                                _ = pread(fd, local.baseAddress, 4096, off_t((state % UInt64(size / 4096)) * 4096))
+                            }
+                            done.signal()
+                        }.start()
+                    }
+                    for _ in 0..<32 { done.wait() }
+                }
+            }
+            return (mib, iops)
+        }
+
+        /// The load through BlockFront on a new guest's disk, each part twice: through ordinary
+        /// memory (copied to and from the grant pages) and through BlockBuffers (granted once,
+        /// the backend moves the bytes in place). Prints one row.
+        func row(_ label: String, settings: BlockBackend.Settings, options: BlockFront.Options, toolstack: Toolstack, control: String,
+                 devid: Int, baseline: (mib: Double, iops: Double)) async throws {
+            let (size, passes, reads, megabyte) = (self.size, self.passes, self.reads, Self.megabyte)
+            let guest = try ReferencePlatform.attach(socket: control, name: "bench\(devid)", pages: 8192)
+            let device = Toolstack.Device(type: "vbd", frontend: guest.domain, devid: devid)
             try await toolstack.addDevice(device)
             let backend = try await BlockBackend.start(toolstack: toolstack, device: device, path: path, settings: settings)
             let disk = try await BlockFront.connect(platform: guest, store: try guest.xenstore(), id: device.devid, options: options)
-            // Each load twice: through ordinary memory (copied to and from the grant pages) and
-            // through BlockBuffers (granted once, the backend moves the bytes in place).
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: megabyte, alignment: 4096)
+            defer { buffer.deallocate() }
             let big = try await disk.makeBuffer(byteCount: megabyte)
             var smalls: [BlockBuffer] = []
             for _ in 0..<32 { smalls.append(try await disk.makeBuffer(byteCount: 4096)) }
@@ -214,8 +257,8 @@ struct PVHostBench {
             func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
             let name = label.padding(toLength: 40, withPad: " ", startingAt: 0)
             print(name + String(format: " %7.0f %5.2f×  %7.0f %5.2f×  %8.0f %5.2f×  %8.0f %5.2f×   %.3f",
-                                median(seq), median(seq) / preadMiB, median(seqBuffer), median(seqBuffer) / preadMiB,
-                                median(random), median(random) / preadIOPS, median(randomBuffer), median(randomBuffer) / preadIOPS, perRequest))
+                                median(seq), median(seq) / baseline.mib, median(seqBuffer), median(seqBuffer) / baseline.mib,
+                                median(random), median(random) / baseline.iops, median(randomBuffer), median(randomBuffer) / baseline.iops, perRequest))
             await disk.close()
             await backend.stop()
             _ = try await toolstack.removeDevice(device)

@@ -123,7 +123,9 @@ struct BlockConformanceTests {
         s = .init(); s.sectorSize = 4096; s.physicalSectorSize = 4096
         rows.append(("4 KiB sectors", s, .init()))
         s = .init(); s.direct = true
-        rows.append(("O_DIRECT", s, .init()))
+        rows.append(("O_DIRECT (8 I/O threads per queue)", s, .init()))
+        s = .init(); s.ioThreads = 4
+        rows.append(("page cache, 4 I/O threads per queue", s, .init()))
         o = .init(); o.indirectSegments = 32; o.pages = 96
         rows.append(("32 segments, 96-page budget", .init(), o))
         return rows

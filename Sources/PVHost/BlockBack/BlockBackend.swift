@@ -46,6 +46,11 @@ public final class BlockBackend: @unchecked Sendable {
         /// Open the backing file with `O_DIRECT` (falls back to the page cache per request
         /// when the file system refuses an alignment).
         public var direct = false
+        /// Threads per queue doing the reads and writes, so the device works on several
+        /// requests of one ring at once. nil: 8 with `direct` (each request waits for the
+        /// device), none otherwise (page-cache I/O is a memory copy; the queue's own thread
+        /// does it, and more threads only add switches). Hostile modes always serve inline.
+        public var ioThreads: Int?
         /// Persistent grants kept mapped per queue (Linux blkback's `max_persistent_grants`).
         public var maxPersistentGrants = 1056
         /// Test-only: make the backend lie, to prove the frontend survives it.
@@ -131,9 +136,9 @@ public final class BlockBackend: @unchecked Sendable {
 
     /// `O_DIRECT` (not exported by Swift's Glibc module).
     #if arch(arm64)
-    static let directFlag: Int32 = 0o200000
+    public static let directFlag: Int32 = 0o200000
     #else
-    static let directFlag: Int32 = 0o40000
+    public static let directFlag: Int32 = 0o40000
     #endif
 
     /// Opens the backing file, publishes the disk (size, sector size, features) and goes to

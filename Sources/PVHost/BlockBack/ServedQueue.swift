@@ -11,7 +11,9 @@ import XenRing
 /// One ring of a connected disk and the thread that serves it: the ring pages mapped (side by
 /// side when there are several), the bound event channel, and — with persistent grants — the
 /// guest's data pages kept mapped across requests (Linux blkback's per-ring tree, a dictionary
-/// here, touched only by the serving thread).
+/// here). With I/O threads (``BlockBackend/Settings/ioThreads``) the serving thread hands
+/// reads and writes to them and each answers on the ring when its I/O is done; flush,
+/// barrier and discard wait for those in progress.
 final class ServedQueue: @unchecked Sendable {
     private unowned let backend: BlockBackend
     let index: Int
@@ -25,8 +27,22 @@ final class ServedQueue: @unchecked Sendable {
     private let persistent: Bool
     private var thread: Thread?
     private let servedCount = ManagedAtomic<Int>(0)
-    /// Persistent grants: the serving thread's until it stops, then the disconnect's.
+    /// Persistent grants, under `cacheLock` (the serving or I/O threads', then the disconnect's).
     private var cache: [GrantRef: GrantMapping] = [:]
+    private let cacheLock = NSLock()
+    /// The ring, under `ringLock` (requests taken by the serving thread, responses put by
+    /// whichever thread finished the I/O).
+    private let ringLock = NSLock()
+    private var box: RingBox?
+    private final class RingBox: @unchecked Sendable {
+        var ring: BackRing<BlkifRing>
+        init(_ ring: consuming BackRing<BlkifRing>) { self.ring = ring }
+    }
+    /// Reads and writes waiting for an I/O thread; `busy` counts those waiting or running.
+    private let work = NSCondition()
+    private var jobs: [BlkifRequest] = []
+    private var busy = 0
+    private var stopping = false
     /// Mappings handed to the hostile mode that keeps them: not unmapped by ``release()``.
     private var abandoned = false
 
@@ -73,17 +89,17 @@ final class ServedQueue: @unchecked Sendable {
     /// For hostile mode `keepGrantsAfterClose`: the mappings ``release()`` will leave in place.
     func abandonMappings() -> [GrantMapping] {
         abandoned = true
-        return ringMappings + Array(cache.values)
+        return ringMappings + cacheLock.withLock { Array(cache.values) }
     }
 
     /// After the thread finished: unmaps persistent grants and the ring, closes the port.
     func release() {
         let hypervisor = backend.hypervisor
+        let cached = cacheLock.withLock { defer { cache.removeAll() }; return Array(cache.values) }
         if !abandoned {
-            for mapping in cache.values { try? hypervisor.unmapGrant(mapping.handle, by: .dom0) }
+            for mapping in cached { try? hypervisor.unmapGrant(mapping.handle, by: .dom0) }
             for mapping in ringMappings { try? hypervisor.unmapGrant(mapping.handle, by: .dom0) }
         }
-        cache.removeAll()
         try? hypervisor.closePort(.dom0, port)
     }
 
@@ -91,44 +107,111 @@ final class ServedQueue: @unchecked Sendable {
 
     private func serve() {
         let region = UnsafeMutableRawBufferPointer(start: ringAddress, count: ringBytes)
-        guard var ring = try? BackRing(attaching: region, protocol: BlkifRing()) else { return }
+        guard let attached = try? BackRing(attaching: region, protocol: BlkifRing()) else { return }
+        let box = RingBox(attached)
+        self.box = box
         var fds = [pollfd(fd: end.delivery.fileDescriptor, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: stopSignal.fileDescriptor, events: Int16(POLLIN), revents: 0)]
         let hostile = backend.settings.hostile
+        let threads = hostile == nil ? backend.settings.ioThreads ?? (backend.settings.direct ? 8 : 0) : 0
+        var workers: [Thread] = []
+        for n in 0..<threads {
+            let worker = Thread { [self] in ioThread() }
+            worker.name = "blkback \(backend.device.frontend.rawValue)/\(backend.device.devid) q\(index) io\(n)"
+            workers.append(worker)
+            worker.start()
+        }
+        defer {
+            // Let the I/O threads finish what they hold, then end them.
+            work.withLock {
+                stopping = true
+                work.broadcast()
+            }
+            for worker in workers { while !worker.isFinished { usleep(100) } }
+        }
         while true {
+            var taken: [BlkifRequest] = []
+            var broken: RingError?
+            ringLock.lock()
             do {
-                var count = 0
-                while let request = try ring.nextRequest() {
-                    if hostile == .vanish {
-                        backend.vanish()
-                        return
-                    }
-                    count += 1
-                    if hostile == .neverAnswer { continue }
-                    let response = perform(request)
-                    switch hostile {
-                    case .unknownID?: ring.enqueueResponse(BlkifResponse(id: response.id &+ 1000, operationCode: response.operationCode, status: response.status))
-                    case .garbageStatus?: ring.enqueueResponse(BlkifResponse(id: response.id, operationCode: response.operationCode, status: BlkifStatus(rawValue: 7)))
-                    case .wrongOperation?: ring.enqueueResponse(BlkifResponse(id: response.id, operationCode: 99, status: response.status))
-                    default: ring.enqueueResponse(response)
-                    }
-                }
-                if count > 0 { servedCount.wrappingIncrement(by: count, ordering: .relaxed) }
+                while let request = try box.ring.nextRequest() { taken.append(request) }
             } catch {
+                broken = error
+            }
+            ringLock.unlock()
+            if let broken {
                 // A frontend that broke the ring's rules: stop serving it.
-                backend.logger.error("vbd \(backend.device.devid) of domain \(backend.device.frontend.rawValue): \(error); closing")
+                backend.logger.error("vbd \(backend.device.devid) of domain \(backend.device.frontend.rawValue): \(broken); closing")
                 return
             }
-            let published = ring.publishedResponses
-            if ring.pushResponsesAndCheckNotify() { try? backend.hypervisor.notify(.dom0, port) }
-            misbehaveAfterPush(ring: ring.geometry, published: published, now: ring.publishedResponses)
-            if (try? ring.finalCheckForRequests()) == true { continue }
+            var responses: [BlkifResponse] = []
+            for request in taken {
+                if hostile == .vanish {
+                    backend.vanish()
+                    return
+                }
+                if hostile == .neverAnswer { continue }
+                if threads > 0, request.movesData {
+                    work.withLock {
+                        jobs.append(request)
+                        busy += 1
+                        work.signal()
+                    }
+                    continue
+                }
+                if threads > 0 { waitForIO() }
+                let response = perform(request)
+                switch hostile {
+                case .unknownID?: responses.append(BlkifResponse(id: response.id &+ 1000, operationCode: response.operationCode, status: response.status))
+                case .garbageStatus?: responses.append(BlkifResponse(id: response.id, operationCode: response.operationCode, status: BlkifStatus(rawValue: 7)))
+                case .wrongOperation?: responses.append(BlkifResponse(id: response.id, operationCode: 99, status: response.status))
+                default: responses.append(response)
+                }
+            }
+            // Served inline: the batch's responses published together (one notification at most).
+            answer(responses)
+            if !taken.isEmpty { servedCount.wrappingIncrement(by: taken.count, ordering: .relaxed) }
+            if ringLock.withLock({ (try? box.ring.finalCheckForRequests()) == true }) { continue }
             fds[0].revents = 0
             fds[1].revents = 0
             _ = poll(&fds, 2, -1)
             if fds[1].revents != 0 { return }
             if fds[0].revents != 0 { _ = try? end.delivery.wait() }
         }
+    }
+
+    /// Puts responses on the ring, publishes them, and notifies when the frontend asked.
+    private func answer(_ responses: [BlkifResponse]) {
+        guard !responses.isEmpty, let box else { return }
+        let (notify, geometry, published, now) = ringLock.withLock {
+            let published = box.ring.publishedResponses
+            for response in responses { box.ring.enqueueResponse(response) }
+            let notify = box.ring.pushResponsesAndCheckNotify()
+            return (notify, box.ring.geometry, published, box.ring.publishedResponses)
+        }
+        if notify { try? backend.hypervisor.notify(.dom0, port) }
+        misbehaveAfterPush(ring: geometry, published: published, now: now)
+    }
+
+    /// An I/O thread: takes reads and writes in order, answers each when it is done.
+    private func ioThread() {
+        while true {
+            let request: BlkifRequest? = work.withLock {
+                while jobs.isEmpty && !stopping { work.wait() }
+                return jobs.isEmpty ? nil : jobs.removeFirst()
+            }
+            guard let request else { return }
+            answer([perform(request)])
+            work.withLock {
+                busy -= 1
+                if busy == 0 { work.broadcast() }
+            }
+        }
+    }
+
+    /// Waits until every read and write handed to the I/O threads has been answered.
+    private func waitForIO() {
+        work.withLock { while busy > 0 { work.wait() } }
     }
 
     /// The hostile modes that act on the shared ring after a push.
@@ -219,13 +302,17 @@ final class ServedQueue: @unchecked Sendable {
     /// mapped now with the access asked and added to `transient` (unmapped by the caller).
     /// nil when the grant cannot be mapped.
     private func page(_ ref: GrantRef, writable: Bool, transient: inout [GrantMapping]) -> UnsafeMutableRawPointer? {
-        if let mapping = cache[ref] { return mapping.page }
         let hypervisor = backend.hypervisor
         let frontend = backend.device.frontend
-        if persistent, cache.count < backend.settings.maxPersistentGrants,
-           let mapping = try? hypervisor.mapGrant(ref, of: frontend, by: .dom0, writable: true) {
-            cache[ref] = mapping
-            return mapping.page
+        if persistent {
+            let cached: UnsafeMutableRawPointer? = cacheLock.withLock {
+                if let mapping = cache[ref] { return mapping.page }
+                guard cache.count < backend.settings.maxPersistentGrants,
+                      let mapping = try? hypervisor.mapGrant(ref, of: frontend, by: .dom0, writable: true) else { return nil }
+                cache[ref] = mapping
+                return mapping.page
+            }
+            if let cached { return cached }
         }
         guard let mapping = try? hypervisor.mapGrant(ref, of: frontend, by: .dom0, writable: writable) else { return nil }
         transient.append(mapping)
@@ -276,5 +363,17 @@ final class ServedQueue: @unchecked Sendable {
         var done = move(backend.file)
         if done < 0 && errno == EINVAL && backend.file != backend.bufferedFile { done = move(backend.bufferedFile) }
         return done == Int(total) ? .okay : .error
+    }
+}
+
+extension BlkifRequest {
+    /// A read or write (direct or indirect): what I/O threads take. Barriers, flushes and
+    /// discards are served in order by the queue's thread.
+    var movesData: Bool {
+        switch self {
+        case let .io(io): io.operation == .read || io.operation == .write
+        case .indirect: true
+        case .discard: false
+        }
     }
 }
