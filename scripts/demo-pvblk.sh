@@ -8,7 +8,7 @@ bin="$1"
 dir="$(mktemp -d)"
 truncate -s 64M "$dir/alpha.img"
 cat > "$dir/config.json" <<JSON
-{"domains": [{"name": "alpha", "disks": [{"devid": 51712, "path": "$dir/alpha.img"}]}]}
+{"domains": [{"name": "alpha", "pages": 4096, "disks": [{"devid": 51712, "path": "$dir/alpha.img"}]}]}
 JSON
 "$bin/pvhost" run "$dir/config.json" --control "$dir/control" --xenstore "$dir/xs" 2>"$dir/pvhost.log" &
 host=$!
@@ -22,3 +22,4 @@ dd if="$dir/alpha.img" bs=512 count=1 status=none | head -c 22
 echo
 "$bin/pvblk" bench --pvhost "$dir/control" --name alpha --pattern random --block-size 4096 --queue-depth 32 --seconds 2
 "$bin/pvblk" bench --pvhost "$dir/control" --name alpha --pattern sequential --block-size 1048576 --queue-depth 4 --seconds 2
+"$bin/pvblk" bench --pvhost "$dir/control" --name alpha --pattern sequential --block-size 1048576 --queue-depth 4 --seconds 2 --zero-copy

@@ -175,7 +175,9 @@ extension PVBlkCommand {
         @Flag(help: "Write (destroys the disk's contents) instead of reading.") var write = false
         @Option(help: "Rings to ask for (default: one per processor).") var queues: Int?
         @Flag(help: "Do not use persistent grants.") var noPersistent = false
-        @Option(help: "Indirect segments to ask for (≤ 11: none).") var indirectSegments = 32
+        @Option(help: "Indirect segments to ask for (≤ 11: none).") var indirectSegments = 128
+        @Flag(help: "Use BlockBuffers (memory granted to the backend once, no copies in the guest) instead of ordinary memory.")
+        var zeroCopy = false
 
         func validate() throws {
             guard blockSize > 0, blockSize % 512 == 0, queueDepth >= 1, seconds > 0 else {
@@ -200,6 +202,9 @@ extension PVBlkCommand {
                 throw ExitCode(1)
             }
             let (blockSize, pattern, write) = (self.blockSize, self.pattern, self.write)
+            var granted: [BlockBuffer] = []
+            if zeroCopy { for _ in 0..<queueDepth { granted.append(try await disk.makeBuffer(byteCount: blockSize)) } }
+            let buffers = granted
             let run = BenchRun(blocks: blocks, deadline: DispatchTime.now().uptimeNanoseconds + UInt64(seconds * 1e9))
             let progress = Task {
                 while !Task.isCancelled {
@@ -216,7 +221,11 @@ extension PVBlkCommand {
                             var latencies = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
                             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: blockSize, alignment: 4096)
                             defer { buffer.deallocate() }
-                            if write { for i in 0..<blockSize { buffer[i] = UInt8(truncatingIfNeeded: i &* 31 &+ worker) } }
+                            let zeroCopyBuffer = buffers.isEmpty ? nil : buffers[worker]
+                            if write {
+                                for i in 0..<blockSize { buffer[i] = UInt8(truncatingIfNeeded: i &* 31 &+ worker) }
+                                zeroCopyBuffer?.bytes.copyMemory(from: UnsafeRawBufferPointer(buffer))
+                            }
                             var state = UInt64(worker + 1) &* 0x9E37_79B9_7F4A_7C15
                             while let next = run.next() {
                                 let block: UInt64
@@ -228,7 +237,12 @@ extension PVBlkCommand {
                                 }
                                 let sector = block * UInt64(blockSize / 512)
                                 let start = DispatchTime.now().uptimeNanoseconds
-                                if write { try await disk.write(at: sector, from: UnsafeRawBufferPointer(buffer)) } else { try await disk.read(at: sector, into: buffer) }
+                                switch (write, zeroCopyBuffer) {
+                                case let (true, granted?): try await disk.write(at: sector, from: granted)
+                                case let (false, granted?): try await disk.read(at: sector, into: granted)
+                                case (true, nil): try await disk.write(at: sector, from: UnsafeRawBufferPointer(buffer))
+                                case (false, nil): try await disk.read(at: sector, into: buffer)
+                                }
                                 _ = latencies.record(DispatchTime.now().uptimeNanoseconds - start)
                                 run.done()
                             }

@@ -213,6 +213,22 @@ struct BlockConformanceTests {
         await big.disk.close()
     }
 
+    @Test("blkback refuses impossible settings with a message: -1 I/O threads, a 1000-byte sector, ring order 9")
+    func badSettings() async throws {
+        for (change, words) in [({ (s: inout BlockBackend.Settings) in s.ioThreads = -1 }, "I/O threads"),
+                                ({ (s: inout BlockBackend.Settings) in s.sectorSize = 1000 }, "sector size"),
+                                ({ (s: inout BlockBackend.Settings) in s.maxRingPageOrder = 9 }, "ring order")] {
+            var settings = BlockBackend.Settings()
+            change(&settings)
+            do {
+                _ = try await backend(settings: settings)
+                Issue.record("accepted: \(words)")
+            } catch {
+                #expect("\(error)".contains(words), "\(error)")
+            }
+        }
+    }
+
     @Test("read-only and removable disks: info bits; the frontend refuses writes and discards; reads work")
     func readOnly() async throws {
         var settings = BlockBackend.Settings()

@@ -205,6 +205,9 @@ struct GuestProcessTests {
         let rate = bench.output.split(separator: "\n").first { $0.hasSuffix("per I/O") }.flatMap { Double($0.split(separator: " ")[0]) } ?? 0
         #expect(rate > 0, "a rate was measured: \(bench.output)")
         #expect(bench.output.contains("latency µs: p50 "), "\(bench)")
+        let zeroCopy = try host.run("alpha", ["bench", "--seconds", "0.5", "--queue-depth", "2", "--pattern", "sequential",
+                                              "--block-size", "65536", "--zero-copy"], tool: "pvblk")
+        #expect(zeroCopy.status == 0 && zeroCopy.output.contains("latency µs: p50 "), "\(zeroCopy)")
         let refused = try host.run("alpha", ["bench", "--block-size", "100"], tool: "pvblk")
         #expect(refused.status == 64, "\(refused)")
     }

@@ -150,6 +150,7 @@ public final class BlockBackend: @unchecked Sendable {
               settings.maxIndirectSegments <= Blkif.maxIndirectSegments else {
             throw .settings("ring order 0…8, at least one queue, at most \(Blkif.maxIndirectSegments) indirect segments")
         }
+        if let threads = settings.ioThreads, !(0...64).contains(threads) { throw .settings("\(threads) I/O threads per queue (0…64)") }
         let mode = (settings.readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC
         let buffered = open(path, mode)
         guard buffered >= 0 else { throw .file(path, errno) }

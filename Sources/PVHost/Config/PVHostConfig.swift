@@ -24,6 +24,8 @@ public struct PVHostConfig: Codable, Sendable, Equatable {
         public var flush: Bool?, barrier: Bool?, discard: Bool?, persistent: Bool?
         /// Limits offered: indirect segments (0 = none), queues, ring page order.
         public var maxIndirectSegments: Int?, maxQueues: Int?, maxRingPageOrder: Int?
+        /// I/O threads per queue (default 8 with `direct`, none otherwise).
+        public var ioThreads: Int?
 
         public init(devid: Int, path: String, readOnly: Bool? = nil) {
             self.devid = devid
@@ -44,6 +46,7 @@ public struct PVHostConfig: Codable, Sendable, Equatable {
             s.maxIndirectSegments = maxIndirectSegments ?? s.maxIndirectSegments
             s.maxQueues = maxQueues ?? s.maxQueues
             s.maxRingPageOrder = maxRingPageOrder ?? s.maxRingPageOrder
+            s.ioThreads = ioThreads ?? s.ioThreads
             return s
         }
     }
