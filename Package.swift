@@ -18,6 +18,7 @@ let package = Package(
         .library(name: "XenBus", targets: ["XenBus"]),
         .library(name: "PVPlatform", targets: ["PVPlatform"]),
         .library(name: "BlockFront", targets: ["BlockFront"]),
+        .library(name: "NetFront", targets: ["NetFront"]),
         .library(name: "KernelAudit", targets: ["KernelAudit"]),
         .executable(name: "pvcheck", targets: ["pvcheck"]),
         .executable(name: "pvhost", targets: ["pvhost"]),
@@ -52,6 +53,8 @@ let package = Package(
         // The XenBus frontend lifecycle: a pure state machine and the driver that runs it on XenStore.
         .target(name: "XenBus", dependencies: ["XenABI", "XenStore"], swiftSettings: strictSwift),
         .testTarget(name: "BlockFrontTests", dependencies: ["BlockFront", "XenABI"], swiftSettings: strictSwift),
+        .target(name: "NetFront", dependencies: ["XenABI"], swiftSettings: strictSwift),
+        .testTarget(name: "NetFrontTests", dependencies: ["NetFront", "XenABI"], swiftSettings: strictSwift),
         .testTarget(name: "XenBusTests", dependencies: ["XenBus", "XenABI"], swiftSettings: strictSwift),
         // Grant table v1 in shared memory: the granting guest's and the hypervisor's halves.
         .target(
