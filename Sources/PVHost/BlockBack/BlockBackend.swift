@@ -250,8 +250,11 @@ public final class BlockBackend: @unchecked Sendable {
                     if self.isConnected || state == .closed { await self.disconnect() }
                     if state == .unknown { return }
                 case .initialising:
-                    // A frontend starting over (after Closed): offer the device again.
-                    if await self.ownState() == .closed { await self.setState(.initWait) }
+                    // A frontend starting over (after Closed): offer the device again — also
+                    // after a failed connect left us Closing (a restarted backend can see the
+                    // previous instance's Connected and stale ring refs before the frontend
+                    // has noticed the restart; it then starts over, and so do we).
+                    if await [.closed, .closing].contains(self.ownState()) { await self.setState(.initWait) }
                 default:
                     break
                 }
