@@ -245,7 +245,8 @@ final class Core: @unchecked Sendable {
     /// pages, zeroed, instead).
     var trustsBackend: Bool { lock.withLock { info?.trusted ?? false } }
 
-    /// A buffer's pages once its owner let go: revoked, or kept while the backend maps them.
+    /// Ring or buffer pages no longer used: revoked, or kept (retried by ``drain()``) while the
+    /// backend still maps them.
     func releasePages(_ pages: SharedPages) {
         var kept: [SharedPage] = []
         for page in pages.pages where !platform.revoke(page) { kept.append(page) }

@@ -332,9 +332,18 @@ struct BlockConformanceTests {
     func blockBufferMisuse() async throws {
         let d = try await disk(pages: 2048)
         let buffer = try await d.disk.makeBuffer(byteCount: 16384)
-        await #expect(throws: BlockFrontError.self) { try await d.disk.read(at: 0, into: buffer, byteOffset: 512, count: 512) }
-        await #expect(throws: BlockFrontError.self) { try await d.disk.read(at: 0, into: buffer, byteOffset: 8192, count: 12288) }
-        await #expect(throws: BlockFrontError.self) { _ = try await d.disk.makeBuffer(byteCount: 0) }
+        /// The error must be `.badBuffer` (not some other refusal).
+        func expectBadBuffer(_ body: () async throws(BlockFrontError) -> Void) async {
+            do {
+                try await body()
+                Issue.record("accepted")
+            } catch {
+                guard case .badBuffer = error else { Issue.record("\(error)"); return }
+            }
+        }
+        await expectBadBuffer { () throws(BlockFrontError) in try await d.disk.read(at: 0, into: buffer, byteOffset: 512, count: 512) }
+        await expectBadBuffer { () throws(BlockFrontError) in try await d.disk.read(at: 0, into: buffer, byteOffset: 8192, count: 12288) }
+        await expectBadBuffer { () throws(BlockFrontError) in _ = try await d.disk.makeBuffer(byteCount: 0) }
         // A second device of the same guest.
         let device = Toolstack.Device(type: "vbd", frontend: d.guest.domain, devid: 51728)
         try await d.host.tools.toolstack.addDevice(device)
@@ -349,6 +358,24 @@ struct BlockConformanceTests {
         await other.close()
         await backend.stop()
         await d.disk.close()
+    }
+
+    @Test("a BlockBuffer whose pages a backend keeps mapped after it goes away: kept, counted, never given out again")
+    func blockBufferHeld() async throws {
+        var settings = BlockBackend.Settings()
+        settings.hostile = .keepGrantsAfterClose
+        let d = try await disk(settings: settings, pages: 1024)
+        do {
+            let buffer = try await d.disk.makeBuffer(byteCount: 16 * 4096)
+            try await d.disk.read(at: 0, into: buffer)
+            #expect(Array(buffer.bytes) == fileBytes(d.path, offset: 0, count: 16 * 4096))
+        }
+        await d.disk.close()
+        let held = d.disk.statistics.pagesHeldByBackend
+        #expect(held >= 16, "the buffer's 16 pages are among those held")
+        #expect(d.host.tools.hypervisor.status.grantsMapped == held, "exactly the ones the backend maps")
+        #expect(d.guest.availablePages == d.guest.info.pages - 1 - held, "and not given out again")
+        await d.backend.stop()
     }
 
     @Test("a BlockBuffer's pages are revoked when it goes away; with trusted = 0 the backend never gets them (bounce pages)")

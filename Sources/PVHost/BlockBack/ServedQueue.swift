@@ -41,6 +41,8 @@ final class ServedQueue: @unchecked Sendable {
     /// Reads and writes waiting for an I/O thread; `busy` counts those waiting or running.
     private let work = NSCondition()
     private var jobs: [BlkifRequest] = []
+    /// The next job to take (the array is emptied when all are taken: no shifting per job).
+    private var nextJob = 0
     private var busy = 0
     private var stopping = false
     /// Mappings handed to the hostile mode that keeps them: not unmapped by ``release()``.
@@ -197,8 +199,16 @@ final class ServedQueue: @unchecked Sendable {
     private func ioThread() {
         while true {
             let request: BlkifRequest? = work.withLock {
-                while jobs.isEmpty && !stopping { work.wait() }
-                return jobs.isEmpty ? nil : jobs.removeFirst()
+                while nextJob == jobs.count && !stopping { work.wait() }
+                guard nextJob < jobs.count else { return nil }
+                defer {
+                    nextJob += 1
+                    if nextJob == jobs.count {
+                        jobs.removeAll(keepingCapacity: true)
+                        nextJob = 0
+                    }
+                }
+                return jobs[nextJob]
             }
             guard let request else { return }
             answer([perform(request)])
