@@ -4,6 +4,7 @@
 #ifndef PVKIT_CLINUX_SHIM_H
 #define PVKIT_CLINUX_SHIM_H
 #include <stddef.h>
+#include <errno.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/epoll.h>
@@ -14,5 +15,47 @@
 int memfd_create(const char *name, unsigned int flags);
 int fallocate(int fd, int mode, off_t offset, off_t len);
 void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen);
+
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <net/if.h>
+#include <net/if_arp.h>
+#include <linux/if_tun.h>
+
+/// Opens (creating if needed) the TAP device `name` in this process's network namespace:
+/// Ethernet frames, no packet-information prefix. Returns the descriptor, or -1 with errno.
+static inline int pvkit_tap_open(const char *name) {
+    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+    if (fd < 0) return -1;
+    struct ifreq request;
+    memset(&request, 0, sizeof request);
+    request.ifr_flags = IFF_TAP | IFF_NO_PI;
+    strncpy(request.ifr_name, name, IFNAMSIZ - 1);
+    if (ioctl(fd, TUNSETIFF, &request) < 0) { int e = errno; close(fd); errno = e; return -1; }
+    return fd;
+}
+
+/// Sets an interface of this network namespace up, and its MAC address when `mac` is not
+/// NULL (6 bytes). Returns 0, or -1 with errno.
+static inline int pvkit_link_up(const char *name, const unsigned char *mac) {
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return -1;
+    struct ifreq request;
+    memset(&request, 0, sizeof request);
+    strncpy(request.ifr_name, name, IFNAMSIZ - 1);
+    if (mac) {
+        request.ifr_hwaddr.sa_family = ARPHRD_ETHER;
+        memcpy(request.ifr_hwaddr.sa_data, mac, 6);
+        if (ioctl(s, SIOCSIFHWADDR, &request) < 0) { int e = errno; close(s); errno = e; return -1; }
+    }
+    if (ioctl(s, SIOCGIFFLAGS, &request) < 0) { int e = errno; close(s); errno = e; return -1; }
+    request.ifr_flags |= IFF_UP;
+    if (ioctl(s, SIOCSIFFLAGS, &request) < 0) { int e = errno; close(s); errno = e; return -1; }
+    close(s);
+    return 0;
+}
 
 #endif

@@ -17,6 +17,13 @@ public struct NetFrontOptions: Sendable, Equatable {
     public var ipv6ChecksumOffload = true
     /// Notify the backend of new rx buffers (`feature-rx-notify`; Linux always does).
     public var rxNotify = true
+    /// Pages per queue for frames in flight to the backend (one per tx id), and posted for
+    /// receiving (one per rx buffer); each at most 256, the ring's size.
+    public var txBuffers = 256, rxBuffers = 256
+    /// Received frames kept for the application; beyond it, new frames are dropped (counted).
+    public var inboxLimit = 16384
+    /// Connect again when the backend restarts (Closed, then InitWait).
+    public var reconnect = true
 
     public init() {}
 
@@ -39,11 +46,20 @@ public enum NetFrontError: Error, Equatable, Sendable, CustomStringConvertible {
     case refused(String)
     /// A frame the protocol cannot carry (too short, too long, too many slots).
     case badFrame(String)
+    /// The backend broke the protocol; the device is closed.
+    case backendMisbehaved(String)
+    /// The device is closed (by us, the backend, or the toolstack).
+    case closed(String)
+    /// Pages, grants or event channels could not be had.
+    case platform(String)
 
     public var description: String {
         switch self {
         case let .refused(why): "the backend's offer is unusable: \(why)"
         case let .badFrame(why): "cannot send the frame: \(why)"
+        case let .backendMisbehaved(what): "the backend broke the protocol (\(what)); the device is closed"
+        case let .closed(why): "the device is closed: \(why)"
+        case let .platform(what): what
         }
     }
 }

@@ -10,7 +10,7 @@ public struct MACAddress: Hashable, Sendable, CustomStringConvertible {
 
     /// Reads six bytes at `offset` of a wire buffer.
     @inlinable
-    init(wire buffer: UnsafeRawBufferPointer, at offset: Int) {
+    public init(wire buffer: UnsafeRawBufferPointer, at offset: Int) {
         packed = UInt64(buffer.le(UInt32.self, at: offset)) | UInt64(buffer.le(UInt16.self, at: offset + 4)) << 32
     }
 

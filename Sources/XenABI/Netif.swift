@@ -15,6 +15,15 @@ public enum Netif {
     public static let statusOkay: Int16 = 0
     /// C: `NETIF_RSP_NULL`: the response to a slot that carried extra info.
     public static let statusNull: Int16 = 1
+
+    /// Keeps a flow's frames on one queue (hence in order), on either end: FNV-1a over the
+    /// Ethernet addresses and the bytes after the header that hold IPv4 addresses and ports.
+    /// (Not Xen's Toeplitz hash: which queue a frame takes is each end's own choice.)
+    public static func flowHash(_ frame: [UInt8]) -> Int {
+        var hash: UInt32 = 2_166_136_261
+        for byte in frame.prefix(38) { hash = (hash ^ UInt32(byte)) &* 16_777_619 }
+        return Int(hash)
+    }
 }
 
 /// Flags of a tx request. C: `NETTXF_*`.

@@ -56,6 +56,24 @@ public struct BackRing<P: RingProtocol>: ~Copyable, @unchecked Sendable {
             responseProducer: rspProdPvt, size: geometry.entryCount)
     }
 
+    /// Requests waiting, reading `req_prod` afresh (a consumer that needs several at once,
+    /// such as netback's rx path needing one slot per page of a packet).
+    @inlinable public mutating func availableRequests() throws(RingError) -> UInt32 {
+        try refreshRequestProducer()
+        return RingArithmetic.unconsumedRequests(
+            sharedProducer: knownRequestProducer, requestConsumer: reqCons,
+            responseProducer: rspProdPvt, size: geometry.entryCount)
+    }
+
+    /// Asks the front end to notify when `count` requests are waiting (`req_event`), then
+    /// re-reads: returns how many are waiting now (sleep only if still fewer than `count`).
+    @inlinable public mutating func requestNotification(whenAvailable count: UInt32) throws(RingError) -> UInt32 {
+        header.requestEvent.store(reqCons &+ max(count, 1), ordering: .relaxed)
+        // Full barrier: req_event is visible before req_prod is re-read (pairs with the front's push).
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        return try availableRequests()
+    }
+
     @inlinable mutating func refreshRequestProducer() throws(RingError) {
         // Read barrier: slots are read only after the index that covers them.
         let producer = header.requestProducer.load(ordering: .acquiring)

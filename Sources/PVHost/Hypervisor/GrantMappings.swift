@@ -74,6 +74,33 @@ struct GrantBook {
         return mapping
     }
 
+    /// One grant copy (see ``Hypervisor/copyGrants(_:of:by:)``): pins the entry unless a
+    /// mapping already holds the pin this copy needs (then checks it is still `mapper`'s),
+    /// copies, unpins what it pinned.
+    func copy(_ op: Hypervisor.GrantCopy, of granter: Domain, by mapper: DomainID) -> GrantStatus {
+        guard op.offset >= 0, op.length >= 0, op.offset + op.length <= XenPage.size else { return .badCopyArg }
+        let key = Key(granter: granter.id, ref: op.ref)
+        let pin = pins[key]
+        let pinned = pin.map { op.toGrant ? $0.writers > 0 : $0.readers > 0 } ?? false
+        let frame: UInt32
+        if pinned {
+            guard granter.grants.entry(op.ref).domid == mapper,
+                  let existing = mappings.values.first(where: { $0.granter == granter.id && $0.ref == op.ref }) else { return .generalError }
+            frame = existing.frame
+        } else {
+            do { frame = try granter.grants.pin(op.ref, for: mapper, writable: op.toGrant) } catch { return error }
+        }
+        defer {
+            if !pinned {
+                granter.grants.unpin(op.ref, writing: op.toGrant && (pin?.writers ?? 0) == 0, reading: (pin?.readers ?? 0) == 0)
+            }
+        }
+        guard Int(frame) < granter.pageCount else { return .badPage }
+        let page = granter.page(Int(frame)) + op.offset
+        if op.toGrant { page.copyMemory(from: op.local, byteCount: op.length) } else { op.local.copyMemory(from: page, byteCount: op.length) }
+        return .okay
+    }
+
     /// Handles of mappings made by `mapper`, or of `granter`'s grants.
     func handles(mappedBy mapper: DomainID) -> [UInt32] { mappings.values.filter { $0.mapper == mapper }.map(\.handle) }
     func handles(grantedBy granter: DomainID) -> [UInt32] { mappings.values.filter { $0.granter == granter }.map(\.handle) }

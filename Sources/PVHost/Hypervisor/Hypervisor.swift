@@ -131,6 +131,44 @@ public final class Hypervisor: @unchecked Sendable {
         state.withLock { $0.copies += 1 }
     }
 
+    /// One copy of a batch (`gnttab_copy_t`): `length` bytes between `local` memory and
+    /// `offset` of the granted page `ref`; `status` is filled in per copy.
+    public struct GrantCopy: @unchecked Sendable {
+        public var ref: GrantRef
+        public var offset: Int
+        public var length: Int
+        public var local: UnsafeMutableRawPointer
+        /// Into the granted page (it must be writable), or out of it.
+        public var toGrant: Bool
+        public var status: GrantStatus = .okay
+
+        public init(ref: GrantRef, offset: Int, length: Int, local: UnsafeMutableRawPointer, toGrant: Bool) {
+            self.ref = ref
+            self.offset = offset
+            self.length = length
+            self.local = local
+            self.toGrant = toGrant
+        }
+    }
+
+    /// A batch of copies with one domain's grants (`GNTTABOP_copy` with several entries), under
+    /// one acquisition of the books: each entry is checked as a map would be (permit-access to
+    /// `mapper`, writable for a copy into it, the frame inside the granter's memory, the range
+    /// inside the page), pinned for the copy and unpinned after; a failed copy sets its
+    /// `status` and the others go on. The hot path of netback.
+    public func copyGrants(_ copies: UnsafeMutableBufferPointer<GrantCopy>, of granter: DomainID, by mapper: DomainID) {
+        state.withLock { s in
+            guard let domain = s.domains[granter] else {
+                for i in copies.indices { copies[i].status = .badDomain }
+                return
+            }
+            for i in copies.indices {
+                copies[i].status = s.grants.copy(copies[i], of: domain, by: mapper)
+            }
+            s.copies += copies.count
+        }
+    }
+
     // MARK: Event channels
 
     /// `EVTCHNOP_alloc_unbound` for `domain`, to be bound by `remote`.

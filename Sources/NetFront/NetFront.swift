@@ -1,0 +1,504 @@
+import Foundation
+import PVPlatform
+import Synchronization
+import XenABI
+import XenBus
+import XenStore
+
+/// An Ethernet frame sent or received through a ``NetFront``, with its offload metadata.
+public struct NetFrame: Sendable, Equatable {
+    /// A large TCP segment (GSO): its kind and the payload bytes per segment (MSS).
+    public struct GSO: Sendable, Equatable {
+        public var type: NetifGSOType
+        public var size: UInt16
+        public init(type: NetifGSOType, size: UInt16) {
+            self.type = type
+            self.size = size
+        }
+    }
+
+    /// The frame from its destination MAC address on (no preamble, no FCS).
+    public var bytes: [UInt8]
+    /// The L4 checksum is left blank: sending, for the other side to fill in; received, the
+    /// sender left it blank (the data is known good, as `data_validated`).
+    public var checksumBlank: Bool
+    /// Received: the backend verified the checksum.
+    public var checksumValidated: Bool
+    public var gso: GSO?
+
+    public init(bytes: [UInt8], checksumBlank: Bool = false, checksumValidated: Bool = false, gso: GSO? = nil) {
+        self.bytes = bytes
+        self.checksumBlank = checksumBlank
+        self.checksumValidated = checksumValidated
+        self.gso = gso
+    }
+
+    /// The destination address (nil for a frame shorter than a header).
+    public var destination: MACAddress? { bytes.count >= 14 ? MACAddress(bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5]) : nil }
+    public var source: MACAddress? { bytes.count >= 14 ? MACAddress(bytes[6], bytes[7], bytes[8], bytes[9], bytes[10], bytes[11]) : nil }
+}
+
+/// A network interface seen through Xen's PV network protocol: the frontend of
+/// `device/vif/<id>`.
+///
+/// It negotiates as Linux's netfront does (rx-copy, scatter-gather, checksum offload, GSO,
+/// several queues, split event channels, each when the backend offers it and ``NetFrontOptions``
+/// allows), copies each frame into pages granted once per tx id, and receives into pages posted
+/// once per rx buffer. Every rx response is copied out of the ring once and checked against the
+/// buffer posted in its slot (``RxAssembler``): a bad frame is dropped and counted, never
+/// delivered. Sending waits for ring space (back-pressure), never drops.
+///
+/// ```swift
+/// let nic = try await NetFront.connect(platform: platform, store: store, id: 0)
+/// try await nic.send([NetFrame(bytes: frame)])
+/// for try await frame in nic.frames { print(frame.bytes.count) }
+/// ```
+public final class NetFront: Sendable {
+    /// What the interface is, as negotiated on the current connection.
+    public struct Info: Sendable, Equatable {
+        public let mac: MACAddress
+        public let mtu: Int
+        public let features: NetNegotiation.Features
+        /// The backend's `carrier` (absent: up).
+        public let linkUp: Bool
+    }
+
+    /// Counters for tools and tests (summed over queues and connections).
+    public struct Statistics: Sendable, Equatable {
+        public var framesSent = 0, bytesSent = 0
+        public var framesReceived = 0, bytesReceived = 0
+        /// Received frames dropped because the backend broke a rule, by reason.
+        public var dropped: [RxAssembler.Reason: Int] = [:]
+        /// Frames the backend answered with an error or as dropped.
+        public var txErrors = 0
+        /// Tx responses for ids not in flight (counted, ignored).
+        public var badTxResponses = 0
+        /// Received frames dropped because the application did not take them in time.
+        public var inboxOverflow = 0
+        public var notificationsSent = 0
+        /// Wake-ups of the queues' threads, and those that found nothing to do.
+        public var wakeups = 0, spuriousWakeups = 0
+        /// Connections made (more than one after a backend restart).
+        public var connections = 0
+        /// Pages (rings and buffers) whose grant the backend has not let go.
+        public var pagesHeldByBackend = 0
+
+        mutating func add(_ other: Statistics) {
+            framesSent += other.framesSent
+            bytesSent += other.bytesSent
+            framesReceived += other.framesReceived
+            bytesReceived += other.bytesReceived
+            dropped.merge(other.dropped, uniquingKeysWith: +)
+            txErrors += other.txErrors
+            badTxResponses += other.badTxResponses
+            notificationsSent += other.notificationsSent
+            wakeups += other.wakeups
+            spuriousWakeups += other.spuriousWakeups
+        }
+    }
+
+    let state: NetDeviceState
+    private let closer: NetCloser
+
+    /// Connects to `device/vif/<id>` of this domain (waits for the backend).
+    public static func connect(platform: any PVPlatform, store: XenStoreClient, id: Int,
+                               options: NetFrontOptions = NetFrontOptions()) async throws(NetFrontError) -> NetFront {
+        guard (1...256).contains(options.txBuffers), (1...256).contains(options.rxBuffers) else {
+            throw .platform("txBuffers and rxBuffers must be 1…256 (the ring's size)")
+        }
+        let state = NetDeviceState(platform: platform, options: options)
+        let driver = NetDriver(state: state, store: store)
+        let xenbus = XenbusFrontend(store: store, type: "vif", id: id, driver: driver, connectsDirectly: true, reconnects: options.reconnect)
+        let lifecycle = Task {
+            do { try await xenbus.run() } catch { state.fail(.closed("\(error)")) }
+            state.fail(.closed("the device was closed"))
+        }
+        let closer = NetCloser(state: state, xenbus: xenbus, lifecycle: lifecycle)
+        state.onFailure = { error in
+            if case .backendMisbehaved = error { Task { await closer.close(reason: error) } }
+        }
+        do {
+            _ = try await state.waitForConnection()
+        } catch {
+            await closer.close(reason: error)
+            throw error
+        }
+        return NetFront(state: state, closer: closer)
+    }
+
+    private init(state: NetDeviceState, closer: NetCloser) {
+        self.state = state
+        self.closer = closer
+    }
+
+    /// The interface as negotiated on the current connection.
+    public var info: Info { state.currentInfo! }
+    public var statistics: Statistics { state.statistics }
+
+    /// Sends one frame (see ``send(_:)-([NetFrame])``).
+    public func send(_ frame: NetFrame) async throws(NetFrontError) { try await send([frame]) }
+
+    /// Sends frames in order, as many per ring update and notification as fit. Returns when
+    /// all are on the rings (the backend has them), waiting for space when the rings are full.
+    ///
+    /// - Throws: ``NetFrontError/badFrame(_:)`` (before anything is sent) for a frame the
+    ///   negotiated features cannot carry; ``NetFrontError/closed(_:)`` when the device closes.
+    public func send(_ frames: [NetFrame]) async throws(NetFrontError) {
+        guard !frames.isEmpty else { return }
+        let (queues, features) = try await state.connection()
+        var planned: [[(NetFrame, TxPlan)]] = Array(repeating: [], count: queues.count)
+        for frame in frames {
+            let offload = TxPlan.Offload(checksumBlank: frame.checksumBlank, gso: frame.gso.map { ($0.type, $0.size) })
+            let plan = try TxPlan(frameBytes: frame.bytes.count, offload: offload, features: features)
+            planned[queues.count == 1 ? 0 : Netif.flowHash(frame.bytes) % queues.count].append((frame, plan))
+        }
+        for (queue, work) in zip(queues, planned) where !work.isEmpty {
+            var next = work.startIndex
+            while next < work.endIndex {
+                next += queue.trySend(work[next...])
+                guard next < work.endIndex else { break }
+                if let failure = state.failure { throw failure }
+                await queue.waitForSpace(slots: work[next].1.slots, ids: work[next].1.data.count)
+                if queue.isHalted { throw state.failure ?? .closed("the backend disconnected") }
+            }
+        }
+    }
+
+    /// Waits for received frames and returns up to `max` of them, oldest first.
+    public func receive(max: Int = 64) async throws(NetFrontError) -> [NetFrame] {
+        try await state.receive(max: max)
+    }
+
+    /// The received frames waiting now (up to `max`), without waiting.
+    public func poll(max: Int = 64) -> [NetFrame] { state.take(max: max) }
+
+    /// Received frames as they come; ends when the device closes.
+    public var frames: Frames { Frames(state: state) }
+
+    /// Received frames as an `AsyncSequence` (taken in batches underneath).
+    public struct Frames: AsyncSequence, Sendable {
+        public typealias Element = NetFrame
+        let state: NetDeviceState
+
+        public struct AsyncIterator: AsyncIteratorProtocol {
+            let state: NetDeviceState
+            var batch: [NetFrame] = []
+            var next = 0
+
+            public mutating func next() async throws(NetFrontError) -> NetFrame? {
+                if next == batch.count {
+                    do {
+                        batch = try await state.receive(max: 64)
+                    } catch {
+                        if case .closed = error { return nil }
+                        throw error
+                    }
+                    next = 0
+                }
+                defer { next += 1 }
+                return batch[next]
+            }
+        }
+
+        public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(state: state) }
+    }
+
+    /// Closes the interface: Closing, waits (up to 5 s) for the backend to let go, revokes the
+    /// pages (those it still maps are kept, see ``Statistics/pagesHeldByBackend``), Closed.
+    public func close() async { await closer.close(reason: nil) }
+}
+
+/// A device's connection, inbox and failure, shared by its queues, its driver and the API.
+final class NetDeviceState: @unchecked Sendable {
+    let platform: any PVPlatform
+    let options: NetFrontOptions
+    private let lock = NSLock()
+    private var queues: [NetQueue] = []
+    private var staged: [NetQueue] = []
+    private var features: NetNegotiation.Features?
+    private var info: NetFront.Info?
+    private var connected = false
+    private var connectionWaiters: [CheckedContinuation<Void, Never>] = []
+    private(set) var failure: NetFrontError?
+    /// Received frames not yet taken, from `inboxHead` on.
+    private var inbox: [NetFrame] = []
+    private var inboxHead = 0
+    private var receivers: [CheckedContinuation<Void, Never>] = []
+    private var finished = NetFront.Statistics()
+    private var overflow = 0
+    private var connections = 0
+    private var held: [SharedPage] = []
+    var onFailure: (@Sendable (NetFrontError) -> Void)?
+
+    init(platform: any PVPlatform, options: NetFrontOptions) {
+        self.platform = platform
+        self.options = options
+    }
+
+    var currentInfo: NetFront.Info? { lock.withLock { info } }
+
+    var statistics: NetFront.Statistics {
+        lock.lock()
+        let live = queues
+        var s = finished
+        s.inboxOverflow = overflow
+        s.connections = connections
+        s.pagesHeldByBackend = held.count
+        lock.unlock()
+        for queue in live { s.add(queue.statistics) }
+        return s
+    }
+
+    // MARK: Connection
+
+    /// Makes the queues for a connection about to be published (replacing any staged by an
+    /// earlier try of the same transaction).
+    func stage(features: NetNegotiation.Features, mac: MACAddress, mtu: Int, backend: DomainID) throws(NetFrontError) -> [NetQueue] {
+        let previous = lock.withLock { defer { staged = [] }; return staged }
+        for queue in previous { release(queue) }
+        var made: [NetQueue] = []
+        do {
+            for index in 0..<features.queues {
+                let txRing = try platform.grantPage(to: backend, readOnly: false)
+                let rxRing = try platform.grantPage(to: backend, readOnly: false)
+                let txChannel = try platform.allocateUnboundPort(remote: backend)
+                let rxChannel = features.splitEventChannels ? try platform.allocateUnboundPort(remote: backend) : txChannel
+                let txPages = try platform.grantPages(options.txBuffers, to: backend, readOnly: true)
+                let rxPages = try platform.grantPages(options.rxBuffers, to: backend, readOnly: false)
+                made.append(try NetQueue(index: index, features: features, device: self, txRingPage: txRing, rxRingPage: rxRing,
+                                         txChannel: txChannel, rxChannel: rxChannel, txPages: txPages, rxPages: rxPages))
+            }
+        } catch let error as PlatformError {
+            for queue in made { release(queue) }
+            throw .platform("setting up queue \(made.count): \(error) (each queue takes \(2 + options.txBuffers + options.rxBuffers) pages and grants)")
+        } catch {
+            for queue in made { release(queue) }
+            throw error as? NetFrontError ?? .platform("\(error)")
+        }
+        lock.withLock {
+            staged = made
+            self.features = features
+            info = NetFront.Info(mac: mac, mtu: mtu, features: features, linkUp: true)
+        }
+        for queue in made { queue.start() }
+        return made
+    }
+
+    /// The backend is Connected: the staged queues go live.
+    func connected(linkUp: Bool) {
+        let waiters = lock.withLock { () -> [CheckedContinuation<Void, Never>] in
+            if !staged.isEmpty {
+                queues = staged
+                staged = []
+                connections += 1
+            }
+            if let old = info { info = NetFront.Info(mac: old.mac, mtu: old.mtu, features: old.features, linkUp: linkUp) }
+            connected = !queues.isEmpty
+            defer { connectionWaiters.removeAll() }
+            return connectionWaiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    /// The backend went away: queues stop, pages are revoked (kept while mapped).
+    func disconnected() {
+        let old = lock.withLock { () -> [NetQueue] in
+            connected = false
+            defer { queues = []; staged = [] }
+            return queues + staged
+        }
+        for queue in old {
+            queue.halt()
+            let s = queue.statistics
+            lock.withLock { finished.add(s) }
+            release(queue)
+        }
+    }
+
+    private func release(_ queue: NetQueue) {
+        queue.halt()
+        let pages = [queue.txRingPage, queue.rxRingPage] + queue.txPages.pages + queue.rxPages.pages
+        let kept = pages.filter { !platform.revoke($0) }
+        queue.txChannel.close()
+        if queue.rxChannel !== queue.txChannel { queue.rxChannel.close() }
+        lock.withLock { held += kept }
+    }
+
+    /// Retries the revokes of pages the backend held (at close).
+    func retryHeld() {
+        let pages = lock.withLock { defer { held = [] }; return held }
+        let kept = pages.filter { !platform.revoke($0) }
+        lock.withLock { held += kept }
+    }
+
+    func waitForConnection() async throws(NetFrontError) {
+        while true {
+            let ready: Bool? = lock.withLock { failure != nil ? nil : connected }
+            guard let ready else { throw lock.withLock { failure! } }
+            if ready { return }
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let now = lock.withLock { () -> Bool in
+                    if failure != nil || connected { return true }
+                    connectionWaiters.append(continuation)
+                    return false
+                }
+                if now { continuation.resume() }
+            }
+        }
+    }
+
+    /// The live queues and features, waiting through a reconnect.
+    func connection() async throws(NetFrontError) -> ([NetQueue], NetNegotiation.Features) {
+        while true {
+            let current: ([NetQueue], NetNegotiation.Features)? = lock.withLock { connected ? (queues, features!) : nil }
+            if let current { return current }
+            try await waitForConnection()
+        }
+    }
+
+    /// Ends the device: waiting senders, receivers and connectors see `error`.
+    func fail(_ error: NetFrontError) {
+        let (first, waiters) = lock.withLock { () -> (Bool, [CheckedContinuation<Void, Never>]) in
+            guard failure == nil else { return (false, []) }
+            failure = error
+            defer { connectionWaiters.removeAll(); receivers.removeAll() }
+            return (true, connectionWaiters + receivers)
+        }
+        guard first else { return }
+        for waiter in waiters { waiter.resume() }
+        for queue in lock.withLock({ queues }) { queue.halt() }
+        onFailure?(error)
+    }
+
+    // MARK: Inbox
+
+    /// Frames from a queue's thread (dropped and counted beyond the inbox limit).
+    func deliver(_ frames: [NetFrame]) {
+        let waiting = lock.withLock { () -> [CheckedContinuation<Void, Never>] in
+            let room = max(0, options.inboxLimit - (inbox.count - inboxHead))
+            inbox.append(contentsOf: frames.prefix(room))
+            overflow += max(0, frames.count - room)
+            defer { receivers.removeAll() }
+            return receivers
+        }
+        for receiver in waiting { receiver.resume() }
+    }
+
+    func take(max: Int) -> [NetFrame] {
+        lock.withLock {
+            let end = min(inbox.count, inboxHead + Swift.max(max, 1))
+            let taken = Array(inbox[inboxHead..<end])
+            inboxHead = end
+            if inboxHead == inbox.count {
+                inbox.removeAll(keepingCapacity: true)
+                inboxHead = 0
+            } else if inboxHead > 4096 {
+                inbox.removeFirst(inboxHead)
+                inboxHead = 0
+            }
+            return taken
+        }
+    }
+
+    func receive(max: Int) async throws(NetFrontError) -> [NetFrame] {
+        while true {
+            let frames = take(max: max)
+            if !frames.isEmpty { return frames }
+            if let failure = lock.withLock({ failure }) { throw failure }
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let now = lock.withLock { () -> Bool in
+                    if failure != nil || inboxHead < inbox.count { return true }
+                    receivers.append(continuation)
+                    return false
+                }
+                if now { continuation.resume() }
+            }
+        }
+    }
+}
+
+/// NetFront's part in the XenBus handshake (netfront connects without Initialised).
+struct NetDriver: XenbusFrontendDriver {
+    let state: NetDeviceState
+    let store: XenStoreClient
+
+    private func read(_ directory: String, _ keys: [String], in transaction: XenStoreTransaction? = nil) async -> [String: String] {
+        var values: [String: String] = [:]
+        for key in keys {
+            guard let path = try? XenStorePath(directory + "/" + key) else { continue }
+            let value: String?
+            if let transaction { value = try? await transaction.readString(path) } else { value = try? await store.readString(path) }
+            if let value { values[key] = value }
+        }
+        return values
+    }
+
+    func publish(_ transaction: XenStoreTransaction, frontend: String, backend: String, backendID: DomainID) async throws {
+        let offer = await read(backend, NetNegotiation.offerKeys, in: transaction)
+        let own = await read(frontend, ["mac", "mtu"], in: transaction)
+        let queues: [NetQueue]
+        do {
+            let features = try NetNegotiation.features(offer: offer, options: state.options)
+            let mac = try NetNegotiation.mac(own["mac"])
+            let mtu = try NetNegotiation.mtu(own["mtu"], features: features)
+            queues = try state.stage(features: features, mac: mac, mtu: mtu, backend: backendID)
+            let keys = NetNegotiation.frontendKeys(features: features, queues: queues.map {
+                NetNegotiation.QueueKeys(txRing: $0.txRingPage.ref, rxRing: $0.rxRingPage.ref,
+                                         ports: $0.rxChannel === $0.txChannel ? [$0.txChannel.port] : [$0.txChannel.port, $0.rxChannel.port])
+            })
+            for (key, value) in keys { try await transaction.write(XenStorePath(frontend + "/" + key), value) }
+        } catch let error as NetFrontError {
+            state.fail(error)
+            throw error
+        }
+    }
+
+    func connect(frontend: String, backend: String) async throws { await refresh(frontend: frontend, backend: backend) }
+
+    func refresh(frontend: String, backend: String) async {
+        let carrier = await read(backend, ["carrier"])["carrier"]
+        state.connected(linkUp: carrier != "0")
+    }
+
+    func disconnect() async { state.disconnected() }
+}
+
+/// Closes a device once, whoever asks first.
+final class NetCloser: Sendable {
+    let state: NetDeviceState
+    let xenbus: XenbusFrontend
+    let lifecycle: Task<Void, Never>
+    private let started = Mutex(false)
+    private let done = Mutex<[CheckedContinuation<Void, Never>]?>([])
+
+    init(state: NetDeviceState, xenbus: XenbusFrontend, lifecycle: Task<Void, Never>) {
+        self.state = state
+        self.xenbus = xenbus
+        self.lifecycle = lifecycle
+    }
+
+    func close(reason: NetFrontError?) async {
+        let first = started.withLock { started in defer { started = true }; return !started }
+        guard first else {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let finished = done.withLock { waiting in
+                    guard waiting != nil else { return true }
+                    waiting!.append(continuation)
+                    return false
+                }
+                if finished { continuation.resume() }
+            }
+            return
+        }
+        lifecycle.cancel()
+        await lifecycle.value
+        state.fail(reason ?? .closed("closed by the frontend"))
+        if let reason { await xenbus.fail(errno: 5, "\(reason)") } else { try? await xenbus.switchState(.closing) }
+        await xenbus.waitForBackend(in: [.closed, .unknown], timeout: .seconds(5))
+        state.disconnected()
+        state.retryHeld()
+        try? await xenbus.switchState(.closed)
+        let waiting = done.withLock { waiting in defer { waiting = nil }; return waiting ?? [] }
+        for continuation in waiting { continuation.resume() }
+    }
+}

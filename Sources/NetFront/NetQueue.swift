@@ -1,0 +1,266 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import PVPlatform
+import SharedMemory
+import XenABI
+import XenRing
+
+/// One queue of a network device: a tx ring and an rx ring (one page each), one event channel
+/// or two (split), a page per tx id (frames are copied in at offset 0) and a page per rx
+/// buffer, all granted to the backend once. A thread per queue waits on the channels, reaps tx
+/// responses (freeing ids, waking senders), rebuilds received frames with ``RxAssembler`` from
+/// response slots copied out of the ring once, copies their bytes out of the buffers once, and
+/// posts the buffers again.
+final class NetQueue: @unchecked Sendable {
+    let index: Int
+    let features: NetNegotiation.Features
+    let txRingPage: SharedPage
+    let rxRingPage: SharedPage
+    let txChannel: EventChannel
+    /// The same object as `txChannel` unless the channels are split.
+    let rxChannel: EventChannel
+    let txPages: SharedPages
+    let rxPages: SharedPages
+    private unowned let device: NetDeviceState
+    private let lock = NSLock()
+    private let rings: Rings
+    /// Free tx ids (each owns `txPages.pages[id]`), used last in first out.
+    private var txFree: [UInt16]
+    private var txBusy: [Bool]
+    /// The rx buffer posted in each rx ring slot (indexed by ring index mod entries).
+    private var rxPosted: [UInt16]
+    private var assembler: RxAssembler
+    private var spaceWaiters: [CheckedContinuation<Void, Never>] = []
+    private var halted = false
+    private let stopSignal: EventFD
+    private var thread: Thread?
+
+    /// Counters, under `lock`.
+    private(set) var counters = NetFront.Statistics()
+
+    private final class Rings: @unchecked Sendable {
+        var tx: FrontRing<NetifTxRing>
+        var rx: FrontRing<NetifRxRing>
+        init(tx: consuming FrontRing<NetifTxRing>, rx: consuming FrontRing<NetifRxRing>) {
+            self.tx = tx
+            self.rx = rx
+        }
+    }
+
+    /// Sets up the rings and posts every rx buffer (before the backend connects, as netfront).
+    init(index: Int, features: NetNegotiation.Features, device: NetDeviceState, txRingPage: SharedPage, rxRingPage: SharedPage,
+         txChannel: EventChannel, rxChannel: EventChannel, txPages: SharedPages, rxPages: SharedPages) throws(NetFrontError) {
+        self.index = index
+        self.features = features
+        self.device = device
+        self.txRingPage = txRingPage
+        self.rxRingPage = rxRingPage
+        self.txChannel = txChannel
+        self.rxChannel = rxChannel
+        self.txPages = txPages
+        self.rxPages = rxPages
+        do {
+            rings = Rings(tx: try FrontRing(initializing: UnsafeMutableRawBufferPointer(start: txRingPage.address, count: XenPage.size), protocol: NetifTxRing()),
+                          rx: try FrontRing(initializing: UnsafeMutableRawBufferPointer(start: rxRingPage.address, count: XenPage.size), protocol: NetifRxRing()))
+            stopSignal = try EventFD()
+        } catch {
+            throw .platform("\(error)")
+        }
+        txFree = (0..<UInt16(txPages.pages.count)).reversed()
+        txBusy = Array(repeating: false, count: txPages.pages.count)
+        rxPosted = Array(repeating: 0, count: Int(rings.rx.geometry.entryCount))
+        assembler = RxAssembler(features: features)
+        for id in 0..<UInt16(rxPages.pages.count) { post(id) }
+        rings.rx.pushRequests()
+    }
+
+    func start() {
+        let thread = Thread { [self] in service() }
+        thread.name = "netfront q\(index)"
+        self.thread = thread
+        thread.start()
+    }
+
+    /// Stops the thread and wakes senders (they then see the device closed).
+    func halt() {
+        try? stopSignal.notify()
+        if let thread, thread !== Thread.current { while !thread.isFinished { usleep(100) } }
+        let waiting = lock.withLock { () -> [CheckedContinuation<Void, Never>] in
+            halted = true
+            defer { spaceWaiters.removeAll() }
+            return spaceWaiters
+        }
+        for waiter in waiting { waiter.resume() }
+    }
+
+    /// Stopped: nothing more goes on its rings.
+    var isHalted: Bool { lock.withLock { halted } }
+
+    var statistics: NetFront.Statistics {
+        lock.withLock {
+            var s = counters
+            s.dropped = assembler.counts
+            return s
+        }
+    }
+
+    // MARK: Sending
+
+    /// Puts as many of `frames` (with their plans) on the tx ring as fit now, in order; returns
+    /// how many. Notifies the backend once when it asked.
+    func trySend(_ frames: ArraySlice<(NetFrame, TxPlan)>) -> Int {
+        var placed = 0
+        let notify: Bool = lock.withLock {
+            guard !halted else { return false }
+            for (frame, plan) in frames {
+                guard txFree.count >= plan.data.count, rings.tx.freeRequests >= UInt32(plan.slots) else { break }
+                frame.bytes.withUnsafeBytes { bytes in
+                    for (n, slot) in plan.data.enumerated() {
+                        let id = txFree.removeLast()
+                        txBusy[Int(id)] = true
+                        let page = txPages.pages[Int(id)]
+                        page.address.copyMemory(from: bytes.baseAddress! + slot.frameOffset, byteCount: slot.length)
+                        rings.tx.enqueueRequest(.request(NetifTxRequest(gref: page.ref, offset: 0, flags: slot.flags, id: id, size: slot.sizeField)))
+                        if n == 0, let extra = plan.extra { rings.tx.enqueueRequest(.extraInfo(extra)) }
+                    }
+                }
+                counters.framesSent += 1
+                counters.bytesSent += frame.bytes.count
+                placed += 1
+            }
+            guard placed > 0 else { return false }
+            return rings.tx.pushRequestsAndCheckNotify()
+        }
+        if notify {
+            txChannel.notify()
+            lock.withLock { counters.notificationsSent += 1 }
+        }
+        return placed
+    }
+
+    /// Waits until a frame of `slots` ring slots and `ids` pages could go on the ring (or the
+    /// queue halts).
+    func waitForSpace(slots: Int, ids: Int) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let now: Bool = lock.withLock {
+                if halted || (txFree.count >= ids && rings.tx.freeRequests >= UInt32(slots)) { return true }
+                spaceWaiters.append(continuation)
+                return false
+            }
+            if now { continuation.resume() }
+        }
+    }
+
+    // MARK: The queue's thread
+
+    private func service() {
+        var fds = [pollfd(fd: stopSignal.fileDescriptor, events: Int16(POLLIN), revents: 0),
+                   pollfd(fd: rxChannel.delivery.fileDescriptor, events: Int16(POLLIN), revents: 0)]
+        if txChannel !== rxChannel { fds.append(pollfd(fd: txChannel.delivery.fileDescriptor, events: Int16(POLLIN), revents: 0)) }
+        var received: [NetFrame] = []
+        while true {
+            for i in fds.indices { fds[i].revents = 0 }
+            guard poll(&fds, nfds_t(fds.count), -1) > 0 || errno == EINTR else { return }
+            if fds[0].revents != 0 { return }
+            for i in 1..<fds.count where fds[i].revents != 0 {
+                _ = try? (i == 1 ? rxChannel : txChannel).delivery.wait()
+            }
+            var woke: [CheckedContinuation<Void, Never>] = []
+            var notifyRx = false
+            var broken: String?
+            lock.lock()
+            counters.wakeups += 1
+            var work = 0
+            do {
+                repeat {
+                    work += try reapTx()
+                    work += try reapRx(into: &received)
+                } while try rings.tx.finalCheckForResponses() || rings.rx.finalCheckForResponses()
+            } catch {
+                broken = "\(error)"
+            }
+            if work == 0 { counters.spuriousWakeups += 1 }
+            if rings.rx.requestProducer != rings.rx.publishedRequests {
+                notifyRx = rings.rx.pushRequestsAndCheckNotify() && features.rxNotify
+                if notifyRx { counters.notificationsSent += 1 }
+            }
+            if !spaceWaiters.isEmpty {
+                woke = spaceWaiters
+                spaceWaiters.removeAll()
+            }
+            lock.unlock()
+            if notifyRx { rxChannel.notify() }
+            for waiter in woke { waiter.resume() }
+            if !received.isEmpty {
+                device.deliver(received)
+                received.removeAll(keepingCapacity: true)
+            }
+            if let broken {
+                device.fail(.backendMisbehaved("queue \(index): \(broken)"))
+                return
+            }
+        }
+    }
+
+    /// Tx responses: free each id once; a response for an id not in flight is counted and
+    /// ignored (its page is not reused until its real response comes).
+    private func reapTx() throws(RingError) -> Int {
+        var count = 0
+        while let response = try rings.tx.nextResponse() {
+            count += 1
+            if response.status == Netif.statusNull { continue }  // the slot of an extra-info segment
+            guard Int(response.id) < txBusy.count, txBusy[Int(response.id)] else {
+                counters.badTxResponses += 1
+                continue
+            }
+            txBusy[Int(response.id)] = false
+            txFree.append(response.id)
+            if response.status != Netif.statusOkay { counters.txErrors += 1 }
+        }
+        return count
+    }
+
+    /// Rx responses: each slot copied out once and checked against the buffer posted in it;
+    /// frames copied out of the buffers, which are posted again.
+    private func reapRx(into received: inout [NetFrame]) throws(RingError) -> Int {
+        var count = 0
+        let mask = Int(rings.rx.geometry.entryCount) - 1
+        while true {
+            let at = Int(rings.rx.responseConsumer) & mask
+            guard let raw: UInt64 = try rings.rx.nextResponse(decode: { slot throws(XenABIError) in slot.loadUnaligned(as: UInt64.self) }) else { break }
+            count += 1
+            let posted = rxPosted[at]
+            let event = withUnsafeBytes(of: raw) { assembler.consume(slot: $0, posted: posted) }
+            switch event {
+            case nil:
+                continue
+            case let .frame(frame, buffers)?:
+                var bytes = [UInt8](repeating: 0, count: frame.length)
+                bytes.withUnsafeMutableBytes { out in
+                    var at = 0
+                    for fragment in frame.fragments {
+                        (out.baseAddress! + at).copyMemory(from: rxPages.pages[Int(fragment.buffer)].address + fragment.offset, byteCount: fragment.length)
+                        at += fragment.length
+                    }
+                }
+                received.append(NetFrame(bytes: bytes, checksumBlank: frame.checksumBlank, checksumValidated: frame.checksumValidated,
+                                         gso: frame.gso.map { NetFrame.GSO(type: $0.type, size: $0.size) }))
+                counters.framesReceived += 1
+                counters.bytesReceived += bytes.count
+                for id in buffers { post(id) }
+            case let .dropped(_, buffers)?:
+                for id in buffers { post(id) }
+            }
+        }
+        return count
+    }
+
+    /// Posts rx buffer `id` in the next request slot (under `lock`, or before the thread runs).
+    private func post(_ id: UInt16) {
+        let at = Int(rings.rx.requestProducer) & (rxPosted.count - 1)
+        rxPosted[at] = id
+        rings.rx.enqueueRequest(NetifRxRequest(id: id, gref: rxPages.pages[Int(id)].ref))
+    }
+}

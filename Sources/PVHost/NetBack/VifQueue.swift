@@ -1,0 +1,360 @@
+import Atomics
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import SharedMemory
+import XenABI
+import XenRing
+
+/// What a connected frontend accepts on its rx ring (its own keys, read once at connect).
+struct FrontendAccepts: Sendable, Equatable {
+    var scatterGather = false
+    var gsoTCPv4 = false
+    var gsoTCPv6 = false
+    /// IPv4 blank checksums (no `feature-no-csum-offload`).
+    var checksumOffload = true
+    var ipv6ChecksumOffload = false
+    var rxNotify = true
+}
+
+/// One queue of a connected vif: its tx and rx ring pages mapped, its one or two event
+/// channels bound, and a thread. The thread takes packets off the tx ring (slots copied out
+/// once and checked by ``TxAssembler``, data fetched with one batched grant copy), answers
+/// them, and hands them to the switch. Packets for the guest arrive from other ports'
+/// threads (``deliver(_:)``) and go straight into the buffers the frontend posted (grant
+/// copy), or wait in a bounded queue until it posts more; the rx-notify event brings the
+/// thread back to place them.
+final class VifQueue: @unchecked Sendable {
+    private unowned let vif: NetBackend
+    let index: Int
+    private let mappings: [GrantMapping]
+    private let txPort: EventChannelPort
+    private let rxPort: EventChannelPort
+    private let ends: [EventChannelPortEnd]
+    private let accepts: FrontendAccepts
+    private let stopSignal: EventFD
+    private var thread: Thread?
+    private let tx: TxBox
+    /// The rx ring and what waits for it, under `rxLock`.
+    private let rxLock = NSLock()
+    private let rx: RxBox
+    private var pending: [Packet] = []
+    private var pendingHead = 0
+    private var stopped = false
+    /// Packets waiting for rx buffers, at most.
+    static let pendingLimit = 1024
+
+    private final class TxBox: @unchecked Sendable {
+        var ring: BackRing<NetifTxRing>
+        init(_ ring: consuming BackRing<NetifTxRing>) { self.ring = ring }
+    }
+    private final class RxBox: @unchecked Sendable {
+        var ring: BackRing<NetifRxRing>
+        init(_ ring: consuming BackRing<NetifRxRing>) { self.ring = ring }
+    }
+
+    /// Counters.
+    let txPackets = ManagedAtomic<Int>(0), rxPackets = ManagedAtomic<Int>(0)
+    let txRefused = ManagedAtomic<Int>(0), rxDropped = ManagedAtomic<Int>(0)
+    let notifications = ManagedAtomic<Int>(0)
+    var isFinished: Bool { thread?.isFinished ?? true }
+
+    init(vif: NetBackend, index: Int, txRef: GrantRef, rxRef: GrantRef, ports: [EventChannelPort], accepts: FrontendAccepts) throws {
+        self.vif = vif
+        self.index = index
+        self.accepts = accepts
+        let hypervisor = vif.hypervisor
+        let frontend = vif.device.frontend
+        var mapped: [GrantMapping] = []
+        var bound: [(EventChannelPort, EventChannelPortEnd)] = []
+        do {
+            mapped.append(try hypervisor.mapGrant(txRef, of: frontend, by: .dom0, writable: true))
+            mapped.append(try hypervisor.mapGrant(rxRef, of: frontend, by: .dom0, writable: true))
+            for port in ports { bound.append(try hypervisor.bindInterdomain(.dom0, remote: frontend, remotePort: port)) }
+            tx = TxBox(try BackRing(attaching: UnsafeMutableRawBufferPointer(start: mapped[0].page, count: XenPage.size), protocol: NetifTxRing()))
+            rx = RxBox(try BackRing(attaching: UnsafeMutableRawBufferPointer(start: mapped[1].page, count: XenPage.size), protocol: NetifRxRing()))
+            stopSignal = try EventFD()
+        } catch {
+            for mapping in mapped { try? hypervisor.unmapGrant(mapping.handle, by: .dom0) }
+            for (port, _) in bound { try? hypervisor.closePort(.dom0, port) }
+            throw error
+        }
+        mappings = mapped
+        txPort = bound[0].0
+        rxPort = bound.last!.0
+        ends = bound.map(\.1)
+    }
+
+    func start() {
+        let thread = Thread { [self] in serve() }
+        thread.name = "netback \(vif.device.frontend.rawValue)/\(vif.device.devid) q\(index)"
+        self.thread = thread
+        thread.start()
+    }
+
+    func stop() {
+        rxLock.withLock { stopped = true }
+        try? stopSignal.notify()
+    }
+
+    /// After the thread finished: unmaps the rings, closes the ports.
+    func release() {
+        let hypervisor = vif.hypervisor
+        for mapping in mappings { try? hypervisor.unmapGrant(mapping.handle, by: .dom0) }
+        try? hypervisor.closePort(.dom0, txPort)
+        if rxPort != txPort { try? hypervisor.closePort(.dom0, rxPort) }
+    }
+
+    // MARK: The thread
+
+    private func serve() {
+        var fds = [pollfd(fd: stopSignal.fileDescriptor, events: Int16(POLLIN), revents: 0)]
+        for end in ends { fds.append(pollfd(fd: end.delivery.fileDescriptor, events: Int16(POLLIN), revents: 0)) }
+        var assembler = TxAssembler()
+        var packets: [Packet] = []
+        while true {
+            do {
+                repeat {
+                    try takePackets(&assembler, into: &packets)
+                    if !packets.isEmpty {
+                        vif.forward(packets)
+                        packets.removeAll(keepingCapacity: true)
+                    }
+                    placePending()
+                } while try tx.ring.finalCheckForRequests()
+            } catch {
+                vif.logger.error("vif \(vif.device.frontend.rawValue).\(vif.device.devid) queue \(index): \(error); stopped serving it")
+                return
+            }
+            for i in fds.indices { fds[i].revents = 0 }
+            guard poll(&fds, nfds_t(fds.count), -1) >= 0 || errno == EINTR else { return }
+            if fds[0].revents != 0 { return }
+            for i in 1..<fds.count where fds[i].revents != 0 { _ = try? ends[i - 1].delivery.wait() }
+        }
+    }
+
+    /// Takes every waiting tx request: packets fetched by grant copy (one batch), answered,
+    /// and appended to `packets`.
+    private func takePackets(_ assembler: inout TxAssembler, into packets: inout [Packet]) throws(RingError) {
+        var outcomes: [TxAssembler.Outcome] = []
+        while let raw: (UInt64, UInt32) = try tx.ring.nextRequest(decode: { slot throws(XenABIError) in
+            (slot.loadUnaligned(as: UInt64.self), slot.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
+        }) {
+            if let outcome = withUnsafeBytes(of: raw, { assembler.consume(UnsafeRawBufferPointer(rebasing: $0[0..<NetifTxRequest.wireSize])) }) {
+                outcomes.append(outcome)
+            }
+            if outcomes.count >= 64 { break }
+        }
+        guard !outcomes.isEmpty else { return }
+        // Fetch every packet's bytes with one batch of copies.
+        var buffers: [[UInt8]] = []
+        var copies: [Hypervisor.GrantCopy] = []
+        for outcome in outcomes {
+            guard case let .packet(planned) = outcome else { buffers.append([]); continue }
+            var bytes = [UInt8](repeating: 0, count: planned.length)
+            bytes.withUnsafeMutableBytes { out in
+                var at = 0
+                for segment in planned.segments {
+                    copies.append(Hypervisor.GrantCopy(ref: segment.gref, offset: segment.offset, length: segment.length,
+                                                       local: out.baseAddress! + at, toGrant: false))
+                    at += segment.length
+                }
+            }
+            buffers.append(bytes)
+        }
+        // The arrays' storage stays put: nothing resizes them between the pointers and the copy.
+        copies.withUnsafeMutableBufferPointer { vif.hypervisor.copyGrants($0, of: vif.device.frontend, by: .dom0) }
+        var next = 0
+        for (outcome, bytes) in zip(outcomes, buffers) {
+            switch outcome {
+            case let .packet(planned):
+                let failed = copies[next..<next + planned.segments.count].contains { $0.status != .okay }
+                next += planned.segments.count
+                respond(ids: planned.segments.map(\.id), extras: planned.extras, status: failed ? Netif.statusError : Netif.statusOkay)
+                if failed {
+                    txRefused.wrappingIncrement(ordering: .relaxed)
+                    continue
+                }
+                var gso: (type: NetifGSOType, size: UInt16)?
+                if case let .gso(size, type, _)? = planned.gso { gso = (type, size) }
+                packets.append(Packet(bytes: bytes, checksumBlank: planned.flags.contains(.checksumBlank),
+                                      dataValidated: planned.flags.contains(.dataValidated), gso: gso))
+                txPackets.wrappingIncrement(ordering: .relaxed)
+            case let .refused(ids, extras, reason):
+                vif.logger.notice("vif \(vif.device.frontend.rawValue).\(vif.device.devid): refused a tx packet (\(reason.rawValue))")
+                respond(ids: ids, extras: extras, status: Netif.statusError)
+                txRefused.wrappingIncrement(ordering: .relaxed)
+            }
+        }
+        if tx.ring.pushResponsesAndCheckNotify() {
+            try? vif.hypervisor.notify(.dom0, txPort)
+            notifications.wrappingIncrement(ordering: .relaxed)
+        }
+    }
+
+    /// Responses for one packet in ring order: the first data slot, a null per extra slot,
+    /// the other data slots.
+    private func respond(ids: [UInt16], extras: Int, status: Int16) {
+        guard let first = ids.first else {
+            for _ in 0..<extras { tx.ring.enqueueResponse(NetifTxResponse(id: 0, status: Netif.statusNull)) }
+            return
+        }
+        tx.ring.enqueueResponse(NetifTxResponse(id: first, status: status))
+        for _ in 0..<extras { tx.ring.enqueueResponse(NetifTxResponse(id: first, status: Netif.statusNull)) }
+        for id in ids.dropFirst() { tx.ring.enqueueResponse(NetifTxResponse(id: id, status: status)) }
+    }
+
+    // MARK: Receive side
+
+    /// Packets for this guest (from any thread): placed in its posted buffers now, or queued
+    /// until it posts more (dropped and counted past ``pendingLimit``).
+    func deliver(_ packets: [Packet]) {
+        rxLock.lock()
+        guard !stopped else {
+            rxLock.unlock()
+            rxDropped.wrappingIncrement(by: packets.count, ordering: .relaxed)
+            return
+        }
+        let room = Self.pendingLimit - (pending.count - pendingHead)
+        if room < packets.count { rxDropped.wrappingIncrement(by: packets.count - max(room, 0), ordering: .relaxed) }
+        pending.append(contentsOf: packets.prefix(max(room, 0)))
+        let notify = placeLocked()
+        rxLock.unlock()
+        if notify {
+            try? vif.hypervisor.notify(.dom0, rxPort)
+            notifications.wrappingIncrement(ordering: .relaxed)
+        }
+    }
+
+    /// From the queue's own thread (the frontend posted buffers).
+    private func placePending() {
+        rxLock.lock()
+        let notify = placeLocked()
+        rxLock.unlock()
+        if notify {
+            try? vif.hypervisor.notify(.dom0, rxPort)
+            notifications.wrappingIncrement(ordering: .relaxed)
+        }
+    }
+
+    /// One response slot to write after the copies.
+    private enum Slot {
+        case data(id: UInt16, length: Int, flags: NetRxFlags, copy: Int)
+        case extra(NetifExtraInfo)
+    }
+
+    /// Puts pending packets into posted buffers while they fit (under `rxLock`); returns
+    /// whether to notify the frontend.
+    private func placeLocked() -> Bool {
+        guard pendingHead < pending.count else { return false }
+        var slots: [Slot] = []
+        var copies: [Hypervisor.GrantCopy] = []
+        var available: UInt32
+        do { available = try rx.ring.availableRequests() } catch {
+            return dropPending(reason: "\(error)")
+        }
+        while pendingHead < pending.count {
+            var packet = pending[pendingHead]
+            // What this frontend can take, decided before any slot is used.
+            if packet.checksumBlank && !canTakeBlank(packet) && !packet.completeChecksum() {
+                packet.checksumBlank = false  // not TCP/UDP: nothing to fill in
+            }
+            var extra: NetifExtraInfo?
+            if let gso = packet.gso {
+                guard (gso.type == .tcpv4 && accepts.gsoTCPv4) || (gso.type == .tcpv6 && accepts.gsoTCPv6) else {
+                    drop()
+                    continue
+                }
+                extra = NetifExtraInfo(.gso(size: gso.size, type: gso.type, features: 0))
+            }
+            let pages = (packet.bytes.count + XenPage.size - 1) / XenPage.size
+            guard packet.bytes.count >= 14, pages <= (accepts.scatterGather ? Netif.minimumSlotsPerPacket : 1) else {
+                drop()
+                continue
+            }
+            let needed = UInt32(pages + (extra == nil ? 0 : 1))
+            if available < needed {
+                do { available = try rx.ring.requestNotification(whenAvailable: needed) } catch {
+                    return dropPending(reason: "\(error)")
+                }
+                if available < needed { break }
+            }
+            available -= needed
+            // Ring order: data slot 0, the extra (it uses a request too; that buffer stays
+            // empty and goes back to the frontend), then the other data slots.
+            packet.bytes.withUnsafeMutableBytes { bytes in
+                var page = 0
+                for n in 0..<Int(needed) {
+                    guard let request = try? rx.ring.nextRequest() else { return }
+                    if n == 1, let extra {
+                        slots.append(.extra(extra))
+                        continue
+                    }
+                    let length = min(XenPage.size, bytes.count - page * XenPage.size)
+                    var flags: NetRxFlags = []
+                    if page + 1 < pages { flags.insert(.moreData) }
+                    if page == 0 {
+                        if packet.checksumBlank { flags.formUnion([.checksumBlank, .dataValidated]) } else if packet.dataValidated { flags.insert(.dataValidated) }
+                        if extra != nil { flags.insert(.extraInfo) }
+                    }
+                    slots.append(.data(id: request.id, length: length, flags: flags, copy: copies.count))
+                    copies.append(Hypervisor.GrantCopy(ref: request.gref, offset: 0, length: length,
+                                                       local: bytes.baseAddress! + page * XenPage.size, toGrant: true))
+                    page += 1
+                }
+            }
+            // The copies point into this array's storage: kept alive (and unchanged) in
+            // `pending` until they ran below.
+            pending[pendingHead] = packet
+            pendingHead += 1
+            rxPackets.wrappingIncrement(ordering: .relaxed)
+        }
+        guard !slots.isEmpty else { return compactPending() }
+        copies.withUnsafeMutableBufferPointer { vif.hypervisor.copyGrants($0, of: vif.device.frontend, by: .dom0) }
+        for slot in slots {
+            switch slot {
+            case let .data(id, length, flags, copy):
+                let ok = copies[copy].status == .okay
+                rx.ring.enqueueResponse(.response(NetifRxResponse(id: id, offset: 0, flags: flags, status: ok ? Int16(length) : Netif.statusError)))
+            case let .extra(info):
+                rx.ring.enqueueResponse(.extraInfo(info))
+            }
+        }
+        _ = compactPending()
+        return rx.ring.pushResponsesAndCheckNotify()
+    }
+
+    private func canTakeBlank(_ packet: Packet) -> Bool {
+        guard packet.bytes.count >= 14 else { return false }
+        let ethertype = Int(packet.bytes[12]) << 8 | Int(packet.bytes[13])
+        return ethertype == 0x86DD ? accepts.ipv6ChecksumOffload : accepts.checksumOffload
+    }
+
+    private func drop() {
+        pendingHead += 1
+        rxDropped.wrappingIncrement(ordering: .relaxed)
+    }
+
+    /// Frees the taken part of the pending queue; false (nothing to notify).
+    @discardableResult
+    private func compactPending() -> Bool {
+        if pendingHead == pending.count {
+            pending.removeAll(keepingCapacity: true)
+            pendingHead = 0
+        } else if pendingHead > 256 {
+            pending.removeFirst(pendingHead)
+            pendingHead = 0
+        }
+        return false
+    }
+
+    /// A frontend that broke its rx ring: everything waiting is dropped, the ring left alone.
+    private func dropPending(reason: String) -> Bool {
+        vif.logger.error("vif \(vif.device.frontend.rawValue).\(vif.device.devid) rx ring: \(reason)")
+        rxDropped.wrappingIncrement(by: pending.count - pendingHead, ordering: .relaxed)
+        pending.removeAll()
+        pendingHead = 0
+        return false
+    }
+}

@@ -1,0 +1,176 @@
+import Synchronization
+import XenABI
+
+/// A frame in pvhost's switch, with the offload state it travels with.
+public struct Packet: Sendable {
+    public var bytes: [UInt8]
+    /// The L4 checksum is not filled in yet (the sender offloaded it).
+    public var checksumBlank: Bool
+    /// The checksum is known good (or blank and to be trusted).
+    public var dataValidated: Bool
+    /// A large TCP segment for the receiver to cut (its type and MSS).
+    public var gso: (type: NetifGSOType, size: UInt16)?
+
+    public init(bytes: [UInt8], checksumBlank: Bool = false, dataValidated: Bool = false, gso: (type: NetifGSOType, size: UInt16)? = nil) {
+        self.bytes = bytes
+        self.checksumBlank = checksumBlank
+        self.dataValidated = dataValidated
+        self.gso = gso
+    }
+
+    var destination: MACAddress { bytes.withUnsafeBytes { MACAddress(wire: $0, at: 0) } }
+    var source: MACAddress { bytes.withUnsafeBytes { MACAddress(wire: $0, at: 6) } }
+
+    /// Fills in a blank TCP or UDP checksum (IPv4 or IPv6, no extension headers) for a
+    /// receiver that cannot take it blank; false when the frame is not one of those.
+    mutating func completeChecksum() -> Bool {
+        guard checksumBlank else { return true }
+        let done = bytes.withUnsafeMutableBytes { Checksum.fill($0) }
+        if done {
+            checksumBlank = false
+            dataValidated = true
+        }
+        return done
+    }
+}
+
+/// A place the switch delivers to: a vif of a guest, or a TAP device into Linux.
+public protocol SwitchPort: AnyObject, Sendable {
+    /// For status and logs (`vif1.0`, `tap:pvtap0`).
+    var portName: String { get }
+    /// Takes packets for this port; called on the sending port's thread, so it must not wait
+    /// for long (queue, or drop and count).
+    func deliver(_ packets: [Packet])
+}
+
+/// pvhost's learning switch between every vif of every guest and the TAP devices: it learns
+/// which port each source MAC address is behind, sends a frame for a known unicast address to
+/// that port only, and floods broadcast, multicast and unknown destinations to every other
+/// port. A frame is never sent back out of the port it came in on.
+public final class VirtualSwitch: Sendable {
+    private struct Entry {
+        let port: any SwitchPort
+    }
+    private struct State {
+        var ports: [ObjectIdentifier: Entry] = [:]
+        var table: [MACAddress: ObjectIdentifier] = [:]
+        var forwarded = 0, flooded = 0, filtered = 0
+    }
+    private let state = Mutex(State())
+
+    public init() {}
+
+    public func attach(_ port: any SwitchPort) {
+        state.withLock { $0.ports[ObjectIdentifier(port)] = Entry(port: port) }
+    }
+
+    /// Removes a port and every address learnt behind it.
+    public func detach(_ port: any SwitchPort) {
+        let id = ObjectIdentifier(port)
+        state.withLock { s in
+            s.ports[id] = nil
+            s.table = s.table.filter { $0.value != id }
+        }
+    }
+
+    /// Counters: frames sent to one port, frames flooded, frames dropped because their
+    /// destination is behind the port they came from.
+    public var counters: (forwarded: Int, flooded: Int, filtered: Int) { state.withLock { ($0.forwarded, $0.flooded, $0.filtered) } }
+
+    /// The port an address was learnt behind.
+    public func port(of address: MACAddress) -> String? {
+        state.withLock { s in s.table[address].flatMap { s.ports[$0]?.port.portName } }
+    }
+
+    /// Learns the packets' sources and delivers them, one batch per destination port.
+    public func forward(_ packets: [Packet], from ingress: any SwitchPort) {
+        let from = ObjectIdentifier(ingress)
+        var batches: [ObjectIdentifier: (any SwitchPort, [Packet])] = [:]
+        state.withLock { s in
+            guard s.ports[from] != nil else { return }
+            for packet in packets where packet.bytes.count >= 14 {
+                let source = packet.source
+                if !source.isMulticast, s.table[source] != from { s.table[source] = from }
+                let destination = packet.destination
+                if !destination.isMulticast, let to = s.table[destination] {
+                    guard to != from, let entry = s.ports[to] else { s.filtered += 1; continue }
+                    batches[to, default: (entry.port, [])].1.append(packet)
+                    s.forwarded += 1
+                } else {
+                    for (id, entry) in s.ports where id != from { batches[id, default: (entry.port, [])].1.append(packet) }
+                    s.flooded += 1
+                }
+            }
+        }
+        for (_, (port, batch)) in batches { port.deliver(batch) }
+    }
+}
+
+/// The Internet checksum of TCP and UDP over IPv4 and IPv6, for frames whose sender left it
+/// blank (checksum offload) going to a receiver that needs it filled in.
+enum Checksum {
+    /// Computes and stores the L4 checksum of an Ethernet frame in place. False for anything
+    /// but TCP or UDP in IPv4 (any header length) or IPv6 (no extension headers), or a frame
+    /// cut short.
+    static func fill(_ frame: UnsafeMutableRawBufferPointer) -> Bool {
+        guard frame.count >= 14 else { return false }
+        var ethertype = Int(frame[12]) << 8 | Int(frame[13])
+        var ip = 14
+        if ethertype == 0x8100, frame.count >= 18 {  // one VLAN tag
+            ethertype = Int(frame[16]) << 8 | Int(frame[17])
+            ip = 18
+        }
+        var sum: UInt64 = 0
+        let l4: Int, length: Int, proto: UInt8
+        if ethertype == 0x0800 {
+            guard frame.count >= ip + 20, frame[ip] >> 4 == 4 else { return false }
+            let headerLength = Int(frame[ip] & 0x0F) * 4
+            let total = Int(frame[ip + 2]) << 8 | Int(frame[ip + 3])
+            guard headerLength >= 20, total >= headerLength, ip + total <= frame.count else { return false }
+            proto = frame[ip + 9]
+            l4 = ip + headerLength
+            length = total - headerLength
+            sum += words(frame, from: ip + 12, count: 8)  // source and destination
+        } else if ethertype == 0x86DD {
+            guard frame.count >= ip + 40, frame[ip] >> 4 == 6 else { return false }
+            let payload = Int(frame[ip + 4]) << 8 | Int(frame[ip + 5])
+            guard ip + 40 + payload <= frame.count else { return false }
+            proto = frame[ip + 6]
+            l4 = ip + 40
+            length = payload
+            sum += words(frame, from: ip + 8, count: 32)
+        } else {
+            return false
+        }
+        let field: Int
+        switch proto {
+        case 6: field = 16
+        case 17: field = 6
+        default: return false
+        }
+        guard length >= field + 2 else { return false }
+        sum += UInt64(proto) + UInt64(length)
+        frame[l4 + field] = 0
+        frame[l4 + field + 1] = 0
+        sum += words(frame, from: l4, count: length)
+        while sum >> 16 != 0 { sum = (sum & 0xFFFF) + (sum >> 16) }
+        var result = ~UInt16(sum)
+        if proto == 17 && result == 0 { result = 0xFFFF }
+        frame[l4 + field] = UInt8(result >> 8)
+        frame[l4 + field + 1] = UInt8(result & 0xFF)
+        return true
+    }
+
+    /// The sum of big-endian 16-bit words (a last odd byte padded with zero).
+    private static func words(_ bytes: UnsafeMutableRawBufferPointer, from start: Int, count: Int) -> UInt64 {
+        var sum: UInt64 = 0
+        var i = start
+        let end = start + count
+        while i + 1 < end {
+            sum += UInt64(bytes[i]) << 8 | UInt64(bytes[i + 1])
+            i += 2
+        }
+        if i < end { sum += UInt64(bytes[i]) << 8 }
+        return sum
+    }
+}

@@ -1,0 +1,209 @@
+import Foundation
+import NetFront
+import PVHost
+import PVPlatform
+import Testing
+import XenABI
+import XenStore
+
+/// NetFront in guests against pvhost's NetBack and switch, end to end: real ring pages, real
+/// grants (copied by the hypervisor), real event channels.
+@Suite("netfront ↔ netback on pvhost", .serialized)
+struct NetConformanceTests {
+    struct Guest {
+        let platform: ReferencePlatform
+        let device: Toolstack.Device
+        let backend: NetBackend
+        let nic: NetFront
+    }
+
+    /// A host with a switch, and guests each with vif 0 on it.
+    struct Network {
+        let host: ReferencePlatformTests.Host
+        let network = VirtualSwitch()
+
+        init() throws { host = try ReferencePlatformTests.Host() }
+
+        /// The guest's backend and device, without a frontend.
+        func vif(_ name: String, settings: NetBackend.Settings = .init(), pages: Int = 1600) async throws -> (ReferencePlatform, Toolstack.Device, NetBackend) {
+            let platform = try ReferencePlatform.attach(socket: host.control, name: name, pages: pages)
+            let device = Toolstack.Device(type: "vif", frontend: platform.domain, devid: 0)
+            try await host.tools.toolstack.addDevice(device)
+            let backend = try await NetBackend.start(toolstack: host.tools.toolstack, device: device, network: network, settings: settings)
+            return (platform, device, backend)
+        }
+
+        func guest(_ name: String, settings: NetBackend.Settings = .init(), options: NetFrontOptions = .init(), pages: Int = 1600) async throws -> Guest {
+            let (platform, device, backend) = try await vif(name, settings: settings, pages: pages)
+            let nic = try await NetFront.connect(platform: platform, store: try platform.xenstore(), id: 0, options: options)
+            return Guest(platform: platform, device: device, backend: backend, nic: nic)
+        }
+    }
+
+    /// An Ethernet frame from `source` to `destination`: ethertype 0x88B5 (local experimental),
+    /// then `count` bytes of a pattern seeded by `seed`.
+    static func frame(to destination: MACAddress, from source: MACAddress, bytes count: Int, seed: Int) -> [UInt8] {
+        var frame = Array(destination.bytes) + Array(source.bytes) + [0x88, 0xB5]
+        frame += (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ seed &* 13) }
+        return frame
+    }
+
+    /// Receives until `count` frames came (or 10 s passed).
+    static func receive(_ nic: NetFront, count: Int) async throws -> [NetFrame] {
+        var frames: [NetFrame] = []
+        let deadline = ContinuousClock.now + .seconds(10)
+        while frames.count < count, ContinuousClock.now < deadline {
+            frames += nic.poll(max: count - frames.count)
+            if frames.count < count { try await Task.sleep(for: .milliseconds(1)) }
+        }
+        return frames
+    }
+
+    @Test("negotiation: every feature both sides offer, the keys Linux netback reads, MAC and MTU from the toolstack")
+    func negotiated() async throws {
+        let net = try Network()
+        var settings = NetBackend.Settings()
+        settings.mtu = 9000
+        var options = NetFrontOptions()
+        options.queues = 2
+        let a = try await net.guest("a", settings: settings, options: options, pages: 2400)
+        let f = a.nic.info.features
+        #expect(f.queues == 2 && f.splitEventChannels && f.scatterGather && f.gsoTCPv4 && f.gsoTCPv6 && f.ipv6ChecksumOffload && f.rxNotify)
+        #expect(a.nic.info.mac == NetBackend.defaultMAC(domain: a.platform.domain, devid: 0) && a.nic.info.mtu == 9000 && a.nic.info.linkUp)
+        let store = net.host.tools.toolstack.store
+        let fe = a.device.frontendPath
+        #expect(try await store.readString(XenStorePath(fe + "/multi-queue-num-queues")) == "2")
+        #expect(try await store.readString(XenStorePath(fe + "/queue-1/event-channel-rx")) != "")
+        #expect(try await store.readString(XenStorePath(fe + "/request-rx-copy")) == "1")
+        #expect(try await store.readString(XenStorePath(a.device.backendPath + "/state")) == "4")
+        #expect(try await store.readString(XenStorePath(a.device.backendPath + "/hotplug-status")) == "connected")
+        await a.nic.close()
+        #expect(try await store.readString(XenStorePath(a.device.backendPath + "/state")) == "6")
+        #expect(net.host.tools.hypervisor.mappedPages(of: a.platform.domain, by: .dom0).isEmpty, "nothing left mapped after close")
+        #expect(a.nic.statistics.pagesHeldByBackend == 0)
+    }
+
+    /// Backend settings × frontend options for the frame exchange.
+    static let combinations: [(String, NetBackend.Settings, NetFrontOptions)] = {
+        var rows: [(String, NetBackend.Settings, NetFrontOptions)] = []
+        rows.append(("everything", .init(), .init()))
+        rows.append(("nothing (one slot per frame, one channel)", .minimal, .minimal))
+        var o = NetFrontOptions(); o.queues = 2
+        rows.append(("2 queues", .init(), o))
+        o = .init(); o.splitEventChannels = false
+        rows.append(("one event channel", .init(), o))
+        var s = NetBackend.Settings(); s.scatterGather = false
+        rows.append(("no scatter-gather on the backend", s, .init()))
+        return rows
+    }()
+
+    @Test("frames of every size between two guests arrive whole, in order, once", arguments: 0..<combinations.count)
+    func exchange(row: Int) async throws {
+        let (name, settings, options) = Self.combinations[row]
+        let net = try Network()
+        let a = try await net.guest("a", settings: settings, options: options, pages: 2400)
+        let b = try await net.guest("b", settings: settings, options: options, pages: 2400)
+        let largest = a.nic.info.features.maxFrameBytes
+        let sizes = [14, 60, 64, 1514, 4096, 4097, 9000, 20000, 65535].filter { $0 <= largest }
+        var sent: [[UInt8]] = []
+        for (n, size) in sizes.enumerated() {
+            sent.append(Self.frame(to: b.nic.info.mac, from: a.nic.info.mac, bytes: size - 14, seed: n))
+        }
+        // Many more than the rings hold, in batches: back-pressure, not loss.
+        for n in 0..<600 { sent.append(Self.frame(to: b.nic.info.mac, from: a.nic.info.mac, bytes: 100 + n % 1400, seed: n)) }
+        try await a.nic.send(sent.map { NetFrame(bytes: $0) })
+        let got = try await Self.receive(b.nic, count: sent.count)
+        #expect(got.count == sent.count, "\(name): \(got.count) of \(sent.count) frames arrived")
+        if a.nic.info.features.queues == 1 {
+            #expect(got.map(\.bytes) == sent, "\(name): same bytes, same order")
+        } else {
+            #expect(Set(got.map(\.bytes)) == Set(sent), "\(name): same frames (order kept per flow)")
+        }
+        #expect(b.nic.statistics.dropped.isEmpty && b.nic.statistics.inboxOverflow == 0)
+        #expect(a.backend.counters.sent == sent.count && b.backend.counters.received == sent.count && b.backend.counters.dropped == 0)
+        // And back: the switch learnt both addresses.
+        try await b.nic.send(NetFrame(bytes: Self.frame(to: a.nic.info.mac, from: b.nic.info.mac, bytes: 50, seed: 1)))
+        #expect(try await Self.receive(a.nic, count: 1).count == 1)
+        #expect(net.network.port(of: a.nic.info.mac) == "vif\(a.platform.domain.rawValue).0")
+        await a.nic.close()
+        await b.nic.close()
+    }
+
+    @Test("the switch: broadcast floods to every other guest, unicast goes to its port only, unknown unicast floods")
+    func switching() async throws {
+        let net = try Network()
+        let a = try await net.guest("a"), b = try await net.guest("b"), c = try await net.guest("c")
+        try await a.nic.send(NetFrame(bytes: Self.frame(to: .broadcast, from: a.nic.info.mac, bytes: 46, seed: 0)))
+        #expect(try await Self.receive(b.nic, count: 1).count == 1)
+        #expect(try await Self.receive(c.nic, count: 1).count == 1)
+        // b and c have not spoken: a's frame to b floods (c sees it too); once b spoke, it does not.
+        try await a.nic.send(NetFrame(bytes: Self.frame(to: b.nic.info.mac, from: a.nic.info.mac, bytes: 46, seed: 1)))
+        #expect(try await Self.receive(b.nic, count: 1).count == 1)
+        #expect(try await Self.receive(c.nic, count: 1).count == 1)
+        try await b.nic.send(NetFrame(bytes: Self.frame(to: a.nic.info.mac, from: b.nic.info.mac, bytes: 46, seed: 2)))
+        #expect(try await Self.receive(a.nic, count: 1).count == 1)
+        try await a.nic.send(NetFrame(bytes: Self.frame(to: b.nic.info.mac, from: a.nic.info.mac, bytes: 46, seed: 3)))
+        #expect(try await Self.receive(b.nic, count: 1).count == 1)
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(c.nic.poll().isEmpty, "a unicast frame to a learnt address reaches only its port")
+        #expect(a.nic.poll().isEmpty, "never back out of the port it came in on")
+        for g in [a, b, c] { await g.nic.close() }
+    }
+
+    /// A TCP/IPv4 frame with a correct checksum, then the same with the checksum left blank.
+    static func tcpFrame(to destination: MACAddress, from source: MACAddress, payload: Int) -> (good: [UInt8], blank: [UInt8]) {
+        var ip: [UInt8] = [0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]
+        let total = 20 + 20 + payload
+        ip[2] = UInt8(total >> 8); ip[3] = UInt8(total & 0xFF)
+        var tcp: [UInt8] = [0x30, 0x39, 0x00, 0x50, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x18, 0xFF, 0xFF, 0, 0, 0, 0]
+        tcp += (0..<payload).map { UInt8(truncatingIfNeeded: $0 &* 5 &+ 3) }
+        // The checksum by the book (RFC 793): pseudo-header, header, payload.
+        var sum: UInt32 = 0
+        let pseudo = Array(ip[12..<20]) + [0, 6, UInt8((20 + payload) >> 8), UInt8((20 + payload) & 0xFF)]
+        let covered = pseudo + tcp + (tcp.count % 2 == 1 ? [0] : [])
+        for i in stride(from: 0, to: covered.count, by: 2) { sum += UInt32(covered[i]) << 8 | UInt32(covered[i + 1]) }
+        while sum >> 16 != 0 { sum = (sum & 0xFFFF) + (sum >> 16) }
+        let checksum = ~UInt16(sum)
+        let header = Array(destination.bytes) + Array(source.bytes) + [0x08, 0x00] + ip
+        var good = tcp
+        good[16] = UInt8(checksum >> 8); good[17] = UInt8(checksum & 0xFF)
+        return (header + good, header + tcp)
+    }
+
+    @Test("offloads: a blank checksum travels blank to a guest that takes it, is filled in for one that does not; GSO frames keep their extra")
+    func offloads() async throws {
+        let net = try Network()
+        let a = try await net.guest("a")
+        let b = try await net.guest("b")
+        var noOffload = NetFrontOptions()
+        noOffload.checksumOffload = false
+        noOffload.gsoTCPv4 = false
+        noOffload.gsoTCPv6 = false
+        let c = try await net.guest("c", options: noOffload)
+        // The switch learns where everyone is (each broadcasts once), then the slate is wiped.
+        for g in [a, b, c] { try await g.nic.send(NetFrame(bytes: Self.frame(to: .broadcast, from: g.nic.info.mac, bytes: 46, seed: 0))) }
+        for g in [a, b, c] { #expect(try await Self.receive(g.nic, count: 2).count == 2) }
+        let toB = Self.tcpFrame(to: b.nic.info.mac, from: a.nic.info.mac, payload: 1000)
+        try await a.nic.send(NetFrame(bytes: toB.blank, checksumBlank: true))
+        let atB = try await Self.receive(b.nic, count: 1)
+        #expect(atB.first?.checksumBlank == true && atB.first?.bytes == toB.blank, "passed on blank, flagged csum_blank")
+        let toC = Self.tcpFrame(to: c.nic.info.mac, from: a.nic.info.mac, payload: 1001)
+        try await a.nic.send(NetFrame(bytes: toC.blank, checksumBlank: true))
+        let atC = try await Self.receive(c.nic, count: 1)
+        #expect(atC.first?.checksumBlank == false && atC.first?.bytes == toC.good, "filled in by netback for a guest without checksum offload")
+        // A 30 000-byte TCP segment with GSO: b takes it whole with its MSS; c did not negotiate GSO, so it is dropped and counted.
+        let big = Self.tcpFrame(to: b.nic.info.mac, from: a.nic.info.mac, payload: 30000)
+        try await a.nic.send(NetFrame(bytes: big.blank, checksumBlank: true, gso: .init(type: .tcpv4, size: 1448)))
+        let gso = try await Self.receive(b.nic, count: 1)
+        #expect(gso.first?.gso == NetFrame.GSO(type: .tcpv4, size: 1448) && gso.first?.bytes == big.blank)
+        let bigC = Self.tcpFrame(to: c.nic.info.mac, from: a.nic.info.mac, payload: 30000)
+        try await a.nic.send(NetFrame(bytes: bigC.blank, checksumBlank: true, gso: .init(type: .tcpv4, size: 1448)))
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(c.nic.poll().isEmpty && c.backend.counters.dropped == 1)
+        // GSO the sender did not negotiate is refused before anything is sent.
+        await #expect(throws: NetFrontError.self) {
+            try await c.nic.send(NetFrame(bytes: big.blank, checksumBlank: true, gso: .init(type: .tcpv4, size: 1448)))
+        }
+        for g in [a, b, c] { await g.nic.close() }
+    }
+}
