@@ -24,6 +24,7 @@ let package = Package(
         .executable(name: "pvhost", targets: ["pvhost"]),
         .executable(name: "pvstore", targets: ["pvstore"]),
         .executable(name: "pvblk", targets: ["pvblk"]),
+        .executable(name: "pvnet", targets: ["pvnet"]),
         .executable(name: "ring-bench", targets: ["ring-bench"]),
         .executable(name: "ring-bench-c", targets: ["ring-bench-c"]),
         .executable(name: "pvcheck-bench", targets: ["pvcheck-bench"]),
@@ -54,7 +55,8 @@ let package = Package(
         .target(name: "XenBus", dependencies: ["XenABI", "XenStore"], swiftSettings: strictSwift),
         .testTarget(name: "BlockFrontTests", dependencies: ["BlockFront", "XenABI"], swiftSettings: strictSwift),
         // netfront: Ethernet frames over Xen's PV network protocol.
-        .target(name: "NetFront", dependencies: ["XenABI", "XenRing", "XenStore", "XenBus", "PVPlatform", "SharedMemory"], swiftSettings: strictSwift),
+        .target(name: "NetFront", dependencies: ["XenABI", "XenRing", "XenStore", "XenBus", "PVPlatform", "SharedMemory", "CLinux",
+                                                .product(name: "Atomics", package: "swift-atomics")], swiftSettings: strictSwift),
         .testTarget(name: "NetFrontTests", dependencies: ["NetFront", "XenABI"], swiftSettings: strictSwift),
         .testTarget(name: "XenBusTests", dependencies: ["XenBus", "XenABI"], swiftSettings: strictSwift),
         // Grant table v1 in shared memory: the granting guest's and the hypervisor's halves.
@@ -116,6 +118,10 @@ let package = Package(
             name: "pvblk",
             dependencies: ["BlockFront", "PVPlatform", "XenStore", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Histogram", package: "hdrhistogram-swift")],
+            swiftSettings: strictSwift),
+        .executableTarget(
+            name: "pvnet",
+            dependencies: ["NetFront", "PVPlatform", "XenABI", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strictSwift),
         .executableTarget(
             name: "pvcheck",

@@ -8,9 +8,11 @@ packages=(pkg-config gcc libxen-dev libelf-dev libkmod-dev zlib1g-dev liblzma-de
 case "${1:-build}" in
     # readnotes (xen-utils-4.17) and readelf (binutils) are pvcheck's interop oracles; the
     # decompressor tools extract real kernels independently of pvcheck.
-    test) packages+=(xz-utils zstd bzip2 binutils xen-utils-4.17 xenstore-utils python3-pip) ;;
+    # iproute2, iputils-ping and python3 drive the Linux-traffic tier (namespaces, TAP, ping, TCP).
+    test) packages+=(xz-utils zstd bzip2 binutils xen-utils-4.17 xenstore-utils python3-pip iproute2 iputils-ping) ;;
     # C xenstored (xen-utils-4.17) is the xenstored benchmark's baseline.
-    bench) packages+=(xz-utils zstd time xen-utils-4.17) ;;
+    # iperf3 measures TCP over `pvnet tap` against a veth pair.
+    bench) packages+=(xz-utils zstd time xen-utils-4.17 iproute2 iperf3) ;;
 esac
 
 # The pyxs Python client (PyPI) is an interop peer of our xenstored; kept in the cache, not

@@ -1,13 +1,16 @@
 import Foundation
+import XenABI
 
-/// `pvhost run CONFIG`: the domains pvhost will accept, their limits and their disks, as a
-/// small JSON file. (NICs join it with the net backend.)
+/// `pvhost run CONFIG`: the domains pvhost will accept, their limits, disks and network
+/// interfaces, and the TAP devices that join the switch, as a small JSON file.
 ///
 /// ```json
-/// { "domains": [ { "name": "alpha", "pages": 512, "grantFrames": 8, "eventChannels": 64,
+/// { "domains": [ { "name": "alpha", "pages": 2048, "grantFrames": 8, "eventChannels": 64,
 ///                  "disks": [ { "devid": 51712, "path": "/var/lib/pvhost/alpha.img" },
-///                             { "devid": 51728, "path": "/dev/sdb", "direct": true, "maxQueues": 2 } ] },
-///                { "name": "beta" } ] }
+///                             { "devid": 51728, "path": "/dev/sdb", "direct": true, "maxQueues": 2 } ],
+///                  "nics": [ { "devid": 0, "mac": "00:16:3e:00:00:01" } ] },
+///                { "name": "beta", "pages": 2048, "nics": [ { "devid": 0 } ] } ],
+///   "taps": [ { "name": "pvtap0", "netns": "lab" } ] }
 /// ```
 public struct PVHostConfig: Codable, Sendable, Equatable {
     /// A virtual disk: served by pvhost's blkback from `path` as `device/vbd/<devid>`.
@@ -51,10 +54,55 @@ public struct PVHostConfig: Codable, Sendable, Equatable {
         }
     }
 
+    /// A network interface: served by pvhost's netback as `device/vif/<devid>`, a port of the
+    /// switch. A NetFront needs about 520 pages of guest memory (and grants) per queue.
+    public struct NicConfig: Codable, Sendable, Equatable {
+        public var devid: Int
+        /// `xx:xx:xx:xx:xx:xx` (default 00:16:3e, then the domain and device numbers).
+        public var mac: String?
+        public var mtu: Int?
+        /// Features offered (each defaults to on) and the queues offered (default 4).
+        public var scatterGather: Bool?, gso: Bool?, ipv6ChecksumOffload: Bool?, splitEventChannels: Bool?
+        public var maxQueues: Int?
+
+        public init(devid: Int, mac: String? = nil) {
+            self.devid = devid
+            self.mac = mac
+        }
+
+        /// The backend settings this entry asks for.
+        public var settings: NetBackend.Settings {
+            var s = NetBackend.Settings()
+            s.mac = mac.flatMap { MACAddress($0) }
+            s.mtu = mtu
+            s.scatterGather = scatterGather ?? s.scatterGather
+            s.gsoTCPv4 = gso ?? s.gsoTCPv4
+            s.gsoTCPv6 = gso ?? s.gsoTCPv6
+            s.ipv6ChecksumOffload = ipv6ChecksumOffload ?? s.ipv6ChecksumOffload
+            s.splitEventChannels = splitEventChannels ?? s.splitEventChannels
+            s.maxQueues = maxQueues ?? s.maxQueues
+            return s
+        }
+    }
+
+    /// A TAP device pvhost creates and joins to the switch: Linux's stack on the other side.
+    public struct TapConfig: Codable, Sendable, Equatable {
+        /// The interface name (1…15 bytes).
+        public var name: String
+        /// A network namespace to move it into (made beforehand with `ip netns add`).
+        public var netns: String?
+        public init(name: String, netns: String? = nil) {
+            self.name = name
+            self.netns = netns
+        }
+    }
+
     public struct DomainConfig: Codable, Sendable, Equatable {
         public var name: String
         /// Disks given to the domain when it attaches.
         public var disks: [DiskConfig]?
+        /// Network interfaces given to the domain when it attaches.
+        public var nics: [NicConfig]?
         /// Guest memory in 4 KiB pages (default 256).
         public var pages: Int?
         /// Grant-table frames, 512 entries each (default 4).
@@ -81,8 +129,13 @@ public struct PVHostConfig: Codable, Sendable, Equatable {
     }
 
     public var domains: [DomainConfig]
+    /// TAP devices on the switch.
+    public var taps: [TapConfig]?
 
-    public init(domains: [DomainConfig]) { self.domains = domains }
+    public init(domains: [DomainConfig], taps: [TapConfig]? = nil) {
+        self.domains = domains
+        self.taps = taps
+    }
 
     /// Why a configuration was refused: the file, and what to fix.
     public struct Invalid: Error, CustomStringConvertible, Equatable {
@@ -118,6 +171,23 @@ public struct PVHostConfig: Codable, Sendable, Equatable {
                     throw Invalid(description: "\(at).disks[\(d)]: devid \(disk.devid) must be 1…65535 and unique")
                 }
                 guard !disk.path.isEmpty else { throw Invalid(description: "\(at).disks[\(d)]: path is empty") }
+            }
+            var nicIDs = Set<Int>()
+            for (n, nic) in (domain.nics ?? []).enumerated() {
+                guard (0...255).contains(nic.devid), nicIDs.insert(nic.devid).inserted else {
+                    throw Invalid(description: "\(at).nics[\(n)]: devid \(nic.devid) must be 0…255 and unique")
+                }
+                if let text = nic.mac {
+                    guard let mac = MACAddress(text), !mac.isMulticast else { throw Invalid(description: "\(at).nics[\(n)]: mac \"\(text)\" is not a unicast xx:xx:xx:xx:xx:xx") }
+                }
+                if let mtu = nic.mtu, !(68...65517).contains(mtu) { throw Invalid(description: "\(at).nics[\(n)]: mtu \(mtu) is outside 68…65517") }
+                if let queues = nic.maxQueues, !(1...16).contains(queues) { throw Invalid(description: "\(at).nics[\(n)]: maxQueues \(queues) is outside 1…16") }
+            }
+        }
+        var tapNames = Set<String>()
+        for (t, tap) in (config.taps ?? []).enumerated() {
+            guard !tap.name.isEmpty, tap.name.utf8.count < 16, !tap.name.contains("/"), !tap.name.contains(" "), tapNames.insert(tap.name).inserted else {
+                throw Invalid(description: "\(source): taps[\(t)]: name \"\(tap.name)\" must be 1…15 bytes, no / or space, and unique")
             }
         }
         return config

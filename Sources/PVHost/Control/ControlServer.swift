@@ -23,16 +23,36 @@ public final class ControlServer: @unchecked Sendable {
     private var stopping = false
     /// The disks served for each attached domain.
     private var disks: [DomainID: [BlockBackend]] = [:]
+    /// The network interfaces served for each attached domain.
+    private var nics: [DomainID: [NetBackend]] = [:]
+    /// The switch every vif and TAP is a port of.
+    public let network = VirtualSwitch()
+    /// The configuration's TAP devices.
+    public private(set) var taps: [TapPort] = []
 
-    public init(path: String, toolstack: Toolstack, config: PVHostConfig? = nil, logger: Logger = Logger(label: "pvhost.control")) throws(SystemError) {
+    /// Why the server could not start.
+    public struct StartFailure: Error, CustomStringConvertible { public let description: String }
+
+    /// Listens on `path`; opens the configuration's TAP devices (needs CAP_NET_ADMIN when there are any).
+    public init(path: String, toolstack: Toolstack, config: PVHostConfig? = nil, logger: Logger = Logger(label: "pvhost.control")) throws(StartFailure) {
         self.path = path
         self.logger = logger
         self.toolstack = toolstack
         self.config = config
-        listener = try SeqpacketSocket.listen(at: path)
+        for tap in config?.taps ?? [] {
+            do { taps.append(try TapPort.open(name: tap.name, namespace: tap.netns, network: network)) } catch {
+                for opened in taps { opened.stop() }
+                throw StartFailure(description: "\(error)")
+            }
+        }
+        do { listener = try SeqpacketSocket.listen(at: path) } catch {
+            for opened in taps { opened.stop() }
+            throw StartFailure(description: "control socket \(path): \(error)")
+        }
     }
 
     deinit {
+        for tap in taps { tap.stop() }
         executor.shutdown()
         close(listener)
         unlink(path)
@@ -82,6 +102,8 @@ public final class ControlServer: @unchecked Sendable {
             if let domain {
                 let backends = lock.withLock { disks.removeValue(forKey: domain) } ?? []
                 if !backends.isEmpty { blocking { for backend in backends { await backend.stop() } } }
+                let interfaces = lock.withLock { nics.removeValue(forKey: domain) } ?? []
+                if !interfaces.isEmpty { blocking { for nic in interfaces { await nic.stop() } } }
                 let toolstack = self.toolstack
                 let reclaimed = blocking { await toolstack.destroyDomain(domain) }
                 logger.info("domain \(domain.rawValue) detached and destroyed", metadata: [
@@ -186,6 +208,33 @@ public final class ControlServer: @unchecked Sendable {
                     case let .success(backends): lock.withLock { disks[d.id] = backends }
                     case let .failure(error):
                         _ = blocking { await toolstack.destroyDomain(d.id) }
+                        return (.error("creating domain \"\(name)\": \(error)"), [])
+                    }
+                }
+                if let configured = config?.domain(named: name)?.nics, !configured.isEmpty {
+                    let toolstack = self.toolstack, network = self.network
+                    let started: Result<[NetBackend], Failure> = blocking {
+                        var backends: [NetBackend] = []
+                        for nic in configured {
+                            let device = Toolstack.Device(type: "vif", frontend: d.id, devid: nic.devid)
+                            do {
+                                try await toolstack.addDevice(device, backendKeys: ["script": "pvhost-switch", "type": "vif"])
+                                backends.append(try await NetBackend.start(toolstack: toolstack, device: device, network: network, settings: nic.settings))
+                            } catch {
+                                for backend in backends { await backend.stop() }
+                                return .failure(Failure(description: "nic \(nic.devid): \(error)"))
+                            }
+                        }
+                        return .success(backends)
+                    }
+                    switch started {
+                    case let .success(backends): lock.withLock { nics[d.id] = backends }
+                    case let .failure(error):
+                        let disksStarted = lock.withLock { disks.removeValue(forKey: d.id) } ?? []
+                        _ = blocking {
+                            for backend in disksStarted { await backend.stop() }
+                            return await toolstack.destroyDomain(d.id)
+                        }
                         return (.error("creating domain \"\(name)\": \(error)"), [])
                     }
                 }

@@ -1,0 +1,130 @@
+import Atomics
+import CLinux
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import SharedMemory
+import XenABI
+
+/// A TAP device as a port of pvhost's switch: Linux's own network stack on the other side.
+/// Frames Linux sends on the TAP go into the switch (a thread reads them, in batches);
+/// frames switched to it are written to the TAP. Blank checksums are filled in first (a
+/// plain TAP takes finished frames); GSO frames are dropped and counted (a plain TAP takes
+/// no segments larger than its MTU).
+public final class TapPort: SwitchPort, @unchecked Sendable {
+    public let name: String
+    public var portName: String { "tap:\(name)" }
+    private let fd: Int32
+    private let network: VirtualSwitch
+    private let stopSignal: EventFD
+    private var thread: Thread?
+    /// Frames from Linux into the switch, frames from the switch to Linux, frames dropped.
+    public let fromLinux = ManagedAtomic<Int>(0), toLinux = ManagedAtomic<Int>(0), dropped = ManagedAtomic<Int>(0)
+
+    /// Why a TAP could not be opened.
+    public struct Failure: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    /// Opens (creating) the TAP `name` in pvhost's network namespace, sets it up and joins the
+    /// switch. With `namespace`, moves it into that network namespace first (`ip link set …
+    /// netns`; the descriptor keeps working there). Needs CAP_NET_ADMIN.
+    public static func open(name: String, namespace: String? = nil, network: VirtualSwitch) throws(Failure) -> TapPort {
+        guard !name.isEmpty, name.utf8.count < 16 else { throw Failure(description: "TAP name \"\(name)\" must be 1…15 bytes") }
+        let fd = pvkit_tap_open(name)
+        guard fd >= 0 else {
+            let why = String(cString: strerror(errno))
+            throw Failure(description: "opening TAP \(name): \(why) (needs /dev/net/tun and CAP_NET_ADMIN: run pvhost as root)")
+        }
+        if let namespace {
+            let status = Self.run("/usr/sbin/ip", ["link", "set", name, "netns", namespace])
+                ?? Self.run("/sbin/ip", ["link", "set", name, "netns", namespace])
+            guard status == 0 else {
+                close(fd)
+                throw Failure(description: "moving TAP \(name) into network namespace \(namespace) failed (does `ip netns add \(namespace)` exist?)")
+            }
+        } else if pvkit_link_up(name, nil) != 0 {
+            let why = String(cString: strerror(errno))
+            close(fd)
+            throw Failure(description: "setting TAP \(name) up: \(why)")
+        }
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        let stop: EventFD
+        do { stop = try EventFD() } catch {
+            close(fd)
+            throw Failure(description: "\(error)")
+        }
+        let port = TapPort(name: name, fd: fd, network: network, stopSignal: stop)
+        network.attach(port)
+        port.start()
+        return port
+    }
+
+    private static func run(_ tool: String, _ arguments: [String]) -> Int32? {
+        guard FileManager.default.isExecutableFile(atPath: tool) else { return nil }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: tool)
+        process.arguments = arguments
+        do { try process.run() } catch { return nil }
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+
+    private init(name: String, fd: Int32, network: VirtualSwitch, stopSignal: EventFD) {
+        self.name = name
+        self.fd = fd
+        self.network = network
+        self.stopSignal = stopSignal
+    }
+
+    deinit { close(fd) }
+
+    private func start() {
+        let thread = Thread { [self] in readLoop() }
+        thread.name = "tap \(name)"
+        self.thread = thread
+        thread.start()
+    }
+
+    /// Leaves the switch and stops reading (the device goes when pvhost closes it).
+    public func stop() {
+        network.detach(self)
+        try? stopSignal.notify()
+        if let thread { while !thread.isFinished { usleep(200) } }
+    }
+
+    private func readLoop() {
+        var fds = [pollfd(fd: stopSignal.fileDescriptor, events: Int16(POLLIN), revents: 0), pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
+        var buffer = [UInt8](repeating: 0, count: 65536 + 64)
+        while true {
+            fds[0].revents = 0
+            fds[1].revents = 0
+            guard poll(&fds, 2, -1) >= 0 || errno == EINTR else { return }
+            if fds[0].revents != 0 { return }
+            if fds[1].revents & Int16(POLLERR | POLLHUP | POLLNVAL) != 0 && fds[1].revents & Int16(POLLIN) == 0 { return }
+            var batch: [Packet] = []
+            while batch.count < 64 {
+                let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                guard count > 0 else { break }
+                batch.append(Packet(bytes: Array(buffer[0..<count])))
+            }
+            if !batch.isEmpty {
+                fromLinux.wrappingIncrement(by: batch.count, ordering: .relaxed)
+                network.forward(batch, from: self)
+            }
+        }
+    }
+
+    public func deliver(_ packets: [Packet]) {
+        for var packet in packets {
+            guard packet.gso == nil else {
+                dropped.wrappingIncrement(ordering: .relaxed)
+                continue
+            }
+            _ = packet.completeChecksum()  // not TCP or UDP: nothing to fill in
+            let written = packet.bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            if written == packet.bytes.count { toLinux.wrappingIncrement(ordering: .relaxed) } else { dropped.wrappingIncrement(ordering: .relaxed) }
+        }
+    }
+}
