@@ -115,16 +115,18 @@ final class NetQueue: @unchecked Sendable {
         let notify: Bool = lock.withLock {
             guard !halted else { return false }
             for (frame, plan) in frames {
-                guard txFree.count >= plan.data.count, rings.tx.freeRequests >= UInt32(plan.slots) else { break }
+                guard txFree.count >= plan.dataSlots, rings.tx.freeRequests >= UInt32(plan.slots) else { break }
                 frame.bytes.withUnsafeBytes { bytes in
-                    for (n, slot) in plan.data.enumerated() {
+                    func put(_ slot: TxPlan.DataSlot) {
                         let id = txFree.removeLast()
                         txBusy[Int(id)] = true
                         let page = txPages.pages[Int(id)]
                         page.address.copyMemory(from: bytes.baseAddress! + slot.frameOffset, byteCount: slot.length)
                         rings.tx.enqueueRequest(.request(NetifTxRequest(gref: page.ref, offset: 0, flags: slot.flags, id: id, size: slot.sizeField)))
-                        if n == 0, let extra = plan.extra { rings.tx.enqueueRequest(.extraInfo(extra)) }
                     }
+                    put(plan.first)
+                    if let extra = plan.extra { rings.tx.enqueueRequest(.extraInfo(extra)) }
+                    for slot in plan.rest { put(slot) }
                 }
                 counters.framesSent += 1
                 counters.bytesSent += frame.bytes.count
@@ -232,6 +234,22 @@ final class NetQueue: @unchecked Sendable {
             guard let raw: UInt64 = try rings.rx.nextResponse(decode: { slot throws(XenABIError) in slot.loadUnaligned(as: UInt64.self) }) else { break }
             count += 1
             let posted = rxPosted[at]
+            // The common case, a frame in one slot, without the assembler's bookkeeping: the
+            // same checks (the buffer posted in the slot, a length inside the page).
+            if assembler.isBetweenFrames {
+                let raw = UInt64(littleEndian: raw)  // the slot's bytes are little-endian
+                let id = UInt16(truncatingIfNeeded: raw), offset = Int(UInt16(truncatingIfNeeded: raw >> 16))
+                let flags = NetRxFlags(rawValue: UInt16(truncatingIfNeeded: raw >> 32)), status = Int(Int16(truncatingIfNeeded: raw >> 48))
+                if id == posted, status > 0, offset + status <= XenPage.size, flags.isDisjoint(with: [.moreData, .extraInfo]) {
+                    let source = UnsafeRawBufferPointer(start: rxPages.pages[Int(posted)].address + offset, count: status)
+                    received.append(NetFrame(bytes: Array(source), checksumBlank: flags.contains(.checksumBlank),
+                                             checksumValidated: flags.contains(.dataValidated)))
+                    counters.framesReceived += 1
+                    counters.bytesReceived += status
+                    post(posted)
+                    continue
+                }
+            }
             let event = withUnsafeBytes(of: raw) { assembler.consume(slot: $0, posted: posted) }
             switch event {
             case nil:

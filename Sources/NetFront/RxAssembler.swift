@@ -74,6 +74,9 @@ public struct RxAssembler: Sendable {
 
     public init(features: NetNegotiation.Features) { self.features = features }
 
+    /// No frame is half assembled: the next slot starts one.
+    public var isBetweenFrames: Bool { expecting == .start }
+
     /// Extra-info slots one frame may carry (GSO, and room for one more kind).
     public static let maxExtras = 2
 

@@ -31,11 +31,18 @@ public struct TxPlan: Sendable, Equatable {
         public let flags: NetTxFlags
     }
 
-    public let data: [DataSlot]
+    /// The first data slot, and the others (apart: most frames take one slot, and then
+    /// planning allocates nothing).
+    public let first: DataSlot
+    public let rest: [DataSlot]
+    /// Every data slot, in order.
+    public var data: [DataSlot] { [first] + rest }
+    /// Data slots: pages the frame occupies.
+    public var dataSlots: Int { 1 + rest.count }
     /// The extra-info slot after the first data slot, if any.
     public let extra: NetifExtraInfo?
     /// Ring slots the frame takes (data and extra).
-    public var slots: Int { data.count + (extra == nil ? 0 : 1) }
+    public var slots: Int { dataSlots + (extra == nil ? 0 : 1) }
 
     /// Plans `frameBytes` bytes under the negotiated `features`.
     ///
@@ -57,9 +64,7 @@ public struct TxPlan: Sendable, Equatable {
         }
         let pages = (frameBytes + XenPage.size - 1) / XenPage.size
         guard pages <= features.maxSlotsPerPacket else { throw .badFrame("\(pages) slots is over \(features.maxSlotsPerPacket)") }
-        var slots: [DataSlot] = []
-        slots.reserveCapacity(pages)
-        for page in 0..<pages {
+        func slot(_ page: Int) -> DataSlot {
             let offset = page * XenPage.size
             let length = min(XenPage.size, frameBytes - offset)
             var flags: NetTxFlags = []
@@ -68,9 +73,10 @@ public struct TxPlan: Sendable, Equatable {
                 if offload.checksumBlank || offload.gso != nil { flags.formUnion([.checksumBlank, .dataValidated]) }
                 if extra != nil { flags.insert(.extraInfo) }
             }
-            slots.append(DataSlot(frameOffset: offset, length: length, sizeField: UInt16(page == 0 ? frameBytes : length), flags: flags))
+            return DataSlot(frameOffset: offset, length: length, sizeField: UInt16(page == 0 ? frameBytes : length), flags: flags)
         }
-        data = slots
+        first = slot(0)
+        rest = pages > 1 ? (1..<pages).map(slot) : []
         self.extra = extra
     }
 }

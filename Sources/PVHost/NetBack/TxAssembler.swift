@@ -24,7 +24,11 @@ struct TxAssembler {
     }
 
     struct Planned: Equatable {
-        var segments: [Segment]
+        /// The first data slot, then the others (kept apart: most packets have one slot, and
+        /// then nothing is allocated).
+        var first: Segment
+        var rest: [Segment]
+        var segments: [Segment] { [first] + rest }
         var length: Int
         var flags: NetTxFlags
         var gso: NetifExtraInfo.Payload?
@@ -42,7 +46,8 @@ struct TxAssembler {
     private enum Expecting { case start, extra, more }
     private var expecting = Expecting.start
     private var first: NetifTxRequest?
-    private var segments: [Segment] = []
+    /// The data slots after the first.
+    private var rest: [Segment] = []
     private var extras = 0
     private var gso: NetifExtraInfo.Payload?
     private var moreAfterExtras = false
@@ -60,10 +65,8 @@ struct TxAssembler {
         if expecting == .start {
             first = request
             remaining = Int(request.size)
-            segments = []
             if request.size < 14 { fail(.tooShort) }
             // The first slot's own length is settled at the end (total minus later slots).
-            segments.append(Segment(id: request.id, gref: request.gref, offset: Int(request.offset), length: 0))
             if request.flags.contains(.extraInfo) {
                 expecting = .extra
                 moreAfterExtras = request.flags.contains(.moreData)
@@ -74,10 +77,10 @@ struct TxAssembler {
             if size > remaining { fail(.sizeMismatch) }
             if Int(request.offset) + size > XenPage.size { fail(.outsidePage) }
             remaining -= min(size, remaining)
-            segments.append(Segment(id: request.id, gref: request.gref, offset: Int(request.offset), length: size))
-            if segments.count > Netif.minimumSlotsPerPacket { fail(.tooManySlots) }
+            rest.append(Segment(id: request.id, gref: request.gref, offset: Int(request.offset), length: size))
+            if rest.count + 1 > Netif.minimumSlotsPerPacket { fail(.tooManySlots) }
         }
-        if request.flags.contains(.moreData) && segments.count <= Netif.minimumSlotsPerPacket + 2 {
+        if request.flags.contains(.moreData) && rest.count + 1 <= Netif.minimumSlotsPerPacket + 2 {
             expecting = .more
             return nil
         }
@@ -112,22 +115,21 @@ struct TxAssembler {
         defer {
             expecting = .start
             first = nil
-            segments = []
+            rest = []
             extras = 0
             gso = nil
             moreAfterExtras = false
             failure = nil
         }
         guard let first else { return .refused(ids: [], extras: extras, reason: failure ?? .outsidePage) }
+        // What the later slots did not claim is the first slot's.
+        let head = Segment(id: first.id, gref: first.gref, offset: Int(first.offset), length: remaining)
         if failure == nil {
-            // What the later slots did not claim is the first slot's.
-            let firstLength = remaining
-            if firstLength < 14 { fail(.tooShort) }
-            if Int(first.offset) + firstLength > XenPage.size { fail(.outsidePage) }
+            if remaining < 14 { fail(.tooShort) }
+            if Int(first.offset) + remaining > XenPage.size { fail(.outsidePage) }
             if Int(first.size) > Netif.maxTxPacketSize { fail(.tooLong) }
-            segments[0] = Segment(id: first.id, gref: first.gref, offset: Int(first.offset), length: firstLength)
         }
-        if let failure { return .refused(ids: segments.map(\.id), extras: extras, reason: failure) }
-        return .packet(Planned(segments: segments, length: Int(first.size), flags: first.flags, gso: gso, extras: extras))
+        if let failure { return .refused(ids: [first.id] + rest.map(\.id), extras: extras, reason: failure) }
+        return .packet(Planned(first: head, rest: rest, length: Int(first.size), flags: first.flags, gso: gso, extras: extras))
     }
 }

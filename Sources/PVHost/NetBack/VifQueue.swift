@@ -33,6 +33,7 @@ final class VifQueue: @unchecked Sendable {
     private let rxPort: EventChannelPort
     private let ends: [EventChannelPortEnd]
     private let accepts: FrontendAccepts
+    private let hypervisor: Hypervisor
     private let stopSignal: EventFD
     private var thread: Thread?
     private let tx: TxBox
@@ -65,6 +66,7 @@ final class VifQueue: @unchecked Sendable {
         self.index = index
         self.accepts = accepts
         let hypervisor = vif.hypervisor
+        self.hypervisor = hypervisor
         let frontend = vif.device.frontend
         var mapped: [GrantMapping] = []
         var bound: [(EventChannelPort, EventChannelPortEnd)] = []
@@ -134,10 +136,17 @@ final class VifQueue: @unchecked Sendable {
         }
     }
 
+    /// Scratch space of the queue's thread, kept between batches (no allocation per batch).
+    private var outcomes: [TxAssembler.Outcome] = []
+    private var fetched: [[UInt8]] = []
+    private var txCopies: [Hypervisor.GrantCopy] = []
+
     /// Takes every waiting tx request: packets fetched by grant copy (one batch), answered,
     /// and appended to `packets`.
     private func takePackets(_ assembler: inout TxAssembler, into packets: inout [Packet]) throws(RingError) {
-        var outcomes: [TxAssembler.Outcome] = []
+        outcomes.removeAll(keepingCapacity: true)
+        fetched.removeAll(keepingCapacity: true)
+        txCopies.removeAll(keepingCapacity: true)
         while let raw: (UInt64, UInt32) = try tx.ring.nextRequest(decode: { slot throws(XenABIError) in
             (slot.loadUnaligned(as: UInt64.self), slot.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
         }) {
@@ -147,62 +156,66 @@ final class VifQueue: @unchecked Sendable {
             if outcomes.count >= 64 { break }
         }
         guard !outcomes.isEmpty else { return }
-        // Fetch every packet's bytes with one batch of copies.
-        var buffers: [[UInt8]] = []
-        var copies: [Hypervisor.GrantCopy] = []
+        // Fetch every packet's bytes with one batch of copies. The copies point into the new
+        // arrays' storage, which nothing resizes or shares before the copies ran.
         for outcome in outcomes {
-            guard case let .packet(planned) = outcome else { buffers.append([]); continue }
+            guard case let .packet(planned) = outcome else { fetched.append([]); continue }
             var bytes = [UInt8](repeating: 0, count: planned.length)
             bytes.withUnsafeMutableBytes { out in
-                var at = 0
-                for segment in planned.segments {
-                    copies.append(Hypervisor.GrantCopy(ref: segment.gref, offset: segment.offset, length: segment.length,
-                                                       local: out.baseAddress! + at, toGrant: false))
+                txCopies.append(Hypervisor.GrantCopy(ref: planned.first.gref, offset: planned.first.offset, length: planned.first.length,
+                                                     local: out.baseAddress!, toGrant: false))
+                var at = planned.first.length
+                for segment in planned.rest {
+                    txCopies.append(Hypervisor.GrantCopy(ref: segment.gref, offset: segment.offset, length: segment.length,
+                                                         local: out.baseAddress! + at, toGrant: false))
                     at += segment.length
                 }
             }
-            buffers.append(bytes)
+            fetched.append(bytes)
         }
-        // The arrays' storage stays put: nothing resizes them between the pointers and the copy.
-        copies.withUnsafeMutableBufferPointer { vif.hypervisor.copyGrants($0, of: vif.device.frontend, by: .dom0) }
+        let frontend = vif.device.frontend
+        txCopies.withUnsafeMutableBufferPointer { hypervisor.copyGrants($0, of: frontend, by: .dom0) }
         var next = 0
-        for (outcome, bytes) in zip(outcomes, buffers) {
-            switch outcome {
+        for index in outcomes.indices {
+            switch outcomes[index] {
             case let .packet(planned):
-                let failed = copies[next..<next + planned.segments.count].contains { $0.status != .okay }
-                next += planned.segments.count
-                respond(ids: planned.segments.map(\.id), extras: planned.extras, status: failed ? Netif.statusError : Netif.statusOkay)
+                let count = 1 + planned.rest.count
+                var failed = false
+                for copy in next..<next + count where txCopies[copy].status != .okay { failed = true }
+                next += count
+                respond(first: planned.first.id, extras: planned.extras, rest: planned.rest, status: failed ? Netif.statusError : Netif.statusOkay)
                 if failed {
                     txRefused.wrappingIncrement(ordering: .relaxed)
                     continue
                 }
                 var gso: (type: NetifGSOType, size: UInt16)?
                 if case let .gso(size, type, _)? = planned.gso { gso = (type, size) }
-                packets.append(Packet(bytes: bytes, checksumBlank: planned.flags.contains(.checksumBlank),
+                packets.append(Packet(bytes: fetched[index], checksumBlank: planned.flags.contains(.checksumBlank),
                                       dataValidated: planned.flags.contains(.dataValidated), gso: gso))
                 txPackets.wrappingIncrement(ordering: .relaxed)
             case let .refused(ids, extras, reason):
-                vif.logger.notice("vif \(vif.device.frontend.rawValue).\(vif.device.devid): refused a tx packet (\(reason.rawValue))")
-                respond(ids: ids, extras: extras, status: Netif.statusError)
+                vif.logger.notice("vif \(frontend.rawValue).\(vif.device.devid): refused a tx packet (\(reason.rawValue))")
+                if let first = ids.first {
+                    respond(first: first, extras: extras, rest: ids.dropFirst().map { TxAssembler.Segment(id: $0, gref: GrantRef(0), offset: 0, length: 0) },
+                            status: Netif.statusError)
+                } else {
+                    for _ in 0..<extras { tx.ring.enqueueResponse(NetifTxResponse(id: 0, status: Netif.statusNull)) }
+                }
                 txRefused.wrappingIncrement(ordering: .relaxed)
             }
         }
         if tx.ring.pushResponsesAndCheckNotify() {
-            try? vif.hypervisor.notify(.dom0, txPort)
+            try? hypervisor.notify(.dom0, txPort)
             notifications.wrappingIncrement(ordering: .relaxed)
         }
     }
 
     /// Responses for one packet in ring order: the first data slot, a null per extra slot,
     /// the other data slots.
-    private func respond(ids: [UInt16], extras: Int, status: Int16) {
-        guard let first = ids.first else {
-            for _ in 0..<extras { tx.ring.enqueueResponse(NetifTxResponse(id: 0, status: Netif.statusNull)) }
-            return
-        }
+    private func respond(first: UInt16, extras: Int, rest: [TxAssembler.Segment], status: Int16) {
         tx.ring.enqueueResponse(NetifTxResponse(id: first, status: status))
         for _ in 0..<extras { tx.ring.enqueueResponse(NetifTxResponse(id: first, status: Netif.statusNull)) }
-        for id in ids.dropFirst() { tx.ring.enqueueResponse(NetifTxResponse(id: id, status: status)) }
+        for segment in rest { tx.ring.enqueueResponse(NetifTxResponse(id: segment.id, status: status)) }
     }
 
     // MARK: Receive side
@@ -222,7 +235,7 @@ final class VifQueue: @unchecked Sendable {
         let notify = placeLocked()
         rxLock.unlock()
         if notify {
-            try? vif.hypervisor.notify(.dom0, rxPort)
+            try? hypervisor.notify(.dom0, rxPort)
             notifications.wrappingIncrement(ordering: .relaxed)
         }
     }
@@ -233,7 +246,7 @@ final class VifQueue: @unchecked Sendable {
         let notify = placeLocked()
         rxLock.unlock()
         if notify {
-            try? vif.hypervisor.notify(.dom0, rxPort)
+            try? hypervisor.notify(.dom0, rxPort)
             notifications.wrappingIncrement(ordering: .relaxed)
         }
     }
@@ -243,13 +256,16 @@ final class VifQueue: @unchecked Sendable {
         case data(id: UInt16, length: Int, flags: NetRxFlags, copy: Int)
         case extra(NetifExtraInfo)
     }
+    /// Scratch space of `placeLocked` (under `rxLock`), kept between batches.
+    private var slots: [Slot] = []
+    private var copies: [Hypervisor.GrantCopy] = []
 
     /// Puts pending packets into posted buffers while they fit (under `rxLock`); returns
     /// whether to notify the frontend.
     private func placeLocked() -> Bool {
         guard pendingHead < pending.count else { return false }
-        var slots: [Slot] = []
-        var copies: [Hypervisor.GrantCopy] = []
+        slots.removeAll(keepingCapacity: true)
+        copies.removeAll(keepingCapacity: true)
         var available: UInt32
         do { available = try rx.ring.availableRequests() } catch {
             return dropPending(reason: "\(error)")
@@ -257,8 +273,9 @@ final class VifQueue: @unchecked Sendable {
         while pendingHead < pending.count {
             var packet = pending[pendingHead]
             // What this frontend can take, decided before any slot is used.
-            if packet.checksumBlank && !canTakeBlank(packet) && !packet.completeChecksum() {
-                packet.checksumBlank = false  // not TCP/UDP: nothing to fill in
+            if packet.checksumBlank && !canTakeBlank(packet) {
+                if !packet.completeChecksum() { packet.checksumBlank = false }  // not TCP/UDP: nothing to fill in
+                pending[pendingHead] = packet
             }
             var extra: NetifExtraInfo?
             if let gso = packet.gso {
@@ -283,7 +300,9 @@ final class VifQueue: @unchecked Sendable {
             available -= needed
             // Ring order: data slot 0, the extra (it uses a request too; that buffer stays
             // empty and goes back to the frontend), then the other data slots.
-            packet.bytes.withUnsafeMutableBytes { bytes in
+            // The copies read this storage (kept alive, unchanged, in `pending` until they ran).
+            packet.bytes.withUnsafeBytes { bytes in
+                let base = UnsafeMutableRawPointer(mutating: bytes.baseAddress!)
                 var page = 0
                 for n in 0..<Int(needed) {
                     guard let request = try? rx.ring.nextRequest() else { return }
@@ -300,18 +319,15 @@ final class VifQueue: @unchecked Sendable {
                     }
                     slots.append(.data(id: request.id, length: length, flags: flags, copy: copies.count))
                     copies.append(Hypervisor.GrantCopy(ref: request.gref, offset: 0, length: length,
-                                                       local: bytes.baseAddress! + page * XenPage.size, toGrant: true))
+                                                       local: base + page * XenPage.size, toGrant: true))
                     page += 1
                 }
             }
-            // The copies point into this array's storage: kept alive (and unchanged) in
-            // `pending` until they ran below.
-            pending[pendingHead] = packet
             pendingHead += 1
             rxPackets.wrappingIncrement(ordering: .relaxed)
         }
         guard !slots.isEmpty else { return compactPending() }
-        copies.withUnsafeMutableBufferPointer { vif.hypervisor.copyGrants($0, of: vif.device.frontend, by: .dom0) }
+        copies.withUnsafeMutableBufferPointer { hypervisor.copyGrants($0, of: vif.device.frontend, by: .dom0) }
         for slot in slots {
             switch slot {
             case let .data(id, length, flags, copy):

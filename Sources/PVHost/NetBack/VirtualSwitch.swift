@@ -85,24 +85,41 @@ public final class VirtualSwitch: Sendable {
     /// Learns the packets' sources and delivers them, one batch per destination port.
     public func forward(_ packets: [Packet], from ingress: any SwitchPort) {
         let from = ObjectIdentifier(ingress)
-        var batches: [ObjectIdentifier: (any SwitchPort, [Packet])] = [:]
+        // Few ports get a batch: a short list beats hashing per packet. The last source and
+        // destination looked up are remembered (a batch is mostly one flow).
+        var batches: [(id: ObjectIdentifier, port: any SwitchPort, packets: [Packet])] = []
+        func add(_ packet: Packet, to id: ObjectIdentifier, _ port: any SwitchPort) {
+            if let i = batches.firstIndex(where: { $0.id == id }) { batches[i].packets.append(packet) } else { batches.append((id, port, [packet])) }
+        }
         state.withLock { s in
             guard s.ports[from] != nil else { return }
+            var lastSource: MACAddress?
+            var lastDestination: (MACAddress, ObjectIdentifier, any SwitchPort)?
             for packet in packets where packet.bytes.count >= 14 {
                 let source = packet.source
-                if !source.isMulticast, s.table[source] != from { s.table[source] = from }
+                if source != lastSource {
+                    if !source.isMulticast, s.table[source] != from {
+                        s.table[source] = from
+                        lastDestination = nil  // the table changed
+                    }
+                    lastSource = source
+                }
                 let destination = packet.destination
-                if !destination.isMulticast, let to = s.table[destination] {
+                if let last = lastDestination, last.0 == destination {
+                    add(packet, to: last.1, last.2)
+                    s.forwarded += 1
+                } else if !destination.isMulticast, let to = s.table[destination] {
                     guard to != from, let entry = s.ports[to] else { s.filtered += 1; continue }
-                    batches[to, default: (entry.port, [])].1.append(packet)
+                    lastDestination = (destination, to, entry.port)
+                    add(packet, to: to, entry.port)
                     s.forwarded += 1
                 } else {
-                    for (id, entry) in s.ports where id != from { batches[id, default: (entry.port, [])].1.append(packet) }
+                    for (id, entry) in s.ports where id != from { add(packet, to: id, entry.port) }
                     s.flooded += 1
                 }
             }
         }
-        for (_, (port, batch)) in batches { port.deliver(batch) }
+        for batch in batches { batch.port.deliver(batch.packets) }
     }
 }
 
