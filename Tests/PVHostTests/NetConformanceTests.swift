@@ -207,3 +207,179 @@ struct NetConformanceTests {
         for g in [a, b, c] { await g.nic.close() }
     }
 }
+
+/// NetFront against a lying netback: each mode gets a counted error or a cleanly closed
+/// device, never a crash, a hang, or a bad frame delivered.
+@Suite("netfront against a hostile netback", .serialized)
+struct NetHostileTests {
+    typealias N = NetConformanceTests
+
+    /// Guest a (honest backend) and guest b (backend in `mode`), both able to send.
+    func pair(_ mode: NetBackend.HostileMode, options: NetFrontOptions = .init()) async throws -> (N.Network, N.Guest, N.Guest) {
+        let net = try N.Network()
+        let a = try await net.guest("a")
+        var settings = NetBackend.Settings()
+        settings.hostile = mode
+        let b = try await net.guest("b", settings: settings, options: options)
+        return (net, a, b)
+    }
+
+    /// Waits (5 s at most) for `condition`.
+    func eventually(_ condition: () -> Bool) async throws -> Bool {
+        for _ in 0..<500 {
+            if condition() { return true }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        return false
+    }
+
+    /// `count` frames from a to b (b's address known to the switch: it spoke first).
+    func flood(_ a: N.Guest, _ b: N.Guest, count: Int, size: Int = 200) async throws {
+        try await b.nic.send(NetFrame(bytes: N.frame(to: a.nic.info.mac, from: b.nic.info.mac, bytes: 46, seed: 0)))
+        _ = try await N.receive(a.nic, count: 1)
+        try await a.nic.send((0..<count).map { NetFrame(bytes: N.frame(to: b.nic.info.mac, from: a.nic.info.mac, bytes: size, seed: $0)) })
+    }
+
+    static let dropModes: [(NetBackend.HostileMode, RxAssembler.Reason)] = [
+        (.rxWrongID, .wrongID), (.rxBadLength, .badLength), (.rxErrorStatus, .backendError), (.rxBadExtra, .badExtra), (.rxEndlessChain, .tooManySlots),
+    ]
+
+    @Test("bad rx responses: every frame dropped and counted by reason, buffers posted again, the device keeps working", arguments: 0..<dropModes.count)
+    func rxDrops(row: Int) async throws {
+        let (mode, reason) = Self.dropModes[row]
+        let (net, a, b) = try await pair(mode)
+        defer { withExtendedLifetime(net) {} }  // pvhost lives until the end
+        // More frames than b has buffers: dropped ones must come back to be posted again.
+        try await flood(a, b, count: 600)
+        #expect(try await eventually { (b.nic.statistics.dropped[reason] ?? 0) >= (mode == .rxEndlessChain ? 20 : 600) },
+                "\(mode): dropped \(b.nic.statistics.dropped)")
+        #expect(b.nic.statistics.framesReceived == 0 && b.nic.poll().isEmpty, "\(mode): nothing delivered")
+        #expect(Set(b.nic.statistics.dropped.keys) == [reason], "\(mode): only \(reason) (\(b.nic.statistics.dropped))")
+        // Still usable: b's frames reach a.
+        try await b.nic.send(NetFrame(bytes: N.frame(to: a.nic.info.mac, from: b.nic.info.mac, bytes: 46, seed: 9)))
+        #expect(try await N.receive(a.nic, count: 1).count == 1)
+        await a.nic.close()
+        await b.nic.close()
+    }
+
+    @Test("rx rsp_prod past what was posted: the device closes with backendMisbehaved; a waiting receive ends")
+    func rxProducerAhead() async throws {
+        let (net, a, b) = try await pair(.rxProducerAhead)
+        defer { withExtendedLifetime(net) {} }  // pvhost lives until the end
+        let receiving = Task { () -> NetFrontError? in
+            do throws(NetFrontError) { _ = try await b.nic.receive(); return nil } catch { return error }
+        }
+        try await flood(a, b, count: 1)
+        let error = await receiving.value
+        var misbehaved = false
+        if case .backendMisbehaved? = error { misbehaved = true }
+        #expect(misbehaved, "expected backendMisbehaved, got \(String(describing: error))")
+        await #expect(throws: NetFrontError.self) { try await b.nic.send(NetFrame(bytes: N.frame(to: a.nic.info.mac, from: b.nic.info.mac, bytes: 46, seed: 1))) }
+        await a.nic.close()
+        await b.nic.close()
+    }
+
+    @Test("tx responses for ids never sent: counted and ignored")
+    func txUnknownID() async throws {
+        let (net, a, b) = try await pair(.txUnknownID)
+        defer { withExtendedLifetime(net) {} }  // pvhost lives until the end
+        try await b.nic.send((0..<10).map { NetFrame(bytes: N.frame(to: a.nic.info.mac, from: b.nic.info.mac, bytes: 46, seed: $0)) })
+        #expect(try await eventually { b.nic.statistics.badTxResponses == 10 })
+        #expect(try await N.receive(a.nic, count: 10).count == 10, "the frames themselves went through")
+        await a.nic.close()
+        await b.nic.close()
+    }
+
+    @Test("a backend that never answers tx: senders wait for space (back-pressure), and closing ends the wait with an error")
+    func txNeverAnswer() async throws {
+        let (net, a, b) = try await pair(.txNeverAnswer)
+        defer { withExtendedLifetime(net) {} }  // pvhost lives until the end
+        let frames = (0..<400).map { NetFrame(bytes: N.frame(to: a.nic.info.mac, from: b.nic.info.mac, bytes: 46, seed: $0)) }
+        let sending = Task { () -> NetFrontError? in
+            do throws(NetFrontError) { try await b.nic.send(frames); return nil } catch { return error }
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        await b.nic.close()
+        let error = await sending.value
+        #expect(error != nil, "400 frames cannot fit 256 tx ids that never come back")
+        await a.nic.close()
+    }
+
+    @Test("an event storm: extra wake-ups counted as spurious, traffic unharmed")
+    func eventStorm() async throws {
+        let (net, a, b) = try await pair(.eventStorm)
+        defer { withExtendedLifetime(net) {} }  // pvhost lives until the end
+        try await flood(a, b, count: 50)
+        #expect(try await N.receive(b.nic, count: 50).count == 50)
+        #expect(b.nic.statistics.spuriousWakeups > 0)
+        await a.nic.close()
+        await b.nic.close()
+    }
+
+    @Test("a backend that vanishes mid-traffic (no reconnecting): the device closes, a waiting receive ends, nothing hangs")
+    func vanish() async throws {
+        var options = NetFrontOptions()
+        options.reconnect = false
+        let (net, a, b) = try await pair(.vanish, options: options)
+        defer { withExtendedLifetime(net) {} }  // pvhost lives until the end
+        let receiving = Task { () -> NetFrontError? in
+            do throws(NetFrontError) { while true { _ = try await b.nic.receive() } } catch { return error }
+        }
+        try await b.nic.send(NetFrame(bytes: N.frame(to: a.nic.info.mac, from: b.nic.info.mac, bytes: 46, seed: 0)))
+        let error = await receiving.value
+        #expect(error != nil)
+        await b.nic.close()
+        await a.nic.close()
+    }
+}
+
+@Suite("netfront lifecycle: backend restart, link state", .serialized)
+struct NetLifecycleTests {
+    typealias N = NetConformanceTests
+
+    @Test("the backend restarts: the frontend connects again and traffic flows on the new rings")
+    func reconnect() async throws {
+        let net = try N.Network()
+        let a = try await net.guest("a")
+        let b = try await net.guest("b")
+        try await a.nic.send(NetFrame(bytes: N.frame(to: .broadcast, from: a.nic.info.mac, bytes: 46, seed: 0)))
+        #expect(try await N.receive(b.nic, count: 1).count == 1)
+        await b.backend.stop()
+        let restarted = try await NetBackend.start(toolstack: net.host.tools.toolstack, device: b.device, network: net.network)
+        var connected = false
+        for _ in 0..<500 where !connected {
+            connected = b.nic.statistics.connections == 2
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(connected, "connections: \(b.nic.statistics.connections)")
+        try await a.nic.send(NetFrame(bytes: N.frame(to: .broadcast, from: a.nic.info.mac, bytes: 46, seed: 1)))
+        #expect(try await N.receive(b.nic, count: 1).count == 1)
+        try await b.nic.send(NetFrame(bytes: N.frame(to: a.nic.info.mac, from: b.nic.info.mac, bytes: 46, seed: 2)))
+        #expect(try await N.receive(a.nic, count: 1).count == 1)
+        #expect(restarted.counters.sent == 1)
+        await a.nic.close()
+        await b.nic.close()
+    }
+
+    @Test("link state: the backend's carrier reaches the frontend")
+    func carrier() async throws {
+        let net = try N.Network()
+        let a = try await net.guest("a")
+        #expect(a.nic.info.linkUp)
+        await a.backend.setCarrier(false)
+        var down = false
+        for _ in 0..<500 where !down {
+            down = !a.nic.info.linkUp
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(down)
+        await a.backend.setCarrier(true)
+        var up = false
+        for _ in 0..<500 where !up {
+            up = a.nic.info.linkUp
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(up)
+        await a.nic.close()
+    }
+}

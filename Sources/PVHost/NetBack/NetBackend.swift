@@ -23,6 +23,8 @@ public final class NetBackend: SwitchPort, @unchecked Sendable {
         public var mac: MACAddress?
         /// `mtu` for the frontend (nil: not written, 1500).
         public var mtu: Int?
+        /// Test-only: make the backend lie, to prove the frontend survives it.
+        public var hostile: HostileMode?
         public init() {}
 
         /// Nothing optional: one slot per packet, no offloads, one queue, one channel.
@@ -36,6 +38,31 @@ public final class NetBackend: SwitchPort, @unchecked Sendable {
             s.maxQueues = 1
             return s
         }
+    }
+
+    /// Ways a broken or malicious netback behaves (for the conformance tests). Each rx mode
+    /// applies to every packet delivered to the guest.
+    public enum HostileMode: String, Sendable, CaseIterable {
+        /// Rx responses name another buffer than the one posted in their slot.
+        case rxWrongID
+        /// Rx responses claim more bytes than fit in the page after their offset.
+        case rxBadLength
+        /// Rx responses report an error status.
+        case rxErrorStatus
+        /// Rx responses say an extra-info slot follows, and it is of an unknown type.
+        case rxBadExtra
+        /// Every rx response says `more_data`: a chain longer than any frame.
+        case rxEndlessChain
+        /// `rsp_prod` of the rx ring pushed past what the frontend posted.
+        case rxProducerAhead
+        /// Tx responses carry ids never sent.
+        case txUnknownID
+        /// Tx requests are consumed and never answered.
+        case txNeverAnswer
+        /// A burst of notifications with no work after every batch.
+        case eventStorm
+        /// The backend vanishes at the first packet: stops serving, its directory removed.
+        case vanish
     }
 
     public let device: Toolstack.Device
@@ -228,6 +255,19 @@ public final class NetBackend: SwitchPort, @unchecked Sendable {
             for queue in old { queue.release() }
         }
         await setState(.closed)
+    }
+
+    /// Called by a queue whose thread stopped on its own (hostile `vanish`).
+    func vanish() {
+        let store = self.store, path = device.backendPath
+        Task { try? await store.remove(XenStorePath(path)) }
+    }
+
+    /// Sets the link state the frontend sees (`carrier`), and rewrites Connected so a
+    /// connected frontend looks again.
+    public func setCarrier(_ up: Bool) async {
+        try? await store.write(node("carrier"), up ? "1" : "0")
+        if isConnected { await setState(.connected) }
     }
 
     /// Leaves the switch and stops following the frontend (device removed, pvhost stopping).

@@ -34,6 +34,8 @@ final class VifQueue: @unchecked Sendable {
     private let ends: [EventChannelPortEnd]
     private let accepts: FrontendAccepts
     private let hypervisor: Hypervisor
+    private let hostile: NetBackend.HostileMode?
+    private let rxRingAddress: UnsafeMutableRawPointer
     private let stopSignal: EventFD
     private var thread: Thread?
     private let tx: TxBox
@@ -65,6 +67,7 @@ final class VifQueue: @unchecked Sendable {
         self.vif = vif
         self.index = index
         self.accepts = accepts
+        hostile = vif.settings.hostile
         let hypervisor = vif.hypervisor
         self.hypervisor = hypervisor
         let frontend = vif.device.frontend
@@ -83,6 +86,7 @@ final class VifQueue: @unchecked Sendable {
             throw error
         }
         mappings = mapped
+        rxRingAddress = mapped[1].page
         txPort = bound[0].0
         rxPort = bound.last!.0
         ends = bound.map(\.1)
@@ -119,6 +123,7 @@ final class VifQueue: @unchecked Sendable {
             do {
                 repeat {
                     try takePackets(&assembler, into: &packets)
+                    if vanished { return }
                     if !packets.isEmpty {
                         vif.forward(packets)
                         packets.removeAll(keepingCapacity: true)
@@ -138,6 +143,8 @@ final class VifQueue: @unchecked Sendable {
 
     /// Scratch space of the queue's thread, kept between batches (no allocation per batch).
     private var outcomes: [TxAssembler.Outcome] = []
+    /// Hostile `vanish` happened: the thread ends.
+    private var vanished = false
     private var fetched: [[UInt8]] = []
     private var txCopies: [Hypervisor.GrantCopy] = []
 
@@ -179,6 +186,11 @@ final class VifQueue: @unchecked Sendable {
         for index in outcomes.indices {
             switch outcomes[index] {
             case let .packet(planned):
+                if hostile == .vanish {
+                    vif.vanish()
+                    vanished = true
+                    return
+                }
                 let count = 1 + planned.rest.count
                 var failed = false
                 for copy in next..<next + count where txCopies[copy].status != .okay { failed = true }
@@ -204,15 +216,19 @@ final class VifQueue: @unchecked Sendable {
                 txRefused.wrappingIncrement(ordering: .relaxed)
             }
         }
+        if hostile == .txNeverAnswer { return }
         if tx.ring.pushResponsesAndCheckNotify() {
             try? hypervisor.notify(.dom0, txPort)
             notifications.wrappingIncrement(ordering: .relaxed)
         }
+        if hostile == .eventStorm { for _ in 0..<200 { try? hypervisor.notify(.dom0, txPort) } }
     }
 
     /// Responses for one packet in ring order: the first data slot, a null per extra slot,
     /// the other data slots.
     private func respond(first: UInt16, extras: Int, rest: [TxAssembler.Segment], status: Int16) {
+        if hostile == .txNeverAnswer { return }
+        let first = hostile == .txUnknownID ? first &+ 1000 : first
         tx.ring.enqueueResponse(NetifTxResponse(id: first, status: status))
         for _ in 0..<extras { tx.ring.enqueueResponse(NetifTxResponse(id: first, status: Netif.statusNull)) }
         for segment in rest { tx.ring.enqueueResponse(NetifTxResponse(id: segment.id, status: status)) }
@@ -285,6 +301,8 @@ final class VifQueue: @unchecked Sendable {
                 }
                 extra = NetifExtraInfo(.gso(size: gso.size, type: gso.type, features: 0))
             }
+            // An extra the frontend never negotiated, with an impossible MSS.
+            if hostile == .rxBadExtra { extra = NetifExtraInfo(.gso(size: 0, type: .tcpv4, features: 0)) }
             let pages = (packet.bytes.count + XenPage.size - 1) / XenPage.size
             guard packet.bytes.count >= 14, pages <= (accepts.scatterGather ? Netif.minimumSlotsPerPacket : 1) else {
                 drop()
@@ -332,13 +350,29 @@ final class VifQueue: @unchecked Sendable {
             switch slot {
             case let .data(id, length, flags, copy):
                 let ok = copies[copy].status == .okay
-                rx.ring.enqueueResponse(.response(NetifRxResponse(id: id, offset: 0, flags: flags, status: ok ? Int16(length) : Netif.statusError)))
+                var response = NetifRxResponse(id: id, offset: 0, flags: flags, status: ok ? Int16(length) : Netif.statusError)
+                switch hostile {
+                case .rxWrongID?: response.id &+= 1
+                case .rxBadLength?: response.offset = 100; response.status = 4090
+                case .rxErrorStatus?: response.status = Netif.statusError
+                case .rxEndlessChain?: response.flags.insert(.moreData)
+                default: break
+                }
+                rx.ring.enqueueResponse(.response(response))
             case let .extra(info):
                 rx.ring.enqueueResponse(.extraInfo(info))
             }
         }
         _ = compactPending()
-        return rx.ring.pushResponsesAndCheckNotify()
+        let notify = rx.ring.pushResponsesAndCheckNotify()
+        if hostile == .rxProducerAhead {
+            (rxRingAddress + SharedRingHeader.responseProducer).storeBytes(of: rx.ring.publishedResponses &+ 300, as: UInt32.self)
+            return true
+        }
+        if hostile == .eventStorm {
+            for _ in 0..<200 { try? hypervisor.notify(.dom0, rxPort) }
+        }
+        return notify
     }
 
     private func canTakeBlank(_ packet: Packet) -> Bool {
