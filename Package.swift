@@ -156,7 +156,7 @@ let package = Package(
         // pvhost's grant and event-channel operations; event round trip against bare eventfds.
         .executableTarget(
             name: "pvhost-bench",
-            dependencies: ["PVHost", "XenGrants", "SharedMemory", "XenABI", "BlockFront", "PVPlatform", "XenStore"],
+            dependencies: ["PVHost", "XenGrants", "SharedMemory", "XenABI", "BlockFront", "NetFront", "PVPlatform", "XenStore"],
             path: "Benchmarks/PVHostBench",
             swiftSettings: strictSwift),
 
