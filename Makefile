@@ -29,6 +29,8 @@ demo: deps
 	@scripts/demo-pvhost.sh .build/release
 	@echo "== a virtual disk through blkfront/blkback: pvblk writes and verifies it"
 	@scripts/demo-pvblk.sh .build/release
+	@echo "== two guests on pvhost's switch: frames with pvnet, then (as root) ping between two network namespaces over netfront/netback"
+	@scripts/demo-pvnet.sh .build/release
 	@echo "== Xen ABI facts and a short ring benchmark"
 	.build/release/ring-bench abi
 	.build/release/ring-bench run --quick
@@ -39,7 +41,8 @@ kernels:
 
 # Every tier: unit, ABI (against /usr/include/xen), differential (ring.h), cross-process,
 # hostile input, command line, real kernels against Xen's readnotes, xenstore interop, pvhost
-# with guest processes, blkfront/blkback. One test at a time: many tests start daemons and
+# with guest processes, blkfront/blkback, netfront/netback (with Linux traffic between network
+# namespaces as root). One test at a time: many tests start daemons and
 # guest processes and wait on them synchronously, which on a 2-core machine can starve Swift's
 # cooperative pool when run side by side (seen as a rare hang); serially the run takes ~50 s.
 test:

@@ -9,7 +9,7 @@ case "${1:-build}" in
     # readnotes (xen-utils-4.17) and readelf (binutils) are pvcheck's interop oracles; the
     # decompressor tools extract real kernels independently of pvcheck.
     # iproute2, iputils-ping and python3 drive the Linux-traffic tier (namespaces, TAP, ping, TCP).
-    test) packages+=(xz-utils zstd bzip2 binutils xen-utils-4.17 xenstore-utils python3-pip iproute2 iputils-ping) ;;
+    test) packages+=(xz-utils zstd bzip2 binutils xen-utils-4.17 xenstore-utils python3-pip iproute2 iputils-ping tshark) ;;
     # C xenstored (xen-utils-4.17) is the xenstored benchmark's baseline.
     # iperf3 measures TCP over `pvnet tap` against a veth pair.
     bench) packages+=(xz-utils zstd time xen-utils-4.17 iproute2 iperf3) ;;
