@@ -11,7 +11,8 @@ build: deps
 
 # pvcheck on the bundled fixtures (and on real Debian kernels when cached), then the ABI facts
 # and a short ring benchmark.
-demo: deps
+demo:
+	@scripts/install-deps.sh demo
 	$(SWIFT) build -c release
 	@echo "== pvcheck on a guest root filesystem (fixtures/root)"
 	.build/release/pvcheck --root fixtures/root

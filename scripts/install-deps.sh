@@ -10,6 +10,8 @@ case "${1:-build}" in
     # decompressor tools extract real kernels independently of pvcheck.
     # iproute2, iputils-ping and python3 drive the Linux-traffic tier (namespaces, TAP, ping, TCP).
     test) packages+=(xz-utils zstd bzip2 binutils xen-utils-4.17 xenstore-utils python3-pip iproute2 iputils-ping tshark) ;;
+    # The demo's network part: namespaces and ping over the PV path.
+    demo) packages+=(iproute2 iputils-ping) ;;
     # C xenstored (xen-utils-4.17) is the xenstored benchmark's baseline.
     # iperf3 measures TCP over `pvnet tap` against a veth pair.
     bench) packages+=(xz-utils zstd time xen-utils-4.17 iproute2 iperf3) ;;

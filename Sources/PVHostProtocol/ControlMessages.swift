@@ -28,6 +28,11 @@ public enum ControlRequest: Codable, Sendable, Equatable {
     case domainInfo
     /// The host's state, for `pvhost status`.
     case status
+    /// Start writing every frame a switch port (`vif1.0`, `tap:pvtap0`) sends or receives to
+    /// `path` as a pcap file (written by pvhost). Reply: ``ControlReply/ok``.
+    case capture(port: String, path: String)
+    /// Stop that capture (the file is complete). Reply: ``ControlReply/ok``.
+    case stopCapture(port: String)
 }
 
 /// pvhost's answers.

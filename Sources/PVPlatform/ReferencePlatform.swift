@@ -286,6 +286,16 @@ public final class ReferencePlatform: PVPlatform, @unchecked Sendable {
     }
 
     /// pvhost's state (any connection may ask).
+    /// A tool's one request to pvhost (no domain attached): `.ok`, or the refusal as an error.
+    public static func request(socket: String, _ request: ControlRequest) throws(PlatformError) {
+        let control: SeqpacketSocket
+        do { control = try SeqpacketSocket.connect(to: socket) } catch { throw .connection("\(error)") }
+        let (reply, descriptors) = try exchange(control, request)
+        for fd in descriptors { close(fd) }
+        if case let .error(why) = reply { throw .refused(why) }
+        guard case .ok = reply else { throw .connection("unexpected reply to \(request)") }
+    }
+
     public static func status(socket: String) throws(PlatformError) -> HostStatus {
         let control: SeqpacketSocket
         do { control = try SeqpacketSocket.connect(to: socket) } catch { throw .connection("\(error)") }

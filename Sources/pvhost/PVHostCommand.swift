@@ -19,7 +19,40 @@ struct PVHostCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pvhost",
         abstract: "PVKit's userspace stand-in for Xen + dom0.",
-        subcommands: [Run.self, Status.self, XenStored.self])
+        subcommands: [Run.self, Status.self, Capture.self, XenStored.self])
+
+    struct Capture: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Write the frames a switch port sends and receives to a pcap file (tcpdump, tshark, Wireshark read it).",
+            discussion: "Ports: vif<domid>.<devid> for a guest's interface, tap:<name> for a TAP. pvhost writes the file. Example: pvhost capture vif1.0 /tmp/vif1.pcap --seconds 5")
+        @Argument(help: "The switch port, e.g. vif1.0.") var port: String
+        @Argument(help: "The pcap file to write (by pvhost).", completion: .file()) var file: String
+        @Option(help: "pvhost's control socket.") var control: String = "/run/pvhost/control"
+        @Option(help: "Capture this long (default: until SIGINT).") var seconds: Double?
+
+        func run() throws {
+            let path = file.hasPrefix("/") ? file : FileManager.default.currentDirectoryPath + "/" + file
+            do { try ReferencePlatform.request(socket: control, .capture(port: port, path: path)) } catch {
+                FileHandle.standardError.write(Data("pvhost capture: \(error)\n".utf8))
+                throw ExitCode(1)
+            }
+            if let seconds {
+                Thread.sleep(forTimeInterval: seconds)
+            } else {
+                let done = DispatchSemaphore(value: 0)
+                signal(SIGINT, SIG_IGN)
+                let source = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
+                source.setEventHandler { done.signal() }
+                source.resume()
+                done.wait()
+            }
+            do { try ReferencePlatform.request(socket: control, .stopCapture(port: port)) } catch {
+                FileHandle.standardError.write(Data("pvhost capture: \(error)\n".utf8))
+                throw ExitCode(1)
+            }
+            print("captured \(port) to \(path)")
+        }
+    }
 
     struct Run: ParsableCommand {
         static let configuration = CommandConfiguration(

@@ -140,3 +140,44 @@ struct NetTapTests {
         #expect(counters.contains("lost 0"), "pvnet tap: \(counters)")
     }
 }
+
+/// `pvhost capture`: a switch port's frames in a pcap file that Wireshark's tshark reads.
+@Suite("pvhost capture (pcap, read by tshark)", .serialized)
+struct NetCaptureTests {
+    @Test("frames between two guest processes, captured on one vif, read back by tshark with their addresses and type")
+    func capture() throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/tshark") else {
+            print("SKIPPED pvhost capture: /usr/bin/tshark is missing (scripts/install-deps.sh test installs it)")
+            return
+        }
+        let config = #"{"domains":[{"name":"alpha","pages":2048,"nics":[{"devid":0,"mac":"00:16:3e:00:00:0a"}]},{"name":"beta","pages":2048,"nics":[{"devid":0,"mac":"00:16:3e:00:00:0b"}]}]}"#
+        let host = try GuestProcessTests.PVHostProcess(config: config)
+        let file = host.directory + "/beta.pcap"
+        let (receiver, receiverOutput) = try host.guest("beta", ["recv", "--count", "5"], tool: "pvnet")
+        // Wait for beta (domain 1, attached first) to be on the switch ("listening"), then capture its vif.
+        let ready = String(decoding: receiverOutput.fileHandleForReading.availableData, as: UTF8.self)
+        try #require(ready.contains("listening"), "pvnet recv: \(ready)")
+        let capture = Process()
+        capture.executableURL = GuestProcessTests.PVHostProcess.binaries.appendingPathComponent("pvhost")
+        capture.arguments = ["capture", "vif1.0", file, "--control", host.control, "--seconds", "2"]
+        let captureOutput = Pipe()
+        capture.standardOutput = captureOutput
+        capture.standardError = captureOutput
+        try capture.run()
+        usleep(300_000)
+        let sent = try host.run("alpha", ["send", "--to", "00:16:3e:00:00:0b", "--count", "5", "--size", "300"], tool: "pvnet")
+        #expect(sent.status == 0, "pvnet send: \(sent.output)")
+        receiver.waitUntilExit()
+        capture.waitUntilExit()
+        let said = String(decoding: captureOutput.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(capture.terminationStatus == 0, "pvhost capture: \(said)")
+        let read = try NetTapTests.sh("/usr/bin/tshark", ["-r", file, "-T", "fields", "-e", "eth.src", "-e", "eth.dst", "-e", "eth.type", "-e", "frame.len"])
+        let lines = read.output.split(separator: "\n").filter { $0.contains("00:16:3e:00:00:0a") }
+        #expect(read.status == 0 && lines.count == 5, "tshark: \(read.output)")
+        #expect(lines.allSatisfy { $0.split(separator: "\t").map(String.init) == ["00:16:3e:00:00:0a", "00:16:3e:00:00:0b", "0x88b5", "300"] }, "\(lines)")
+        // A port that does not exist: refused with the list of ports.
+        let bad = try NetTapTests.sh(GuestProcessTests.PVHostProcess.binaries.appendingPathComponent("pvhost").path,
+                                     ["capture", "vif9.0", file, "--control", host.control, "--seconds", "0"])
+        #expect(bad.status == 1 && bad.output.contains("no switch port named vif9.0") && bad.output.contains("(ports:"), "\(bad.output)")
+    }
+}

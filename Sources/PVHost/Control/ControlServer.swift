@@ -308,6 +308,18 @@ public final class ControlServer: @unchecked Sendable {
             } catch {
                 return (.grantStatus(error.rawValue, "\(error)"), [])
             }
+        case let .capture(port, path):
+            do {
+                try network.startCapture(port: port, path: path)
+                logger.info("capturing \(port) to \(path)")
+                return (.ok, [])
+            } catch {
+                return (.error("\(error)"), [])
+            }
+        case let .stopCapture(port):
+            guard let frames = network.stopCapture(port: port) else { return (.error("no capture of \(port) is running"), []) }
+            logger.info("capture of \(port) ended: \(frames) frames")
+            return (.ok, [])
         case .domainInfo:
             return (.error("attach first"), [])  // answered by serve() from the attach
         case .status:

@@ -55,6 +55,8 @@ public final class VirtualSwitch: Sendable {
         var ports: [ObjectIdentifier: Entry] = [:]
         var table: [MACAddress: ObjectIdentifier] = [:]
         var forwarded = 0, flooded = 0, filtered = 0
+        /// Captures by port name.
+        var captures: [String: PacketCapture] = [:]
     }
     private let state = Mutex(State())
 
@@ -77,6 +79,26 @@ public final class VirtualSwitch: Sendable {
     /// destination is behind the port they came from.
     public var counters: (forwarded: Int, flooded: Int, filtered: Int) { state.withLock { ($0.forwarded, $0.flooded, $0.filtered) } }
 
+    /// Port names, sorted (for status and errors).
+    public var portNames: [String] { state.withLock { $0.ports.values.map(\.port.portName).sorted() } }
+
+    /// Why a capture could not start.
+    public struct CaptureFailure: Error, CustomStringConvertible { public let description: String }
+
+    /// Writes every frame `port` sends or receives from now on to a pcap file at `path`.
+    public func startCapture(port: String, path: String) throws(CaptureFailure) {
+        guard portNames.contains(port) else { throw CaptureFailure(description: "no switch port named \(port) (ports: \(portNames.joined(separator: ", ")))") }
+        let capture: PacketCapture
+        do { capture = try PacketCapture(path: path) } catch { throw CaptureFailure(description: "\(error)") }
+        state.withLock { $0.captures[port] = capture }
+    }
+
+    /// Ends a capture; returns the frames it holds (nil: none was running).
+    @discardableResult
+    public func stopCapture(port: String) -> Int? {
+        state.withLock { $0.captures.removeValue(forKey: port) }?.frames
+    }
+
     /// The port an address was learnt behind.
     public func port(of address: MACAddress) -> String? {
         state.withLock { s in s.table[address].flatMap { s.ports[$0]?.port.portName } }
@@ -88,11 +110,13 @@ public final class VirtualSwitch: Sendable {
         // Few ports get a batch: a short list beats hashing per packet. The last source and
         // destination looked up are remembered (a batch is mostly one flow).
         var batches: [(id: ObjectIdentifier, port: any SwitchPort, packets: [Packet])] = []
+        var captures: [String: PacketCapture] = [:]
         func add(_ packet: Packet, to id: ObjectIdentifier, _ port: any SwitchPort) {
             if let i = batches.firstIndex(where: { $0.id == id }) { batches[i].packets.append(packet) } else { batches.append((id, port, [packet])) }
         }
         state.withLock { s in
             guard s.ports[from] != nil else { return }
+            captures = s.captures
             var lastSource: MACAddress?
             var lastDestination: (MACAddress, ObjectIdentifier, any SwitchPort)?
             for packet in packets where packet.bytes.count >= 14 {
@@ -118,6 +142,10 @@ public final class VirtualSwitch: Sendable {
                     s.flooded += 1
                 }
             }
+        }
+        if !captures.isEmpty {
+            captures[ingress.portName]?.record(packets)
+            for batch in batches { captures[batch.port.portName]?.record(batch.packets) }
         }
         for batch in batches { batch.port.deliver(batch.packets) }
     }
