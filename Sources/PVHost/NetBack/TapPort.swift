@@ -10,8 +10,7 @@ import XenABI
 /// A TAP device as a port of pvhost's switch: Linux's own network stack on the other side.
 /// Frames Linux sends on the TAP go into the switch (a thread reads them, in batches);
 /// frames switched to it are written to the TAP. Blank checksums are filled in first (a
-/// plain TAP takes finished frames); GSO frames are dropped and counted (a plain TAP takes
-/// no segments larger than its MTU).
+/// plain TAP takes finished frames), and GSO segments cut into frames (``Segmentation``).
 public final class TapPort: SwitchPort, @unchecked Sendable {
     public let name: String
     public var portName: String { "tap:\(name)" }
@@ -117,11 +116,17 @@ public final class TapPort: SwitchPort, @unchecked Sendable {
     }
 
     public func deliver(_ packets: [Packet]) {
-        for var packet in packets {
-            guard packet.gso == nil else {
+        var frames: [Packet] = []
+        for packet in packets {
+            if packet.gso == nil {
+                frames.append(packet)
+            } else if let segments = Segmentation.segment(packet) {
+                frames += segments
+            } else {
                 dropped.wrappingIncrement(ordering: .relaxed)
-                continue
             }
+        }
+        for var packet in frames {
             _ = packet.completeChecksum()  // not TCP or UDP: nothing to fill in
             let written = packet.bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
             if written == packet.bytes.count { toLinux.wrappingIncrement(ordering: .relaxed) } else { dropped.wrappingIncrement(ordering: .relaxed) }

@@ -239,6 +239,16 @@ final class VifQueue: @unchecked Sendable {
     /// Packets for this guest (from any thread): placed in its posted buffers now, or queued
     /// until it posts more (dropped and counted past ``pendingLimit``).
     func deliver(_ packets: [Packet]) {
+        var packets = packets
+        // GSO this guest did not negotiate: cut in software (Linux netback does the same).
+        if packets.contains(where: { $0.gso != nil && !accepts(gso: $0.gso!.type) }) {
+            var cut: [Packet] = []
+            for packet in packets {
+                guard let gso = packet.gso, !accepts(gso: gso.type) else { cut.append(packet); continue }
+                if let segments = Segmentation.segment(packet) { cut += segments } else { rxDropped.wrappingIncrement(ordering: .relaxed) }
+            }
+            packets = cut
+        }
         rxLock.lock()
         guard !stopped else {
             rxLock.unlock()
@@ -295,7 +305,7 @@ final class VifQueue: @unchecked Sendable {
             }
             var extra: NetifExtraInfo?
             if let gso = packet.gso {
-                guard (gso.type == .tcpv4 && accepts.gsoTCPv4) || (gso.type == .tcpv6 && accepts.gsoTCPv6) else {
+                guard accepts(gso: gso.type) else {  // cut in deliver(); never here
                     drop()
                     continue
                 }
@@ -373,6 +383,10 @@ final class VifQueue: @unchecked Sendable {
             for _ in 0..<200 { try? hypervisor.notify(.dom0, rxPort) }
         }
         return notify
+    }
+
+    private func accepts(gso type: NetifGSOType) -> Bool {
+        (type == .tcpv4 && accepts.gsoTCPv4) || (type == .tcpv6 && accepts.gsoTCPv6)
     }
 
     private func canTakeBlank(_ packet: Packet) -> Bool {

@@ -219,3 +219,92 @@ enum Checksum {
         return sum
     }
 }
+
+/// Software GSO: cuts a large TCP segment into frames of at most `gso.size` payload bytes for
+/// a receiver that did not negotiate GSO (a guest without `feature-gso-tcpv4`, a plain TAP),
+/// as Linux's `skb_gso_segment` would: the headers copied to each, IPv4 total length, id and
+/// header checksum or IPv6 payload length fixed, the TCP sequence advanced, FIN and PSH only on
+/// the last, CWR only on the first, every checksum computed.
+enum Segmentation {
+    /// The frames, or nil for a packet that is not TCP over IPv4 (any header length) or IPv6
+    /// (no extension headers) with a sane MSS.
+    static func segment(_ packet: Packet) -> [Packet]? {
+        guard let gso = packet.gso, gso.size > 0 else { return nil }
+        let frame = packet.bytes
+        guard frame.count >= 14 else { return nil }
+        var ip = 14
+        var ethertype = Int(frame[12]) << 8 | Int(frame[13])
+        if ethertype == 0x8100, frame.count >= 18 {
+            ethertype = Int(frame[16]) << 8 | Int(frame[17])
+            ip = 18
+        }
+        let l4: Int
+        let v4 = ethertype == 0x0800
+        if v4 {
+            guard frame.count >= ip + 20, frame[ip] >> 4 == 4, frame[ip + 9] == 6 else { return nil }
+            l4 = ip + Int(frame[ip] & 0x0F) * 4
+        } else if ethertype == 0x86DD {
+            guard frame.count >= ip + 40, frame[ip] >> 4 == 6, frame[ip + 6] == 6 else { return nil }
+            l4 = ip + 40
+        } else {
+            return nil
+        }
+        guard frame.count >= l4 + 20 else { return nil }
+        let tcpLength = Int(frame[l4 + 12] >> 4) * 4
+        let payloadStart = l4 + tcpLength
+        guard tcpLength >= 20, frame.count >= payloadStart else { return nil }
+        let mss = Int(gso.size)
+        let payload = frame.count - payloadStart
+        if payload <= mss {
+            var single = packet
+            single.gso = nil
+            single.checksumBlank = true
+            _ = single.completeChecksum()
+            return [single]
+        }
+        let sequence = UInt32(frame[l4 + 4]) << 24 | UInt32(frame[l4 + 5]) << 16 | UInt32(frame[l4 + 6]) << 8 | UInt32(frame[l4 + 7])
+        let identification = Int(frame[ip + 4]) << 8 | Int(frame[ip + 5])
+        let flags = frame[l4 + 13]
+        var out: [Packet] = []
+        var offset = 0
+        var index = 0
+        while offset < payload {
+            let chunk = min(mss, payload - offset)
+            var bytes = Array(frame[0..<payloadStart])
+            bytes += frame[(payloadStart + offset)..<(payloadStart + offset + chunk)]
+            let last = offset + chunk == payload
+            if v4 {
+                let total = payloadStart - ip + chunk
+                bytes[ip + 2] = UInt8(total >> 8)
+                bytes[ip + 3] = UInt8(total & 0xFF)
+                let id = (identification + index) & 0xFFFF
+                bytes[ip + 4] = UInt8(id >> 8)
+                bytes[ip + 5] = UInt8(id & 0xFF)
+                bytes[ip + 10] = 0
+                bytes[ip + 11] = 0
+                var sum: UInt32 = 0
+                for i in stride(from: ip, to: l4, by: 2) { sum += UInt32(bytes[i]) << 8 | UInt32(bytes[i + 1]) }
+                while sum >> 16 != 0 { sum = (sum & 0xFFFF) + (sum >> 16) }
+                let checksum = ~UInt16(sum)
+                bytes[ip + 10] = UInt8(checksum >> 8)
+                bytes[ip + 11] = UInt8(checksum & 0xFF)
+            } else {
+                let length = tcpLength + chunk
+                bytes[ip + 4] = UInt8(length >> 8)
+                bytes[ip + 5] = UInt8(length & 0xFF)
+            }
+            let seq = sequence &+ UInt32(offset)
+            for k in 0..<4 { bytes[l4 + 4 + k] = UInt8(truncatingIfNeeded: seq >> (24 - 8 * k)) }
+            var segmentFlags = flags
+            if !last { segmentFlags &= ~(0x01 | 0x08) }  // FIN, PSH: the last segment's
+            if index > 0 { segmentFlags &= ~0x80 }  // CWR: the first's
+            bytes[l4 + 13] = segmentFlags
+            var segment = Packet(bytes: bytes, checksumBlank: true, dataValidated: true)
+            _ = segment.completeChecksum()
+            out.append(segment)
+            offset += chunk
+            index += 1
+        }
+        return out
+    }
+}
