@@ -26,6 +26,7 @@ let package = Package(
         .library(name: "PVPlatform", targets: ["PVPlatform"]),
         .library(name: "BlockFront", targets: ["BlockFront"]),
         .library(name: "NetFront", targets: ["NetFront"]),
+        .library(name: "PacketOffload", targets: ["PacketOffload"]),
         .library(name: "KernelAudit", targets: ["KernelAudit"]),
         .executable(name: "pvcheck", targets: ["pvcheck"]),
         .executable(name: "pvhost", targets: ["pvhost"]),
@@ -62,7 +63,7 @@ let package = Package(
         .target(name: "XenBus", dependencies: ["XenABI", "XenStore"], swiftSettings: strictSwift),
         .testTarget(name: "BlockFrontTests", dependencies: ["BlockFront", "XenABI"], swiftSettings: strictSwift),
         // netfront: Ethernet frames over Xen's PV network protocol.
-        .target(name: "NetFront", dependencies: ["XenABI", "XenRing", "XenStore", "XenBus", "PVPlatform", "SharedMemory", "CLinux",
+        .target(name: "NetFront", dependencies: ["XenABI", "XenRing", "XenStore", "XenBus", "PVPlatform", "SharedMemory", "CLinux", "PacketOffload",
                                                 .product(name: "Atomics", package: "swift-atomics")], swiftSettings: dataPath),
         .testTarget(name: "NetFrontTests", dependencies: ["NetFront", "XenABI"], swiftSettings: strictSwift),
         .testTarget(name: "XenBusTests", dependencies: ["XenBus", "XenABI"], swiftSettings: strictSwift),
@@ -71,10 +72,14 @@ let package = Package(
             name: "XenGrants",
             dependencies: ["XenABI", .product(name: "Atomics", package: "swift-atomics")],
             swiftSettings: strictSwift),
+        // Offloads done in software (checksums, TCP segmentation) and TAP devices with Linux's
+        // offload header: shared by pvhost's netback and NetFront's TAP bridge.
+        .target(name: "PacketOffload", dependencies: ["XenABI", "CLinux"], swiftSettings: dataPath),
         // pvhost's engine: so far the xenstored core (tree, permissions, watches), sans I/O.
         .target(
             name: "PVHost",
-            dependencies: ["XenABI", "XenRing", "XenStore", "XenGrants", "SharedMemory", "CLinux", "PVHostProtocol", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["XenABI", "XenRing", "XenStore", "XenGrants", "SharedMemory", "CLinux", "PVHostProtocol", "PacketOffload",
+                           .product(name: "Logging", package: "swift-log")],
             swiftSettings: dataPath),
         // blkfront: a virtual disk over Xen's PV block protocol.
         .target(
@@ -161,7 +166,7 @@ let package = Package(
             swiftSettings: strictSwift),
 
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "XenABI"], swiftSettings: strictSwift),
-        .testTarget(name: "PVHostTests", dependencies: ["PVHost", "PVPlatform", "PVHostProtocol", "BlockFront", "NetFront", "XenStore", "XenABI", "XenGrants", "XenBus", "SharedMemory"], swiftSettings: strictSwift),
+        .testTarget(name: "PVHostTests", dependencies: ["PVHost", "PVPlatform", "PVHostProtocol", "BlockFront", "NetFront", "PacketOffload", "XenStore", "XenABI", "XenGrants", "XenBus", "SharedMemory"], swiftSettings: strictSwift),
         .testTarget(
             name: "KernelAuditTests",
             dependencies: ["KernelAudit", "XenABI", "SharedMemory"],

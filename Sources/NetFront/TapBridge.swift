@@ -1,6 +1,6 @@
 import Atomics
-import CLinux
 import Foundation
+import PacketOffload
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -9,10 +9,12 @@ import SharedMemory
 /// Joins a ``NetFront`` to a TAP device in this process's network namespace, so Linux's own
 /// network stack runs over the PV path: frames Linux sends on the TAP go out on the
 /// interface's tx rings, frames received on it are written to the TAP. The TAP takes the
-/// interface's MAC address, so the backend's view of the guest and Linux's agree.
+/// interface's MAC address, so the backend's view of the guest and Linux's agree. Linux's
+/// partial checksums and 64 KiB TCP segments become netif's `csum_blank` and GSO extras when
+/// the interface negotiated them (the TAP is opened with offloads only then).
 public final class TapBridge: @unchecked Sendable {
     public let name: String
-    private let fd: Int32
+    private let device: TapDevice
     private let nic: NetFront
     private let stopSignal: EventFD
     private var reader: Thread?
@@ -23,22 +25,18 @@ public final class TapBridge: @unchecked Sendable {
     /// Opens (creating) TAP `name`, gives it the interface's MAC address, sets it up, and
     /// starts moving frames both ways. Needs CAP_NET_ADMIN.
     public init(nic: NetFront, tap name: String) throws(NetFrontError) {
-        guard !name.isEmpty, name.utf8.count < 16 else { throw .platform("TAP name \"\(name)\" must be 1…15 bytes") }
-        let fd = pvkit_tap_open(name)
-        guard fd >= 0 else {
-            throw .platform("opening TAP \(name): \(String(cString: strerror(errno))) (needs /dev/net/tun and CAP_NET_ADMIN)")
-        }
-        let mac = nic.info.mac.bytes
-        guard pvkit_link_up(name, mac) == 0 else {
-            let why = String(cString: strerror(errno))
-            close(fd)
-            throw .platform("setting TAP \(name) up with address \(nic.info.mac): \(why)")
-        }
-        do { stopSignal = try EventFD() } catch {
-            close(fd)
+        let features = nic.info.features
+        // Offloads only when the interface can carry them (GSO needs scatter-gather too).
+        let offloads = features.checksumOffload && features.gsoTCPv4 && features.gsoTCPv6
+        do {
+            device = try TapDevice(name: name, offloads: offloads)
+            try device.setUp(mac: nic.info.mac)
+            stopSignal = try EventFD()
+        } catch let error as TapDevice.Failure {
+            throw .platform(error.description)
+        } catch {
             throw .platform("\(error)")
         }
-        self.fd = fd
         self.name = name
         self.nic = nic
         let reader = Thread { [self] in readLoop() }
@@ -47,8 +45,6 @@ public final class TapBridge: @unchecked Sendable {
         reader.start()
         writer = Task { [self] in await writeLoop() }
     }
-
-    deinit { close(fd) }
 
     /// Stops both directions (the TAP goes when the process closes it).
     public func stop() async {
@@ -62,28 +58,32 @@ public final class TapBridge: @unchecked Sendable {
         while !Task.isCancelled {
             guard let frames = try? await nic.receive(max: 64) else { return }
             for frame in frames {
-                let written = frame.bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-                if written == frame.bytes.count { toLinux.wrappingIncrement(ordering: .relaxed) } else { lost.wrappingIncrement(ordering: .relaxed) }
+                let packet = Packet(bytes: frame.bytes, checksumBlank: frame.checksumBlank, dataValidated: frame.checksumValidated,
+                                    gso: frame.gso.map { ($0.type, $0.size) })
+                if device.write(packet) { toLinux.wrappingIncrement(ordering: .relaxed) } else { lost.wrappingIncrement(ordering: .relaxed) }
             }
         }
     }
 
     /// Linux's frames to the rings, in batches (a thread of its own: reading the TAP blocks).
     private func readLoop() {
-        var fds = [pollfd(fd: stopSignal.fileDescriptor, events: Int16(POLLIN), revents: 0), pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
-        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        var fds = [pollfd(fd: stopSignal.fileDescriptor, events: Int16(POLLIN), revents: 0),
+                   pollfd(fd: device.fileDescriptor, events: Int16(POLLIN), revents: 0)]
         var buffer = [UInt8](repeating: 0, count: 65536 + 64)
         let nic = self.nic
+        let largest = nic.info.features.maxFrameBytes
         while true {
             fds[0].revents = 0
             fds[1].revents = 0
             guard poll(&fds, 2, -1) >= 0 || errno == EINTR else { return }
             if fds[0].revents != 0 { return }
             var batch: [NetFrame] = []
-            while batch.count < 64 {
-                let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-                guard count > 0 else { break }
-                batch.append(NetFrame(bytes: Array(buffer[0..<count])))
+            while batch.count < 64, let packet = device.read(into: &buffer) {
+                // A segment over what netif carries (64 KiB − 1 with its Ethernet header) is cut here.
+                for piece in packet.bytes.count > largest ? (packet.segmented() ?? []) : [packet] {
+                    batch.append(NetFrame(bytes: piece.bytes, checksumBlank: piece.checksumBlank, checksumValidated: piece.dataValidated,
+                                          gso: piece.gso.map { NetFrame.GSO(type: $0.type, size: $0.size) }))
+                }
             }
             guard !batch.isEmpty else { continue }
             let frames = batch

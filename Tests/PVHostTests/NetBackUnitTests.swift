@@ -1,4 +1,5 @@
 import Foundation
+import PacketOffload
 @testable import PVHost
 import Testing
 import XenABI

@@ -1,4 +1,5 @@
 import Foundation
+import PacketOffload
 import Logging
 import Synchronization
 import XenABI

@@ -1,4 +1,5 @@
 import Foundation
+import PacketOffload
 import SharedMemory
 #if canImport(Glibc)
 import Glibc

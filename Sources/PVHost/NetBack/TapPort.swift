@@ -1,6 +1,6 @@
 import Atomics
-import CLinux
 import Foundation
+import PacketOffload
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -9,12 +9,13 @@ import XenABI
 
 /// A TAP device as a port of pvhost's switch: Linux's own network stack on the other side.
 /// Frames Linux sends on the TAP go into the switch (a thread reads them, in batches);
-/// frames switched to it are written to the TAP. Blank checksums are filled in first (a
-/// plain TAP takes finished frames), and GSO segments cut into frames (``Segmentation``).
+/// frames switched to it are written to the TAP. With offloads (the default) partial
+/// checksums and 64 KiB TCP segments cross as they are, in Linux's `virtio_net_hdr`; without,
+/// checksums are filled in and segments cut first (``TapDevice``).
 public final class TapPort: SwitchPort, @unchecked Sendable {
     public let name: String
     public var portName: String { "tap:\(name)" }
-    private let fd: Int32
+    private let device: TapDevice
     private let network: VirtualSwitch
     private let stopSignal: EventFD
     private var thread: Thread?
@@ -29,32 +30,21 @@ public final class TapPort: SwitchPort, @unchecked Sendable {
     /// Opens (creating) the TAP `name` in pvhost's network namespace, sets it up and joins the
     /// switch. With `namespace`, moves it into that network namespace first (`ip link set …
     /// netns`; the descriptor keeps working there). Needs CAP_NET_ADMIN.
-    public static func open(name: String, namespace: String? = nil, network: VirtualSwitch) throws(Failure) -> TapPort {
-        guard !name.isEmpty, name.utf8.count < 16 else { throw Failure(description: "TAP name \"\(name)\" must be 1…15 bytes") }
-        let fd = pvkit_tap_open(name)
-        guard fd >= 0 else {
-            let why = String(cString: strerror(errno))
-            throw Failure(description: "opening TAP \(name): \(why) (needs /dev/net/tun and CAP_NET_ADMIN: run pvhost as root)")
-        }
+    public static func open(name: String, namespace: String? = nil, offloads: Bool = true, network: VirtualSwitch) throws(Failure) -> TapPort {
+        let device: TapDevice
+        do { device = try TapDevice(name: name, offloads: offloads) } catch { throw Failure(description: error.description) }
         if let namespace {
             let status = Self.run("/usr/sbin/ip", ["link", "set", name, "netns", namespace])
                 ?? Self.run("/sbin/ip", ["link", "set", name, "netns", namespace])
             guard status == 0 else {
-                close(fd)
                 throw Failure(description: "moving TAP \(name) into network namespace \(namespace) failed (does `ip netns add \(namespace)` exist?)")
             }
-        } else if pvkit_link_up(name, nil) != 0 {
-            let why = String(cString: strerror(errno))
-            close(fd)
-            throw Failure(description: "setting TAP \(name) up: \(why)")
+        } else {
+            do { try device.setUp() } catch { throw Failure(description: error.description) }
         }
-        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
         let stop: EventFD
-        do { stop = try EventFD() } catch {
-            close(fd)
-            throw Failure(description: "\(error)")
-        }
-        let port = TapPort(name: name, fd: fd, network: network, stopSignal: stop)
+        do { stop = try EventFD() } catch { throw Failure(description: "\(error)") }
+        let port = TapPort(name: name, device: device, network: network, stopSignal: stop)
         network.attach(port)
         port.start()
         return port
@@ -70,14 +60,12 @@ public final class TapPort: SwitchPort, @unchecked Sendable {
         return process.terminationStatus
     }
 
-    private init(name: String, fd: Int32, network: VirtualSwitch, stopSignal: EventFD) {
+    private init(name: String, device: TapDevice, network: VirtualSwitch, stopSignal: EventFD) {
         self.name = name
-        self.fd = fd
+        self.device = device
         self.network = network
         self.stopSignal = stopSignal
     }
-
-    deinit { close(fd) }
 
     private func start() {
         let thread = Thread { [self] in readLoop() }
@@ -94,7 +82,8 @@ public final class TapPort: SwitchPort, @unchecked Sendable {
     }
 
     private func readLoop() {
-        var fds = [pollfd(fd: stopSignal.fileDescriptor, events: Int16(POLLIN), revents: 0), pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
+        var fds = [pollfd(fd: stopSignal.fileDescriptor, events: Int16(POLLIN), revents: 0),
+                   pollfd(fd: device.fileDescriptor, events: Int16(POLLIN), revents: 0)]
         var buffer = [UInt8](repeating: 0, count: 65536 + 64)
         while true {
             fds[0].revents = 0
@@ -103,11 +92,7 @@ public final class TapPort: SwitchPort, @unchecked Sendable {
             if fds[0].revents != 0 { return }
             if fds[1].revents & Int16(POLLERR | POLLHUP | POLLNVAL) != 0 && fds[1].revents & Int16(POLLIN) == 0 { return }
             var batch: [Packet] = []
-            while batch.count < 64 {
-                let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-                guard count > 0 else { break }
-                batch.append(Packet(bytes: Array(buffer[0..<count])))
-            }
+            while batch.count < 64, let packet = device.read(into: &buffer) { batch.append(packet) }
             if !batch.isEmpty {
                 fromLinux.wrappingIncrement(by: batch.count, ordering: .relaxed)
                 network.forward(batch, from: self)
@@ -116,20 +101,8 @@ public final class TapPort: SwitchPort, @unchecked Sendable {
     }
 
     public func deliver(_ packets: [Packet]) {
-        var frames: [Packet] = []
         for packet in packets {
-            if packet.gso == nil {
-                frames.append(packet)
-            } else if let segments = Segmentation.segment(packet) {
-                frames += segments
-            } else {
-                dropped.wrappingIncrement(ordering: .relaxed)
-            }
-        }
-        for var packet in frames {
-            _ = packet.completeChecksum()  // not TCP or UDP: nothing to fill in
-            let written = packet.bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-            if written == packet.bytes.count { toLinux.wrappingIncrement(ordering: .relaxed) } else { dropped.wrappingIncrement(ordering: .relaxed) }
+            if device.write(packet) { toLinux.wrappingIncrement(ordering: .relaxed) } else { dropped.wrappingIncrement(ordering: .relaxed) }
         }
     }
 }

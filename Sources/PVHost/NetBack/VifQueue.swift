@@ -1,5 +1,6 @@
 import Atomics
 import Foundation
+import PacketOffload
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -245,7 +246,7 @@ final class VifQueue: @unchecked Sendable {
             var cut: [Packet] = []
             for packet in packets {
                 guard let gso = packet.gso, !accepts(gso: gso.type) else { cut.append(packet); continue }
-                if let segments = Segmentation.segment(packet) { cut += segments } else { rxDropped.wrappingIncrement(ordering: .relaxed) }
+                if let segments = packet.segmented() { cut += segments } else { rxDropped.wrappingIncrement(ordering: .relaxed) }
             }
             packets = cut
         }
