@@ -237,6 +237,9 @@ final class NetDeviceState: @unchecked Sendable {
 
     var currentInfo: NetFront.Info? { lock.withLock { info } }
 
+    /// The queues of the current connection (for tests that play a hostile frontend).
+    var liveQueues: [NetQueue] { lock.withLock { queues } }
+
     var statistics: NetFront.Statistics {
         lock.lock()
         let live = queues

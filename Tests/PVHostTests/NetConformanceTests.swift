@@ -1,5 +1,5 @@
 import Foundation
-import NetFront
+@testable import NetFront
 import PVHost
 import PVPlatform
 import Testing
@@ -403,5 +403,53 @@ struct NetLifecycleTests {
         }
         #expect(up)
         await a.nic.close()
+    }
+}
+
+/// netback against a frontend that breaks the rules on its own tx ring: it must answer with
+/// errors, count, and keep serving — never crash, never switch bytes it could not fetch.
+@Suite("netback against a hostile frontend", .serialized)
+struct NetHostileFrontendTests {
+    typealias N = NetConformanceTests
+
+    @Test("tx slots naming grants the frontend revoked: error responses, counted as refused, nothing switched, the vif keeps working")
+    func revokedGrants() async throws {
+        let net = try N.Network()
+        let a = try await net.guest("a"), b = try await net.guest("b")
+        try await b.nic.send(NetFrame(bytes: N.frame(to: .broadcast, from: b.nic.info.mac, bytes: 46, seed: 0)))
+        #expect(try await N.receive(a.nic, count: 1).count == 1)
+        // The frontend pulls the grants of its tx pages from under the backend.
+        let queue = try #require(a.nic.state.liveQueues.first)
+        for page in queue.txPages.pages { #expect(a.platform.grants.revoke(page.ref)) }
+        try await a.nic.send((0..<5).map { NetFrame(bytes: N.frame(to: b.nic.info.mac, from: a.nic.info.mac, bytes: 100, seed: $0)) })
+        var refused = false
+        for _ in 0..<500 where !refused {
+            refused = a.backend.counters.refused == 5 && a.nic.statistics.txErrors == 5
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(refused, "refused \(a.backend.counters.refused), frontend saw \(a.nic.statistics.txErrors) errors")
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(b.nic.poll().isEmpty, "nothing it could not fetch was switched")
+        // Granted again: the same vif carries frames.
+        for page in queue.txPages.pages { a.platform.grants.grant(page.ref, to: .dom0, frame: UInt32(page.frame), readOnly: true) }
+        try await a.nic.send(NetFrame(bytes: N.frame(to: b.nic.info.mac, from: a.nic.info.mac, bytes: 100, seed: 9)))
+        #expect(try await N.receive(b.nic, count: 1).count == 1)
+        await a.nic.close()
+        await b.nic.close()
+    }
+
+    @Test("a tx req_prod claiming more than the ring holds: that queue stops being served, pvhost and the other guests carry on")
+    func lyingProducer() async throws {
+        let net = try N.Network()
+        let a = try await net.guest("a"), b = try await net.guest("b"), c = try await net.guest("c")
+        let queue = try #require(a.nic.state.liveQueues.first)
+        // req_prod (offset 0 of the shared ring) far past anything published, then a kick.
+        queue.txRingPage.address.storeBytes(of: UInt32(5000), as: UInt32.self)
+        queue.txChannel.notify()
+        try await Task.sleep(for: .milliseconds(100))
+        try await b.nic.send(NetFrame(bytes: N.frame(to: .broadcast, from: b.nic.info.mac, bytes: 46, seed: 1)))
+        #expect(try await N.receive(c.nic, count: 1).count == 1, "the switch and the other vifs work")
+        #expect(a.backend.counters.sent == 0)
+        for g in [a, b, c] { await g.nic.close() }
     }
 }
