@@ -114,7 +114,7 @@ public final class BlockFront: Sendable {
     }
 
     private let core: Core
-    private let closer: Closer
+    private let closer: FrontendCloser<BlockFrontError>
 
     /// The disk as negotiated on the current connection.
     public var info: Info { core.currentInfo! }
@@ -131,7 +131,9 @@ public final class BlockFront: Sendable {
             do { try await xenbus.run() } catch { core.fail(.closed("\(error)")) }
             core.fail(.closed("the device was closed"))
         }
-        let closer = Closer(core: core, xenbus: xenbus, lifecycle: lifecycle)
+        let closer = FrontendCloser<BlockFrontError>(xenbus: xenbus, lifecycle: lifecycle,
+                                                     fail: { core.fail($0 ?? .closed("closed by the frontend")) },
+                                                     release: { _ = core.drain() })
         // A device that fails on its own (a lying backend, a timeout) closes as if asked to.
         core.onFailure = { error in
             switch error {
@@ -148,7 +150,7 @@ public final class BlockFront: Sendable {
         return BlockFront(core: core, closer: closer)
     }
 
-    private init(core: Core, closer: Closer) {
+    private init(core: Core, closer: FrontendCloser<BlockFrontError>) {
         self.core = core
         self.closer = closer
     }
@@ -284,48 +286,6 @@ public final class BlockBuffer: @unchecked Sendable {
     }
 
     deinit { core.releasePages(pages) }
-}
-
-/// Closes a device once, whoever asks first (the user, or the device's own failure).
-private final class Closer: Sendable {
-    let core: Core
-    let xenbus: XenbusFrontend
-    let lifecycle: Task<Void, Never>
-    private let started = Mutex(false)
-    private let done = Mutex<[CheckedContinuation<Void, Never>]?>([])
-
-    init(core: Core, xenbus: XenbusFrontend, lifecycle: Task<Void, Never>) {
-        self.core = core
-        self.xenbus = xenbus
-        self.lifecycle = lifecycle
-    }
-
-    func close(reason: BlockFrontError?) async {
-        let first = started.withLock { started in defer { started = true }; return !started }
-        guard first else {
-            // Someone else is closing: wait for them.
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let finished = done.withLock { waiting in
-                    guard waiting != nil else { return true }
-                    waiting!.append(continuation)
-                    return false
-                }
-                if finished { continuation.resume() }
-            }
-            return
-        }
-        // Stop the handshake first, so its last state write (Connected) cannot land after
-        // Closing and leave the backend connected.
-        lifecycle.cancel()
-        await lifecycle.value
-        core.fail(reason ?? .closed("closed by the frontend"))
-        if let reason { await xenbus.fail(errno: 5, "\(reason)") } else { try? await xenbus.switchState(.closing) }
-        await xenbus.waitForBackend(in: [.closed, .unknown], timeout: .seconds(5))
-        core.drain()
-        try? await xenbus.switchState(.closed)
-        let waiting = done.withLock { waiting in defer { waiting = nil }; return waiting ?? [] }
-        for continuation in waiting { continuation.resume() }
-    }
 }
 
 /// Why a block operation failed.

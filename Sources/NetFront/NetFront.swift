@@ -98,7 +98,7 @@ public final class NetFront: Sendable {
     }
 
     let state: NetDeviceState
-    private let closer: NetCloser
+    private let closer: FrontendCloser<NetFrontError>
 
     /// Connects to `device/vif/<id>` of this domain (waits for the backend).
     public static func connect(platform: any PVPlatform, store: XenStoreClient, id: Int,
@@ -113,7 +113,9 @@ public final class NetFront: Sendable {
             do { try await xenbus.run() } catch { state.fail(.closed("\(error)")) }
             state.fail(.closed("the device was closed"))
         }
-        let closer = NetCloser(state: state, xenbus: xenbus, lifecycle: lifecycle)
+        let closer = FrontendCloser<NetFrontError>(xenbus: xenbus, lifecycle: lifecycle,
+                                                   fail: { state.fail($0 ?? .closed("closed by the frontend")) },
+                                                   release: { state.disconnected(); state.retryHeld() })
         state.onFailure = { error in
             if case .backendMisbehaved = error { Task { await closer.close(reason: error) } }
         }
@@ -126,7 +128,7 @@ public final class NetFront: Sendable {
         return NetFront(state: state, closer: closer)
     }
 
-    private init(state: NetDeviceState, closer: NetCloser) {
+    private init(state: NetDeviceState, closer: FrontendCloser<NetFrontError>) {
         self.state = state
         self.closer = closer
     }
@@ -145,6 +147,7 @@ public final class NetFront: Sendable {
     ///   negotiated features cannot carry; ``NetFrontError/closed(_:)`` when the device closes.
     public func send(_ frames: [NetFrame]) async throws(NetFrontError) {
         guard !frames.isEmpty else { return }
+        if let failure = state.currentFailure { throw failure }
         let (queues, features) = try await state.connection()
         var planned: [[(NetFrame, TxPlan)]] = Array(repeating: [], count: queues.count)
         for frame in frames {
@@ -157,9 +160,9 @@ public final class NetFront: Sendable {
             while next < work.endIndex {
                 next += queue.trySend(work[next...])
                 guard next < work.endIndex else { break }
-                if let failure = state.failure { throw failure }
+                if let failure = state.currentFailure { throw failure }
                 await queue.waitForSpace(slots: work[next].1.slots, ids: work[next].1.data.count)
-                if queue.isHalted { throw state.failure ?? .closed("the backend disconnected") }
+                if queue.isHalted { throw state.currentFailure ?? .closed("the backend disconnected") }
             }
         }
     }
@@ -219,7 +222,9 @@ final class NetDeviceState: @unchecked Sendable {
     private var info: NetFront.Info?
     private var connected = false
     private var connectionWaiters: [CheckedContinuation<Void, Never>] = []
-    private(set) var failure: NetFrontError?
+    private var failure: NetFrontError?
+    /// Why the device failed, if it did.
+    var currentFailure: NetFrontError? { lock.withLock { failure } }
     /// Received frames not yet taken, from `inboxHead` on.
     private var inbox: [NetFrame] = []
     private var inboxHead = 0
@@ -257,6 +262,8 @@ final class NetDeviceState: @unchecked Sendable {
     /// Makes the queues for a connection about to be published (replacing any staged by an
     /// earlier try of the same transaction).
     func stage(features: NetNegotiation.Features, mac: MACAddress, mtu: Int, backend: DomainID) throws(NetFrontError) -> [NetQueue] {
+        // A failed device stays failed: no new connection while it is being closed.
+        if let failure = currentFailure { throw failure }
         let previous = lock.withLock { defer { staged = [] }; return staged }
         for queue in previous { release(queue) }
         var made: [NetQueue] = []
@@ -290,6 +297,7 @@ final class NetDeviceState: @unchecked Sendable {
     /// The backend is Connected: the staged queues go live.
     func connected(linkUp: Bool) {
         let waiters = lock.withLock { () -> [CheckedContinuation<Void, Never>] in
+            guard failure == nil else { return [] }
             if !staged.isEmpty {
                 queues = staged
                 staged = []
@@ -464,44 +472,4 @@ struct NetDriver: XenbusFrontendDriver {
     }
 
     func disconnect() async { state.disconnected() }
-}
-
-/// Closes a device once, whoever asks first.
-final class NetCloser: Sendable {
-    let state: NetDeviceState
-    let xenbus: XenbusFrontend
-    let lifecycle: Task<Void, Never>
-    private let started = Mutex(false)
-    private let done = Mutex<[CheckedContinuation<Void, Never>]?>([])
-
-    init(state: NetDeviceState, xenbus: XenbusFrontend, lifecycle: Task<Void, Never>) {
-        self.state = state
-        self.xenbus = xenbus
-        self.lifecycle = lifecycle
-    }
-
-    func close(reason: NetFrontError?) async {
-        let first = started.withLock { started in defer { started = true }; return !started }
-        guard first else {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let finished = done.withLock { waiting in
-                    guard waiting != nil else { return true }
-                    waiting!.append(continuation)
-                    return false
-                }
-                if finished { continuation.resume() }
-            }
-            return
-        }
-        lifecycle.cancel()
-        await lifecycle.value
-        state.fail(reason ?? .closed("closed by the frontend"))
-        if let reason { await xenbus.fail(errno: 5, "\(reason)") } else { try? await xenbus.switchState(.closing) }
-        await xenbus.waitForBackend(in: [.closed, .unknown], timeout: .seconds(5))
-        state.disconnected()
-        state.retryHeld()
-        try? await xenbus.switchState(.closed)
-        let waiting = done.withLock { waiting in defer { waiting = nil }; return waiting ?? [] }
-        for continuation in waiting { continuation.resume() }
-    }
 }

@@ -193,7 +193,7 @@ public final class BlockBackend: @unchecked Sendable {
 
     var hypervisor: Hypervisor { toolstack.hypervisor }
     private var store: XenStoreClient { toolstack.store }
-    private func node(_ key: String) -> XenStorePath { try! XenStorePath(device.backendPath + "/" + key) }
+    private func node(_ key: String) -> XenStorePath { xenbus.node(key) }
     private func frontendNode(_ key: String) throws -> XenStorePath { try XenStorePath(device.frontendPath + "/" + key) }
 
     /// The backend directory's keys, as Linux blkback writes them (all at probe here).
@@ -235,48 +235,13 @@ public final class BlockBackend: @unchecked Sendable {
 
     /// Watches the frontend's state and connects or disconnects as it moves.
     private func follow() {
-        let frontendState = try! XenStorePath(device.frontendPath + "/state")
-        let store = self.store
-        watcher = Task { [weak self] in
-            guard let events = try? await store.watch(frontendState) else { return }
-            for await _ in events {
-                guard let self else { return }
-                let text = (try? await store.readString(frontendState)) ?? ""
-                let state = XenbusState(nodeValue: text) ?? .unknown
-                switch state {
-                case .initialised, .connected:
-                    if !self.isConnected { await self.connect() }
-                case .closing, .closed, .unknown:
-                    if self.isConnected || state == .closed { await self.disconnect() }
-                    if state == .unknown { return }
-                case .initialising:
-                    // A frontend starting over (after Closed): offer the device again — also
-                    // after a failed connect left us Closing (a restarted backend can see the
-                    // previous instance's Connected and stale ring refs before the frontend
-                    // has noticed the restart; it then starts over, and so do we).
-                    if await [.closed, .closing].contains(self.ownState()) { await self.setState(.initWait) }
-                default:
-                    break
-                }
-            }
-        }
+        watcher = xenbus.follow(connectOn: [.initialised, .connected], isConnected: { [weak self] in self?.isConnected },
+                                connect: { [weak self] in await self?.connect() }, disconnect: { [weak self] in await self?.disconnect() })
     }
 
     private var isConnected: Bool { lock.withLock { connection != nil } }
-
-    private func ownState() async -> XenbusState? {
-        guard let text = try? await store.readString(node("state")) else { return nil }
-        return XenbusState(nodeValue: text)
-    }
-
-    /// Writes our state only while the node exists (as Linux's xenbus_switch_state): a watcher
-    /// acting late must not recreate a directory the toolstack removed.
-    private func setState(_ state: XenbusState) async {
-        let path = node("state")
-        try? await store.transaction { tx in
-            if try await tx.exists(path) { try await tx.write(path, state.nodeValue) }
-        }
-    }
+    private var xenbus: BackendXenbus { BackendXenbus(store: store, device: device) }
+    private func setState(_ state: XenbusState) async { await xenbus.setState(state) }
 
     /// What the frontend asked for, read and checked (never trusted).
     struct Request {
@@ -336,7 +301,7 @@ public final class BlockBackend: @unchecked Sendable {
         } catch {
             for queue in made { queue.release() }
             logger.error("vbd \(device.devid) of domain \(device.frontend.rawValue): cannot connect: \(error)")
-            try? await store.write(XenStorePath("/local/domain/0/error/backend/vbd/\(device.frontend.rawValue)/\(device.devid)/error"), "5 \(error)")
+            await xenbus.reportError("\(error)")
             await setState(.closing)
         }
     }
@@ -360,10 +325,7 @@ public final class BlockBackend: @unchecked Sendable {
 
     /// Called by a queue whose thread stopped on its own (hostile `vanish`): the backend's
     /// directory goes, as if its driver had been unloaded.
-    func vanish() {
-        let store = self.store, path = device.backendPath
-        Task { try? await store.remove(XenStorePath(path)) }
-    }
+    func vanish() { xenbus.vanish() }
 
     /// Stops following the frontend (pvhost removing the device or shutting down); mappings
     /// kept by the hostile mode are released now.

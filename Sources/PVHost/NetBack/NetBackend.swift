@@ -127,7 +127,7 @@ public final class NetBackend: SwitchPort, @unchecked Sendable {
         portName = "vif\(device.frontend.rawValue).\(device.devid)"
     }
 
-    private func node(_ key: String) -> XenStorePath { try! XenStorePath(device.backendPath + "/" + key) }
+    private func node(_ key: String) -> XenStorePath { xenbus.node(key) }
 
     /// The backend keys, as Linux netback writes them at probe.
     var publishedKeys: [(String, String)] {
@@ -159,41 +159,13 @@ public final class NetBackend: SwitchPort, @unchecked Sendable {
     }
 
     private func follow() {
-        let frontendState = try! XenStorePath(device.frontendPath + "/state")
-        let store = self.store
-        watcher = Task { [weak self] in
-            guard let events = try? await store.watch(frontendState) else { return }
-            for await _ in events {
-                guard let self else { return }
-                let state = XenbusState(nodeValue: (try? await store.readString(frontendState)) ?? "") ?? .unknown
-                switch state {
-                case .connected:
-                    if !self.isConnected { await self.connect() }
-                case .closing, .closed, .unknown:
-                    if self.isConnected || state == .closed { await self.disconnect() }
-                    if state == .unknown { return }
-                case .initialising:
-                    if await [.closed, .closing].contains(self.ownState()) { await self.setState(.initWait) }
-                default:
-                    break
-                }
-            }
-        }
+        watcher = xenbus.follow(connectOn: [.connected], isConnected: { [weak self] in self?.isConnected },
+                                connect: { [weak self] in await self?.connect() }, disconnect: { [weak self] in await self?.disconnect() })
     }
 
     private var isConnected: Bool { lock.withLock { queues != nil } }
-
-    private func ownState() async -> XenbusState? {
-        guard let text = try? await store.readString(node("state")) else { return nil }
-        return XenbusState(nodeValue: text)
-    }
-
-    private func setState(_ state: XenbusState) async {
-        let path = node("state")
-        try? await store.transaction { tx in
-            if try await tx.exists(path) { try await tx.write(path, state.nodeValue) }
-        }
-    }
+    private var xenbus: BackendXenbus { BackendXenbus(store: store, device: device) }
+    private func setState(_ state: XenbusState) async { await xenbus.setState(state) }
 
     /// Reads what the frontend published (never trusted) and serves its queues.
     private func connect() async {
@@ -241,7 +213,7 @@ public final class NetBackend: SwitchPort, @unchecked Sendable {
         } catch {
             for queue in made { queue.release() }
             logger.error("\(portName): cannot connect: \(error)")
-            try? await store.write(XenStorePath("/local/domain/0/error/backend/vif/\(device.frontend.rawValue)/\(device.devid)/error"), "5 \(error)")
+            await xenbus.reportError("\(error)")
             await setState(.closing)
         }
     }
@@ -259,10 +231,7 @@ public final class NetBackend: SwitchPort, @unchecked Sendable {
     }
 
     /// Called by a queue whose thread stopped on its own (hostile `vanish`).
-    func vanish() {
-        let store = self.store, path = device.backendPath
-        Task { try? await store.remove(XenStorePath(path)) }
-    }
+    func vanish() { xenbus.vanish() }
 
     /// Sets the link state the frontend sees (`carrier`), and rewrites Connected so a
     /// connected frontend looks again.
