@@ -11,6 +11,7 @@ public struct Packet: Sendable {
     /// A large TCP segment for the receiver to cut (its type and MSS).
     public var gso: (type: NetifGSOType, size: UInt16)?
 
+    @inlinable
     public init(bytes: [UInt8], checksumBlank: Bool = false, dataValidated: Bool = false, gso: (type: NetifGSOType, size: UInt16)? = nil) {
         self.bytes = bytes
         self.checksumBlank = checksumBlank
@@ -18,8 +19,8 @@ public struct Packet: Sendable {
         self.gso = gso
     }
 
-    public var destination: MACAddress { bytes.withUnsafeBytes { MACAddress(wire: $0, at: 0) } }
-    public var source: MACAddress { bytes.withUnsafeBytes { MACAddress(wire: $0, at: 6) } }
+    @inlinable public var destination: MACAddress { bytes.withUnsafeBytes { MACAddress(wire: $0, at: 0) } }
+    @inlinable public var source: MACAddress { bytes.withUnsafeBytes { MACAddress(wire: $0, at: 6) } }
 
     /// Fills in a blank TCP or UDP checksum (IPv4 or IPv6, no extension headers) for a
     /// receiver that cannot take it blank; false when the frame is not one of those.
