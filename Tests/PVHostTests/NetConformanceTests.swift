@@ -150,6 +150,24 @@ struct NetConformanceTests {
         for g in [a, b, c] { await g.nic.close() }
     }
 
+    @Test("received frames as an AsyncSequence: in order, and the sequence ends when the device closes")
+    func asyncSequence() async throws {
+        let net = try Network()
+        let a = try await net.guest("a"), b = try await net.guest("b")
+        let sent = (0..<300).map { Self.frame(to: .broadcast, from: a.nic.info.mac, bytes: 60 + $0, seed: $0) }
+        let reading = Task { () -> [[UInt8]] in
+            var got: [[UInt8]] = []
+            for try await frame in b.nic.frames { got.append(frame.bytes) }
+            return got
+        }
+        try await a.nic.send(sent.map { NetFrame(bytes: $0) })
+        for _ in 0..<500 where b.nic.statistics.framesReceived < sent.count { try await Task.sleep(for: .milliseconds(10)) }
+        try await Task.sleep(for: .milliseconds(50))
+        await b.nic.close()
+        #expect(try await reading.value == sent, "every frame, in order, then the end")
+        await a.nic.close()
+    }
+
     /// A TCP/IPv4 frame with a correct checksum, then the same with the checksum left blank.
     static func tcpFrame(to destination: MACAddress, from source: MACAddress, payload: Int) -> (good: [UInt8], blank: [UInt8]) {
         var ip: [UInt8] = [0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]
