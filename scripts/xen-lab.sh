@@ -22,7 +22,7 @@ for tool in qemu-system-x86_64 cpio depmod apt-get dpkg-deb; do
 done
 [ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || { echo "xen-lab: busybox-static is missing"; exit 3; }
 busybox_bin="$(command -v busybox)"
-file "$busybox_bin" 2>/dev/null | grep -q "statically linked" || { echo "xen-lab: $busybox_bin is not static (install busybox-static)"; exit 3; }
+if ldd "$busybox_bin" >/dev/null 2>&1; then echo "xen-lab: $busybox_bin is not static (install busybox-static)"; exit 3; fi
 
 # 1. The packages, downloaded once.
 xen_version="4.17.7+13-g2445b30a44-0+deb12u1"

@@ -1,0 +1,43 @@
+import Foundation
+import Testing
+
+/// The frontends' tools on a real Xen: Xen 4.17 and a Debian 12 dom0 booted under QEMU by
+/// `scripts/xen-lab.sh`, our statically linked binaries run inside dom0 against Xen's own
+/// daemons and Linux's drivers. Skips (saying why) only when QEMU cannot start Xen here.
+@Suite("real Xen under QEMU (scripts/xen-lab.sh)", .serialized)
+struct XenLabTests {
+    /// The package root (this file is Tests/PVHostTests/XenLabTests.swift).
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    /// Runs a payload with static binaries (stripped copies); nil when the lab cannot run here.
+    static func lab(_ payload: String, binaries: [String]) throws -> (status: Int32, output: String)? {
+        let directory = NSTemporaryDirectory() + "pvkit-xenlab-\(getpid())"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        var copies: [String] = []
+        for name in binaries {
+            let built = root.appendingPathComponent(".build-static/release/\(name)").path
+            guard FileManager.default.fileExists(atPath: built) else {
+                print("SKIPPED real Xen: \(built) is missing (make test builds it: swift build -c release --build-path .build-static -Xswiftc -static-executable --product \(name))")
+                return nil
+            }
+            let copy = directory + "/" + name
+            _ = try NetTapTests.sh("/usr/bin/strip", ["-o", copy, built])
+            copies.append(copy)
+        }
+        let result = try NetTapTests.sh(root.appendingPathComponent("scripts/xen-lab.sh").path,
+                                        [root.appendingPathComponent("scripts/xenlab/\(payload)").path] + copies)
+        if result.status == 3 {
+            print("SKIPPED real Xen: \(result.output.split(separator: "\n").last ?? "QEMU cannot start Xen here")")
+            return nil
+        }
+        return result
+    }
+
+    @Test("pvstore against Xen's C xenstored through /dev/xen/xenbus in a real dom0: a transaction, read, ls and list equal to xenstore-utils, a watch, ENOENT, rm")
+    func pvstore() throws {
+        guard let result = try Self.lab("pvstore.sh", binaries: ["pvstore"]) else { return }
+        let payload = result.output.components(separatedBy: "XENLAB-DOM0-UP").last ?? result.output
+        #expect(result.status == 0 && payload.contains("XENLAB-PASS"), "\(payload.suffix(3000))")
+    }
+}
