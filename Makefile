@@ -52,6 +52,7 @@ test:
 	@scripts/fetch-kernels.sh
 	$(SWIFT) build --build-tests
 	$(SWIFT) build -c release --build-path .build-static -Xswiftc -static-executable --product pvstore
+	$(SWIFT) build -c release --build-path .build-static -Xswiftc -static-executable --product pvblk
 	$(SWIFT) test --skip-build --disable-xctest --no-parallel
 
 # The benchmarks behind README.md's performance table (release builds).

@@ -176,7 +176,7 @@ let package = Package(
         .target(name: "CXenReference", path: "Tests/CXenReference"),
         .testTarget(
             name: "XenABITests",
-            dependencies: ["XenABI", "CXenReference"],
+            dependencies: ["XenABI", "CXenReference", "PVPlatform"],
             swiftSettings: strictSwift),
         .testTarget(
             name: "XenRingTests",

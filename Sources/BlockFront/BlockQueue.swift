@@ -114,7 +114,7 @@ final class BlockQueue: @unchecked Sendable {
     private var oldest: UInt64? { lock.withLock { inFlight.lazy.compactMap { $0?.issued }.min() } }
 
     private func completions() {
-        var fds = [pollfd(fd: channel.delivery.fileDescriptor, events: Int16(POLLIN), revents: 0),
+        var fds = [pollfd(fd: channel.descriptor, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: stopSignal.fileDescriptor, events: Int16(POLLIN), revents: 0)]
         let timeout = core.options.requestTimeout.map { Core.nanoseconds($0) }
         while true {
@@ -127,7 +127,7 @@ final class BlockQueue: @unchecked Sendable {
                 return
             }
             guard fds[0].revents != 0 else { continue }
-            _ = try? channel.delivery.wait()
+            channel.acknowledge()
             var done: [(InFlight, BlkifStatus)] = []
             var broken: String?
             lock.withLock {

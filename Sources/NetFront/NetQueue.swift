@@ -159,15 +159,15 @@ final class NetQueue: @unchecked Sendable {
 
     private func service() {
         var fds = [pollfd(fd: stopSignal.fileDescriptor, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: rxChannel.delivery.fileDescriptor, events: Int16(POLLIN), revents: 0)]
-        if txChannel !== rxChannel { fds.append(pollfd(fd: txChannel.delivery.fileDescriptor, events: Int16(POLLIN), revents: 0)) }
+                   pollfd(fd: rxChannel.descriptor, events: Int16(POLLIN), revents: 0)]
+        if txChannel !== rxChannel { fds.append(pollfd(fd: txChannel.descriptor, events: Int16(POLLIN), revents: 0)) }
         var received: [NetFrame] = []
         while true {
             for i in fds.indices { fds[i].revents = 0 }
             guard poll(&fds, nfds_t(fds.count), -1) > 0 || errno == EINTR else { return }
             if fds[0].revents != 0 { return }
             for i in 1..<fds.count where fds[i].revents != 0 {
-                _ = try? (i == 1 ? rxChannel : txChannel).delivery.wait()
+                (i == 1 ? rxChannel : txChannel).acknowledge()
             }
             var woke: [CheckedContinuation<Void, Never>] = []
             var notifyRx = false

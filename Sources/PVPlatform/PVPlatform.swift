@@ -76,48 +76,101 @@ public enum PlatformError: Error, Equatable, Sendable, CustomStringConvertible {
 
 /// One end of an event channel: notify the peer, wait for it. Notifications before a wait
 /// coalesce into one wake-up (the pending bit). Counts what it sent and received.
+///
+/// Two mechanisms underneath: a pair of eventfds (a guest of pvhost), or Linux's
+/// `/dev/xen/evtchn` with this one port bound on its own descriptor (a real Xen domain). Either
+/// way ``descriptor`` becomes readable when the peer notified, and ``acknowledge()`` consumes
+/// that (and, on Xen, unmasks the port).
 public final class EventChannel: @unchecked Sendable {
     public let port: EventChannelPort
-    /// Waited on: the peer's notifications.
-    public let delivery: EventFD
-    /// Written: our notifications.
-    public let peer: EventFD
+    private enum Mechanism {
+        /// Waited on: the peer's notifications; written: ours.
+        case eventfds(delivery: EventFD, peer: EventFD)
+        /// `/dev/xen/evtchn` with `port` bound.
+        case xenDevice(Int32)
+    }
+    private let mechanism: Mechanism
     private let counters = Counters()
     private let closer: (@Sendable (EventChannelPort) -> Void)?
 
+    /// A channel over two eventfds (pvhost hands them over).
     public init(port: EventChannelPort, delivery: EventFD, peer: EventFD, closer: (@Sendable (EventChannelPort) -> Void)? = nil) {
         self.port = port
-        self.delivery = delivery
-        self.peer = peer
+        mechanism = .eventfds(delivery: delivery, peer: peer)
         self.closer = closer
+    }
+
+    /// A channel bound on its own `/dev/xen/evtchn` descriptor (owned; closed with the channel).
+    public init(port: EventChannelPort, xenEventDevice fd: Int32, closer: (@Sendable (EventChannelPort) -> Void)? = nil) {
+        self.port = port
+        mechanism = .xenDevice(fd)
+        self.closer = closer
+    }
+
+    deinit {
+        if case let .xenDevice(fd) = mechanism { Glibc.close(fd) }
+    }
+
+    /// Readable (POLLIN) when the peer notified since the last ``acknowledge()``.
+    public var descriptor: Int32 {
+        switch mechanism {
+        case let .eventfds(delivery, _): delivery.fileDescriptor
+        case let .xenDevice(fd): fd
+        }
     }
 
     /// `EVTCHNOP_send`.
     public func notify() {
-        try? peer.notify()
+        switch mechanism {
+        case let .eventfds(_, peer): try? peer.notify()
+        case let .xenDevice(fd):
+            var request = UInt32(port.rawValue)
+            _ = ioctl(fd, Self.ioctlNotify, &request)
+        }
         counters.sent.wrappingIncrement(ordering: .relaxed)
+    }
+
+    /// Consumes what the peer sent (blocking until it did); on Xen, unmasks the port again.
+    /// Returns how many notifications that was (1 on Xen: the pending bit).
+    @discardableResult
+    public func acknowledge() -> UInt64 {
+        switch mechanism {
+        case let .eventfds(delivery, _):
+            return (try? delivery.wait()) ?? 0
+        case let .xenDevice(fd):
+            var ports = [UInt32](repeating: 0, count: 16)
+            let count = ports.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            guard count > 0 else { return 0 }
+            _ = ports.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, count) }  // unmask what was pending
+            return UInt64(count / 4)
+        }
     }
 
     /// Waits (off the cooperative pool) until the peer notified at least once since the last
     /// wait; returns how many notifications that was.
     @discardableResult
     public func wait() async -> UInt64 {
-        let delivery = self.delivery
         let count: UInt64 = await withCheckedContinuation { continuation in
-            Thread { continuation.resume(returning: (try? delivery.wait()) ?? 0) }.start()
+            Thread { [self] in continuation.resume(returning: acknowledge()) }.start()
         }
         counters.received.wrappingIncrement(ordering: .relaxed)
         return count
     }
 
     /// Whether a notification is waiting.
-    public var isPending: Bool { delivery.isPendingNotification }
+    public var isPending: Bool {
+        var entry = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+        return poll(&entry, 1, 0) == 1
+    }
 
     public var notificationsSent: Int { counters.sent.load(ordering: .relaxed) }
     public var wakeups: Int { counters.received.load(ordering: .relaxed) }
 
     /// `EVTCHNOP_close`.
     public func close() { closer?(port) }
+
+    /// `IOCTL_EVTCHN_NOTIFY` (xen/evtchn.h: `_IOC(_IOC_NONE, 'E', 4, sizeof(struct ioctl_evtchn_notify))`).
+    static let ioctlNotify: UInt = 0x0004_4504
 }
 
 import Atomics
@@ -131,11 +184,3 @@ final class Counters: Sendable {
 #if canImport(Glibc)
 import Glibc
 #endif
-
-extension EventFD {
-    /// Whether the count is non-zero now, without consuming it.
-    var isPendingNotification: Bool {
-        var entry = pollfd(fd: fileDescriptor, events: Int16(POLLIN), revents: 0)
-        return poll(&entry, 1, 0) == 1
-    }
-}

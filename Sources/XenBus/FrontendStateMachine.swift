@@ -42,6 +42,8 @@ public struct FrontendStateMachine: Sendable, Equatable {
             case (_, .connected) where own != .closing: return .switchTo(.closing)
             case (_, .closing) where own != .closed: return .switchTo(.closed)
             case (_, .closed) where own != .initialising: return .switchTo(.initialising)
+            // Closed already, the backend up again (or never down): start over.
+            case (.closed, .initialising), (.closed, .initWait): return .switchTo(.initialising)
             case (.initialising, .initWait), (.initialising, .initialising), (.initialising, .unknown):
                 reconnecting = backend == .initWait ? false : true
                 return backend == .initWait ? .publish(then: connectsDirectly ? .connected : .initialised) : .wait

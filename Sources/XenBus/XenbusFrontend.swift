@@ -136,7 +136,10 @@ public final class XenbusFrontend: Sendable {
         guard let text = try? await store.readString(backendIDKey), let backendNumber = UInt16(text) else { throw .noDevice(path) }
         let backendID = DomainID(backendNumber)
         var machine = FrontendStateMachine(connectsDirectly: connectsDirectly)
-        if restart { machine.restart() }
+        // A device a previous frontend left behind (Closed, or still Connected after a crash)
+        // is walked down and up again, as when asked to restart.
+        let initial = await state(path)
+        if restart || [.initialised, .connected, .closing, .closed].contains(initial) { machine.restart() }
         let events: XenStoreWatch
         do { events = try await store.watch(backendState) } catch { throw .store(error) }
         defer { events.cancel() }

@@ -19,13 +19,19 @@ struct PVBlkCommand: AsyncParsableCommand {
 
 struct Connection: ParsableArguments {
     @Option(help: "pvhost's control socket.") var pvhost: String = "/run/pvhost/control"
-    @Option(help: "The guest's domain name (pvhost's configuration gives it its disks).") var name: String
+    @Option(help: "The guest's domain name (pvhost's configuration gives it its disks).") var name: String?
+    @Flag(help: "Run in this real Xen domain instead (/dev/xen/gntalloc, evtchn, xenbus; as root).") var xen = false
     @Option(help: "The disk's vbd number.") var device = 51712
 
-    /// Attaches and connects the disk; prints a clear error and exits 1 on failure.
-    func open(options: BlockFront.Options = BlockFront.Options()) async throws -> (BlockFront, ReferencePlatform) {
+    func validate() throws {
+        if !xen && name == nil { throw ValidationError("--name is needed with pvhost (or --xen in a real Xen domain)") }
+    }
+
+    /// Attaches (to pvhost, or this Xen domain) and connects the disk; prints a clear error and
+    /// exits 1 on failure.
+    func open(options: BlockFront.Options = BlockFront.Options()) async throws -> (BlockFront, any PVPlatform) {
         do {
-            let platform = try ReferencePlatform.attach(socket: pvhost, name: name)
+            let platform: any PVPlatform = xen ? try await LinuxXenPlatform.open() : try ReferencePlatform.attach(socket: pvhost, name: name ?? "")
             let disk = try await BlockFront.connect(platform: platform, store: try platform.xenstore(), id: device, options: options)
             return (disk, platform)
         } catch {

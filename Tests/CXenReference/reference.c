@@ -25,6 +25,9 @@
 #include <xen/event_channel.h>
 #include <xen/elfnote.h>
 #include <xen/features.h>
+#include <sys/ioctl.h>
+#include <xen/sys/evtchn.h>
+#include <xen/sys/gntalloc.h>
 
 #include "CXenReference.h"
 
@@ -179,6 +182,14 @@ static const cxr_fact facts[] = {
     CONST(XENFEAT_hvm_callback_vector), CONST(XENFEAT_hvm_safe_pvclock), CONST(XENFEAT_hvm_pirqs), CONST(XENFEAT_dom0),
     CONST(XENFEAT_memory_op_vnode_supported), CONST(XENFEAT_ARM_SMCCC_supported),
     CONST(XENFEAT_linux_rsdp_unrestricted), CONST(XENFEAT_not_direct_mapped), CONST(XENFEAT_direct_mapped),
+    // Linux's xen/sys/evtchn.h and gntalloc.h (as Xen ships them): LinuxXenPlatform's ioctls.
+    CONST(IOCTL_EVTCHN_BIND_INTERDOMAIN), CONST(IOCTL_EVTCHN_BIND_UNBOUND_PORT), CONST(IOCTL_EVTCHN_UNBIND),
+    CONST(IOCTL_EVTCHN_NOTIFY), CONST(IOCTL_GNTALLOC_ALLOC_GREF), CONST(IOCTL_GNTALLOC_DEALLOC_GREF),
+    CONST(GNTALLOC_FLAG_WRITABLE),
+    OFF(ioctl_gntalloc_alloc_gref, domid), OFF(ioctl_gntalloc_alloc_gref, flags), OFF(ioctl_gntalloc_alloc_gref, count),
+    OFF(ioctl_gntalloc_alloc_gref, index), OFF(ioctl_gntalloc_alloc_gref, gref_ids),
+    OFF(ioctl_gntalloc_dealloc_gref, index), OFF(ioctl_gntalloc_dealloc_gref, count), SIZE(ioctl_gntalloc_dealloc_gref),
+    SIZE(ioctl_evtchn_bind_interdomain), SIZE(ioctl_evtchn_bind_unbound_port), SIZE(ioctl_evtchn_notify),
 };
 
 const cxr_fact *cxr_abi_facts(size_t *count) {

@@ -40,4 +40,11 @@ struct XenLabTests {
         let payload = result.output.components(separatedBy: "XENLAB-DOM0-UP").last ?? result.output
         #expect(result.status == 0 && payload.contains("XENLAB-PASS"), "\(payload.suffix(3000))")
     }
+
+    @Test("BlockFront (pvblk --xen on LinuxXenPlatform) against Linux's real blkback on xl block-attach: connects with its features, reads what the file holds, writes a pattern that verifies against the backing file, detaches")
+    func blkfront() throws {
+        guard let result = try Self.lab("blkfront.sh", binaries: ["pvblk"]) else { return }
+        let payload = result.output.components(separatedBy: "XENLAB-DOM0-UP").last ?? result.output
+        #expect(result.status == 0 && payload.contains("XENLAB-PASS") && payload.contains("verified 1048576 bytes"), "\(payload.suffix(3000))")
+    }
 }

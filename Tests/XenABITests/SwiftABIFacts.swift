@@ -1,3 +1,4 @@
+@testable import PVPlatform
 import XenABI
 
 /// The Swift side's value for every fact the C reference reports, under the same name.
@@ -5,6 +6,27 @@ import XenABI
 func swiftABIFacts() -> [String: Int64] {
     var facts: [String: Int64] = [:]
     func put(_ name: String, _ value: some BinaryInteger) { facts[name] = Int64(value) }
+
+    // Linux's xen/sys/evtchn.h and gntalloc.h: LinuxXenPlatform's ioctls.
+    typealias IO = LinuxXenPlatform.IOCTL
+    put("IOCTL_EVTCHN_BIND_INTERDOMAIN", IO.bindInterdomain)
+    put("IOCTL_EVTCHN_BIND_UNBOUND_PORT", IO.bindUnboundPort)
+    put("IOCTL_EVTCHN_UNBIND", IO.unbind)
+    put("IOCTL_EVTCHN_NOTIFY", IO.notify)
+    put("IOCTL_GNTALLOC_ALLOC_GREF", IO.allocGref)
+    put("IOCTL_GNTALLOC_DEALLOC_GREF", IO.deallocGref)
+    put("GNTALLOC_FLAG_WRITABLE", IO.flagWritable)
+    put("ioctl_gntalloc_alloc_gref.domid", IO.allocDomid)
+    put("ioctl_gntalloc_alloc_gref.flags", IO.allocFlags)
+    put("ioctl_gntalloc_alloc_gref.count", IO.allocCount)
+    put("ioctl_gntalloc_alloc_gref.index", IO.allocIndex)
+    put("ioctl_gntalloc_alloc_gref.gref_ids", IO.allocHeader)
+    put("ioctl_gntalloc_dealloc_gref.index", IO.deallocIndex)
+    put("ioctl_gntalloc_dealloc_gref.count", IO.deallocCount)
+    put("sizeof(ioctl_gntalloc_dealloc_gref)", IO.deallocSize)
+    put("sizeof(ioctl_evtchn_bind_interdomain)", IO.bindInterdomainSize)
+    put("sizeof(ioctl_evtchn_bind_unbound_port)", IO.bindUnboundSize)
+    put("sizeof(ioctl_evtchn_notify)", IO.notifySize)
 
     // io/ring.h
     put("blkif_sring.req_prod", SharedRingHeader.requestProducer)
