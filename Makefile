@@ -53,6 +53,7 @@ test:
 	$(SWIFT) build --build-tests
 	$(SWIFT) build -c release --build-path .build-static -Xswiftc -static-executable --product pvstore
 	$(SWIFT) build -c release --build-path .build-static -Xswiftc -static-executable --product pvblk
+	$(SWIFT) build -c release --build-path .build-static -Xswiftc -static-executable --product pvnet
 	$(SWIFT) test --skip-build --disable-xctest --no-parallel
 
 # The benchmarks behind README.md's performance table (release builds).

@@ -17,7 +17,7 @@ set -euo pipefail
 payload="$1"; shift
 cache="${PVKIT_CACHE:-$HOME/.cache/pvkit}/xenlab"
 timeout_s="${XENLAB_TIMEOUT:-240}"
-for tool in qemu-system-x86_64 cpio depmod apt-get dpkg-deb; do
+for tool in qemu-system-x86_64 cpio depmod apt-get dpkg-deb ip; do
     command -v "$tool" >/dev/null || { echo "xen-lab: $tool is missing (scripts/install-deps.sh test installs it)"; exit 3; }
 done
 [ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || { echo "xen-lab: busybox-static is missing"; exit 3; }
@@ -67,6 +67,11 @@ copy_with_libraries() {  # FILE DEST: the file and every shared library ldd name
 }
 export LD_LIBRARY_PATH="$tree/usr/lib/x86_64-linux-gnu:$tree/usr/lib/xen-4.17/lib:${LD_LIBRARY_PATH:-}"
 for tool in bash flock; do copy_with_libraries "$(command -v $tool)" "$root/bin/"; done
+# iproute2's ip (network namespaces; busybox's ip has none) as /sbin/ip2.
+if [ -x /usr/sbin/ip ] || [ -x /sbin/ip ]; then
+    copy_with_libraries "$(command -v ip || echo /usr/sbin/ip)" "$root/sbin/"
+    mv "$root/sbin/ip" "$root/sbin/ip2"
+fi
 for lib in /lib/x86_64-linux-gnu/libgcc_s.so.1; do mkdir -p "$root$(dirname $lib)"; cp -L "$lib" "$root$lib"; done
 for tool in xl xenstored xenconsoled xen-init-dom0 libxl-save-helper xenstore-control; do
     copy_with_libraries "$tree/usr/lib/xen-4.17/bin/$tool" "$root/usr/lib/xen-4.17/bin/"
@@ -86,7 +91,7 @@ EOF
 chmod +x "$root/etc/xen/scripts/vif-null"
 moddir="$root/lib/modules/$kernel_version"
 mkdir -p "$moddir"
-for module in xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs loop xen-blkback xen-netback; do
+for module in xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs loop xen-blkback xen-netback tun; do
     path="$(modprobe -d "$tree" -S "$kernel_version" --show-depends "$module" 2>/dev/null | awk '/^insmod/ {print $2}')"
     for dependency in $path; do mkdir -p "$root$(dirname "${dependency#$tree}")"; cp -n "$dependency" "$root${dependency#$tree}"; done
     echo "$path" | sed "s|$tree||g" >> "$root/etc/modules-to-load"
@@ -97,6 +102,7 @@ cat > "$root/init" <<'EOF'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; mount -t tmpfs tmp /tmp
+mkdir -p /run && mount -t tmpfs run /run
 ln -s /proc/self/fd /dev/fd; ln -s fd/0 /dev/stdin; ln -s fd/1 /dev/stdout; ln -s fd/2 /dev/stderr
 ln -s /run /var/run
 mkdir -p /run/xen /var/lib/xen /var/lib/xenstored /var/log/xen

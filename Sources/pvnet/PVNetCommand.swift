@@ -17,25 +17,37 @@ struct PVNetCommand: AsyncParsableCommand {
 
 struct Connection: ParsableArguments {
     @Option(help: "pvhost's control socket.") var pvhost: String = "/run/pvhost/control"
-    @Option(help: "The guest's domain name (pvhost's configuration gives it its interfaces).") var name: String
+    @Option(help: "The guest's domain name (pvhost's configuration gives it its interfaces).") var name: String?
+    @Flag(help: "Run in this real Xen domain instead (/dev/xen/gntalloc, evtchn, xenbus; as root).") var xen = false
     @Option(help: "The interface's vif number.") var device = 0
     @Option(help: "Guest memory in pages when pvhost runs without a configuration (a queue takes ~520).") var pages = 2048
     @Option(help: "Queues to ask for.") var queues = 1
 
+    func validate() throws {
+        if !xen && name == nil { throw ValidationError("--name is needed with pvhost (or --xen in a real Xen domain)") }
+    }
+
     var options: NetFrontOptions {
         var o = NetFrontOptions()
         o.queues = queues
+        if xen {
+            // gntalloc allows 1024 pages per process by default: 2 × (2 + 128 + 128) per queue fits.
+            o.txBuffers = 128
+            o.rxBuffers = 128
+        }
         return o
     }
 
-    /// Attaches as `name` and connects the interface; prints a clear error and exits 1 on failure.
-    func open(as domain: String? = nil) async throws -> (NetFront, ReferencePlatform) {
+    /// Attaches as `name` (or uses this Xen domain) and connects the interface; prints a clear
+    /// error and exits 1 on failure.
+    func open(as domain: String? = nil) async throws -> (NetFront, any PVPlatform) {
         do {
-            let platform = try ReferencePlatform.attach(socket: pvhost, name: domain ?? name, pages: pages)
+            let platform: any PVPlatform = xen ? try await LinuxXenPlatform.open()
+                : try ReferencePlatform.attach(socket: pvhost, name: domain ?? name ?? "", pages: pages)
             let nic = try await NetFront.connect(platform: platform, store: try platform.xenstore(), id: device, options: options)
             return (nic, platform)
         } catch {
-            fail("\(domain ?? name): \(error)")
+            fail("\(domain ?? name ?? "this domain"): \(error)")
         }
     }
 }

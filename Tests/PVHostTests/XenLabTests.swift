@@ -47,4 +47,11 @@ struct XenLabTests {
         let payload = result.output.components(separatedBy: "XENLAB-DOM0-UP").last ?? result.output
         #expect(result.status == 0 && payload.contains("XENLAB-PASS") && payload.contains("verified 1048576 bytes"), "\(payload.suffix(3000))")
     }
+
+    @Test("NetFront (pvnet --xen) against Linux's real netback on xl network-attach: ARP from Linux received, then ping (56 and 3000 bytes) between pvnet tap in a namespace and an address on the vif")
+    func netfront() throws {
+        guard let result = try Self.lab("netfront.sh", binaries: ["pvnet"]) else { return }
+        let payload = result.output.components(separatedBy: "XENLAB-DOM0-UP").last ?? result.output
+        #expect(result.status == 0 && payload.contains("XENLAB-PASS") && payload.contains("3 packets received"), "\(payload.suffix(3000))")
+    }
 }
