@@ -32,6 +32,16 @@ demo:
 	@scripts/demo-pvblk.sh .build/release
 	@echo "== two guests on pvhost's switch: frames with pvnet, then (as root) ping between two network namespaces over netfront/netback"
 	@scripts/demo-pvnet.sh .build/release
+	@if [ -n "$(XEN)" ]; then \
+	  echo "== a real Xen under QEMU: pvstore, BlockFront and NetFront in dom0 against Xen's xenstored and Linux's blkback/netback"; \
+	  scripts/install-deps.sh test; \
+	  for p in pvstore pvblk pvnet; do $(SWIFT) build -c release --build-path .build-static -Xswiftc -static-executable --product $$p || exit 1; done; \
+	  for p in pvstore blkfront netfront; do \
+	    b=$$(case $$p in blkfront) echo pvblk;; netfront) echo pvnet;; *) echo $$p;; esac); \
+	    strip -o /tmp/pvkit-demo-$$b .build-static/release/$$b; \
+	    scripts/xen-lab.sh scripts/xenlab/$$p.sh /tmp/pvkit-demo-$$b | sed -n '/XENLAB-DOM0-UP/,/XENLAB-PAYLOAD-DONE/p' | grep -v '^\[ *[0-9]' || exit 1; \
+	  done; \
+	fi
 	@echo "== Xen ABI facts and a short ring benchmark"
 	.build/release/ring-bench abi
 	.build/release/ring-bench run --quick

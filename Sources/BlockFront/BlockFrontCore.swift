@@ -427,6 +427,8 @@ struct Driver: XenbusFrontendDriver {
         let offer = try await read(backend, BlockNegotiation.offerKeys, in: transaction)
         let (transport, queues) = try failing { () throws(BlockFrontError) in try core.stage(offer: offer, backend: backendID) }
         func write(_ key: String, _ value: String) async throws { try await transaction.write(XenStorePath(frontend + "/" + key), value) }
+        try await clearTransport(transaction, frontend: frontend,
+                                 keys: ["ring-page-order", "multi-queue-num-queues", "event-channel", "protocol", "feature-persistent"])
         if transport.ringPageOrder > 0 { try await write("ring-page-order", "\(transport.ringPageOrder)") }
         if transport.queues > 1 { try await write("multi-queue-num-queues", "\(transport.queues)") }
         for queue in queues {

@@ -457,6 +457,11 @@ struct NetDriver: XenbusFrontendDriver {
                 NetNegotiation.QueueKeys(txRing: $0.txRingPage.ref, rxRing: $0.rxRingPage.ref,
                                          ports: $0.rxChannel === $0.txChannel ? [$0.txChannel.port] : [$0.txChannel.port, $0.rxChannel.port])
             })
+            try await clearTransport(transaction, frontend: frontend,
+                                     keys: ["tx-ring-ref", "rx-ring-ref", "event-channel", "event-channel-tx", "event-channel-rx",
+                                            "multi-queue-num-queues", "request-rx-copy", "feature-rx-notify", "feature-sg",
+                                            "feature-gso-tcpv4", "feature-gso-tcpv6", "feature-no-csum-offload",
+                                            "feature-ipv6-csum-offload", "ctrl-ring-ref", "event-channel-ctrl"])
             for (key, value) in keys { try await transaction.write(XenStorePath(frontend + "/" + key), value) }
         } catch let error as NetFrontError {
             state.fail(error)

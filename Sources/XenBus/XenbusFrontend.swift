@@ -34,6 +34,17 @@ public enum XenbusFrontendError: Error, Equatable, Sendable, CustomStringConvert
     }
 }
 
+/// Removes what an earlier connection of a device published in its frontend directory —
+/// `keys`, every `queue-N/` directory and every `ring-ref…` — inside the transaction that
+/// publishes the new one, so the backend never reads a stale ring reference or queue count
+/// (a new frontend process may ask for fewer queues than the last one did).
+public func clearTransport(_ transaction: XenStoreTransaction, frontend: String, keys: Set<String>) async throws {
+    let entries = (try? await transaction.directory(XenStorePath(frontend))) ?? []
+    for entry in entries where keys.contains(entry) || entry.hasPrefix("queue-") || entry.hasPrefix("ring-ref") {
+        try await transaction.remove(XenStorePath(frontend + "/" + entry))
+    }
+}
+
 /// Runs one frontend device through the XenBus lifecycle, as Linux's xenbus does: reads
 /// `backend` and `backend-id` (the domain the driver grants its transport to), watches the backend's `state`, re-reads both states on every
 /// event and acts per ``FrontendStateMachine``; state changes go through a transaction that

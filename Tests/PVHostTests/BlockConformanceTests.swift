@@ -89,6 +89,24 @@ struct BlockConformanceTests {
         await d.disk.close()
     }
 
+    @Test("a new frontend on a device an earlier one closed: connects again with fewer queues, no stale queue keys left (found on real Xen)")
+    func secondFrontend() async throws {
+        var options = BlockFront.Options()
+        options.queues = 2
+        let d = try await disk(options: options)
+        try await d.disk.write(sector: 0, Array(repeating: 9, count: 4096))
+        await d.disk.close()
+        options.queues = 1
+        options.ringPageOrder = 0
+        let again = try await BlockFront.connect(platform: d.guest, store: try d.guest.xenstore(), id: 51712, options: options)
+        #expect(again.info.queues == 1 && again.info.ringPages == 1)
+        #expect(try await again.read(sector: 0, count: 4096) == Array(repeating: 9, count: 4096))
+        let store = d.host.tools.toolstack.store
+        let keys = try await store.directory(XenStorePath(d.device.frontendPath))
+        #expect(!keys.contains("queue-1") && !keys.contains("multi-queue-num-queues") && !keys.contains("ring-ref3"), "\(keys)")
+        await again.close()
+    }
+
     @Test("with every feature off on the backend: one page, one queue, 11 segments, grants per request")
     func minimalBackend() async throws {
         let d = try await disk(settings: .minimal)
