@@ -96,6 +96,24 @@ struct XenStoreInteropTests {
             let candidates = [directory.appendingPathComponent("socket").path, directory.appendingPathComponent("xenstored/socket").path]
             for _ in 0..<100 where !candidates.contains(where: { FileManager.default.fileExists(atPath: $0) }) { usleep(20_000) }
             socket = try #require(candidates.first { FileManager.default.fileExists(atPath: $0) }, "C xenstored made no socket")
+            // The file exists from bind(); connections are refused until listen(): wait for that.
+            for _ in 0..<100 where !Self.accepts(socket) { usleep(20_000) }
+        }
+
+        /// Whether a stream connection to `path` is accepted now.
+        static func accepts(_ path: String) -> Bool {
+            let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            guard fd >= 0 else { return false }
+            defer { close(fd) }
+            var address = sockaddr_un()
+            address.sun_family = sa_family_t(AF_UNIX)
+            let bytes = Array(path.utf8.prefix(107))
+            withUnsafeMutableBytes(of: &address.sun_path) { raw in
+                for (i, byte) in bytes.enumerated() { raw[i] = byte }
+            }
+            return withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0 }
+            }
         }
 
         deinit {
