@@ -44,6 +44,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
     ],
     targets: [
         // Pure wire formats and constants of Xen's public ABI. No I/O, no dependencies.
@@ -64,7 +65,7 @@ let package = Package(
         .testTarget(name: "BlockFrontTests", dependencies: ["BlockFront", "XenABI"], swiftSettings: strictSwift),
         // netfront: Ethernet frames over Xen's PV network protocol.
         .target(name: "NetFront", dependencies: ["XenABI", "XenRing", "XenStore", "XenBus", "PVPlatform", "SharedMemory", "CLinux", "PacketOffload",
-                                                .product(name: "Atomics", package: "swift-atomics")], swiftSettings: dataPath),
+                                                .product(name: "Atomics", package: "swift-atomics"), .product(name: "DequeModule", package: "swift-collections")], swiftSettings: dataPath),
         .testTarget(name: "NetFrontTests", dependencies: ["NetFront", "XenABI"], swiftSettings: strictSwift),
         .testTarget(name: "XenBusTests", dependencies: ["XenBus", "XenABI"], swiftSettings: strictSwift),
         // Grant table v1 in shared memory: the granting guest's and the hypervisor's halves.
@@ -79,7 +80,7 @@ let package = Package(
         .target(
             name: "PVHost",
             dependencies: ["XenABI", "XenRing", "XenStore", "XenGrants", "SharedMemory", "CLinux", "PVHostProtocol", "PacketOffload",
-                           .product(name: "Logging", package: "swift-log")],
+                           .product(name: "Logging", package: "swift-log"), .product(name: "DequeModule", package: "swift-collections")],
             swiftSettings: dataPath),
         // blkfront: a virtual disk over Xen's PV block protocol.
         .target(

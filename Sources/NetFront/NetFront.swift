@@ -1,3 +1,4 @@
+import DequeModule
 import Foundation
 import PVPlatform
 import Synchronization
@@ -225,9 +226,8 @@ final class NetDeviceState: @unchecked Sendable {
     private var failure: NetFrontError?
     /// Why the device failed, if it did.
     var currentFailure: NetFrontError? { lock.withLock { failure } }
-    /// Received frames not yet taken, from `inboxHead` on.
-    private var inbox: [NetFrame] = []
-    private var inboxHead = 0
+    /// Received frames not yet taken.
+    private var inbox = Deque<NetFrame>()
     private var receivers: [CheckedContinuation<Void, Never>] = []
     private var finished = NetFront.Statistics()
     private var overflow = 0
@@ -386,7 +386,7 @@ final class NetDeviceState: @unchecked Sendable {
     /// Frames from a queue's thread (dropped and counted beyond the inbox limit).
     func deliver(_ frames: [NetFrame]) {
         let waiting = lock.withLock { () -> [CheckedContinuation<Void, Never>] in
-            let room = max(0, options.inboxLimit - (inbox.count - inboxHead))
+            let room = max(0, options.inboxLimit - inbox.count)
             inbox.append(contentsOf: frames.prefix(room))
             overflow += max(0, frames.count - room)
             defer { receivers.removeAll() }
@@ -397,16 +397,8 @@ final class NetDeviceState: @unchecked Sendable {
 
     func take(max: Int) -> [NetFrame] {
         lock.withLock {
-            let end = min(inbox.count, inboxHead + Swift.max(max, 1))
-            let taken = Array(inbox[inboxHead..<end])
-            inboxHead = end
-            if inboxHead == inbox.count {
-                inbox.removeAll(keepingCapacity: true)
-                inboxHead = 0
-            } else if inboxHead > 4096 {
-                inbox.removeFirst(inboxHead)
-                inboxHead = 0
-            }
+            let taken = Array(inbox.prefix(Swift.max(max, 1)))
+            inbox.removeFirst(taken.count)
             return taken
         }
     }
@@ -418,7 +410,7 @@ final class NetDeviceState: @unchecked Sendable {
             if let failure = lock.withLock({ failure }) { throw failure }
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                 let now = lock.withLock { () -> Bool in
-                    if failure != nil || inboxHead < inbox.count { return true }
+                    if failure != nil || !inbox.isEmpty { return true }
                     receivers.append(continuation)
                     return false
                 }

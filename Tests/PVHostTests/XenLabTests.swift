@@ -1,4 +1,5 @@
 import Foundation
+import PVPlatform
 import Testing
 
 /// The frontends' tools on a real Xen: Xen 4.17 and a Debian 12 dom0 booted under QEMU by
@@ -53,5 +54,36 @@ struct XenLabTests {
         guard let result = try Self.lab("netfront.sh", binaries: ["pvnet"]) else { return }
         let payload = result.output.components(separatedBy: "XENLAB-DOM0-UP").last ?? result.output
         #expect(result.status == 0 && payload.contains("XENLAB-PASS") && payload.contains("3 packets received"), "\(payload.suffix(3000))")
+    }
+}
+
+/// LinuxXenPlatform where there is no Xen: a clear error, never a crash or a hang.
+@Suite("LinuxXenPlatform outside a Xen domain")
+struct LinuxXenOutsideTests {
+    @Test("opening it, and pvblk --xen / pvnet --xen, fail with what is missing and what to do")
+    func noXen() async throws {
+        guard !FileManager.default.fileExists(atPath: "/dev/xen/gntalloc") else {
+            print("SKIPPED LinuxXenPlatform outside Xen: this machine is a Xen domain (/dev/xen/gntalloc exists)")
+            return
+        }
+        do {
+            _ = try await LinuxXenPlatform.open()
+            Issue.record("opened a Xen platform without Xen")
+        } catch {
+            guard case let .connection(why) = error else { Issue.record("\(error)"); return }
+            #expect(why.contains("/dev/xen/gntalloc") && why.contains("xen-gntalloc"), "\(why)")
+        }
+        for tool in ["pvblk", "pvnet"] {
+            let process = Process()
+            process.executableURL = GuestProcessTests.PVHostProcess.binaries.appendingPathComponent(tool)
+            process.arguments = ["info", "--xen"]
+            let pipe = Pipe()
+            process.standardOutput = pipe
+            process.standardError = pipe
+            try process.run()
+            let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
+            #expect(process.terminationStatus == 1 && output.contains("/dev/xen/gntalloc"), "\(tool): \(output)")
+        }
     }
 }

@@ -192,7 +192,6 @@ public final class NetBackend: SwitchPort, @unchecked Sendable {
             accepts.gsoTCPv6 = settings.gsoTCPv6 && gso6
             accepts.checksumOffload = !noCsum
             accepts.ipv6ChecksumOffload = settings.ipv6ChecksumOffload && ipv6Csum
-            accepts.rxNotify = await flag("feature-rx-notify", default: false)
             for index in 0..<queueCount {
                 let prefix = queueCount > 1 ? "queue-\(index)/" : ""
                 let txRef = GrantRef(try await number(prefix + "tx-ring-ref"))

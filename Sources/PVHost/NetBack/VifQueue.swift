@@ -1,4 +1,5 @@
 import Atomics
+import DequeModule
 import Foundation
 import PacketOffload
 #if canImport(Glibc)
@@ -16,7 +17,6 @@ struct FrontendAccepts: Sendable, Equatable {
     /// IPv4 blank checksums (no `feature-no-csum-offload`).
     var checksumOffload = true
     var ipv6ChecksumOffload = false
-    var rxNotify = true
 }
 
 /// One queue of a connected vif: its tx and rx ring pages mapped, its one or two event
@@ -43,8 +43,7 @@ final class VifQueue: @unchecked Sendable {
     /// The rx ring and what waits for it, under `rxLock`.
     private let rxLock = NSLock()
     private let rx: RxBox
-    private var pending: [Packet] = []
-    private var pendingHead = 0
+    private var pending = Deque<Packet>()
     private var stopped = false
     /// Packets waiting for rx buffers, at most.
     static let pendingLimit = 1024
@@ -261,7 +260,7 @@ final class VifQueue: @unchecked Sendable {
             rxDropped.wrappingIncrement(by: packets.count, ordering: .relaxed)
             return
         }
-        let room = Self.pendingLimit - (pending.count - pendingHead)
+        let room = Self.pendingLimit - pending.count
         if room < packets.count { rxDropped.wrappingIncrement(by: packets.count - max(room, 0), ordering: .relaxed) }
         pending.append(contentsOf: packets.prefix(max(room, 0)))
         let notify = placeLocked()
@@ -291,23 +290,24 @@ final class VifQueue: @unchecked Sendable {
     /// Scratch space of `placeLocked` (under `rxLock`), kept between batches.
     private var slots: [Slot] = []
     private var copies: [Hypervisor.GrantCopy] = []
+    /// The packets those copies read from, alive until the copies ran.
+    private var placed: [Packet] = []
 
     /// Puts pending packets into posted buffers while they fit (under `rxLock`); returns
     /// whether to notify the frontend.
     private func placeLocked() -> Bool {
-        guard pendingHead < pending.count else { return false }
+        guard !pending.isEmpty else { return false }
         slots.removeAll(keepingCapacity: true)
         copies.removeAll(keepingCapacity: true)
+        placed.removeAll(keepingCapacity: true)
         var available: UInt32
         do { available = try rx.ring.availableRequests() } catch {
             return dropPending(reason: "\(error)")
         }
-        while pendingHead < pending.count {
-            var packet = pending[pendingHead]
+        while var packet = pending.first {
             // What this frontend can take, decided before any slot is used.
             if packet.checksumBlank && !canTakeBlank(packet) {
                 if !packet.completeChecksum() { packet.checksumBlank = false }  // not TCP/UDP: nothing to fill in
-                pending[pendingHead] = packet
             }
             var extra: NetifExtraInfo?
             if let gso = packet.gso {
@@ -334,7 +334,7 @@ final class VifQueue: @unchecked Sendable {
             available -= needed
             // Ring order: data slot 0, the extra (it uses a request too; that buffer stays
             // empty and goes back to the frontend), then the other data slots.
-            // The copies read this storage (kept alive, unchanged, in `pending` until they ran).
+            // The copies read this storage (kept alive, unchanged, in `placed` until they ran).
             packet.bytes.withUnsafeBytes { bytes in
                 let base = UnsafeMutableRawPointer(mutating: bytes.baseAddress!)
                 var page = 0
@@ -357,10 +357,11 @@ final class VifQueue: @unchecked Sendable {
                     page += 1
                 }
             }
-            pendingHead += 1
+            pending.removeFirst()
+            placed.append(packet)
             rxPackets.wrappingIncrement(ordering: .relaxed)
         }
-        guard !slots.isEmpty else { return compactPending() }
+        guard !slots.isEmpty else { return false }
         copies.withUnsafeMutableBufferPointer { hypervisor.copyGrants($0, of: vif.device.frontend, by: .dom0) }
         for slot in slots {
             switch slot {
@@ -379,7 +380,7 @@ final class VifQueue: @unchecked Sendable {
                 rx.ring.enqueueResponse(.extraInfo(info))
             }
         }
-        _ = compactPending()
+        placed.removeAll(keepingCapacity: true)
         let notify = rx.ring.pushResponsesAndCheckNotify()
         if hostile == .rxProducerAhead {
             (rxRingAddress + SharedRingHeader.responseProducer).storeBytes(of: rx.ring.publishedResponses &+ 300, as: UInt32.self)
@@ -401,30 +402,17 @@ final class VifQueue: @unchecked Sendable {
         return ethertype == 0x86DD ? accepts.ipv6ChecksumOffload : accepts.checksumOffload
     }
 
+    /// The first pending packet cannot go to this frontend: dropped, counted.
     private func drop() {
-        pendingHead += 1
+        pending.removeFirst()
         rxDropped.wrappingIncrement(ordering: .relaxed)
-    }
-
-    /// Frees the taken part of the pending queue; false (nothing to notify).
-    @discardableResult
-    private func compactPending() -> Bool {
-        if pendingHead == pending.count {
-            pending.removeAll(keepingCapacity: true)
-            pendingHead = 0
-        } else if pendingHead > 256 {
-            pending.removeFirst(pendingHead)
-            pendingHead = 0
-        }
-        return false
     }
 
     /// A frontend that broke its rx ring: everything waiting is dropped, the ring left alone.
     private func dropPending(reason: String) -> Bool {
         vif.logger.error("vif \(vif.device.frontend.rawValue).\(vif.device.devid) rx ring: \(reason)")
-        rxDropped.wrappingIncrement(by: pending.count - pendingHead, ordering: .relaxed)
+        rxDropped.wrappingIncrement(by: pending.count, ordering: .relaxed)
         pending.removeAll()
-        pendingHead = 0
         return false
     }
 }
