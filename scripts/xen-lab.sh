@@ -120,10 +120,11 @@ EOF
 chmod +x "$root/init"
 ( cd "$root" && find . | cpio -o -H newc --quiet | gzip -1 ) > "$work/initrd.gz"
 
-# 3. Boot, bounded; the serial console is the result.
+# 3. Boot, bounded; the serial console is the result. SIGKILL 10 s after the SIGTERM: a parent
+#    that blocks SIGTERM (a test runner) passes that mask on, and QEMU would never stop.
 log="$work/console.log"
 set +e
-timeout "$timeout_s" qemu-system-x86_64 -accel tcg,thread=multi -cpu qemu64 -m 2048 -smp 2 -nographic -nic none -no-reboot \
+timeout -k 10 "$timeout_s" qemu-system-x86_64 -accel tcg,thread=multi -cpu qemu64 -m 2048 -smp 2 -nographic -nic none -no-reboot \
     -kernel "$tree/xen.elf" \
     -append 'dom0_mem=1024M,max:1024M dom0_max_vcpus=2 console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all noreboot' \
     -initrd "$tree/boot/vmlinuz-$kernel_version console=hvc0 earlyprintk=xen rdinit=/init,$work/initrd.gz" \
