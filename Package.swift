@@ -96,6 +96,8 @@ let package = Package(
             swiftSettings: strictSwift),
         // Linux calls that Glibc's module lacks (memfd_create, eventfd).
         .systemLibrary(name: "CLinux", path: "Sources/CLinux"),
+        // SIGINT/SIGTERM for the long-running tools, caught without a window where they are lost.
+        .target(name: "TerminationSignals", dependencies: ["CLinux"], swiftSettings: strictSwift),
         // memfd-backed shared regions and eventfd notifications.
         .target(name: "SharedMemory", dependencies: ["CLinux"], swiftSettings: strictSwift),
 
@@ -119,7 +121,7 @@ let package = Package(
         .executableTarget(
             name: "pvhost",
             dependencies: [
-                "PVHost", "PVHostProtocol", "PVPlatform", "XenStore",
+                "PVHost", "PVHostProtocol", "PVPlatform", "XenStore", "TerminationSignals",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSwift),
@@ -134,7 +136,7 @@ let package = Package(
             swiftSettings: strictSwift),
         .executableTarget(
             name: "pvnet",
-            dependencies: ["NetFront", "PVPlatform", "XenABI", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["NetFront", "PVPlatform", "XenABI", "TerminationSignals", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strictSwift),
         .executableTarget(
             name: "pvcheck",

@@ -1,5 +1,5 @@
 // Linux calls that Swift's Glibc module lacks: it is built without _GNU_SOURCE, so
-// memfd_create, memmem, fallocate (with FALLOC_FL_*) and the eventfd header are not visible. Header-only: nothing to link.
+// memfd_create, memmem, fallocate (with FALLOC_FL_*), pipe2 and the eventfd header are not visible. Header-only: nothing to link.
 // This can go when the Glibc module exports them.
 #ifndef PVKIT_CLINUX_SHIM_H
 #define PVKIT_CLINUX_SHIM_H
@@ -15,6 +15,7 @@
 int memfd_create(const char *name, unsigned int flags);
 int fallocate(int fd, int mode, off_t offset, off_t len);
 void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen);
+int pipe2(int pipefd[2], int flags);
 
 #include <fcntl.h>
 #include <string.h>
@@ -62,6 +63,43 @@ static inline int pvkit_link_up(const char *name, const unsigned char *mac) {
     if (ioctl(s, SIOCSIFFLAGS, &request) < 0) { int e = errno; close(s); errno = e; return -1; }
     close(s);
     return 0;
+}
+
+#include <signal.h>
+#include <pthread.h>
+
+/// Where the handler below writes: the write end of a pipe owned by TerminationSignals.
+static int pvkit_signal_pipe = -1;
+
+/// The signal handler: one byte (the signal's number) on the pipe, nothing else (write(2) is
+/// async-signal-safe; errno is kept for the interrupted code).
+static void pvkit_signal_note(int number) {
+    int saved = errno;
+    unsigned char byte = (unsigned char)number;
+    ssize_t ignored = write(pvkit_signal_pipe, &byte, 1);
+    (void)ignored;
+    errno = saved;
+}
+
+/// Catches `number` with the handler above, writing to `pipe_write` (non-blocking), and unblocks
+/// it in the calling thread. sigaction replaces the default action in one step: the signal is
+/// never ignored or lost in between, as it can be when SIG_IGN is set first and a dispatch
+/// source armed later. 0, or -1 (errno set by sigaction; pthread_sigmask fails only on a bad
+/// argument).
+static inline int pvkit_signal_catch(int number, int pipe_write) {
+    pvkit_signal_pipe = pipe_write;
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = pvkit_signal_note;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESTART;
+    if (sigaction(number, &action, NULL) != 0) return -1;
+    // A process may start with it blocked (a parent's thread mask survives exec; Foundation's
+    // Process launches from libdispatch threads that block nearly everything): unblock it here.
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, number);
+    return pthread_sigmask(SIG_UNBLOCK, &set, NULL) == 0 ? 0 : -1;
 }
 
 #endif

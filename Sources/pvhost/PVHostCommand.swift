@@ -4,6 +4,7 @@ import Foundation
 import PVHost
 import PVHostProtocol
 import PVPlatform
+import TerminationSignals
 import XenABI
 import XenStore
 
@@ -32,6 +33,7 @@ struct PVHostCommand: ParsableCommand {
 
         func run() throws {
             let path = file.hasPrefix("/") ? file : FileManager.default.currentDirectoryPath + "/" + file
+            let signals = try caughtSignals("pvhost capture")
             do { try ReferencePlatform.request(socket: control, .capture(port: port, path: path)) } catch {
                 FileHandle.standardError.write(Data("pvhost capture: \(error)\n".utf8))
                 throw ExitCode(1)
@@ -39,12 +41,7 @@ struct PVHostCommand: ParsableCommand {
             if let seconds {
                 Thread.sleep(forTimeInterval: seconds)
             } else {
-                let done = DispatchSemaphore(value: 0)
-                signal(SIGINT, SIG_IGN)
-                let source = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
-                source.setEventHandler { done.signal() }
-                source.resume()
-                done.wait()
+                _ = signals.next()
             }
             do { try ReferencePlatform.request(socket: control, .stopCapture(port: port)) } catch {
                 FileHandle.standardError.write(Data("pvhost capture: \(error)\n".utf8))
@@ -71,6 +68,7 @@ struct PVHostCommand: ParsableCommand {
         @Option(help: "Seconds guests get to detach after being told to power off.") var grace: Double = 2
 
         func run() throws {
+            let signals = try caughtSignals("pvhost run")
             var config: PVHostConfig?
             if let configPath {
                 do { config = try PVHostConfig.load(configPath) } catch {
@@ -109,17 +107,9 @@ struct PVHostCommand: ParsableCommand {
                     daemon.stop()
                 }
             }
-            var sources: [DispatchSourceSignal] = []
-            for signalNumber in [SIGINT, SIGTERM] {
-                signal(signalNumber, SIG_IGN)
-                let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
-                source.setEventHandler(handler: stop)
-                source.resume()
-                sources.append(source)
-            }
+            signals.onSignal { _ in stop() }
             Logger(label: "pvhost").info("running", metadata: ["control": "\(control)", "xenstored": "\(xenstore)"])
             server.run()
-            withExtendedLifetime(sources) {}
         }
     }
 
@@ -193,6 +183,7 @@ struct PVHostCommand: ParsableCommand {
         var pollMicroseconds = 50
 
         func run() throws {
+            let signals = try caughtSignals("pvhost xenstored")
             let limits = try parsedQuotas()
             let server: XenStoreDaemon
             do {
@@ -204,15 +195,17 @@ struct PVHostCommand: ParsableCommand {
             server.quotas = limits
             server.pollMicroseconds = pollMicroseconds
             signal(SIGPIPE, SIG_IGN)
-            let stopper = DispatchSource.makeSignalSource(signal: SIGTERM, queue: .global())
-            signal(SIGTERM, SIG_IGN)
-            stopper.setEventHandler { server.stop() }
-            stopper.resume()
-            let interrupt = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
-            signal(SIGINT, SIG_IGN)
-            interrupt.setEventHandler { server.stop() }
-            interrupt.resume()
+            signals.onSignal { _ in server.stop() }
             server.run()
         }
+    }
+}
+
+/// SIGINT/SIGTERM caught before the command makes anything a supervisor waits for (sockets), so
+/// that a stop sent as soon as it is ready is never lost; a failure ends the command (exit 1).
+func caughtSignals(_ command: String) throws -> TerminationSignals {
+    do { return try TerminationSignals.catchSignals() } catch {
+        FileHandle.standardError.write(Data("\(command): \(error)\n".utf8))
+        throw ExitCode(1)
     }
 }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import NetFront
 import PVPlatform
+import TerminationSignals
 import XenABI
 
 /// `pvnet`: a guest tool on NetFront. It attaches to a pvhost as a domain and uses that
@@ -180,22 +181,16 @@ extension PVNetCommand {
         @Option(help: "The TAP device to create (or open).") var tap: String
 
         func run() async throws {
+            let signals: TerminationSignals
+            do { signals = try TerminationSignals.catchSignals() } catch { fail("\(error)") }
             let (nic, _) = try await connection.open()
             let bridge: TapBridge
             do { bridge = try TapBridge(nic: nic, tap: tap) } catch { fail("\(error)") }
             print("bridging vif \(connection.device) (\(nic.info.mac)) to \(tap)")
             fflush(nil)
             let (stop, continuation) = AsyncStream<Void>.makeStream()
-            var sources: [DispatchSourceSignal] = []
-            for signalNumber in [SIGINT, SIGTERM] {
-                signal(signalNumber, SIG_IGN)
-                let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
-                source.setEventHandler { continuation.yield() }
-                source.resume()
-                sources.append(source)
-            }
+            signals.onSignal { _ in continuation.yield() }
             for await _ in stop { break }
-            for source in sources { source.cancel() }
             await bridge.stop()
             print("to the rings \(bridge.toGuestNetwork.load(ordering: .relaxed)), to Linux \(bridge.toLinux.load(ordering: .relaxed)), lost \(bridge.lost.load(ordering: .relaxed))")
             await nic.close()

@@ -76,8 +76,7 @@ struct NetTapTests {
         /// Stops the bridge (SIGTERM) and returns what it printed.
         func stopBridge() -> String {
             guard let bridge, bridge.isRunning else { return "" }
-            kill(bridge.processIdentifier, SIGTERM)
-            bridge.waitUntilExit()
+            stop(bridge)
             return String(decoding: bridgeOutput?.fileHandleForReading.readDataToEndOfFile() ?? Data(), as: UTF8.self)
         }
 

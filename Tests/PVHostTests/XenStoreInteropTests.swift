@@ -39,8 +39,7 @@ struct XenStoreInteropTests {
         }
 
         deinit {
-            process.terminate()
-            process.waitUntilExit()
+            stop(process)
             try? FileManager.default.removeItem(at: directory)
         }
     }
