@@ -36,7 +36,7 @@ demo:
 	  echo "== a real Xen under QEMU: pvstore, BlockFront and NetFront in dom0 against Xen's xenstored and Linux's blkback/netback"; \
 	  scripts/install-deps.sh test; \
 	  for p in pvstore pvblk pvnet; do $(SWIFT) build -c release --build-path .build-static -Xswiftc -static-executable --product $$p || exit 1; done; \
-	  for p in pvstore blkfront blkfront-features netfront; do \
+	  for p in pvstore blkfront blkfront-throughput netfront; do \
 	    b=$$(case $$p in blkfront*) echo pvblk;; netfront) echo pvnet;; *) echo $$p;; esac); \
 	    strip -o /tmp/pvkit-demo-$$b .build-static/release/$$b; \
 	    scripts/xen-lab.sh scripts/xenlab/$$p.sh /tmp/pvkit-demo-$$b | sed -n '/XENLAB-DOM0-UP/,/XENLAB-PAYLOAD-DONE/p' | grep -v '^\[ *[0-9]' || exit 1; \

@@ -3,8 +3,9 @@ import Synchronization
 /// Closes a frontend device once, whoever asks first (its user, or the device's own failure):
 /// stops the handshake (so its last state write cannot land after Closing), fails the
 /// device's waiters with the reason, says Closing (or records the error, as
-/// `xenbus_dev_error`), waits up to 5 s for the backend to let go, releases the transport
-/// (revoking grants with try semantics), says Closed. Later callers wait for the first.
+/// `xenbus_dev_error`), waits (up to 5 s) for the backend's Closing, says Closed, waits (up to
+/// 5 s) for the backend's Closed — it has let go of the rings by then — and releases the
+/// transport (revoking grants with try semantics). Later callers wait for the first.
 public final class FrontendCloser<Reason: Error & Sendable & CustomStringConvertible>: Sendable {
     private let xenbus: XenbusFrontend
     private let lifecycle: Task<Void, Never>
@@ -14,7 +15,7 @@ public final class FrontendCloser<Reason: Error & Sendable & CustomStringConvert
     private let done = Mutex<[CheckedContinuation<Void, Never>]?>([])
 
     /// `fail` ends the device's waiters (nil: closed by its user); `release` stops its I/O and
-    /// frees the transport once the backend let go (or the wait ran out).
+    /// frees the transport once the backend is Closed (or the wait ran out).
     public init(xenbus: XenbusFrontend, lifecycle: Task<Void, Never>, fail: @escaping @Sendable (Reason?) -> Void,
                 release: @escaping @Sendable () async -> Void) {
         self.xenbus = xenbus
@@ -40,9 +41,13 @@ public final class FrontendCloser<Reason: Error & Sendable & CustomStringConvert
         await lifecycle.value
         fail(reason)
         if let reason { await xenbus.fail(errno: 5, "\(reason)") } else { try? await xenbus.switchState(.closing) }
+        // The backend answers Closing and goes Closed after we do (Linux blkback unmaps only
+        // then): Closed, then wait for its Closed, then revoke — waiting for its Closed first
+        // would always run out the clock against Linux.
+        await xenbus.waitForBackend(in: [.closing, .closed, .unknown], timeout: .seconds(5))
+        try? await xenbus.switchState(.closed)
         await xenbus.waitForBackend(in: [.closed, .unknown], timeout: .seconds(5))
         await release()
-        try? await xenbus.switchState(.closed)
         let waiting = done.withLock { waiting in defer { waiting = nil }; return waiting ?? [] }
         for continuation in waiting { continuation.resume() }
     }

@@ -22,6 +22,8 @@ public final class XenStoreClient: XenStoreOperations, Sendable {
     private let core: ClientCore
     private let sending = Mutex(())
     private let reader: ReaderThread
+    /// Requests take turns when the transport wants one at a time.
+    private let turn = RequestTurn()
 
     /// Starts a client on an open transport.
     public init(transport: any XenStoreTransport) {
@@ -54,6 +56,9 @@ public final class XenStoreClient: XenStoreOperations, Sendable {
 
     /// Sends one request and waits for its reply (``XenStoreOperations`` builds on this).
     public func call(_ request: XenStoreRequest, transaction: UInt32) async throws(XenStoreError) -> XenStoreReply {
+        let serial = transport.oneRequestAtATime
+        if serial { await turn.acquire() }
+        defer { if serial { turn.release() } }
         let path = Self.subject(of: request)
         let result: Result<XenStoreReply, XenStoreError> = await withCheckedContinuation { continuation in
             let registered: Result<UInt32, XenStoreError> = core.state.withLock { state in
@@ -330,5 +335,30 @@ private final class ReaderThread: @unchecked Sendable {
     private final class Box {
         let body: @Sendable () -> Void
         init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+    }
+}
+
+/// A first-come, first-served async lock: the request whose turn it is, then the next.
+private final class RequestTurn: Sendable {
+    private let state = Mutex<(busy: Bool, waiting: [CheckedContinuation<Void, Never>])>((false, []))
+
+    func acquire() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let now: Bool = state.withLock { state in
+                if !state.busy { state.busy = true; return true }
+                state.waiting.append(continuation)
+                return false
+            }
+            if now { continuation.resume() }
+        }
+    }
+
+    /// Hands the turn to the next waiter, if any.
+    func release() {
+        let next: CheckedContinuation<Void, Never>? = state.withLock { state in
+            guard !state.waiting.isEmpty else { state.busy = false; return nil }
+            return state.waiting.removeFirst()
+        }
+        next?.resume()
     }
 }

@@ -19,6 +19,13 @@ public protocol XenStoreTransport: AnyObject, Sendable {
     func receive(into buffer: UnsafeMutableRawBufferPointer) throws(XenStoreError) -> Int
     /// Ends the stream: a blocked ``receive(into:)`` returns 0, later sends fail.
     func shutdown()
+    /// Whether the client must wait for each reply before sending the next request.
+    var oneRequestAtATime: Bool { get }
+}
+
+extension XenStoreTransport {
+    /// Daemons' sockets and rings take requests pipelined.
+    public var oneRequestAtATime: Bool { false }
 }
 
 /// Where libxenstore looks for the daemon, in order (Xen 4.17 `xs.c`, and pyxs agrees):
@@ -79,6 +86,12 @@ public struct XenStoreLocation: Sendable, Equatable {
 final class FileDescriptorTransport: XenStoreTransport, @unchecked Sendable {
     let name: String
     let payloadLimit: Int
+    /// True for Linux's xenbus device, as libxenstore does it (one request, then its reply):
+    /// its write() of a WATCH waits for the daemon's answer while holding the file's buffer
+    /// lock, and the kernel's xenbus thread, delivering another reply of the same file
+    /// meanwhile, blocks on that lock — the watch's answer never comes and every xenstore
+    /// user in the domain hangs (seen with Linux 6.1 in a Xen 4.17 dom0).
+    let oneRequestAtATime: Bool
     private let fd: Int32
     private let wake: Int32
 
@@ -95,23 +108,24 @@ final class FileDescriptorTransport: XenStoreTransport, @unchecked Sendable {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
         guard connected == 0 else { let e = errno; Glibc.close(fd); throw TransportOpenError(errno: e) }
-        try self.init(fd: fd, name: path, payloadLimit: XsWire.payloadMax)
+        try self.init(fd: fd, name: path, payloadLimit: XsWire.payloadMax, oneRequestAtATime: false)
     }
 
     /// Opens Linux's xenbus device (header + payload at most 4096 bytes per message).
     convenience init(device path: String) throws(TransportOpenError) {
         let fd = Glibc.open(path, O_RDWR | O_CLOEXEC)
         guard fd >= 0 else { throw TransportOpenError(errno: errno) }
-        try self.init(fd: fd, name: path, payloadLimit: XsWire.xenbusDevicePayloadMax)
+        try self.init(fd: fd, name: path, payloadLimit: XsWire.xenbusDevicePayloadMax, oneRequestAtATime: true)
     }
 
-    private init(fd: Int32, name: String, payloadLimit: Int) throws(TransportOpenError) {
+    private init(fd: Int32, name: String, payloadLimit: Int, oneRequestAtATime: Bool) throws(TransportOpenError) {
         let wake = eventfd(0, Int32(EFD_CLOEXEC))
         guard wake >= 0 else { let e = errno; Glibc.close(fd); throw TransportOpenError(errno: e) }
         self.fd = fd
         self.wake = wake
         self.name = name
         self.payloadLimit = payloadLimit
+        self.oneRequestAtATime = oneRequestAtATime
     }
 
     deinit {

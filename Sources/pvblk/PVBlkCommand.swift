@@ -14,7 +14,7 @@ struct PVBlkCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pvblk",
         abstract: "Use a virtual disk through Xen's PV block protocol, as a guest of pvhost.",
-        subcommands: [Info.self, Read.self, Write.self, Verify.self, Journal.self, Bench.self])
+        subcommands: [Info.self, Read.self, Write.self, Verify.self, Discard.self, Journal.self, Bench.self])
 }
 
 struct Connection: ParsableArguments {
@@ -22,14 +22,29 @@ struct Connection: ParsableArguments {
     @Option(help: "The guest's domain name (pvhost's configuration gives it its disks).") var name: String?
     @Flag(help: "Run in this real Xen domain instead (/dev/xen/gntalloc, evtchn, xenbus; as root).") var xen = false
     @Option(help: "The disk's vbd number.") var device = 51712
+    @Option(help: "Rings to ask for (default: one per processor).") var queues: Int?
+    @Option(help: "Ring size to ask for: 2^N pages (0…4).") var ringPageOrder = 4
+    @Flag(help: "Do not use persistent grants.") var noPersistent = false
+    @Option(help: "Indirect segments to ask for (≤ 11: none).") var indirectSegments = 128
 
     func validate() throws {
         if !xen && name == nil { throw ValidationError("--name is needed with pvhost (or --xen in a real Xen domain)") }
+        if !(0...4).contains(ringPageOrder) { throw ValidationError("--ring-page-order is 0…4") }
+    }
+
+    /// The features asked for (each used only when the backend offers it too).
+    var options: BlockFront.Options {
+        var options = BlockFront.Options()
+        if let queues { options.queues = queues }
+        options.ringPageOrder = ringPageOrder
+        options.persistentGrants = !noPersistent
+        options.indirectSegments = indirectSegments
+        return options
     }
 
     /// Attaches (to pvhost, or this Xen domain) and connects the disk; prints a clear error and
     /// exits 1 on failure.
-    func open(options: BlockFront.Options = BlockFront.Options()) async throws -> (BlockFront, any PVPlatform) {
+    func open() async throws -> (BlockFront, any PVPlatform) {
         do {
             let platform: any PVPlatform = xen ? try await LinuxXenPlatform.open() : try ReferencePlatform.attach(socket: pvhost, name: name ?? "")
             let disk = try await BlockFront.connect(platform: platform, store: try platform.xenstore(), id: device, options: options)
@@ -59,9 +74,15 @@ extension PVBlkCommand {
             let (disk, platform) = try await connection.open()
             let i = disk.info
             if json {
-                print(#"{"bytes":\#(i.bytes),"flush":\#(i.flush),"readOnly":\#(i.readOnly),"sectorSize":\#(i.sectorSize),"sectors":\#(i.sectors)}"#)
+                let discard = i.discard.map { #"{"alignment":\#($0.alignment),"granularity":\#($0.granularity),"secure":\#($0.secure)}"# } ?? "null"
+                print(#"{"barrier":\#(i.barrier),"bytes":\#(i.bytes),"discard":\#(discard),"flush":\#(i.flush),"indirectSegments":\#(i.indirectSegments),"#
+                      + #""persistentGrants":\#(i.persistentGrants),"physicalSectorSize":\#(i.physicalSectorSize),"queues":\#(i.queues),"readOnly":\#(i.readOnly),"#
+                      + #""ringPages":\#(i.ringPages),"sectorSize":\#(i.sectorSize),"sectors":\#(i.sectors),"trusted":\#(i.trusted)}"#)
             } else {
                 print("vbd \(connection.device) of domain \(platform.domain.rawValue): \(i.sectors) sectors (\(i.bytes) bytes), sector size \(i.sectorSize), \(i.readOnly ? "read-only" : "read-write"), flush \(i.flush ? "yes" : "no")")
+                let discard = i.discard.map { "discard yes (granularity \($0.granularity), alignment \($0.alignment)\($0.secure ? ", secure" : ""))" } ?? "discard no"
+                print("\(i.queues) queue(s) of \(i.ringPages) ring page(s), persistent grants \(i.persistentGrants ? "yes" : "no"), indirect segments \(i.indirectSegments), "
+                      + "barrier \(i.barrier ? "yes" : "no"), \(discard), physical sector \(i.physicalSectorSize), trusted \(i.trusted ? "yes" : "no")")
             }
             await disk.close()
         }
@@ -77,7 +98,7 @@ extension PVBlkCommand {
         func run() async throws {
             let (disk, _) = try await connection.open()
             let bytes = try await running { try await disk.read(sector: sector, count: count) }
-            if let output { FileManager.default.createFile(atPath: output, contents: Data(bytes)) } else { FileHandle.standardOutput.write(Data(bytes)) }
+            if let output { _ = FileManager.default.createFile(atPath: output, contents: Data(bytes)) } else { FileHandle.standardOutput.write(Data(bytes)) }
             await disk.close()
         }
     }
@@ -87,12 +108,13 @@ extension PVBlkCommand {
         @OptionGroup var connection: Connection
         @Option(help: "First 512-byte sector.") var sector: UInt64 = 0
         @Option(help: "Read from here instead of standard input.") var input: String?
+        @Flag(help: "Write with BLKIF_OP_WRITE_BARRIER (ordered after everything before it).") var barrier = false
 
         func run() async throws {
             let data = input.flatMap { FileManager.default.contents(atPath: $0) } ?? FileHandle.standardInput.readDataToEndOfFile()
             let (disk, _) = try await connection.open()
             try await running {
-                try await disk.write(sector: sector, Array(data))
+                try await disk.write(sector: sector, Array(data), barrier: barrier)
                 if disk.info.flush { try await disk.flush() }
             }
             await disk.close()
@@ -106,6 +128,7 @@ extension PVBlkCommand {
         @Option(help: "First 512-byte sector.") var sector: UInt64 = 0
         @Option(help: "Bytes to write (a multiple of the sector size).") var count = 1 << 20
         @Option(help: "The backing file, to compare with what the backend wrote.") var backing: String?
+        @Flag(help: "Write the pattern with BLKIF_OP_WRITE_BARRIER.") var barrier = false
 
         func run() async throws {
             let (disk, _) = try await connection.open()
@@ -115,7 +138,7 @@ extension PVBlkCommand {
                 return UInt8(truncatingIfNeeded: state)
             }
             let back = try await running { () async throws -> [UInt8] in
-                try await disk.write(sector: sector, pattern)
+                try await disk.write(sector: sector, pattern, barrier: barrier)
                 if disk.info.flush { try await disk.flush() }
                 return try await disk.read(sector: sector, count: count)
             }
@@ -133,7 +156,23 @@ extension PVBlkCommand {
                     throw ExitCode(2)
                 }
             }
-            print("verified \(count) bytes at sector \(sector)\(backing.map { ", and in \($0)" } ?? "")")
+            print("verified \(count) bytes at sector \(sector)\(barrier ? " (barrier write)" : "")\(backing.map { ", and in \($0)" } ?? "")")
+        }
+    }
+
+    struct Discard: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Discard a range (BLKIF_OP_DISCARD): the backend may forget those bytes (pvhost's file-backed disks punch a hole).")
+        @OptionGroup var connection: Connection
+        @Option(help: "First 512-byte sector.") var sector: UInt64
+        @Option(help: "Bytes to discard (a multiple of the sector size).") var count: Int
+        @Flag(help: "Ask for a secure erase (when the backend offers it).") var secure = false
+
+        func run() async throws {
+            let (disk, _) = try await connection.open()
+            try await running { try await disk.discard(sector: sector, count: count, secure: secure) }
+            await disk.close()
+            print("discarded \(count) bytes at sector \(sector)")
         }
     }
 
@@ -179,9 +218,6 @@ extension PVBlkCommand {
         @Option(help: "Requests in flight.") var queueDepth = 32
         @Option(help: "Seconds to run.") var seconds = 5.0
         @Flag(help: "Write (destroys the disk's contents) instead of reading.") var write = false
-        @Option(help: "Rings to ask for (default: one per processor).") var queues: Int?
-        @Flag(help: "Do not use persistent grants.") var noPersistent = false
-        @Option(help: "Indirect segments to ask for (≤ 11: none).") var indirectSegments = 128
         @Flag(help: "Use BlockBuffers (memory granted to the backend once, no copies in the guest) instead of ordinary memory.")
         var zeroCopy = false
 
@@ -192,11 +228,7 @@ extension PVBlkCommand {
         }
 
         func run() async throws {
-            var options = BlockFront.Options()
-            if let queues { options.queues = queues }
-            options.persistentGrants = !noPersistent
-            options.indirectSegments = indirectSegments
-            let (disk, _) = try await connection.open(options: options)
+            let (disk, _) = try await connection.open()
             let info = disk.info
             let blocks = info.bytes / UInt64(blockSize)
             guard blocks > 0, blockSize % info.sectorSize == 0 else {

@@ -73,6 +73,12 @@ func testFrame(to destination: MACAddress, from source: MACAddress, size: Int, s
     return Array(frame.prefix(max(size, 14)))
 }
 
+/// The negotiated features as one line (`pvnet info`, `pvnet tap`).
+func describe(_ f: NetNegotiation.Features) -> String {
+    "queues \(f.queues), split event channels \(f.splitEventChannels ? "yes" : "no"), scatter-gather \(f.scatterGather ? "yes" : "no"), "
+        + "GSO TCPv4 \(f.gsoTCPv4 ? "yes" : "no"), TCPv6 \(f.gsoTCPv6 ? "yes" : "no"), checksum offload \(f.checksumOffload ? "yes" : "no")"
+}
+
 extension PVNetCommand {
     struct Info: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Print the interface's address, MTU and negotiated features.")
@@ -86,8 +92,7 @@ extension PVNetCommand {
                 print(#"{"gsoTCPv4":\#(f.gsoTCPv4),"gsoTCPv6":\#(f.gsoTCPv6),"linkUp":\#(i.linkUp),"mac":"\#(i.mac)","mtu":\#(i.mtu),"queues":\#(f.queues),"scatterGather":\#(f.scatterGather),"splitEventChannels":\#(f.splitEventChannels)}"#)
             } else {
                 print("vif \(connection.device) of domain \(platform.domain.rawValue): \(i.mac), mtu \(i.mtu), link \(i.linkUp ? "up" : "down")")
-                print("queues \(f.queues), split event channels \(f.splitEventChannels ? "yes" : "no"), scatter-gather \(f.scatterGather ? "yes" : "no"), "
-                      + "GSO TCPv4 \(f.gsoTCPv4 ? "yes" : "no"), TCPv6 \(f.gsoTCPv6 ? "yes" : "no"), checksum offload \(f.checksumOffload ? "yes" : "no")")
+                print(describe(f))
             }
             await nic.close()
         }
@@ -186,7 +191,7 @@ extension PVNetCommand {
             let (nic, _) = try await connection.open()
             let bridge: TapBridge
             do { bridge = try TapBridge(nic: nic, tap: tap) } catch { fail("\(error)") }
-            print("bridging vif \(connection.device) (\(nic.info.mac)) to \(tap)")
+            print("bridging vif \(connection.device) (\(nic.info.mac)) to \(tap): \(describe(nic.info.features))")
             fflush(nil)
             let (stop, continuation) = AsyncStream<Void>.makeStream()
             signals.onSignal { _ in continuation.yield() }

@@ -42,18 +42,24 @@ struct XenLabTests {
         #expect(result.status == 0 && payload.contains("XENLAB-PASS"), "\(payload.suffix(3000))")
     }
 
-    @Test("BlockFront (pvblk --xen on LinuxXenPlatform) against Linux's real blkback on xl block-attach: connects with its features, reads what the file holds, writes a pattern that verifies against the backing file, detaches")
+    @Test("BlockFront (pvblk --xen on LinuxXenPlatform) against Linux's real blkback on xl block-attach: every feature it offers negotiated (2 queues, 16-page rings, persistent grants, indirect, flush, barrier, discard); read, write+flush+read verified against the file, a barrier write, a discard reading back as zeros; each feature off in turn; after detach no active grant (Xen's own dump)")
     func blkfront() throws {
         guard let result = try Self.lab("blkfront.sh", binaries: ["pvblk"]) else { return }
         let payload = result.output.components(separatedBy: "XENLAB-DOM0-UP").last ?? result.output
-        #expect(result.status == 0 && payload.contains("XENLAB-PASS") && payload.contains("verified 1048576 bytes"), "\(payload.suffix(3000))")
+        let verified = payload.components(separatedBy: "\n").filter { $0.hasPrefix("verified ") && $0.hasSuffix("and in /mnt/disk/disk.img") }
+        #expect(result.status == 0 && payload.contains("XENLAB-PASS") && verified.count == 6
+                && payload.contains("(barrier write)") && payload.contains("discard: 1048576 bytes read back as zeros")
+                && payload.contains("persistent grants no") && payload.contains("indirect segments 0,") && payload.contains("1 queue(s)")
+                && payload.contains("of 1 ring page(s)") && payload.contains("after detach: no active grant entries"), "\(payload.suffix(3000))")
     }
 
-    @Test("NetFront (pvnet --xen) against Linux's real netback on xl network-attach: ARP from Linux received, then ping (56 and 3000 bytes) between pvnet tap in a namespace and an address on the vif")
+    @Test("NetFront (pvnet --xen) against Linux's real netback on xl network-attach: ARP from Linux received; pvnet tap in a namespace on 2 queues with split event channels, SG, GSO and checksum offload: ping (56 and 3000 bytes) and 8 MiB of TCP each way, identical end to end, GSO used both ways")
     func netfront() throws {
         guard let result = try Self.lab("netfront.sh", binaries: ["pvnet"]) else { return }
         let payload = result.output.components(separatedBy: "XENLAB-DOM0-UP").last ?? result.output
-        #expect(result.status == 0 && payload.contains("XENLAB-PASS") && payload.contains("3 packets received"), "\(payload.suffix(3000))")
+        #expect(result.status == 0 && payload.contains("XENLAB-PASS") && payload.contains("3 packets received")
+                && payload.contains("to pv0: queues 2, split event channels yes, scatter-gather yes, GSO TCPv4 yes, TCPv6 yes, checksum offload yes")
+                && payload.contains("TCP: 8 MiB each way, identical end to end") && payload.contains("GSO both ways"), "\(payload.suffix(3000))")
     }
 }
 

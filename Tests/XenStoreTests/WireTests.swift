@@ -267,3 +267,71 @@ struct XenbusDeviceTransportTests {
         }
     }
 }
+
+/// A transport answering every request itself (a READ gets "v", 2 ms later), counting how
+/// many requests were ever outstanding at once.
+final class CountingTransport: XenStoreTransport, @unchecked Sendable {
+    let name = "counting"
+    let payloadLimit = 4096
+    let oneRequestAtATime: Bool
+    private let lock = NSCondition()
+    private var replies: [UInt8] = []
+    private var outstanding = 0
+    private var ended = false
+    private(set) var mostOutstanding = 0
+
+    init(oneRequestAtATime: Bool) { self.oneRequestAtATime = oneRequestAtATime }
+
+    func send(_ bytes: UnsafeRawBufferPointer) throws(XenStoreError) {
+        guard let header = try? XsHeader.decode(UnsafeRawBufferPointer(rebasing: bytes[0..<16])) else { throw .badReply("bad frame") }
+        lock.withLock {
+            outstanding += 1
+            mostOutstanding = max(mostOutstanding, outstanding)
+        }
+        Thread {
+            usleep(2000)
+            self.lock.withLock {
+                self.replies += XsHeader(type: header.type, requestID: header.requestID, transactionID: 0, length: 1).bytes + Array("v".utf8)
+                self.lock.broadcast()
+            }
+        }.start()
+    }
+
+    func receive(into buffer: UnsafeMutableRawBufferPointer) throws(XenStoreError) -> Int {
+        lock.withLock {
+            while replies.isEmpty && !ended { lock.wait() }
+            guard !ended else { return 0 }
+            // One whole reply per receive: it is outstanding until the client has it.
+            let count = 17
+            buffer.copyBytes(from: replies[0..<count])
+            replies.removeFirst(count)
+            outstanding -= 1
+            return count
+        }
+    }
+
+    func shutdown() { lock.withLock { ended = true; lock.broadcast() } }
+}
+
+@Suite("Requests one at a time")
+struct OneRequestAtATimeTests {
+    @Test("a transport that asks (Linux's /dev/xen/xenbus: a WATCH written while another reply is due deadlocks the kernel) gets each reply before the next request; others are pipelined")
+    func turns() async throws {
+        for serial in [true, false] {
+            let transport = CountingTransport(oneRequestAtATime: serial)
+            let client = XenStoreClient(transport: transport)
+            try await withThrowingTaskGroup(of: String.self) { group in
+                for i in 0..<20 { group.addTask { try await client.readString(XenStorePath("/n\(i)")) } }
+                for try await value in group { #expect(value == "v") }
+            }
+            client.close()
+            if serial { #expect(transport.mostOutstanding == 1) } else { #expect(transport.mostOutstanding > 1) }
+        }
+        // The device transport is one of those that ask.
+        let fifo = NSTemporaryDirectory() + "pvkit-xenbus-turns-\(getpid())"
+        unlink(fifo)
+        #expect(mkfifo(fifo, 0o600) == 0)
+        defer { unlink(fifo) }
+        #expect(try XenStoreLocation(socket: "/nonexistent/socket", devices: [fifo]).open().oneRequestAtATime)
+    }
+}

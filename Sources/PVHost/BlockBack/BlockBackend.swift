@@ -306,8 +306,8 @@ public final class BlockBackend: @unchecked Sendable {
         }
     }
 
-    /// Stops serving, unmaps the rings and persistent grants, closes the ports, and says Closed.
-    public func disconnect() async {
+    /// Stops serving, unmaps the rings and persistent grants, closes the ports (the xenbus state is the caller's).
+    private func disconnect() async {
         let old: [ServedQueue]? = lock.withLock { defer { connection = nil }; return connection }
         if let old {
             for queue in old { queue.stop() }
@@ -320,7 +320,6 @@ public final class BlockBackend: @unchecked Sendable {
             for queue in old { queue.release() }
             lock.withLock { servedBefore += count }
         }
-        await setState(.closed)
     }
 
     /// Called by a queue whose thread stopped on its own (hostile `vanish`): the backend's
@@ -332,6 +331,7 @@ public final class BlockBackend: @unchecked Sendable {
     public func stop() async {
         watcher?.cancel()
         await disconnect()
+        await setState(.closed)
         let kept = lock.withLock { defer { abandoned.removeAll() }; return abandoned }
         for mappings in kept { for mapping in mappings { try? hypervisor.unmapGrant(mapping.handle, by: .dom0) } }
     }

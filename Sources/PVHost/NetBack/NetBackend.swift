@@ -217,8 +217,8 @@ public final class NetBackend: SwitchPort, @unchecked Sendable {
         }
     }
 
-    /// Stops serving, unmaps the rings, closes the ports, and says Closed.
-    public func disconnect() async {
+    /// Stops serving, unmaps the rings, closes the ports (the xenbus state is the caller's).
+    private func disconnect() async {
         let old: [VifQueue]? = lock.withLock { defer { queues = nil }; return queues }
         if let old {
             for queue in old { queue.stop() }
@@ -226,7 +226,6 @@ public final class NetBackend: SwitchPort, @unchecked Sendable {
             lock.withLock { for queue in old { before.add(queue) } }
             for queue in old { queue.release() }
         }
-        await setState(.closed)
     }
 
     /// Called by a queue whose thread stopped on its own (hostile `vanish`).
@@ -244,6 +243,7 @@ public final class NetBackend: SwitchPort, @unchecked Sendable {
         watcher?.cancel()
         network.detach(self)
         await disconnect()
+        await setState(.closed)
     }
 
     // MARK: Switching

@@ -36,7 +36,8 @@ struct BackendXenbus: Sendable {
     }
 
     /// Follows the frontend's `state`: `connect` when it reaches one of `connectOn` (and we are
-    /// not connected), `disconnect` on Closing, Closed or Unknown (the watch ends on Unknown:
+    /// not connected); on Closing, `disconnect` (the data path goes: rings and grants unmapped)
+    /// and our state becomes Closing; on Closed or Unknown, Closed (the watch ends on Unknown:
     /// the device is gone); a frontend starting over (Initialising) is offered the device
     /// again once we are Closed — or Closing, after a failed connect: a restarted backend can
     /// see the previous instance's Connected and stale ring refs before the frontend noticed
@@ -54,8 +55,14 @@ struct BackendXenbus: Sendable {
                 switch state {
                 case let state where connectOn.contains(state):
                     if !connected { await connect() }
-                case .closing, .closed, .unknown:
-                    if connected || state == .closed { await disconnect() }
+                case .closing:
+                    // As the spec's close table (and Linux): tear down the data path, say
+                    // Closing, and go Closed only once the frontend is Closed.
+                    if connected { await disconnect() }
+                    if await me.ownState() != .closed { await me.setState(.closing) }
+                case .closed, .unknown:
+                    if connected { await disconnect() }
+                    await me.setState(.closed)
                     if state == .unknown { return }
                 case .initialising:
                     if await [.closed, .closing].contains(me.ownState()) { await me.setState(.initWait) }
