@@ -135,9 +135,11 @@ public final class BlockFront: Sendable {
                                                      fail: { core.fail($0 ?? .closed("closed by the frontend")) },
                                                      release: { _ = core.drain() })
         // A device that fails on its own (a lying backend, a timeout) closes as if asked to.
-        core.onFailure = { error in
+        // Weak: the closer's closures hold the core, and a strong reference back would keep
+        // both (and the platform's pages and ports) alive forever.
+        core.onFailure = { [weak closer] error in
             switch error {
-            case .backendMisbehaved, .timedOut: Task { await closer.close(reason: error) }
+            case .backendMisbehaved, .timedOut: Task { await closer?.close(reason: error) }
             default: break  // closed by the backend, the toolstack or us: the handshake handles it
             }
         }

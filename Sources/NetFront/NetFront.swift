@@ -117,8 +117,9 @@ public final class NetFront: Sendable {
         let closer = FrontendCloser<NetFrontError>(xenbus: xenbus, lifecycle: lifecycle,
                                                    fail: { state.fail($0 ?? .closed("closed by the frontend")) },
                                                    release: { state.disconnected(); state.retryHeld() })
-        state.onFailure = { error in
-            if case .backendMisbehaved = error { Task { await closer.close(reason: error) } }
+        // Weak: the closer's closures hold the state (see BlockFront.connect).
+        state.onFailure = { [weak closer] error in
+            if case .backendMisbehaved = error { Task { await closer?.close(reason: error) } }
         }
         do {
             _ = try await state.waitForConnection()

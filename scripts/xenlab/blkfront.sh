@@ -1,9 +1,9 @@
 # dom0 payload for scripts/xen-lab.sh: our BlockFront (pvblk --xen) against Linux's real
 # blkback, on a dom0→dom0 disk made by xl block-attach over a loop device (its file on tmpfs,
-# so discard punches holes). With every feature blkback offers: read, a random pattern written,
-# flushed, read back and found in the backing file; a barrier write; a discard that reads back
-# as zeros. Then each feature off in turn, the same check. After xl block-detach, Xen's own
-# grant dump ('g' debug key) shows no active grant of dom0. Prints XENLAB-PASS, or XENLAB-FAIL.
+# so discard punches holes): blk-workload.sh (every feature blkback offers; read, a random
+# pattern written, flushed, read back and found in the backing file; a barrier write; a discard
+# that reads back as zeros; each feature off in turn). After xl block-detach, Xen's own grant
+# dump ('g' debug key) shows no active grant of dom0. Prints XENLAB-PASS, or XENLAB-FAIL.
 stuck() {  # what is stuck in the kernel, for a failure report
     for p in /proc/[0-9]*; do
         [ "$(cut -d' ' -f3 "$p/stat" 2>/dev/null)" = D ] || continue
@@ -29,31 +29,14 @@ losetup /dev/loop0 $image || fail "losetup"
 xl block-attach 0 phy:/dev/loop0,xvdb,w || fail "xl block-attach"
 for _ in 1 2 3 4 5 6 7 8 9 10; do [ "$(xenstore-read /local/domain/0/backend/vbd/0/51728/state 2>/dev/null)" = 2 ] && break; sleep 1; done
 echo "backend offers: $(xenstore-ls /local/domain/0/backend/vbd/0/51728 | grep -E 'feature|max|queues' | tr -s ' ' | tr '\n' ' ')"
-pvblk() { timeout 60 /usr/local/bin/pvblk "$@" --xen --device 51728; }
-
-pvblk info > /tmp/info.out || { cat /tmp/info.out; fail "pvblk info"; }
-cat /tmp/info.out
-grep -q "2 queue(s) of 16 ring page(s), persistent grants yes, indirect segments 128, barrier yes, discard yes" /tmp/info.out \
+blk() { timeout 60 /usr/local/bin/pvblk "$@" --xen --device 51728; }
+IMAGE=$image
+. /usr/local/bin/blk-workload.sh
+blk_workload > /tmp/workload.out; status=$?
+cat /tmp/workload.out
+[ $status = 0 ] || fail "the block workload"
+grep -q "2 queue(s) of 16 ring page(s), persistent grants yes, indirect segments 128, barrier yes, discard yes" /tmp/workload.out \
     || fail "not every feature negotiated"
-ours="$(pvblk read --sector 8 --count 4096 | md5sum)"
-theirs="$(dd if=$image bs=512 skip=8 count=8 2>/dev/null | md5sum)"
-[ "$ours" = "$theirs" ] || fail "pvblk read: $ours, the file: $theirs"
-pvblk verify --sector 2048 --count 1048576 --backing $image || fail "pvblk verify"
-pvblk verify --sector 8192 --count 65536 --barrier --backing $image || fail "pvblk verify --barrier"
-# Discard 1 MiB (4 KiB-aligned, blkback's granularity): zeros through blkback and in the file.
-pvblk discard --sector 16384 --count 1048576 || fail "pvblk discard"
-zeros="$(head -c 1048576 /dev/zero | md5sum)"
-[ "$(pvblk read --sector 16384 --count 1048576 | md5sum)" = "$zeros" ] || fail "discarded range does not read back as zeros"
-[ "$(dd if=$image bs=512 skip=16384 count=2048 2>/dev/null | md5sum)" = "$zeros" ] || fail "discarded range is not zeros in the file"
-echo "discard: 1048576 bytes read back as zeros, through blkback and in $image"
-
-# Each feature off in turn (the backend still offers it): the same write, flush, read, compare.
-sector=24576
-for off in --no-persistent "--indirect-segments 0" "--queues 1" "--ring-page-order 0"; do
-    pvblk info $off | tail -1
-    pvblk verify $off --sector $sector --count 262144 --backing $image || fail "pvblk verify $off"
-    sector=$((sector + 512))
-done
 
 xl block-detach 0 xvdb || fail "xl block-detach"
 for _ in 1 2 3 4 5; do [ "$(active_grants)" = 0 ] && break; sleep 1; done

@@ -21,6 +21,8 @@ public final class ControlServer: @unchecked Sendable {
     private let logger: Logger
     private let lock = NSLock()
     private var stopping = false
+    /// The guests' connections being served (ended by ``stop()``).
+    private var live: Set<Int32> = []
     /// The disks served for each attached domain.
     private var disks: [DomainID: [BlockBackend]] = [:]
     /// The network interfaces served for each attached domain.
@@ -69,11 +71,17 @@ public final class ControlServer: @unchecked Sendable {
             guard fd >= 0 else { continue }
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
             let connection = SeqpacketSocket(adopting: fd)
-            Thread { [self] in serve(connection) }.start()
+            lock.withLock { live.insert(fd) }
+            Thread { [self] in serve(connection, fd: fd) }.start()
         }
     }
 
-    public func stop() { lock.withLock { stopping = true } }
+    /// Stops accepting and ends every guest's connection: each guest is detached and
+    /// destroyed as if its process had ended.
+    public func stop() {
+        let connections = lock.withLock { stopping = true; return live }
+        for fd in connections { shutdown(fd, Int32(SHUT_RDWR)) }
+    }
 
     /// Runs an async toolstack call from a connection thread, on pvhost's own executor thread
     /// (not Swift's cooperative pool, which a guest in the same process may be blocking in a
@@ -95,10 +103,11 @@ public final class ControlServer: @unchecked Sendable {
 
     private struct Failure: Error, CustomStringConvertible { let description: String }
 
-    private func serve(_ connection: SeqpacketSocket) {
+    private func serve(_ connection: SeqpacketSocket, fd: Int32) {
         var domain: DomainID?
         var info: AttachedDomain?
         defer {
+            lock.withLock { _ = live.remove(fd) }
             if let domain {
                 let backends = lock.withLock { disks.removeValue(forKey: domain) } ?? []
                 if !backends.isEmpty { blocking { for backend in backends { await backend.stop() } } }

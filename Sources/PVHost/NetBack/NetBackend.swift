@@ -71,7 +71,8 @@ public final class NetBackend: SwitchPort, @unchecked Sendable {
     public let mac: MACAddress
     public let portName: String
     private let toolstack: Toolstack
-    private let network: VirtualSwitch
+    /// Weak: the switch holds its ports; the port holding it back would keep both alive.
+    private weak var network: VirtualSwitch?
     let logger = Logger(label: "pvhost.netback")
     private let lock = NSLock()
     private var queues: [VifQueue]?
@@ -241,7 +242,7 @@ public final class NetBackend: SwitchPort, @unchecked Sendable {
     /// Leaves the switch and stops following the frontend (device removed, pvhost stopping).
     public func stop() async {
         watcher?.cancel()
-        network.detach(self)
+        network?.detach(self)
         await disconnect()
         await setState(.closed)
     }
@@ -249,7 +250,7 @@ public final class NetBackend: SwitchPort, @unchecked Sendable {
     // MARK: Switching
 
     /// From a queue's thread: the guest's packets into the switch.
-    func forward(_ packets: [Packet]) { network.forward(packets, from: self) }
+    func forward(_ packets: [Packet]) { network?.forward(packets, from: self) }
 
     /// From the switch: packets for the guest, spread over its queues by flow.
     public func deliver(_ packets: [Packet]) {

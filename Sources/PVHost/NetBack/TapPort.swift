@@ -16,7 +16,8 @@ public final class TapPort: SwitchPort, @unchecked Sendable {
     public let name: String
     public var portName: String { "tap:\(name)" }
     private let device: TapDevice
-    private let network: VirtualSwitch
+    /// Weak: the switch holds its ports; the port holding it back would keep both alive.
+    private weak var network: VirtualSwitch?
     private let stopSignal: EventFD
     private var thread: Thread?
     /// Frames from Linux into the switch, frames from the switch to Linux, frames dropped.
@@ -76,7 +77,7 @@ public final class TapPort: SwitchPort, @unchecked Sendable {
 
     /// Leaves the switch and stops reading (the device goes when pvhost closes it).
     public func stop() {
-        network.detach(self)
+        network?.detach(self)
         try? stopSignal.notify()
         if let thread { while !thread.isFinished { usleep(200) } }
     }
@@ -95,7 +96,7 @@ public final class TapPort: SwitchPort, @unchecked Sendable {
             while batch.count < 64, let packet = device.read(into: &buffer) { batch.append(packet) }
             if !batch.isEmpty {
                 fromLinux.wrappingIncrement(by: batch.count, ordering: .relaxed)
-                network.forward(batch, from: self)
+                network?.forward(batch, from: self)
             }
         }
     }

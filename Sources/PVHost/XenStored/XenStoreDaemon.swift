@@ -151,8 +151,13 @@ public final class XenStoreDaemon: @unchecked Sendable {
         return t.tv_sec * 1_000_000 + t.tv_nsec / 1000
     }
 
-    /// Serves until ``stop()``.
+    /// Serves until ``stop()``; then ends every connection (clients see the socket close) and
+    /// lets go of every ring.
     public func run() {
+        defer {
+            for fd in Array(sockets.keys) { dropSocket(fd) }
+            for id in Array(rings.keys) { dropRing(id) }
+        }
         var events = [epoll_event](repeating: epoll_event(), count: 256)
         var spinUntil = 0
         while !stopping {
