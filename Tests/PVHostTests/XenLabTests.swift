@@ -79,13 +79,20 @@ struct XenLabTests {
         return Array(lines[(begin + 1)..<end])
     }
 
-    @Test("NetFront (pvnet --xen) against Linux's real netback on xl network-attach: ARP from Linux received; pvnet tap in a namespace on 2 queues with split event channels, SG, GSO and checksum offload: ping (56 and 3000 bytes) and 8 MiB of TCP each way, identical end to end, GSO used both ways")
+    @Test("NetFront (pvnet --xen) against Linux's real netback on xl network-attach: ARP from Linux received; pvnet tap in a namespace on 2 queues with split event channels, SG, GSO and checksum offload: ping (56 and 3000 bytes) and 8 MiB of TCP each way, identical end to end, GSO used both ways; pvhost's netback negotiates the same features")
     func netfront() throws {
         guard let result = try Self.lab("netfront.sh", binaries: ["pvnet"]) else { return }
         let payload = result.output.components(separatedBy: "XENLAB-DOM0-UP").last ?? result.output
         #expect(result.status == 0 && payload.contains("XENLAB-PASS") && payload.contains("3 packets received")
                 && payload.contains("to pv0: queues 2, split event channels yes, scatter-gather yes, GSO TCPv4 yes, TCPv6 yes, checksum offload yes")
                 && payload.contains("TCP: 8 MiB each way, identical end to end") && payload.contains("GSO both ways"), "\(payload.suffix(3000))")
+
+        // pvhost's netback negotiates the same with the same frontend.
+        let xen = payload.components(separatedBy: "\n").first { $0.hasPrefix("queues 2, ") }
+        let host = try GuestProcessTests.PVHostProcess(config: #"{"domains": [{"name": "alpha", "pages": 2048, "grantFrames": 16, "nics": [{"devid": 0}]}]}"#)
+        let ours = try host.run("alpha", ["info", "--queues", "2"], tool: "pvnet")
+        #expect(ours.status == 0 && xen != nil && ours.output.components(separatedBy: "\n").contains(xen ?? "-"),
+                "through pvhost: \(ours.output); through Linux's netback: \(xen ?? "nothing")")
     }
 }
 
