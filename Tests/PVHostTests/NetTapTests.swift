@@ -21,17 +21,8 @@ struct NetTapTests {
     }
 
     @discardableResult
-    static func sh(_ tool: String, _ arguments: [String], input: Data? = nil) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: tool)
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        return (process.terminationStatus, output)
+    static func sh(_ tool: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
+        try runCommand(tool, arguments)
     }
 
     /// Two namespaces, pvhost with guest `alpha` (vif 0) and a TAP moved into B, and

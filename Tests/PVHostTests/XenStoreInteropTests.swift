@@ -162,17 +162,7 @@ struct XenStoreInteropTests {
 
 /// Runs a xenstore tool against the daemon listening on `socket` (XENSTORED_PATH).
 func runTool(_ path: String, _ arguments: [String], socket: String) throws -> (status: Int32, output: String) {
-    let tool = Process()
-    tool.executableURL = URL(fileURLWithPath: path)
-    tool.arguments = arguments
-    tool.environment = ["XENSTORED_PATH": socket, "PATH": "/usr/bin:/bin"]
-    let pipe = Pipe()
-    tool.standardOutput = pipe
-    tool.standardError = pipe
-    try tool.run()
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    tool.waitUntilExit()
-    return (tool.terminationStatus, String(decoding: data, as: UTF8.self))
+    try runCommand(path, arguments, environment: ["XENSTORED_PATH": socket, "PATH": "/usr/bin:/bin"])
 }
 
 /// Connection-level bad input against the running daemon.
