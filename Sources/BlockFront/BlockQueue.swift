@@ -46,7 +46,9 @@ final class BlockQueue: @unchecked Sendable {
     /// id that is in flight again.
     private var freeIDs: FreeIDs
     private let stopSignal: EventFD
-    private var thread: Thread?
+    /// Weak: a running Thread keeps itself alive, and its block holds this object; a strong
+    /// reference here would keep both (and every descriptor this holds) after it ended.
+    private weak var thread: Thread?
     /// Wake-ups that found no response (an event storm is counted, not obeyed).
     var spuriousWakeups: Int { lock.withLock { spurious } }
     private var spurious = 0

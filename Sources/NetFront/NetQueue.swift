@@ -35,7 +35,9 @@ final class NetQueue: @unchecked Sendable {
     private var spaceWaiters: [CheckedContinuation<Void, Never>] = []
     private var halted = false
     private let stopSignal: EventFD
-    private var thread: Thread?
+    /// Weak: a running Thread keeps itself alive, and its block holds this object; a strong
+    /// reference here would keep both (and every descriptor this holds) after it ended.
+    private weak var thread: Thread?
 
     /// Counters, under `lock`.
     private(set) var counters = NetFront.Statistics()

@@ -25,7 +25,9 @@ final class ServedQueue: @unchecked Sendable {
     private let end: EventChannelPortEnd
     private let stopSignal: EventFD
     private let persistent: Bool
-    private var thread: Thread?
+    /// Weak: a running Thread keeps itself alive, and its block holds this object; a strong
+    /// reference here would keep both (and every descriptor this holds) after it ended.
+    private weak var thread: Thread?
     private let servedCount = ManagedAtomic<Int>(0)
     /// Persistent grants, under `cacheLock` (the serving or I/O threads', then the disconnect's).
     private var cache: [GrantRef: GrantMapping] = [:]

@@ -71,7 +71,7 @@ public final class ControlServer: @unchecked Sendable {
             guard fd >= 0 else { continue }
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
             let connection = SeqpacketSocket(adopting: fd)
-            lock.withLock { live.insert(fd) }
+            lock.withLock { _ = live.insert(fd) }
             Thread { [self] in serve(connection, fd: fd) }.start()
         }
     }

@@ -19,7 +19,9 @@ public final class TapPort: SwitchPort, @unchecked Sendable {
     /// Weak: the switch holds its ports; the port holding it back would keep both alive.
     private weak var network: VirtualSwitch?
     private let stopSignal: EventFD
-    private var thread: Thread?
+    /// Weak: a running Thread keeps itself alive, and its block holds this object; a strong
+    /// reference here would keep both (and every descriptor this holds) after it ended.
+    private weak var thread: Thread?
     /// Frames from Linux into the switch, frames from the switch to Linux, frames dropped.
     public let fromLinux = ManagedAtomic<Int>(0), toLinux = ManagedAtomic<Int>(0), dropped = ManagedAtomic<Int>(0)
 

@@ -38,7 +38,9 @@ final class VifQueue: @unchecked Sendable {
     private let hostile: NetBackend.HostileMode?
     private let rxRingAddress: UnsafeMutableRawPointer
     private let stopSignal: EventFD
-    private var thread: Thread?
+    /// Weak: a running Thread keeps itself alive, and its block holds this object; a strong
+    /// reference here would keep both (and every descriptor this holds) after it ended.
+    private weak var thread: Thread?
     private let tx: TxBox
     /// The rx ring and what waits for it, under `rxLock`.
     private let rxLock = NSLock()
