@@ -8,13 +8,37 @@ public struct ChildProcess: Sendable {
     /// The child's process id.
     public let pid: pid_t
 
-    /// Starts `path` with `arguments` (argv[1...]) and this process's environment.
-    /// C: `posix_spawn`.
-    public init(path: String, arguments: [String]) throws(SystemError) {
+    /// Starts `path` with `arguments` (argv[1...]) and this process's environment (or
+    /// `environment`). With `output`, the child's stdout and stderr are that descriptor and its
+    /// stdin is /dev/null. The child starts with no signal blocked and SIGINT, SIGTERM and
+    /// SIGPIPE at their defaults, whatever the calling thread has (libdispatch's threads block
+    /// nearly every signal, and a mask survives exec). C: `posix_spawn`.
+    public init(path: String, arguments: [String], environment: [String: String]? = nil, output: Int32? = nil) throws(SystemError) {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        if let output {
+            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+            posix_spawn_file_actions_adddup2(&actions, output, 1)
+            posix_spawn_file_actions_adddup2(&actions, output, 2)
+        }
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var none = sigset_t(), defaults = sigset_t()
+        sigemptyset(&none)
+        sigemptyset(&defaults)
+        for number in [SIGINT, SIGTERM, SIGPIPE] { sigaddset(&defaults, number) }
+        posix_spawnattr_setsigmask(&attributes, &none)
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
         var argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
         defer { for pointer in argv { free(pointer) } }
+        var envp: [UnsafeMutablePointer<CChar>?]? = environment.map { $0.map { strdup("\($0.key)=\($0.value)") } + [nil] }
+        defer { for pointer in envp ?? [] { free(pointer) } }
         var child: pid_t = 0
-        let result = posix_spawn(&child, path, nil, nil, &argv, environ)
+        let result = envp == nil ? posix_spawn(&child, path, &actions, &attributes, &argv, environ)
+                                  : posix_spawn(&child, path, &actions, &attributes, &argv, &envp!)
         guard result == 0 else { throw SystemError("posix_spawn", errno: result, context: path) }
         pid = child
     }

@@ -114,6 +114,36 @@ struct ReferencePlatformTests {
         #expect(host.tools.hypervisor.domain(backendID) == nil)
     }
 
+    @Test("stopping pvhost ends what it serves: the control server detaches and destroys every guest; xenstored's clients see their connection close (an error, never a hang)")
+    func stopEndsConnections() async throws {
+        let host = try Host()
+        let guest = try ReferencePlatform.attach(socket: host.control, name: "g")
+        let store = try XenStoreClient.connect(XenStoreLocation(environment: ["XENSTORED_PATH": host.tools.directory + "/socket"]))
+        #expect(try await store.exists(XenStorePath("/local/domain/\(guest.domain.rawValue)")))
+        host.server.stop()
+        var destroyed = false
+        for _ in 0..<500 where !destroyed {
+            destroyed = host.tools.hypervisor.domains.isEmpty
+            if !destroyed { try await Task.sleep(for: .milliseconds(10)) }
+        }
+        #expect(destroyed, "the guest is detached and destroyed as if its process had ended")
+        host.tools.daemon.stop()
+        // Bounded: a daemon that kept the socket open would leave the request unanswered; the
+        // client is closed after 5 s, which ends the wait with a different reason.
+        let timer = Task { try await Task.sleep(for: .seconds(5)); store.close() }
+        var failure: XenStoreError?
+        for _ in 0..<500 where failure == nil {
+            do { _ = try await store.exists("/tool") } catch { failure = error }
+            if failure == nil { try? await Task.sleep(for: .milliseconds(10)) }
+        }
+        timer.cancel()
+        // Told by the daemon: EOF on read ("ended") or EPIPE on send ("closed"), never the 5 s close.
+        guard case let .connectionClosed(why)? = failure, why.contains("the daemon") else {
+            Issue.record("the client was not told by the daemon: \(String(describing: failure))")
+            return
+        }
+    }
+
     @Test("status lists domains and devices with both ends' states")
     func status() async throws {
         let host = try Host()
