@@ -85,7 +85,8 @@ let package = Package(
         // blkfront: a virtual disk over Xen's PV block protocol.
         .target(
             name: "BlockFront",
-            dependencies: ["XenABI", "XenRing", "XenStore", "XenBus", "PVPlatform", "SharedMemory"],
+            dependencies: ["XenABI", "XenRing", "XenStore", "XenBus", "PVPlatform", "SharedMemory",
+                           .product(name: "DequeModule", package: "swift-collections")],
             swiftSettings: dataPath),
         // pvhost's control channel messages (guest processes and tools ↔ pvhost).
         .target(name: "PVHostProtocol", swiftSettings: strictSwift),

@@ -25,6 +25,20 @@ final class AsyncSemaphore: @unchecked Sendable {
     /// Units free now (for tests and statistics).
     var available: Int { lock.withLock { free } }
 
+    /// Takes `units` if they are free now and nobody waits before us; never waits.
+    ///
+    /// - Throws: the error the semaphore failed with.
+    func tryAcquire(_ units: Int) throws(BlockFrontError) -> Bool {
+        let outcome: BlockFrontError?? = lock.withLock {
+            if let failure { return .some(failure) }
+            if waiters.isEmpty && free >= units { free -= units; return .some(nil) }
+            return nil
+        }
+        guard let outcome else { return false }
+        if let error = outcome { throw error }
+        return true
+    }
+
     /// Takes `units`, waiting for them in turn.
     ///
     /// - Throws: ``BlockFrontError/cancelled`` when the task is cancelled while waiting, or the

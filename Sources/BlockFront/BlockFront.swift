@@ -40,6 +40,9 @@ public final class BlockFront: Sendable {
         public var pages = 1024
         /// A request not answered within this fails the device (nil: wait forever, as Linux).
         public var requestTimeout: Duration?
+        /// How long each ring's completion thread keeps looking for responses, while requests
+        /// are in flight, before it asks for a notification and sleeps (0: never polls).
+        public var pollMicroseconds = 0
         /// Re-issue requests on a backend that restarts (Closed, then InitWait again).
         public var reconnect = true
         /// How long requests wait for a restarted backend before they fail.
@@ -113,7 +116,7 @@ public final class BlockFront: Sendable {
         public let pagesHeldByBackend: Int
     }
 
-    private let core: Core
+    let core: Core
     private let closer: FrontendCloser<BlockFrontError>
 
     /// The disk as negotiated on the current connection.
@@ -229,7 +232,7 @@ public final class BlockFront: Sendable {
                            granted: core.trustsBackend && !barrier ? buffer.pages.pages[(byteOffset / XenPage.size)...] : nil)
     }
 
-    private func window(_ buffer: BlockBuffer, _ offset: Int, _ count: Int?) throws(BlockFrontError) -> UnsafeMutableRawBufferPointer {
+    func window(_ buffer: BlockBuffer, _ offset: Int, _ count: Int?) throws(BlockFrontError) -> UnsafeMutableRawBufferPointer {
         guard buffer.core === core else { throw .badBuffer("the buffer was made by another device") }
         let count = count ?? buffer.bytes.count - offset
         guard offset >= 0, offset % XenPage.size == 0, count >= 0, offset <= buffer.bytes.count, count <= buffer.bytes.count - offset else {
@@ -261,8 +264,8 @@ public final class BlockFront: Sendable {
     /// ``Statistics/pagesHeldByBackend``); Closed.
     public func close() async { await closer.close(reason: nil) }
 
-    private func check(sector: UInt64, count: Int) throws(BlockFrontError) {
-        let info = self.info
+    func check(sector: UInt64, count: Int, info: Info? = nil) throws(BlockFrontError) {
+        let info = info ?? self.info
         guard count > 0, count % info.sectorSize == 0, (sector * UInt64(Blkif.sectorSize)) % UInt64(info.sectorSize) == 0 else {
             throw .misaligned(sector: sector, count: count, sectorSize: info.sectorSize)
         }
@@ -309,6 +312,8 @@ public enum BlockFrontError: Error, Equatable, Sendable, CustomStringConvertible
     case platform(String)
     /// A ``BlockBuffer`` used wrongly (another device's, or a range outside it).
     case badBuffer(String)
+    /// A ``BlockIOQueue`` already holds `depth` operations (collect completions first).
+    case queueFull(depth: Int)
 
     public var description: String {
         switch self {
@@ -323,6 +328,7 @@ public enum BlockFrontError: Error, Equatable, Sendable, CustomStringConvertible
         case let .closed(why): "the device is closed: \(why)"
         case let .platform(what): what
         case let .badBuffer(what): "unusable buffer: \(what)"
+        case let .queueFull(depth): "the I/O queue already holds its \(depth) operations; collect completions first"
         }
     }
 }

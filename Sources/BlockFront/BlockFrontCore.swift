@@ -258,15 +258,29 @@ final class Core: @unchecked Sendable {
     /// A ring of the current connection (round robin), waiting while the backend restarts.
     private func pickQueue() async throws(BlockFrontError) -> BlockQueue {
         while true {
-            let picked: BlockQueue? = lock.withLock {
-                guard !queues.isEmpty else { return nil }
-                nextQueue &+= 1
-                return queues[nextQueue % queues.count]
-            }
-            if let picked { return picked }
+            if let picked = nextRing() { return picked }
             _ = try await waitForConnection()
         }
     }
+
+    /// The next ring of the current connection (round robin); nil while there is none.
+    func nextRing() -> BlockQueue? {
+        lock.withLock {
+            guard !queues.isEmpty else { return nil }
+            nextQueue &+= 1
+            return queues[nextQueue % queues.count]
+        }
+    }
+
+    /// The pages of the current connection (nil before the first).
+    var currentPool: GrantPool? { lock.withLock { pool } }
+
+    /// What a request needs to know of the device, read together: the negotiated disk, the
+    /// page pool, the error that closed it.
+    var snapshot: (info: BlockFront.Info?, pool: GrantPool?, failure: BlockFrontError?) { lock.withLock { (info, pool, failure) } }
+
+    /// The error that closed the device, if it is closed.
+    var currentFailure: BlockFrontError? { lock.withLock { failure } }
 
     /// Runs one operation: the data cut into requests, each holding pages of the budget and a
     /// ring slot while in flight; ends when all have ended (the first error wins).
@@ -287,7 +301,7 @@ final class Core: @unchecked Sendable {
             // Flush and discard: no data pages.
             do {
                 try await submit(operation, chunk: RequestPlan.Chunk(offset: 0, length: 0, sector: sector), buffer: nil, granted: nil,
-                                 discard: discard, transfer: transfer)
+                                 discard: discard, owner: transfer)
             } catch {
                 transfer.fail(error)
             }
@@ -299,7 +313,7 @@ final class Core: @unchecked Sendable {
             let most = barrier || wanted <= Blkif.maxSegmentsPerRequest ? Blkif.maxSegmentsPerRequest : wanted
             for chunk in RequestPlan(sector: sector, byteCount: count, maxSegments: most).chunks {
                 if Task.isCancelled { transfer.fail(.cancelled); break }
-                do { try await submit(operation, chunk: chunk, buffer: buffer, granted: granted, discard: nil, transfer: transfer) } catch {
+                do { try await submit(operation, chunk: chunk, buffer: buffer, granted: granted, discard: nil, owner: transfer) } catch {
                     transfer.fail(error)
                     break
                 }
@@ -308,9 +322,10 @@ final class Core: @unchecked Sendable {
         try await transfer.finish()
     }
 
-    private func submit(_ operation: BlkifOperation, chunk: RequestPlan.Chunk, buffer: UnsafeMutableRawPointer?,
-                        granted: ArraySlice<SharedPage>?, discard: (sectors: UInt64, secure: Bool)?,
-                        transfer: Transfer) async throws(BlockFrontError) {
+    /// Sends one request, waiting for its budget and a ring slot (back-pressure).
+    func submit(_ operation: BlkifOperation, chunk: RequestPlan.Chunk, buffer: UnsafeMutableRawPointer?,
+                granted: ArraySlice<SharedPage>?, discard: (sectors: UInt64, secure: Bool)?,
+                owner: any RequestOwner, tag: Int = 0) async throws(BlockFrontError) {
         guard let pool = lock.withLock({ pool }) else { throw lock.withLock { failure } ?? .closed("not connected") }
         // With a granted buffer the request holds only its indirect pages.
         let budget = granted == nil ? chunk.budget : chunk.indirectPages
@@ -328,50 +343,66 @@ final class Core: @unchecked Sendable {
                 throw error
             }
         }
-        // Pool pages: data pages (unless granted), then indirect pages.
-        let taken: [SharedPage]
-        do { taken = try pool.take(budget, readOnly: operation == .write || operation == .writeBarrier) } catch {
+        let entry: InFlight
+        do {
+            entry = try prepare(operation, chunk: chunk, buffer: buffer, granted: granted, discard: discard, pool: pool, budget: budget,
+                                owner: owner, tag: tag)
+        } catch {
             queue.slots.release(1)
             pool.budget.release(budget)
             throw error
         }
-        let first = chunk.offset / XenPage.size
-        let pages = granted.map { Array($0[$0.startIndex + first ..< $0.startIndex + first + chunk.pages]) + taken } ?? taken
-        if let buffer, granted == nil, operation != .read {
-            for index in 0..<chunk.pages {
-                let start = index * XenPage.size
-                pages[index].address.copyMemory(from: buffer + chunk.offset + start, byteCount: min(XenPage.size, chunk.length - start))
-            }
-        }
-        let request: BlkifRequest
-        if let discard {
-            request = .discard(BlkifDiscardRequest(secure: discard.secure, handle: handle, id: 0, sector: chunk.sector, sectorCount: discard.sectors))
-        } else if chunk.indirectPages > 0 {
-            let indirect = pages[chunk.pages...]
-            for (n, page) in indirect.enumerated() {
-                let first = n * Blkif.segmentsPerIndirectPage
-                let segments = (first..<min(chunk.pages, first + Blkif.segmentsPerIndirectPage)).lazy.map { chunk.segment($0, gref: pages[$0].ref) }
-                BlkifSegment.encodeIndirectPage(segments, into: UnsafeMutableRawBufferPointer(start: page.address, count: XenPage.size))
-            }
-            request = .indirect(BlkifIndirectRequest(operation: operation, segmentCount: UInt16(chunk.pages), handle: handle, id: 0,
-                                                     sector: chunk.sector, indirectGrants: indirect.map(\.ref)))
-        } else {
-            var segments = BlkifSegmentList()
-            for index in 0..<chunk.pages { segments.append(chunk.segment(index, gref: pages[index].ref)) }
-            request = .io(BlkifIORequest(operation: operation, handle: handle, id: 0, sector: chunk.sector, segments: segments))
-        }
-        let entry = InFlight(transfer: transfer, request: request, operation: operation, sector: chunk.sector, pages: taken,
-                             destination: operation == .read && granted == nil ? buffer.map { $0 + chunk.offset } : nil,
-                             byteCount: chunk.length, budget: budget, issued: 0)
-        transfer.started()
+        owner.started(tag: tag)
         do { try queue.submit(entry) } catch {
             // The ring was halted between taking the slot and now.
             park(entry, error: error)
         }
     }
 
+    /// Builds one request (the caller holds its ring slot and `budget` units of `pool`): takes
+    /// its pool pages (data pages unless `granted`, then indirect pages), copies a write's
+    /// bytes into them, encodes the indirect pages. On failure the pages are back in the pool
+    /// (the slot and budget are the caller's to give back).
+    func prepare(_ operation: BlkifOperation, chunk: RequestPlan.Chunk, buffer: UnsafeMutableRawPointer?,
+                 granted: ArraySlice<SharedPage>?, discard: (sectors: UInt64, secure: Bool)?, pool: GrantPool, budget: Int,
+                 owner: any RequestOwner, tag: Int) throws(BlockFrontError) -> InFlight {
+        let taken = try pool.take(budget, readOnly: operation == .write || operation == .writeBarrier)
+        // Data pages: the granted buffer's (in place) or pool pages; indirect pages after them.
+        let first = chunk.offset / XenPage.size
+        let data: ArraySlice<SharedPage> = granted.map { $0[$0.startIndex + first ..< $0.startIndex + first + chunk.pages] }
+            ?? taken[0..<min(chunk.pages, taken.count)]
+        if let buffer, granted == nil, operation != .read {
+            for (index, page) in data.enumerated() {
+                let start = index * XenPage.size
+                page.address.copyMemory(from: buffer + chunk.offset + start, byteCount: min(XenPage.size, chunk.length - start))
+            }
+        }
+        let request: BlkifRequest
+        if let discard {
+            request = .discard(BlkifDiscardRequest(secure: discard.secure, handle: handle, id: 0, sector: chunk.sector, sectorCount: discard.sectors))
+        } else if chunk.indirectPages > 0 {
+            let indirect = taken[(granted == nil ? chunk.pages : 0)...]
+            for (n, page) in indirect.enumerated() {
+                let first = n * Blkif.segmentsPerIndirectPage
+                let segments = (first..<min(chunk.pages, first + Blkif.segmentsPerIndirectPage)).lazy.map {
+                    chunk.segment($0, gref: data[data.startIndex + $0].ref)
+                }
+                BlkifSegment.encodeIndirectPage(segments, into: UnsafeMutableRawBufferPointer(start: page.address, count: XenPage.size))
+            }
+            request = .indirect(BlkifIndirectRequest(operation: operation, segmentCount: UInt16(chunk.pages), handle: handle, id: 0,
+                                                     sector: chunk.sector, indirectGrants: indirect.map(\.ref)))
+        } else {
+            var segments = BlkifSegmentList()
+            for index in 0..<chunk.pages { segments.append(chunk.segment(index, gref: data[data.startIndex + index].ref)) }
+            request = .io(BlkifIORequest(operation: operation, handle: handle, id: 0, sector: chunk.sector, segments: segments))
+        }
+        return InFlight(owner: owner, tag: tag, request: request, operation: operation, sector: chunk.sector, pages: taken,
+                        destination: operation == .read && granted == nil ? buffer.map { $0 + chunk.offset } : nil,
+                        byteCount: chunk.length, budget: budget, issued: 0)
+    }
+
     /// A request that could not go on its ring: waits for the next connection, or fails.
-    private func park(_ entry: InFlight, error: BlockFrontError) {
+    func park(_ entry: InFlight, error: BlockFrontError) {
         let parked: Bool = lock.withLock {
             guard failure == nil, options.reconnect, queues.isEmpty else { return false }
             suspended.append(entry)
@@ -380,8 +411,10 @@ final class Core: @unchecked Sendable {
         if !parked { finish(entry, error: lock.withLock { failure } ?? error) }
     }
 
-    /// A response arrived (checked by the ring): data out, pages and slot back, caller told.
-    func finish(_ entry: InFlight, status: BlkifStatus, queue: BlockQueue) {
+    /// A response arrived (checked by the ring): data out, pages back, owner told (the ring
+    /// gives its slots back per batch). Returns true when the owner wants waking after the
+    /// batch.
+    func finish(_ entry: InFlight, status: BlkifStatus) -> Bool {
         var error: BlockFrontError?
         switch status {
         case .okay:
@@ -394,16 +427,23 @@ final class Core: @unchecked Sendable {
         case .notSupported: error = .notSupported("\(entry.operation)")
         default: error = .ioError(sector: entry.sector)
         }
-        queue.slots.release(1)
-        finish(entry, error: error)
+        return end(entry, error: error)
     }
 
-    /// Ends a request without a ring slot to give back (failed, or after its ring halted).
+    /// Ends a request without a ring slot to give back (failed, or after its ring halted); its
+    /// owner is woken at once.
     private func finish(_ entry: InFlight, error: BlockFrontError?) {
-        let pool = lock.withLock { self.pool }
-        pool?.give(entry.pages)
-        pool?.budget.release(entry.budget)
-        entry.transfer.complete(error)
+        if end(entry, error: error) { entry.owner.wake() }
+    }
+
+    /// Pages and budget back, owner told; true when the owner wants waking.
+    private func end(_ entry: InFlight, error: BlockFrontError?) -> Bool {
+        if !entry.pages.isEmpty || entry.budget > 0 {
+            let pool = lock.withLock { self.pool }
+            pool?.give(entry.pages)
+            pool?.budget.release(entry.budget)
+        }
+        return entry.owner.complete(error, tag: entry.tag)
     }
 }
 

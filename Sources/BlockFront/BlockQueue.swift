@@ -10,7 +10,10 @@ import XenRing
 /// A request on a ring, with everything needed to finish it, or to send it again on a new
 /// ring after the backend restarted.
 struct InFlight: @unchecked Sendable {
-    let transfer: Transfer
+    /// Told when the request ends.
+    let owner: any RequestOwner
+    /// The owner's name for the request.
+    let tag: Int
     /// As sent (its id is the ring's; rewritten when re-issued).
     var request: BlkifRequest
     /// What the response must name (for an indirect request, its `indirect_op`).
@@ -46,6 +49,8 @@ final class BlockQueue: @unchecked Sendable {
     /// id that is in flight again.
     private var freeIDs: FreeIDs
     private let stopSignal: EventFD
+    /// Set by ``halt()``: nothing goes on this ring any more.
+    private var halted = false
     /// Weak: a running Thread keeps itself alive, and its block holds this object; a strong
     /// reference here would keep both (and every descriptor this holds) after it ended.
     private weak var thread: Thread?
@@ -86,16 +91,28 @@ final class BlockQueue: @unchecked Sendable {
 
     /// Puts `entry` on the ring (the caller holds a slot) and notifies when the backend asked.
     func submit(_ entry: InFlight) throws(BlockFrontError) {
-        var entry = entry
+        var entries = CollectionOfOne(entry)
+        try submit(&entries)
+    }
+
+    /// Puts `entries` on the ring (the caller holds a slot for each), publishes them together
+    /// and notifies once when the backend asked. Throws, having put none on, when the ring was
+    /// halted.
+    func submit<Entries: MutableCollection>(_ entries: inout Entries) throws(BlockFrontError) where Entries.Element == InFlight {
+        let now = Core.now()
         let notify: Bool? = lock.withLock {
-            guard let id = freeIDs.take() else { return nil }
-            entry.request.id = UInt64(id)
-            entry.issued = Core.now()
-            inFlight[id] = entry
-            ring.ring.enqueueRequest(entry.request)
+            guard !halted else { return nil }
+            for index in entries.indices {
+                // A slot held per entry: an id is free for each.
+                let id = freeIDs.take()!
+                entries[index].request.id = UInt64(id)
+                entries[index].issued = now
+                inFlight[id] = entries[index]
+                ring.ring.enqueueRequest(entries[index].request)
+            }
             return ring.ring.pushRequestsAndCheckNotify()
         }
-        guard let notify else { throw .closed("no free slot on ring \(index)") }
+        guard let notify else { throw .closed("ring \(index) was halted (the backend went away)") }
         if notify { channel.notify() }
     }
 
@@ -104,6 +121,7 @@ final class BlockQueue: @unchecked Sendable {
         try? stopSignal.notify()
         if let thread, thread !== Thread.current { while !thread.isFinished { usleep(100) } }
         return lock.withLock {
+            halted = true
             defer {
                 for id in inFlight.indices { inFlight[id] = nil }
                 freeIDs = FreeIDs(count: entries)
@@ -119,46 +137,81 @@ final class BlockQueue: @unchecked Sendable {
         var fds = [pollfd(fd: channel.descriptor, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: stopSignal.fileDescriptor, events: Int16(POLLIN), revents: 0)]
         let timeout = core.options.requestTimeout.map { Core.nanoseconds($0) }
+        let polling = core.options.pollMicroseconds > 0 ? UInt64(core.options.pollMicroseconds) * 1000 : nil
+        var done: [(InFlight, BlkifStatus)] = []
+        var woken: [any RequestOwner] = []
+        // Responses may be waiting without a notification (found by polling or the final check).
+        var waiting = false
         while true {
-            fds[0].revents = 0
-            fds[1].revents = 0
-            _ = poll(&fds, 2, timeout == nil ? -1 : 100)
-            if fds[1].revents != 0 { return }
-            if let timeout, let oldest, Core.now() - oldest > timeout {
-                core.fail(.timedOut(seconds: Double(timeout) / 1e9))
-                return
+            if !waiting {
+                fds[0].revents = 0
+                fds[1].revents = 0
+                _ = poll(&fds, 2, timeout == nil ? -1 : 100)
+                if fds[1].revents != 0 { return }
+                if let timeout, let oldest, Core.now() - oldest > timeout {
+                    core.fail(.timedOut(seconds: Double(timeout) / 1e9))
+                    return
+                }
+                guard fds[0].revents != 0 else { continue }
+                channel.acknowledge()
             }
-            guard fds[0].revents != 0 else { continue }
-            channel.acknowledge()
-            var done: [(InFlight, BlkifStatus)] = []
+            done.removeAll(keepingCapacity: true)
             var broken: String?
             lock.withLock {
                 do {
-                    repeat {
-                        while let response = try ring.ring.nextResponse() {
-                            guard response.id < UInt64(entries), let entry = inFlight[Int(response.id)] else {
-                                broken = "a response for id \(response.id), which is not in flight on ring \(index)"
-                                return
-                            }
-                            guard response.operationCode == entry.operation.rawValue, response.status.isDefined else {
-                                broken = "response \(response.id): operation \(response.operationCode) for \(entry.operation), status \(response.status.rawValue)"
-                                return
-                            }
-                            inFlight[Int(response.id)] = nil
-                            freeIDs.give(Int(response.id))
-                            done.append((entry, response.status))
+                    while let response = try ring.ring.nextResponse() {
+                        guard response.id < UInt64(entries), let entry = inFlight[Int(response.id)] else {
+                            broken = "a response for id \(response.id), which is not in flight on ring \(index)"
+                            return
                         }
-                    } while try ring.ring.finalCheckForResponses()
+                        guard response.operationCode == entry.operation.rawValue, response.status.isDefined else {
+                            broken = "response \(response.id): operation \(response.operationCode) for \(entry.operation), status \(response.status.rawValue)"
+                            return
+                        }
+                        inFlight[Int(response.id)] = nil
+                        freeIDs.give(Int(response.id))
+                        done.append((entry, response.status))
+                    }
                 } catch {
                     broken = "\(error)"
                 }
-                if done.isEmpty && broken == nil { spurious += 1 }
+                if done.isEmpty && broken == nil && !waiting { spurious += 1 }
             }
-            for (entry, status) in done { core.finish(entry, status: status, queue: self) }
+            if !done.isEmpty { slots.release(done.count) }
+            woken.removeAll(keepingCapacity: true)
+            for (entry, status) in done where core.finish(entry, status: status) {
+                if !woken.contains(where: { $0 === entry.owner }) { woken.append(entry.owner) }
+            }
+            // Owners that collect completions hear of the whole batch at once.
+            for owner in woken { owner.wake() }
             if let broken {
                 core.fail(.backendMisbehaved(broken))
                 return
             }
+            // More without sleeping: found by polling (no notification asked for), or by the
+            // final check that asks for one.
+            if let polling, pollForResponses(within: polling) {
+                waiting = true
+                continue
+            }
+            do {
+                waiting = try lock.withLock { () throws(RingError) -> Bool in try ring.ring.finalCheckForResponses() }
+            } catch {
+                core.fail(.backendMisbehaved("\(error)"))
+                return
+            }
+        }
+    }
+
+    /// Looks at the ring (without asking for a notification) until a response is there or
+    /// `nanoseconds` passed, while requests are in flight. True when one is there.
+    private func pollForResponses(within nanoseconds: UInt64) -> Bool {
+        let deadline = Core.now() + nanoseconds
+        while true {
+            let (found, idle) = lock.withLock { (((try? ring.ring.unconsumedResponses()) ?? 1) > 0, freeIDs.isFull) }
+            if found { return true }
+            if idle || Core.now() >= deadline { return false }
+            sched_yield()
         }
     }
 }
@@ -179,6 +232,9 @@ struct FreeIDs {
         defer { head = (head + 1) % ids.count; count -= 1 }
         return ids[head]
     }
+
+    /// Every id free: nothing in flight.
+    var isFull: Bool { count == ids.count }
 
     mutating func give(_ id: Int) {
         ids[(head + count) % ids.count] = id

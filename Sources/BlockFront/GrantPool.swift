@@ -36,6 +36,7 @@ final class GrantPool: @unchecked Sendable {
     /// `count` pages for a request already holding `count` units of the budget.
     /// `readOnly` applies to fresh per-request grants (the backend only reads them).
     func take(_ count: Int, readOnly: Bool) throws(BlockFrontError) -> [SharedPage] {
+        guard count > 0 else { return [] }
         var pages: [SharedPage] = []
         pages.reserveCapacity(count)
         if persistent {

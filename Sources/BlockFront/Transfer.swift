@@ -1,8 +1,20 @@
 import Foundation
 
+/// Whoever is told when a request ends: a ``Transfer`` (one awaited call) or a
+/// ``BlockIOQueue`` (many requests, completions collected).
+protocol RequestOwner: AnyObject, Sendable {
+    /// The request named `tag` ended (nil: successfully). Returns true when the owner wants
+    /// ``wake()`` once the completion thread has delivered its whole batch.
+    func complete(_ error: BlockFrontError?, tag: Int) -> Bool
+    /// A request named `tag` is about to go on a ring (its end will be reported).
+    func started(tag: Int)
+    /// After a batch of completions: wake whoever waits for them.
+    func wake()
+}
+
 /// One caller's operation, cut into requests that may sit on several rings: it ends when the
 /// last request has ended and every request was submitted; the first error wins.
-final class Transfer: @unchecked Sendable {
+final class Transfer: RequestOwner, @unchecked Sendable {
     private let lock = NSLock()
     private var outstanding = 0
     private var submitting = true
@@ -10,10 +22,18 @@ final class Transfer: @unchecked Sendable {
     private var continuation: CheckedContinuation<Void, Never>?
 
     /// A request of this transfer went out (its completion will call ``complete(_:)``).
-    func started() { lock.withLock { outstanding += 1 } }
+    func started(tag: Int) { lock.withLock { outstanding += 1 } }
 
     /// Records an error without a request (submission stopped).
     func fail(_ error: BlockFrontError) { lock.withLock { if self.error == nil { self.error = error } } }
+
+    /// A request ended (its continuation is resumed right away: nothing to batch).
+    func complete(_ error: BlockFrontError?, tag: Int) -> Bool {
+        complete(error)
+        return false
+    }
+
+    func wake() {}
 
     /// A request ended.
     func complete(_ error: BlockFrontError?) {
@@ -51,6 +71,15 @@ final class OrderingGate: @unchecked Sendable {
     private var open = true
     private var entering: [CheckedContinuation<Void, Never>] = []
     private var draining: CheckedContinuation<Void, Never>?
+
+    /// Enters unless a barrier holds the gate (then the caller must wait with ``enter()``).
+    func tryEnter() -> Bool {
+        lock.withLock {
+            guard !barrier || !open else { return false }
+            active += 1
+            return true
+        }
+    }
 
     func enter() async {
         while !lock.withLock({ () -> Bool in

@@ -103,3 +103,46 @@ static inline int pvkit_signal_catch(int number, int pipe_write) {
 }
 
 #endif
+
+#include <setjmp.h>
+
+/// Guarded copies out of a mapped file: touching a page the file no longer has (it was
+/// truncated, or the device failed to read it) raises SIGBUS; inside a guarded copy the handler
+/// jumps back and the copy fails instead of the process dying.
+///
+/// The escape of this thread's guarded copy in progress (NULL: none).
+static __thread sigjmp_buf *pvkit_copy_escape = NULL;
+/// The SIGBUS action before ours (for faults outside guarded copies).
+static struct sigaction pvkit_sigbus_previous = { 0 };
+
+static void pvkit_sigbus(int number, siginfo_t *info, void *context) {
+    (void)number; (void)info; (void)context;
+    sigjmp_buf *escape = pvkit_copy_escape;
+    if (escape != NULL) {
+        pvkit_copy_escape = NULL;
+        siglongjmp(*escape, 1);
+    }
+    // Not ours: the previous action takes the fault when the instruction runs again.
+    sigaction(SIGBUS, &pvkit_sigbus_previous, NULL);
+}
+
+/// Installs the SIGBUS handler for guarded copies (once per process). SA_NODEFER: the jump
+/// out of the handler leaves SIGBUS unblocked without saving the signal mask per copy.
+static inline int pvkit_guard_copies(void) {
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_sigaction = pvkit_sigbus;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_SIGINFO | SA_NODEFER;
+    return sigaction(SIGBUS, &action, &pvkit_sigbus_previous);
+}
+
+/// memcpy that returns -1 instead of dying when `from` faults (SIGBUS); 0 when copied.
+static inline int pvkit_guarded_copy(void *to, const void *from, size_t count) {
+    sigjmp_buf escape;
+    if (sigsetjmp(escape, 0) != 0) return -1;
+    pvkit_copy_escape = &escape;
+    memcpy(to, from, count);
+    pvkit_copy_escape = NULL;
+    return 0;
+}

@@ -16,6 +16,16 @@ import XenRing
 /// barrier and discard wait for those in progress.
 final class ServedQueue: @unchecked Sendable {
     private unowned let backend: BlockBackend
+    // The backend's constants, copied: read on every request, and an unowned reference to an
+    // object with weak references costs a slow-path retain and release per access.
+    private let settings: BlockBackend.Settings
+    private let hypervisor: Hypervisor
+    private let frontend: DomainID
+    private let file: Int32
+    private let bufferedFile: Int32
+    private let sectors: UInt64
+    /// The file mapped for reads (``BlockBackend/Settings/mappedReads``), or nil.
+    private let mapped: UnsafeMutableRawPointer?
     let index: Int
     private let ringMappings: [GrantMapping]
     private let ringView: PageAlias?
@@ -51,15 +61,23 @@ final class ServedQueue: @unchecked Sendable {
     private var abandoned = false
 
     var served: Int { servedCount.load(ordering: .relaxed) }
+    /// Responses served inline are published in groups of this many (a notification at most
+    /// per group), so a long batch does not hold back the ones already done.
+    static let publishEvery = 8
     var isFinished: Bool { thread?.isFinished ?? true }
 
     /// Maps the ring pages (writable, contiguous) and binds the frontend's port.
     init(backend: BlockBackend, index: Int, refs: [GrantRef], remotePort: EventChannelPort, persistent: Bool) throws {
         self.backend = backend
+        settings = backend.settings
+        hypervisor = backend.hypervisor
+        frontend = backend.device.frontend
+        file = backend.file
+        bufferedFile = backend.bufferedFile
+        sectors = backend.sectors
+        mapped = backend.mapping
         self.index = index
         self.persistent = persistent
-        let hypervisor = backend.hypervisor
-        let frontend = backend.device.frontend
         var mappings: [GrantMapping] = []
         do {
             for ref in refs { mappings.append(try hypervisor.mapGrant(ref, of: frontend, by: .dom0, writable: true)) }
@@ -98,7 +116,6 @@ final class ServedQueue: @unchecked Sendable {
 
     /// After the thread finished: unmaps persistent grants and the ring, closes the port.
     func release() {
-        let hypervisor = backend.hypervisor
         let cached = cacheLock.withLock { defer { cache.removeAll() }; return Array(cache.values) }
         if !abandoned {
             for mapping in cached { try? hypervisor.unmapGrant(mapping.handle, by: .dom0) }
@@ -116,8 +133,8 @@ final class ServedQueue: @unchecked Sendable {
         self.box = box
         var fds = [pollfd(fd: end.delivery.fileDescriptor, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: stopSignal.fileDescriptor, events: Int16(POLLIN), revents: 0)]
-        let hostile = backend.settings.hostile
-        let threads = hostile == nil ? backend.settings.ioThreads ?? (backend.settings.direct ? 8 : 0) : 0
+        let hostile = settings.hostile
+        let threads = hostile == nil ? settings.ioThreads ?? (settings.direct ? 8 : 0) : 0
         var workers: [Thread] = []
         for n in 0..<threads {
             let worker = Thread { [self] in ioThread() }
@@ -133,8 +150,13 @@ final class ServedQueue: @unchecked Sendable {
             }
             for worker in workers { while !worker.isFinished { usleep(100) } }
         }
+        // Scratch reused by every batch.
+        var taken: [BlkifRequest] = []
+        var responses: [BlkifResponse] = []
+        var vectors: [iovec] = []
         while true {
-            var taken: [BlkifRequest] = []
+            taken.removeAll(keepingCapacity: true)
+            responses.removeAll(keepingCapacity: true)
             var broken: RingError?
             ringLock.lock()
             do {
@@ -148,7 +170,6 @@ final class ServedQueue: @unchecked Sendable {
                 backend.logger.error("vbd \(backend.device.devid) of domain \(backend.device.frontend.rawValue): \(broken); closing")
                 return
             }
-            var responses: [BlkifResponse] = []
             for request in taken {
                 if hostile == .vanish {
                     backend.vanish()
@@ -164,17 +185,23 @@ final class ServedQueue: @unchecked Sendable {
                     continue
                 }
                 if threads > 0 { waitForIO() }
-                let response = perform(request)
+                let response = perform(request, vectors: &vectors)
                 switch hostile {
                 case .unknownID?: responses.append(BlkifResponse(id: response.id &+ 1000, operationCode: response.operationCode, status: response.status))
                 case .garbageStatus?: responses.append(BlkifResponse(id: response.id, operationCode: response.operationCode, status: BlkifStatus(rawValue: 7)))
                 case .wrongOperation?: responses.append(BlkifResponse(id: response.id, operationCode: 99, status: response.status))
                 default: responses.append(response)
                 }
+                // Published a few at a time: the frontend reuses slots while the rest are served.
+                if responses.count == Self.publishEvery {
+                    answer(responses)
+                    responses.removeAll(keepingCapacity: true)
+                }
             }
-            // Served inline: the batch's responses published together (one notification at most).
+            // Served inline: the rest of the batch's responses published together.
             answer(responses)
             if !taken.isEmpty { servedCount.wrappingIncrement(by: taken.count, ordering: .relaxed) }
+            if settings.pollMicroseconds > 0 && waitForRequests(box, within: UInt64(settings.pollMicroseconds) * 1000) { continue }
             if ringLock.withLock({ (try? box.ring.finalCheckForRequests()) == true }) { continue }
             fds[0].revents = 0
             fds[1].revents = 0
@@ -184,8 +211,22 @@ final class ServedQueue: @unchecked Sendable {
         }
     }
 
+    /// Looks at the ring (without asking for a notification) until a request is there or
+    /// `nanoseconds` passed. True when one is there.
+    private func waitForRequests(_ box: RingBox, within nanoseconds: UInt64) -> Bool {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        let deadline = UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec) + nanoseconds
+        while true {
+            if ringLock.withLock({ ((try? box.ring.availableRequests()) ?? 1) > 0 }) { return true }
+            clock_gettime(CLOCK_MONOTONIC, &now)
+            if UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec) >= deadline { return false }
+            sched_yield()
+        }
+    }
+
     /// Puts responses on the ring, publishes them, and notifies when the frontend asked.
-    private func answer(_ responses: [BlkifResponse]) {
+    private func answer(_ responses: some Collection<BlkifResponse>) {
         guard !responses.isEmpty, let box else { return }
         let (notify, geometry, published, now) = ringLock.withLock {
             let published = box.ring.publishedResponses
@@ -193,12 +234,13 @@ final class ServedQueue: @unchecked Sendable {
             let notify = box.ring.pushResponsesAndCheckNotify()
             return (notify, box.ring.geometry, published, box.ring.publishedResponses)
         }
-        if notify { try? backend.hypervisor.notify(.dom0, port) }
+        if notify { try? hypervisor.notify(.dom0, port) }
         misbehaveAfterPush(ring: geometry, published: published, now: now)
     }
 
     /// An I/O thread: takes reads and writes in order, answers each when it is done.
     private func ioThread() {
+        var vectors: [iovec] = []
         while true {
             let request: BlkifRequest? = work.withLock {
                 while nextJob == jobs.count && !stopping { work.wait() }
@@ -213,7 +255,7 @@ final class ServedQueue: @unchecked Sendable {
                 return jobs[nextJob]
             }
             guard let request else { return }
-            answer([perform(request)])
+            answer(CollectionOfOne(perform(request, vectors: &vectors)))
             work.withLock {
                 busy -= 1
                 if busy == 0 { work.broadcast() }
@@ -228,11 +270,11 @@ final class ServedQueue: @unchecked Sendable {
 
     /// The hostile modes that act on the shared ring after a push.
     private func misbehaveAfterPush(ring geometry: RingGeometry, published old: RingIndex, now: RingIndex) {
-        guard old != now, let hostile = backend.settings.hostile else { return }
+        guard old != now, let hostile = settings.hostile else { return }
         switch hostile {
         case .responseProducerAhead:
             (ringAddress + SharedRingHeader.responseProducer).storeBytes(of: now &+ 5, as: UInt32.self)
-            try? backend.hypervisor.notify(.dom0, port)
+            try? hypervisor.notify(.dom0, port)
         case .duplicateResponse:
             // The last response again, in the next slot (BackRing itself refuses to answer
             // more than was asked, so this is done by hand).
@@ -240,56 +282,53 @@ final class ServedQueue: @unchecked Sendable {
             target.copyMemory(from: source, byteCount: geometry.slotSize)
             atomicMemoryFence(ordering: .releasing)
             (ringAddress + SharedRingHeader.responseProducer).storeBytes(of: now &+ 1, as: UInt32.self)
-            try? backend.hypervisor.notify(.dom0, port)
+            try? hypervisor.notify(.dom0, port)
         case .rewriteAfterPublish:
             let slot = ringAddress + geometry.slotOffset(now &- 1)
             let id = slot.loadUnaligned(as: UInt64.self)
             slot.storeBytes(of: id &+ 77, as: UInt64.self)
             (slot + BlkifLayout.x86_64.responseStatus).storeBytes(of: Int16(5), as: Int16.self)
         case .eventStorm:
-            for _ in 0..<1000 { try? backend.hypervisor.notify(.dom0, port) }
+            for _ in 0..<1000 { try? hypervisor.notify(.dom0, port) }
         default:
             break
         }
     }
 
-    private func perform(_ request: BlkifRequest) -> BlkifResponse {
-        let settings = backend.settings
+    private func perform(_ request: BlkifRequest, vectors: inout [iovec]) -> BlkifResponse {
         switch request {
         case let .io(io):
             let status: BlkifStatus
             switch io.operation {
-            case .read, .write: status = transfer(write: io.operation == .write, sector: io.sector, segments: Array(io.segments))
-            case .flushDiskCache: status = settings.flush ? (fdatasync(backend.file) == 0 ? .okay : .error) : .notSupported
+            case .read, .write: status = transfer(write: io.operation == .write, sector: io.sector, segments: io.segments, vectors: &vectors)
+            case .flushDiskCache: status = settings.flush ? (fdatasync(file) == 0 ? .okay : .error) : .notSupported
             case .writeBarrier:
                 // Everything before it on this ring is done (served in order); the frontend
                 // drains other rings first. Durable before and after.
                 guard settings.barrier else { status = .notSupported; break }
-                guard fdatasync(backend.file) == 0 else { status = .error; break }
-                let written = transfer(write: true, sector: io.sector, segments: Array(io.segments))
-                status = written == .okay && fdatasync(backend.file) == 0 ? .okay : (written == .okay ? .error : written)
+                guard fdatasync(file) == 0 else { status = .error; break }
+                let written = transfer(write: true, sector: io.sector, segments: io.segments, vectors: &vectors)
+                status = written == .okay && fdatasync(file) == 0 ? .okay : (written == .okay ? .error : written)
             default: status = .notSupported
             }
             return BlkifResponse(id: io.id, operation: io.operation, status: status)
         case let .discard(discard):
             return BlkifResponse(id: discard.id, operation: .discard, status: self.discard(discard))
         case let .indirect(indirect):
-            return BlkifResponse(id: indirect.id, operationCode: indirect.operation.rawValue, status: self.indirect(indirect))
+            return BlkifResponse(id: indirect.id, operationCode: indirect.operation.rawValue, status: self.indirect(indirect, vectors: &vectors))
         }
     }
 
     private func discard(_ request: BlkifDiscardRequest) -> BlkifStatus {
-        let settings = backend.settings
         guard settings.discard else { return .notSupported }
         guard !settings.readOnly else { return .error }
-        let sectors = backend.sectors
         guard request.sectorCount > 0, request.sector < sectors, request.sectorCount <= sectors - request.sector else { return .error }
         let offset = off_t(request.sector * UInt64(Blkif.sectorSize)), length = off_t(request.sectorCount * UInt64(Blkif.sectorSize))
-        return fallocate(backend.file, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0 ? .okay : .error
+        return fallocate(file, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0 ? .okay : .error
     }
 
-    private func indirect(_ request: BlkifIndirectRequest) -> BlkifStatus {
-        let limit = backend.settings.maxIndirectSegments
+    private func indirect(_ request: BlkifIndirectRequest, vectors: inout [iovec]) -> BlkifStatus {
+        let limit = settings.maxIndirectSegments
         guard limit > 0 else { return .notSupported }
         guard request.operation == .read || request.operation == .write else { return .error }
         let count = Int(request.segmentCount)
@@ -307,19 +346,17 @@ final class ServedQueue: @unchecked Sendable {
             }
             segments += decoded
         }
-        return transfer(write: request.operation == .write, sector: request.sector, segments: segments)
+        return transfer(write: request.operation == .write, sector: request.sector, segments: segments, vectors: &vectors)
     }
 
     /// The granted page `ref`: from the persistent cache (mapped writable and kept), or
     /// mapped now with the access asked and added to `transient` (unmapped by the caller).
     /// nil when the grant cannot be mapped.
     private func page(_ ref: GrantRef, writable: Bool, transient: inout [GrantMapping]) -> UnsafeMutableRawPointer? {
-        let hypervisor = backend.hypervisor
-        let frontend = backend.device.frontend
         if persistent {
             let cached: UnsafeMutableRawPointer? = cacheLock.withLock {
                 if let mapping = cache[ref] { return mapping.page }
-                guard cache.count < backend.settings.maxPersistentGrants,
+                guard cache.count < settings.maxPersistentGrants,
                       let mapping = try? hypervisor.mapGrant(ref, of: frontend, by: .dom0, writable: true) else { return nil }
                 cache[ref] = mapping
                 return mapping.page
@@ -332,13 +369,13 @@ final class ServedQueue: @unchecked Sendable {
     }
 
     private func unmap(_ transient: [GrantMapping]) {
-        for mapping in transient { try? backend.hypervisor.unmapGrant(mapping.handle, by: .dom0) }
+        for mapping in transient { try? hypervisor.unmapGrant(mapping.handle, by: .dom0) }
     }
 
     /// Reads or writes the segments' bytes at `sector`: every segment and the range checked
-    /// first, then one `preadv`/`pwritev` over the guest's pages.
-    private func transfer(write: Bool, sector: UInt64, segments: [BlkifSegment]) -> BlkifStatus {
-        let settings = backend.settings
+    /// first, then one `preadv`/`pwritev` over the guest's pages (`vectors`: the caller's
+    /// scratch, reused across requests).
+    private func transfer(write: Bool, sector: UInt64, segments: some RandomAccessCollection<BlkifSegment>, vectors: inout [iovec]) -> BlkifStatus {
         if write && settings.readOnly { return .error }
         guard !segments.isEmpty else { return .error }
         let alignment = UInt64(settings.sectorSize)
@@ -349,14 +386,13 @@ final class ServedQueue: @unchecked Sendable {
             total += UInt64(segment.byteCount)
         }
         let start = sector &* UInt64(Blkif.sectorSize)
-        let diskBytes = backend.sectors * UInt64(Blkif.sectorSize)
-        guard sector < backend.sectors, start % alignment == 0, total <= diskBytes - start else { return .error }
+        let diskBytes = sectors * UInt64(Blkif.sectorSize)
+        guard sector < sectors, start % alignment == 0, total <= diskBytes - start else { return .error }
 
         // Map what the cache lacks; keep the transient mappings until the I/O is done.
         var transient: [GrantMapping] = []
         defer { unmap(transient) }
-        var vectors: [iovec] = []
-        vectors.reserveCapacity(segments.count)
+        vectors.removeAll(keepingCapacity: true)
         for segment in segments {
             // Reading the disk writes the guest's page, and the other way round.
             guard var page = self.page(segment.gref, writable: !write, transient: &transient) else { return .error }
@@ -367,13 +403,22 @@ final class ServedQueue: @unchecked Sendable {
                 vectors.append(iovec(iov_base: page, iov_len: segment.byteCount))
             }
         }
+        if !write, let mapped {
+            // One copy from the page cache, as preadv would make, without the system call.
+            var at = Int(start)
+            for vector in vectors {
+                guard pvkit_guarded_copy(vector.iov_base, mapped + at, vector.iov_len) == 0 else { return .error }
+                at += vector.iov_len
+            }
+            return .okay
+        }
         func move(_ fd: Int32) -> Int {
             vectors.withUnsafeBufferPointer { v in
                 write ? pwritev(fd, v.baseAddress, Int32(v.count), off_t(start)) : preadv(fd, v.baseAddress, Int32(v.count), off_t(start))
             }
         }
-        var done = move(backend.file)
-        if done < 0 && errno == EINVAL && backend.file != backend.bufferedFile { done = move(backend.bufferedFile) }
+        var done = move(file)
+        if done < 0 && errno == EINVAL && file != bufferedFile { done = move(bufferedFile) }
         return done == Int(total) ? .okay : .error
     }
 }

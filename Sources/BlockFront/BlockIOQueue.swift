@@ -1,0 +1,333 @@
+import DequeModule
+import Foundation
+import PVPlatform
+import XenABI
+
+/// A submission and completion queue on a disk, for a caller that keeps many requests in
+/// flight (io_uring's shape): operations are queued without waiting, go on the rings together
+/// at ``submit()`` — one publish and at most one notification per ring — and their completions
+/// are collected in batches by ``completions(atLeast:)``, one wake-up per batch of responses
+/// rather than one resumed task per request.
+///
+/// Data moves through ``BlockBuffer``s (in place; through zeroed bounce pages for a backend
+/// that is not trusted), which the queue keeps alive until their operation completes, so no
+/// request can outlive the memory it moves. Each operation holds one of ``depth`` places from
+/// the call that queues it until its completion is collected.
+///
+/// Ordering and safety are the device's: the same ring slots, page budget and barrier gate as
+/// the async calls, the same checks on every response; an operation larger than one request
+/// is cut as theirs are and completes when all of its requests have. When a ring slot or the
+/// page budget is short, operations stay queued (back-pressure) and go out as room is made.
+///
+/// ```swift
+/// let queue = disk.makeIOQueue(depth: 32)
+/// for (n, buffer) in buffers.enumerated() { try queue.read(at: UInt64(n * 8), into: buffer, tag: n) }
+/// try queue.submit()
+/// for completion in try await queue.completions(atLeast: buffers.count) { … }
+/// ```
+public final class BlockIOQueue: RequestOwner, @unchecked Sendable {
+    /// An operation that ended: the tag it was queued with and its error (nil: success).
+    public struct Completion: Sendable, Equatable {
+        public let tag: Int
+        public let error: BlockFrontError?
+    }
+
+    /// Operations that may be queued, in flight or completed and not yet collected at once.
+    public let depth: Int
+
+    private let disk: BlockFront
+    private var core: Core { disk.core }
+    private let lock = NSLock()
+    /// Serialises ``submit()`` end to end (requests leave in the order they were queued).
+    private let submitting = NSLock()
+    private var operations: [Operation]
+    private var freePlaces: [Int]
+    /// Requests queued and not yet on a ring, in order.
+    private var queued: Deque<Piece> = []
+    /// Requests on a ring (or parked for a reconnect) and not yet ended.
+    private var onRings = 0
+    private var done: [Completion] = []
+    private var waiter: (continuation: CheckedContinuation<Void, Never>, atLeast: Int)?
+    /// When set, completions go to it on the ring's completion thread instead of waiting for
+    /// ``completions(atLeast:)``.
+    private let handler: (@Sendable (BlockIOQueue, [Completion]) -> Void)?
+
+    private struct Operation {
+        var tag = 0
+        /// Requests of the operation not yet ended.
+        var remaining = 0
+        var error: BlockFrontError?
+        /// Kept alive while a request uses its memory.
+        var buffer: BlockBuffer?
+    }
+
+    /// One request of an operation.
+    private struct Piece {
+        let place: Int
+        let operation: BlkifOperation
+        let chunk: RequestPlan.Chunk
+        let address: UnsafeMutableRawPointer?
+        let granted: ArraySlice<SharedPage>?
+        var budget: Int { granted == nil ? chunk.budget : chunk.indirectPages }
+    }
+
+    init(disk: BlockFront, depth: Int, handler: (@Sendable (BlockIOQueue, [Completion]) -> Void)?) {
+        self.disk = disk
+        self.depth = depth
+        self.handler = handler
+        operations = Array(repeating: Operation(), count: depth)
+        freePlaces = Array((0..<depth).reversed())
+    }
+
+    /// Operations queued, in flight, or completed and not yet collected.
+    public var occupied: Int { lock.withLock { depth - freePlaces.count } }
+
+    // MARK: Queueing
+
+    /// Queues a read of `count` bytes (default: to the end of the buffer) at `sector` into
+    /// `buffer` from `byteOffset` (a multiple of the page size). Sent by ``submit()``.
+    ///
+    /// - Throws: ``BlockFrontError/queueFull(depth:)`` when ``depth`` operations are
+    ///   outstanding; the device's checks (alignment, range, the buffer's own device).
+    public func read(at sector: UInt64, into buffer: BlockBuffer, byteOffset: Int = 0, count: Int? = nil, tag: Int) throws(BlockFrontError) {
+        try queue(.read, sector: sector, buffer: buffer, byteOffset: byteOffset, count: count, tag: tag)
+    }
+
+    /// Queues a write of `count` bytes (default: to the end of the buffer) of `buffer` from
+    /// `byteOffset` at `sector`; durable after a flush. Sent by ``submit()``.
+    public func write(at sector: UInt64, from buffer: BlockBuffer, byteOffset: Int = 0, count: Int? = nil, tag: Int) throws(BlockFrontError) {
+        guard !disk.info.readOnly else { throw .readOnly }
+        try queue(.write, sector: sector, buffer: buffer, byteOffset: byteOffset, count: count, tag: tag)
+    }
+
+    /// Queues a flush (BLKIF_OP_FLUSH_DISKCACHE): every write completed before it is sent is
+    /// durable when it completes.
+    public func flush(tag: Int) throws(BlockFrontError) {
+        let (info, _, failure) = core.snapshot
+        if let failure { throw failure }
+        guard let info, info.flush else { throw .notSupported("flush") }
+        let place = try takePlace()
+        lock.withLock {
+            operations[place] = Operation(tag: tag, remaining: 1, error: nil, buffer: nil)
+            queued.append(Piece(place: place, operation: .flushDiskCache, chunk: RequestPlan.Chunk(offset: 0, length: 0, sector: 0), address: nil, granted: nil))
+        }
+    }
+
+    private func queue(_ operation: BlkifOperation, sector: UInt64, buffer: BlockBuffer, byteOffset: Int, count: Int?, tag: Int) throws(BlockFrontError) {
+        let (info, pool, failure) = core.snapshot
+        if let failure { throw failure }
+        guard let info, let pool else { throw .closed("not connected") }
+        let bytes = try disk.window(buffer, byteOffset, count)
+        try disk.check(sector: sector, count: bytes.count, info: info)
+        // In place when the backend is trusted (up to the negotiated indirect segments per
+        // request); otherwise through pool pages, as the async calls do.
+        let granted = info.trusted ? buffer.pages.pages[(byteOffset / XenPage.size)...] : nil
+        let fits = (pool.limit - Blkif.maxIndirectPagesPerRequest) / 2
+        let wanted = min(info.indirectSegments, fits, granted == nil ? BlockFront.copiedRequestSegments : Int.max)
+        let most = wanted <= Blkif.maxSegmentsPerRequest ? Blkif.maxSegmentsPerRequest : wanted
+        let place = try takePlace()
+        lock.withLock {
+            if bytes.count <= most * XenPage.size {
+                operations[place] = Operation(tag: tag, remaining: 1, error: nil, buffer: buffer)
+                queued.append(Piece(place: place, operation: operation, chunk: RequestPlan.Chunk(offset: 0, length: bytes.count, sector: sector),
+                                    address: bytes.baseAddress, granted: granted))
+                return
+            }
+            let chunks = RequestPlan(sector: sector, byteCount: bytes.count, maxSegments: most).chunks
+            operations[place] = Operation(tag: tag, remaining: chunks.count, error: nil, buffer: buffer)
+            for chunk in chunks {
+                queued.append(Piece(place: place, operation: operation, chunk: chunk, address: bytes.baseAddress, granted: granted))
+            }
+        }
+    }
+
+    private func takePlace() throws(BlockFrontError) -> Int {
+        let place: Int? = lock.withLock { freePlaces.popLast() }
+        guard let place else { throw .queueFull(depth: depth) }
+        return place
+    }
+
+    // MARK: Submission
+
+    /// Puts the queued requests on the rings, as many as slots and the page budget allow now
+    /// (the rest go out at a later ``submit()`` or ``completions(atLeast:)``), and notifies each
+    /// ring's backend once if it asked.
+    public func submit() {
+        submitting.withLock {
+            guard let pool = core.currentPool else { return }
+            // Everything queued, taken at once; what finds no room goes back in front.
+            var pieces: Deque<Piece> = lock.withLock {
+                defer { queued.removeAll(keepingCapacity: true) }
+                return queued
+            }
+            var batches: [(ring: BlockQueue, entries: [InFlight])] = []
+            var failed: [(Int, BlockFrontError)] = []
+            var sent = 0
+            while let piece = pieces.first {
+                guard core.gate.tryEnter() else { break }
+                let budget = piece.budget
+                guard budget == 0 || (try? pool.budget.tryAcquire(budget)) == true else {
+                    core.gate.leave()
+                    break
+                }
+                guard let ring = core.nextRing(), (try? ring.slots.tryAcquire(1)) == true else {
+                    pool.budget.release(budget)
+                    core.gate.leave()
+                    break
+                }
+                pieces.removeFirst()
+                sent += 1
+                do throws(BlockFrontError) {
+                    let entry = try core.prepare(piece.operation, chunk: piece.chunk, buffer: piece.address, granted: piece.granted, discard: nil,
+                                                 pool: pool, budget: budget, owner: self, tag: piece.place)
+                    if let index = batches.firstIndex(where: { $0.ring === ring }) {
+                        batches[index].entries.append(entry)
+                    } else {
+                        batches.append((ring, [entry]))
+                    }
+                } catch {
+                    ring.slots.release(1)
+                    pool.budget.release(budget)
+                    failed.append((piece.place, error))
+                }
+            }
+            lock.withLock {
+                onRings += sent
+                if !pieces.isEmpty { queued.prepend(contentsOf: pieces) }
+            }
+            for (place, error) in failed where complete(error, tag: place) { wake() }
+            for (ring, var entries) in batches {
+                do throws(BlockFrontError) { try ring.submit(&entries) } catch {
+                    // Halted by a backend restart meanwhile: re-issued on the next connection.
+                    for entry in entries { core.park(entry, error: error) }
+                }
+            }
+        }
+        failQueuedIfClosed()
+    }
+
+    /// A closed device ends what is still queued, with its error.
+    private func failQueuedIfClosed() {
+        guard let failure = core.currentFailure else { return }
+        let failed: Bool = lock.withLock {
+            defer { queued.removeAll() }
+            for piece in queued { record(failure, place: piece.place) }
+            return !queued.isEmpty
+        }
+        if failed { wake() }
+    }
+
+    // MARK: Completion
+
+    /// Waits until at least `atLeast` operations have completed (or every outstanding one, if
+    /// fewer are), and returns every completion collected so far; their places are free
+    /// again. Queued requests that found no room are sent first, waiting for room when none
+    /// of this queue's requests is in flight to make some.
+    ///
+    /// - Throws: ``BlockFrontError/cancelled`` when the task is cancelled while waiting (the
+    ///   requests stay in flight; a later call collects them).
+    public func completions(atLeast: Int = 1) async throws(BlockFrontError) -> [Completion] {
+        while true {
+            submit()
+            let stalled: Piece? = lock.withLock { onRings == 0 ? queued.popFirst() : nil }
+            guard let piece = stalled else { break }
+            // Nothing of ours in flight will free room: wait for it like the async calls.
+            lock.withLock { onRings += 1 }
+            await core.gate.enter()
+            do throws(BlockFrontError) {
+                try await core.submit(piece.operation, chunk: piece.chunk, buffer: piece.address, granted: piece.granted, discard: nil,
+                                      owner: self, tag: piece.place)
+            } catch {
+                if complete(error, tag: piece.place) { wake() }
+            }
+        }
+        let cancelled: Bool = await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let now: Bool = lock.withLock {
+                    if Task.isCancelled || isReady(atLeast) { return true }
+                    waiter = (continuation, atLeast)
+                    return false
+                }
+                if now { continuation.resume() }
+            }
+            return Task.isCancelled
+        } onCancel: {
+            let waiting = lock.withLock { defer { waiter = nil }; return waiter }
+            waiting?.continuation.resume()
+        }
+        let collected: [Completion]? = lock.withLock {
+            if cancelled && !isReady(atLeast) { return nil }
+            defer { done.removeAll(keepingCapacity: true) }
+            return done
+        }
+        guard let collected else { throw .cancelled }
+        return collected
+    }
+
+    /// Enough completions collected (under `lock`): `atLeast`, or all there will be.
+    private func isReady(_ atLeast: Int) -> Bool {
+        let outstanding = depth - freePlaces.count
+        return done.count >= min(atLeast, outstanding)
+    }
+
+    // MARK: RequestOwner
+
+    func started(tag: Int) {}
+
+    /// A request that went on a ring (or was about to) ended.
+    func complete(_ error: BlockFrontError?, tag: Int) -> Bool {
+        core.gate.leave()
+        return lock.withLock {
+            onRings -= 1
+            record(error, place: tag)
+            if handler != nil { return true }
+            guard let waiter else { return false }
+            return isReady(waiter.atLeast)
+        }
+    }
+
+    /// One request of the operation at `place` ended (under `lock`); the operation completes
+    /// with its last.
+    private func record(_ error: BlockFrontError?, place: Int) {
+        if let error, operations[place].error == nil { operations[place].error = error }
+        operations[place].remaining -= 1
+        if operations[place].remaining == 0 {
+            done.append(Completion(tag: operations[place].tag, error: operations[place].error))
+            operations[place].buffer = nil
+            freePlaces.append(place)
+        }
+    }
+
+    func wake() {
+        if let handler {
+            let collected: [Completion] = lock.withLock {
+                defer { done.removeAll(keepingCapacity: true) }
+                return done
+            }
+            if !collected.isEmpty { handler(self, collected) }
+            return
+        }
+        let ready: CheckedContinuation<Void, Never>? = lock.withLock {
+            guard let waiter, isReady(waiter.atLeast) else { return nil }
+            defer { self.waiter = nil }
+            return waiter.continuation
+        }
+        ready?.resume()
+    }
+}
+
+extension BlockFront {
+    /// A submission and completion queue on this disk holding up to `depth` operations (see
+    /// ``BlockIOQueue``).
+    public func makeIOQueue(depth: Int) -> BlockIOQueue {
+        BlockIOQueue(disk: self, depth: max(1, depth), handler: nil)
+    }
+
+    /// A submission and completion queue whose completions are handed to `handler` as they
+    /// arrive, in batches, on the thread that took them off the ring (the handler may queue
+    /// and submit more; it must not block). ``BlockIOQueue/completions(atLeast:)`` then
+    /// returns nothing: the handler has them.
+    public func makeIOQueue(depth: Int, handler: @escaping @Sendable (BlockIOQueue, [BlockIOQueue.Completion]) -> Void) -> BlockIOQueue {
+        BlockIOQueue(disk: self, depth: max(1, depth), handler: handler)
+    }
+}
