@@ -39,6 +39,17 @@ final class AsyncSemaphore: @unchecked Sendable {
         return true
     }
 
+    /// Takes up to `units` of those free now, if nobody waits before us; never waits.
+    /// Returns how many it took.
+    func tryAcquire(upTo units: Int) -> Int {
+        lock.withLock {
+            guard failure == nil, waiters.isEmpty else { return 0 }
+            let taken = min(units, free)
+            free -= taken
+            return taken
+        }
+    }
+
     /// Takes `units`, waiting for them in turn.
     ///
     /// - Throws: ``BlockFrontError/cancelled`` when the task is cancelled while waiting, or the

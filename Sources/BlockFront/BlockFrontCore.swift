@@ -272,6 +272,9 @@ final class Core: @unchecked Sendable {
         }
     }
 
+    /// The rings of the current connection (empty while there is none).
+    var currentRings: [BlockQueue] { lock.withLock { queues } }
+
     /// The pages of the current connection (nil before the first).
     var currentPool: GrantPool? { lock.withLock { pool } }
 

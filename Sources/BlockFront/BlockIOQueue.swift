@@ -46,6 +46,10 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {
     private var queued: Deque<Piece> = []
     /// Requests on a ring (or parked for a reconnect) and not yet ended.
     private var onRings = 0
+    /// Gate entries of ended requests, given back together at ``wake()``.
+    private var leaving = 0
+    /// The ring the next request goes to first (round robin; under `submitting`).
+    private var nextRing = 0
     private var done: [Completion] = []
     private var waiter: (continuation: CheckedContinuation<Void, Never>, atLeast: Int)?
     /// When set, completions go to it on the ring's completion thread instead of waiting for
@@ -154,50 +158,49 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {
     /// ring's backend once if it asked.
     public func submit() {
         submitting.withLock {
-            guard let pool = core.currentPool else { return }
+            let rings = core.currentRings
+            guard let pool = core.currentPool, !rings.isEmpty else { return }
             // Everything queued, taken at once; what finds no room goes back in front.
-            var pieces: Deque<Piece> = lock.withLock {
-                defer { queued.removeAll(keepingCapacity: true) }
-                return queued
+            var pieces: Deque<Piece> = []
+            lock.withLock { swap(&pieces, &queued) }
+            guard !pieces.isEmpty else { return }
+            // The gate and the rings' slots taken for the whole batch (an even share of each
+            // ring), the unused given back after.
+            guard core.gate.tryEnter(pieces.count) else {
+                lock.withLock { queued.prepend(contentsOf: pieces) }
+                return
             }
-            var batches: [(ring: BlockQueue, entries: [InFlight])] = []
+            let share = (pieces.count + rings.count - 1) / rings.count
+            var room = rings.map { $0.slots.tryAcquire(upTo: share) }
+            var batches: [[InFlight]] = Array(repeating: [], count: rings.count)
             var failed: [(Int, BlockFrontError)] = []
             var sent = 0
             while let piece = pieces.first {
-                guard core.gate.tryEnter() else { break }
+                guard let ring = (0..<rings.count).lazy.map({ (self.nextRing + $0) % rings.count }).first(where: { room[$0] > 0 }) else { break }
                 let budget = piece.budget
-                guard budget == 0 || (try? pool.budget.tryAcquire(budget)) == true else {
-                    core.gate.leave()
-                    break
-                }
-                guard let ring = core.nextRing(), (try? ring.slots.tryAcquire(1)) == true else {
-                    pool.budget.release(budget)
-                    core.gate.leave()
-                    break
-                }
+                guard budget == 0 || (try? pool.budget.tryAcquire(budget)) == true else { break }
                 pieces.removeFirst()
+                room[ring] -= 1
+                nextRing = ring + 1
                 sent += 1
                 do throws(BlockFrontError) {
-                    let entry = try core.prepare(piece.operation, chunk: piece.chunk, buffer: piece.address, granted: piece.granted, discard: nil,
-                                                 pool: pool, budget: budget, owner: self, tag: piece.place)
-                    if let index = batches.firstIndex(where: { $0.ring === ring }) {
-                        batches[index].entries.append(entry)
-                    } else {
-                        batches.append((ring, [entry]))
-                    }
+                    batches[ring].append(try core.prepare(piece.operation, chunk: piece.chunk, buffer: piece.address, granted: piece.granted,
+                                                          discard: nil, pool: pool, budget: budget, owner: self, tag: piece.place))
                 } catch {
-                    ring.slots.release(1)
+                    rings[ring].slots.release(1)
                     pool.budget.release(budget)
                     failed.append((piece.place, error))
                 }
             }
+            for (ring, unused) in room.enumerated() where unused > 0 { rings[ring].slots.release(unused) }
+            core.gate.leave(pieces.count)
             lock.withLock {
                 onRings += sent
                 if !pieces.isEmpty { queued.prepend(contentsOf: pieces) }
             }
             for (place, error) in failed where complete(error, tag: place) { wake() }
-            for (ring, var entries) in batches {
-                do throws(BlockFrontError) { try ring.submit(&entries) } catch {
+            for (ring, var entries) in batches.enumerated() where !entries.isEmpty {
+                do throws(BlockFrontError) { try rings[ring].submit(&entries) } catch {
                     // Halted by a backend restart meanwhile: re-issued on the next connection.
                     for entry in entries { core.park(entry, error: error) }
                 }
@@ -275,15 +278,14 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {
     func started(tag: Int) {}
 
     /// A request that went on a ring (or was about to) ended.
+    /// (Its gate entry is given back at the ``wake()`` that always follows.)
     func complete(_ error: BlockFrontError?, tag: Int) -> Bool {
-        core.gate.leave()
-        return lock.withLock {
+        lock.withLock {
             onRings -= 1
+            leaving += 1
             record(error, place: tag)
-            if handler != nil { return true }
-            guard let waiter else { return false }
-            return isReady(waiter.atLeast)
         }
+        return true
     }
 
     /// One request of the operation at `place` ended (under `lock`); the operation completes
@@ -299,6 +301,7 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {
     }
 
     func wake() {
+        core.gate.leave(lock.withLock { defer { leaving = 0 }; return leaving })
         if let handler {
             let collected: [Completion] = lock.withLock {
                 defer { done.removeAll(keepingCapacity: true) }

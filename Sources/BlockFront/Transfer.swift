@@ -72,11 +72,12 @@ final class OrderingGate: @unchecked Sendable {
     private var entering: [CheckedContinuation<Void, Never>] = []
     private var draining: CheckedContinuation<Void, Never>?
 
-    /// Enters unless a barrier holds the gate (then the caller must wait with ``enter()``).
-    func tryEnter() -> Bool {
+    /// Enters `count` times unless a barrier holds the gate (then the caller must wait with
+    /// ``enter()``).
+    func tryEnter(_ count: Int = 1) -> Bool {
         lock.withLock {
             guard !barrier || !open else { return false }
-            active += 1
+            active += count
             return true
         }
     }
@@ -102,9 +103,10 @@ final class OrderingGate: @unchecked Sendable {
         }
     }
 
-    func leave() {
+    func leave(_ count: Int = 1) {
+        guard count > 0 else { return }
         let resume: CheckedContinuation<Void, Never>? = lock.withLock {
-            active -= 1
+            active -= count
             guard active == 0 else { return nil }
             defer { draining = nil }
             return draining
