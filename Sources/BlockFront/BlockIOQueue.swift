@@ -30,6 +30,10 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {
     public struct Completion: Sendable, Equatable {
         public let tag: Int
         public let error: BlockFrontError?
+        public init(tag: Int, error: BlockFrontError?) {
+            self.tag = tag
+            self.error = error
+        }
     }
 
     /// Operations that may be queued, in flight or completed and not yet collected at once.
@@ -51,6 +55,8 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {
     /// The ring the next request goes to first (round robin; under `submitting`).
     private var nextRing = 0
     private var done: [Completion] = []
+    /// The places of `done`, freed when they are collected.
+    private var donePlaces: [Int] = []
     private var waiter: (continuation: CheckedContinuation<Void, Never>, atLeast: Int)?
     /// When set, completions go to it on the ring's completion thread instead of waiting for
     /// ``completions(atLeast:)``.
@@ -157,18 +163,18 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {
     /// (the rest go out at a later ``submit()`` or ``completions(atLeast:)``), and notifies each
     /// ring's backend once if it asked.
     public func submit() {
-        submitting.withLock {
+        let failed: [(Int, BlockFrontError)] = submitting.withLock {
             let rings = core.currentRings
-            guard let pool = core.currentPool, !rings.isEmpty else { return }
+            guard let pool = core.currentPool, !rings.isEmpty else { return [] }
             // Everything queued, taken at once; what finds no room goes back in front.
             var pieces: Deque<Piece> = []
             lock.withLock { swap(&pieces, &queued) }
-            guard !pieces.isEmpty else { return }
+            guard !pieces.isEmpty else { return [] }
             // The gate and the rings' slots taken for the whole batch (an even share of each
             // ring), the unused given back after.
             guard core.gate.tryEnter(pieces.count) else {
                 lock.withLock { queued.prepend(contentsOf: pieces) }
-                return
+                return []
             }
             let share = (pieces.count + rings.count - 1) / rings.count
             var room = rings.map { $0.slots.tryAcquire(upTo: share) }
@@ -198,14 +204,15 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {
                 onRings += sent
                 if !pieces.isEmpty { queued.prepend(contentsOf: pieces) }
             }
-            for (place, error) in failed where complete(error, tag: place) { wake() }
             for (ring, var entries) in batches.enumerated() where !entries.isEmpty {
                 do throws(BlockFrontError) { try rings[ring].submit(&entries) } catch {
                     // Halted by a backend restart meanwhile: re-issued on the next connection.
                     for entry in entries { core.park(entry, error: error) }
                 }
             }
+            return failed
         }
+        for (place, error) in failed where complete(error, tag: place) { wake() }
         failQueuedIfClosed()
     }
 
@@ -260,11 +267,20 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {
         }
         let collected: [Completion]? = lock.withLock {
             if cancelled && !isReady(atLeast) { return nil }
-            defer { done.removeAll(keepingCapacity: true) }
-            return done
+            return collect()
         }
         guard let collected else { throw .cancelled }
         return collected
+    }
+
+    /// Takes the completions, freeing their places (under `lock`).
+    private func collect() -> [Completion] {
+        defer {
+            freePlaces += donePlaces
+            donePlaces.removeAll(keepingCapacity: true)
+            done.removeAll(keepingCapacity: true)
+        }
+        return done
     }
 
     /// Enough completions collected (under `lock`): `atLeast`, or all there will be.
@@ -295,18 +311,18 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {
         operations[place].remaining -= 1
         if operations[place].remaining == 0 {
             done.append(Completion(tag: operations[place].tag, error: operations[place].error))
+            donePlaces.append(place)
             operations[place].buffer = nil
-            freePlaces.append(place)
         }
     }
 
     func wake() {
-        core.gate.leave(lock.withLock { defer { leaving = 0 }; return leaving })
+        let (ended, overflow) = lock.withLock { defer { leaving = 0 }; return (leaving, !queued.isEmpty) }
+        core.gate.leave(ended)
+        // Room was made: what waited for it goes out now.
+        if overflow { submit() }
         if let handler {
-            let collected: [Completion] = lock.withLock {
-                defer { done.removeAll(keepingCapacity: true) }
-                return done
-            }
+            let collected: [Completion] = lock.withLock { collect() }
             if !collected.isEmpty { handler(self, collected) }
             return
         }

@@ -1,4 +1,3 @@
-import CLinux
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -119,7 +118,7 @@ public final class BlockBackend: @unchecked Sendable {
     /// The same file without `O_DIRECT` (the fallback), or `file` itself.
     let bufferedFile: Int32
     /// The file mapped read-only (``Settings/mappedReads``), `sectors` long.
-    let mapping: UnsafeMutableRawPointer?
+    let mapping: MappedFile?
     let logger = Logger(label: "pvhost.blkback")
     private let lock = NSLock()
     private var connection: [ServedQueue]?
@@ -177,12 +176,8 @@ public final class BlockBackend: @unchecked Sendable {
             bytes = UInt64(lseek(buffered, 0, SEEK_END))
         }
         let sectors = bytes / UInt64(size) * UInt64(size / Blkif.sectorSize)
-        var mapping: UnsafeMutableRawPointer?
-        if settings.mappedReads && !settings.direct && sectors > 0, guardedCopies {
-            let mapped = mmap(nil, Int(sectors) * Blkif.sectorSize, PROT_READ, MAP_SHARED, buffered, 0)
-            // A file that cannot be mapped (a character device, a FUSE file system) is read with preadv.
-            if mapped != MAP_FAILED { mapping = mapped }
-        }
+        // A file that cannot be mapped is read with preadv.
+        let mapping = settings.mappedReads && !settings.direct ? MappedFile(descriptor: buffered, byteCount: Int(sectors) * Blkif.sectorSize) : nil
         let backend = BlockBackend(toolstack: toolstack, device: device, path: path, file: file, bufferedFile: buffered, settings: settings,
                                    sectors: sectors, mapping: mapping)
         do {
@@ -195,7 +190,7 @@ public final class BlockBackend: @unchecked Sendable {
     }
 
     private init(toolstack: Toolstack, device: Toolstack.Device, path: String, file: Int32, bufferedFile: Int32, settings: Settings, sectors: UInt64,
-                 mapping: UnsafeMutableRawPointer?) {
+                 mapping: MappedFile?) {
         self.mapping = mapping
         self.toolstack = toolstack
         self.device = device
@@ -207,7 +202,7 @@ public final class BlockBackend: @unchecked Sendable {
     }
 
     deinit {
-        if let mapping { munmap(mapping, Int(sectors) * Blkif.sectorSize) }
+        mapping?.unmap()
         if file != bufferedFile { close(file) }
         close(bufferedFile)
     }
@@ -357,9 +352,6 @@ public final class BlockBackend: @unchecked Sendable {
         for mappings in kept { for mapping in mappings { try? hypervisor.unmapGrant(mapping.handle, by: .dom0) } }
     }
 }
-
-/// SIGBUS handled for guarded copies (installed once, before the first mapping is read).
-private let guardedCopies: Bool = pvkit_guard_copies() == 0
 
 struct BlockBackendError: Error, CustomStringConvertible {
     let description: String

@@ -25,7 +25,7 @@ final class ServedQueue: @unchecked Sendable {
     private let bufferedFile: Int32
     private let sectors: UInt64
     /// The file mapped for reads (``BlockBackend/Settings/mappedReads``), or nil.
-    private let mapped: UnsafeMutableRawPointer?
+    private let mapped: MappedFile?
     let index: Int
     private let ringMappings: [GrantMapping]
     private let ringView: PageAlias?
@@ -407,7 +407,7 @@ final class ServedQueue: @unchecked Sendable {
             // One copy from the page cache, as preadv would make, without the system call.
             var at = Int(start)
             for vector in vectors {
-                guard pvkit_guarded_copy(vector.iov_base, mapped + at, vector.iov_len) == 0 else { return .error }
+                guard mapped.copy(from: at, to: vector.iov_base, count: vector.iov_len) else { return .error }
                 at += vector.iov_len
             }
             return .okay
