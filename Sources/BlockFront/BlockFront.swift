@@ -41,7 +41,8 @@ public final class BlockFront: Sendable {
         /// A request not answered within this fails the device (nil: wait forever, as Linux).
         public var requestTimeout: Duration?
         /// How long each ring's completion thread keeps looking for responses, while requests
-        /// are in flight, before it asks for a notification and sleeps (0: never polls).
+        /// are in flight, before it asks for a notification and sleeps (0: never polls; at most
+        /// 10 000).
         public var pollMicroseconds = 0
         /// Re-issue requests on a backend that restarts (Closed, then InitWait again).
         public var reconnect = true

@@ -137,7 +137,7 @@ final class BlockQueue: @unchecked Sendable {
         var fds = [pollfd(fd: channel.descriptor, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: stopSignal.fileDescriptor, events: Int16(POLLIN), revents: 0)]
         let timeout = core.options.requestTimeout.map { Core.nanoseconds($0) }
-        let polling = core.options.pollMicroseconds > 0 ? UInt64(core.options.pollMicroseconds) * 1000 : nil
+        let polling = core.options.pollMicroseconds > 0 ? UInt64(min(core.options.pollMicroseconds, 10_000)) * 1000 : nil
         var done: [(InFlight, BlkifStatus)] = []
         var woken: [any RequestOwner] = []
         // Responses may be waiting without a notification (found by polling or the final check).

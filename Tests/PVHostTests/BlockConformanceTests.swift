@@ -231,9 +231,10 @@ struct BlockConformanceTests {
         await big.disk.close()
     }
 
-    @Test("blkback refuses impossible settings with a message: -1 I/O threads, a 1000-byte sector, ring order 9")
+    @Test("blkback refuses impossible settings with a message: -1 I/O threads, polling for −5 µs, a 1000-byte sector, ring order 9")
     func badSettings() async throws {
         for (change, words) in [({ (s: inout BlockBackend.Settings) in s.ioThreads = -1 }, "I/O threads"),
+                                ({ (s: inout BlockBackend.Settings) in s.pollMicroseconds = -5 }, "polling"),
                                 ({ (s: inout BlockBackend.Settings) in s.sectorSize = 1000 }, "sector size"),
                                 ({ (s: inout BlockBackend.Settings) in s.maxRingPageOrder = 9 }, "ring order")] {
             var settings = BlockBackend.Settings()

@@ -161,6 +161,7 @@ public final class BlockBackend: @unchecked Sendable {
             throw .settings("ring order 0…8, at least one queue, at most \(Blkif.maxIndirectSegments) indirect segments")
         }
         if let threads = settings.ioThreads, !(0...64).contains(threads) { throw .settings("\(threads) I/O threads per queue (0…64)") }
+        guard (0...10_000).contains(settings.pollMicroseconds) else { throw .settings("polling for \(settings.pollMicroseconds) µs (0…10 000)") }
         let mode = (settings.readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC
         let buffered = open(path, mode)
         guard buffered >= 0 else { throw .file(path, errno) }

@@ -29,6 +29,10 @@ public struct PVHostConfig: Codable, Sendable, Equatable {
         public var maxIndirectSegments: Int?, maxQueues: Int?, maxRingPageOrder: Int?
         /// I/O threads per queue (default 8 with `direct`, none otherwise).
         public var ioThreads: Int?
+        /// Serve reads from a mapping of the file (default on; never with `direct`).
+        public var mappedReads: Bool?
+        /// Microseconds each queue's thread polls its ring before sleeping (default 0).
+        public var pollMicroseconds: Int?
 
         public init(devid: Int, path: String, readOnly: Bool? = nil) {
             self.devid = devid
@@ -50,6 +54,8 @@ public struct PVHostConfig: Codable, Sendable, Equatable {
             s.maxQueues = maxQueues ?? s.maxQueues
             s.maxRingPageOrder = maxRingPageOrder ?? s.maxRingPageOrder
             s.ioThreads = ioThreads ?? s.ioThreads
+            s.mappedReads = mappedReads ?? s.mappedReads
+            s.pollMicroseconds = pollMicroseconds ?? s.pollMicroseconds
             return s
         }
     }
