@@ -26,10 +26,12 @@ struct Connection: ParsableArguments {
     @Option(help: "Ring size to ask for: 2^N pages (0…4).") var ringPageOrder = 4
     @Flag(help: "Do not use persistent grants.") var noPersistent = false
     @Option(help: "Indirect segments to ask for (≤ 11: none).") var indirectSegments = 128
+    @Option(help: "Microseconds each ring's completion thread polls for responses before sleeping (0: never).") var pollMicroseconds = 0
 
     func validate() throws {
         if !xen && name == nil { throw ValidationError("--name is needed with pvhost (or --xen in a real Xen domain)") }
         if !(0...4).contains(ringPageOrder) { throw ValidationError("--ring-page-order is 0…4") }
+        if !(0...10_000).contains(pollMicroseconds) { throw ValidationError("--poll-microseconds is 0…10000") }
     }
 
     /// The features asked for (each used only when the backend offers it too).
@@ -39,6 +41,7 @@ struct Connection: ParsableArguments {
         options.ringPageOrder = ringPageOrder
         options.persistentGrants = !noPersistent
         options.indirectSegments = indirectSegments
+        options.pollMicroseconds = pollMicroseconds
         return options
     }
 
@@ -220,6 +223,8 @@ extension PVBlkCommand {
         @Flag(help: "Write (destroys the disk's contents) instead of reading.") var write = false
         @Flag(help: "Use BlockBuffers (memory granted to the backend once, no copies in the guest) instead of ordinary memory.")
         var zeroCopy = false
+        @Flag(help: "Keep the requests in flight through a BlockIOQueue (batched submission; completions handled on the ring's thread); implies --zero-copy.")
+        var ioQueue = false
 
         func validate() throws {
             guard blockSize > 0, blockSize % 512 == 0, queueDepth >= 1, seconds > 0 else {
@@ -241,7 +246,13 @@ extension PVBlkCommand {
             }
             let (blockSize, pattern, write) = (self.blockSize, self.pattern, self.write)
             var granted: [BlockBuffer] = []
-            if zeroCopy { for _ in 0..<queueDepth { granted.append(try await disk.makeBuffer(byteCount: blockSize)) } }
+            do {
+                if zeroCopy || ioQueue { for _ in 0..<queueDepth { granted.append(try await disk.makeBuffer(byteCount: blockSize)) } }
+            } catch {
+                FileHandle.standardError.write(Data("pvblk: \(queueDepth) buffers of \(blockSize) bytes do not fit the guest's memory (\(error)); lower --queue-depth or --block-size\n".utf8))
+                await disk.close()
+                throw ExitCode(1)
+            }
             let buffers = granted
             let run = BenchRun(blocks: blocks, deadline: DispatchTime.now().uptimeNanoseconds + UInt64(seconds * 1e9))
             let progress = Task {
@@ -253,6 +264,13 @@ extension PVBlkCommand {
                 }
             }
             try await running {
+                if ioQueue {
+                    let all = try await queued(disk: disk, buffers: buffers, run: run)
+                    progress.cancel()
+                    await progress.value
+                    report(disk: disk, run: run, latencies: all)
+                    return
+                }
                 try await withThrowingTaskGroup(of: Histogram<UInt64>.self) { group in
                     for worker in 0..<queueDepth {
                         group.addTask {
@@ -291,17 +309,98 @@ extension PVBlkCommand {
                     for try await part in group { all.add(part) }
                     progress.cancel()
                     await progress.value
-                    let (count, elapsed) = run.snapshot()
-                    FileHandle.standardError.write(Data("\n".utf8))
-                    let stats = disk.statistics
-                    print("\(pattern.rawValue) \(write ? "writes" : "reads") of \(blockSize) bytes at queue depth \(queueDepth), \(info.queues) ring(s) of \(info.ringPages) page(s), persistent grants \(info.persistentGrants ? "on" : "off"), indirect segments \(info.indirectSegments)")
-                    print(String(format: "%.0f IOPS, %.1f MiB/s over %.1f s (%d I/Os), %.3f notifications per I/O", Double(count) / elapsed,
-                                 Double(count * blockSize) / elapsed / 1_048_576, elapsed, count, Double(stats.notificationsSent) / Double(max(count, 1))))
-                    func us(_ p: Double) -> String { String(format: "%.1f", Double(all.valueAtPercentile(p)) / 1000) }
-                    print("latency µs: p50 \(us(50)), p90 \(us(90)), p99 \(us(99)), p99.9 \(us(99.9)), max \(String(format: "%.1f", Double(all.max) / 1000))")
+                    report(disk: disk, run: run, latencies: all)
                 }
             }
             await disk.close()
+        }
+
+        private func report(disk: BlockFront, run: BenchRun, latencies all: Histogram<UInt64>) {
+            let info = disk.info
+            let (count, elapsed) = run.snapshot()
+            FileHandle.standardError.write(Data("\n".utf8))
+            let stats = disk.statistics
+            print("\(pattern.rawValue) \(write ? "writes" : "reads") of \(blockSize) bytes at queue depth \(queueDepth)\(ioQueue ? " through an I/O queue" : ""), \(info.queues) ring(s) of \(info.ringPages) page(s), persistent grants \(info.persistentGrants ? "on" : "off"), indirect segments \(info.indirectSegments)")
+            print(String(format: "%.0f IOPS, %.1f MiB/s over %.1f s (%d I/Os), %.3f notifications per I/O", Double(count) / elapsed,
+                         Double(count * blockSize) / elapsed / 1_048_576, elapsed, count, Double(stats.notificationsSent) / Double(max(count, 1))))
+            func us(_ p: Double) -> String { String(format: "%.1f", Double(all.valueAtPercentile(p)) / 1000) }
+            print("latency µs: p50 \(us(50)), p90 \(us(90)), p99 \(us(99)), p99.9 \(us(99.9)), max \(String(format: "%.1f", Double(all.max) / 1000))")
+        }
+
+        /// The load through a ``BlockIOQueue``: its handler, on the ring's completion thread,
+        /// records each latency and queues the next request into the buffer that just finished.
+        private func queued(disk: BlockFront, buffers: [BlockBuffer], run: BenchRun) async throws -> Histogram<UInt64> {
+            final class Load: @unchecked Sendable {
+                let lock = NSLock()
+                var latencies = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
+                var started: [UInt64]
+                var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+                var inFlight = 0
+                var error: BlockFrontError?
+                var finished: CheckedContinuation<Void, Never>?
+                init(depth: Int) { started = Array(repeating: 0, count: depth) }
+            }
+            let (blockSize, pattern, write) = (self.blockSize, self.pattern, self.write)
+            if write {
+                for (n, buffer) in buffers.enumerated() {
+                    for i in 0..<blockSize { buffer.bytes[i] = UInt8(truncatingIfNeeded: i &* 31 &+ n) }
+                }
+            }
+            let load = Load(depth: buffers.count)
+            /// Queues the next request on `tag`'s buffer (under `load.lock`); false when time is up.
+            @Sendable func issue(_ queue: BlockIOQueue, tag: Int) -> Bool {
+                guard load.error == nil, let next = run.next() else { return false }
+                let block: UInt64
+                if pattern == .random {
+                    load.state ^= load.state << 13; load.state ^= load.state >> 7; load.state ^= load.state << 17
+                    block = load.state % run.blocks
+                } else {
+                    block = next % run.blocks
+                }
+                let sector = block * UInt64(blockSize / 512)
+                do throws(BlockFrontError) {
+                    if write { try queue.write(at: sector, from: buffers[tag], tag: tag) } else { try queue.read(at: sector, into: buffers[tag], tag: tag) }
+                } catch {
+                    load.error = error
+                    return false
+                }
+                load.started[tag] = DispatchTime.now().uptimeNanoseconds
+                load.inFlight += 1
+                return true
+            }
+            await withCheckedContinuation { (finished: CheckedContinuation<Void, Never>) in
+                load.finished = finished
+                let queue = disk.makeIOQueue(depth: buffers.count) { queue, completions in
+                    let now = DispatchTime.now().uptimeNanoseconds
+                    let end: CheckedContinuation<Void, Never>? = load.lock.withLock {
+                        for completion in completions {
+                            load.inFlight -= 1
+                            if let error = completion.error {
+                                load.error = load.error ?? error
+                                continue
+                            }
+                            _ = load.latencies.record(now - load.started[completion.tag])
+                            run.done()
+                            _ = issue(queue, tag: completion.tag)
+                        }
+                        guard load.inFlight == 0 else { return nil }
+                        defer { load.finished = nil }
+                        return load.finished
+                    }
+                    queue.submit()
+                    end?.resume()
+                }
+                let end: CheckedContinuation<Void, Never>? = load.lock.withLock {
+                    for tag in buffers.indices where !issue(queue, tag: tag) { break }
+                    guard load.inFlight == 0 else { return nil }
+                    defer { load.finished = nil }
+                    return load.finished
+                }
+                queue.submit()
+                end?.resume()
+            }
+            if let error = load.lock.withLock({ load.error }) { throw error }
+            return load.latencies
         }
     }
 }

@@ -221,6 +221,17 @@ struct GuestProcessTests {
         let zeroCopy = try host.run("alpha", ["bench", "--seconds", "0.5", "--queue-depth", "2", "--pattern", "sequential",
                                               "--block-size", "65536", "--zero-copy"], tool: "pvblk")
         #expect(zeroCopy.status == 0 && zeroCopy.output.contains("latency µs: p50 "), "\(zeroCopy)")
+        let queued = try host.run("alpha", ["bench", "--seconds", "0.5", "--queue-depth", "16", "--io-queue", "--queues", "1",
+                                            "--poll-microseconds", "20"], tool: "pvblk")
+        #expect(queued.status == 0 && queued.output.contains("random reads of 4096 bytes at queue depth 16 through an I/O queue, 1 ring(s)"), "\(queued)")
+        let queuedRate = queued.output.split(separator: "\n").first { $0.hasSuffix("per I/O") }.flatMap { Double($0.split(separator: " ")[0]) } ?? 0
+        #expect(queuedRate > 0 && queued.output.contains("latency µs: p50 "), "\(queued)")
+        let queuedWrites = try host.run("alpha", ["bench", "--seconds", "0.3", "--write", "--io-queue", "--pattern", "sequential", "--block-size", "65536",
+                                                  "--queue-depth", "4"], tool: "pvblk")
+        #expect(queuedWrites.status == 0 && queuedWrites.output.contains("sequential writes of 65536 bytes"), "\(queuedWrites)")
+        #expect(try host.run("alpha", ["bench", "--poll-microseconds", "-1"], tool: "pvblk").status == 64, "a bad polling time is refused")
+        let tooBig = try host.run("alpha", ["bench", "--io-queue", "--block-size", "1048576", "--queue-depth", "64"], tool: "pvblk")
+        #expect(tooBig.status == 1 && tooBig.output.contains("lower --queue-depth or --block-size"), "\(tooBig)")
         let refused = try host.run("alpha", ["bench", "--block-size", "100"], tool: "pvblk")
         #expect(refused.status == 64, "\(refused)")
     }
