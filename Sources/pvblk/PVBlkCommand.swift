@@ -132,6 +132,11 @@ extension PVBlkCommand {
         @Option(help: "Bytes to write (a multiple of the sector size).") var count = 1 << 20
         @Option(help: "The backing file, to compare with what the backend wrote.") var backing: String?
         @Flag(help: "Write the pattern with BLKIF_OP_WRITE_BARRIER.") var barrier = false
+        @Flag(help: "Write, flush and read back through a BlockIOQueue (32 KiB operations, 8 in flight).") var ioQueue = false
+
+        func validate() throws {
+            if barrier && ioQueue { throw ValidationError("--barrier goes through the ordinary calls, not --io-queue") }
+        }
 
         func run() async throws {
             let (disk, _) = try await connection.open()
@@ -141,6 +146,7 @@ extension PVBlkCommand {
                 return UInt8(truncatingIfNeeded: state)
             }
             let back = try await running { () async throws -> [UInt8] in
+                if ioQueue { return try await queued(disk: disk, pattern: pattern) }
                 try await disk.write(sector: sector, pattern, barrier: barrier)
                 if disk.info.flush { try await disk.flush() }
                 return try await disk.read(sector: sector, count: count)
@@ -159,7 +165,51 @@ extension PVBlkCommand {
                     throw ExitCode(2)
                 }
             }
-            print("verified \(count) bytes at sector \(sector)\(barrier ? " (barrier write)" : "")\(backing.map { ", and in \($0)" } ?? "")")
+            print("verified \(count) bytes at sector \(sector)\(barrier ? " (barrier write)" : "")\(ioQueue ? " through an I/O queue" : "")\(backing.map { ", and in \($0)" } ?? "")")
+        }
+
+        /// Writes `pattern` at `sector` in 32 KiB operations through a BlockIOQueue, flushes
+        /// through it, and reads everything back the same way.
+        private func queued(disk: BlockFront, pattern: [UInt8]) async throws -> [UInt8] {
+            let piece = min(32 << 10, pattern.count), depth = 8
+            var buffers: [BlockBuffer] = []
+            for _ in 0..<depth { buffers.append(try await disk.makeBuffer(byteCount: piece)) }
+            let queue = disk.makeIOQueue(depth: depth + 1)
+            var back = [UInt8](repeating: 0, count: pattern.count)
+            for write in [true, false] {
+                var next = 0
+                var free = Array(0..<depth)
+                var placed: [Int: (offset: Int, count: Int)] = [:]
+                while next < pattern.count || !placed.isEmpty {
+                    while next < pattern.count, let tag = free.popLast() {
+                        let length = min(piece, pattern.count - next)
+                        let at = sector + UInt64(next / 512)
+                        if write {
+                            pattern.withUnsafeBytes { buffers[tag].bytes.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[next..<next + length])) }
+                            try queue.write(at: at, from: buffers[tag], count: length, tag: tag)
+                        } else {
+                            try queue.read(at: at, into: buffers[tag], count: length, tag: tag)
+                        }
+                        placed[tag] = (next, length)
+                        next += length
+                    }
+                    queue.submit()
+                    for completion in try await queue.completions() {
+                        if let error = completion.error { throw error }
+                        guard let (offset, length) = placed.removeValue(forKey: completion.tag) else { continue }
+                        if !write {
+                            back.withUnsafeMutableBytes { $0.baseAddress!.advanced(by: offset).copyMemory(from: buffers[completion.tag].bytes.baseAddress!, byteCount: length) }
+                        }
+                        free.append(completion.tag)
+                    }
+                }
+                if write && disk.info.flush {
+                    try queue.flush(tag: depth)
+                    queue.submit()
+                    if let error = try await queue.completions().first?.error { throw error }
+                }
+            }
+            return back
         }
     }
 

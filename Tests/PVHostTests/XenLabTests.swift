@@ -43,12 +43,12 @@ struct XenLabTests {
         #expect(result.status == 0 && payload.contains("XENLAB-PASS"), "\(payload.suffix(3000))")
     }
 
-    @Test("BlockFront (pvblk --xen on LinuxXenPlatform) against Linux's real blkback on xl block-attach: every feature it offers negotiated (2 queues, 16-page rings, persistent grants, indirect, flush, barrier, discard); read, write+flush+read verified against the file, a barrier write, a discard reading back as zeros; each feature off in turn; after detach no active grant (Xen's own dump); the same workload through pvhost's blkback prints the same lines")
+    @Test("BlockFront (pvblk --xen on LinuxXenPlatform) against Linux's real blkback on xl block-attach: every feature it offers negotiated (2 queues, 16-page rings, persistent grants, indirect, flush, barrier, discard); read, write+flush+read verified against the file (also through a BlockIOQueue), a barrier write, a discard reading back as zeros; each feature off in turn; after detach no active grant (Xen's own dump); the same workload through pvhost's blkback prints the same lines")
     func blkfront() throws {
         guard let result = try Self.lab("blkfront.sh", binaries: ["pvblk"], files: ["blk-workload.sh"]) else { return }
         let payload = result.output.components(separatedBy: "XENLAB-DOM0-UP").last ?? result.output
         let verified = payload.components(separatedBy: "\n").filter { $0.hasPrefix("verified ") && $0.hasSuffix("and in the file") }
-        #expect(result.status == 0 && payload.contains("XENLAB-PASS") && verified.count == 6
+        #expect(result.status == 0 && payload.contains("XENLAB-PASS") && verified.count == 7
                 && payload.contains("(barrier write)") && payload.contains("discard: 1048576 bytes read back as zeros")
                 && payload.contains("persistent grants no") && payload.contains("indirect segments 0,") && payload.contains("1 queue(s)")
                 && payload.contains("of 1 ring page(s)") && payload.contains("after detach: no active grant entries"), "\(payload.suffix(3000))")

@@ -12,6 +12,8 @@ blk_workload() {
     echo "read: 4096 bytes at sector 8, as in the file"
     blk verify --sector 2048 --count 1048576 --backing "$IMAGE" | sed "s|$IMAGE|the file|" || return 1
     blk verify --sector 8192 --count 65536 --barrier --backing "$IMAGE" | sed "s|$IMAGE|the file|" || return 1
+    # 1 MiB written, flushed and read back through a BlockIOQueue (8 operations of 32 KiB in flight).
+    blk verify --io-queue --sector 28672 --count 1048576 --backing "$IMAGE" | sed "s|$IMAGE|the file|" || return 1
     # 1 MiB, 4 KiB-aligned (blkback's discard granularity): zeros through the backend and in the file.
     blk discard --sector 16384 --count 1048576 || return 1
     zeros="$(head -c 1048576 /dev/zero | md5sum)"
