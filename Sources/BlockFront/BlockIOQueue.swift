@@ -176,18 +176,28 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {
                 lock.withLock { queued.prepend(contentsOf: pieces) }
                 return []
             }
-            let share = (pieces.count + rings.count - 1) / rings.count
-            var room = rings.map { $0.slots.tryAcquire(upTo: share) }
+            // From a ring's completion thread (a handler), that ring first: the requests stay
+            // with the threads already serving them. Otherwise an even share of each ring.
+            let home = BlockQueue.home.flatMap { address in rings.firstIndex { UnsafeRawPointer(Unmanaged.passUnretained($0).toOpaque()) == address } }
+            var room = Array(repeating: 0, count: rings.count)
+            if let home { room[home] = rings[home].slots.tryAcquire(upTo: pieces.count) }
+            let rest = pieces.count - room.reduce(0, +)
+            if rest > 0 {
+                let others = rings.count - (home == nil ? 0 : 1)
+                let share = others == 0 ? 0 : (rest + others - 1) / others
+                for ring in rings.indices where ring != home { room[ring] = rings[ring].slots.tryAcquire(upTo: share) }
+            }
             var batches: [[InFlight]] = Array(repeating: [], count: rings.count)
             var failed: [(Int, BlockFrontError)] = []
             var sent = 0
             while let piece = pieces.first {
-                guard let ring = (0..<rings.count).lazy.map({ (self.nextRing + $0) % rings.count }).first(where: { room[$0] > 0 }) else { break }
+                let preferred = home.flatMap { room[$0] > 0 ? $0 : nil }
+                guard let ring = preferred ?? (0..<rings.count).lazy.map({ (self.nextRing + $0) % rings.count }).first(where: { room[$0] > 0 }) else { break }
                 let budget = piece.budget
                 guard budget == 0 || (try? pool.budget.tryAcquire(budget)) == true else { break }
                 pieces.removeFirst()
                 room[ring] -= 1
-                nextRing = ring + 1
+                if ring != home { nextRing = ring + 1 }
                 sent += 1
                 do throws(BlockFrontError) {
                     batches[ring].append(try core.prepare(piece.operation, chunk: piece.chunk, buffer: piece.address, granted: piece.granted,

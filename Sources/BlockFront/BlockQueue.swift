@@ -133,7 +133,20 @@ final class BlockQueue: @unchecked Sendable {
     /// The oldest request's issue time, if any is in flight.
     private var oldest: UInt64? { lock.withLock { inFlight.lazy.compactMap { $0?.issued }.min() } }
 
+    /// A thread-specific value naming the ring whose completion thread is running (its
+    /// address, compared, never followed): a ``BlockIOQueue`` handler submitting from there
+    /// sends to that ring first.
+    private static let homeKey: pthread_key_t = {
+        var key = pthread_key_t()
+        pthread_key_create(&key, nil)
+        return key
+    }()
+
+    /// The ring whose completion thread calls this, if any.
+    static var home: UnsafeRawPointer? { UnsafeRawPointer(pthread_getspecific(homeKey)) }
+
     private func completions() {
+        pthread_setspecific(Self.homeKey, Unmanaged.passUnretained(self).toOpaque())
         var fds = [pollfd(fd: channel.descriptor, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: stopSignal.fileDescriptor, events: Int16(POLLIN), revents: 0)]
         let timeout = core.options.requestTimeout.map { Core.nanoseconds($0) }
