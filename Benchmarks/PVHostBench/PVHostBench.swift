@@ -108,10 +108,10 @@ struct PVHostBench {
         defer { server.stop(); daemon.stop() }
 
         let passes = quick ? 1 : 4
-        let reads = quick ? 4_000 : 40_000
+        let reads = quick ? 4_000 : 200_000
         // `--only TEXT`: the rows whose label contains TEXT (for profiling one configuration).
         let only = CommandLine.arguments.firstIndex(of: "--only").flatMap { CommandLine.arguments.dropFirst($0 + 1).first }
-        let load = Load(path: path, size: size, passes: passes, reads: reads, runs: runs)
+        let load = Load(path: path, size: size, passes: passes, reads: reads, runs: runs, readsFactor: 2)
 
         var rows: [(String, BlockBackend.Settings, BlockFront.Options)] = [("every feature (2 queues)", .init(), .init())]
         var settings = BlockBackend.Settings()
@@ -125,6 +125,11 @@ struct PVHostBench {
         rows.append(("1 queue", .init(), options))
         options.queues = 4
         rows.append(("4 queues", .init(), options))
+        // blkback watching its rings for 50 µs before sleeping: the next request of a
+        // sequential reader is taken without a wake-up.
+        settings = .init()
+        settings.pollMicroseconds = 50
+        rows.append(("blkback polling 50 µs (2 queues)", settings, .init()))
         // The rings watched by both ends for 50 µs before sleeping (no wake-ups under load),
         // one ring: the frontend's completion thread and blkback's thread on a core each.
         settings = .init()
@@ -140,30 +145,25 @@ struct PVHostBench {
         rows.append(("preadv instead of the mapping", settings, .init()))
         rows.append(("nothing (1 page, 1 queue, 11 segments)", .minimal, .minimal))
 
-        // The baseline runs ten times as many random reads: at over a million a second, 40 000
-        // would be over before its 32 threads were all scheduled.
-        let (preadMiB, preadIOPS) = try load.baselines(direct: false, readsFactor: 10)
+        let (preadMiB, preadIOPS) = try load.baselines()
         print("")
-        print("blkfront ↔ pvhost blkback, page cache warm, medians of \(runs); baselines: pread loop \(Int(preadMiB)) MiB/s, pread × 32 \(Int(preadIOPS)) IOPS")
+        print("blkfront ↔ pvhost blkback, page cache warm, medians of \(runs), each run beside its own pread baselines; before the rows: pread loop \(Int(preadMiB)) MiB/s, pread × 32 \(Int(preadIOPS)) IOPS")
         Load.header()
         var devid = 51712
         for (label, settings, options) in rows where only.map({ label.contains($0) }) ?? true {
-            try await load.row(label, settings: settings, options: options, toolstack: toolstack, control: directory + "/control",
-                               devid: devid, baseline: (preadMiB, preadIOPS))
+            try await load.row(label, settings: settings, options: options, toolstack: toolstack, control: directory + "/control", devid: devid)
             devid += 16
         }
 
         // The same through O_DIRECT on both sides: the disk's own speed, no page cache.
         guard only.map({ "O_DIRECT".contains($0) }) ?? true else { return }
-        let direct = Load(path: path, size: size, passes: 1, reads: reads / 4, runs: runs)
-        let (directMiB, directIOPS) = try direct.baselines(direct: true, readsFactor: 1)
+        let direct = Load(path: path, size: size, passes: 1, reads: reads / 20, runs: runs, direct: true, readsFactor: 1)
         print("")
-        print("O_DIRECT (the file opened O_DIRECT by blkback and by the baseline), medians of \(runs); baselines: pread loop \(Int(directMiB)) MiB/s, pread × 32 \(Int(directIOPS)) IOPS")
+        print("O_DIRECT (the file opened O_DIRECT by blkback and by the baselines), medians of \(runs), each run beside its own pread baselines")
         Load.header()
         settings = .init()
         settings.direct = true
-        try await direct.row("every feature, O_DIRECT", settings: settings, options: .init(), toolstack: toolstack, control: directory + "/control",
-                             devid: devid, baseline: (directMiB, directIOPS))
+        try await direct.row("every feature, O_DIRECT", settings: settings, options: .init(), toolstack: toolstack, control: directory + "/control", devid: devid)
     }
 
     /// One benchmark load on one backing file: sequential 1 MiB reads over the file (`passes`
@@ -174,52 +174,67 @@ struct PVHostBench {
         let passes: Int
         let reads: Int
         let runs: Int
+        /// The baselines read with `O_DIRECT`.
+        var direct = false
+        /// The `pread` × 32 baseline runs this many times as many reads (at over a million a
+        /// second, as many as the PV load would be over before its threads were all scheduled).
+        var readsFactor = 1
         static let megabyte = 1 << 20
 
         static func header() {
             print("                                         seq 1 MiB reads, MiB/s          4 KiB random reads, QD32, IOPS")
-            print("configuration                            copied         BlockBuffer      copied           BlockBuffer       notifications/request")
+            print("configuration                            copied         BlockBuffer      32 tasks         BlockIOQueue      notifications/request   pread MiB/s, IOPS")
         }
 
-        /// A `pread` loop, and `pread` on 32 threads (`readsFactor` × as many reads).
-        func baselines(direct: Bool, readsFactor: Int) throws -> (Double, Double) {
+        /// Medians of ``baseline()`` over `runs`.
+        func baselines() throws -> (Double, Double) {
+            var mib: [Double] = [], iops: [Double] = []
+            for _ in 0..<runs {
+                let (m, i) = try baseline()
+                mib.append(m)
+                iops.append(i)
+            }
+            return (mib.sorted()[runs / 2], iops.sorted()[runs / 2])
+        }
+
+        /// One run of each baseline: a `pread` loop over the file (`passes` times), and random
+        /// 4 KiB `pread`s on 32 threads (`readsFactor` × `reads`). MiB/s and IOPS.
+        func baseline() throws -> (Double, Double) {
             let fd = open(path, O_RDONLY | (direct ? BlockBackend.directFlag : 0))
             guard fd >= 0 else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
             defer { close(fd) }
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.megabyte, alignment: 4096)
             defer { buffer.deallocate() }
             let (size, passes, megabyte, count) = (self.size, self.passes, Self.megabyte, reads * readsFactor)
-            let mib = PVHostBench.median(runs) {
-                Double(passes * size) / PVHostBench.seconds {
-                    for _ in 0..<passes { for m in 0..<(size / megabyte) { _ = pread(fd, buffer.baseAddress, megabyte, off_t(m * megabyte)) } }
-                } / Double(megabyte)
-            }
-            let iops = PVHostBench.median(runs) {
-                let done = DispatchSemaphore(value: 0)
-                return Double(count) / PVHostBench.seconds {
-                    for worker in 0..<32 {
-                        Thread {
-                            let local = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 4096)
-                            defer { local.deallocate() }
-                            var state = UInt64(worker + 1) &* 0x9E37_79B9_7F4A_7C15
-                            for _ in 0..<(count / 32) {
-                                state ^= state << 13; state ^= state >> 7; state ^= state << 17
-                                _ = pread(fd, local.baseAddress, 4096, off_t((state % UInt64(size / 4096)) * 4096))
-                            }
-                            done.signal()
-                        }.start()
-                    }
-                    for _ in 0..<32 { done.wait() }
+            let mib = Double(passes * size) / PVHostBench.seconds {
+                for _ in 0..<passes { for m in 0..<(size / megabyte) { _ = pread(fd, buffer.baseAddress, megabyte, off_t(m * megabyte)) } }
+            } / Double(megabyte)
+            let done = DispatchSemaphore(value: 0)
+            let iops = Double(count) / PVHostBench.seconds {
+                for worker in 0..<32 {
+                    Thread {
+                        let local = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 4096)
+                        defer { local.deallocate() }
+                        var state = UInt64(worker + 1) &* 0x9E37_79B9_7F4A_7C15
+                        for _ in 0..<(count / 32) {
+                            state ^= state << 13; state ^= state >> 7; state ^= state << 17
+                            _ = pread(fd, local.baseAddress, 4096, off_t((state % UInt64(size / 4096)) * 4096))
+                        }
+                        done.signal()
+                    }.start()
                 }
+                for _ in 0..<32 { done.wait() }
             }
             return (mib, iops)
         }
 
         /// The load through BlockFront on a new guest's disk, each part twice: through ordinary
         /// memory (copied to and from the grant pages) and through BlockBuffers (granted once,
-        /// the backend moves the bytes in place). Prints one row.
+        /// the backend moves the bytes in place). Each run measures the baselines first, and
+        /// each ratio is the median of the runs' ratios (the machine's drift between rows
+        /// cancels). Prints one row, with the row's baseline medians last.
         func row(_ label: String, settings: BlockBackend.Settings, options: BlockFront.Options, toolstack: Toolstack, control: String,
-                 devid: Int, baseline: (mib: Double, iops: Double)) async throws {
+                 devid: Int) async throws {
             let (size, passes, reads, megabyte) = (self.size, self.passes, self.reads, Self.megabyte)
             let guest = try ReferencePlatform.attach(socket: control, name: "bench\(devid)", pages: 8192)
             let device = Toolstack.Device(type: "vbd", frontend: guest.domain, devid: devid)
@@ -232,8 +247,12 @@ struct PVHostBench {
             var smalls: [BlockBuffer] = []
             for _ in 0..<32 { smalls.append(try await disk.makeBuffer(byteCount: 4096)) }
             var seq: [Double] = [], seqBuffer: [Double] = [], random: [Double] = [], randomBuffer: [Double] = []
+            var baseMiB: [Double] = [], baseIOPS: [Double] = []
             let served0 = backend.served, sent0 = disk.statistics.notificationsSent
             for _ in 0..<runs {
+                let (mib, iops) = try baseline()
+                baseMiB.append(mib)
+                baseIOPS.append(iops)
                 for zeroCopy in [false, true] {
                     let t1 = try await asyncSeconds {
                         for _ in 0..<passes {
@@ -273,10 +292,12 @@ struct PVHostBench {
             }
             let perRequest = Double(disk.statistics.notificationsSent - sent0) / Double(max(backend.served - served0, 1))
             func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
+            func ratio(_ values: [Double], _ bases: [Double]) -> Double { median(zip(values, bases).map { $0 / $1 }) }
             let name = label.padding(toLength: 40, withPad: " ", startingAt: 0)
-            print(name + String(format: " %7.0f %5.2f×  %7.0f %5.2f×  %8.0f %5.2f×  %8.0f %5.2f×   %.3f",
-                                median(seq), median(seq) / baseline.mib, median(seqBuffer), median(seqBuffer) / baseline.mib,
-                                median(random), median(random) / baseline.iops, median(randomBuffer), median(randomBuffer) / baseline.iops, perRequest))
+            print(name + String(format: " %7.0f %5.2f×  %7.0f %5.2f×  %8.0f %5.2f×  %8.0f %5.2f×   %.3f           %6.0f  %8.0f",
+                                median(seq), ratio(seq, baseMiB), median(seqBuffer), ratio(seqBuffer, baseMiB),
+                                median(random), ratio(random, baseIOPS), median(randomBuffer), ratio(randomBuffer, baseIOPS), perRequest,
+                                median(baseMiB), median(baseIOPS)))
             await disk.close()
             await backend.stop()
             _ = try await toolstack.removeDevice(device)
