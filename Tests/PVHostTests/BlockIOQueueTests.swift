@@ -7,6 +7,7 @@ import PVHost
 import PVPlatform
 import Testing
 import XenABI
+import XenStore
 
 /// BlockIOQueue (batched submission, collected or handed-over completions) against pvhost's
 /// blkback on a real file, and blkback's mapped reads.
@@ -254,5 +255,82 @@ struct BlockIOQueueTests {
         #expect(try await d.disk.read(sector: 0, count: 4096) == head, "within the file: still served")
         await d.disk.close()
         #expect(d.host.tools.hypervisor.status.grantsMapped == 0)
+    }
+
+    @Test("the backend restarts with a queue's requests in flight: they are re-issued on the new rings, every operation completes once, every byte right")
+    func backendRestart() async throws {
+        // The first backend takes requests and never answers: all 16 are surely in flight.
+        var silent = BlockBackend.Settings()
+        silent.hostile = .neverAnswer
+        let d = try await conformance.disk(settings: silent, pages: 4096)
+        var buffers: [BlockBuffer] = []
+        for n in 0..<16 {
+            let buffer = try await d.disk.makeBuffer(byteCount: 8192)
+            buffer.bytes.initializeMemory(as: UInt8.self, repeating: UInt8(n + 1))
+            buffers.append(buffer)
+        }
+        let queue = d.disk.makeIOQueue(depth: 16)
+        for block in 0..<16 { try queue.write(at: UInt64(block * 16), from: buffers[block], tag: block) }
+        queue.submit()
+        for _ in 0..<500 where d.backend.served < 16 { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(d.backend.served == 16, "the silent backend took every request")
+        await d.backend.stop()
+        let again = try await BlockBackend.start(toolstack: d.host.tools.toolstack, device: d.device, path: d.path)
+        var tags: [Int] = []
+        while tags.count < 16 {
+            for completion in try await queue.completions(atLeast: 16) {
+                #expect(completion.error == nil, "block \(completion.tag)")
+                tags.append(completion.tag)
+            }
+        }
+        #expect(tags.sorted() == Array(0..<16), "each operation completed once")
+        #expect(d.disk.statistics.connections == 2, "connected twice")
+        #expect(d.disk.statistics.reissued == 16, "the 16 in flight went out again")
+        // The queue works on with the new backend. Block b holds buffer b % 16's byte; the
+        // buffers are only read, so several writes may use one at once.
+        var next = 16, completed = 16
+        while completed < 480 {
+            while next < 480, queue.occupied < 16 {
+                try queue.write(at: UInt64(next * 16), from: buffers[next % 16], tag: next)
+                next += 1
+            }
+            queue.submit()
+            for completion in try await queue.completions(atLeast: 4) {
+                #expect(completion.error == nil, "block \(completion.tag)")
+                completed += 1
+            }
+        }
+        try await d.disk.flush()
+        for block in 0..<480 {
+            #expect(conformance.fileBytes(d.path, offset: block * 8192, count: 8192) == [UInt8](repeating: UInt8(block % 16 + 1), count: 8192), "block \(block)")
+        }
+        await d.disk.close()
+        await again.stop()
+    }
+
+    @Test("trusted = 0: queued operations go through zeroed bounce pages (the backend never maps the buffers); data right both ways")
+    func untrusted() async throws {
+        let (host, guest, device, backend, path) = try await conformance.backend(pages: 4096)
+        try await host.tools.toolstack.store.write(XenStorePath(device.frontendPath + "/trusted"), "0")
+        let disk = try await BlockFront.connect(platform: guest, store: try guest.xenstore(), id: 51712)
+        #expect(!disk.info.trusted)
+        let out = try await disk.makeBuffer(byteCount: 64 << 10), back = try await disk.makeBuffer(byteCount: 64 << 10)
+        for i in 0..<out.bytes.count { out.bytes[i] = UInt8(truncatingIfNeeded: i &* 7) }
+        let queue = disk.makeIOQueue(depth: 2)
+        try queue.write(at: 256, from: out, tag: 1)
+        queue.submit()
+        #expect(try await queue.completions() == [BlockIOQueue.Completion(tag: 1, error: nil)])
+        try queue.read(at: 256, into: back, tag: 2)
+        queue.submit()
+        #expect(try await queue.completions() == [BlockIOQueue.Completion(tag: 2, error: nil)])
+        #expect(Array(back.bytes) == Array(out.bytes))
+        #expect(conformance.fileBytes(path, offset: 256 * 512, count: 64 << 10) == Array(out.bytes))
+        for buffer in [out, back] {
+            for page in stride(from: 0, to: buffer.bytes.count, by: 4096) {
+                #expect(!BlockConformanceTests.backendMaps(buffer.bytes.baseAddress! + page, host: host, guest: guest), "the backend never mapped the buffers")
+            }
+        }
+        await disk.close()
+        await backend.stop()
     }
 }
