@@ -52,6 +52,8 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {
     private var onRings = 0
     /// Gate entries of ended requests, given back together at ``wake()``.
     private var leaving = 0
+    /// A submit is scheduled for when the device is connected again.
+    private var retrying = false
     /// The ring the next request goes to first (round robin; under `submitting`).
     private var nextRing = 0
     private var done: [Completion] = []
@@ -165,7 +167,10 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {
     public func submit() {
         let failed: [(Int, BlockFrontError)] = submitting.withLock {
             let rings = core.currentRings
-            guard let pool = core.currentPool, !rings.isEmpty else { return [] }
+            guard let pool = core.currentPool, !rings.isEmpty else {
+                retryWhenConnected()
+                return []
+            }
             // Everything queued, taken at once; what finds no room goes back in front.
             var pieces: Deque<Piece> = []
             lock.withLock { swap(&pieces, &queued) }
@@ -224,6 +229,23 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {
         }
         for (place, error) in failed where complete(error, tag: place) { wake() }
         failQueuedIfClosed()
+    }
+
+    /// Between connections (the backend restarting): what is queued goes out once the device
+    /// is connected again, without waiting for the caller to submit again (a handler has
+    /// nothing else to wake it). One retry at a time.
+    private func retryWhenConnected() {
+        let schedule: Bool = lock.withLock {
+            guard !queued.isEmpty, !retrying else { return false }
+            retrying = true
+            return true
+        }
+        guard schedule else { return }
+        Task { [core] in
+            _ = try? await core.waitForConnection()
+            lock.withLock { retrying = false }
+            submit()
+        }
     }
 
     /// A closed device ends what is still queued, with its error.

@@ -333,4 +333,34 @@ struct BlockIOQueueTests {
         await disk.close()
         await backend.stop()
     }
+
+    @Test("a handler's queue submitting while the backend is down: the operations go out by themselves once it is back, and the handler gets them")
+    func submittedWhileDown() async throws {
+        let d = try await conformance.disk(pages: 4096)
+        let buffer = try await d.disk.makeBuffer(byteCount: 4096)
+        final class Collected: @unchecked Sendable {
+            let lock = NSLock()
+            var completions: [BlockIOQueue.Completion] = []
+        }
+        let collected = Collected()
+        let queue = d.disk.makeIOQueue(depth: 4) { _, completions in collected.lock.withLock { collected.completions += completions } }
+        await d.backend.stop()
+        // The frontend has let go of its rings (it says Closed once it has, and waits).
+        let store = d.host.tools.toolstack.store
+        for _ in 0..<500 where (try? await store.readString(XenStorePath(d.device.frontendPath + "/state"))) != "6" {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        let frontendState = try? await store.readString(XenStorePath(d.device.frontendPath + "/state"))
+        #expect(frontendState == "6", "frontend state \(frontendState ?? "none")")
+        try queue.read(at: 0, into: buffer, tag: 9)
+        queue.submit()
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(collected.lock.withLock { collected.completions.isEmpty }, "nothing completes while the backend is away")
+        let again = try await BlockBackend.start(toolstack: d.host.tools.toolstack, device: d.device, path: d.path)
+        for _ in 0..<500 where collected.lock.withLock({ collected.completions.isEmpty }) { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(collected.lock.withLock { collected.completions } == [BlockIOQueue.Completion(tag: 9, error: nil)])
+        #expect(Array(buffer.bytes) == conformance.fileBytes(d.path, offset: 0, count: 4096))
+        await d.disk.close()
+        await again.stop()
+    }
 }
