@@ -474,6 +474,11 @@ struct BlockConformanceTests {
         }
         while done.value < 100 { try await Task.sleep(for: .milliseconds(1)) }
         await d.backend.stop()
+        // Started again once the frontend has seen it go (Closed); see NetLifecycleTests.
+        let store = d.host.tools.toolstack.store
+        for _ in 0..<500 where (try? await store.readString(XenStorePath(d.device.frontendPath + "/state"))) != "6" {
+            try await Task.sleep(for: .milliseconds(10))
+        }
         let again = try await BlockBackend.start(toolstack: d.host.tools.toolstack, device: d.device, path: d.path)
         try await writers.value
         #expect(d.disk.statistics.connections == 2, "connected twice")

@@ -275,6 +275,12 @@ struct BlockIOQueueTests {
         for _ in 0..<500 where d.backend.served < 16 { try await Task.sleep(for: .milliseconds(10)) }
         #expect(d.backend.served == 16, "the silent backend took every request")
         await d.backend.stop()
+        // The new backend starts once the frontend has seen this one go (Closed): a backend
+        // back in InitWait before the frontend looked is not this test's subject.
+        let store = d.host.tools.toolstack.store
+        for _ in 0..<500 where (try? await store.readString(XenStorePath(d.device.frontendPath + "/state"))) != "6" {
+            try await Task.sleep(for: .milliseconds(10))
+        }
         let again = try await BlockBackend.start(toolstack: d.host.tools.toolstack, device: d.device, path: d.path)
         var tags: [Int] = []
         while tags.count < 16 {

@@ -346,7 +346,10 @@ public final class BlockBackend: @unchecked Sendable {
     /// Stops following the frontend (pvhost removing the device or shutting down); mappings
     /// kept by the hostile mode are released now.
     public func stop() async {
+        // Ended, not only cancelled: an event it was acting on could otherwise write our old
+        // state over a new backend's (a restart right after this returns).
         watcher?.cancel()
+        await watcher?.value
         await disconnect()
         await setState(.closed)
         let kept = lock.withLock { defer { abandoned.removeAll() }; return abandoned }

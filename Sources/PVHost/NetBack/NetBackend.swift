@@ -241,7 +241,10 @@ public final class NetBackend: SwitchPort, @unchecked Sendable {
 
     /// Leaves the switch and stops following the frontend (device removed, pvhost stopping).
     public func stop() async {
+        // Ended, not only cancelled: an event it was acting on could otherwise write our old
+        // state over a new backend's (a restart right after this returns).
         watcher?.cancel()
+        await watcher?.value
         network?.detach(self)
         await disconnect()
         await setState(.closed)

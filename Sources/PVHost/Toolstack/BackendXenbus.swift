@@ -49,6 +49,8 @@ struct BackendXenbus: Sendable {
         return Task {
             guard let events = try? await store.watch(frontendState) else { return }
             for await _ in events {
+                // Cancelled (the backend stopping): act on nothing more.
+                if Task.isCancelled { return }
                 // nil: the backend is gone.
                 guard let connected = isConnected() else { return }
                 let state = XenbusState(nodeValue: (try? await store.readString(frontendState)) ?? "") ?? .unknown
@@ -62,6 +64,10 @@ struct BackendXenbus: Sendable {
                     if await me.ownState() != .closed { await me.setState(.closing) }
                 case .closed, .unknown:
                     if connected { await disconnect() }
+                    // A frontend still Closed from before, while we wait for it in InitWait (a
+                    // backend just started): it starts over when it sees us. Going Closed too
+                    // would leave both waiting for the other.
+                    if state == .closed, !connected, await me.ownState() == .initWait { break }
                     await me.setState(.closed)
                     if state == .unknown { return }
                 case .initialising:
