@@ -41,6 +41,16 @@ public struct BackRing<P: RingProtocol>: ~Copyable, @unchecked Sendable {
         knownRequestProducer = startIndex
     }
 
+    /// Attaches where the shared `rsp_prod` stands (`BACK_RING_ATTACH` with `sring->rsp_prod`,
+    /// as Linux's backends attach): a backend taking over a ring that another instance served
+    /// starts after the last response published, and never serves again a request that was
+    /// answered. On a ring the front end just initialised it is `BACK_RING_INIT`.
+    public init(resuming region: UnsafeMutableRawBufferPointer, protocol ringProtocol: P) throws(RingError) {
+        let (base, _) = try ringGeometry(region: region, slotSize: ringProtocol.slotSize)
+        let start = SharedRingHeaderAccess(base: base).responseProducer.load(ordering: .acquiring)
+        try self.init(attaching: region, protocol: ringProtocol, startIndex: start)
+    }
+
     /// Requests consumed and not yet answered.
     @inlinable public var pendingResponses: UInt32 { reqCons &- rspProdPvt }
 

@@ -46,6 +46,29 @@ struct SharedRingTests {
         #expect(consumer == start &+ UInt32(expectedFront))
     }
 
+    @Test("a backend resuming a ring another served starts after its last response: nothing answered is served twice")
+    func resume() throws {
+        let pages = RingPages(order: 0)
+        let ring = BlkifRing()
+        var front = try FrontRing(initializing: pages.bytes, protocol: ring)
+        var first = try BackRing(resuming: pages.bytes, protocol: ring)
+        for id in 0..<20 as Range<UInt64> { front.enqueueRequest(referenceRead(id: id, sector: id * 8, segments: 1)) }
+        _ = front.pushRequestsAndCheckNotify()
+        while let request = try first.nextRequest() { first.enqueueResponse(BlkifResponse(id: request.id, operation: .read, status: .okay)) }
+        _ = first.pushResponsesAndCheckNotify()
+        while try front.nextResponse() != nil {}
+        // The first backend goes; two more requests arrive; a new one takes over the ring.
+        for id in 20..<22 as Range<UInt64> { front.enqueueRequest(referenceRead(id: id, sector: id * 8, segments: 1)) }
+        _ = front.pushRequestsAndCheckNotify()
+        var resumed = try BackRing(resuming: pages.bytes, protocol: ring)
+        var served: [UInt64] = []
+        while let request = try resumed.nextRequest() { served.append(request.id) }
+        #expect(served == [20, 21], "only what was never answered")
+        // Attached at index 0 instead, it would have served answered requests again.
+        var fromZero = try BackRing(attaching: pages.bytes, protocol: ring)
+        #expect(try fromZero.unconsumedRequests() > 2)
+    }
+
     @Test("a full ring refuses a request and writes nothing")
     func fullRing() throws {
         let pages = RingPages(order: 0)

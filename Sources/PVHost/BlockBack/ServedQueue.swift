@@ -128,7 +128,7 @@ final class ServedQueue: @unchecked Sendable {
 
     private func serve() {
         let region = UnsafeMutableRawBufferPointer(start: ringAddress, count: ringBytes)
-        guard let attached = try? BackRing(attaching: region, protocol: BlkifRing()) else { return }
+        guard let attached = try? BackRing(resuming: region, protocol: BlkifRing()) else { return }
         let box = RingBox(attached)
         self.box = box
         var fds = [pollfd(fd: end.delivery.fileDescriptor, events: Int16(POLLIN), revents: 0),

@@ -79,8 +79,8 @@ final class VifQueue: @unchecked Sendable {
             mapped.append(try hypervisor.mapGrant(txRef, of: frontend, by: .dom0, writable: true))
             mapped.append(try hypervisor.mapGrant(rxRef, of: frontend, by: .dom0, writable: true))
             for port in ports { bound.append(try hypervisor.bindInterdomain(.dom0, remote: frontend, remotePort: port)) }
-            tx = TxBox(try BackRing(attaching: UnsafeMutableRawBufferPointer(start: mapped[0].page, count: XenPage.size), protocol: NetifTxRing()))
-            rx = RxBox(try BackRing(attaching: UnsafeMutableRawBufferPointer(start: mapped[1].page, count: XenPage.size), protocol: NetifRxRing()))
+            tx = TxBox(try BackRing(resuming: UnsafeMutableRawBufferPointer(start: mapped[0].page, count: XenPage.size), protocol: NetifTxRing()))
+            rx = RxBox(try BackRing(resuming: UnsafeMutableRawBufferPointer(start: mapped[1].page, count: XenPage.size), protocol: NetifRxRing()))
             stopSignal = try EventFD()
         } catch {
             for mapping in mapped { try? hypervisor.unmapGrant(mapping.handle, by: .dom0) }
