@@ -22,9 +22,13 @@ import XenABI
 /// ```swift
 /// let queue = disk.makeIOQueue(depth: 32)
 /// for (n, buffer) in buffers.enumerated() { try queue.read(at: UInt64(n * 8), into: buffer, tag: n) }
-/// try queue.submit()
+/// queue.submit()
 /// for completion in try await queue.completions(atLeast: buffers.count) { … }
 /// ```
+///
+/// With a handler (``BlockFront/makeIOQueue(depth:handler:)``) completions are handed over on
+/// the completion thread of the ring that carried them, and what the handler submits goes to
+/// that ring first: a steady load then stays with the threads already serving it.
 public final class BlockIOQueue: RequestOwner, @unchecked Sendable {
     /// An operation that ended: the tag it was queued with and its error (nil: success).
     public struct Completion: Sendable, Equatable {
