@@ -25,18 +25,14 @@ final class AsyncSemaphore: @unchecked Sendable {
     /// Units free now (for tests and statistics).
     var available: Int { lock.withLock { free } }
 
-    /// Takes `units` if they are free now and nobody waits before us; never waits.
-    ///
-    /// - Throws: the error the semaphore failed with.
-    func tryAcquire(_ units: Int) throws(BlockFrontError) -> Bool {
-        let outcome: BlockFrontError?? = lock.withLock {
-            if let failure { return .some(failure) }
-            if waiters.isEmpty && free >= units { free -= units; return .some(nil) }
-            return nil
+    /// Takes `units` if they are free now and nobody waits before us; never waits. False
+    /// after the semaphore failed (the device's failure reaches callers elsewhere).
+    func tryAcquire(_ units: Int) -> Bool {
+        lock.withLock {
+            guard failure == nil, waiters.isEmpty, free >= units else { return false }
+            free -= units
+            return true
         }
-        guard let outcome else { return false }
-        if let error = outcome { throw error }
-        return true
     }
 
     /// Takes up to `units` of those free now, if nobody waits before us; never waits.

@@ -415,9 +415,8 @@ final class Core: @unchecked Sendable {
     }
 
     /// A response arrived (checked by the ring): data out, pages back, owner told (the ring
-    /// gives its slots back per batch). Returns true when the owner wants waking after the
-    /// batch.
-    func finish(_ entry: InFlight, status: BlkifStatus) -> Bool {
+    /// gives its slots back, and wakes owners that collect batches, per batch).
+    func finish(_ entry: InFlight, status: BlkifStatus) {
         var error: BlockFrontError?
         switch status {
         case .okay:
@@ -430,23 +429,24 @@ final class Core: @unchecked Sendable {
         case .notSupported: error = .notSupported("\(entry.operation)")
         default: error = .ioError(sector: entry.sector)
         }
-        return end(entry, error: error)
+        end(entry, error: error)
     }
 
     /// Ends a request without a ring slot to give back (failed, or after its ring halted); its
     /// owner is woken at once.
     private func finish(_ entry: InFlight, error: BlockFrontError?) {
-        if end(entry, error: error) { entry.owner.wake() }
+        end(entry, error: error)
+        entry.owner.wake()
     }
 
-    /// Pages and budget back, owner told; true when the owner wants waking.
-    private func end(_ entry: InFlight, error: BlockFrontError?) -> Bool {
+    /// Pages and budget back, owner told.
+    private func end(_ entry: InFlight, error: BlockFrontError?) {
         if !entry.pages.isEmpty || entry.budget > 0 {
             let pool = lock.withLock { self.pool }
             pool?.give(entry.pages)
             pool?.budget.release(entry.budget)
         }
-        return entry.owner.complete(error, tag: entry.tag)
+        entry.owner.complete(error, tag: entry.tag)
     }
 }
 

@@ -40,8 +40,12 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {
         }
     }
 
-    /// Operations that may be queued, in flight or completed and not yet collected at once.
+    /// Operations that may be queued, in flight or completed and not yet collected at once
+    /// (1…65 536: the depth asked for, clamped).
     public let depth: Int
+
+    /// The depth a queue gets for `asked` (its tables are allocated up front).
+    static func clamp(_ asked: Int) -> Int { min(max(1, asked), 65_536) }
 
     private let disk: BlockFront
     private var core: Core { disk.core }
@@ -203,7 +207,7 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {
                 let preferred = home.flatMap { room[$0] > 0 ? $0 : nil }
                 guard let ring = preferred ?? (0..<rings.count).lazy.map({ (self.nextRing + $0) % rings.count }).first(where: { room[$0] > 0 }) else { break }
                 let budget = piece.budget
-                guard budget == 0 || (try? pool.budget.tryAcquire(budget)) == true else { break }
+                guard budget == 0 || pool.budget.tryAcquire(budget) else { break }
                 pieces.removeFirst()
                 room[ring] -= 1
                 if ring != home { nextRing = ring + 1 }
@@ -231,7 +235,8 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {
             }
             return failed
         }
-        for (place, error) in failed where complete(error, tag: place) { wake() }
+        for (place, error) in failed { complete(error, tag: place) }
+        if !failed.isEmpty { wake() }
         failQueuedIfClosed()
     }
 
@@ -275,16 +280,20 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {
     public func completions(atLeast: Int = 1) async throws(BlockFrontError) -> [Completion] {
         while true {
             submit()
-            let stalled: Piece? = lock.withLock { onRings == 0 ? queued.popFirst() : nil }
-            guard let piece = stalled else { break }
             // Nothing of ours in flight will free room: wait for it like the async calls.
-            lock.withLock { onRings += 1 }
+            let stalled: Piece? = lock.withLock {
+                guard onRings == 0, let piece = queued.popFirst() else { return nil }
+                onRings += 1
+                return piece
+            }
+            guard let piece = stalled else { break }
             await core.gate.enter()
             do throws(BlockFrontError) {
                 try await core.submit(piece.operation, chunk: piece.chunk, buffer: piece.address, granted: piece.granted, discard: nil,
                                       owner: self, tag: piece.place)
             } catch {
-                if complete(error, tag: piece.place) { wake() }
+                complete(error, tag: piece.place)
+                wake()
             }
         }
         let cancelled: Bool = await withTaskCancellationHandler {
@@ -329,15 +338,16 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {
 
     func started(tag: Int) {}
 
+    /// Completions are collected and their gate entries given back at ``wake()``.
+    var collectsBatches: Bool { true }
+
     /// A request that went on a ring (or was about to) ended.
-    /// (Its gate entry is given back at the ``wake()`` that always follows.)
-    func complete(_ error: BlockFrontError?, tag: Int) -> Bool {
+    func complete(_ error: BlockFrontError?, tag: Int) {
         lock.withLock {
             onRings -= 1
             leaving += 1
             record(error, place: tag)
         }
-        return true
     }
 
     /// One request of the operation at `place` ended (under `lock`); the operation completes
@@ -375,7 +385,7 @@ extension BlockFront {
     /// A submission and completion queue on this disk holding up to `depth` operations (see
     /// ``BlockIOQueue``).
     public func makeIOQueue(depth: Int) -> BlockIOQueue {
-        BlockIOQueue(disk: self, depth: max(1, depth), handler: nil)
+        BlockIOQueue(disk: self, depth: BlockIOQueue.clamp(depth), handler: nil)
     }
 
     /// A submission and completion queue whose completions are handed to `handler` as they
@@ -383,6 +393,6 @@ extension BlockFront {
     /// and submit more; it must not block). ``BlockIOQueue/completions(atLeast:)`` then
     /// returns nothing: the handler has them.
     public func makeIOQueue(depth: Int, handler: @escaping @Sendable (BlockIOQueue, [BlockIOQueue.Completion]) -> Void) -> BlockIOQueue {
-        BlockIOQueue(disk: self, depth: max(1, depth), handler: handler)
+        BlockIOQueue(disk: self, depth: BlockIOQueue.clamp(depth), handler: handler)
     }
 }

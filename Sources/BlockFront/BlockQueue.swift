@@ -192,8 +192,9 @@ final class BlockQueue: @unchecked Sendable {
             }
             if !done.isEmpty { slots.release(done.count) }
             woken.removeAll(keepingCapacity: true)
-            for (entry, status) in done where core.finish(entry, status: status) {
-                if !woken.contains(where: { $0 === entry.owner }) { woken.append(entry.owner) }
+            for (entry, status) in done {
+                core.finish(entry, status: status)
+                if entry.owner.collectsBatches, !woken.contains(where: { $0 === entry.owner }) { woken.append(entry.owner) }
             }
             // Owners that collect completions hear of the whole batch at once.
             for owner in woken { owner.wake() }
@@ -203,7 +204,10 @@ final class BlockQueue: @unchecked Sendable {
             }
             // More without sleeping: found by polling (no notification asked for), or by the
             // final check that asks for one.
-            if let polling, pollForResponses(within: polling) {
+            if let polling, RingPolling.wait(nanoseconds: polling, look: {
+                // Nothing in flight: nothing can come.
+                lock.withLock { freeIDs.isFull ? nil : ((try? ring.ring.unconsumedResponses()) ?? 1) > 0 }
+            }) {
                 waiting = true
                 continue
             }
@@ -213,18 +217,6 @@ final class BlockQueue: @unchecked Sendable {
                 core.fail(.backendMisbehaved("\(error)"))
                 return
             }
-        }
-    }
-
-    /// Looks at the ring (without asking for a notification) until a response is there or
-    /// `nanoseconds` passed, while requests are in flight. True when one is there.
-    private func pollForResponses(within nanoseconds: UInt64) -> Bool {
-        let deadline = Core.now() + nanoseconds
-        while true {
-            let (found, idle) = lock.withLock { (((try? ring.ring.unconsumedResponses()) ?? 1) > 0, freeIDs.isFull) }
-            if found { return true }
-            if idle || Core.now() >= deadline { return false }
-            sched_yield()
         }
     }
 }

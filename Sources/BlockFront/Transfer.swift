@@ -3,11 +3,13 @@ import Foundation
 /// Whoever is told when a request ends: a ``Transfer`` (one awaited call) or a
 /// ``BlockIOQueue`` (many requests, completions collected).
 protocol RequestOwner: AnyObject, Sendable {
-    /// The request named `tag` ended (nil: successfully). Returns true when the owner wants
-    /// ``wake()`` once the completion thread has delivered its whole batch.
-    func complete(_ error: BlockFrontError?, tag: Int) -> Bool
+    /// The request named `tag` ended (nil: successfully).
+    func complete(_ error: BlockFrontError?, tag: Int)
     /// A request named `tag` is about to go on a ring (its end will be reported).
     func started(tag: Int)
+    /// Whether ``wake()`` is wanted once the completion thread has delivered its whole
+    /// batch (otherwise each completion wakes its caller itself).
+    var collectsBatches: Bool { get }
     /// After a batch of completions: wake whoever waits for them.
     func wake()
 }
@@ -21,22 +23,19 @@ final class Transfer: RequestOwner, @unchecked Sendable {
     private var error: BlockFrontError?
     private var continuation: CheckedContinuation<Void, Never>?
 
-    /// A request of this transfer went out (its completion will call ``complete(_:)``).
+    /// A request of this transfer went out (its completion will call ``complete(_:tag:)``).
     func started(tag: Int) { lock.withLock { outstanding += 1 } }
 
     /// Records an error without a request (submission stopped).
     func fail(_ error: BlockFrontError) { lock.withLock { if self.error == nil { self.error = error } } }
 
-    /// A request ended (its continuation is resumed right away: nothing to batch).
-    func complete(_ error: BlockFrontError?, tag: Int) -> Bool {
-        complete(error)
-        return false
-    }
+    /// Its continuation is resumed by the last completion: nothing to batch.
+    var collectsBatches: Bool { false }
 
     func wake() {}
 
     /// A request ended.
-    func complete(_ error: BlockFrontError?) {
+    func complete(_ error: BlockFrontError?, tag: Int) {
         let resume: CheckedContinuation<Void, Never>? = lock.withLock {
             if let error, self.error == nil { self.error = error }
             outstanding -= 1
@@ -83,13 +82,7 @@ final class OrderingGate: @unchecked Sendable {
     }
 
     func enter() async {
-        while !lock.withLock({ () -> Bool in
-            guard !barrier || !open else { return false }
-            active += 1
-            return true
-        }) {
-            await waitForBarrierEnd()
-        }
+        while !tryEnter() { await waitForBarrierEnd() }
     }
 
     private func waitForBarrierEnd() async {

@@ -369,4 +369,32 @@ struct BlockIOQueueTests {
         await d.disk.close()
         await again.stop()
     }
+
+    @Test("a lying backend under a queue (unknown id, garbage status, rsp_prod ahead): each operation completes once with the device's error, none hangs, the handler hears of all",
+          arguments: [BlockBackend.HostileMode.unknownID, .garbageStatus, .responseProducerAhead])
+    func lyingBackend(mode: BlockBackend.HostileMode) async throws {
+        var settings = BlockBackend.Settings()
+        settings.hostile = mode
+        let d = try await conformance.disk(settings: settings, pages: 4096)
+        var buffers: [BlockBuffer] = []
+        for _ in 0..<8 { buffers.append(try await d.disk.makeBuffer(byteCount: 4096)) }
+        final class Collected: @unchecked Sendable {
+            let lock = NSLock()
+            var completions: [BlockIOQueue.Completion] = []
+        }
+        let collected = Collected()
+        let queue = d.disk.makeIOQueue(depth: 8) { _, completions in collected.lock.withLock { collected.completions += completions } }
+        for (tag, buffer) in buffers.enumerated() { try queue.read(at: UInt64(tag * 8), into: buffer, tag: tag) }
+        queue.submit()
+        for _ in 0..<500 where collected.lock.withLock({ collected.completions.count }) < 8 { try await Task.sleep(for: .milliseconds(10)) }
+        let all = collected.lock.withLock { collected.completions }
+        #expect(all.map(\.tag).sorted() == Array(0..<8), "\(mode): each operation completed once: \(all)")
+        #expect(all.contains { completion in
+            if case .backendMisbehaved? = completion.error { return true }
+            return false
+        }, "\(mode): the lie was named: \(all.compactMap(\.error))")
+        #expect(throws: BlockFrontError.self) { try queue.read(at: 0, into: buffers[0], tag: 9) }
+        #expect(d.host.tools.hypervisor.domain(d.guest.domain) != nil, "the host lives on")
+        await d.disk.close()
+    }
 }

@@ -69,6 +69,20 @@ struct SharedRingTests {
         #expect(try fromZero.unconsumedRequests() > 2)
     }
 
+    @Test("polling a ring: stops at the first find, at once when nothing can come, and not before its time otherwise")
+    func polling() {
+        var looks = 0
+        #expect(RingPolling.wait(nanoseconds: 1_000_000_000) { looks += 1; return looks == 3 })
+        #expect(looks == 3)
+        looks = 0
+        #expect(!RingPolling.wait(nanoseconds: 1_000_000_000) { looks += 1; return nil })
+        #expect(looks == 1)
+        let clock = ContinuousClock()
+        let started = clock.now
+        #expect(!RingPolling.wait(nanoseconds: 2_000_000) { false })
+        #expect(clock.now - started >= .milliseconds(2))
+    }
+
     @Test("a full ring refuses a request and writes nothing")
     func fullRing() throws {
         let pages = RingPages(order: 0)

@@ -201,27 +201,15 @@ final class ServedQueue: @unchecked Sendable {
             // Served inline: the rest of the batch's responses published together.
             answer(responses)
             if !taken.isEmpty { servedCount.wrappingIncrement(by: taken.count, ordering: .relaxed) }
-            if settings.pollMicroseconds > 0 && waitForRequests(box, within: UInt64(settings.pollMicroseconds) * 1000) { continue }
+            if settings.pollMicroseconds > 0, RingPolling.wait(nanoseconds: UInt64(settings.pollMicroseconds) * 1000, look: {
+                ringLock.withLock { ((try? box.ring.availableRequests()) ?? 1) > 0 }
+            }) { continue }
             if ringLock.withLock({ (try? box.ring.finalCheckForRequests()) == true }) { continue }
             fds[0].revents = 0
             fds[1].revents = 0
             _ = poll(&fds, 2, -1)
             if fds[1].revents != 0 { return }
             if fds[0].revents != 0 { _ = try? end.delivery.wait() }
-        }
-    }
-
-    /// Looks at the ring (without asking for a notification) until a request is there or
-    /// `nanoseconds` passed. True when one is there.
-    private func waitForRequests(_ box: RingBox, within nanoseconds: UInt64) -> Bool {
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        let deadline = UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec) + nanoseconds
-        while true {
-            if ringLock.withLock({ ((try? box.ring.availableRequests()) ?? 1) > 0 }) { return true }
-            clock_gettime(CLOCK_MONOTONIC, &now)
-            if UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec) >= deadline { return false }
-            sched_yield()
         }
     }
 
