@@ -344,12 +344,8 @@ struct BlockIOQueueTests {
     func submittedWhileDown() async throws {
         let d = try await conformance.disk(pages: 4096)
         let buffer = try await d.disk.makeBuffer(byteCount: 4096)
-        final class Collected: @unchecked Sendable {
-            let lock = NSLock()
-            var completions: [BlockIOQueue.Completion] = []
-        }
         let collected = Collected()
-        let queue = d.disk.makeIOQueue(depth: 4) { _, completions in collected.lock.withLock { collected.completions += completions } }
+        let queue = d.disk.makeIOQueue(depth: 4, handler: collected.take)
         await d.backend.stop()
         // The frontend has let go of its rings (it says Closed once it has, and waits).
         let store = d.host.tools.toolstack.store
@@ -361,10 +357,10 @@ struct BlockIOQueueTests {
         try queue.read(at: 0, into: buffer, tag: 9)
         queue.submit()
         try await Task.sleep(for: .milliseconds(100))
-        #expect(collected.lock.withLock { collected.completions.isEmpty }, "nothing completes while the backend is away")
+        #expect(collected.all.isEmpty, "nothing completes while the backend is away")
         let again = try await BlockBackend.start(toolstack: d.host.tools.toolstack, device: d.device, path: d.path)
-        for _ in 0..<500 where collected.lock.withLock({ collected.completions.isEmpty }) { try await Task.sleep(for: .milliseconds(10)) }
-        #expect(collected.lock.withLock { collected.completions } == [BlockIOQueue.Completion(tag: 9, error: nil)])
+        for _ in 0..<500 where collected.all.isEmpty { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(collected.all == [BlockIOQueue.Completion(tag: 9, error: nil)])
         #expect(Array(buffer.bytes) == conformance.fileBytes(d.path, offset: 0, count: 4096))
         await d.disk.close()
         await again.stop()
@@ -378,16 +374,12 @@ struct BlockIOQueueTests {
         let d = try await conformance.disk(settings: settings, pages: 4096)
         var buffers: [BlockBuffer] = []
         for _ in 0..<8 { buffers.append(try await d.disk.makeBuffer(byteCount: 4096)) }
-        final class Collected: @unchecked Sendable {
-            let lock = NSLock()
-            var completions: [BlockIOQueue.Completion] = []
-        }
         let collected = Collected()
-        let queue = d.disk.makeIOQueue(depth: 8) { _, completions in collected.lock.withLock { collected.completions += completions } }
+        let queue = d.disk.makeIOQueue(depth: 8, handler: collected.take)
         for (tag, buffer) in buffers.enumerated() { try queue.read(at: UInt64(tag * 8), into: buffer, tag: tag) }
         queue.submit()
-        for _ in 0..<500 where collected.lock.withLock({ collected.completions.count }) < 8 { try await Task.sleep(for: .milliseconds(10)) }
-        let all = collected.lock.withLock { collected.completions }
+        for _ in 0..<500 where collected.all.count < 8 { try await Task.sleep(for: .milliseconds(10)) }
+        let all = collected.all
         #expect(all.map(\.tag).sorted() == Array(0..<8), "\(mode): each operation completed once: \(all)")
         #expect(all.contains { completion in
             if case .backendMisbehaved? = completion.error { return true }
@@ -397,4 +389,13 @@ struct BlockIOQueueTests {
         #expect(d.host.tools.hypervisor.domain(d.guest.domain) != nil, "the host lives on")
         await d.disk.close()
     }
+}
+
+/// Completions a queue's handler handed over, kept for the test to read.
+private final class Collected: @unchecked Sendable {
+    private let lock = NSLock()
+    private var completions: [BlockIOQueue.Completion] = []
+    var all: [BlockIOQueue.Completion] { lock.withLock { completions } }
+    /// The handler.
+    @Sendable func take(_ queue: BlockIOQueue, _ batch: [BlockIOQueue.Completion]) { lock.withLock { completions += batch } }
 }
