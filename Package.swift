@@ -19,7 +19,7 @@ let package = Package(
     products: [
         .library(name: "XenABI", targets: ["XenABI"]),
         .library(name: "XenRing", targets: ["XenRing"]),
-        .library(name: "SharedMemory", targets: ["SharedMemory"]),
+        .library(name: "PVSystem", targets: ["PVSystem"]),
         .library(name: "XenStore", targets: ["XenStore"]),
         .library(name: "XenGrants", targets: ["XenGrants"]),
         .library(name: "XenBus", targets: ["XenBus"]),
@@ -45,6 +45,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
     ],
     targets: [
         // Pure wire formats and constants of Xen's public ABI. No I/O, no dependencies.
@@ -58,13 +59,13 @@ let package = Package(
         // /dev/xen/xenbus, a domain's ring page).
         .target(
             name: "XenStore",
-            dependencies: ["XenABI", "CLinux", "SharedMemory", .product(name: "Atomics", package: "swift-atomics")],
+            dependencies: ["XenABI", "CLinux", "PVSystem", .product(name: "Atomics", package: "swift-atomics")],
             swiftSettings: strictSwift),
         // The XenBus frontend lifecycle: a pure state machine and the driver that runs it on XenStore.
         .target(name: "XenBus", dependencies: ["XenABI", "XenStore"], swiftSettings: strictSwift),
         .testTarget(name: "BlockFrontTests", dependencies: ["BlockFront", "XenABI"], swiftSettings: strictSwift),
         // netfront: Ethernet frames over Xen's PV network protocol.
-        .target(name: "NetFront", dependencies: ["XenABI", "XenRing", "XenStore", "XenBus", "PVPlatform", "SharedMemory", "CLinux", "PacketOffload",
+        .target(name: "NetFront", dependencies: ["XenABI", "XenRing", "XenStore", "XenBus", "PVPlatform", "PVSystem", "CLinux", "PacketOffload",
                                                 .product(name: "Atomics", package: "swift-atomics"), .product(name: "DequeModule", package: "swift-collections")], swiftSettings: dataPath),
         .testTarget(name: "NetFrontTests", dependencies: ["NetFront", "XenABI"], swiftSettings: strictSwift),
         .testTarget(name: "XenBusTests", dependencies: ["XenBus", "XenABI"], swiftSettings: strictSwift),
@@ -79,13 +80,13 @@ let package = Package(
         // pvhost's engine: so far the xenstored core (tree, permissions, watches), sans I/O.
         .target(
             name: "PVHost",
-            dependencies: ["XenABI", "XenRing", "XenStore", "XenGrants", "SharedMemory", "CLinux", "PVHostProtocol", "PacketOffload",
+            dependencies: ["XenABI", "XenRing", "XenStore", "XenGrants", "PVSystem", "CLinux", "PVHostProtocol", "PacketOffload",
                            .product(name: "Logging", package: "swift-log"), .product(name: "DequeModule", package: "swift-collections")],
             swiftSettings: dataPath),
         // blkfront: a virtual disk over Xen's PV block protocol.
         .target(
             name: "BlockFront",
-            dependencies: ["XenABI", "XenRing", "XenStore", "XenBus", "PVPlatform", "SharedMemory",
+            dependencies: ["XenABI", "XenRing", "XenStore", "XenBus", "PVPlatform", "PVSystem",
                            .product(name: "DequeModule", package: "swift-collections")],
             swiftSettings: dataPath),
         // pvhost's control channel messages (guest processes and tools ↔ pvhost).
@@ -93,14 +94,16 @@ let package = Package(
         // What a frontend needs from "the hypervisor"; `ReferencePlatform` is a guest of pvhost.
         .target(
             name: "PVPlatform",
-            dependencies: ["XenABI", "XenStore", "XenGrants", "SharedMemory", "PVHostProtocol", .product(name: "Atomics", package: "swift-atomics")],
+            dependencies: ["XenABI", "XenStore", "XenGrants", "PVSystem", "PVHostProtocol", .product(name: "Atomics", package: "swift-atomics")],
             swiftSettings: strictSwift),
         // Linux calls that Glibc's module lacks (memfd_create, eventfd).
         .systemLibrary(name: "CLinux", path: "Sources/CLinux"),
-        // SIGINT/SIGTERM for the long-running tools, caught without a window where they are lost.
-        .target(name: "TerminationSignals", dependencies: ["CLinux"], swiftSettings: strictSwift),
-        // memfd-backed shared regions and eventfd notifications.
-        .target(name: "SharedMemory", dependencies: ["CLinux"], swiftSettings: strictSwift),
+        // The system floor: the only Swift module that calls libc for descriptors, epoll, eventfd,
+        // memfd, mmap, ioctls, signals and the clock (on swift-system's FileDescriptor and
+        // Errno), and the event loop every ring, transport, daemon and backend runs on.
+        .target(name: "PVSystem", dependencies: ["CLinux", .product(name: "SystemPackage", package: "swift-system"),
+                                                 .product(name: "DequeModule", package: "swift-collections")],
+                swiftSettings: dataPath),
 
         // C libraries for pvcheck: compressors, libelf, libkmod.
         .systemLibrary(name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
@@ -122,7 +125,7 @@ let package = Package(
         .executableTarget(
             name: "pvhost",
             dependencies: [
-                "PVHost", "PVHostProtocol", "PVPlatform", "XenStore", "TerminationSignals",
+                "PVHost", "PVHostProtocol", "PVPlatform", "XenStore", "PVSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSwift),
@@ -137,7 +140,7 @@ let package = Package(
             swiftSettings: strictSwift),
         .executableTarget(
             name: "pvnet",
-            dependencies: ["NetFront", "PVPlatform", "XenABI", "TerminationSignals", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["NetFront", "PVPlatform", "XenABI", "PVSystem", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strictSwift),
         .executableTarget(
             name: "pvcheck",
@@ -152,7 +155,7 @@ let package = Package(
         .executableTarget(
             name: "ring-bench",
             dependencies: [
-                "XenABI", "XenRing", "SharedMemory",
+                "XenABI", "XenRing", "PVSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Benchmarks/RingBench",
@@ -165,15 +168,16 @@ let package = Package(
         // pvhost's grant and event-channel operations; event round trip against bare eventfds.
         .executableTarget(
             name: "pvhost-bench",
-            dependencies: ["PVHost", "XenGrants", "SharedMemory", "XenABI", "BlockFront", "NetFront", "PVPlatform", "XenStore"],
+            dependencies: ["PVHost", "XenGrants", "PVSystem", "XenABI", "BlockFront", "NetFront", "PVPlatform", "XenStore"],
             path: "Benchmarks/PVHostBench",
             swiftSettings: strictSwift),
 
+        .testTarget(name: "PVSystemTests", dependencies: ["PVSystem"], swiftSettings: strictSwift),
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "XenABI"], swiftSettings: strictSwift),
-        .testTarget(name: "PVHostTests", dependencies: ["PVHost", "PVPlatform", "PVHostProtocol", "BlockFront", "NetFront", "PacketOffload", "XenStore", "XenABI", "XenGrants", "XenBus", "SharedMemory"], swiftSettings: strictSwift),
+        .testTarget(name: "PVHostTests", dependencies: ["PVHost", "PVPlatform", "PVHostProtocol", "BlockFront", "NetFront", "PacketOffload", "XenStore", "XenABI", "XenGrants", "XenBus", "PVSystem"], swiftSettings: strictSwift),
         .testTarget(
             name: "KernelAuditTests",
-            dependencies: ["KernelAudit", "XenABI", "SharedMemory"],
+            dependencies: ["KernelAudit", "XenABI", "PVSystem"],
             swiftSettings: strictSwift),
 
         // C reference compiled against /usr/include/xen (libxen-dev): layout facts and ring.h.
@@ -184,7 +188,7 @@ let package = Package(
             swiftSettings: strictSwift),
         .testTarget(
             name: "XenRingTests",
-            dependencies: ["XenABI", "XenRing", "SharedMemory", "CXenReference"],
+            dependencies: ["XenABI", "XenRing", "PVSystem", "CXenReference"],
             swiftSettings: strictSwift),
     ]
 )

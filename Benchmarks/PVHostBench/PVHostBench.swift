@@ -5,7 +5,7 @@ import Glibc
 import BlockFront
 import PVHost
 import PVPlatform
-import SharedMemory
+import PVSystem
 import XenStore
 import XenABI
 import XenGrants

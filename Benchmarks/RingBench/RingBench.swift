@@ -1,7 +1,7 @@
 import ArgumentParser
 import Dispatch
 import Foundation
-import SharedMemory
+import PVSystem
 import XenABI
 import XenRing
 

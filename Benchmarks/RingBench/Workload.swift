@@ -1,4 +1,4 @@
-import SharedMemory
+import PVSystem
 import XenABI
 import XenRing
 

@@ -1,5 +1,5 @@
 // Linux calls that Swift's Glibc module lacks: it is built without _GNU_SOURCE, so
-// memfd_create, memmem, fallocate (with FALLOC_FL_*), pipe2 and the eventfd header are not visible. Header-only: nothing to link.
+// memfd_create, memmem, fallocate (with FALLOC_FL_*), pipe2, pthread_setname_np, pidfd_open and the eventfd header are not visible. Header-only: nothing to link.
 // This can go when the Glibc module exports them.
 #ifndef PVKIT_CLINUX_SHIM_H
 #define PVKIT_CLINUX_SHIM_H
@@ -16,6 +16,13 @@ int memfd_create(const char *name, unsigned int flags);
 int fallocate(int fd, int mode, off_t offset, off_t len);
 void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen);
 int pipe2(int pipefd[2], int flags);
+#include <pthread.h>
+int pthread_setname_np(pthread_t thread, const char *name);
+#include <sys/syscall.h>
+#include <unistd.h>
+/// pidfd_open(2): a descriptor that becomes readable when the process ends (glibc 2.36 has
+/// the wrapper only in <sys/pidfd.h>, which Swift's Glibc module does not include).
+static inline int pvkit_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
 
 #include <fcntl.h>
 #include <string.h>

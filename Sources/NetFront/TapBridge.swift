@@ -4,7 +4,7 @@ import PacketOffload
 #if canImport(Glibc)
 import Glibc
 #endif
-import SharedMemory
+import PVSystem
 
 /// Joins a ``NetFront`` to a TAP device in this process's network namespace, so Linux's own
 /// network stack runs over the PV path: frames Linux sends on the TAP go out on the

@@ -3,7 +3,7 @@ import Foundation
 import Glibc
 #endif
 import PVHostProtocol
-import SharedMemory
+import PVSystem
 import Synchronization
 import XenABI
 import XenGrants

@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import CLinux
-import SharedMemory
+import PVSystem
 import XenABI
 
 /// A guest's xenstore connection: the domain's ring page and its event channel (here two
@@ -31,7 +31,7 @@ public final class XenStoreRingTransport: XenStoreTransport, @unchecked Sendable
         self.outgoing = outgoing
         self.name = name
         self.keepAlive = keepAlive
-        do { wake = try EventFD() } catch { throw .system(error.call, errno: error.errno) }
+        do { wake = try EventFD() } catch { throw .system(error.call, errno: error.code) }
     }
 
     public func send(_ bytes: UnsafeRawBufferPointer) throws(XenStoreError) {

@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import CLinux
-import SharedMemory
+import PVSystem
 import XenABI
 
 /// A byte stream to a xenstore daemon. The client frames and matches messages; a transport

@@ -4,7 +4,7 @@ import Foundation
 import PVHost
 import PVHostProtocol
 import PVPlatform
-import TerminationSignals
+import PVSystem
 import XenABI
 import XenStore
 

@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 import NetFront
 import PVPlatform
-import TerminationSignals
+import PVSystem
 import XenABI
 
 /// `pvnet`: a guest tool on NetFront. It attaches to a pvhost as a domain and uses that

@@ -1,6 +1,6 @@
 import Foundation
 import KernelAudit
-import SharedMemory
+import PVSystem
 
 /// The repository's `fixtures/` folder.
 let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()

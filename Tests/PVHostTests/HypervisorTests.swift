@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import PVHost
-import SharedMemory
+import PVSystem
 import Testing
 import XenABI
 import XenGrants

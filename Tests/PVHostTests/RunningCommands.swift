@@ -2,7 +2,7 @@ import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
-import SharedMemory
+import PVSystem
 
 /// Runs `tool` with `arguments` to its end: its exit status (128 + the signal when one killed
 /// it) and everything it wrote to stdout and stderr; stdin is /dev/null. Spawned through

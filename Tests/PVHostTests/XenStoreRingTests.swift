@@ -3,7 +3,7 @@ import Foundation
 import Glibc
 #endif
 import PVHost
-import SharedMemory
+import PVSystem
 import Testing
 import XenABI
 import XenStore

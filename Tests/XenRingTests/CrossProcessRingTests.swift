@@ -1,5 +1,5 @@
 import Foundation
-import SharedMemory
+import PVSystem
 import Testing
 import XenABI
 import XenRing

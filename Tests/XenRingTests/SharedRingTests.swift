@@ -1,3 +1,4 @@
+import PVSystem
 import Testing
 import XenABI
 import XenRing

@@ -3,7 +3,7 @@ import Foundation
 import Glibc
 #endif
 import Logging
-import SharedMemory
+import PVSystem
 import XenABI
 import XenRing
 import XenStore

@@ -4,7 +4,7 @@ import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
-import SharedMemory
+import PVSystem
 import XenABI
 import XenRing
 

@@ -4,7 +4,7 @@ import Logging
 import Glibc
 #endif
 import PVHostProtocol
-import SharedMemory
+import PVSystem
 import XenABI
 import XenStore
 

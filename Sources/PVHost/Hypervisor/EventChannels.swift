@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import SharedMemory
+import PVSystem
 import XenABI
 
 /// One interdomain event channel: a notification path each way, each an eventfd. The end in
@@ -136,12 +136,4 @@ struct EventChannelTable {
     }
 
     mutating func countSend(_ domain: DomainID, _ port: EventChannelPort) { ports[domain]?[port.rawValue]?.sent += 1 }
-}
-
-extension EventFD {
-    /// Whether a notification is waiting (the pending bit), without consuming it.
-    public var isPending: Bool {
-        var entry = pollfd(fd: fileDescriptor, events: Int16(POLLIN), revents: 0)
-        return poll(&entry, 1, 0) == 1
-    }
 }

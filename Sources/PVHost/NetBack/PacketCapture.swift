@@ -1,6 +1,6 @@
 import Foundation
 import PacketOffload
-import SharedMemory
+import PVSystem
 #if canImport(Glibc)
 import Glibc
 #endif

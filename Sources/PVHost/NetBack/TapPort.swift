@@ -4,7 +4,7 @@ import PacketOffload
 #if canImport(Glibc)
 import Glibc
 #endif
-import SharedMemory
+import PVSystem
 import XenABI
 
 /// A TAP device as a port of pvhost's switch: Linux's own network stack on the other side.

@@ -5,7 +5,7 @@ import PacketOffload
 #if canImport(Glibc)
 import Glibc
 #endif
-import SharedMemory
+import PVSystem
 import XenABI
 import XenRing
 

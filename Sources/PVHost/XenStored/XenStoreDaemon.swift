@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import CLinux
-import SharedMemory
+import PVSystem
 import Synchronization
 import XenABI
 import XenStore
@@ -89,7 +89,7 @@ public final class XenStoreDaemon: @unchecked Sendable {
         listener = fd
         epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
         guard epoll >= 0 else { let e = errno; close(fd); throw .system("epoll_create1", e) }
-        do { wake = try EventFD() } catch { close(fd); close(epoll); throw .system("eventfd", error.errno) }
+        do { wake = try EventFD() } catch { close(fd); close(epoll); throw .system("eventfd", error.code) }
         watch(listener)
         watch(wake.fileDescriptor)
     }

@@ -10,18 +10,12 @@ public enum RingPolling {
     /// to consume: returns true), nil (nothing can come: returns false) or `nanoseconds` have
     /// passed (returns false).
     public static func wait(nanoseconds: UInt64, look: () -> Bool?) -> Bool {
-        let deadline = now() &+ nanoseconds
+        let deadline = MonotonicClock.now() &+ nanoseconds
         while true {
             guard let found = look() else { return false }
             if found { return true }
-            if now() >= deadline { return false }
+            if MonotonicClock.now() >= deadline { return false }
             sched_yield()
         }
-    }
-
-    private static func now() -> UInt64 {
-        var t = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &t)
-        return UInt64(t.tv_sec) * 1_000_000_000 + UInt64(t.tv_nsec)
     }
 }
