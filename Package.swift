@@ -184,7 +184,7 @@ let package = Package(
         .target(name: "CXenReference", path: "Tests/CXenReference"),
         .testTarget(
             name: "XenABITests",
-            dependencies: ["XenABI", "CXenReference", "PVPlatform"],
+            dependencies: ["XenABI", "CXenReference", "PVSystem"],
             swiftSettings: strictSwift),
         .testTarget(
             name: "XenRingTests",

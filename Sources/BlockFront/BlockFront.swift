@@ -1,5 +1,6 @@
 import Foundation
 import PVPlatform
+import PVSystem
 import Synchronization
 import XenABI
 import XenBus
@@ -44,6 +45,10 @@ public final class BlockFront: Sendable {
         /// are in flight, before it asks for a notification and sleeps (0: never polls; at most
         /// 10 000).
         public var pollMicroseconds = 0
+        /// The event loops the rings run on (ring `i` on loop `i` modulo their count); tasks
+        /// that prefer one of them (`Task(executorPreference:)`) submit on its thread and
+        /// resume there when their requests complete, with no hop.
+        public var eventLoops: EventLoopGroup = .shared
         /// Re-issue requests on a backend that restarts (Closed, then InitWait again).
         public var reconnect = true
         /// How long requests wait for a restarted backend before they fail.
@@ -119,6 +124,10 @@ public final class BlockFront: Sendable {
 
     let core: Core
     private let closer: FrontendCloser<BlockFrontError>
+
+    /// The loops of the current connection's rings, one per ring (a ring's loop runs the
+    /// tasks that prefer it: see ``Options/eventLoops``).
+    public var eventLoops: [EventLoop] { core.currentRings.map(\.loop) }
 
     /// The disk as negotiated on the current connection.
     public var info: Info { core.currentInfo! }

@@ -1,8 +1,6 @@
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#endif
 import PVPlatform
+import PVSystem
 import XenABI
 import XenBus
 import XenStore
@@ -41,17 +39,6 @@ final class Core: @unchecked Sendable {
         self.options = options
     }
 
-    static func now() -> UInt64 {
-        var t = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &t)
-        return UInt64(t.tv_sec) * 1_000_000_000 + UInt64(t.tv_nsec)
-    }
-
-    static func nanoseconds(_ duration: Duration) -> UInt64 {
-        let (seconds, attoseconds) = duration.components
-        return UInt64(max(0, seconds)) * 1_000_000_000 + UInt64(max(0, attoseconds) / 1_000_000_000)
-    }
-
     var currentInfo: BlockFront.Info? { lock.withLock { info } }
     var statistics: BlockFront.Statistics {
         lock.withLock {
@@ -80,10 +67,11 @@ final class Core: @unchecked Sendable {
                     releasePages(pages)
                     throw .platform("\(error)")
                 }
-                made.append(try BlockQueue(index: index, core: self, ringPages: pages, channel: channel))
+                let loops = options.eventLoops.loops
+                made.append(try BlockQueue(index: index, core: self, ringPages: pages, channel: channel, loop: loops[index % loops.count]))
             }
         } catch {
-            for queue in made { retire(queue) }
+            for queue in made { _ = queue.halt { [self] in retire(queue) } }
             throw error
         }
         lock.withLock {
@@ -116,7 +104,12 @@ final class Core: @unchecked Sendable {
             defer { suspended = []; waiters = [] }
             return (queues, suspended, waiters)
         }
-        for queue in started { queue.start() }
+        do throws(BlockFrontError) {
+            for queue in started { try queue.start() }
+        } catch {
+            fail(error)
+            throw error
+        }
         for waiter in ready { waiter.resume(returning: nil) }
         reissue(again, on: started, info: info)
     }
@@ -152,9 +145,8 @@ final class Core: @unchecked Sendable {
         let old = lock.withLock { defer { queues = []; staged = []; transport = nil }; return queues + staged }
         var waiting: [InFlight] = []
         for queue in old {
-            waiting += queue.halt()
+            waiting += queue.halt { [self] in retire(queue) }
             queue.slots.fail(.closed("the backend restarted"))
-            retire(queue)
         }
         let timeout = options.reconnectTimeout
         lock.withLock {
@@ -202,8 +194,7 @@ final class Core: @unchecked Sendable {
         var entries = waiting
         for queue in old {
             queue.slots.fail(error)
-            entries += queue.halt()
-            retire(queue)
+            entries += queue.halt { [self] in retire(queue) }
         }
         for entry in entries { finish(entry, error: error) }
         for waiter in ready { waiter.resume(returning: error) }
@@ -263,11 +254,20 @@ final class Core: @unchecked Sendable {
         }
     }
 
-    /// The next ring of the current connection (round robin); nil while there is none.
+    /// A ring of the current connection; nil while there is none. A caller on a ring's loop
+    /// (a task preferring it, or a handler) gets a ring of that loop, so its completion
+    /// resumes it without a hop; others get the next ring, round robin.
     func nextRing() -> BlockQueue? {
-        lock.withLock {
+        let here = EventLoop.current
+        return lock.withLock {
             guard !queues.isEmpty else { return nil }
             nextQueue &+= 1
+            if let here {
+                for offset in 0..<queues.count {
+                    let queue = queues[(nextQueue &+ offset) % queues.count]
+                    if queue.loop === here { return queue }
+                }
+            }
             return queues[nextQueue % queues.count]
         }
     }

@@ -1,7 +1,4 @@
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#endif
 import PVPlatform
 import PVSystem
 import XenABI
@@ -31,13 +28,16 @@ struct InFlight: @unchecked Sendable {
 }
 
 /// One ring of a device: its pages (one or several, granted), its event channel, the
-/// requests in flight by id (the id is the slot's index, so lookups are array reads), and a
-/// completion thread that copies each response out of the ring once and checks it before
-/// anything else reads it.
-final class BlockQueue: @unchecked Sendable {
+/// requests in flight by id (the id is the slot's index, so lookups are array reads), and its
+/// registration on an event loop, whose handler copies each response out of the ring once and
+/// checks it before anything else reads it. Tasks that prefer that loop submit and resume on
+/// its thread.
+final class BlockQueue: @unchecked Sendable {  // @unchecked: the ring, ids and in-flight table are under `lock`; `registration` and `timer` too
     let index: Int
     let ringPages: SharedPages
     let channel: EventChannel
+    /// The loop this ring's notifications (and the tasks preferring it) run on.
+    let loop: EventLoop
     /// Ring slots: a request holds one from submission to its response.
     let slots: AsyncSemaphore
     let entries: Int
@@ -48,33 +48,34 @@ final class BlockQueue: @unchecked Sendable {
     /// Free ids, first in first out: a stale duplicate response is then unlikely to name an
     /// id that is in flight again.
     private var freeIDs: FreeIDs
-    private let stopSignal: EventFD
-    /// Set by ``halt()``: nothing goes on this ring any more.
+    /// Set by ``halt(then:)``: nothing goes on this ring any more.
     private var halted = false
-    /// Weak: a running Thread keeps itself alive, and its block holds this object; a strong
-    /// reference here would keep both (and every descriptor this holds) after it ended.
-    private weak var thread: Thread?
+    private var registration: EventLoop.Registration?
+    private var timer: EventLoop.Timer?
     /// Wake-ups that found no response (an event storm is counted, not obeyed).
     var spuriousWakeups: Int { lock.withLock { spurious } }
     private var spurious = 0
+    // Scratch of the handler (the loop's thread only).
+    private var done: [(InFlight, BlkifStatus)] = []
+    private var woken: [any RequestOwner] = []
 
     /// The ring, touched only under `lock`.
-    private final class RingBox: @unchecked Sendable {
+    private final class RingBox: @unchecked Sendable {  // @unchecked: used only under the queue's lock
         var ring: FrontRing<BlkifRing>
         init(_ ring: consuming FrontRing<BlkifRing>) { self.ring = ring }
     }
 
-    init(index: Int, core: Core, ringPages: SharedPages, channel: EventChannel) throws(BlockFrontError) {
+    init(index: Int, core: Core, ringPages: SharedPages, channel: EventChannel, loop: EventLoop) throws(BlockFrontError) {
         self.index = index
         self.core = core
         self.ringPages = ringPages
         self.channel = channel
+        self.loop = loop
         let region = UnsafeMutableRawBufferPointer(start: ringPages.address, count: ringPages.pages.count * XenPage.size)
         do {
             ring = RingBox(try FrontRing(initializing: region, protocol: BlkifRing()))
-            stopSignal = try EventFD()
         } catch {
-            throw .platform("\(error)")
+            throw .platform("ring \(index): \(error)")
         }
         entries = Int(ring.ring.geometry.entryCount)
         slots = AsyncSemaphore(units: entries)
@@ -82,11 +83,42 @@ final class BlockQueue: @unchecked Sendable {
         freeIDs = FreeIDs(count: entries)
     }
 
-    func start() {
-        let thread = Thread { [self] in completions() }
-        thread.name = "blkfront q\(index)"
-        self.thread = thread
-        thread.start()
+    /// Watches the ring's event channel on its loop (and, with a request timeout, checks the
+    /// oldest request every 100 ms).
+    func start() throws(BlockFrontError) {
+        let made: EventLoop.Registration
+        do {
+            made = try loop.register(channel.descriptor, name: "blkfront ring \(index) event channel", owner: channel.descriptorOwner) { [self] events in
+                serve(events)
+            }
+        } catch {
+            throw .platform("\(error)")
+        }
+        let polling = core.options.pollMicroseconds > 0 ? UInt64(min(core.options.pollMicroseconds, 10_000)) * 1000 : 0
+        loop.execute { [self] in
+            made.setPolling(nanoseconds: polling) { [self] in
+                // Nothing in flight: nothing can come.
+                lock.withLock { freeIDs.isFull ? nil : ((try? ring.ring.unconsumedResponses()) ?? 1) > 0 }
+            }
+        }
+        let stopped = lock.withLock { () -> Bool in
+            registration = made
+            return halted
+        }
+        if stopped { made.cancel() }
+        if let timeout = core.options.requestTimeout { checkTimeout(every: .milliseconds(100), limit: MonotonicClock.nanoseconds(timeout)) }
+    }
+
+    private func checkTimeout(every period: Duration, limit: UInt64) {
+        let next = loop.schedule(after: period) { [weak self] in
+            guard let self else { return }
+            if let oldest = self.oldest, MonotonicClock.now() &- oldest > limit {
+                self.core.fail(.timedOut(seconds: Double(limit) / 1e9))
+                return
+            }
+            if !self.lock.withLock({ self.halted }) { self.checkTimeout(every: period, limit: limit) }
+        }
+        lock.withLock { timer = next }
     }
 
     /// Puts `entry` on the ring (the caller holds a slot) and notifies when the backend asked.
@@ -99,7 +131,7 @@ final class BlockQueue: @unchecked Sendable {
     /// and notifies once when the backend asked. Throws, having put none on, when the ring was
     /// halted.
     func submit<Entries: MutableCollection>(_ entries: inout Entries) throws(BlockFrontError) where Entries.Element == InFlight {
-        let now = Core.now()
+        let now = MonotonicClock.now()
         let notify: Bool? = lock.withLock {
             guard !halted else { return nil }
             for index in entries.indices {
@@ -116,107 +148,93 @@ final class BlockQueue: @unchecked Sendable {
         if notify { channel.notify() }
     }
 
-    /// Stops the completion thread; returns what was in flight (to fail or re-issue).
-    func halt() -> [InFlight] {
-        try? stopSignal.notify()
-        if let thread, thread !== Thread.current { while !thread.isFinished { usleep(100) } }
-        return lock.withLock {
+    /// Stops serving the ring and returns what was in flight (to fail or re-issue). From the
+    /// moment this returns no response is taken from the ring; `teardown` (revoke the ring,
+    /// close the channel) runs on the loop once the channel is out of its epoll set. Never
+    /// blocks.
+    func halt(then teardown: @escaping @Sendable () -> Void) -> [InFlight] {
+        let (waiting, registration, timer) = lock.withLock { () -> ([InFlight], EventLoop.Registration?, EventLoop.Timer?) in
             halted = true
             defer {
                 for id in inFlight.indices { inFlight[id] = nil }
-                freeIDs = FreeIDs(count: entries)
+                freeIDs = FreeIDs(count: self.entries)
             }
-            return inFlight.compactMap { $0 }
+            return (inFlight.compactMap { $0 }, self.registration, self.timer)
         }
+        timer?.cancel()
+        if let registration { registration.cancel(then: teardown) } else { teardown() }
+        return waiting
     }
 
     /// The oldest request's issue time, if any is in flight.
     private var oldest: UInt64? { lock.withLock { inFlight.lazy.compactMap { $0?.issued }.min() } }
 
-    /// A thread-specific value naming the ring whose completion thread is running (its
-    /// address, compared, never followed): a ``BlockIOQueue`` handler submitting from there
-    /// sends to that ring first.
+    /// A thread-specific value naming the ring whose handler is running (its address,
+    /// compared, never followed): a ``BlockIOQueue`` handler submitting from there sends to
+    /// that ring first.
     private static let homeKey: pthread_key_t = {
         var key = pthread_key_t()
         pthread_key_create(&key, nil)
         return key
     }()
 
-    /// The ring whose completion thread calls this, if any.
+    /// The ring whose handler calls this, if any.
     static var home: UnsafeRawPointer? { UnsafeRawPointer(pthread_getspecific(homeKey)) }
 
-    private func completions() {
+    /// The handler: responses out of the ring, checked, their owners told; then polling or
+    /// ring.h's final check before the loop sleeps again.
+    private func serve(_ events: EventLoop.Readiness) -> EventLoop.Next {
         pthread_setspecific(Self.homeKey, Unmanaged.passUnretained(self).toOpaque())
-        var fds = [pollfd(fd: channel.descriptor, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: stopSignal.fileDescriptor, events: Int16(POLLIN), revents: 0)]
-        let timeout = core.options.requestTimeout.map { Core.nanoseconds($0) }
-        let polling = core.options.pollMicroseconds > 0 ? UInt64(min(core.options.pollMicroseconds, 10_000)) * 1000 : nil
-        var done: [(InFlight, BlkifStatus)] = []
-        var woken: [any RequestOwner] = []
-        // Responses may be waiting without a notification (found by polling or the final check).
-        var waiting = false
-        while true {
-            if !waiting {
-                fds[0].revents = 0
-                fds[1].revents = 0
-                _ = poll(&fds, 2, timeout == nil ? -1 : 100)
-                if fds[1].revents != 0 { return }
-                if let timeout, let oldest, Core.now() - oldest > timeout {
-                    core.fail(.timedOut(seconds: Double(timeout) / 1e9))
-                    return
-                }
-                guard fds[0].revents != 0 else { continue }
-                channel.acknowledge()
-            }
-            done.removeAll(keepingCapacity: true)
-            var broken: String?
-            lock.withLock {
-                do {
-                    while let response = try ring.ring.nextResponse() {
-                        guard response.id < UInt64(entries), let entry = inFlight[Int(response.id)] else {
-                            broken = "a response for id \(response.id), which is not in flight on ring \(index)"
-                            return
-                        }
-                        guard response.operationCode == entry.operation.rawValue, response.status.isDefined else {
-                            broken = "response \(response.id): operation \(response.operationCode) for \(entry.operation), status \(response.status.rawValue)"
-                            return
-                        }
-                        inFlight[Int(response.id)] = nil
-                        freeIDs.give(Int(response.id))
-                        done.append((entry, response.status))
-                    }
-                } catch {
-                    broken = "\(error)"
-                }
-                if done.isEmpty && broken == nil && !waiting { spurious += 1 }
-            }
-            if !done.isEmpty { slots.release(done.count) }
-            woken.removeAll(keepingCapacity: true)
-            for (entry, status) in done {
-                core.finish(entry, status: status)
-                if entry.owner.collectsBatches, !woken.contains(where: { $0 === entry.owner }) { woken.append(entry.owner) }
-            }
-            // Owners that collect completions hear of the whole batch at once.
-            for owner in woken { owner.wake() }
-            if let broken {
-                core.fail(.backendMisbehaved(broken))
-                return
-            }
-            // More without sleeping: found by polling (no notification asked for), or by the
-            // final check that asks for one.
-            if let polling, RingPolling.wait(nanoseconds: polling, look: {
-                // Nothing in flight: nothing can come.
-                lock.withLock { freeIDs.isFull ? nil : ((try? ring.ring.unconsumedResponses()) ?? 1) > 0 }
-            }) {
-                waiting = true
-                continue
-            }
+        defer { pthread_setspecific(Self.homeKey, nil) }
+        let notified = events.contains(.readable)
+        if notified, channel.acknowledge() > 0 { channel.countWakeup() }
+        done.removeAll(keepingCapacity: true)
+        var broken: String?
+        let stopped: Bool = lock.withLock {
+            guard !halted else { return true }
             do {
-                waiting = try lock.withLock { () throws(RingError) -> Bool in try ring.ring.finalCheckForResponses() }
+                while let response = try ring.ring.nextResponse() {
+                    guard response.id < UInt64(entries), let entry = inFlight[Int(response.id)] else {
+                        broken = "a response for id \(response.id), which is not in flight on ring \(index)"
+                        return false
+                    }
+                    guard response.operationCode == entry.operation.rawValue, response.status.isDefined else {
+                        broken = "response \(response.id): operation \(response.operationCode) for \(entry.operation), status \(response.status.rawValue)"
+                        return false
+                    }
+                    inFlight[Int(response.id)] = nil
+                    freeIDs.give(Int(response.id))
+                    done.append((entry, response.status))
+                }
             } catch {
-                core.fail(.backendMisbehaved("\(error)"))
-                return
+                broken = "\(error)"
             }
+            if done.isEmpty && broken == nil && notified { spurious += 1 }
+            return false
+        }
+        if stopped { return .wait }
+        if !done.isEmpty { slots.release(done.count) }
+        woken.removeAll(keepingCapacity: true)
+        for (entry, status) in done {
+            core.finish(entry, status: status)
+            if entry.owner.collectsBatches, !woken.contains(where: { $0 === entry.owner }) { woken.append(entry.owner) }
+        }
+        done.removeAll(keepingCapacity: true)
+        // Owners that collect completions hear of the whole batch at once.
+        for owner in woken { owner.wake() }
+        woken.removeAll(keepingCapacity: true)
+        if let broken {
+            core.fail(.backendMisbehaved(broken))
+            return .wait
+        }
+        // Keep looking while requests are in flight (the loop's budget), unless it is spent.
+        if core.options.pollMicroseconds > 0, !events.contains(.pollExpired), lock.withLock({ !freeIDs.isFull }) { return .poll }
+        do {
+            let more = try lock.withLock { () throws(RingError) -> Bool in halted ? false : try ring.ring.finalCheckForResponses() }
+            return more ? .again : .wait
+        } catch {
+            core.fail(.backendMisbehaved("\(error)"))
+            return .wait
         }
     }
 }

@@ -75,21 +75,16 @@ public enum PlatformError: Error, Equatable, Sendable, CustomStringConvertible {
 }
 
 /// One end of an event channel: notify the peer, wait for it. Notifications before a wait
-/// coalesce into one wake-up (the pending bit). Counts what it sent and received.
+/// coalesce into one wake-up (the pending bit). Counts what it sent and received, and the
+/// notifications that could not be sent.
 ///
 /// Two mechanisms underneath: a pair of eventfds (a guest of pvhost), or Linux's
 /// `/dev/xen/evtchn` with this one port bound on its own descriptor (a real Xen domain). Either
-/// way ``descriptor`` becomes readable when the peer notified, and ``acknowledge()`` consumes
-/// that (and, on Xen, unmasks the port).
-public final class EventChannel: @unchecked Sendable {
+/// way ``descriptor`` becomes readable when the peer notified; an ``EventLoop`` watches it and
+/// ``acknowledge()`` consumes that without blocking (and, on Xen, unmasks the port).
+public final class EventChannel: Sendable {
     public let port: EventChannelPort
-    private enum Mechanism {
-        /// Waited on: the peer's notifications; written: ours.
-        case eventfds(delivery: EventFD, peer: EventFD)
-        /// `/dev/xen/evtchn` with `port` bound.
-        case xenDevice(Int32)
-    }
-    private let mechanism: Mechanism
+    private let mechanism: EventChannelMechanism
     private let counters = Counters()
     private let closer: (@Sendable (EventChannelPort) -> Void)?
 
@@ -101,86 +96,104 @@ public final class EventChannel: @unchecked Sendable {
     }
 
     /// A channel bound on its own `/dev/xen/evtchn` descriptor (owned; closed with the channel).
-    public init(port: EventChannelPort, xenEventDevice fd: Int32, closer: (@Sendable (EventChannelPort) -> Void)? = nil) {
+    public init(port: EventChannelPort, xenEventDevice device: XenEventDevice, closer: (@Sendable (EventChannelPort) -> Void)? = nil) {
         self.port = port
-        mechanism = .xenDevice(fd)
+        mechanism = .xenDevice(device)
         self.closer = closer
-    }
-
-    deinit {
-        if case let .xenDevice(fd) = mechanism { Glibc.close(fd) }
     }
 
     /// Readable (POLLIN) when the peer notified since the last ``acknowledge()``.
     public var descriptor: Int32 {
         switch mechanism {
         case let .eventfds(delivery, _): delivery.fileDescriptor
-        case let .xenDevice(fd): fd
+        case let .xenDevice(device): device.fileDescriptor
         }
     }
 
-    /// `EVTCHNOP_send`.
-    public func notify() {
+    /// What keeps ``descriptor`` open (for an ``EventLoop`` registration).
+    public var descriptorOwner: any Sendable & AnyObject {
         switch mechanism {
-        case let .eventfds(_, peer): try? peer.notify()
-        case let .xenDevice(fd):
-            var request = UInt32(port.rawValue)
-            _ = ioctl(fd, Self.ioctlNotify, &request)
+        case let .eventfds(delivery, _): delivery
+        case let .xenDevice(device): device
         }
-        counters.sent.wrappingIncrement(ordering: .relaxed)
     }
 
-    /// Consumes what the peer sent (blocking until it did); on Xen, unmasks the port again.
-    /// Returns how many notifications that was (1 on Xen: the pending bit).
+    /// `EVTCHNOP_send`. A failure (the descriptor gone under a closing device) is counted in
+    /// ``failedNotifications``, with the last error in ``lastNotifyError``.
+    public func notify() {
+        do throws(SystemError) {
+            switch mechanism {
+            case let .eventfds(_, peer): try peer.notify()
+            case let .xenDevice(device): try device.notify(port.rawValue)
+            }
+            counters.sent.wrappingIncrement(ordering: .relaxed)
+        } catch {
+            counters.failed.wrappingIncrement(ordering: .relaxed)
+            counters.lastError.withLock { $0 = error }
+        }
+    }
+
+    /// Consumes what the peer sent, without blocking; on Xen, unmasks the port again.
+    /// Returns how many notifications that was (0: none was pending; 1 on Xen: the pending bit).
     @discardableResult
     public func acknowledge() -> UInt64 {
         switch mechanism {
-        case let .eventfds(delivery, _):
-            return (try? delivery.wait()) ?? 0
-        case let .xenDevice(fd):
-            var ports = [UInt32](repeating: 0, count: 16)
-            let count = ports.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-            guard count > 0 else { return 0 }
-            _ = ports.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, count) }  // unmask what was pending
-            return UInt64(count / 4)
+        case let .eventfds(delivery, _): delivery.consume()
+        case let .xenDevice(device): device.takePending()
         }
     }
 
-    /// Waits (off the cooperative pool) until the peer notified at least once since the last
-    /// wait; returns how many notifications that was.
+    /// Waits until the peer notified at least once since the last acknowledgement, on an event
+    /// loop of `group` (no thread of its own); returns how many notifications that was.
+    ///
+    /// - Throws: `CancellationError` when the task is cancelled, or the ``SystemError`` of a
+    ///   descriptor the loop could not watch.
     @discardableResult
-    public func wait() async -> UInt64 {
-        let count: UInt64 = await withCheckedContinuation { continuation in
-            Thread { [self] in continuation.resume(returning: acknowledge()) }.start()
+    public func wait(on group: EventLoopGroup = .shared) async throws -> UInt64 {
+        while true {
+            let count = acknowledge()
+            if count > 0 {
+                counters.received.wrappingIncrement(ordering: .relaxed)
+                return count
+            }
+            try await group.preferringCurrent().readable(descriptor, name: "event channel port \(port.rawValue)")
         }
-        counters.received.wrappingIncrement(ordering: .relaxed)
-        return count
     }
 
     /// Whether a notification is waiting.
     public var isPending: Bool {
-        var entry = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
-        return poll(&entry, 1, 0) == 1
+        switch mechanism {
+        case let .eventfds(delivery, _): delivery.isPending
+        case let .xenDevice(device): device.isReadable
+        }
     }
 
     public var notificationsSent: Int { counters.sent.load(ordering: .relaxed) }
     public var wakeups: Int { counters.received.load(ordering: .relaxed) }
+    /// Notifications that failed (each a ``SystemError`` kept in ``lastNotifyError``).
+    public var failedNotifications: Int { counters.failed.load(ordering: .relaxed) }
+    public var lastNotifyError: SystemError? { counters.lastError.withLock { $0 } }
+
+    /// Counts a wake-up seen by whoever watches ``descriptor`` (an event loop's handler).
+    public func countWakeup() { counters.received.wrappingIncrement(ordering: .relaxed) }
 
     /// `EVTCHNOP_close`.
     public func close() { closer?(port) }
+}
 
-    /// `IOCTL_EVTCHN_NOTIFY` (xen/evtchn.h: `_IOC(_IOC_NONE, 'E', 4, sizeof(struct ioctl_evtchn_notify))`).
-    static let ioctlNotify: UInt = 0x0004_4504
+private enum EventChannelMechanism: Sendable {
+    /// Waited on: the peer's notifications; written: ours.
+    case eventfds(delivery: EventFD, peer: EventFD)
+    /// `/dev/xen/evtchn` with `port` bound.
+    case xenDevice(XenEventDevice)
 }
 
 import Atomics
-import Foundation
+import Synchronization
 
 final class Counters: Sendable {
     let sent = ManagedAtomic<Int>(0)
     let received = ManagedAtomic<Int>(0)
+    let failed = ManagedAtomic<Int>(0)
+    let lastError = Mutex<SystemError?>(nil)
 }
-
-#if canImport(Glibc)
-import Glibc
-#endif

@@ -30,7 +30,7 @@ import Synchronization
 public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked: `sources`, `timers` and `polling` are touched only on the loop's thread; everything else is a Mutex or an atomic
     /// Shown in thread names and errors.
     public let name: String
-    private let epoll: Int32
+    fileprivate let epoll: Int32
     private let wakeup: EventFD
     private let inbox = Mutex(Inbox())
     /// Work waiting in `inbox` (read without the lock while polling).
@@ -195,15 +195,18 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked
     // MARK: Descriptors
 
     /// Watches `fd` (level-triggered) and calls `handler` on the loop's thread while it is
-    /// ready. The descriptor stays the caller's: cancel the registration before closing it.
+    /// ready. The descriptor stays the caller's; `owner` (what closes it when freed) is held
+    /// until the registration is gone from the epoll set, so the descriptor cannot be closed
+    /// (and its number reused) while epoll still watches it.
     ///
     /// - Parameters:
     ///   - events: what to wait for (``Readiness/readable`` by default).
     ///   - name: the descriptor's role, for errors (`"blkfront q0 event channel"`).
+    ///   - owner: kept alive while registered.
     /// - Throws: ``SystemError`` naming `epoll_ctl` and `name`.
-    public func register(_ fd: Int32, events: Readiness = .readable, name: String,
+    public func register(_ fd: Int32, events: Readiness = .readable, name: String, owner: (any Sendable & AnyObject)? = nil,
                          handler: @escaping @Sendable (Readiness) -> Next) throws(SystemError) -> Registration {
-        let registration = Registration(loop: self, fd: fd, name: name, handler: handler)
+        let registration = Registration(loop: self, fd: fd, name: name, owner: owner, handler: handler)
         let id = registry.withLock { registry in
             defer { registry.nextID &+= 1 }
             registry.byID[registry.nextID] = registration
@@ -285,6 +288,7 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked
         _ = epoll_ctl(epoll, EPOLL_CTL_DEL, registration.fd, &event)
         polling.removeAll { $0 === registration }
         again.removeAll { $0 === registration }
+        registration.owner = nil
     }
 
     // MARK: Timers
@@ -364,7 +368,12 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked
         defer {
             finished.store(true, ordering: .releasing)
             let left = registry.withLock { registry in defer { registry.byID.removeAll() }; return Array(registry.byID.values) }
-            for registration in left { registration.state.withLock { $0.cancelled = true } }
+            for registration in left {
+                registration.state.withLock { $0.cancelled = true }
+                var event = epoll_event()
+                _ = epoll_ctl(epoll, EPOLL_CTL_DEL, registration.fd, &event)
+                registration.owner = nil
+            }
             polling.removeAll()
             again.removeAll()
             timers.removeAll()
@@ -407,10 +416,14 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked
             if !polling.isEmpty {
                 let now = MonotonicClock.now()
                 for registration in polling {
-                    if let look = registration.look, look() {
+                    switch registration.look?() {
+                    case true?:
                         registration.pollDeadline = now &+ registration.pollBudget
                         call(registration, .polled)
-                    } else if now >= registration.pollDeadline {
+                    case false? where now < registration.pollDeadline:
+                        break
+                    default:
+                        // Spent, or nothing can come (`look` answered nil).
                         call(registration, .pollExpired)
                     }
                 }
@@ -490,21 +503,36 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked
         fileprivate let state = Mutex((cancelled: false, ()))
         fileprivate var pollBudget: UInt64 = 0
         fileprivate var pollDeadline: UInt64 = 0
-        fileprivate var look: (() -> Bool)?
+        fileprivate var look: (() -> Bool?)?
 
-        init(loop: EventLoop, fd: Int32, name: String, handler: @escaping @Sendable (Readiness) -> Next) {
+        /// What closes the descriptor; released once it is out of the epoll set.
+        fileprivate var owner: (any Sendable & AnyObject)?
+
+        init(loop: EventLoop, fd: Int32, name: String, owner: (any Sendable & AnyObject)?, handler: @escaping @Sendable (Readiness) -> Next) {
             self.loop = loop
             self.fd = fd
             self.name = name
+            self.owner = owner
             self.handler = handler
+        }
+
+        /// Changes what the loop waits for (`EPOLL_CTL_MOD`), e.g. adds ``Readiness/writable``
+        /// while output is queued. Any thread.
+        public func modify(_ events: Readiness) throws(SystemError) {
+            guard !isCancelled else { return }
+            var event = epoll_event(events: events.rawValue & 0xFFFF, data: epoll_data_t(u64: id))
+            guard epoll_ctl(loop.epoll, EPOLL_CTL_MOD, fd, &event) == 0 else {
+                throw SystemError("epoll_ctl(MOD)", errno: Glibc.errno, context: "\(loop.name): \(name), fd \(fd)")
+            }
         }
 
         fileprivate var isCancelled: Bool { state.withLock { $0.cancelled } }
 
         /// Lets the handler answer ``Next/poll``: `look` says whether there is work (without
-        /// taking it), for at most `nanoseconds` (capped at 10 ms) after the last work found.
-        /// Call on the loop's thread (in a handler), or before the descriptor can be ready.
-        public func setPolling(nanoseconds: UInt64, look: @escaping () -> Bool) {
+        /// taking it: true), none yet (false), or none can come (nil: polling ends at once),
+        /// for at most `nanoseconds` (capped at 10 ms) after the last work found. Call on the
+        /// loop's thread (in a handler or a posted closure).
+        public func setPolling(nanoseconds: UInt64, look: @escaping () -> Bool?) {
             pollBudget = min(nanoseconds, 10_000_000)
             self.look = nanoseconds > 0 ? look : nil
         }
@@ -535,7 +563,10 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked
 }
 
 /// Loops sharing a role's work: each component takes one with ``next()`` (round robin).
-public final class EventLoopGroup: Sendable {
+/// Equal when identical.
+public final class EventLoopGroup: Sendable, Equatable {
+    public static func == (a: EventLoopGroup, b: EventLoopGroup) -> Bool { a === b }
+
     /// The loops, started.
     public let loops: [EventLoop]
     private let counter = Atomic<Int>(0)

@@ -66,7 +66,7 @@ struct ReferencePlatformTests {
         let channel = try guest.allocateUnboundPort(remote: .dom0)
         let (backendPort, backendEnd) = try hv.bindInterdomain(.dom0, remote: guest.domain, remotePort: channel.port)
         try hv.notify(.dom0, backendPort)
-        #expect(await channel.wait() == 1)
+        #expect(try await channel.wait() == 1)
         channel.notify()
         #expect(backendEnd.delivery.isPending)
         #expect(channel.notificationsSent == 1 && channel.wakeups == 1)

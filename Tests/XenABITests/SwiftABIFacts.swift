@@ -1,4 +1,4 @@
-@testable import PVPlatform
+import PVSystem
 import XenABI
 
 /// The Swift side's value for every fact the C reference reports, under the same name.
@@ -8,7 +8,7 @@ func swiftABIFacts() -> [String: Int64] {
     func put(_ name: String, _ value: some BinaryInteger) { facts[name] = Int64(value) }
 
     // Linux's xen/sys/evtchn.h and gntalloc.h: LinuxXenPlatform's ioctls.
-    typealias IO = LinuxXenPlatform.IOCTL
+    typealias IO = XenDeviceIOCTL
     put("IOCTL_EVTCHN_BIND_INTERDOMAIN", IO.bindInterdomain)
     put("IOCTL_EVTCHN_BIND_UNBOUND_PORT", IO.bindUnboundPort)
     put("IOCTL_EVTCHN_UNBIND", IO.unbind)
