@@ -146,7 +146,11 @@ public final class BlockFront: Sendable {
         }
         let closer = FrontendCloser<BlockFrontError>(xenbus: xenbus, lifecycle: lifecycle,
                                                      fail: { core.fail($0 ?? .closed("closed by the frontend")) },
-                                                     release: { _ = core.drain() })
+                                                     release: {
+                                                         // The rings' teardowns (posted to their loops) first.
+                                                         await options.eventLoops.waitForPostedWork()
+                                                         _ = core.drain()
+                                                     })
         // A device that fails on its own (a lying backend, a timeout) closes as if asked to.
         // Weak: the closer's closures hold the core, and a strong reference back would keep
         // both (and the platform's pages and ports) alive forever.

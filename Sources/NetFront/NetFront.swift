@@ -1,6 +1,7 @@
 import DequeModule
 import Foundation
 import PVPlatform
+import PVSystem
 import Synchronization
 import XenABI
 import XenBus
@@ -116,7 +117,12 @@ public final class NetFront: Sendable {
         }
         let closer = FrontendCloser<NetFrontError>(xenbus: xenbus, lifecycle: lifecycle,
                                                    fail: { state.fail($0 ?? .closed("closed by the frontend")) },
-                                                   release: { state.disconnected(); state.retryHeld() })
+                                                   release: {
+                                                       state.disconnected()
+                                                       // The queues' teardowns (posted to their loops) first.
+                                                       await options.eventLoops.waitForPostedWork()
+                                                       state.retryHeld()
+                                                   })
         // Weak: the closer's closures hold the state (see BlockFront.connect).
         state.onFailure = { [weak closer] error in
             if case .backendMisbehaved = error { Task { await closer?.close(reason: error) } }
@@ -137,6 +143,10 @@ public final class NetFront: Sendable {
 
     /// The interface as negotiated on the current connection.
     public var info: Info { state.currentInfo! }
+
+    /// The loops of the current connection's queues, one per queue (see
+    /// ``NetFrontOptions/eventLoops``).
+    public var eventLoops: [EventLoop] { state.liveQueues.map(\.loop) }
     public var statistics: Statistics { state.statistics }
 
     /// Sends one frame (see ``send(_:)-([NetFrame])``).
@@ -277,7 +287,8 @@ final class NetDeviceState: @unchecked Sendable {
                 let txPages = try platform.grantPages(options.txBuffers, to: backend, readOnly: true)
                 let rxPages = try platform.grantPages(options.rxBuffers, to: backend, readOnly: false)
                 made.append(try NetQueue(index: index, features: features, device: self, txRingPage: txRing, rxRingPage: rxRing,
-                                         txChannel: txChannel, rxChannel: rxChannel, txPages: txPages, rxPages: rxPages))
+                                         txChannel: txChannel, rxChannel: rxChannel, txPages: txPages, rxPages: rxPages,
+                                         loop: options.eventLoops.loops[index % options.eventLoops.loops.count]))
             }
         } catch let error as PlatformError {
             for queue in made { release(queue) }
@@ -291,7 +302,13 @@ final class NetDeviceState: @unchecked Sendable {
             self.features = features
             info = NetFront.Info(mac: mac, mtu: mtu, features: features, linkUp: true)
         }
-        for queue in made { queue.start() }
+        do throws(NetFrontError) {
+            for queue in made { try queue.start() }
+        } catch {
+            for queue in made { release(queue) }
+            lock.withLock { staged = [] }
+            throw error
+        }
         return made
     }
 
@@ -327,13 +344,16 @@ final class NetDeviceState: @unchecked Sendable {
         }
     }
 
+    /// Halts the queue; once its channels are out of its loop, revokes its pages (keeping
+    /// those the backend still maps) and closes the channels.
     private func release(_ queue: NetQueue) {
-        queue.halt()
-        let pages = [queue.txRingPage, queue.rxRingPage] + queue.txPages.pages + queue.rxPages.pages
-        let kept = pages.filter { !platform.revoke($0) }
-        queue.txChannel.close()
-        if queue.rxChannel !== queue.txChannel { queue.rxChannel.close() }
-        lock.withLock { held += kept }
+        queue.halt { [self] in
+            let pages = [queue.txRingPage, queue.rxRingPage] + queue.txPages.pages + queue.rxPages.pages
+            let kept = pages.filter { !platform.revoke($0) }
+            queue.txChannel.close()
+            if queue.rxChannel !== queue.txChannel { queue.rxChannel.close() }
+            lock.withLock { held += kept }
+        }
     }
 
     /// Retries the revokes of pages the backend held (at close).

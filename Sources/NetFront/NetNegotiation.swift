@@ -1,3 +1,4 @@
+import PVSystem
 import XenABI
 
 /// What a NetFront asks for; the backend's offer may give less.
@@ -24,6 +25,9 @@ public struct NetFrontOptions: Sendable, Equatable {
     public var inboxLimit = 16384
     /// Connect again when the backend restarts (Closed, then InitWait).
     public var reconnect = true
+    /// The event loops the queues run on (queue `i` on loop `i` modulo their count); a task
+    /// that prefers a queue's loop receives and sends on its thread, with no hop.
+    public var eventLoops: EventLoopGroup = .shared
 
     public init() {}
 

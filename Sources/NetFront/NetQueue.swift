@@ -1,7 +1,4 @@
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#endif
 import PVPlatform
 import PVSystem
 import XenABI
@@ -9,11 +6,11 @@ import XenRing
 
 /// One queue of a network device: a tx ring and an rx ring (one page each), one event channel
 /// or two (split), a page per tx id (frames are copied in at offset 0) and a page per rx
-/// buffer, all granted to the backend once. A thread per queue waits on the channels, reaps tx
-/// responses (freeing ids, waking senders), rebuilds received frames with ``RxAssembler`` from
-/// response slots copied out of the ring once, copies their bytes out of the buffers once, and
-/// posts the buffers again.
-final class NetQueue: @unchecked Sendable {
+/// buffer, all granted to the backend once. The channels are registered on an event loop whose
+/// handler reaps tx responses (freeing ids, waking senders), rebuilds received frames with
+/// ``RxAssembler`` from response slots copied out of the ring once, copies their bytes out of
+/// the buffers once, and posts the buffers again.
+final class NetQueue: @unchecked Sendable {  // @unchecked: rings, ids, assembler and counters are under `lock`; `received` is the loop thread's
     let index: Int
     let features: NetNegotiation.Features
     let txRingPage: SharedPage
@@ -34,15 +31,16 @@ final class NetQueue: @unchecked Sendable {
     private var assembler: RxAssembler
     private var spaceWaiters: [CheckedContinuation<Void, Never>] = []
     private var halted = false
-    private let stopSignal: EventFD
-    /// Weak: a running Thread keeps itself alive, and its block holds this object; a strong
-    /// reference here would keep both (and every descriptor this holds) after it ended.
-    private weak var thread: Thread?
+    /// The loop the channels are watched on (and receivers preferring it resume on).
+    let loop: EventLoop
+    private var registrations: [EventLoop.Registration] = []
+    /// Frames of the handler's batch (the loop's thread only).
+    private var received: [NetFrame] = []
 
     /// Counters, under `lock`.
     private(set) var counters = NetFront.Statistics()
 
-    private final class Rings: @unchecked Sendable {
+    private final class Rings: @unchecked Sendable {  // @unchecked: used only under the queue's lock
         var tx: FrontRing<NetifTxRing>
         var rx: FrontRing<NetifRxRing>
         init(tx: consuming FrontRing<NetifTxRing>, rx: consuming FrontRing<NetifRxRing>) {
@@ -53,7 +51,7 @@ final class NetQueue: @unchecked Sendable {
 
     /// Sets up the rings and posts every rx buffer (before the backend connects, as netfront).
     init(index: Int, features: NetNegotiation.Features, device: NetDeviceState, txRingPage: SharedPage, rxRingPage: SharedPage,
-         txChannel: EventChannel, rxChannel: EventChannel, txPages: SharedPages, rxPages: SharedPages) throws(NetFrontError) {
+         txChannel: EventChannel, rxChannel: EventChannel, txPages: SharedPages, rxPages: SharedPages, loop: EventLoop) throws(NetFrontError) {
         self.index = index
         self.features = features
         self.device = device
@@ -63,12 +61,12 @@ final class NetQueue: @unchecked Sendable {
         self.rxChannel = rxChannel
         self.txPages = txPages
         self.rxPages = rxPages
+        self.loop = loop
         do {
             rings = Rings(tx: try FrontRing(initializing: UnsafeMutableRawBufferPointer(start: txRingPage.address, count: XenPage.size), protocol: NetifTxRing()),
                           rx: try FrontRing(initializing: UnsafeMutableRawBufferPointer(start: rxRingPage.address, count: XenPage.size), protocol: NetifRxRing()))
-            stopSignal = try EventFD()
         } catch {
-            throw .platform("\(error)")
+            throw .platform("queue \(index): \(error)")
         }
         txFree = (0..<UInt16(txPages.pages.count)).reversed()
         txBusy = Array(repeating: false, count: txPages.pages.count)
@@ -78,23 +76,46 @@ final class NetQueue: @unchecked Sendable {
         rings.rx.pushRequests()
     }
 
-    func start() {
-        let thread = Thread { [self] in service() }
-        thread.name = "netfront q\(index)"
-        self.thread = thread
-        thread.start()
+    /// Watches the channels (one, or one per direction) on the queue's loop.
+    func start() throws(NetFrontError) {
+        var made: [EventLoop.Registration] = []
+        do {
+            for channel in txChannel === rxChannel ? [rxChannel] : [rxChannel, txChannel] {
+                made.append(try loop.register(channel.descriptor, name: "netfront queue \(index) port \(channel.port.rawValue)",
+                                              owner: channel.descriptorOwner) { [self] events in
+                    if events.contains(.readable) { channel.acknowledge() }
+                    serve()
+                    return .wait
+                })
+            }
+        } catch {
+            for registration in made { registration.cancel() }
+            throw .platform("\(error)")
+        }
+        let stopped = lock.withLock { () -> Bool in
+            registrations = made
+            return halted
+        }
+        if stopped { for registration in made { registration.cancel() } }
     }
 
-    /// Stops the thread and wakes senders (they then see the device closed).
-    func halt() {
-        try? stopSignal.notify()
-        if let thread, thread !== Thread.current { while !thread.isFinished { usleep(100) } }
-        let waiting = lock.withLock { () -> [CheckedContinuation<Void, Never>] in
+    /// Stops serving the rings and wakes senders (they then see the device closed). From the
+    /// moment this returns nothing more is taken from the rings; `teardown` runs on the loop
+    /// once the channels are out of its epoll set. Never blocks; safe to call again.
+    func halt(then teardown: (@Sendable () -> Void)? = nil) {
+        let (waiting, registrations) = lock.withLock { () -> ([CheckedContinuation<Void, Never>], [EventLoop.Registration]) in
             halted = true
             defer { spaceWaiters.removeAll() }
-            return spaceWaiters
+            return (spaceWaiters, self.registrations)
         }
         for waiter in waiting { waiter.resume() }
+        guard let teardown else {
+            for registration in registrations { registration.cancel() }
+            return
+        }
+        guard !registrations.isEmpty else { return teardown() }
+        // The teardown after the last channel is out of the set (both are on one loop, in order).
+        for (n, registration) in registrations.enumerated() { registration.cancel(then: n == registrations.count - 1 ? teardown : nil) }
     }
 
     /// Stopped: nothing more goes on its rings.
@@ -157,24 +178,16 @@ final class NetQueue: @unchecked Sendable {
         }
     }
 
-    // MARK: The queue's thread
+    // MARK: The handler
 
-    private func service() {
-        var fds = [pollfd(fd: stopSignal.fileDescriptor, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: rxChannel.descriptor, events: Int16(POLLIN), revents: 0)]
-        if txChannel !== rxChannel { fds.append(pollfd(fd: txChannel.descriptor, events: Int16(POLLIN), revents: 0)) }
-        var received: [NetFrame] = []
-        while true {
-            for i in fds.indices { fds[i].revents = 0 }
-            guard poll(&fds, nfds_t(fds.count), -1) > 0 || errno == EINTR else { return }
-            if fds[0].revents != 0 { return }
-            for i in 1..<fds.count where fds[i].revents != 0 {
-                (i == 1 ? rxChannel : txChannel).acknowledge()
-            }
-            var woke: [CheckedContinuation<Void, Never>] = []
-            var notifyRx = false
-            var broken: String?
-            lock.lock()
+    /// A notification (on either channel): tx responses reaped, rx frames assembled and
+    /// delivered, buffers posted again, waiting senders woken.
+    private func serve() {
+        var woke: [CheckedContinuation<Void, Never>] = []
+        var notifyRx = false
+        var broken: String?
+        let stopped: Bool = lock.withLock {
+            guard !halted else { return true }
             counters.wakeups += 1
             var work = 0
             do {
@@ -194,18 +207,16 @@ final class NetQueue: @unchecked Sendable {
                 woke = spaceWaiters
                 spaceWaiters.removeAll()
             }
-            lock.unlock()
-            if notifyRx { rxChannel.notify() }
-            for waiter in woke { waiter.resume() }
-            if !received.isEmpty {
-                device.deliver(received)
-                received.removeAll(keepingCapacity: true)
-            }
-            if let broken {
-                device.fail(.backendMisbehaved("queue \(index): \(broken)"))
-                return
-            }
+            return false
         }
+        if stopped { return }
+        if notifyRx { rxChannel.notify() }
+        for waiter in woke { waiter.resume() }
+        if !received.isEmpty {
+            device.deliver(received)
+            received.removeAll(keepingCapacity: true)
+        }
+        if let broken { device.fail(.backendMisbehaved("queue \(index): \(broken)")) }
     }
 
     /// Tx responses: free each id once; a response for an id not in flight is counted and

@@ -1,10 +1,7 @@
 import Atomics
-import Foundation
 import PacketOffload
-#if canImport(Glibc)
-import Glibc
-#endif
 import PVSystem
+import Synchronization
 
 /// Joins a ``NetFront`` to a TAP device in this process's network namespace, so Linux's own
 /// network stack runs over the PV path: frames Linux sends on the TAP go out on the
@@ -12,13 +9,17 @@ import PVSystem
 /// interface's MAC address, so the backend's view of the guest and Linux's agree. Linux's
 /// partial checksums and 64 KiB TCP segments become netif's `csum_blank` and GSO extras when
 /// the interface negotiated them (the TAP is opened with offloads only then).
-public final class TapBridge: @unchecked Sendable {
+///
+/// Both directions run on the event loop of the interface's first queue: the TAP descriptor is
+/// watched there, and the task that writes received frames to Linux prefers that loop (frames
+/// delivered by the queue's handler reach it without a hop).
+public final class TapBridge: Sendable {
     public let name: String
     private let device: TapDevice
     private let nic: NetFront
-    private let stopSignal: EventFD
-    private var reader: Thread?
-    private var writer: Task<Void, Never>?
+    private let loop: EventLoop
+    private let registration: Mutex<EventLoop.Registration?>
+    private let writer: Mutex<Task<Void, Never>?>
     /// Frames Linux sent (out on the rings), frames written to Linux, frames lost either way.
     public let toGuestNetwork = ManagedAtomic<Int>(0), toLinux = ManagedAtomic<Int>(0), lost = ManagedAtomic<Int>(0)
 
@@ -31,30 +32,46 @@ public final class TapBridge: @unchecked Sendable {
         do {
             device = try TapDevice(name: name, offloads: offloads)
             try device.setUp(mac: nic.info.mac)
-            stopSignal = try EventFD()
-        } catch let error as TapDevice.Failure {
-            throw .platform(error.description)
         } catch {
-            throw .platform("\(error)")
+            throw .platform(error.description)
         }
         self.name = name
         self.nic = nic
-        let reader = Thread { [self] in readLoop() }
-        reader.name = "tap \(name) → netfront"
-        self.reader = reader
-        reader.start()
-        writer = Task { [self] in await writeLoop() }
+        loop = nic.eventLoops.first ?? EventLoopGroup.shared.next()
+        registration = Mutex(nil)
+        writer = Mutex(nil)
+        // Registered watching nothing, then armed: the handler always finds its registration.
+        let made: EventLoop.Registration
+        do {
+            made = try loop.register(device.fileDescriptor, events: [], name: "TAP \(name)", owner: device) { [weak self] _ in
+                self?.readFromLinux() ?? .wait
+            }
+        } catch {
+            throw .platform("\(error)")
+        }
+        registration.withLock { $0 = made }
+        do { try made.modify(.readable) } catch {
+            made.cancel()
+            throw .platform("\(error)")
+        }
+        let task = Task(executorPreference: loop) { [weak self] in
+            guard let self else { return }
+            await self.writeToLinux()
+        }
+        writer.withLock { $0 = task }
     }
 
-    /// Stops both directions (the TAP goes when the process closes it).
+    /// Stops both directions (the TAP goes when the last reference to it does).
     public func stop() async {
-        try? stopSignal.notify()
-        writer?.cancel()
-        if let reader { while !reader.isFinished { try? await Task.sleep(for: .milliseconds(1)) } }
+        registration.withLock { $0 }?.cancel()
+        let task = writer.withLock { $0 }
+        task?.cancel()
+        await task?.value
+        await loop.submit {}  // the registration is out of the loop
     }
 
-    /// Received frames to Linux, until the interface closes.
-    private func writeLoop() async {
+    /// Received frames to Linux, until the interface closes or the bridge stops.
+    private func writeToLinux() async {
         while !Task.isCancelled {
             guard let frames = try? await nic.receive(max: 64) else { return }
             for frame in frames {
@@ -65,39 +82,36 @@ public final class TapBridge: @unchecked Sendable {
         }
     }
 
-    /// Linux's frames to the rings, in batches (a thread of its own: reading the TAP blocks).
-    private func readLoop() {
-        var fds = [pollfd(fd: stopSignal.fileDescriptor, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: device.fileDescriptor, events: Int16(POLLIN), revents: 0)]
+    /// The TAP is readable: a batch of Linux's frames to the rings. The TAP is not watched
+    /// while the batch waits for ring space (back-pressure on Linux, not a growing queue).
+    private func readFromLinux() -> EventLoop.Next {
         var buffer = [UInt8](repeating: 0, count: 65536 + 64)
-        let nic = self.nic
         let largest = nic.info.features.maxFrameBytes
-        while true {
-            fds[0].revents = 0
-            fds[1].revents = 0
-            guard poll(&fds, 2, -1) >= 0 || errno == EINTR else { return }
-            if fds[0].revents != 0 { return }
-            var batch: [NetFrame] = []
-            while batch.count < 64, let packet = device.read(into: &buffer) {
-                // A segment over what netif carries (64 KiB − 1 with its Ethernet header) is cut here.
-                for piece in packet.bytes.count > largest ? (packet.segmented() ?? []) : [packet] {
-                    batch.append(NetFrame(bytes: piece.bytes, checksumBlank: piece.checksumBlank, checksumValidated: piece.dataValidated,
-                                          gso: piece.gso.map { NetFrame.GSO(type: $0.type, size: $0.size) }))
-                }
+        var batch: [NetFrame] = []
+        while batch.count < 64, let packet = device.read(into: &buffer) {
+            // A segment over what netif carries (64 KiB − 1 with its Ethernet header) is cut here.
+            for piece in packet.bytes.count > largest ? (packet.segmented() ?? []) : [packet] {
+                batch.append(NetFrame(bytes: piece.bytes, checksumBlank: piece.checksumBlank, checksumValidated: piece.dataValidated,
+                                      gso: piece.gso.map { NetFrame.GSO(type: $0.type, size: $0.size) }))
             }
-            guard !batch.isEmpty else { continue }
-            let frames = batch
-            let done = DispatchSemaphore(value: 0)
-            let sent = ManagedAtomic<Bool>(false)
-            Task {
-                do {
-                    try await nic.send(frames)
-                    sent.store(true, ordering: .relaxed)
-                } catch {}
-                done.signal()
-            }
-            done.wait()
-            if sent.load(ordering: .relaxed) { toGuestNetwork.wrappingIncrement(by: frames.count, ordering: .relaxed) } else { lost.wrappingIncrement(by: frames.count, ordering: .relaxed) }
         }
+        guard !batch.isEmpty, let registration = registration.withLock({ $0 }) else { return .wait }
+        let frames = batch
+        do { try registration.modify([]) } catch {
+            // The registration is being cancelled: the bridge stops.
+            lost.wrappingIncrement(by: frames.count, ordering: .relaxed)
+            return .wait
+        }
+        Task(executorPreference: loop) { [self] in
+            do {
+                try await nic.send(frames)
+                toGuestNetwork.wrappingIncrement(by: frames.count, ordering: .relaxed)
+            } catch {
+                lost.wrappingIncrement(by: frames.count, ordering: .relaxed)
+            }
+            // Watched again (a cancelled registration ignores this).
+            try? registration.modify(.readable)
+        }
+        return .wait
     }
 }

@@ -600,6 +600,12 @@ public final class EventLoopGroup: Sendable, Equatable {
         }
     }()
 
+    /// Returns once every loop has run the work posted to it before this call (teardowns of
+    /// cancelled registrations among them): the loops run posted work in order.
+    public func waitForPostedWork() async {
+        for loop in loops where !loop.isFinished { await loop.submit {} }
+    }
+
     /// Ends every loop and waits for them.
     public func shutdownGracefully() async {
         for loop in loops { await loop.shutdownGracefully() }
