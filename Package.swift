@@ -173,7 +173,7 @@ let package = Package(
             swiftSettings: strictSwift),
 
         .testTarget(name: "PVSystemTests", dependencies: ["PVSystem"], swiftSettings: strictSwift),
-        .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "XenABI"], swiftSettings: strictSwift),
+        .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "XenABI", "PVSystem"], swiftSettings: strictSwift),
         .testTarget(name: "PVHostTests", dependencies: ["PVHost", "PVPlatform", "PVHostProtocol", "BlockFront", "NetFront", "PacketOffload", "XenStore", "XenABI", "XenGrants", "XenBus", "PVSystem"], swiftSettings: strictSwift),
         .testTarget(
             name: "KernelAuditTests",

@@ -1,5 +1,5 @@
 // Linux calls that Swift's Glibc module lacks: it is built without _GNU_SOURCE, so
-// memfd_create, memmem, fallocate (with FALLOC_FL_*), pipe2, pthread_setname_np, pidfd_open and the eventfd header are not visible. Header-only: nothing to link.
+// memfd_create, memmem, fallocate (with FALLOC_FL_*), pipe2, accept4, pthread_setname_np, pidfd_open and the eventfd header are not visible. Header-only: nothing to link.
 // This can go when the Glibc module exports them.
 #ifndef PVKIT_CLINUX_SHIM_H
 #define PVKIT_CLINUX_SHIM_H
@@ -16,6 +16,8 @@ int memfd_create(const char *name, unsigned int flags);
 int fallocate(int fd, int mode, off_t offset, off_t len);
 void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen);
 int pipe2(int pipefd[2], int flags);
+#include <sys/socket.h>
+int accept4(int sockfd, struct sockaddr *addr, socklen_t *addrlen, int flags);
 #include <pthread.h>
 int pthread_setname_np(pthread_t thread, const char *name);
 #include <sys/syscall.h>

@@ -225,39 +225,50 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked
     /// Waits until `fd` is readable (or hung up), without a thread of its own: the task is
     /// resumed from this loop. Cancelling the task ends the wait with `CancellationError`.
     ///
+    /// - Parameter timeout: how long at most (nil: no limit).
+    /// - Returns: true when readable, false when `timeout` passed first.
     /// - Throws: `CancellationError`, or ``SystemError`` when `fd` cannot be watched.
-    public func readable(_ fd: Int32, name: String) async throws {
+    @discardableResult
+    public func readable(_ fd: Int32, name: String, timeout: Duration? = nil) async throws -> Bool {
         let wait = OneShotWait()
-        try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Bool, any Error>) in
                 guard wait.arm(continuation) else { return }
                 do {
                     let registration = try register(fd, name: name) { _ in
-                        wait.finish(nil)
+                        wait.finish(.success(true))
                         return .wait
                     }
                     wait.attach(registration)
+                    if let timeout { wait.attach(schedule(after: timeout) { wait.finish(.success(false)) }) }
                 } catch {
-                    wait.finish(error)
+                    wait.finish(.failure(error))
                 }
             }
         } onCancel: {
-            wait.finish(CancellationError())
+            wait.finish(.failure(CancellationError()))
         }
     }
 
-    /// One waiter of ``readable(_:name:)``: resumed once, by readiness, an error or cancellation.
+    /// One waiter of ``readable(_:name:timeout:)``: resumed once, by readiness, its timeout,
+    /// an error or cancellation.
     private final class OneShotWait: Sendable {
-        private let state = Mutex<(continuation: CheckedContinuation<Void, any Error>?, registration: Registration?, ended: (any Error)??)>((nil, nil, nil))
+        private struct State {
+            var continuation: CheckedContinuation<Bool, any Error>?
+            var registration: Registration?
+            var timer: Timer?
+            var ended: Result<Bool, any Error>?
+        }
+        private let state = Mutex(State())
 
         /// False (and resumed) when the wait ended before it began (cancelled already).
-        func arm(_ continuation: CheckedContinuation<Void, any Error>) -> Bool {
-            let ended: (any Error)?? = state.withLock { s in
+        func arm(_ continuation: CheckedContinuation<Bool, any Error>) -> Bool {
+            let ended: Result<Bool, any Error>? = state.withLock { s in
                 if s.ended == nil { s.continuation = continuation }
                 return s.ended
             }
             guard let ended else { return true }
-            if let error = ended { continuation.resume(throwing: error) } else { continuation.resume() }
+            continuation.resume(with: ended)
             return false
         }
 
@@ -269,15 +280,24 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked
             if ended { registration.cancel() }
         }
 
-        func finish(_ error: (any Error)?) {
-            let (continuation, registration): (CheckedContinuation<Void, any Error>?, Registration?) = state.withLock { s in
-                guard s.ended == nil else { return (nil, nil) }
-                s.ended = .some(error)
+        func attach(_ timer: Timer) {
+            let ended = state.withLock { s -> Bool in
+                s.timer = timer
+                return s.ended != nil
+            }
+            if ended { timer.cancel() }
+        }
+
+        func finish(_ result: Result<Bool, any Error>) {
+            let (continuation, registration, timer): (CheckedContinuation<Bool, any Error>?, Registration?, Timer?) = state.withLock { s in
+                guard s.ended == nil else { return (nil, nil, nil) }
+                s.ended = result
                 defer { s.continuation = nil }
-                return (s.continuation, s.registration)
+                return (s.continuation, s.registration, s.timer)
             }
             registration?.cancel()
-            if let error { continuation?.resume(throwing: error) } else { continuation?.resume() }
+            timer?.cancel()
+            continuation?.resume(with: result)
         }
     }
 

@@ -1,6 +1,4 @@
-#if canImport(Glibc)
-import Glibc
-#endif
+import PVSystem
 import Synchronization
 import XenABI
 
@@ -14,42 +12,39 @@ import XenABI
 /// for try await event in try await store.watch("/local/domain/0/control") { … }
 /// ```
 ///
-/// A dedicated reader thread takes bytes from the transport, frames them and resumes the
-/// waiting tasks; sends are serialised so messages never interleave on the stream.
+/// The connection is watched on an event loop (no thread of its own): its handler takes the
+/// bytes that arrived, frames them and resumes the waiting tasks. Requests are written
+/// without blocking, in order; what does not fit waits in an output queue that the loop
+/// flushes when the transport has room, so messages never interleave on the stream and no
+/// caller ever blocks on a full socket or ring.
 public final class XenStoreClient: XenStoreOperations, Sendable {
     /// The connection underneath.
     public let transport: any XenStoreTransport
     private let core: ClientCore
-    private let sending = Mutex(())
-    private let reader: ReaderThread
     /// Requests take turns when the transport wants one at a time.
     private let turn = RequestTurn()
 
-    /// Starts a client on an open transport.
-    public init(transport: any XenStoreTransport) {
+    /// Starts a client on an open transport, watched on `loop`.
+    public init(transport: any XenStoreTransport, loop: EventLoop = EventLoopGroup.shared.next()) {
         self.transport = transport
-        let core = ClientCore(transport: transport)
-        self.core = core
-        reader = ReaderThread()
-        reader.start { core.readLoop() }
+        core = ClientCore(transport: transport, loop: loop)
+        core.start()
     }
 
     /// Connects the way libxenstore does (``XenStoreLocation``): `XENSTORED_PATH`,
     /// `XENSTORED_RUNDIR`, `/var/run/xenstored/socket`, then `/dev/xen/xenbus`.
-    public static func connect(_ location: XenStoreLocation = .current) throws(XenStoreError) -> XenStoreClient {
-        XenStoreClient(transport: try location.open())
+    public static func connect(_ location: XenStoreLocation = .current, loop: EventLoop = EventLoopGroup.shared.next()) throws(XenStoreError) -> XenStoreClient {
+        XenStoreClient(transport: try location.open(), loop: loop)
     }
 
     deinit {
-        transport.shutdown()
-        reader.join()
+        core.end(.connectionClosed("the client was released"))
     }
 
     /// Closes the connection; requests in flight fail with ``XenStoreError/connectionClosed(_:)``
     /// and watches end.
     public func close() {
-        core.fail(.connectionClosed("closed by the client"))
-        transport.shutdown()
+        core.end(.connectionClosed("closed by the client"))
     }
 
     // MARK: Requests
@@ -89,14 +84,7 @@ public final class XenStoreClient: XenStoreOperations, Sendable {
     }
 
     private func send(_ message: XsMessage) throws(XenStoreError) {
-        let bytes = message.bytes
-        let failure: XenStoreError? = sending.withLock { _ in
-            bytes.withUnsafeBytes { raw in
-                do throws(XenStoreError) { try transport.send(raw) } catch { return error }
-                return nil
-            }
-        }
-        if let failure { throw failure }
+        try core.send(message.bytes)
     }
 
     /// Starts a transaction and returns its id; prefer ``transaction(attempts:_:)``.
@@ -206,9 +194,8 @@ public final class XenStoreClient: XenStoreOperations, Sendable {
     }
 }
 
-/// What the client and its reader thread share: requests in flight, watch streams, and
-/// whether the connection has failed. The reader holds this, not the client, so dropping the
-/// last client reference closes the connection.
+/// What the client and its event-loop handler share: requests in flight, watch streams,
+/// output not yet written, and whether the connection has failed.
 private final class ClientCore: Sendable {
     struct Pending: Sendable {
         let type: XsMessageType
@@ -222,41 +209,143 @@ private final class ClientCore: Sendable {
         var pending: [UInt32: Pending] = [:]
         var watches: [String: AsyncStream<XenStoreWatchEvent>.Continuation] = [:]
         var closed: XenStoreError?
+        /// Bytes accepted and not yet written (in order).
+        var output: [UInt8] = []
+        var registration: EventLoop.Registration?
+        /// The registration also waits for room (``XenStoreTransport/waitToWrite``).
+        var waitingToWrite = false
     }
 
     let state = Mutex(State())
     let transport: any XenStoreTransport
+    let loop: EventLoop
+    /// The handler's decoder and read buffer (the loop's thread only).
+    private let reader: Reader
 
-    init(transport: any XenStoreTransport) { self.transport = transport }
-
-    func readLoop() {
+    private final class Reader: @unchecked Sendable {  // @unchecked: used only by the registration's handler, on the loop's thread
         var decoder = XsFrameDecoder()
         var buffer = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let received: Result<Int, XenStoreError> = buffer.withUnsafeMutableBytes { raw in
-                do throws(XenStoreError) { return .success(try transport.receive(into: raw)) } catch { return .failure(error) }
+    }
+
+    init(transport: any XenStoreTransport, loop: EventLoop) {
+        self.transport = transport
+        self.loop = loop
+        reader = Reader()
+    }
+
+    func start() {
+        do {
+            let registration = try loop.register(transport.descriptor, name: "xenstore connection to \(transport.name)",
+                                                 owner: transport.descriptorOwner) { [self] events in
+                serve(events)
             }
-            guard case let .success(count) = received else {
-                if case let .failure(error) = received { fail(error) }
-                return
+            let closed = state.withLock { state -> Bool in
+                state.registration = registration
+                return state.closed != nil
+            }
+            if closed { registration.cancel() }
+        } catch {
+            fail(.system(error))
+        }
+    }
+
+    // MARK: Output
+
+    /// Writes `bytes` after what is queued, as much as fits now; the rest goes when the
+    /// transport has room.
+    func send(_ bytes: [UInt8]) throws(XenStoreError) {
+        let outcome: Result<EventLoop.Registration?, XenStoreError> = state.withLock { state in
+            if let closed = state.closed { return .failure(closed) }
+            var start = 0
+            if state.output.isEmpty {
+                let written: Result<Int, XenStoreError> = bytes.withUnsafeBytes { raw in
+                    do throws(XenStoreError) { return .success(try transport.write(raw)) } catch { return .failure(error) }
+                }
+                switch written {
+                case let .success(count): start = count
+                case let .failure(error): return .failure(error)
+                }
+                if start == bytes.count { return .success(nil) }
+            }
+            state.output += bytes[start...]
+            guard !state.waitingToWrite, !transport.waitToWrite.isEmpty else { return .success(nil) }
+            state.waitingToWrite = true
+            return .success(state.registration)
+        }
+        switch outcome {
+        case let .failure(error): throw error
+        case let .success(registration):
+            do { try registration?.modify(transport.waitToWrite.union(.readable)) } catch { fail(.system(error)) }
+        }
+    }
+
+    /// Writes queued output (on the loop's thread, when the transport may have room).
+    private func flush() {
+        let outcome: Result<EventLoop.Registration?, XenStoreError> = state.withLock { state in
+            guard !state.output.isEmpty || state.waitingToWrite else { return .success(nil) }
+            while !state.output.isEmpty {
+                let attempt: Result<Int, XenStoreError> = state.output.withUnsafeBytes { raw in
+                    do throws(XenStoreError) { return .success(try transport.write(raw)) } catch { return .failure(error) }
+                }
+                let written: Int
+                switch attempt {
+                case let .success(count): written = count
+                case let .failure(error): return .failure(error)
+                }
+                guard written > 0 else { return .success(nil) }
+                state.output.removeFirst(written)
+            }
+            guard state.waitingToWrite else { return .success(nil) }
+            state.waitingToWrite = false
+            return .success(state.registration)
+        }
+        switch outcome {
+        case let .failure(error): fail(error)
+        case let .success(registration):
+            do { try registration?.modify(.readable) } catch { fail(.system(error)) }
+        }
+    }
+
+    // MARK: Input
+
+    /// The loop's handler: output that was waiting for room, then everything that arrived.
+    private func serve(_ events: EventLoop.Readiness) -> EventLoop.Next {
+        flush()
+        for _ in 0..<16 {
+            let received: Result<Int?, XenStoreError> = reader.buffer.withUnsafeMutableBytes { raw in
+                do throws(XenStoreError) { return .success(try transport.read(into: raw)) } catch { return .failure(error) }
+            }
+            let count: Int
+            switch received {
+            case let .failure(error):
+                end(error)
+                return .wait
+            case .success(nil):
+                // Reading a ring makes room in it: what waited may go now.
+                flush()
+                if events.contains(.hangUp) { end(.connectionClosed("\(transport.name): the daemon ended the connection")) }
+                return .wait
+            case let .success(value?):
+                count = value
             }
             guard count > 0 else {
-                fail(.connectionClosed("\(transport.name): the daemon ended the connection"))
-                return
+                end(.connectionClosed("\(transport.name): the daemon ended the connection"))
+                return .wait
             }
-            decoder.feed(buffer[..<count])
+            reader.decoder.feed(reader.buffer[..<count])
             do {
-                while let message = try decoder.next() { try dispatch(message) }
+                while let message = try reader.decoder.next() { try dispatch(message) }
             } catch let error as XenStoreError {
-                fail(error)
-                transport.shutdown()
-                return
+                end(error)
+                return .wait
             } catch {
-                fail(.badReply("\(error)"))
-                transport.shutdown()
-                return
+                end(.badReply("\(error)"))
+                return .wait
             }
         }
+        flush()
+        // More may be waiting: the registration is level-triggered, so the loop calls again.
+        return .wait
     }
 
     func dispatch(_ message: XsMessage) throws(XenStoreError) {
@@ -295,6 +384,13 @@ private final class ClientCore: Sendable {
         for watch in watches { watch.finish() }
     }
 
+    /// Fails everything, stops watching the connection and ends it.
+    func end(_ error: XenStoreError) {
+        fail(error)
+        let registration = state.withLock { state in defer { state.registration = nil }; return state.registration }
+        registration?.cancel()
+        transport.shutdown()
+    }
 }
 
 extension XenStoreClient {
@@ -306,35 +402,6 @@ extension XenStoreClient {
         default:
             return nil
         }
-    }
-}
-
-/// A pthread that runs one closure (the client's reader); blocking reads stay off Swift's
-/// cooperative thread pool.
-private final class ReaderThread: @unchecked Sendable {
-    private var thread: pthread_t?
-
-    func start(_ body: @escaping @Sendable () -> Void) {
-        let box = Unmanaged.passRetained(Box(body)).toOpaque()
-        var handle = pthread_t()
-        let result = pthread_create(&handle, nil, { raw in
-            let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
-            box.body()
-            return nil
-        }, box)
-        precondition(result == 0, "pthread_create failed: \(result)")
-        thread = handle
-    }
-
-    /// Waits for the thread, unless called on it (the last reference dropped by the reader).
-    func join() {
-        guard let thread else { return }
-        if pthread_equal(thread, pthread_self()) != 0 { pthread_detach(thread) } else { pthread_join(thread, nil) }
-    }
-
-    private final class Box {
-        let body: @Sendable () -> Void
-        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
     }
 }
 

@@ -1,3 +1,4 @@
+import PVSystem
 import XenABI
 
 /// What went wrong with a xenstore operation, as a client sees it: the daemon's error replies
@@ -26,8 +27,8 @@ public enum XenStoreError: Error, Equatable, Sendable, CustomStringConvertible {
     case connectionClosed(String)
     /// No xenstore could be reached: the places tried and why each failed.
     case unreachable([String])
-    /// A system call failed.
-    case system(String, errno: Int32)
+    /// A system call failed (which, on what, and its errno).
+    case system(SystemError)
 
     /// Maps an ERROR reply for `request` on `path` to its case.
     public static func from(_ name: XsErrorName, request: XsMessageType, path: String?) -> XenStoreError {
@@ -70,11 +71,7 @@ public enum XenStoreError: Error, Equatable, Sendable, CustomStringConvertible {
         case let .badReply(what): "xenstored sent a reply that does not fit the request: \(what)"
         case let .connectionClosed(why): "xenstore connection closed: \(why)"
         case let .unreachable(tried): "no xenstore reachable; tried \(tried.joined(separator: "; ")). Is xenstored running? Set XENSTORED_PATH to its socket."
-        case let .system(call, code): "\(call): \(String(cString: strerror(code)))"
+        case let .system(error): "\(error)"
         }
     }
 }
-
-#if canImport(Glibc)
-import Glibc
-#endif

@@ -109,7 +109,7 @@ struct XenStoreRingTests {
         await #expect(throws: XenStoreError.alreadyExists("data")) { _ = try await guest.call(.watch("data", token: "w"), transaction: 0) }
         withExtendedLifetime(first) {}
         guest.close()
-        try transport.reconnect()
+        try await transport.reconnect()
         let again = try setup.guest()
         _ = try await again.watch("data", token: "w")  // the daemon forgot the first one
         try await again.write("data/after", "ok")

@@ -1,4 +1,5 @@
 import Foundation
+import PVSystem
 import Testing
 import XenABI
 import XenStore
@@ -268,49 +269,63 @@ struct XenbusDeviceTransportTests {
     }
 }
 
-/// A transport answering every request itself (a READ gets "v", 2 ms later), counting how
-/// many requests were ever outstanding at once.
-final class CountingTransport: XenStoreTransport, @unchecked Sendable {
+/// A transport answering every request itself (a READ gets "v", 2 ms later, from an event
+/// loop's timer), counting how many requests were ever outstanding at once. Its descriptor is
+/// an eventfd notified when a reply is ready.
+final class CountingTransport: XenStoreTransport, @unchecked Sendable {  // @unchecked: the counters and replies are under `lock`
     let name = "counting"
     let payloadLimit = 4096
     let oneRequestAtATime: Bool
-    private let lock = NSCondition()
+    private let lock = NSLock()
     private var replies: [UInt8] = []
     private var outstanding = 0
     private var ended = false
-    private(set) var mostOutstanding = 0
+    private var most = 0
+    var mostOutstanding: Int { lock.withLock { most } }
+    private let ready: EventFD
+    private let timers = EventLoopGroup.shared.next()
 
-    init(oneRequestAtATime: Bool) { self.oneRequestAtATime = oneRequestAtATime }
+    init(oneRequestAtATime: Bool) throws {
+        self.oneRequestAtATime = oneRequestAtATime
+        ready = try EventFD(nonBlocking: true)
+    }
 
-    func send(_ bytes: UnsafeRawBufferPointer) throws(XenStoreError) {
+    var descriptor: Int32 { ready.fileDescriptor }
+    var descriptorOwner: any Sendable & AnyObject { ready }
+    var waitToWrite: EventLoop.Readiness { [] }
+
+    func write(_ bytes: UnsafeRawBufferPointer) throws(XenStoreError) -> Int {
         guard let header = try? XsHeader.decode(UnsafeRawBufferPointer(rebasing: bytes[0..<16])) else { throw .badReply("bad frame") }
         lock.withLock {
             outstanding += 1
-            mostOutstanding = max(mostOutstanding, outstanding)
+            most = max(most, outstanding)
         }
-        Thread {
-            usleep(2000)
-            self.lock.withLock {
-                self.replies += XsHeader(type: header.type, requestID: header.requestID, transactionID: 0, length: 1).bytes + Array("v".utf8)
-                self.lock.broadcast()
-            }
-        }.start()
+        timers.schedule(after: .milliseconds(2)) { [self] in
+            lock.withLock { replies += XsHeader(type: header.type, requestID: header.requestID, transactionID: 0, length: 1).bytes + Array("v".utf8) }
+            try? ready.notify()
+        }
+        return bytes.count
     }
 
-    func receive(into buffer: UnsafeMutableRawBufferPointer) throws(XenStoreError) -> Int {
-        lock.withLock {
-            while replies.isEmpty && !ended { lock.wait() }
-            guard !ended else { return 0 }
-            // One whole reply per receive: it is outstanding until the client has it.
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws(XenStoreError) -> Int? {
+        ready.consume()
+        return lock.withLock { () -> Int? in
+            if ended { return 0 }
+            guard !replies.isEmpty else { return nil }
+            // One whole reply per read: it is outstanding until the client has it.
             let count = 17
             buffer.copyBytes(from: replies[0..<count])
             replies.removeFirst(count)
             outstanding -= 1
+            if !replies.isEmpty { try? ready.notify() }
             return count
         }
     }
 
-    func shutdown() { lock.withLock { ended = true; lock.broadcast() } }
+    func shutdown() {
+        lock.withLock { ended = true }
+        try? ready.notify()
+    }
 }
 
 @Suite("Requests one at a time")
@@ -318,7 +333,7 @@ struct OneRequestAtATimeTests {
     @Test("a transport that asks (Linux's /dev/xen/xenbus: a WATCH written while another reply is due deadlocks the kernel) gets each reply before the next request; others are pipelined")
     func turns() async throws {
         for serial in [true, false] {
-            let transport = CountingTransport(oneRequestAtATime: serial)
+            let transport = try CountingTransport(oneRequestAtATime: serial)
             let client = XenStoreClient(transport: transport)
             try await withThrowingTaskGroup(of: String.self) { group in
                 for i in 0..<20 { group.addTask { try await client.readString(XenStorePath("/n\(i)")) } }
