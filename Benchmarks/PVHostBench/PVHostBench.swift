@@ -200,7 +200,7 @@ struct PVHostBench {
         /// One run of each baseline: a `pread` loop over the file (`passes` times), and random
         /// 4 KiB `pread`s on 32 threads (`readsFactor` × `reads`). MiB/s and IOPS.
         func baseline() throws -> (Double, Double) {
-            let fd = open(path, O_RDONLY | (direct ? BlockBackend.directFlag : 0))
+            let fd = open(path, O_RDONLY | (direct ? BackingFile.directFlag : 0))
             guard fd >= 0 else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
             defer { close(fd) }
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.megabyte, alignment: 4096)

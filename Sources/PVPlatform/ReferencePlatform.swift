@@ -26,7 +26,11 @@ public final class ReferencePlatform: PVPlatform, @unchecked Sendable {
     private let storePeer: EventFD
     /// The xenstore connections handed out: ended when pvhost goes away.
     private let transports = Transports()
-    private let watchdogStop: EventFD
+    /// Watches the control socket for pvhost hanging up.
+    private let watchdog = HangUpWatch()
+    private final class HangUpWatch: Sendable {
+        let registration = Mutex<EventLoop.Registration?>(nil)
+    }
     /// The client on the xenstore ring while someone holds it.
     private let sharedStore = Mutex(WeakClient())
     private struct WeakClient { weak var client: XenStoreClient? }
@@ -95,19 +99,28 @@ public final class ReferencePlatform: PVPlatform, @unchecked Sendable {
         let frames = (0..<info.pages).filter { $0 != info.storeFrame }
         let refs = (UInt32(GrantTable.reservedEntries)..<UInt32(grants.count))
         allocation = Mutex(Allocation(freeFrames: frames.reversed(), freeRefs: refs.reversed()))
-        watchdogStop = (try? EventFD()) ?? EventFD(adopting: -1)
         // pvhost gone (its end of the control socket hung up): this domain is dead, so its
-        // xenstore connections end instead of waiting forever.
-        let controlFD = control.fileDescriptor, stopFD = watchdogStop.fileDescriptor, transports = self.transports
-        Thread {
-            var fds = [pollfd(fd: controlFD, events: Int16(0x2000 /* POLLRDHUP */), revents: 0),
-                       pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)]
-            while poll(&fds, 2, -1) < 0 && errno == EINTR {}
-            if fds[1].revents == 0 { transports.hangUp() }
-        }.start()
+        // xenstore connections end instead of waiting forever. Watched on an event loop for
+        // the hang-up alone (requests and replies are read by the caller of each hypercall).
+        let transports = self.transports, watch = watchdog
+        do {
+            let registration = try EventLoopGroup.shared.next().register(control.fileDescriptor, events: .peerClosed,
+                                                                           name: "pvhost control socket (hang-up)", owner: control) { _ in
+                transports.hangUp()
+                watch.registration.withLock { $0 }?.cancel()  // once: the hang-up stays readable
+                return .wait
+            }
+            watch.registration.withLock { $0 = registration }
+        } catch {
+            // Without the watch a dead pvhost is found by the xenstore ring going quiet, not at once.
+            watchdogError = error
+        }
     }
 
-    deinit { try? watchdogStop.notify() }
+    /// Why pvhost's hang-up is not watched (the event loop refused the descriptor), if so.
+    public private(set) var watchdogError: SystemError?
+
+    deinit { watchdog.registration.withLock { $0 }?.cancel() }
 
     private static func exchange(_ control: SeqpacketSocket, _ request: ControlRequest) throws(PlatformError) -> (ControlReply, [Int32]) {
         do {

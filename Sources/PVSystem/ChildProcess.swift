@@ -53,6 +53,9 @@ public struct ChildProcess: Sendable {
         return signal == 0 ? (status >> 8) & 0xFF : 128 + signal
     }
 
+    /// Whether `path` is an executable file. C: `access(path, X_OK)`.
+    public static func isExecutable(_ path: String) -> Bool { access(path, X_OK) == 0 }
+
     /// The path of the running executable (`/proc/self/exe`), to find programs built beside it.
     public static func currentExecutablePath() -> String? {
         var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)

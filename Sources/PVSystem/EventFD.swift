@@ -18,9 +18,11 @@ public final class EventFD: Sendable {
     ///
     /// - Parameters:
     ///   - inheritable: leave it open across `exec` for a child process.
-    ///   - nonBlocking: ``notify()`` and ``wait()`` fail with `EAGAIN` instead of blocking.
-    public init(inheritable: Bool = false, nonBlocking: Bool = false) throws(SystemError) {
-        let flags = (inheritable ? Int32(0) : Int32(EFD_CLOEXEC)) | (nonBlocking ? Int32(EFD_NONBLOCK) : 0)
+    ///   - nonBlocking: ``consume()`` reads at once (``wait()`` still waits).
+    ///   - semaphore: each ``wait()`` takes one notification, not all (C: `EFD_SEMAPHORE`): a
+    ///     count of jobs for a set of worker threads.
+    public init(inheritable: Bool = false, nonBlocking: Bool = false, semaphore: Bool = false) throws(SystemError) {
+        let flags = (inheritable ? Int32(0) : Int32(EFD_CLOEXEC)) | (nonBlocking ? Int32(EFD_NONBLOCK) : 0) | (semaphore ? Int32(EFD_SEMAPHORE) : 0)
         fileDescriptor = try retryingSyscall32("eventfd") { eventfd(0, flags) }
         self.nonBlocking = nonBlocking
     }
@@ -34,8 +36,8 @@ public final class EventFD: Sendable {
     /// Signals the waiter. C: `eventfd_write(fd, 1)`.
     ///
     /// - Throws: ``SystemError`` (`EBADF` when the descriptor is not an eventfd any more).
-    public func notify() throws(SystemError) {
-        var one: UInt64 = 1
+    public func notify(_ count: UInt64 = 1) throws(SystemError) {
+        var one: UInt64 = count
         _ = try retryingSyscall("write", context: "eventfd \(fileDescriptor)") { write(fileDescriptor, &one, 8) }
     }
 

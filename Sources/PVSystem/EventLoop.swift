@@ -45,7 +45,7 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked
     // Loop-confined.
     private var timers: [Timer] = []
     private var polling: [Registration] = []
-    private var again: [Registration] = []
+    fileprivate var again: [Registration] = []
 
     private struct Inbox {
         var work: Deque<Work> = []
@@ -534,6 +534,15 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked
             self.name = name
             self.owner = owner
             self.handler = handler
+        }
+
+        /// Has the loop call the handler soon (with ``Readiness/again``), as if the descriptor
+        /// were ready: for work that arrived another way (an I/O thread finished). Any thread.
+        public func wake() {
+            loop.execute { [self] in
+                guard !isCancelled, !loop.again.contains(where: { $0 === self }) else { return }
+                loop.again.append(self)
+            }
         }
 
         /// Changes what the loop waits for (`EPOLL_CTL_MOD`), e.g. adds ``Readiness/writable``

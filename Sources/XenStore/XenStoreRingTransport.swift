@@ -17,6 +17,8 @@ public final class XenStoreRingTransport: XenStoreTransport {
     private let keepAlive: (any Sendable & AnyObject)?
     /// Notifications that could not be sent (the daemon's end closed), with the last error.
     private let failures = Mutex<(count: Int, last: SystemError?)>((0, nil))
+    /// Set by ``shutdown()``: reads then say the stream ended.
+    private let ended = Atomic<Bool>(false)
 
     /// - Parameters:
     ///   - page: the mapped ring page (4 KiB, shared with the daemon).
@@ -48,6 +50,7 @@ public final class XenStoreRingTransport: XenStoreTransport {
 
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws(XenStoreError) -> Int? {
         incoming.consume()
+        if ended.load(ordering: .acquiring) { return 0 }
         try checkError()
         let count: Int
         do { count = try ring.read(into: buffer) } catch {
@@ -58,8 +61,12 @@ public final class XenStoreRingTransport: XenStoreTransport {
         return count
     }
 
-    /// A ring has no end of its own: the client stops watching it.
-    public func shutdown() {}
+    /// Ends the connection here (the domain is going, or pvhost went): the client's next read
+    /// says the stream ended, and it is woken to make it.
+    public func shutdown() {
+        ended.store(true, ordering: .releasing)
+        do { try incoming.notify() } catch { failures.withLock { $0 = ($0.count + 1, error) } }
+    }
 
     /// Asks the daemon to reset the connection (the ring's reconnect protocol): everything in
     /// flight is dropped and the daemon forgets this domain's watches and transactions. Returns

@@ -114,11 +114,9 @@ public final class BlockBackend: @unchecked Sendable {
     /// Disk size in 512-byte sectors.
     public let sectors: UInt64
     private let toolstack: Toolstack
-    let file: Int32
-    /// The same file without `O_DIRECT` (the fallback), or `file` itself.
-    let bufferedFile: Int32
+    let file: BackingFile
     /// The file mapped read-only (``Settings/mappedReads``), `sectors` long.
-    let mapping: MappedFile?
+    let mapping: GuardedMapping?
     let logger = Logger(label: "pvhost.blkback")
     private let lock = NSLock()
     private var connection: [ServedQueue]?
@@ -132,24 +130,18 @@ public final class BlockBackend: @unchecked Sendable {
 
     /// Why the backend could not start.
     public enum Failure: Error, CustomStringConvertible {
-        case file(String, Int32)
+        /// The backing file could not be opened or sized.
+        case file(SystemError)
         case settings(String)
         case toolstack(Toolstack.Failure)
         public var description: String {
             switch self {
-            case let .file(path, code): "\(path): \(String(cString: strerror(code)))"
+            case let .file(error): "backing file: \(error)"
             case let .settings(what): "bad disk settings: \(what)"
             case let .toolstack(error): "\(error)"
             }
         }
     }
-
-    /// `O_DIRECT` (not exported by Swift's Glibc module).
-    #if arch(arm64)
-    public static let directFlag: Int32 = 0o200000
-    #else
-    public static let directFlag: Int32 = 0o40000
-    #endif
 
     /// Opens the backing file, publishes the disk (size, sector size, features) and goes to
     /// InitWait, then follows the frontend.
@@ -162,24 +154,12 @@ public final class BlockBackend: @unchecked Sendable {
         }
         if let threads = settings.ioThreads, !(0...64).contains(threads) { throw .settings("\(threads) I/O threads per queue (0…64)") }
         guard (0...10_000).contains(settings.pollMicroseconds) else { throw .settings("polling for \(settings.pollMicroseconds) µs (0…10 000)") }
-        let mode = (settings.readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC
-        let buffered = open(path, mode)
-        guard buffered >= 0 else { throw .file(path, errno) }
-        var file = buffered
-        if settings.direct {
-            file = open(path, mode | directFlag)
-            guard file >= 0 else { let e = errno; close(buffered); throw .file(path + " (O_DIRECT)", e) }
-        }
-        var status = stat()
-        guard fstat(buffered, &status) == 0 else { let e = errno; close(buffered); throw .file(path, e) }
-        var bytes = UInt64(status.st_size)
-        if (status.st_mode & S_IFMT) == S_IFBLK {
-            bytes = UInt64(lseek(buffered, 0, SEEK_END))
-        }
-        let sectors = bytes / UInt64(size) * UInt64(size / Blkif.sectorSize)
+        let file: BackingFile
+        do { file = try BackingFile(path: path, readOnly: settings.readOnly, direct: settings.direct) } catch { throw .file(error) }
+        let sectors = file.byteCount / UInt64(size) * UInt64(size / Blkif.sectorSize)
         // A file that cannot be mapped is read with preadv.
-        let mapping = settings.mappedReads && !settings.direct ? MappedFile(descriptor: buffered, byteCount: Int(sectors) * Blkif.sectorSize) : nil
-        let backend = BlockBackend(toolstack: toolstack, device: device, path: path, file: file, bufferedFile: buffered, settings: settings,
+        let mapping = settings.mappedReads && !settings.direct ? file.mapForReading(byteCount: Int(sectors) * Blkif.sectorSize) : nil
+        let backend = BlockBackend(toolstack: toolstack, device: device, path: path, file: file, settings: settings,
                                    sectors: sectors, mapping: mapping)
         do {
             try await backend.publish()
@@ -190,23 +170,18 @@ public final class BlockBackend: @unchecked Sendable {
         return backend
     }
 
-    private init(toolstack: Toolstack, device: Toolstack.Device, path: String, file: Int32, bufferedFile: Int32, settings: Settings, sectors: UInt64,
-                 mapping: MappedFile?) {
+    private init(toolstack: Toolstack, device: Toolstack.Device, path: String, file: BackingFile, settings: Settings, sectors: UInt64,
+                 mapping: GuardedMapping?) {
         self.mapping = mapping
         self.toolstack = toolstack
         self.device = device
         self.path = path
         self.file = file
-        self.bufferedFile = bufferedFile
         self.settings = settings
         self.sectors = sectors
     }
 
-    deinit {
-        mapping?.unmap()
-        if file != bufferedFile { close(file) }
-        close(bufferedFile)
-    }
+    deinit { mapping?.unmap() }
 
     var hypervisor: Hypervisor { toolstack.hypervisor }
     private var store: XenStoreClient { toolstack.store }
@@ -308,15 +283,18 @@ public final class BlockBackend: @unchecked Sendable {
             for (index, ring) in request.rings.enumerated() {
                 made.append(try ServedQueue(backend: self, index: index, refs: ring.refs, remotePort: ring.port, persistent: request.persistent))
             }
+            for queue in made { try queue.start() }
             let queues = made
             lock.withLock { connection = queues }
-            for queue in queues { queue.start() }
             await setState(.connected)
             logger.info("vbd \(device.devid) of domain \(device.frontend.rawValue) connected",
                         metadata: ["file": "\(path)", "sectors": "\(sectors)", "queues": "\(request.queues)",
                                    "ring-pages": "\(1 << request.ringOrder)", "persistent": "\(request.persistent)"])
         } catch {
-            for queue in made { queue.release() }
+            for queue in made {
+                await queue.stop()
+                queue.release()
+            }
             logger.error("vbd \(device.devid) of domain \(device.frontend.rawValue): cannot connect: \(error)")
             await xenbus.reportError("\(error)")
             await setState(.closing)
@@ -327,8 +305,7 @@ public final class BlockBackend: @unchecked Sendable {
     private func disconnect() async {
         let old: [ServedQueue]? = lock.withLock { defer { connection = nil }; return connection }
         if let old {
-            for queue in old { queue.stop() }
-            for queue in old { while !queue.isFinished { try? await Task.sleep(for: .milliseconds(1)) } }
+            for queue in old { await queue.stop() }
             let count = old.reduce(0) { $0 + $1.served }
             if settings.hostile == .keepGrantsAfterClose {
                 let kept = old.map { $0.abandonMappings() }
@@ -339,7 +316,7 @@ public final class BlockBackend: @unchecked Sendable {
         }
     }
 
-    /// Called by a queue whose thread stopped on its own (hostile `vanish`): the backend's
+    /// Called by a queue that stopped on its own (hostile `vanish`): the backend's
     /// directory goes, as if its driver had been unloaded.
     func vanish() { xenbus.vanish() }
 

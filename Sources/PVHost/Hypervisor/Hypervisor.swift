@@ -26,7 +26,20 @@ public final class Hypervisor: @unchecked Sendable {
         destroyObservers.withLock { $0.append(body) }
     }
 
-    public init() {
+    /// The event loops dom0's backends serve their rings on (and the xenstored and control
+    /// server run on): pvhost's own, apart from the frontends' loops of a process that hosts
+    /// both.
+    public let eventLoops: EventLoopGroup
+
+    /// pvhost's loops, one per processor, started on first use and never stopped.
+    public static let sharedLoops: EventLoopGroup = {
+        do { return try EventLoopGroup(name: "pvhost", count: max(1, EventLoopGroup.shared.loops.count)) } catch {
+            fatalError("starting pvhost's event loops failed: \(error)")
+        }
+    }()
+
+    public init(eventLoops: EventLoopGroup = Hypervisor.sharedLoops) {
+        self.eventLoops = eventLoops
         state.withLock { $0.events.addDomain(.dom0, limit: 4096) }
     }
 

@@ -205,13 +205,13 @@ public final class NetBackend: SwitchPort, @unchecked Sendable {
                 }
                 made.append(try VifQueue(vif: self, index: index, txRef: txRef, rxRef: rxRef, ports: ports, accepts: accepts))
             }
+            for queue in made { try queue.start() }
             let queues = made
             lock.withLock { self.queues = queues }
-            for queue in queues { queue.start() }
             await setState(.connected)
             logger.info("\(portName) connected", metadata: ["mac": "\(mac)", "queues": "\(queueCount)", "sg": "\(accepts.scatterGather)"])
         } catch {
-            for queue in made { queue.release() }
+            for queue in made { await queue.stop() }
             logger.error("\(portName): cannot connect: \(error)")
             await xenbus.reportError("\(error)")
             await setState(.closing)
@@ -222,14 +222,12 @@ public final class NetBackend: SwitchPort, @unchecked Sendable {
     private func disconnect() async {
         let old: [VifQueue]? = lock.withLock { defer { queues = nil }; return queues }
         if let old {
-            for queue in old { queue.stop() }
-            for queue in old { while !queue.isFinished { try? await Task.sleep(for: .milliseconds(1)) } }
+            for queue in old { await queue.stop() }
             lock.withLock { for queue in old { before.add(queue) } }
-            for queue in old { queue.release() }
         }
     }
 
-    /// Called by a queue whose thread stopped on its own (hostile `vanish`).
+    /// Called by a queue that stopped on its own (hostile `vanish`).
     func vanish() { xenbus.vanish() }
 
     /// Sets the link state the frontend sees (`carrier`), and rewrites Connected so a
@@ -252,7 +250,7 @@ public final class NetBackend: SwitchPort, @unchecked Sendable {
 
     // MARK: Switching
 
-    /// From a queue's thread: the guest's packets into the switch.
+    /// From a queue's handler: the guest's packets into the switch.
     func forward(_ packets: [Packet]) { network?.forward(packets, from: self) }
 
     /// From the switch: packets for the guest, spread over its queues by flow.

@@ -2,9 +2,6 @@ import Atomics
 import DequeModule
 import Foundation
 import PacketOffload
-#if canImport(Glibc)
-import Glibc
-#endif
 import PVSystem
 import XenABI
 import XenRing
@@ -20,13 +17,13 @@ struct FrontendAccepts: Sendable, Equatable {
 }
 
 /// One queue of a connected vif: its tx and rx ring pages mapped, its one or two event
-/// channels bound, and a thread. The thread takes packets off the tx ring (slots copied out
-/// once and checked by ``TxAssembler``, data fetched with one batched grant copy), answers
-/// them, and hands them to the switch. Packets for the guest arrive from other ports'
-/// threads (``deliver(_:)``) and go straight into the buffers the frontend posted (grant
-/// copy), or wait in a bounded queue until it posts more; the rx-notify event brings the
-/// thread back to place them.
-final class VifQueue: @unchecked Sendable {
+/// channels bound and watched on one of pvhost's event loops. The handler takes packets off
+/// the tx ring (slots copied out once and checked by ``TxAssembler``, data fetched with one
+/// batched grant copy), answers them, and hands them to the switch. Packets for the guest
+/// arrive from other ports' loops (``deliver(_:)``) and go straight into the buffers the
+/// frontend posted (grant copy), or wait in a bounded queue until it posts more; the rx-notify
+/// event brings the handler back to place them.
+final class VifQueue: @unchecked Sendable {  // @unchecked: the tx ring and its scratch are the loop thread's; the rx ring and `pending` are under `rxLock`
     private unowned let vif: NetBackend
     let index: Int
     private let mappings: [GrantMapping]
@@ -37,10 +34,12 @@ final class VifQueue: @unchecked Sendable {
     private let hypervisor: Hypervisor
     private let hostile: NetBackend.HostileMode?
     private let rxRingAddress: UnsafeMutableRawPointer
-    private let stopSignal: EventFD
-    /// Weak: a running Thread keeps itself alive, and its block holds this object; a strong
-    /// reference here would keep both (and every descriptor this holds) after it ended.
-    private weak var thread: Thread?
+    /// The loop the channels are watched on.
+    private let loop: EventLoop
+    /// Under `rxLock`, with `stopped`.
+    private var registrations: [EventLoop.Registration] = []
+    private var assembler = TxAssembler()
+    private var packets: [Packet] = []
     private let tx: TxBox
     /// The rx ring and what waits for it, under `rxLock`.
     private let rxLock = NSLock()
@@ -50,11 +49,11 @@ final class VifQueue: @unchecked Sendable {
     /// Packets waiting for rx buffers, at most.
     static let pendingLimit = 1024
 
-    private final class TxBox: @unchecked Sendable {
+    private final class TxBox: @unchecked Sendable {  // @unchecked: the loop thread's only
         var ring: BackRing<NetifTxRing>
         init(_ ring: consuming BackRing<NetifTxRing>) { self.ring = ring }
     }
-    private final class RxBox: @unchecked Sendable {
+    private final class RxBox: @unchecked Sendable {  // @unchecked: used only under `rxLock`
         var ring: BackRing<NetifRxRing>
         init(_ ring: consuming BackRing<NetifRxRing>) { self.ring = ring }
     }
@@ -63,7 +62,8 @@ final class VifQueue: @unchecked Sendable {
     let txPackets = ManagedAtomic<Int>(0), rxPackets = ManagedAtomic<Int>(0)
     let txRefused = ManagedAtomic<Int>(0), rxDropped = ManagedAtomic<Int>(0)
     let notifications = ManagedAtomic<Int>(0)
-    var isFinished: Bool { thread?.isFinished ?? true }
+    /// Notifications to the frontend that failed (its port closed under us).
+    let failedNotifications = ManagedAtomic<Int>(0)
 
     init(vif: NetBackend, index: Int, txRef: GrantRef, rxRef: GrantRef, ports: [EventChannelPort], accepts: FrontendAccepts) throws {
         self.vif = vif
@@ -72,6 +72,7 @@ final class VifQueue: @unchecked Sendable {
         hostile = vif.settings.hostile
         let hypervisor = vif.hypervisor
         self.hypervisor = hypervisor
+        loop = hypervisor.eventLoops.next()
         let frontend = vif.device.frontend
         var mapped: [GrantMapping] = []
         var bound: [(EventChannelPort, EventChannelPortEnd)] = []
@@ -81,7 +82,6 @@ final class VifQueue: @unchecked Sendable {
             for port in ports { bound.append(try hypervisor.bindInterdomain(.dom0, remote: frontend, remotePort: port)) }
             tx = TxBox(try BackRing(resuming: UnsafeMutableRawBufferPointer(start: mapped[0].page, count: XenPage.size), protocol: NetifTxRing()))
             rx = RxBox(try BackRing(resuming: UnsafeMutableRawBufferPointer(start: mapped[1].page, count: XenPage.size), protocol: NetifRxRing()))
-            stopSignal = try EventFD()
         } catch {
             for mapping in mapped { try? hypervisor.unmapGrant(mapping.handle, by: .dom0) }
             for (port, _) in bound { try? hypervisor.closePort(.dom0, port) }
@@ -94,19 +94,56 @@ final class VifQueue: @unchecked Sendable {
         ends = bound.map(\.1)
     }
 
-    func start() {
-        let thread = Thread { [self] in serve() }
-        thread.name = "netback \(vif.device.frontend.rawValue)/\(vif.device.devid) q\(index)"
-        self.thread = thread
-        thread.start()
+    /// Watches the channels on the queue's loop.
+    func start() throws(SystemError) {
+        var made: [EventLoop.Registration] = []
+        do throws(SystemError) {
+            for end in ends {
+                made.append(try loop.register(end.delivery.fileDescriptor, name: "vif \(vif.device.frontend.rawValue).\(vif.device.devid) q\(index)",
+                                              owner: end.delivery) { [self] _ in
+                    end.delivery.consume()
+                    serve()
+                    return .wait
+                })
+            }
+        } catch {
+            for registration in made { registration.cancel() }
+            throw error
+        }
+        let stopped = rxLock.withLock { () -> Bool in
+            registrations = made
+            return self.stopped
+        }
+        if stopped { for registration in made { registration.cancel() } }
     }
 
-    func stop() {
-        rxLock.withLock { stopped = true }
-        try? stopSignal.notify()
+    /// Stops serving from the handler (a broken ring, hostile `vanish`).
+    private func stopServing() {
+        let registrations = rxLock.withLock { () -> [EventLoop.Registration] in
+            stopped = true
+            return self.registrations
+        }
+        for registration in registrations { registration.cancel() }
     }
 
-    /// After the thread finished: unmaps the rings, closes the ports.
+    /// Stops serving; returns once the channels are out of the loop (nothing of this queue
+    /// runs after), with the rings unmapped and the ports closed.
+    func stop() async {
+        let registrations = rxLock.withLock { () -> [EventLoop.Registration] in
+            stopped = true
+            defer { self.registrations = [] }
+            return self.registrations
+        }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            loop.execute { [self] in
+                for registration in registrations { registration.cancel() }
+                release()
+                continuation.resume()
+            }
+        }
+    }
+
+    /// Unmaps the rings, closes the ports (after the queue stopped, or when it never started).
     func release() {
         let hypervisor = vif.hypervisor
         for mapping in mappings { try? hypervisor.unmapGrant(mapping.handle, by: .dom0) }
@@ -114,38 +151,39 @@ final class VifQueue: @unchecked Sendable {
         if rxPort != txPort { try? hypervisor.closePort(.dom0, rxPort) }
     }
 
-    // MARK: The thread
+    private func notifyFrontend(_ port: EventChannelPort) {
+        do { try hypervisor.notify(.dom0, port) } catch { failedNotifications.wrappingIncrement(ordering: .relaxed) }
+        notifications.wrappingIncrement(ordering: .relaxed)
+    }
 
+    // MARK: The handler
+
+    /// A notification: everything on the tx ring taken, forwarded, answered; packets waiting
+    /// for rx buffers placed; until ring.h's final check finds nothing more.
     private func serve() {
-        var fds = [pollfd(fd: stopSignal.fileDescriptor, events: Int16(POLLIN), revents: 0)]
-        for end in ends { fds.append(pollfd(fd: end.delivery.fileDescriptor, events: Int16(POLLIN), revents: 0)) }
-        var assembler = TxAssembler()
-        var packets: [Packet] = []
-        while true {
-            do {
-                repeat {
-                    try takePackets(&assembler, into: &packets)
-                    if vanished { return }
-                    if !packets.isEmpty {
-                        vif.forward(packets)
-                        packets.removeAll(keepingCapacity: true)
-                    }
-                    placePending()
-                } while try tx.ring.finalCheckForRequests()
-            } catch {
-                vif.logger.error("vif \(vif.device.frontend.rawValue).\(vif.device.devid) queue \(index): \(error); stopped serving it")
-                return
-            }
-            for i in fds.indices { fds[i].revents = 0 }
-            guard poll(&fds, nfds_t(fds.count), -1) >= 0 || errno == EINTR else { return }
-            if fds[0].revents != 0 { return }
-            for i in 1..<fds.count where fds[i].revents != 0 { _ = try? ends[i - 1].delivery.wait() }
+        guard !vanished, !rxLock.withLock({ stopped }) else { return }
+        do {
+            repeat {
+                try takePackets(&assembler, into: &packets)
+                if vanished {
+                    stopServing()
+                    return
+                }
+                if !packets.isEmpty {
+                    vif.forward(packets)
+                    packets.removeAll(keepingCapacity: true)
+                }
+                placePending()
+            } while try tx.ring.finalCheckForRequests()
+        } catch {
+            vif.logger.error("vif \(vif.device.frontend.rawValue).\(vif.device.devid) queue \(index): \(error); stopped serving it")
+            stopServing()
         }
     }
 
-    /// Scratch space of the queue's thread, kept between batches (no allocation per batch).
+    /// Scratch space of the queue's handler, kept between batches (no allocation per batch).
     private var outcomes: [TxAssembler.Outcome] = []
-    /// Hostile `vanish` happened: the thread ends.
+    /// Hostile `vanish` happened: the queue stops serving.
     private var vanished = false
     private var fetched: [[UInt8]] = []
     private var txCopies: [Hypervisor.GrantCopy] = []
@@ -219,15 +257,12 @@ final class VifQueue: @unchecked Sendable {
             }
         }
         if hostile == .txNeverAnswer { return }
-        if tx.ring.pushResponsesAndCheckNotify() {
-            try? hypervisor.notify(.dom0, txPort)
-            notifications.wrappingIncrement(ordering: .relaxed)
-        }
+        if tx.ring.pushResponsesAndCheckNotify() { notifyFrontend(txPort) }
         if hostile == .eventStorm {
             // After the frontend had time to take the responses and sleep: every one of these
             // wakes it for nothing.
-            usleep(2000)
-            for _ in 0..<200 { try? hypervisor.notify(.dom0, txPort) }
+            let port = txPort
+            loop.schedule(after: .milliseconds(2)) { [self] in for _ in 0..<200 { notifyFrontend(port) } }
         }
     }
 
@@ -267,21 +302,15 @@ final class VifQueue: @unchecked Sendable {
         pending.append(contentsOf: packets.prefix(max(room, 0)))
         let notify = placeLocked()
         rxLock.unlock()
-        if notify {
-            try? hypervisor.notify(.dom0, rxPort)
-            notifications.wrappingIncrement(ordering: .relaxed)
-        }
+        if notify { notifyFrontend(rxPort) }
     }
 
-    /// From the queue's own thread (the frontend posted buffers).
+    /// From the queue's own handler (the frontend posted buffers).
     private func placePending() {
         rxLock.lock()
         let notify = placeLocked()
         rxLock.unlock()
-        if notify {
-            try? hypervisor.notify(.dom0, rxPort)
-            notifications.wrappingIncrement(ordering: .relaxed)
-        }
+        if notify { notifyFrontend(rxPort) }
     }
 
     /// One response slot to write after the copies.
@@ -389,7 +418,7 @@ final class VifQueue: @unchecked Sendable {
             return true
         }
         if hostile == .eventStorm {
-            for _ in 0..<200 { try? hypervisor.notify(.dom0, rxPort) }
+            for _ in 0..<200 { notifyFrontend(rxPort) }
         }
         return notify
     }
