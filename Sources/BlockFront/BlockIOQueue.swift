@@ -173,21 +173,23 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {
     /// (the rest go out at a later ``submit()`` or ``completions(atLeast:)``), and notifies each
     /// ring's backend once if it asked.
     public func submit() {
-        let failed: [(Int, BlockFrontError)] = submitting.withLock {
+        // Requests a halted ring refused are parked after the submission lock is let go:
+        // parking one can end it, and its completion can submit again (from this thread).
+        let (failed, parked): ([(Int, BlockFrontError)], [(InFlight, BlockFrontError)]) = submitting.withLock {
             let rings = core.currentRings
             guard let pool = core.currentPool, !rings.isEmpty else {
                 retryWhenConnected()
-                return []
+                return ([], [])
             }
             // Everything queued, taken at once; what finds no room goes back in front.
             var pieces: Deque<Piece> = []
             lock.withLock { swap(&pieces, &queued) }
-            guard !pieces.isEmpty else { return [] }
+            guard !pieces.isEmpty else { return ([], []) }
             // The gate and the rings' slots taken for the whole batch (an even share of each
             // ring), the unused given back after.
             guard core.gate.tryEnter(pieces.count) else {
                 lock.withLock { queued.prepend(contentsOf: pieces) }
-                return []
+                return ([], [])
             }
             // From a ring's completion thread (a handler), that ring first: the requests stay
             // with the threads already serving them. Otherwise an even share of each ring.
@@ -227,14 +229,16 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {
                 onRings += sent
                 if !pieces.isEmpty { queued.prepend(contentsOf: pieces) }
             }
+            var parked: [(InFlight, BlockFrontError)] = []
             for (ring, var entries) in batches.enumerated() where !entries.isEmpty {
                 do throws(BlockFrontError) { try rings[ring].submit(&entries) } catch {
                     // Halted by a backend restart meanwhile: re-issued on the next connection.
-                    for entry in entries { core.park(entry, error: error) }
+                    parked += entries.map { ($0, error) }
                 }
             }
-            return failed
+            return (failed, parked)
         }
+        for (entry, error) in parked { core.park(entry, error: error) }
         for (place, error) in failed { complete(error, tag: place) }
         if !failed.isEmpty { wake() }
         failQueuedIfClosed()
