@@ -239,7 +239,9 @@ final class NetDeviceState: @unchecked Sendable {
     var currentFailure: NetFrontError? { lock.withLock { failure } }
     /// Received frames not yet taken.
     private var inbox = Deque<NetFrame>()
-    private var receivers: [CheckedContinuation<Void, Never>] = []
+    /// Tasks waiting for frames, by a number each (so a cancelled one can be found).
+    private var receivers: [UInt64: CheckedContinuation<Void, Never>] = [:]
+    private var nextReceiver: UInt64 = 0
     private var finished = NetFront.Statistics()
     private var overflow = 0
     private var connections = 0
@@ -394,7 +396,7 @@ final class NetDeviceState: @unchecked Sendable {
             guard failure == nil else { return (false, []) }
             failure = error
             defer { connectionWaiters.removeAll(); receivers.removeAll() }
-            return (true, connectionWaiters + receivers)
+            return (true, connectionWaiters + receivers.values)
         }
         guard first else { return }
         for waiter in waiters { waiter.resume() }
@@ -411,7 +413,7 @@ final class NetDeviceState: @unchecked Sendable {
             inbox.append(contentsOf: frames.prefix(room))
             overflow += max(0, frames.count - room)
             defer { receivers.removeAll() }
-            return receivers
+            return Array(receivers.values)
         }
         for receiver in waiting { receiver.resume() }
     }
@@ -424,18 +426,25 @@ final class NetDeviceState: @unchecked Sendable {
         }
     }
 
+    /// Waits for frames; a cancelled task stops waiting (``NetFrontError/cancelled``).
     func receive(max: Int) async throws(NetFrontError) -> [NetFrame] {
         while true {
             let frames = take(max: max)
             if !frames.isEmpty { return frames }
             if let failure = lock.withLock({ failure }) { throw failure }
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let now = lock.withLock { () -> Bool in
-                    if failure != nil || !inbox.isEmpty { return true }
-                    receivers.append(continuation)
-                    return false
+            if Task.isCancelled { throw .cancelled }
+            let id = lock.withLock { defer { nextReceiver &+= 1 }; return nextReceiver }
+            await withTaskCancellationHandler {
+                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                    let now = lock.withLock { () -> Bool in
+                        if failure != nil || !inbox.isEmpty || Task.isCancelled { return true }
+                        receivers[id] = continuation
+                        return false
+                    }
+                    if now { continuation.resume() }
                 }
-                if now { continuation.resume() }
+            } onCancel: {
+                lock.withLock { receivers.removeValue(forKey: id) }?.resume()
             }
         }
     }

@@ -56,6 +56,8 @@ public enum NetFrontError: Error, Equatable, Sendable, CustomStringConvertible {
     case closed(String)
     /// Pages, grants or event channels could not be had.
     case platform(String)
+    /// The waiting task was cancelled (nothing was taken).
+    case cancelled
 
     public var description: String {
         switch self {
@@ -64,6 +66,7 @@ public enum NetFrontError: Error, Equatable, Sendable, CustomStringConvertible {
         case let .backendMisbehaved(what): "the backend broke the protocol (\(what)); the device is closed"
         case let .closed(why): "the device is closed: \(why)"
         case let .platform(what): what
+        case .cancelled: "cancelled"
         }
     }
 }

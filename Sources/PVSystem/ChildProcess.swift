@@ -1,6 +1,5 @@
-#if canImport(Glibc)
+import CLinux
 import Glibc
-#endif
 
 /// A child process that inherits this process's non-CLOEXEC descriptors (shared regions and
 /// eventfds made `inheritable`), the simplest way to hand a peer the same memory.
@@ -51,6 +50,60 @@ public struct ChildProcess: Sendable {
         _ = try retryingSyscall("waitpid", context: "pid \(pid)") { Int(waitpid(pid, &status, 0)) }
         let signal = status & 0x7F
         return signal == 0 ? (status >> 8) & 0xFF : 128 + signal
+    }
+
+    /// Whether the child has ended; if so its status (as ``waitForExit()``), reaped. Never blocks.
+    public func exitStatus() throws(SystemError) -> Int32? {
+        var status: Int32 = 0
+        let reaped = try retryingSyscall("waitpid", context: "pid \(pid)") { Int(waitpid(pid, &status, WNOHANG)) }
+        guard reaped == pid else { return nil }
+        let signal = status & 0x7F
+        return signal == 0 ? (status >> 8) & 0xFF : 128 + signal
+    }
+
+    /// Waits for the child to end without a thread (its pidfd watched on an event loop), at
+    /// most `timeout`; returns its status, or nil when it still runs then (not reaped).
+    ///
+    /// - Throws: ``SystemError`` from `pidfd_open` or `waitpid`; `CancellationError`.
+    public func exit(within timeout: Duration? = nil, on loop: EventLoop = EventLoopGroup.shared.next()) async throws -> Int32? {
+        if let status = try exitStatus() { return status }
+        let fd = try retryingSyscall32("pidfd_open", context: "pid \(pid)") { pvkit_pidfd_open(pid) }
+        defer { close(fd) }
+        guard try await loop.readable(fd, name: "pid \(pid)", timeout: timeout) else { return try exitStatus() }
+        return try exitStatus() ?? waitForExit()
+    }
+
+    /// Sends `signal` to the child. C: `kill`. An ended child (not yet reaped) takes it silently.
+    public func signal(_ signal: Int32) {
+        _ = kill(pid, signal)
+    }
+
+    /// Runs `path` to its end and returns its status and everything it wrote to stdout and
+    /// stderr (stdin is /dev/null); the output is read on an event loop, no thread waits.
+    public static func run(_ path: String, _ arguments: [String], environment: [String: String]? = nil,
+                           on loop: EventLoop = EventLoopGroup.shared.next()) async throws -> (status: Int32, output: String) {
+        var ends: [Int32] = [-1, -1]
+        _ = try retryingSyscall32("pipe2") { pipe2(&ends, O_CLOEXEC) }
+        let reader = StreamDescriptor(adopting: ends[0], isSocket: false, name: "\(path)'s output")
+        let child: ChildProcess
+        do { child = try ChildProcess(path: path, arguments: arguments, environment: environment, output: ends[1]) } catch {
+            close(ends[1])
+            throw error
+        }
+        close(ends[1])
+        var output: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = try buffer.withUnsafeMutableBytes { try reader.read(into: $0) }
+            if let count {
+                if count == 0 { break }
+                output += buffer[0..<count]
+            } else {
+                try await loop.readable(reader.fileDescriptor, name: "\(path)'s output")
+            }
+        }
+        let status = try await child.exit(on: loop) ?? child.waitForExit()
+        return (status, String(decoding: output, as: UTF8.self))
     }
 
     /// Whether `path` is an executable file. C: `access(path, X_OK)`.

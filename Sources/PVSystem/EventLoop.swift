@@ -230,6 +230,14 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked
     /// - Throws: `CancellationError`, or ``SystemError`` when `fd` cannot be watched.
     @discardableResult
     public func readable(_ fd: Int32, name: String, timeout: Duration? = nil) async throws -> Bool {
+        // Watched through a duplicate: the descriptor may be registered with this loop
+        // already (a registration being cancelled), and epoll takes each descriptor once.
+        let watched = try retryingSyscall32("dup", context: name) { dup(fd) }
+        defer { close(watched) }
+        return try await readable(once: watched, name: name, timeout: timeout)
+    }
+
+    private func readable(once fd: Int32, name: String, timeout: Duration?) async throws -> Bool {
         let wait = OneShotWait()
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Bool, any Error>) in
