@@ -46,6 +46,7 @@ let package = Package(
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // Pure wire formats and constants of Xen's public ABI. No I/O, no dependencies.
@@ -81,7 +82,8 @@ let package = Package(
         .target(
             name: "PVHost",
             dependencies: ["XenABI", "XenRing", "XenStore", "XenGrants", "PVSystem", "CLinux", "PVHostProtocol", "PacketOffload",
-                           .product(name: "Logging", package: "swift-log"), .product(name: "DequeModule", package: "swift-collections")],
+                           .product(name: "Logging", package: "swift-log"), .product(name: "DequeModule", package: "swift-collections"),
+                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
             swiftSettings: dataPath),
         // blkfront: a virtual disk over Xen's PV block protocol.
         .target(
@@ -127,6 +129,7 @@ let package = Package(
             dependencies: [
                 "PVHost", "PVHostProtocol", "PVPlatform", "XenStore", "PVSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strictSwift),
         .executableTarget(
@@ -172,23 +175,26 @@ let package = Package(
             path: "Benchmarks/PVHostBench",
             swiftSettings: strictSwift),
 
-        .testTarget(name: "PVSystemTests", dependencies: ["PVSystem"], swiftSettings: strictSwift),
+        // What several test targets share: processes started, waited for and stopped with a
+        // time limit, without blocking a thread.
+        .target(name: "TestSupport", dependencies: ["PVSystem"], path: "Tests/TestSupport", swiftSettings: strictSwift),
+        .testTarget(name: "PVSystemTests", dependencies: ["PVSystem", "TestSupport"], swiftSettings: strictSwift),
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "XenABI", "PVSystem"], swiftSettings: strictSwift),
-        .testTarget(name: "PVHostTests", dependencies: ["PVHost", "PVPlatform", "PVHostProtocol", "BlockFront", "NetFront", "PacketOffload", "XenStore", "XenABI", "XenGrants", "XenBus", "PVSystem"], swiftSettings: strictSwift),
+        .testTarget(name: "PVHostTests", dependencies: ["TestSupport", "PVHost", "PVPlatform", "PVHostProtocol", "BlockFront", "NetFront", "PacketOffload", "XenStore", "XenABI", "XenGrants", "XenBus", "PVSystem"], swiftSettings: strictSwift),
         .testTarget(
             name: "KernelAuditTests",
-            dependencies: ["KernelAudit", "XenABI", "PVSystem"],
+            dependencies: ["KernelAudit", "XenABI", "PVSystem", "TestSupport"],
             swiftSettings: strictSwift),
 
         // C reference compiled against /usr/include/xen (libxen-dev): layout facts and ring.h.
         .target(name: "CXenReference", path: "Tests/CXenReference"),
         .testTarget(
             name: "XenABITests",
-            dependencies: ["XenABI", "CXenReference", "PVSystem"],
+            dependencies: ["XenABI", "CXenReference", "PVSystem", "TestSupport"],
             swiftSettings: strictSwift),
         .testTarget(
             name: "XenRingTests",
-            dependencies: ["XenABI", "XenRing", "PVSystem", "CXenReference"],
+            dependencies: ["XenABI", "XenRing", "PVSystem", "CXenReference", "TestSupport"],
             swiftSettings: strictSwift),
     ]
 )

@@ -100,12 +100,12 @@ struct PVHostBench {
         let path = directory + "/disk.img"
         _ = FileManager.default.createFile(atPath: path, contents: Data((0..<size).lazy.map { UInt8(truncatingIfNeeded: $0 >> 12) }))
         let daemon = try XenStoreDaemon(path: directory + "/xs")
-        Thread { daemon.run() }.start()
+        try daemon.start()
         let store = try XenStoreClient.connect(XenStoreLocation(environment: ["XENSTORED_PATH": directory + "/xs"]))
         let toolstack = Toolstack(hypervisor: Hypervisor(), xenstored: daemon, store: store)
         let server = try ControlServer(path: directory + "/control", toolstack: toolstack)
-        Thread { server.run() }.start()
-        defer { server.stop(); daemon.stop() }
+        try server.start()
+        defer { server.stop() }
 
         let passes = quick ? 1 : 4
         let reads = quick ? 4_000 : 200_000

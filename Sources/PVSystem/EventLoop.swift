@@ -43,6 +43,12 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked
     private var threadStarted = false
 
     // Loop-confined.
+    /// After handling something, how long the loop keeps looking (`epoll_wait` without
+    /// sleeping) before it sleeps: a request-reply daemon then takes its client's next
+    /// request without a wake-up. 0: never. Set on the loop's thread.
+    public var idlePollNanoseconds: UInt64 = 0
+    /// When a descriptor was last found ready (for ``idlePollNanoseconds``).
+    private var lastActivity: UInt64 = 0
     private var timers: [Timer] = []
     private var polling: [Registration] = []
     fileprivate var again: [Registration] = []
@@ -195,9 +201,11 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked
     // MARK: Descriptors
 
     /// Watches `fd` (level-triggered) and calls `handler` on the loop's thread while it is
-    /// ready. The descriptor stays the caller's; `owner` (what closes it when freed) is held
-    /// until the registration is gone from the epoll set, so the descriptor cannot be closed
-    /// (and its number reused) while epoll still watches it.
+    /// ready. The descriptor stays the caller's: the loop watches a duplicate of it, which it
+    /// closes once the registration is out of the epoll set, so the same descriptor can be
+    /// registered again while an earlier registration is still leaving, and closing the
+    /// original never leaves epoll watching a reused number. `owner` is held until then too;
+    /// the handler is let go after it (a handler may hold what holds the registration).
     ///
     /// - Parameters:
     ///   - events: what to wait for (``Readiness/readable`` by default).
@@ -206,7 +214,8 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked
     /// - Throws: ``SystemError`` naming `epoll_ctl` and `name`.
     public func register(_ fd: Int32, events: Readiness = .readable, name: String, owner: (any Sendable & AnyObject)? = nil,
                          handler: @escaping @Sendable (Readiness) -> Next) throws(SystemError) -> Registration {
-        let registration = Registration(loop: self, fd: fd, name: name, owner: owner, handler: handler)
+        let watched = try retryingSyscall32("dup", context: "\(self.name): \(name), fd \(fd)") { fcntl(fd, F_DUPFD_CLOEXEC, 0) }
+        let registration = Registration(loop: self, fd: watched, name: name, owner: owner, handler: handler)
         let id = registry.withLock { registry in
             defer { registry.nextID &+= 1 }
             registry.byID[registry.nextID] = registration
@@ -214,9 +223,10 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked
         }
         registration.id = id
         var event = epoll_event(events: events.rawValue & 0xFFFF, data: epoll_data_t(u64: id))
-        guard epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) == 0 else {
+        guard epoll_ctl(epoll, EPOLL_CTL_ADD, watched, &event) == 0 else {
             let code = Glibc.errno
             _ = registry.withLock { $0.byID.removeValue(forKey: id) }
+            close(watched)
             throw SystemError("epoll_ctl(ADD)", errno: code, context: "\(self.name): \(name), fd \(fd)")
         }
         return registration
@@ -230,14 +240,6 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked
     /// - Throws: `CancellationError`, or ``SystemError`` when `fd` cannot be watched.
     @discardableResult
     public func readable(_ fd: Int32, name: String, timeout: Duration? = nil) async throws -> Bool {
-        // Watched through a duplicate: the descriptor may be registered with this loop
-        // already (a registration being cancelled), and epoll takes each descriptor once.
-        let watched = try retryingSyscall32("dup", context: name) { dup(fd) }
-        defer { close(watched) }
-        return try await readable(once: watched, name: name, timeout: timeout)
-    }
-
-    private func readable(once fd: Int32, name: String, timeout: Duration?) async throws -> Bool {
         let wait = OneShotWait()
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Bool, any Error>) in
@@ -312,11 +314,11 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked
     fileprivate func deregister(_ registration: Registration) {
         _ = registry.withLock { $0.byID.removeValue(forKey: registration.id) }
         var event = epoll_event()
-        // Fails only when the descriptor was closed already (then epoll dropped it itself).
         _ = epoll_ctl(epoll, EPOLL_CTL_DEL, registration.fd, &event)
+        close(registration.fd)
         polling.removeAll { $0 === registration }
         again.removeAll { $0 === registration }
-        registration.owner = nil
+        registration.release()
     }
 
     // MARK: Timers
@@ -400,7 +402,8 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked
                 registration.state.withLock { $0.cancelled = true }
                 var event = epoll_event()
                 _ = epoll_ctl(epoll, EPOLL_CTL_DEL, registration.fd, &event)
-                registration.owner = nil
+                close(registration.fd)
+                registration.release()
             }
             polling.removeAll()
             again.removeAll()
@@ -459,7 +462,13 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked
                 if spins & 15 == 0 { dispatch(&events, timeout: 0) } else { sched_yield() }
                 continue
             }
-            // 5. Sleep until a descriptor, a post or the next timer.
+            // 5. Idle polling: look again without sleeping, for a while after the last activity.
+            if idlePollNanoseconds > 0, MonotonicClock.now() &- lastActivity < idlePollNanoseconds {
+                dispatch(&events, timeout: 0)
+                if queued.load(ordering: .acquiring) == 0 && again.isEmpty { sched_yield() }
+                continue
+            }
+            // 6. Sleep until a descriptor, a post or the next timer.
             let sleep: Bool = inbox.withLock { inbox in
                 guard inbox.work.isEmpty, !inbox.stopping else { return false }
                 inbox.sleeping = true
@@ -484,6 +493,7 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked
             precondition(count == 0 || Glibc.errno == EINTR, "\(name): epoll_wait failed: errno \(Glibc.errno)")
             return
         }
+        if idlePollNanoseconds > 0 { lastActivity = MonotonicClock.now() }
         var ready: [(Registration, Readiness)] = []
         ready.reserveCapacity(Int(count))
         registry.withLock { registry in
@@ -499,7 +509,8 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked
 
     private func call(_ registration: Registration, _ readiness: Readiness) {
         guard !registration.isCancelled else { return }
-        let next = registration.handler(readiness)
+        guard let handler = registration.handler else { return }
+        let next = handler(readiness)
         let isPolling = polling.contains { $0 === registration }
         switch next {
         case .wait:
@@ -524,17 +535,27 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked
     public final class Registration: @unchecked Sendable {  // @unchecked: `pollBudget`, `look` and `pollDeadline` are set and read on the loop's thread only; `state` is a Mutex
         /// The loop it is registered with (held: a registration keeps its loop alive).
         public let loop: EventLoop
+        /// The descriptor epoll watches (a duplicate of the one registered, closed with the
+        /// registration).
         public let fd: Int32
         public let name: String
         fileprivate var id: UInt64 = 0
-        fileprivate let handler: @Sendable (Readiness) -> Next
+        /// Let go with the owner once deregistered (it may hold what holds this).
+        fileprivate var handler: (@Sendable (Readiness) -> Next)?
         fileprivate let state = Mutex((cancelled: false, ()))
         fileprivate var pollBudget: UInt64 = 0
         fileprivate var pollDeadline: UInt64 = 0
         fileprivate var look: (() -> Bool?)?
 
-        /// What closes the descriptor; released once it is out of the epoll set.
+        /// What keeps the original descriptor open; released once it is out of the epoll set.
         fileprivate var owner: (any Sendable & AnyObject)?
+
+        /// Out of the epoll set: what it held goes (on the loop's thread).
+        fileprivate func release() {
+            owner = nil
+            handler = nil
+            look = nil
+        }
 
         init(loop: EventLoop, fd: Int32, name: String, owner: (any Sendable & AnyObject)?, handler: @escaping @Sendable (Readiness) -> Next) {
             self.loop = loop

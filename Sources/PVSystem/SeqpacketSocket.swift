@@ -1,6 +1,5 @@
-#if canImport(Glibc)
+import CLinux
 import Glibc
-#endif
 
 /// A connected UNIX `SOCK_SEQPACKET` socket: whole messages, each with optional file
 /// descriptors attached (`SCM_RIGHTS`). pvhost's control channel: small "hypercall" messages
@@ -25,10 +24,23 @@ public final class SeqpacketSocket: @unchecked Sendable {
         return SeqpacketSocket(adopting: fd)
     }
 
-    /// A listening socket at `path` (mode 0600, replacing a stale file).
+    /// Accepts a connection waiting on `listener` (nil when none waits; non-blocking).
+    public static func accept(from listener: Int32) throws(SystemError) -> SeqpacketSocket? {
+        while true {
+            let fd = accept4(listener, nil, nil, Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue))
+            if fd >= 0 { return SeqpacketSocket(adopting: fd) }
+            switch Glibc.errno {
+            case EINTR, ECONNABORTED, EPROTO: continue
+            case EAGAIN: return nil
+            case let code: throw SystemError("accept4", errno: code, context: "seqpacket listener")
+            }
+        }
+    }
+
+    /// A listening socket at `path` (mode 0600, replacing a stale file), non-blocking.
     public static func listen(at path: String) throws(SystemError) -> Int32 {
         unlink(path)
-        let fd = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let fd = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard fd >= 0 else { throw SystemError("socket", errno: errno) }
         var address = try Self.address(path)
         let previous = umask(0o077)
@@ -42,12 +54,7 @@ public final class SeqpacketSocket: @unchecked Sendable {
 
     /// A UNIX socket address for `path`; ENAMETOOLONG when it does not fit `sun_path`.
     public static func address(_ path: String) throws(SystemError) -> sockaddr_un {
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { throw SystemError("bind", errno: ENAMETOOLONG, context: path) }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in for (i, b) in bytes.enumerated() { raw[i] = b } }
-        return address
+        try UNIXSocketAddress.make(path)
     }
 
     deinit { close(fileDescriptor) }
@@ -90,9 +97,40 @@ public final class SeqpacketSocket: @unchecked Sendable {
         guard sent == payload.count else { throw SystemError("sendmsg", errno: sent < 0 ? errno : EIO) }
     }
 
+    /// What a non-blocking receive found.
+    public enum Received: Sendable {
+        case message(bytes: [UInt8], descriptors: [Int32])
+        /// Nothing waits now.
+        case nothing
+        /// The peer closed its end.
+        case ended
+    }
+
+    /// Receives one message if one waits, without blocking (for an event loop's handler).
+    public func tryReceive() throws(SystemError) -> Received {
+        do {
+            guard let (bytes, descriptors) = try receive(flags: Int32(MSG_DONTWAIT)) else { return .ended }
+            return .message(bytes: bytes, descriptors: descriptors)
+        } catch where error.errno == .wouldBlock {
+            return .nothing
+        }
+    }
+
     /// Receives one message and the descriptors attached to it (owned by the caller; marked
     /// close-on-exec). Returns nil at end of stream.
     public func receive() throws(SystemError) -> (bytes: [UInt8], descriptors: [Int32])? {
+        try receive(flags: 0)
+    }
+
+    /// Closes descriptors a message brought that nobody wants.
+    public static func discard(_ descriptors: [Int32]) {
+        for fd in descriptors { close(fd) }
+    }
+
+    /// Ends both directions: the peer sees the end; a loop watching this socket sees it hang up.
+    public func shutdown() { _ = Glibc.shutdown(fileDescriptor, Int32(SHUT_RDWR)) }
+
+    private func receive(flags: Int32) throws(SystemError) -> (bytes: [UInt8], descriptors: [Int32])? {
         var data = [UInt8](repeating: 0, count: Self.maximumMessage)
         var control = [UInt8](repeating: 0, count: Self.align(Self.headerSize + 4 * Self.maximumDescriptors))
         var received = 0, controlLength = 0
@@ -106,7 +144,7 @@ public final class SeqpacketSocket: @unchecked Sendable {
                         message.msg_iovlen = 1
                         message.msg_control = controlBytes.baseAddress
                         message.msg_controllen = controlBytes.count
-                        let n = Glibc.recvmsg(fileDescriptor, &message, Int32(MSG_CMSG_CLOEXEC))
+                        let n = Glibc.recvmsg(fileDescriptor, &message, Int32(MSG_CMSG_CLOEXEC) | flags)
                         return (n, Int(message.msg_controllen))
                     }
                 }

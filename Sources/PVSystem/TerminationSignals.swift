@@ -1,6 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#endif
 import CLinux
 
 /// SIGINT and SIGTERM for a long-running tool (a daemon, a bridge), delivered to ordinary code.
@@ -14,8 +12,9 @@ import CLinux
 /// ```swift
 /// let signals = try TerminationSignals.catchSignals()
 /// let server = try Server(path: socket)
-/// signals.onSignal { _ in server.stop() }
-/// server.run()
+/// try server.start()
+/// _ = try await signals.next()
+/// await server.stop()
 /// ```
 public final class TerminationSignals: Sendable {
     /// The signals caught.
@@ -29,38 +28,45 @@ public final class TerminationSignals: Sendable {
     /// call it once). Throws the errno of a failed `pipe2` or `sigaction`.
     public static func catchSignals() throws(Failure) -> TerminationSignals {
         var ends: [Int32] = [-1, -1]
-        guard pipe2(&ends, O_CLOEXEC) == 0 else { throw Failure(step: "pipe2", errno: errno) }
-        // The handler must never block: a full pipe just means a stop is already pending.
-        _ = fcntl(ends[1], F_SETFL, fcntl(ends[1], F_GETFL) | O_NONBLOCK)
+        guard pipe2(&ends, O_CLOEXEC | O_NONBLOCK) == 0 else { throw Failure(step: "pipe2", errno: errno) }
+        // Both ends non-blocking: the handler must never block (a full pipe just means a stop
+        // is already pending), and the reader waits on an event loop.
         for number in numbers where pvkit_signal_catch(number, ends[1]) != 0 {
             throw Failure(step: "sigaction(\(number))", errno: errno)
         }
         return TerminationSignals(readEnd: ends[0])
     }
 
-    /// Waits for the next signal and returns its number (blocks the calling thread).
+    /// Waits for the next signal and returns its number (blocks the calling thread: a tool's
+    /// main thread, never Swift's cooperative pool).
     public func next() -> Int32 {
         var byte: UInt8 = 0
         while true {
             let count = read(readEnd, &byte, 1)
             if count == 1 { return Int32(byte) }
             if count < 0 && errno == EINTR { continue }
+            if count < 0 && errno == EAGAIN {
+                var entry = pollfd(fd: readEnd, events: Int16(POLLIN), revents: 0)
+                _ = poll(&entry, 1, -1)
+                continue
+            }
             // The read end is never closed while this object lives; a failure here is a bug.
             preconditionFailure("reading the signal pipe failed: errno \(errno)")
         }
     }
 
-    /// Calls `handler` with each signal's number, on a thread of its own (never Swift's
-    /// cooperative pool), for the rest of the process's life.
-    public func onSignal(_ handler: @escaping @Sendable (Int32) -> Void) {
-        let box = Unmanaged.passRetained(Handler(signals: self, body: handler)).toOpaque()
-        var thread = pthread_t()
-        let result = pthread_create(&thread, nil, { raw in
-            let handler = Unmanaged<Handler>.fromOpaque(raw!).takeRetainedValue()
-            while true { handler.body(handler.signals.next()) }
-        }, box)
-        precondition(result == 0, "pthread_create failed: \(result)")
-        pthread_detach(thread)
+    /// Waits for the next signal without a thread (the pipe watched on an event loop) and
+    /// returns its number.
+    ///
+    /// - Throws: `CancellationError` when the task is cancelled.
+    public func next(on loop: EventLoop = EventLoopGroup.shared.next()) async throws -> Int32 {
+        var byte: UInt8 = 0
+        while true {
+            let count = read(readEnd, &byte, 1)
+            if count == 1 { return Int32(byte) }
+            if count < 0 && Glibc.errno == EINTR { continue }
+            try await loop.readable(readEnd, name: "SIGINT/SIGTERM pipe")
+        }
     }
 
     /// Setting up the handler failed.
@@ -71,10 +77,10 @@ public final class TerminationSignals: Sendable {
         public let errno: Int32
         public var description: String { "catching SIGINT/SIGTERM: \(step) failed: \(String(cString: strerror(errno)))" }
     }
+}
 
-    private final class Handler: Sendable {
-        let signals: TerminationSignals
-        let body: @Sendable (Int32) -> Void
-        init(signals: TerminationSignals, body: @escaping @Sendable (Int32) -> Void) { self.signals = signals; self.body = body }
-    }
+/// A write to a closed socket or pipe fails with `EPIPE` instead of killing the process
+/// (C: `signal(SIGPIPE, SIG_IGN)`): for daemons whose clients may vanish.
+public func ignoreBrokenPipes() {
+    signal(SIGPIPE, SIG_IGN)
 }

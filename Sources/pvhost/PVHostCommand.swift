@@ -2,6 +2,7 @@ import ArgumentParser
 import Logging
 import Foundation
 import PVHost
+import ServiceLifecycle
 import PVHostProtocol
 import PVPlatform
 import PVSystem
@@ -16,13 +17,13 @@ extension String {
 /// `pvhost`: the reference backend hypervisor: `run` (hypervisor, xenstored, toolstack and the
 /// control socket guests attach to), `status`, and `xenstored` on its own.
 @main
-struct PVHostCommand: ParsableCommand {
+struct PVHostCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pvhost",
         abstract: "PVKit's userspace stand-in for Xen + dom0.",
         subcommands: [Run.self, Status.self, Capture.self, XenStored.self])
 
-    struct Capture: ParsableCommand {
+    struct Capture: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Write the frames a switch port sends and receives to a pcap file (tcpdump, tshark, Wireshark read it).",
             discussion: "Ports: vif<domid>.<devid> for a guest's interface, tap:<name> for a TAP. pvhost writes the file. Example: pvhost capture vif1.0 /tmp/vif1.pcap --seconds 5")
@@ -31,7 +32,7 @@ struct PVHostCommand: ParsableCommand {
         @Option(help: "pvhost's control socket.") var control: String = "/run/pvhost/control"
         @Option(help: "Capture this long (default: until SIGINT).") var seconds: Double?
 
-        func run() throws {
+        func run() async throws {
             let path = file.hasPrefix("/") ? file : FileManager.default.currentDirectoryPath + "/" + file
             let signals = try caughtSignals("pvhost capture")
             do { try ReferencePlatform.request(socket: control, .capture(port: port, path: path)) } catch {
@@ -39,9 +40,9 @@ struct PVHostCommand: ParsableCommand {
                 throw ExitCode(1)
             }
             if let seconds {
-                Thread.sleep(forTimeInterval: seconds)
+                try? await Task.sleep(for: .seconds(seconds))
             } else {
-                _ = signals.next()
+                _ = try await signals.next()
             }
             do { try ReferencePlatform.request(socket: control, .stopCapture(port: port)) } catch {
                 FileHandle.standardError.write(Data("pvhost capture: \(error)\n".utf8))
@@ -51,7 +52,7 @@ struct PVHostCommand: ParsableCommand {
         }
     }
 
-    struct Run: ParsableCommand {
+    struct Run: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Run pvhost: guest processes attach on the control socket and become domains.",
             discussion: """
@@ -67,7 +68,7 @@ struct PVHostCommand: ParsableCommand {
         @Option(help: "The xenstored socket for dom0 tools.") var xenstore: String = "/run/pvhost/xenstored"
         @Option(help: "Seconds guests get to detach after being told to power off.") var grace: Double = 2
 
-        func run() throws {
+        func run() async throws {
             let signals = try caughtSignals("pvhost run")
             var config: PVHostConfig?
             if let configPath {
@@ -79,13 +80,14 @@ struct PVHostCommand: ParsableCommand {
             for path in [control, xenstore] {
                 try? FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
             }
-            signal(SIGPIPE, SIG_IGN)
+            ignoreBrokenPipes()
+            let logger = Logger(label: "pvhost")
             let daemon: XenStoreDaemon
             let server: ControlServer
             let toolstack: Toolstack
             do {
                 daemon = try XenStoreDaemon(path: xenstore)
-                Thread { daemon.run() }.start()
+                try daemon.start()
                 let store = try XenStoreClient.connect(XenStoreLocation(environment: ["XENSTORED_PATH": xenstore]))
                 toolstack = Toolstack(hypervisor: Hypervisor(), xenstored: daemon, store: store)
                 server = try ControlServer(path: control, toolstack: toolstack, config: config)
@@ -93,23 +95,20 @@ struct PVHostCommand: ParsableCommand {
                 FileHandle.standardError.write(Data("pvhost run: \(error)\n".utf8))
                 throw ExitCode(1)
             }
-            let grace = self.grace
-            let stop: @Sendable () -> Void = {
-                Task {
-                    // Tell every guest first, as xl shutdown does, then give them time to go.
-                    for domain in toolstack.hypervisor.domains {
-                        try? await toolstack.store.write(XenStorePath("/local/domain/\(domain.id.rawValue)/control/shutdown"), "poweroff")
-                    }
-                    let deadline = Date().addingTimeInterval(grace)
-                    while !toolstack.hypervisor.domains.isEmpty && Date() < deadline { try? await Task.sleep(for: .milliseconds(50)) }
-                    for domain in toolstack.hypervisor.domains { await toolstack.destroyDomain(domain.id) }
-                    server.stop()
-                    daemon.stop()
-                }
+            // Shut down in reverse order: the guests told and given their grace, then the
+            // control socket (every remaining domain reclaimed), then xenstored.
+            let group = ServiceGroup(configuration: ServiceGroupConfiguration(services: [
+                .init(service: daemon, serviceName: "xenstored"),
+                .init(service: server, serviceName: "control server"),
+                .init(service: GuestShutdownService(toolstack: toolstack, grace: .seconds(grace)), serviceName: "guest shutdown"),
+                .init(service: TerminationSignalService(signals: signals, logger: logger), successTerminationBehavior: .gracefullyShutdownGroup,
+                      serviceName: "SIGINT/SIGTERM"),
+            ], logger: logger))
+            logger.info("running", metadata: ["control": "\(control)", "xenstored": "\(xenstore)"])
+            do { try await group.run() } catch {
+                FileHandle.standardError.write(Data("pvhost run: \(error)\n".utf8))
+                throw ExitCode(1)
             }
-            signals.onSignal { _ in stop() }
-            Logger(label: "pvhost").info("running", metadata: ["control": "\(control)", "xenstored": "\(xenstore)"])
-            server.run()
         }
     }
 
@@ -142,7 +141,7 @@ struct PVHostCommand: ParsableCommand {
         }
     }
 
-    struct XenStored: ParsableCommand {
+    struct XenStored: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "xenstored",
             abstract: "Serve a xenstore on a UNIX socket (dom0's clients: xenstore-utils with XENSTORED_PATH, pvstore).",
@@ -182,7 +181,7 @@ struct PVHostCommand: ParsableCommand {
         @Option(help: "After serving a request, look for the next one this many µs before sleeping (0: never).")
         var pollMicroseconds = 50
 
-        func run() throws {
+        func run() async throws {
             let signals = try caughtSignals("pvhost xenstored")
             let limits = try parsedQuotas()
             let server: XenStoreDaemon
@@ -194,9 +193,17 @@ struct PVHostCommand: ParsableCommand {
             }
             server.quotas = limits
             server.pollMicroseconds = pollMicroseconds
-            signal(SIGPIPE, SIG_IGN)
-            signals.onSignal { _ in server.stop() }
-            server.run()
+            ignoreBrokenPipes()
+            let logger = Logger(label: "pvhost.xenstored")
+            let group = ServiceGroup(configuration: ServiceGroupConfiguration(services: [
+                .init(service: server, serviceName: "xenstored"),
+                .init(service: TerminationSignalService(signals: signals, logger: logger), successTerminationBehavior: .gracefullyShutdownGroup,
+                      serviceName: "SIGINT/SIGTERM"),
+            ], logger: logger))
+            do { try await group.run() } catch {
+                FileHandle.standardError.write(Data("pvhost xenstored: \(error)\n".utf8))
+                throw ExitCode(1)
+            }
         }
     }
 }

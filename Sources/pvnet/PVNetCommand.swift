@@ -193,9 +193,7 @@ extension PVNetCommand {
             do { bridge = try TapBridge(nic: nic, tap: tap) } catch { fail("\(error)") }
             print("bridging vif \(connection.device) (\(nic.info.mac)) to \(tap): \(describe(nic.info.features))")
             fflush(nil)
-            let (stop, continuation) = AsyncStream<Void>.makeStream()
-            signals.onSignal { _ in continuation.yield() }
-            for await _ in stop { break }
+            _ = try? await signals.next()
             await bridge.stop()
             print("to the rings \(bridge.toGuestNetwork.load(ordering: .relaxed)), to Linux \(bridge.toLinux.load(ordering: .relaxed)), lost \(bridge.lost.load(ordering: .relaxed))")
             await nic.close()

@@ -5,7 +5,7 @@ import XenABI
 
 /// BlockFront's pure parts: how transfers become requests, what is negotiated from the
 /// backend's keys, the semaphore that is its back-pressure, the ring's id list.
-@Suite("BlockFront without a backend")
+@Suite("BlockFront without a backend", .timeLimit(.minutes(5)))
 struct BlockFrontUnitTests {
     @Test("a transfer is cut into requests of whole pages; the last page may be partial")
     func plan() {

@@ -3,7 +3,7 @@ import KernelAudit
 import Testing
 
 /// The kernel-fix catalogue in `patches/`: schema, loading with file and line, evaluation.
-@Suite("fix catalogue")
+@Suite("fix catalogue", .timeLimit(.minutes(5)))
 struct CatalogueTests {
     static let directory = KernelAuditTests.fixtures.deletingLastPathComponent().appendingPathComponent("patches").path
 
@@ -82,7 +82,7 @@ struct CatalogueTests {
 }
 
 /// Every catalogue entry against the real Debian kernels it was verified on.
-@Suite("fix catalogue on real Debian kernels", .serialized)
+@Suite("fix catalogue on real Debian kernels", .serialized, .timeLimit(.minutes(10)))
 struct RealKernelCatalogueTests {
     @Test("every entry is fixed or present", arguments: RealKernelTests.kernels)
     func all(_ kernel: RealKernelTests.Kernel) throws {

@@ -3,7 +3,7 @@ import KernelAudit
 import Testing
 
 /// The `pvcheck` executable: exit statuses, JSON lines, quiet, help, completions, --root.
-@Suite("pvcheck command line")
+@Suite("pvcheck command line", .timeLimit(.minutes(5)))
 struct CommandLineTests {
     @Test("exit statuses", arguments: [
         (["--require", "pv", "bzImage-xz"], Int32(0)),

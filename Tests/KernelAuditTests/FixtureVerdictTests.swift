@@ -4,7 +4,7 @@ import XenABI
 
 /// The bundled fixtures through the whole pipeline: container, compression, release and all
 /// six verdicts.
-@Suite("fixtures: containers, compressions and verdicts")
+@Suite("fixtures: containers, compressions and verdicts", .timeLimit(.minutes(5)))
 struct FixtureVerdictTests {
     struct Case: Sendable, CustomTestStringConvertible {
         let file: String
@@ -136,7 +136,7 @@ struct FixtureVerdictTests {
     }
 }
 
-@Suite("guest root filesystems and module trees")
+@Suite("guest root filesystems and module trees", .timeLimit(.minutes(5)))
 struct RootAndModuleTests {
     @Test("--root finds every kernel and the default one")
     func rootScan() throws {

@@ -3,7 +3,7 @@ import KernelAudit
 import Testing
 
 /// Fleets: many images and roots at once, sorted output, the worst exit status.
-@Suite("fleets")
+@Suite("fleets", .timeLimit(.minutes(5)))
 struct FleetTests {
     var arguments: [String] {
         ["--root", fixtures.appendingPathComponent("root").path, "--root", fixtures.appendingPathComponent("live/pvh").path,

@@ -4,7 +4,7 @@ import Testing
 
 /// Bad input: each gets one clear error (what, where, what to do), never a crash and never
 /// unbounded memory.
-@Suite("hostile and broken images")
+@Suite("hostile and broken images", .timeLimit(.minutes(5)))
 struct HostileInputTests {
     func auditError(_ path: String, limits: DecompressionLimits = DecompressionLimits()) -> KernelAuditError? {
         do {
@@ -127,7 +127,7 @@ struct HostileInputTests {
     }
 }
 
-@Suite("pure parts: config, note text, compression magic")
+@Suite("pure parts: config, note text, compression magic", .timeLimit(.minutes(5)))
 struct ParsingTests {
     @Test("config lines")
     func config() {

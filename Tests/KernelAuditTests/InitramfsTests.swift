@@ -3,7 +3,7 @@ import KernelAudit
 import Testing
 
 /// "The kernel is fine, but the initramfs cannot see xvda": the initramfs verdict.
-@Suite("initramfs")
+@Suite("initramfs", .timeLimit(.minutes(5)))
 struct InitramfsTests {
     func report(_ image: String, initrd: String? = nil, root: String? = nil) throws -> AuditReport {
         try KernelAuditor(options: AuditOptions(rootPath: root, initrdPath: initrd)).audit(path: image)

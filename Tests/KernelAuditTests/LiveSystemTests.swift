@@ -3,7 +3,7 @@ import KernelAudit
 import Testing
 
 /// `--live` on captured /sys and /proc trees: PV, PV dom0, PVH, HVM with PV drivers, bare metal, KVM.
-@Suite("live system")
+@Suite("live system", .timeLimit(.minutes(5)))
 struct LiveSystemTests {
     struct Case: Sendable, CustomTestStringConvertible {
         let tree: String
@@ -59,7 +59,7 @@ struct LiveSystemTests {
     }
 }
 
-@Suite("live system: broken trees")
+@Suite("live system: broken trees", .timeLimit(.minutes(5)))
 struct BrokenLiveTreeTests {
     @Test("garbage, binary and missing files are read as absent, never a crash")
     func garbage() throws {

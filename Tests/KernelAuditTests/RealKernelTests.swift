@@ -4,7 +4,7 @@ import Testing
 
 /// Real Debian kernels (fetched by scripts/fetch-kernels.sh, which `make test` runs) against
 /// Xen's own `readnotes` and binutils' `readelf -n` on the same vmlinux.
-@Suite("real Debian kernels", .serialized)
+@Suite("real Debian kernels", .serialized, .timeLimit(.minutes(10)))
 struct RealKernelTests {
     struct Kernel: Sendable, CustomTestStringConvertible {
         let suite: String
@@ -148,7 +148,7 @@ func shell(_ arguments: [String]) throws -> String {
 }
 
 /// Symbol recovery from real kernels, cross-checked against facts the image states twice.
-@Suite("real Debian kernels: kallsyms", .serialized)
+@Suite("real Debian kernels: kallsyms", .serialized, .timeLimit(.minutes(10)))
 struct RealKernelSymbolTests {
     @Test("the whole kallsyms table, agreeing with the Xen notes and the ELF", arguments: RealKernelTests.kernels)
     func kallsyms(_ kernel: RealKernelTests.Kernel) throws {

@@ -3,7 +3,7 @@ import KernelAudit
 import Testing
 
 /// Symbol recovery on the fixtures: kallsyms in both layouts, then each fallback in order.
-@Suite("symbols: kallsyms and the fallbacks")
+@Suite("symbols: kallsyms and the fallbacks", .timeLimit(.minutes(5)))
 struct SymbolTests {
     func symbols(_ name: String, systemMap: String? = nil) throws -> SymbolTable? {
         try KernelAuditor(options: AuditOptions(symbols: true, systemMapPath: systemMap)).auditWithSymbols(path: fixture(name)).symbols

@@ -2,7 +2,7 @@ import Testing
 import XenABI
 @testable import NetFront
 
-@Suite("NetFront without a backend: negotiation, tx plan, rx assembly")
+@Suite("NetFront without a backend: negotiation, tx plan, rx assembly", .timeLimit(.minutes(5)))
 struct NetFrontUnitTests {
     static let everything = ["feature-rx-copy": "1", "feature-sg": "1", "feature-gso-tcpv4": "1", "feature-gso-tcpv6": "1",
                              "feature-ipv6-csum-offload": "1", "feature-split-event-channels": "1", "multi-queue-max-queues": "8"]

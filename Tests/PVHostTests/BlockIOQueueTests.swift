@@ -11,7 +11,7 @@ import XenStore
 
 /// BlockIOQueue (batched submission, collected or handed-over completions) against pvhost's
 /// blkback on a real file, and blkback's mapped reads.
-@Suite("BlockIOQueue ↔ blkback on pvhost", .serialized)
+@Suite("BlockIOQueue ↔ blkback on pvhost", .serialized, .timeLimit(.minutes(5)))
 struct BlockIOQueueTests {
     let conformance = BlockConformanceTests()
 

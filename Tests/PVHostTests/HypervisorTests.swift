@@ -10,7 +10,7 @@ import Foundation
 
 /// The hypervisor's grant tables and event channels, driven as a guest and a backend would:
 /// the guest writes its own grant table through its own mapping of the frames.
-@Suite("pvhost hypervisor: grant tables and event channels")
+@Suite("pvhost hypervisor: grant tables and event channels", .timeLimit(.minutes(5)))
 struct HypervisorTests {
     /// A domain plus the guest's own view of its grant table (a second mapping of the memfd).
     struct Guest {
@@ -144,7 +144,7 @@ struct HypervisorTests {
     }
 }
 
-@Suite("pvhost configuration")
+@Suite("pvhost configuration", .timeLimit(.minutes(5)))
 struct PVHostConfigTests {
     @Test("a valid file: names and limits")
     func valid() throws {

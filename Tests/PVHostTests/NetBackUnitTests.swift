@@ -6,7 +6,7 @@ import XenABI
 
 /// netback's sans-I/O parts: tx slots into packets (against a hostile frontend), the
 /// checksum fill-in, the learning switch.
-@Suite("NetBack without rings: tx assembly, checksums, switching")
+@Suite("NetBack without rings: tx assembly, checksums, switching", .timeLimit(.minutes(5)))
 struct NetBackUnitTests {
     /// The 12 bytes of a tx request slot.
     static func slot(_ request: NetifTxRequest) -> [UInt8] {

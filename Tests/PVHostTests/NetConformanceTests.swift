@@ -8,7 +8,7 @@ import XenStore
 
 /// NetFront in guests against pvhost's NetBack and switch, end to end: real ring pages, real
 /// grants (copied by the hypervisor), real event channels.
-@Suite("netfront ↔ netback on pvhost", .serialized)
+@Suite("netfront ↔ netback on pvhost", .serialized, .timeLimit(.minutes(5)))
 struct NetConformanceTests {
     struct Guest {
         let platform: ReferencePlatform
@@ -250,7 +250,7 @@ struct NetConformanceTests {
 
 /// NetFront against a lying netback: each mode gets a counted error or a cleanly closed
 /// device, never a crash, a hang, or a bad frame delivered.
-@Suite("netfront against a hostile netback", .serialized)
+@Suite("netfront against a hostile netback", .serialized, .timeLimit(.minutes(5)))
 struct NetHostileTests {
     typealias N = NetConformanceTests
 
@@ -373,7 +373,7 @@ struct NetHostileTests {
     }
 }
 
-@Suite("netfront lifecycle: backend restart, link state", .serialized)
+@Suite("netfront lifecycle: backend restart, link state", .serialized, .timeLimit(.minutes(5)))
 struct NetLifecycleTests {
     typealias N = NetConformanceTests
 
@@ -433,7 +433,7 @@ struct NetLifecycleTests {
 
 /// netback against a frontend that breaks the rules on its own tx ring: it must answer with
 /// errors, count, and keep serving — never crash, never switch bytes it could not fetch.
-@Suite("netback against a hostile frontend", .serialized)
+@Suite("netback against a hostile frontend", .serialized, .timeLimit(.minutes(5)))
 struct NetHostileFrontendTests {
     typealias N = NetConformanceTests
 

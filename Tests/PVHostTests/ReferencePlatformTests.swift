@@ -11,25 +11,22 @@ import XenStore
 
 /// A guest on ReferencePlatform (memfds and eventfds received over the control socket) with
 /// pvhost in the same process acting as the backend: grants, revokes, event channels.
-@Suite("PVPlatform.Reference against pvhost", .serialized)
+@Suite("PVPlatform.Reference against pvhost", .serialized, .timeLimit(.minutes(5)))
 struct ReferencePlatformTests {
     final class Host: @unchecked Sendable {
         let tools: ToolstackTests.Host
         let server: ControlServer
-        let thread: Thread
         var control: String { tools.directory + "/control" }
 
         init() throws {
             tools = try ToolstackTests.Host()
             server = try ControlServer(path: tools.directory + "/control", toolstack: tools.toolstack)
             let server = self.server
-            thread = Thread { server.run() }
-            thread.start()
+            try server.start()
         }
 
         deinit {
             server.stop()
-            while !thread.isFinished { usleep(1000) }
         }
     }
 
@@ -127,7 +124,7 @@ struct ReferencePlatformTests {
             if !destroyed { try await Task.sleep(for: .milliseconds(10)) }
         }
         #expect(destroyed, "the guest is detached and destroyed as if its process had ended")
-        host.tools.daemon.stop()
+        await host.tools.daemon.stop()
         // Bounded: a daemon that kept the socket open would leave the request unanswered; the
         // client is closed after 5 s, which ends the wait with a different reason.
         let timer = Task { try await Task.sleep(for: .seconds(5)); store.close() }

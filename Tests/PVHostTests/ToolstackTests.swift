@@ -10,12 +10,11 @@ import XenStore
 
 /// The toolstack with the real xenstored and hypervisor: guests reach xenstore through the
 /// ring page in their own memory, with their own identity.
-@Suite("pvhost toolstack: domains and devices as libxl lays them out", .serialized)
+@Suite("pvhost toolstack: domains and devices as libxl lays them out", .serialized, .timeLimit(.minutes(5)))
 struct ToolstackTests {
     final class Host: @unchecked Sendable {
         let directory: String
         let daemon: XenStoreDaemon
-        let thread: Thread
         let hypervisor = Hypervisor()
         let toolstack: Toolstack
 
@@ -24,8 +23,7 @@ struct ToolstackTests {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             daemon = try XenStoreDaemon(path: directory + "/socket")
             let daemon = self.daemon
-            thread = Thread { daemon.run() }
-            thread.start()
+            try daemon.start()
             let store = try XenStoreClient.connect(XenStoreLocation(environment: ["XENSTORED_PATH": directory + "/socket"]))
             toolstack = Toolstack(hypervisor: hypervisor, xenstored: daemon, store: store)
         }
@@ -39,8 +37,7 @@ struct ToolstackTests {
         }
 
         deinit {
-            daemon.stop()
-            while !thread.isFinished { usleep(1000) }
+            daemon.shutdown()
             try? FileManager.default.removeItem(atPath: directory)
         }
     }

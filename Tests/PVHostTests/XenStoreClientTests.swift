@@ -13,10 +13,10 @@ enum StoreDaemon: String, CaseIterable, CustomTestStringConvertible, Sendable {
     var testDescription: String { self == .pvkit ? "pvhost xenstored" : "Xen's C xenstored" }
 
     /// Starts one; the returned object keeps it running.
-    func start() throws -> (socket: String, handle: AnyObject) {
+    func start() async throws -> (socket: String, handle: AnyObject) {
         switch self {
-        case .pvkit: let d = try XenStoreInteropTests.Daemon(); return (d.socket, d)
-        case .xenC: let d = try XenStoreInteropTests.CDaemon(); return (d.socket, d)
+        case .pvkit: let d = try await XenStoreInteropTests.Daemon(); return (d.socket, d)
+        case .xenC: let d = try await XenStoreInteropTests.CDaemon(); return (d.socket, d)
         }
     }
 
@@ -25,11 +25,11 @@ enum StoreDaemon: String, CaseIterable, CustomTestStringConvertible, Sendable {
     }
 }
 
-@Suite("XenStore client against both daemons", .serialized)
+@Suite("XenStore client against both daemons", .serialized, .timeLimit(.minutes(5)))
 struct XenStoreClientTests {
     @Test("read, write, mkdir, directory, permissions, remove, domain path; typed errors", arguments: StoreDaemon.allCases)
     func nodes(_ kind: StoreDaemon) async throws {
-        let (socket, handle) = try kind.start()
+        let (socket, handle) = try await kind.start()
         defer { withExtendedLifetime(handle) {} }
         let store = try kind.client(socket)
         try await store.write("/tool/pvkit/a", "one")
@@ -61,7 +61,7 @@ struct XenStoreClientTests {
 
     @Test("many requests in flight on one connection, each reply matched by req_id", arguments: StoreDaemon.allCases)
     func inFlight(_ kind: StoreDaemon) async throws {
-        let (socket, handle) = try kind.start()
+        let (socket, handle) = try await kind.start()
         defer { withExtendedLifetime(handle) {} }
         let store = try kind.client(socket)
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -82,7 +82,7 @@ struct XenStoreClientTests {
 
     @Test("a watch: the registration event, then changes below; ending it unwatches", arguments: StoreDaemon.allCases)
     func watches(_ kind: StoreDaemon) async throws {
-        let (socket, handle) = try kind.start()
+        let (socket, handle) = try await kind.start()
         defer { withExtendedLifetime(handle) {} }
         let store = try kind.client(socket)
         let writer = try kind.client(socket)
@@ -120,7 +120,7 @@ struct XenStoreClientTests {
 
     @Test("a transaction that conflicts is run again; one that throws is aborted", arguments: StoreDaemon.allCases)
     func transactions(_ kind: StoreDaemon) async throws {
-        let (socket, handle) = try kind.start()
+        let (socket, handle) = try await kind.start()
         defer { withExtendedLifetime(handle) {} }
         let store = try kind.client(socket)
         let other = try kind.client(socket)
@@ -155,7 +155,7 @@ struct XenStoreClientTests {
 
     @Test("a directory too long for one reply is read with DIRECTORY_PART", arguments: StoreDaemon.allCases)
     func longDirectory(_ kind: StoreDaemon) async throws {
-        let (socket, handle) = try kind.start()
+        let (socket, handle) = try await kind.start()
         defer { withExtendedLifetime(handle) {} }
         let store = try kind.client(socket)
         let names = (0..<400).map { "child-with-a-longish-name-\($0)" }
@@ -168,7 +168,7 @@ struct XenStoreClientTests {
 
     @Test("introduce, is-introduced, release fire the special watches", arguments: StoreDaemon.allCases)
     func domains(_ kind: StoreDaemon) async throws {
-        let (socket, handle) = try kind.start()
+        let (socket, handle) = try await kind.start()
         defer { withExtendedLifetime(handle) {} }
         let store = try kind.client(socket)
         let introduced = try await store.watch(.introduceDomain, skipInitial: true)
@@ -186,7 +186,7 @@ struct XenStoreClientTests {
 
     @Test("reset-watches ends every watch of the connection", arguments: StoreDaemon.allCases)
     func resetWatches(_ kind: StoreDaemon) async throws {
-        let (socket, handle) = try kind.start()
+        let (socket, handle) = try await kind.start()
         defer { withExtendedLifetime(handle) {} }
         let store = try kind.client(socket)
         let watch = try await store.watch("/tool/r", skipInitial: true)

@@ -4,7 +4,7 @@ import XenABI
 import XenStore
 
 /// The engine through xs_wire messages, as a socket or ring adapter would drive it.
-@Suite("xenstored engine: requests in, replies and events out")
+@Suite("xenstored engine: requests in, replies and events out", .timeLimit(.minutes(5)))
 struct XenStoreEngineTests {
     struct Harness {
         var engine = XenStoreEngine()

@@ -8,7 +8,7 @@ import XenStore
 
 /// The client against daemons that lie or die: it must fail with a clear error, never crash
 /// or hang, and never hand a reply to the wrong request.
-@Suite("XenStore client: a lying or dying daemon", .serialized)
+@Suite("XenStore client: a lying or dying daemon", .serialized, .timeLimit(.minutes(5)))
 struct XenStoreLyingDaemonTests {
     /// A one-connection fake daemon: reads one request header + payload, then runs `answer`
     /// with the connection and the request's header.
@@ -114,10 +114,10 @@ struct XenStoreLyingDaemonTests {
 
     @Test("a daemon that dies: the request in flight fails, the watch ends, later calls fail at once")
     func killed() async throws {
-        let daemon = try XenStoreInteropTests.Daemon()
+        let daemon = try await XenStoreInteropTests.Daemon()
         let store = try XenStoreClient.connect(XenStoreLocation(environment: ["XENSTORED_PATH": daemon.socket]))
         let watch = try await store.watch("/tool/k", skipInitial: true)
-        kill(daemon.process.processIdentifier, SIGKILL)
+        daemon.process.child.signal(SIGKILL)
         var events = watch.makeAsyncIterator()
         #expect(await events.next() == nil, "the watch ends when the connection does")
         await #expect { try await store.read("/tool/k") } throws: { error in

@@ -10,12 +10,11 @@ import XenStore
 
 /// A guest talking to xenstored over its ring page: one memfd page mapped twice (the daemon's
 /// mapping and the guest's), two eventfds as the event channel's directions.
-@Suite("xenstored on a domain's ring page", .serialized)
+@Suite("xenstored on a domain's ring page", .serialized, .timeLimit(.minutes(5)))
 struct XenStoreRingTests {
     final class Setup: @unchecked Sendable {
         let daemon: XenStoreDaemon
         let directory: String
-        let thread: Thread
         let daemonPage: SharedMemoryRegion
         let guestPage: SharedMemoryRegion
         let fromGuest: EventFD
@@ -29,8 +28,7 @@ struct XenStoreRingTests {
             daemon = try XenStoreDaemon(path: directory + "/socket")
             daemon.quotas = quotas
             let daemon = self.daemon
-            thread = Thread { daemon.run() }
-            thread.start()
+            try daemon.start()
             daemonPage = try SharedMemoryRegion(creating: "xenstore-ring", byteCount: 4096)
             // The guest's own mapping of the same page.
             guestPage = try SharedMemoryRegion(mapping: dup(daemonPage.fileDescriptor), byteCount: 4096)
@@ -51,8 +49,7 @@ struct XenStoreRingTests {
         func guest() throws -> XenStoreClient { XenStoreClient(transport: try guestTransport()) }
 
         deinit {
-            daemon.stop()
-            while !thread.isFinished { usleep(1000) }
+            daemon.shutdown()
             try? FileManager.default.removeItem(atPath: directory)
         }
     }

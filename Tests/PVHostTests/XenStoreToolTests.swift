@@ -7,7 +7,7 @@ import XenABI
 import XenStore
 
 /// pvstore against xenstore-utils, and the pyxs Python client, on both daemons.
-@Suite("pvstore and pyxs against both daemons", .serialized)
+@Suite("pvstore and pyxs against both daemons", .serialized, .timeLimit(.minutes(5)))
 struct XenStoreToolTests {
     static var pvstore: String {
         let me = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
@@ -15,13 +15,13 @@ struct XenStoreToolTests {
     }
 
     @Test("pvstore prints what xenstore-utils print, on our daemon and on C xenstored", arguments: StoreDaemon.allCases)
-    func sameAsXenstoreUtils(_ kind: StoreDaemon) throws {
+    func sameAsXenstoreUtils(_ kind: StoreDaemon) async throws {
         try XenStoreInteropTests.available("/usr/bin/xenstore-ls")
         try #require(FileManager.default.isExecutableFile(atPath: Self.pvstore), "pvstore is not built beside the tests")
-        let (socket, handle) = try kind.start()
+        let (socket, handle) = try await kind.start()
         defer { withExtendedLifetime(handle) {} }
-        #expect(try runTool(Self.pvstore, ["write", "/tool/pv/a", "one", "/tool/pv/b/c", "two", "/tool/pv/t", "tab\there\u{1}"], socket: socket).status == 0)
-        #expect(try runTool(Self.pvstore, ["chmod", "/tool/pv/b", "n0", "r5"], socket: socket).status == 0)
+        #expect(try await runTool(Self.pvstore, ["write", "/tool/pv/a", "one", "/tool/pv/b/c", "two", "/tool/pv/t", "tab\there\u{1}"], socket: socket).status == 0)
+        #expect(try await runTool(Self.pvstore, ["chmod", "/tool/pv/b", "n0", "r5"], socket: socket).status == 0)
         let pairs: [([String], [String])] = [
             (["read", "/tool/pv/a", "/tool/pv/t"], ["xenstore-read", "/tool/pv/a", "/tool/pv/t"]),
             (["read", "-p", "/tool/pv/a"], ["xenstore-read", "-p", "/tool/pv/a"]),
@@ -33,46 +33,46 @@ struct XenStoreToolTests {
             (["exists", "/tool/pv/b/c"], ["xenstore-exists", "/tool/pv/b/c"]),
         ]
         for (ours, theirs) in pairs {
-            let mine = try runTool(Self.pvstore, ours, socket: socket)
-            let reference = try runTool("/usr/bin/" + theirs[0], Array(theirs.dropFirst()), socket: socket)
+            let mine = try await runTool(Self.pvstore, ours, socket: socket)
+            let reference = try await runTool("/usr/bin/" + theirs[0], Array(theirs.dropFirst()), socket: socket)
             #expect(mine == reference, "pvstore \(ours) vs \(theirs)")
         }
         // Failures: exit 1 like xenstore-utils, with a message that names the node.
-        let missing = try runTool(Self.pvstore, ["read", "/tool/pv/none"], socket: socket)
+        let missing = try await runTool(Self.pvstore, ["read", "/tool/pv/none"], socket: socket)
         #expect(missing.status == 1 && missing.output.contains("/tool/pv/none") && missing.output.contains("ENOENT"))
-        #expect(try runTool(Self.pvstore, ["exists", "/tool/pv/none"], socket: socket).status == 1)
-        #expect(try runTool(Self.pvstore, ["chmod", "/tool/pv/a", "q5"], socket: socket).status == 64)
+        #expect(try await runTool(Self.pvstore, ["exists", "/tool/pv/none"], socket: socket).status == 1)
+        #expect(try await runTool(Self.pvstore, ["chmod", "/tool/pv/a", "q5"], socket: socket).status == 64)
         // JSON.
-        let json = try runTool(Self.pvstore, ["ls", "--json", "/tool/pv/b"], socket: socket)
+        let json = try await runTool(Self.pvstore, ["ls", "--json", "/tool/pv/b"], socket: socket)
         let nodes = try JSONSerialization.jsonObject(with: Data(json.output.utf8)) as? [[String: Any]]
         #expect(nodes?.first?["path"] as? String == "/tool/pv/b/c" && nodes?.first?["value"] as? String == "two")
         // mkdir, rm, watch --count.
-        #expect(try runTool(Self.pvstore, ["mkdir", "/tool/pv/m"], socket: socket).status == 0)
-        #expect(try runTool("/usr/bin/xenstore-read", ["/tool/pv/m"], socket: socket) == (0, "\n"))
-        #expect(try runTool(Self.pvstore, ["watch", "--count", "1", "/tool/pv"], socket: socket) == (0, "/tool/pv\n"))
-        #expect(try runTool(Self.pvstore, ["rm", "/tool/pv"], socket: socket).status == 0)
-        #expect(try runTool("/usr/bin/xenstore-exists", ["/tool/pv"], socket: socket).status == 1)
+        #expect(try await runTool(Self.pvstore, ["mkdir", "/tool/pv/m"], socket: socket).status == 0)
+        #expect(try await runTool("/usr/bin/xenstore-read", ["/tool/pv/m"], socket: socket) == (0, "\n"))
+        #expect(try await runTool(Self.pvstore, ["watch", "--count", "1", "/tool/pv"], socket: socket) == (0, "/tool/pv\n"))
+        #expect(try await runTool(Self.pvstore, ["rm", "/tool/pv"], socket: socket).status == 0)
+        #expect(try await runTool("/usr/bin/xenstore-exists", ["/tool/pv"], socket: socket).status == 1)
     }
 
     @Test("pvhost xenstored rejects a bad quota with a usage error that lists the names")
-    func badQuota() throws {
+    func badQuota() async throws {
         let pvhost = URL(fileURLWithPath: Self.pvstore).deletingLastPathComponent().appendingPathComponent("pvhost").path
         for arguments in [["--quota", "bogus=1"], ["--quota", "entries=0"], ["--domain-quota", "x:entries=5"]] {
-            let result = try runTool(pvhost, ["xenstored", "--socket", "/tmp/pvkit-never-\(getpid())"] + arguments, socket: "")
+            let result = try await runTool(pvhost, ["xenstored", "--socket", "/tmp/pvkit-never-\(getpid())"] + arguments, socket: "")
             #expect(result.status == 64, "\(arguments): \(result.output)")
             #expect(result.output.contains("quota"))
         }
     }
 
     @Test("pvstore says where it looked when no daemon is reachable")
-    func unreachable() throws {
-        let result = try runTool(Self.pvstore, ["read", "/x"], socket: "/nonexistent/pvkit/socket")
+    func unreachable() async throws {
+        let result = try await runTool(Self.pvstore, ["read", "/x"], socket: "/nonexistent/pvkit/socket")
         #expect(result.status == 1)
         #expect(result.output.contains("/nonexistent/pvkit/socket") && result.output.contains("XENSTORED_PATH"))
     }
 
     @Test("the pyxs Python client: transactions, watches, permissions; same transcript on both daemons")
-    func pyxs() throws {
+    func pyxs() async throws {
         let cache = ProcessInfo.processInfo.environment["PVKIT_CACHE"] ?? (NSHomeDirectory() + "/.cache/pvkit")
         let site = cache + "/python"
         try #require(FileManager.default.fileExists(atPath: site + "/pyxs"), "pyxs is missing: make test installs it into \(site)")
@@ -80,7 +80,7 @@ struct XenStoreToolTests {
             .appendingPathComponent("Interop/pyxs_check.py").path
         var transcripts: [String] = []
         for kind in StoreDaemon.allCases {
-            let (socket, handle) = try kind.start()
+            let (socket, handle) = try await kind.start()
             let python = Process()
             python.executableURL = URL(fileURLWithPath: "/usr/bin/env")
             python.arguments = ["python3", script]

@@ -8,7 +8,7 @@ let guest6 = XenStoreCaller(domain: DomainID(6), privileged: false)
 
 func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
 
-@Suite("xenstored tree: nodes, parents, permissions, errors")
+@Suite("xenstored tree: nodes, parents, permissions, errors", .timeLimit(.minutes(5)))
 struct XenStoreTreeTests {
     /// A tree with a guest home owned by domain 5 (as the toolstack makes it).
     func tree() throws -> XenStoreTree {
@@ -88,7 +88,7 @@ struct XenStoreTreeTests {
     }
 }
 
-@Suite("xenstored watches")
+@Suite("xenstored watches", .timeLimit(.minutes(5)))
 struct XenStoreWatchTests {
     @Test("a change fires watches on it and its ancestors; a removal fires watches below, with their own path")
     func matching() throws {
@@ -123,7 +123,7 @@ struct XenStoreWatchTests {
     }
 }
 
-@Suite("xenstored transactions")
+@Suite("xenstored transactions", .timeLimit(.minutes(5)))
 struct XenStoreTransactionTests {
     @Test("a transaction commits its changes, and watches see them only then")
     func commit() throws {

@@ -6,7 +6,7 @@ import XenBus
 import XenStore
 
 /// The XenBus frontend driver in a pvhost guest, against a backend played by dom0.
-@Suite("XenBus frontend lifecycle on pvhost", .serialized)
+@Suite("XenBus frontend lifecycle on pvhost", .serialized, .timeLimit(.minutes(5)))
 struct XenbusFrontendTests {
     /// Records what the frontend asked of its driver.
     actor Recorder {

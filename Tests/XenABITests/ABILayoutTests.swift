@@ -4,7 +4,7 @@ import Testing
 import XenABI
 
 /// Every layout and constant against Xen's own C headers (`/usr/include/xen`, libxen-dev 4.17).
-@Suite("ABI against /usr/include/xen")
+@Suite("ABI against /usr/include/xen", .timeLimit(.minutes(5)))
 struct ABILayoutTests {
     static func cFacts() -> [String: Int64] {
         var count = 0

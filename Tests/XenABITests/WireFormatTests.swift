@@ -28,7 +28,7 @@ func hex(_ text: String) -> [UInt8] {
     return bytes
 }
 
-@Suite("blkif wire format")
+@Suite("blkif wire format", .timeLimit(.minutes(5)))
 struct BlkifWireTests {
     let ring = BlkifRing()
 
@@ -124,7 +124,7 @@ struct BlkifWireTests {
     }
 }
 
-@Suite("netif, xs_wire, grant and xenbus wire formats")
+@Suite("netif, xs_wire, grant and xenbus wire formats", .timeLimit(.minutes(5)))
 struct OtherWireTests {
     @Test("tx request golden bytes")
     func txGolden() throws {

@@ -3,7 +3,7 @@ import XenABI
 import XenBus
 
 /// Every (own, backend) pair, table-driven, for both kinds of frontend.
-@Suite("XenBus frontend state machine")
+@Suite("XenBus frontend state machine", .timeLimit(.minutes(5)))
 struct FrontendStateMachineTests {
     typealias S = XenbusState
     typealias A = FrontendStateMachine.Action

@@ -6,7 +6,7 @@ import XenRing
 
 /// A Swift ring end in this process and a ring.h end in another, sharing one memfd mapping and
 /// waking each other through eventfds, for a million requests each way.
-@Suite("cross-process: Swift and ring.h in two processes", .serialized)
+@Suite("cross-process: Swift and ring.h in two processes", .serialized, .timeLimit(.minutes(5)))
 struct CrossProcessRingTests {
     static let count: UInt64 = 1_000_000
 

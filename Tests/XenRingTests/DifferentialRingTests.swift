@@ -9,7 +9,7 @@ import XenRing
 /// driven by ring.h; on the other, both ends are ring.h (the reference). After every step the
 /// shared indexes of both must be equal, every notify and final-check decision must be equal,
 /// and every request and response must arrive exactly once, in order.
-@Suite("differential against ring.h")
+@Suite("differential against ring.h", .timeLimit(.minutes(5)))
 struct DifferentialRingTests {
     enum SwiftEnd: String, CaseIterable, Sendable { case front, back }
 

@@ -2,7 +2,7 @@ import Testing
 import XenABI
 import XenRing
 
-@Suite("ring.h index arithmetic")
+@Suite("ring.h index arithmetic", .timeLimit(.minutes(5)))
 struct RingArithmeticTests {
     @Test("notify iff the event index lies in (old, new]", arguments: [
         (10, 13, 11, true), (10, 13, 13, true), (10, 13, 14, false), (10, 13, 10, false), (10, 10, 10, false),

@@ -3,7 +3,7 @@ import Testing
 import XenABI
 import XenRing
 
-@Suite("Swift front and back on one ring")
+@Suite("Swift front and back on one ring", .timeLimit(.minutes(5)))
 struct SharedRingTests {
     /// Random batches in both directions; every request answered once and in order, across
     /// 2^32 when started near the top.
@@ -117,7 +117,7 @@ struct SharedRingTests {
     }
 }
 
-@Suite("a lying peer is an error, not a crash or a hang")
+@Suite("a lying peer is an error, not a crash or a hang", .timeLimit(.minutes(5)))
 struct HostilePeerTests {
     @Test("back end publishing responses nobody asked for")
     func responsesAhead() throws {
@@ -189,7 +189,7 @@ struct HostilePeerTests {
     }
 }
 
-@Suite("notification batching")
+@Suite("notification batching", .timeLimit(.minutes(5)))
 struct NotificationBatchingTests {
     @Test("a front end asking to be woken after 3 responses is notified on the third")
     func batchedResponses() throws {
@@ -220,7 +220,7 @@ struct OversizedSlotRing: RingProtocol {
     func decodeResponse(_ slot: UnsafeRawBufferPointer) throws(XenABIError) -> UInt8 { slot[0] }
 }
 
-@Suite("ring construction limits")
+@Suite("ring construction limits", .timeLimit(.minutes(5)))
 struct RingConstructionTests {
     @Test("slots over 128 bytes are refused, not copied past a buffer")
     func oversizedSlots() {

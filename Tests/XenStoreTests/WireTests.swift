@@ -11,7 +11,7 @@ func header(_ type: UInt32, _ requestID: UInt32, _ transactionID: UInt32, _ leng
     [type, requestID, transactionID, UInt32(length)].flatMap { value in withUnsafeBytes(of: value.littleEndian, Array.init) }
 }
 
-@Suite("xs_wire requests: golden bytes, both ways")
+@Suite("xs_wire requests: golden bytes, both ways", .timeLimit(.minutes(5)))
 struct RequestWireTests {
     struct Case: Sendable, CustomTestStringConvertible {
         let request: XenStoreRequest
@@ -116,7 +116,7 @@ struct RequestWireTests {
     }
 }
 
-@Suite("xs_wire replies: golden bytes")
+@Suite("xs_wire replies: golden bytes", .timeLimit(.minutes(5)))
 struct ReplyWireTests {
     struct Case: Sendable, CustomTestStringConvertible {
         let request: XsMessageType
@@ -174,7 +174,7 @@ struct ReplyWireTests {
     }
 }
 
-@Suite("xs_wire framing")
+@Suite("xs_wire framing", .timeLimit(.minutes(5)))
 struct FramingTests {
     static let stream: [UInt8] = {
         let messages = [
@@ -227,7 +227,7 @@ struct FramingTests {
     }
 }
 
-@Suite("Where the client looks for the daemon")
+@Suite("Where the client looks for the daemon", .timeLimit(.minutes(5)))
 struct XenStoreLocationTests {
     @Test("libxenstore's order: XENSTORED_PATH, XENSTORED_RUNDIR/socket, /var/run/xenstored/socket, then the devices")
     func rules() {
@@ -250,7 +250,7 @@ struct XenStoreLocationTests {
     }
 }
 
-@Suite("The /dev/xen/xenbus transport")
+@Suite("The /dev/xen/xenbus transport", .timeLimit(.minutes(5)))
 struct XenbusDeviceTransportTests {
     @Test("a device carries at most 4080 payload bytes (header + payload ≤ 4096): longer requests fail before sending")
     func payloadCap() async throws {
@@ -328,7 +328,7 @@ final class CountingTransport: XenStoreTransport, @unchecked Sendable {  // @unc
     }
 }
 
-@Suite("Requests one at a time")
+@Suite("Requests one at a time", .timeLimit(.minutes(5)))
 struct OneRequestAtATimeTests {
     @Test("a transport that asks (Linux's /dev/xen/xenbus: a WATCH written while another reply is due deadlocks the kernel) gets each reply before the next request; others are pipelined")
     func turns() async throws {

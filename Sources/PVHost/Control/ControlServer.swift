@@ -5,12 +5,14 @@ import Glibc
 #endif
 import PVHostProtocol
 import PVSystem
+import ServiceLifecycle
 import XenABI
 import XenStore
 
 /// pvhost's control socket: guest processes attach here and become domains; their few
-/// hypercalls (event channels) come here; tools ask for the status. One thread per
-/// connection (there are few). When a guest's connection ends — it exited, crashed or was
+/// hypercalls (event channels) come here; tools ask for the status. Every connection is
+/// watched on one of pvhost's event loops; a request that needs the toolstack is handled by a
+/// task on that loop, and the connection's next request waits for its reply. When a guest's connection ends — it exited, crashed or was
 /// killed — its domain is destroyed and everything it held reclaimed.
 public final class ControlServer: @unchecked Sendable {
     public let path: String
@@ -19,10 +21,9 @@ public final class ControlServer: @unchecked Sendable {
     public let config: PVHostConfig?
     private let listener: Int32
     private let logger: Logger
+    /// The loop the socket and its connections are served on.
+    private let loop: EventLoop
     private let lock = NSLock()
-    private var stopping = false
-    /// The guests' connections being served (ended by ``stop()``).
-    private var live: Set<Int32> = []
     /// The disks served for each attached domain.
     private var disks: [DomainID: [BlockBackend]] = [:]
     /// The network interfaces served for each attached domain.
@@ -41,8 +42,9 @@ public final class ControlServer: @unchecked Sendable {
         self.logger = logger
         self.toolstack = toolstack
         self.config = config
+        loop = toolstack.hypervisor.eventLoops.next()
         for tap in config?.taps ?? [] {
-            do { taps.append(try TapPort.open(name: tap.name, namespace: tap.netns, network: network)) } catch {
+            do { taps.append(try TapPort.open(name: tap.name, namespace: tap.netns, network: network, loop: toolstack.hypervisor.eventLoops.next())) } catch {
                 for opened in taps { opened.stop() }
                 throw StartFailure(description: "\(error)")
             }
@@ -55,96 +57,182 @@ public final class ControlServer: @unchecked Sendable {
 
     deinit {
         for tap in taps { tap.stop() }
-        executor.shutdown()
         close(listener)
         unlink(path)
     }
 
-    /// Accepts connections until ``stop()``; each is served on its own thread.
-    public func run() {
-        while true {
-            var entry = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
-            let ready = poll(&entry, 1, 200)
-            if lock.withLock({ stopping }) { return }
-            guard ready > 0 else { continue }
-            let fd = accept(listener, nil, nil)
-            guard fd >= 0 else { continue }
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-            let connection = SeqpacketSocket(adopting: fd)
-            lock.withLock { _ = live.insert(fd) }
-            Thread { [self] in serve(connection, fd: fd) }.start()
+    /// One guest's (or tool's) connection: served one request at a time, in order.
+    private final class Connection: @unchecked Sendable {  // @unchecked: every field is touched on the server's loop only
+        let socket: SeqpacketSocket
+        var registration: EventLoop.Registration?
+        var domain: DomainID?
+        var info: AttachedDomain?
+        /// A request is being handled (reading is paused until its reply is sent).
+        var busy = false
+        /// The peer went while a request was being handled: ended once it is done.
+        var hungUp = false
+        init(socket: SeqpacketSocket) { self.socket = socket }
+    }
+    /// Live connections (the loop's thread only).
+    private var connections: [ObjectIdentifier: Connection] = [:]
+    private var listening: EventLoop.Registration?
+    private var stopped: [CheckedContinuation<Void, Never>]? = []
+
+    /// Starts accepting connections on the server's loop; each is served there.
+    public func start() throws(StartFailure) {
+        do {
+            let registration = try loop.register(listener, name: "pvhost control socket \(path)") { [self] _ in
+                accept()
+                return .wait
+            }
+            loop.execute { [self] in listening = registration }
+        } catch {
+            throw StartFailure(description: "control socket \(path): \(error)")
         }
     }
+
+    /// Serves (as ``start()``) until graceful shutdown, cancellation or ``stop()``: the
+    /// control server as a long-running service. Returns once every guest that was attached
+    /// has been destroyed and reclaimed.
+    public func run() async throws {
+        try start()
+        await withTaskCancellationOrGracefulShutdownHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                loop.execute { [self] in
+                    if stopped == nil { continuation.resume() } else { stopped!.append(continuation) }
+                }
+            }
+        } onCancelOrGracefulShutdown: {
+            self.stop()
+        }
+        await reclaims.waitUntilIdle()
+    }
+
+    /// Domains being reclaimed (their connection ended).
+    private let reclaims = PendingWork()
 
     /// Stops accepting and ends every guest's connection: each guest is detached and
-    /// destroyed as if its process had ended.
+    /// destroyed as if its process had ended. Never blocks.
     public func stop() {
-        let connections = lock.withLock { stopping = true; return live }
-        for fd in connections { shutdown(fd, Int32(SHUT_RDWR)) }
-    }
-
-    /// Runs an async toolstack call from a connection thread, on pvhost's own executor thread
-    /// (not Swift's cooperative pool, which a guest in the same process may be blocking in a
-    /// synchronous hypercall to us).
-    private func blocking<T: Sendable>(_ body: @escaping @Sendable () async -> T) -> T {
-        let box = ResultBox<T>()
-        let done = DispatchSemaphore(value: 0)
-        Task(executorPreference: executor) {
-            box.value = await body()
-            done.signal()
+        loop.execute { [self] in
+            listening?.cancel()
+            listening = nil
+            for connection in connections.values { connection.socket.shutdown() }
+            let waiting = stopped ?? []
+            stopped = nil
+            for continuation in waiting { continuation.resume() }
         }
-        done.wait()
-        return box.value!
     }
 
-    private let executor = ThreadExecutor(name: "pvhost.control")
+    private func accept() {
+        while true {
+            let accepted: SeqpacketSocket?
+            do { accepted = try SeqpacketSocket.accept(from: listener) } catch {
+                logger.warning("accepting a control connection failed: \(error)")
+                return
+            }
+            guard let socket = accepted else { return }
+            guard stopped != nil else { socket.shutdown(); continue }
+            let connection = Connection(socket: socket)
+            do {
+                connection.registration = try loop.register(socket.fileDescriptor, name: "pvhost control connection", owner: socket) { [self] _ in
+                    receive(on: connection)
+                    return .wait
+                }
+            } catch {
+                logger.warning("watching a control connection failed: \(error)")
+                continue
+            }
+            connections[ObjectIdentifier(connection)] = connection
+        }
+    }
 
-    private final class ResultBox<T>: @unchecked Sendable { var value: T? }
+    /// A message (or the end) on a connection. Reading pauses while its request is handled,
+    /// so replies go in order.
+    private func receive(on connection: Connection) {
+        if connection.busy {
+            // Only a hang-up comes while reading is paused: the domain (perhaps being made by
+            // the request in hand) is reclaimed once that request is done.
+            connection.hungUp = true
+            connection.registration?.cancel()
+            return
+        }
+        let received: SeqpacketSocket.Received
+        do { received = try connection.socket.tryReceive() } catch {
+            end(connection)
+            return
+        }
+        switch received {
+        case .nothing:
+            return
+        case .ended:
+            end(connection)
+        case let .message(bytes, descriptors):
+            SeqpacketSocket.discard(descriptors)  // guests send none
+            guard let request = ControlCoding.decode(ControlRequest.self, bytes) else {
+                reply(ControlReply.error("malformed control message (\(bytes.count) bytes): expected a JSON ControlRequest"), [], on: connection)
+                return
+            }
+            if request == .domainInfo, let info = connection.info {
+                reply(.attached(info), [], on: connection)
+                return
+            }
+            do { try connection.registration?.modify([]) } catch { end(connection); return }
+            connection.busy = true
+            let domain = connection.domain
+            Task(executorPreference: loop) { [self] in
+                defer { connection.busy = false }
+                let (answer, attached) = await handle(request, domain: domain)
+                if case let .attached(started) = answer, connection.domain == nil {
+                    connection.domain = DomainID(started.domid)
+                    connection.info = started
+                    logger.info("domain \(started.domid) attached", metadata: ["pages": "\(started.pages)", "store-port": "\(started.storePort)"])
+                } else if case let .error(why) = answer {
+                    logger.notice("refused: \(why)", metadata: ["domain": "\(domain.map { String($0.rawValue) } ?? "-")"])
+                }
+                if connection.hungUp {
+                    end(connection)
+                    return
+                }
+                reply(answer, attached, on: connection)
+                do { try connection.registration?.modify(.readable) } catch { end(connection) }
+            }
+        }
+    }
+
+    private func reply(_ answer: ControlReply, _ attached: [Attachment], on connection: Connection) {
+        do {
+            try connection.socket.send(ControlCoding.encode(answer), descriptors: attached.map(\.fileDescriptor))
+        } catch {
+            end(connection)
+        }
+        withExtendedLifetime(attached) {}
+    }
+
+    /// The connection ended (the guest exited, crashed or was killed): its domain is
+    /// destroyed and everything it held reclaimed.
+    private func end(_ connection: Connection) {
+        guard connections.removeValue(forKey: ObjectIdentifier(connection)) != nil else { return }
+        connection.registration?.cancel()
+        connection.registration = nil
+        guard let domain = connection.domain else { return }
+        reclaims.begin()
+        Task(executorPreference: loop) { [self] in
+            defer { reclaims.end() }
+            let backends = lock.withLock { disks.removeValue(forKey: domain) } ?? []
+            for backend in backends { await backend.stop() }
+            let interfaces = lock.withLock { nics.removeValue(forKey: domain) } ?? []
+            for nic in interfaces { await nic.stop() }
+            let reclaimed = await toolstack.destroyDomain(domain)
+            logger.info("domain \(domain.rawValue) detached and destroyed", metadata: [
+                "mappings-by-it": "\(reclaimed.mappingsByIt)", "mappings-of-it": "\(reclaimed.mappingsOfIt)", "ports": "\(reclaimed.ports)"])
+        }
+    }
 
     private struct Failure: Error, CustomStringConvertible { let description: String }
 
-    private func serve(_ connection: SeqpacketSocket, fd: Int32) {
-        var domain: DomainID?
-        var info: AttachedDomain?
-        defer {
-            lock.withLock { _ = live.remove(fd) }
-            if let domain {
-                let backends = lock.withLock { disks.removeValue(forKey: domain) } ?? []
-                if !backends.isEmpty { blocking { for backend in backends { await backend.stop() } } }
-                let interfaces = lock.withLock { nics.removeValue(forKey: domain) } ?? []
-                if !interfaces.isEmpty { blocking { for nic in interfaces { await nic.stop() } } }
-                let toolstack = self.toolstack
-                let reclaimed = blocking { await toolstack.destroyDomain(domain) }
-                logger.info("domain \(domain.rawValue) detached and destroyed", metadata: [
-                    "mappings-by-it": "\(reclaimed.mappingsByIt)", "mappings-of-it": "\(reclaimed.mappingsOfIt)", "ports": "\(reclaimed.ports)"])
-            }
-        }
-        while let (bytes, descriptors) = try? connection.receive() {
-            for fd in descriptors { close(fd) }  // guests send none
-            guard let request = ControlCoding.decode(ControlRequest.self, bytes) else {
-                try? connection.send(ControlCoding.encode(ControlReply.error("malformed control message (\(bytes.count) bytes): expected a JSON ControlRequest")))
-                continue
-            }
-            if request == .domainInfo, let info {
-                try? connection.send(ControlCoding.encode(ControlReply.attached(info)))
-                continue
-            }
-            let (reply, attached) = handle(request, domain: domain)
-            if case let .attached(started) = reply, domain == nil {
-                domain = DomainID(started.domid)
-                info = started
-                logger.info("domain \(started.domid) attached", metadata: ["pages": "\(started.pages)", "store-port": "\(started.storePort)"])
-            } else if case let .error(why) = reply {
-                logger.notice("refused: \(why)", metadata: ["domain": "\(domain.map { String($0.rawValue) } ?? "-")"])
-            }
-            do {
-                try connection.send(ControlCoding.encode(reply), descriptors: attached.map(\.fileDescriptor))
-            } catch {
-                return
-            }
-            withExtendedLifetime(attached) {}
-        }
-    }
+    /// Runs an async toolstack step in line (where the handler awaits it).
+    private func inline<T>(_ body: () async -> T) async -> T { await body() }
 
     /// Every device under dom0's backend directory, with both ends' states.
     private static func devices(_ store: XenStoreClient) async -> [HostStatus.DeviceEntry] {
@@ -170,7 +258,7 @@ public final class ControlServer: @unchecked Sendable {
     /// Objects whose descriptors go with a reply (kept alive until it is sent).
     private struct Attachment { let fileDescriptor: Int32; let owner: AnyObject }
 
-    private func handle(_ request: ControlRequest, domain: DomainID?) -> (ControlReply, [Attachment]) {
+    private func handle(_ request: ControlRequest, domain: DomainID?) async -> (ControlReply, [Attachment]) {
         let hypervisor = toolstack.hypervisor
         switch request {
         case let .attach(name, pages):
@@ -188,7 +276,7 @@ public final class ControlServer: @unchecked Sendable {
                 wanted.pages = max(pages, 16)
             }
             let limits = wanted, toolstack = self.toolstack
-            let created: Result<Toolstack.Guest, Toolstack.Failure> = blocking {
+            let created: Result<Toolstack.Guest, Toolstack.Failure> = await inline {
                 do throws(Toolstack.Failure) { return .success(try await toolstack.createDomain(name: name, limits: limits)) } catch { return .failure(error) }
             }
             switch created {
@@ -197,7 +285,7 @@ public final class ControlServer: @unchecked Sendable {
                 let d = guest.domain
                 if let configured = config?.domain(named: name)?.disks, !configured.isEmpty {
                     let toolstack = self.toolstack
-                    let started: Result<[BlockBackend], Failure> = blocking {
+                    let started: Result<[BlockBackend], Failure> = await inline {
                         var backends: [BlockBackend] = []
                         for disk in configured {
                             let device = Toolstack.Device(type: "vbd", frontend: d.id, devid: disk.devid)
@@ -216,13 +304,13 @@ public final class ControlServer: @unchecked Sendable {
                     switch started {
                     case let .success(backends): lock.withLock { disks[d.id] = backends }
                     case let .failure(error):
-                        _ = blocking { await toolstack.destroyDomain(d.id) }
+                        _ = await inline { await toolstack.destroyDomain(d.id) }
                         return (.error("creating domain \"\(name)\": \(error)"), [])
                     }
                 }
                 if let configured = config?.domain(named: name)?.nics, !configured.isEmpty {
                     let toolstack = self.toolstack, network = self.network
-                    let started: Result<[NetBackend], Failure> = blocking {
+                    let started: Result<[NetBackend], Failure> = await inline {
                         var backends: [NetBackend] = []
                         for nic in configured {
                             let device = Toolstack.Device(type: "vif", frontend: d.id, devid: nic.devid)
@@ -240,7 +328,7 @@ public final class ControlServer: @unchecked Sendable {
                     case let .success(backends): lock.withLock { nics[d.id] = backends }
                     case let .failure(error):
                         let disksStarted = lock.withLock { disks.removeValue(forKey: d.id) } ?? []
-                        _ = blocking {
+                        _ = await inline {
                             for backend in disksStarted { await backend.stop() }
                             return await toolstack.destroyDomain(d.id)
                         }
@@ -337,7 +425,7 @@ public final class ControlServer: @unchecked Sendable {
                                     grantsMapped: s.grantsMapped, grantMapsTotal: s.mapsTotal, grantCopiesTotal: s.copiesTotal,
                                     notificationsSent: s.notificationsSent)
             let store = toolstack.store
-            status.devices = blocking { await Self.devices(store) }
+            status.devices = await inline { await Self.devices(store) }
             return (.status(status), [])
         }
     }

@@ -1,34 +1,41 @@
-#if canImport(Glibc)
-import Glibc
-#endif
-import CLinux
 import PVSystem
+import ServiceLifecycle
 import Synchronization
 import XenABI
 import XenStore
 
-/// Serves the xenstored engine on a UNIX socket (mode 0600) and on domains' ring pages, from
-/// one thread with `epoll`: every socket client is dom0 (privileged), as with C xenstored;
-/// every ring speaks for its domain. Replies produced while handling one batch of events are
+/// Serves the xenstored engine on a UNIX socket (mode 0600) and on domains' ring pages, on an
+/// event loop of its own: every socket client is dom0 (privileged), as with C xenstored;
+/// every ring speaks for its domain. Replies produced while handling one round of the loop are
 /// sent together at the end of it.
 ///
 /// Bad input never harms others: a malformed or oversized message ends only its connection
 /// (a ring is marked with XENSTORE_ERROR_PROTO or _RINGIDX); a reader that lets more than
 /// `outputLimit` bytes pile up is dropped (identical queued watch events coalesce first); a
 /// ring with `outstanding` replies unread is not read further until the guest catches up.
-public final class XenStoreDaemon: @unchecked Sendable {
+///
+/// ``start()`` serves and returns; ``stop()`` ends every connection. As a service
+/// (``run()``), it serves until graceful shutdown.
+public final class XenStoreDaemon: @unchecked Sendable {  // @unchecked: the engine and the connection tables are touched only on `loop`'s thread
     public let path: String
     public let outputLimit: Int
-    private let listener: Int32
-    private let epoll: Int32
-    private let wake: EventFD
+    /// The daemon's own loop (its handlers, and its polling budget, are its alone).
+    public let loop: EventLoop
+    private let listener: StreamListener
     private var engine = XenStoreEngine()
     private var buffer = [UInt8](repeating: 0, count: 1 << 16)
 
-    private struct SocketClient {
+    private final class SocketClient {
+        let stream: StreamDescriptor
+        var registration: EventLoop.Registration?
         var decoder = XsFrameDecoder()
         var output: XenStoreOutputQueue
         var wantsOut = false
+
+        init(stream: StreamDescriptor, outputLimit: Int) {
+            self.stream = stream
+            output = XenStoreOutputQueue(limit: outputLimit)
+        }
     }
 
     private final class RingClient {
@@ -37,6 +44,7 @@ public final class XenStoreDaemon: @unchecked Sendable {
         let fromGuest: EventFD
         let toGuest: EventFD
         let keepAlive: AnyObject?
+        var registration: EventLoop.Registration?
         var decoder = XsFrameDecoder()
         var output: XenStoreOutputQueue
         var broken = false
@@ -51,60 +59,106 @@ public final class XenStoreDaemon: @unchecked Sendable {
         }
     }
 
-    private var sockets: [Int32: SocketClient] = [:]
+    /// Socket connections by id (ids below 2^24), rings by id (from 2^24).
+    private var sockets: [Int: SocketClient] = [:]
     private var rings: [Int: RingClient] = [:]
-    /// Which connection an eventfd's readiness belongs to.
-    private var ringByEventFD: [Int32: Int] = [:]
+    private var nextSocketID = 1
     private var dirty: Set<Int> = []
-    private var stopping = false
-
-    private enum Command: Sendable {
-        case attach(id: Int, domain: DomainID, page: UInt, fromGuest: EventFD, toGuest: EventFD, keepAlive: SendableBox, introduce: (gfn: UInt64, port: EventChannelPort)?)
-        case release(DomainID)
-        case detach(id: Int)
-        case stop
-    }
-    private let commands = Mutex<[Command]>([])
+    private var flushPosted = false
+    private var listening: EventLoop.Registration?
     private let nextRingID = Mutex(1 << 24)
+    private let state = Mutex((started: false, stopped: false, waiters: [CheckedContinuation<Void, Never>]()))
+    /// Notifications to guests that failed (a guest's eventfd gone), counted.
+    private let failedNotifications = Atomic<Int>(0)
 
     /// Binds and listens (replacing a stale socket file).
     public init(path: String, outputLimit: Int = 1 << 20) throws(XenStoreServerError) {
         self.path = path
         self.outputLimit = outputLimit
-        unlink(path)
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-        guard fd >= 0 else { throw .system("socket", errno) }
-        var address: sockaddr_un
-        do { address = try SeqpacketSocket.address(path) } catch {
-            close(fd)
-            throw .system("bind (path too long)", ENAMETOOLONG)
+        do {
+            listener = try StreamListener(unixSocket: path)
+            loop = try EventLoop(name: "xenstored")
+        } catch {
+            throw .system(error)
         }
-        let previous = umask(0o077)  // the socket file is created 0600
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        umask(previous)
-        guard bound == 0 else { let e = errno; close(fd); throw .system("bind \(path)", e) }
-        guard listen(fd, 512) == 0 else { let e = errno; close(fd); throw .system("listen", e) }
-        listener = fd
-        epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
-        guard epoll >= 0 else { let e = errno; close(fd); throw .system("epoll_create1", e) }
-        do { wake = try EventFD() } catch { close(fd); close(epoll); throw .system("eventfd", error.code) }
-        watch(listener)
-        watch(wake.fileDescriptor)
     }
 
-    deinit {
-        for fd in sockets.keys { close(fd) }
-        close(listener)
-        close(epoll)
-        unlink(path)
-    }
+    deinit { loop.shutdown() }
 
-    /// The quotas the engine enforces (set before ``run()``).
+    /// The quotas the engine enforces (set before ``start()``).
     public var quotas: XenStoreQuotas {
         get { engine.quotas }
         set { engine.quotas = newValue }
+    }
+
+    /// After serving something, how long (µs) the loop keeps looking for the next request
+    /// before sleeping in `epoll_wait`: a client's next request usually follows its reply within
+    /// a few microseconds, and catching it without a sleep and wake-up halves a round trip. Idle
+    /// daemons spin never; busy ones at most this long per round. 0 turns it off. Set before
+    /// ``start()``.
+    public var pollMicroseconds = 0
+
+    // MARK: Starting and stopping
+
+    /// Starts serving on the daemon's loop (accepting connections, rings attached later).
+    public func start() throws(XenStoreServerError) {
+        let first = state.withLock { s -> Bool in defer { s.started = true }; return !s.started }
+        guard first else { return }
+        let budget = UInt64(max(0, pollMicroseconds)) * 1000
+        do {
+            let registration = try loop.register(listener.fileDescriptor, name: "xenstored socket \(path)", owner: listener) { [self] _ in
+                acceptClients()
+                return .wait
+            }
+            loop.execute { [self] in
+                listening = registration
+                loop.idlePollNanoseconds = budget
+            }
+        } catch {
+            throw .system(error)
+        }
+    }
+
+    /// Ends every connection (clients see the socket close), lets go of every ring, stops
+    /// listening; returns when done.
+    public func stop() async {
+        await loop.submit { [self] in stopServing() }
+    }
+
+    /// The same, without waiting (from a deinit, a signal handler's thread).
+    public func shutdown() {
+        loop.execute { [self] in stopServing() }
+    }
+
+    /// Serves (as ``start()``) until graceful shutdown, cancellation or ``stop()``: the daemon
+    /// as a long-running service.
+    public func run() async throws {
+        try start()
+        await withTaskCancellationOrGracefulShutdownHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let ended = state.withLock { s -> Bool in
+                    if s.stopped { return true }
+                    s.waiters.append(continuation)
+                    return false
+                }
+                if ended { continuation.resume() }
+            }
+        } onCancelOrGracefulShutdown: {
+            self.loop.execute { [self] in stopServing() }
+        }
+    }
+
+    private func stopServing() {
+        let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            s.stopped = true
+            defer { s.waiters.removeAll() }
+            return s.waiters
+        }
+        listening?.cancel()
+        listening = nil
+        for id in Array(sockets.keys) { dropSocket(id) }
+        for id in Array(rings.keys) { dropRing(id) }
+        for waiter in waiters { waiter.resume() }
     }
 
     // MARK: Control from other threads
@@ -118,157 +172,104 @@ public final class XenStoreDaemon: @unchecked Sendable {
                            introduce: (gfn: UInt64, port: EventChannelPort)? = nil) -> Int {
         XenStoreRing(page: page, side: .daemon).initialize()
         let id = nextRingID.withLock { id in defer { id += 1 }; return id }
-        post(.attach(id: id, domain: domain, page: UInt(bitPattern: page), fromGuest: fromGuest, toGuest: toGuest, keepAlive: SendableBox(keepAlive), introduce: introduce))
+        let address = UInt(bitPattern: page), owner = SendableBox(keepAlive)
+        loop.execute { [self] in
+            guard !state.withLock({ $0.stopped }) else { return }
+            let ring = XenStoreRing(page: UnsafeMutableRawPointer(bitPattern: address)!, side: .daemon)
+            let client = RingClient(domain: domain, ring: ring, fromGuest: fromGuest, toGuest: toGuest, keepAlive: owner.value, outputLimit: outputLimit)
+            rings[id] = client
+            do {
+                client.registration = try loop.register(fromGuest.fileDescriptor, name: "xenstore ring of domain \(domain.rawValue)", owner: fromGuest) { [self] _ in
+                    fromGuest.consume()
+                    serviceRing(id)
+                    flushSoon()
+                    return .wait
+                }
+            } catch {
+                rings[id] = nil
+                return
+            }
+            engine.connect(id, caller: XenStoreCaller(domain: domain, privileged: domain == .dom0))
+            if let introduce { for output in engine.introduceDomain(domain, gfn: introduce.gfn, port: introduce.port) { enqueue(output) } }
+            serviceRing(id)  // requests written before the attach
+            flushSoon()
+        }
         return id
     }
 
     /// A domain is gone: its ring stops being served, its watches and nodes go, and
     /// `@releaseDomain` fires (as RELEASE from the toolstack). Thread-safe.
-    public func releaseDomain(_ domain: DomainID) { post(.release(domain)) }
+    public func releaseDomain(_ domain: DomainID) {
+        loop.execute { [self] in
+            for output in engine.releaseDomain(domain) { enqueue(output) }
+            for ended in engine.takeEnded() { drop(ended) }
+            flushSoon()
+        }
+    }
 
     /// Stops serving a ring (its watches and transactions go). Thread-safe.
-    public func detachRing(_ id: Int) { post(.detach(id: id)) }
+    public func detachRing(_ id: Int) { loop.execute { [self] in dropRing(id) } }
 
-    /// Asks ``run()`` to return. Thread-safe.
-    public func stop() { post(.stop) }
-
-    private func post(_ command: Command) {
-        commands.withLock { $0.append(command) }
-        try? wake.notify()
-    }
-
-    // MARK: The loop
-
-    /// After serving something, how long (µs) to keep looking for the next request before
-    /// sleeping in `epoll_wait`: a client's next request usually follows its reply within a few
-    /// microseconds, and catching it without a sleep and wake-up halves a round trip. Idle
-    /// daemons spin never; busy ones at most this long per round. 0 turns it off.
-    public var pollMicroseconds = 0
-
-    private static func now() -> Int {
-        var t = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &t)
-        return t.tv_sec * 1_000_000 + t.tv_nsec / 1000
-    }
-
-    /// Serves until ``stop()``; then ends every connection (clients see the socket close) and
-    /// lets go of every ring.
-    public func run() {
-        defer {
-            for fd in Array(sockets.keys) { dropSocket(fd) }
-            for id in Array(rings.keys) { dropRing(id) }
-        }
-        var events = [epoll_event](repeating: epoll_event(), count: 256)
-        var spinUntil = 0
-        while !stopping {
-            var ready = Int32(0)
-            if spinUntil > 0 {
-                repeat { ready = epoll_wait(epoll, &events, Int32(events.count), 0) } while ready == 0 && Self.now() < spinUntil
-                spinUntil = 0
-            }
-            if ready == 0 { ready = epoll_wait(epoll, &events, Int32(events.count), -1) }
-            if ready < 0 { if errno == EINTR { continue }; return }
-            if pollMicroseconds > 0 { spinUntil = Self.now() + pollMicroseconds }
-            for i in 0..<Int(ready) {
-                let fd = events[i].data.fd
-                let flags = events[i].events
-                if fd == listener {
-                    acceptClients()
-                } else if fd == wake.fileDescriptor {
-                    _ = try? wake.wait()
-                    runCommands()
-                } else if let id = ringByEventFD[fd] {
-                    if let client = rings[id] { _ = try? client.fromGuest.wait() }  // readable: does not block
-                    serviceRing(id)
-                } else if sockets[fd] != nil {
-                    if flags & (EPOLLIN.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 { readSocket(fd) }
-                    if flags & EPOLLOUT.rawValue != 0 { dirty.insert(Int(fd)) }
-                }
-            }
-            flushDirty()
-        }
-    }
-
-    private func watch(_ fd: Int32, out: Bool = false) {
-        var event = epoll_event()
-        event.events = EPOLLIN.rawValue | (out ? EPOLLOUT.rawValue : 0)
-        event.data.fd = fd
-        _ = epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event)
-    }
-
-    private func modify(_ fd: Int32, out: Bool) {
-        var event = epoll_event()
-        event.events = EPOLLIN.rawValue | (out ? EPOLLOUT.rawValue : 0)
-        event.data.fd = fd
-        _ = epoll_ctl(epoll, EPOLL_CTL_MOD, fd, &event)
-    }
-
-    private func runCommands() {
-        let pending = commands.withLock { list in defer { list.removeAll() }; return list }
-        for command in pending {
-            switch command {
-            case let .attach(id, domain, page, fromGuest, toGuest, keepAlive, introduce):
-                let ring = XenStoreRing(page: UnsafeMutableRawPointer(bitPattern: page)!, side: .daemon)
-                rings[id] = RingClient(domain: domain, ring: ring, fromGuest: fromGuest, toGuest: toGuest, keepAlive: keepAlive.value, outputLimit: outputLimit)
-                ringByEventFD[fromGuest.fileDescriptor] = id
-                watch(fromGuest.fileDescriptor)
-                engine.connect(id, caller: XenStoreCaller(domain: domain, privileged: domain == .dom0))
-                if let introduce { for output in engine.introduceDomain(domain, gfn: introduce.gfn, port: introduce.port) { enqueue(output) } }
-                serviceRing(id)  // requests written before the attach
-            case let .release(domain):
-                for output in engine.releaseDomain(domain) { enqueue(output) }
-                for ended in engine.takeEnded() { drop(ended) }
-            case let .detach(id):
-                dropRing(id)
-            case .stop:
-                stopping = true
-            }
-        }
-    }
+    // MARK: Sockets
 
     private func acceptClients() {
         while true {
-            let fd = accept(listener, nil, nil)
-            guard fd >= 0 else { return }
-            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-            sockets[fd] = SocketClient(output: XenStoreOutputQueue(limit: outputLimit))
-            engine.connect(Int(fd), caller: .dom0)
-            watch(fd)
+            let accepted: StreamDescriptor?
+            do { accepted = try listener.accept() } catch { return }  // EMFILE and the like: the next readiness tries again
+            guard let stream = accepted else { return }
+            let id = nextSocketID
+            nextSocketID = nextSocketID % (1 << 24 - 1) + 1
+            let client = SocketClient(stream: stream, outputLimit: outputLimit)
+            do {
+                client.registration = try loop.register(stream.fileDescriptor, name: "xenstored client \(id)", owner: stream) { [self] events in
+                    if !events.isDisjoint(with: [.readable, .hangUp, .error]) { readSocket(id) }
+                    if events.contains(.writable) { dirty.insert(id) }
+                    flushSoon()
+                    return .wait
+                }
+            } catch {
+                continue
+            }
+            sockets[id] = client
+            engine.connect(id, caller: .dom0)
         }
     }
 
-    private func dropSocket(_ fd: Int32) {
-        engine.disconnect(Int(fd))
-        sockets[fd] = nil
-        dirty.remove(Int(fd))
-        _ = epoll_ctl(epoll, EPOLL_CTL_DEL, fd, nil)
-        close(fd)
+    private func dropSocket(_ id: Int) {
+        guard let client = sockets.removeValue(forKey: id) else { return }
+        engine.disconnect(id)
+        dirty.remove(id)
+        client.registration?.cancel()
+        client.stream.shutdown()
     }
 
     private func dropRing(_ id: Int) {
         guard let client = rings.removeValue(forKey: id) else { return }
         engine.disconnect(id)
         dirty.remove(id)
-        ringByEventFD[client.fromGuest.fileDescriptor] = nil
-        _ = epoll_ctl(epoll, EPOLL_CTL_DEL, client.fromGuest.fileDescriptor, nil)
+        client.registration?.cancel()
     }
 
     private func drop(_ id: Int) {
-        if rings[id] != nil { dropRing(id) } else if sockets[Int32(id)] != nil { dropSocket(Int32(id)) }
+        if rings[id] != nil { dropRing(id) } else { dropSocket(id) }
     }
 
-    private func readSocket(_ fd: Int32) {
-        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        if n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) { dropSocket(fd); return }
-        guard n > 0 else { return }
-        sockets[fd]!.decoder.feed(buffer[..<n])
+    private func readSocket(_ id: Int) {
+        guard let client = sockets[id] else { return }
+        let received: Int?
+        do { received = try buffer.withUnsafeMutableBytes { try client.stream.read(into: $0) } } catch {
+            dropSocket(id)
+            return
+        }
+        guard let n = received else { return }
+        guard n > 0 else { dropSocket(id); return }
+        client.decoder.feed(buffer[..<n])
         // Replies may drop this very connection (a reader that never reads): stop then.
-        while sockets[fd] != nil {
+        while sockets[id] != nil {
             let message: XsMessage?
-            do { message = try sockets[fd]!.decoder.next() } catch { dropSocket(fd); return }
+            do { message = try client.decoder.next() } catch { dropSocket(id); return }
             guard let message else { break }
-            handle(message, from: Int(fd))
+            handle(message, from: id)
         }
     }
 
@@ -281,34 +282,52 @@ public final class XenStoreDaemon: @unchecked Sendable {
         let id = output.connection
         if let ring = rings[id] {
             guard ring.output.append(output.message) else { fail(ring, id, error: XsWire.errorCommunication); return }
-        } else if sockets[Int32(id)] != nil {
-            guard sockets[Int32(id)]!.output.append(output.message) else { dropSocket(Int32(id)); return }
+        } else if let client = sockets[id] {
+            guard client.output.append(output.message) else { dropSocket(id); return }
         } else {
             return
         }
         dirty.insert(id)
     }
 
+    /// Replies go out once this round of the loop is over (all its handlers ran): several
+    /// replies to one client leave in one write.
+    private func flushSoon() {
+        guard !dirty.isEmpty, !flushPosted else { return }
+        flushPosted = true
+        loop.execute { [self] in
+            flushPosted = false
+            flushDirty()
+        }
+    }
+
     private func flushDirty() {
         let ids = dirty
         dirty.removeAll(keepingCapacity: true)
         for id in ids {
-            if let ring = rings[id] { flushRing(ring, id) } else { flushSocket(Int32(id)) }
+            if let ring = rings[id] { flushRing(ring, id) } else { flushSocket(id) }
         }
     }
 
-    private func flushSocket(_ fd: Int32) {
-        guard sockets[fd] != nil else { return }
-        if !sockets[fd]!.output.isEmpty {
-            let n = sockets[fd]!.output.withUnsent { raw in send(fd, raw.baseAddress!, raw.count, Int32(MSG_NOSIGNAL)) }
-            if n < 0 && errno != EAGAIN && errno != EINTR { dropSocket(fd); return }
-            if n > 0 { sockets[fd]!.output.consumed(n) }
+    private func flushSocket(_ id: Int) {
+        guard let client = sockets[id] else { return }
+        if !client.output.isEmpty {
+            let written: Int?
+            do { written = try client.output.withUnsent { raw in try client.stream.write(raw) } } catch {
+                dropSocket(id)
+                return
+            }
+            if let written, written > 0 { client.output.consumed(written) }
         }
-        let wantsOut = !sockets[fd]!.output.isEmpty
-        if wantsOut != sockets[fd]!.wantsOut {
-            sockets[fd]!.wantsOut = wantsOut
-            modify(fd, out: wantsOut)
+        let wantsOut = !client.output.isEmpty
+        if wantsOut != client.wantsOut {
+            client.wantsOut = wantsOut
+            do { try client.registration?.modify(wantsOut ? [.readable, .writable] : .readable) } catch { dropSocket(id) }
         }
+    }
+
+    private func notifyGuest(_ client: RingClient) {
+        do { try client.toGuest.notify() } catch { failedNotifications.add(1, ordering: .relaxed) }
     }
 
     // MARK: Rings
@@ -317,7 +336,7 @@ public final class XenStoreDaemon: @unchecked Sendable {
     private func fail(_ client: RingClient, _ id: Int, error: UInt32) {
         client.ring.error = error
         client.broken = true
-        try? client.toGuest.notify()
+        notifyGuest(client)
         engine.disconnect(id)
         engine.connect(id, caller: XenStoreCaller(domain: client.domain, privileged: client.domain == .dom0))
         dirty.remove(id)
@@ -334,7 +353,7 @@ public final class XenStoreDaemon: @unchecked Sendable {
             client.output = XenStoreOutputQueue(limit: outputLimit)
             client.broken = false
             client.ring.resetForReconnect()
-            try? client.toGuest.notify()
+            notifyGuest(client)
             return
         }
         guard !client.broken else { return }
@@ -360,7 +379,7 @@ public final class XenStoreDaemon: @unchecked Sendable {
             consumed = true
             client.decoder.feed(buffer[..<n])
         }
-        if consumed { try? client.toGuest.notify() }
+        if consumed { notifyGuest(client) }
     }
 
     private func flushRing(_ client: RingClient, _ id: Int) {
@@ -372,7 +391,7 @@ public final class XenStoreDaemon: @unchecked Sendable {
         }
         if written > 0 {
             client.output.consumed(written)
-            try? client.toGuest.notify()
+            notifyGuest(client)
         }
         // Whatever is left goes when the guest has read and notified us.
     }
@@ -384,11 +403,13 @@ struct SendableBox: @unchecked Sendable {
     init(_ value: AnyObject?) { self.value = value }
 }
 
+/// Why the daemon could not start.
 public enum XenStoreServerError: Error, CustomStringConvertible {
-    case system(String, Int32)
+    /// A system call failed (binding the socket, starting the loop).
+    case system(SystemError)
     public var description: String {
         switch self {
-        case let .system(call, code): "\(call): \(String(cString: strerror(code)))"
+        case let .system(error): "\(error)"
         }
     }
 }
