@@ -163,10 +163,11 @@ public final class XenStoreClient: XenStoreOperations, Sendable {
         return text
     }
 
-    /// Registers a watch and returns its events. The first event is the one the daemon fires
-    /// on registration (its path is `path`); pass `skipInitial` to drop it. The watch is
-    /// removed from the daemon when iteration ends or the task is cancelled.
-    public func watch(_ path: XenStorePath, token: String? = nil, skipInitial: Bool = false) async throws(XenStoreError) -> XenStoreWatch {
+    /// Registers a watch (`xs_watch`) and returns its events. The first event is the one the
+    /// daemon fires on registration (its path is `path`); it may also stand for a change made
+    /// to `path` before it was sent (see ``XenStoreWatch``), so read the state on each event.
+    /// The watch is removed from the daemon when iteration ends or the task is cancelled.
+    public func watch(_ path: XenStorePath, token: String? = nil) async throws(XenStoreError) -> XenStoreWatch {
         let (stream, continuation) = AsyncStream<XenStoreWatchEvent>.makeStream()
         let chosen: Result<String, XenStoreError> = core.state.withLock { state in
             if let closed = state.closed { return .failure(closed) }
@@ -190,7 +191,7 @@ public final class XenStoreClient: XenStoreOperations, Sendable {
             guard removed else { return }
             Task { _ = try? await self.call(.unwatch(path, token: token), transaction: 0) }
         }
-        return XenStoreWatch(path: path, token: token, stream: stream, skipInitial: skipInitial, continuation: continuation)
+        return XenStoreWatch(path: path, token: token, stream: stream, continuation: continuation)
     }
 }
 

@@ -129,12 +129,17 @@ public struct XenStoreWatchEvent: Sendable, Equatable {
 }
 
 /// A registered watch: its events, in order. Ending iteration (or ``cancel()``) unregisters it.
+///
+/// An event says "look again at this path", not "this many changes happened": the first one
+/// is the daemon's registration event, and a daemon may merge events. Xen's C xenstored drops
+/// an event identical to one still queued for the connection, so the registration event of a
+/// watch on `P` and a write to `P` made before it left can arrive as one event. Read the state
+/// after each event rather than counting events.
 public struct XenStoreWatch: AsyncSequence, Sendable {
     public typealias Element = XenStoreWatchEvent
     public let path: XenStorePath
     public let token: String
     let stream: AsyncStream<XenStoreWatchEvent>
-    let skipInitial: Bool
     let continuation: AsyncStream<XenStoreWatchEvent>.Continuation
 
     /// Unregisters the watch; iteration ends.
@@ -142,18 +147,9 @@ public struct XenStoreWatch: AsyncSequence, Sendable {
 
     public struct AsyncIterator: AsyncIteratorProtocol {
         var base: AsyncStream<XenStoreWatchEvent>.Iterator
-        var skip: Bool
 
-        public mutating func next() async -> XenStoreWatchEvent? {
-            if skip {
-                skip = false
-                _ = await base.next()
-            }
-            return await base.next()
-        }
+        public mutating func next() async -> XenStoreWatchEvent? { await base.next() }
     }
 
-    public func makeAsyncIterator() -> AsyncIterator {
-        AsyncIterator(base: stream.makeAsyncIterator(), skip: skipInitial)
-    }
+    public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(base: stream.makeAsyncIterator()) }
 }

@@ -45,10 +45,10 @@ struct ToolstackTests {
     @Test("a domain's nodes and permissions as libxl writes them; the guest reads its own, writes where allowed, never another guest's")
     func domainLayout() async throws {
         let host = try Host()
-        let introduced = try await host.toolstack.store.watch(.introduceDomain, skipInitial: true)
+        let introduced = try await host.toolstack.store.watch(.introduceDomain)
         let a = try await host.toolstack.createDomain(name: "alpha")
         let b = try await host.toolstack.createDomain(name: "beta")
-        var events = introduced.makeAsyncIterator()
+        var events = introduced.dropFirst().makeAsyncIterator()  // past the registration event
         #expect(await events.next()?.path == "@introduceDomain")
         let store = host.toolstack.store
         let home = "/local/domain/\(a.domain.id.rawValue)"
@@ -100,7 +100,7 @@ struct ToolstackTests {
         try await host.toolstack.reportHotplug(vif)
         #expect(try await store.readString(XenStorePath(vif.backendPath + "/hotplug-status")) == "connected")
         // A backend that closes when told: removal sees state 6 and deletes both directories.
-        let backendState = try await store.watch(XenStorePath(device.backendPath + "/state"), skipInitial: true)
+        let backendState = try await store.watch(XenStorePath(device.backendPath + "/state"))
         let closer = Task {
             for await _ in backendState where (try? await store.readString(XenStorePath(device.backendPath + "/state"))) == "5" {
                 try? await store.write(XenStorePath(device.backendPath + "/state"), "6")
@@ -119,10 +119,10 @@ struct ToolstackTests {
         let guest = try await host.toolstack.createDomain(name: "doomed")
         let client = try host.client(for: guest)
         try await client.write("data/x", "1")
-        let released = try await host.toolstack.store.watch(.releaseDomain, skipInitial: true)
+        let released = try await host.toolstack.store.watch(.releaseDomain)
         let reclaimed = await host.toolstack.destroyDomain(guest.domain.id)
         #expect(reclaimed.ports == 1, "the xenstore channel")
-        var events = released.makeAsyncIterator()
+        var events = released.dropFirst().makeAsyncIterator()  // past the registration event
         #expect(await events.next()?.path == "@releaseDomain")
         let home = XenStorePath.home(of: guest.domain.id)
         #expect(try await !host.toolstack.store.exists(home))
