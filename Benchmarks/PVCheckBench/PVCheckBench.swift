@@ -46,7 +46,8 @@ struct PVCheckBench {
             // memory (ru_maxrss) starts from its parent's.
             let report = try JSONDecoder().decode(AuditReport.self, from: try output(pvcheck, ["--json", image]))
             guard let offset = report.image?.payloadOffset, let length = report.image?.payloadLength,
-                  let vmlinuxBytes = report.image?.decompressedSize else {
+                let vmlinuxBytes = report.image?.decompressedSize
+            else {
                 print("\(suite): pvcheck could not read \(image)")
                 continue
             }
@@ -65,17 +66,21 @@ struct PVCheckBench {
             let peak = median(a.map(\.peakBytes))
             let vmlinux = Double(vmlinuxBytes)
             results.append((suite, image, payloadPath, tool))
-            print(String(format: "%@ %@ %@ %9.3f %15.3f %10.2f× %11.0f MiB %12.2f×",
-                         "\(report.kernel!.release!) (\(report.image!.compression!))".padding(toLength: 28, withPad: " ", startingAt: 0),
-                         mib(Double(length)), mib(vmlinux), aTime, bTime, ratios[ratios.count / 2], peak / 1048576, peak / vmlinux))
+            print(
+                String(
+                    format: "%@ %@ %@ %9.3f %15.3f %10.2f× %11.0f MiB %12.2f×",
+                    "\(report.kernel!.release!) (\(report.image!.compression!))".padding(toLength: 28, withPad: " ", startingAt: 0),
+                    mib(Double(length)), mib(vmlinux), aTime, bTime, ratios[ratios.count / 2], peak / 1048576, peak / vmlinux))
         }
     }
 
     /// `pvcheck --symbols --json` against vmlinux-to-elf's `kallsyms-finder` on the same images.
     static func symbolRecovery(_ kernels: [(String, String, String, [String])], pvcheck: String, rounds: Int) {
         print("")
-        guard let finder = ProcessInfo.processInfo.environment["PATH"]?.split(separator: ":")
-            .map({ "\($0)/kallsyms-finder" }).first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+        guard
+            let finder = ProcessInfo.processInfo.environment["PATH"]?.split(separator: ":")
+                .map({ "\($0)/kallsyms-finder" }).first(where: { FileManager.default.isExecutableFile(atPath: $0) })
+        else {
             print("symbol recovery: kallsyms-finder is not installed (pip install vmlinux-to-elf): no comparison")
             return
         }
@@ -99,8 +104,10 @@ struct PVCheckBench {
                         let fields = line.split(separator: " ")
                         return fields.count == 3 && fields[0].count == 16 && UInt64(fields[0], radix: 16) != nil
                     }.count
-                    print(String(format: "%@ %19.3f %18.3f %9.1f× %16d %24d", label.padding(toLength: 21, withPad: " ", startingAt: 0),
-                                 median(a), median(b), median(b) / median(a), report.symbols?.count ?? 0, finderCount))
+                    print(
+                        String(
+                            format: "%@ %19.3f %18.3f %9.1f× %16d %24d", label.padding(toLength: 21, withPad: " ", startingAt: 0),
+                            median(a), median(b), median(b) / median(a), report.symbols?.count ?? 0, finderCount))
                 } catch {
                     print("\(label): \(error)")
                 }
@@ -125,7 +132,8 @@ struct PVCheckBench {
         let status = try spawn("/usr/bin/time", ["-f", "%M", "-o", report, path] + arguments)
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
         guard status == 0, let text = try? String(contentsOfFile: report, encoding: .utf8),
-              let kilobytes = Double(text.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: "\n").last ?? "") else {
+            let kilobytes = Double(text.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: "\n").last ?? "")
+        else {
             throw BenchError("\(path) \(arguments.joined(separator: " ")) failed (status \(status))")
         }
         return Sample(seconds: seconds, peakBytes: kilobytes * 1024)

@@ -1,6 +1,6 @@
 import Foundation
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 import NetFront
 import PVPlatform
@@ -38,7 +38,9 @@ extension PVHostBench {
         print("")
         print("netfront → pvhost netback + switch → netfront, guest to guest (pvhost its own process), medians of \(runs) runs of \(seconds) s")
         print("                                   frames/s      Gbit/s   notifications per frame: guests, backend")
-        for (label, size, batch, gso) in [("64-byte frames", 64, 128, false), ("1500-byte frames", 1500, 64, false), ("64 KiB GSO TCP segments", 65535, 16, true)] {
+        for (label, size, batch, gso) in [
+            ("64-byte frames", 64, 128, false), ("1500-byte frames", 1500, 64, false), ("64 KiB GSO TCP segments", 65535, 16, true)
+        ] {
             var results: [(NetBenchmark.Result, Double, Double)] = []
             for _ in 0..<runs {
                 let backend0 = try ReferencePlatform.status(socket: control).notificationsSent
@@ -47,8 +49,9 @@ extension PVHostBench {
                 results.append((result, result.notificationsPerFrame, backend))
             }
             let median = results.sorted { $0.0.pps < $1.0.pps }[results.count / 2]
-            print(label.padding(toLength: 32, withPad: " ", startingAt: 0)
-                  + String(format: " %10.0f  %10.2f   %.5f, %.5f", median.0.pps, median.0.gbits, median.1, median.2))
+            print(
+                label.padding(toLength: 32, withPad: " ", startingAt: 0)
+                    + String(format: " %10.0f  %10.2f   %.5f, %.5f", median.0.pps, median.0.gbits, median.1, median.2))
         }
         for nic in nics { await nic.close() }
         try tcpAgainstVeth(quick: quick, runs: runs)
@@ -107,8 +110,9 @@ extension PVHostBench {
             usleep(300_000)
             let output = capture("/usr/sbin/ip", ["netns", "exec", client, "iperf3", "-c", "10.198.0.2", "-t", "\(duration)", "-J"])
             guard let data = output.data(using: .utf8), let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
-                  let end = json["end"] as? [String: Any], let received = end["sum_received"] as? [String: Any],
-                  let bits = received["bits_per_second"] as? Double else { return nil }
+                let end = json["end"] as? [String: Any], let received = end["sum_received"] as? [String: Any],
+                let bits = received["bits_per_second"] as? Double
+            else { return nil }
             return bits / 1e9
         }
         var pv: [Double] = [], veth: [Double] = []
@@ -121,8 +125,9 @@ extension PVHostBench {
             return
         }
         let pvMedian = pv.sorted()[pv.count / 2], vethMedian = veth.sorted()[veth.count / 2]
-        print("TCP, one iperf3 stream, \(duration) s, medians of \(pv.count): over pvnet tap \(String(format: "%.2f", pvMedian)) Gbit/s; "
-              + "veth pair \(String(format: "%.2f", vethMedian)) Gbit/s; ratio \(String(format: "%.3f", pvMedian / vethMedian))×")
+        print(
+            "TCP, one iperf3 stream, \(duration) s, medians of \(pv.count): over pvnet tap \(String(format: "%.2f", pvMedian)) Gbit/s; "
+                + "veth pair \(String(format: "%.2f", vethMedian)) Gbit/s; ratio \(String(format: "%.3f", pvMedian / vethMedian))×")
     }
 
     @discardableResult

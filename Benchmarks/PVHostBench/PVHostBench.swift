@@ -1,6 +1,6 @@
 import Foundation
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 import BlockFront
 import PVHost
@@ -31,8 +31,10 @@ struct PVHostBench {
     }
 
     /// Ping-pong `count` times between this thread and a responder over two eventfds.
-    static func pingPong(_ count: Int, ping: @escaping @Sendable () -> Void, waitPing: @escaping @Sendable () -> Void,
-                         pong: @escaping @Sendable () -> Void, waitPong: @escaping @Sendable () -> Void) -> Double {
+    static func pingPong(
+        _ count: Int, ping: @escaping @Sendable () -> Void, waitPing: @escaping @Sendable () -> Void,
+        pong: @escaping @Sendable () -> Void, waitPong: @escaping @Sendable () -> Void
+    ) -> Double {
         let responder = Thread {
             for _ in 0..<count { waitPing(); pong() }
         }
@@ -55,27 +57,30 @@ struct PVHostBench {
         let n = quick ? 50_000 : 500_000
 
         let maps = try median(runs) {
-            try Double(n) / seconds {
-                for i in 0..<n {
-                    let mapping = try hv.mapGrant(GrantRef(UInt32(8 + i % 64)), of: guest.id, by: .dom0, writable: true)
-                    try hv.unmapGrant(mapping.handle, by: .dom0)
+            try Double(n)
+                / seconds {
+                    for i in 0..<n {
+                        let mapping = try hv.mapGrant(GrantRef(UInt32(8 + i % 64)), of: guest.id, by: .dom0, writable: true)
+                        try hv.unmapGrant(mapping.handle, by: .dom0)
+                    }
                 }
-            }
         }
         var buffer = [UInt8](repeating: 0, count: 512)
         let copies = try median(runs) {
-            try Double(n) / seconds {
-                for i in 0..<n {
-                    try buffer.withUnsafeMutableBytes { try hv.copyGrant(GrantRef(UInt32(8 + i % 64)), of: guest.id, by: .dom0, offset: 0, into: $0) }
+            try Double(n)
+                / seconds {
+                    for i in 0..<n {
+                        try buffer.withUnsafeMutableBytes { try hv.copyGrant(GrantRef(UInt32(8 + i % 64)), of: guest.id, by: .dom0, offset: 0, into: $0) }
+                    }
                 }
-            }
         }
         let trips = quick ? 20_000 : 100_000
         let (port, guestEnd) = try hv.allocUnbound(guest.id, remote: .dom0)
         let (backendPort, backendEnd) = try hv.bindInterdomain(.dom0, remote: guest.id, remotePort: port)
         let channel = median(runs) {
-            pingPong(trips, ping: { try? hv.notify(.dom0, backendPort) }, waitPing: { _ = try? guestEnd.delivery.wait() },
-                     pong: { try? guestEnd.peer.notify() }, waitPong: { _ = try? backendEnd.delivery.wait() })
+            pingPong(
+                trips, ping: { try? hv.notify(.dom0, backendPort) }, waitPing: { _ = try? guestEnd.delivery.wait() },
+                pong: { try? guestEnd.peer.notify() }, waitPong: { _ = try? backendEnd.delivery.wait() })
         }
         let a = try EventFD(), b = try EventFD()
         let bare = median(runs) {
@@ -147,7 +152,9 @@ struct PVHostBench {
 
         let (preadMiB, preadIOPS) = try load.baselines()
         print("")
-        print("blkfront ↔ pvhost blkback, page cache warm, medians of \(runs), each run beside its own pread baselines; before the rows: pread loop \(Int(preadMiB)) MiB/s, pread × 32 \(Int(preadIOPS)) IOPS")
+        print(
+            "blkfront ↔ pvhost blkback, page cache warm, medians of \(runs), each run beside its own pread baselines; before the rows: pread loop \(Int(preadMiB)) MiB/s, pread × 32 \(Int(preadIOPS)) IOPS"
+        )
         Load.header()
         var devid = 51712
         for (label, settings, options) in rows where only.map({ label.contains($0) }) ?? true {
@@ -163,7 +170,8 @@ struct PVHostBench {
         Load.header()
         settings = .init()
         settings.direct = true
-        try await direct.row("every feature, O_DIRECT", settings: settings, options: .init(), toolstack: toolstack, control: directory + "/control", devid: devid)
+        try await direct.row(
+            "every feature, O_DIRECT", settings: settings, options: .init(), toolstack: toolstack, control: directory + "/control", devid: devid)
     }
 
     /// One benchmark load on one backing file: sequential 1 MiB reads over the file (`passes`
@@ -183,7 +191,9 @@ struct PVHostBench {
 
         static func header() {
             print("                                         seq 1 MiB reads, MiB/s          4 KiB random reads, QD32, IOPS")
-            print("configuration                            copied         BlockBuffer      32 tasks         BlockIOQueue      notifications/request   pread MiB/s, IOPS")
+            print(
+                "configuration                            copied         BlockBuffer      32 tasks         BlockIOQueue      notifications/request   pread MiB/s, IOPS"
+            )
         }
 
         /// Medians of ``baseline()`` over `runs`.
@@ -206,25 +216,29 @@ struct PVHostBench {
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.megabyte, alignment: 4096)
             defer { buffer.deallocate() }
             let (size, passes, megabyte, count) = (self.size, self.passes, Self.megabyte, reads * readsFactor)
-            let mib = Double(passes * size) / PVHostBench.seconds {
-                for _ in 0..<passes { for m in 0..<(size / megabyte) { _ = pread(fd, buffer.baseAddress, megabyte, off_t(m * megabyte)) } }
-            } / Double(megabyte)
+            let mib =
+                Double(passes * size)
+                / PVHostBench.seconds {
+                    for _ in 0..<passes { for m in 0..<(size / megabyte) { _ = pread(fd, buffer.baseAddress, megabyte, off_t(m * megabyte)) } }
+                } / Double(megabyte)
             let done = DispatchSemaphore(value: 0)
-            let iops = Double(count) / PVHostBench.seconds {
-                for worker in 0..<32 {
-                    Thread {
-                        let local = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 4096)
-                        defer { local.deallocate() }
-                        var state = UInt64(worker + 1) &* 0x9E37_79B9_7F4A_7C15
-                        for _ in 0..<(count / 32) {
-                            state ^= state << 13; state ^= state >> 7; state ^= state << 17
-                            _ = pread(fd, local.baseAddress, 4096, off_t((state % UInt64(size / 4096)) * 4096))
-                        }
-                        done.signal()
-                    }.start()
+            let iops =
+                Double(count)
+                / PVHostBench.seconds {
+                    for worker in 0..<32 {
+                        Thread {
+                            let local = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 4096)
+                            defer { local.deallocate() }
+                            var state = UInt64(worker + 1) &* 0x9E37_79B9_7F4A_7C15
+                            for _ in 0..<(count / 32) {
+                                state ^= state << 13; state ^= state >> 7; state ^= state << 17
+                                _ = pread(fd, local.baseAddress, 4096, off_t((state % UInt64(size / 4096)) * 4096))
+                            }
+                            done.signal()
+                        }.start()
+                    }
+                    for _ in 0..<32 { done.wait() }
                 }
-                for _ in 0..<32 { done.wait() }
-            }
             return (mib, iops)
         }
 
@@ -233,8 +247,10 @@ struct PVHostBench {
         /// the backend moves the bytes in place). Each run measures the baselines first, and
         /// each ratio is the median of the runs' ratios (the machine's drift between rows
         /// cancels). Prints one row, with the row's baseline medians last.
-        func row(_ label: String, settings: BlockBackend.Settings, options: BlockFront.Options, toolstack: Toolstack, control: String,
-                 devid: Int) async throws {
+        func row(
+            _ label: String, settings: BlockBackend.Settings, options: BlockFront.Options, toolstack: Toolstack, control: String,
+            devid: Int
+        ) async throws {
             let (size, passes, reads, megabyte) = (self.size, self.passes, self.reads, Self.megabyte)
             let guest = try ReferencePlatform.attach(socket: control, name: "bench\(devid)", pages: 8192)
             let device = Toolstack.Device(type: "vbd", frontend: guest.domain, devid: devid)
@@ -257,13 +273,17 @@ struct PVHostBench {
                     let t1 = try await asyncSeconds {
                         for _ in 0..<passes {
                             for m in 0..<(size / megabyte) {
-                                if zeroCopy { try await disk.read(at: UInt64(m * megabyte / 512), into: big) } else {
+                                if zeroCopy {
+                                    try await disk.read(at: UInt64(m * megabyte / 512), into: big)
+                                } else {
                                     try await disk.read(at: UInt64(m * megabyte / 512), into: buffer)
                                 }
                             }
                         }
                     }
-                    if zeroCopy { seqBuffer.append(Double(passes * size) / t1 / Double(megabyte)) } else {
+                    if zeroCopy {
+                        seqBuffer.append(Double(passes * size) / t1 / Double(megabyte))
+                    } else {
                         seq.append(Double(passes * size) / t1 / Double(megabyte))
                     }
                     let t2 = try await asyncSeconds {
@@ -294,10 +314,13 @@ struct PVHostBench {
             func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
             func ratio(_ values: [Double], _ bases: [Double]) -> Double { median(zip(values, bases).map { $0 / $1 }) }
             let name = label.padding(toLength: 40, withPad: " ", startingAt: 0)
-            print(name + String(format: " %7.0f %5.2f×  %7.0f %5.2f×  %8.0f %5.2f×  %8.0f %5.2f×   %.3f           %6.0f  %8.0f",
-                                median(seq), ratio(seq, baseMiB), median(seqBuffer), ratio(seqBuffer, baseMiB),
-                                median(random), ratio(random, baseIOPS), median(randomBuffer), ratio(randomBuffer, baseIOPS), perRequest,
-                                median(baseMiB), median(baseIOPS)))
+            print(
+                name
+                    + String(
+                        format: " %7.0f %5.2f×  %7.0f %5.2f×  %8.0f %5.2f×  %8.0f %5.2f×   %.3f           %6.0f  %8.0f",
+                        median(seq), ratio(seq, baseMiB), median(seqBuffer), ratio(seqBuffer, baseMiB),
+                        median(random), ratio(random, baseIOPS), median(randomBuffer), ratio(randomBuffer, baseIOPS), perRequest,
+                        median(baseMiB), median(baseIOPS)))
             await disk.close()
             await backend.stop()
             _ = try await toolstack.removeDevice(device)

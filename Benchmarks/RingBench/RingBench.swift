@@ -39,13 +39,16 @@ extension RingBench {
             print("Xen public ABI as PVKit encodes it (checked against /usr/include/xen by make test)")
             print("")
             print("ring            slot   entries by page order 0 1 2 3 4")
-            let rings: [(String, Int)] = [("blkif x86_64", BlkifRing().slotSize), ("blkif x86_32", BlkifRing(abi: .x86_32).slotSize),
-                                          ("netif tx", NetifTxRing().slotSize), ("netif rx", NetifRxRing().slotSize),
-                                          ("netif ctrl", NetifControlRing().slotSize)]
+            let rings: [(String, Int)] = [
+                ("blkif x86_64", BlkifRing().slotSize), ("blkif x86_32", BlkifRing(abi: .x86_32).slotSize),
+                ("netif tx", NetifTxRing().slotSize), ("netif rx", NetifRxRing().slotSize),
+                ("netif ctrl", NetifControlRing().slotSize)
+            ]
             for (name, slot) in rings {
                 let counts = (0...4).map { String(RingGeometry(slotSize: slot, pageOrder: $0)!.entryCount) }
-                print(name.padding(toLength: 16, withPad: " ", startingAt: 0) + String(slot).padding(toLength: 7, withPad: " ", startingAt: 0)
-                      + counts.joined(separator: " "))
+                print(
+                    name.padding(toLength: 16, withPad: " ", startingAt: 0) + String(slot).padding(toLength: 7, withPad: " ", startingAt: 0)
+                        + counts.joined(separator: " "))
             }
             print("")
             let sizes: [(String, Int)] = [
@@ -53,7 +56,7 @@ extension RingBench {
                 ("blkif_response", BlkifLayout.x86_64.responseSize), ("netif_tx_request", NetifTxRequest.wireSize),
                 ("netif_rx_response", NetifRxResponse.wireSize), ("netif_extra_info", NetifExtraInfo.wireSize),
                 ("xsd_sockmsg", XsHeader.wireSize), ("xenstore_domain_interface", XenstoreDomainInterface.size),
-                ("grant_entry_v1", GrantEntryV1.wireSize),
+                ("grant_entry_v1", GrantEntryV1.wireSize)
             ]
             for (name, size) in sizes { print(name.padding(toLength: 28, withPad: " ", startingAt: 0) + "\(size) bytes") }
             print("")
@@ -82,7 +85,7 @@ extension RingBench {
                 throw ValidationError("ring-bench-c is not built beside ring-bench: run `swift build -c release --product ring-bench-c`")
             }
             #if DEBUG
-            print("warning: a debug build; the figures that count come from `swift build -c release`")
+                print("warning: a debug build; the figures that count come from `swift build -c release`")
             #endif
             print("one request/response pair per request, \(count) requests per round, median of \(rounds) rounds, A/B alternating")
             print("")
@@ -97,11 +100,12 @@ extension RingBench {
                     }
                     let s = median(swift), b = median(c)
                     let name = "\(proto) (\(proto.slotBytes) B)"
-                    print(name.padding(toLength: 15, withPad: " ", startingAt: 0)
-                          + mode.rawValue.padding(toLength: 10, withPad: " ", startingAt: 0)
-                          + format(s.rate, width: 13) + format(b.rate, width: 11)
-                          + String(format: "%9.2f×", s.rate / b.rate)
-                          + String(format: "%13.4f %9.4f", s.eventsPerRequest, b.eventsPerRequest))
+                    print(
+                        name.padding(toLength: 15, withPad: " ", startingAt: 0)
+                            + mode.rawValue.padding(toLength: 10, withPad: " ", startingAt: 0)
+                            + format(s.rate, width: 13) + format(b.rate, width: 11)
+                            + String(format: "%9.2f×", s.rate / b.rate)
+                            + String(format: "%13.4f %9.4f", s.eventsPerRequest, b.eventsPerRequest))
                 }
             }
         }
@@ -123,10 +127,11 @@ extension RingBench {
             let wake = EventFD(adopting: frontEvt), sleep = EventFD(adopting: backEvt), ready = EventFD(adopting: readyEvt)
             let ringBytes = region.slice(offset: 0, count: XenPage.size)
             try ready.notify()
-            let events = switch proto {
-            case .blkif: try runBack(BlkifWorkload(), region: ringBytes, count: count, wake: wake, sleep: sleep)
-            case .netif: try runBack(NetifTxWorkload(), region: ringBytes, count: count, wake: wake, sleep: sleep)
-            }
+            let events =
+                switch proto {
+                case .blkif: try runBack(BlkifWorkload(), region: ringBytes, count: count, wake: wake, sleep: sleep)
+                case .netif: try runBack(NetifTxWorkload(), region: ringBytes, count: count, wake: wake, sleep: sleep)
+                }
             // The events count goes back through the page after the ring.
             region.bytes.storeBytes(of: events, toByteOffset: XenPage.size, as: UInt64.self)
         }
@@ -186,11 +191,13 @@ func measureSwift<W: Workload>(_ w: W, proto: ProtocolChoice, mode: Mode, count:
         return Measurement(rate: Double(count) / elapsed.seconds, eventsPerRequest: Double(frontEvents + backEvents) / Double(count))
     case .processes:
         let ready = try EventFD(inheritable: true)
-        let child = try ChildProcess(path: ChildProcess.currentExecutablePath()!, arguments: [
-            "peer", "--proto", proto.rawValue, "--memfd", "\(region.fileDescriptor)", "--bytes", "\(region.byteCount)",
-            "--front-evt", "\(frontEvent.fileDescriptor)", "--back-evt", "\(backEvent.fileDescriptor)",
-            "--ready-evt", "\(ready.fileDescriptor)", "--count", "\(count)",
-        ])
+        let child = try ChildProcess(
+            path: ChildProcess.currentExecutablePath()!,
+            arguments: [
+                "peer", "--proto", proto.rawValue, "--memfd", "\(region.fileDescriptor)", "--bytes", "\(region.byteCount)",
+                "--front-evt", "\(frontEvent.fileDescriptor)", "--back-evt", "\(backEvent.fileDescriptor)",
+                "--ready-evt", "\(ready.fileDescriptor)", "--count", "\(count)"
+            ])
         try ready.wait()
         let start = clock.now
         let frontEvents = try runFront(w, region: ringBytes, count: count, wake: backEvent, sleep: frontEvent)

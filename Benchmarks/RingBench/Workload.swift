@@ -36,12 +36,15 @@ struct BlkifWorkload: Workload {
 struct NetifTxWorkload: Workload {
     let ring = NetifTxRing()
     func request(_ n: UInt64) -> NetifTxSlot {
-        .request(NetifTxRequest(gref: GrantRef(UInt32(truncatingIfNeeded: n &+ 8)), offset: 0, flags: [],
-                                id: UInt16(truncatingIfNeeded: n), size: 60 + UInt16(n % 1400)))
+        .request(
+            NetifTxRequest(
+                gref: GrantRef(UInt32(truncatingIfNeeded: n &+ 8)), offset: 0, flags: [],
+                id: UInt16(truncatingIfNeeded: n), size: 60 + UInt16(n % 1400)))
     }
     func answer(_ slot: NetifTxSlot, expected n: UInt64) -> NetifTxResponse? {
         guard case let .request(r) = slot, r.id == UInt16(truncatingIfNeeded: n),
-              Int(r.offset) + Int(r.size) <= XenPage.size else { return nil }
+            Int(r.offset) + Int(r.size) <= XenPage.size
+        else { return nil }
         return NetifTxResponse(id: r.id, status: Netif.statusOkay)
     }
     func responseIsRight(_ response: NetifTxResponse, expected n: UInt64) -> Bool {
@@ -57,8 +60,10 @@ struct WorkloadFailure: Error, CustomStringConvertible {
 /// only after the final check says there is nothing to do.
 ///
 /// - Returns: notifications sent.
-func runFront<W: Workload>(_ w: W, region: UnsafeMutableRawBufferPointer, count: UInt64,
-                           wake: EventFD, sleep: EventFD) throws -> UInt64 {
+func runFront<W: Workload>(
+    _ w: W, region: UnsafeMutableRawBufferPointer, count: UInt64,
+    wake: EventFD, sleep: EventFD
+) throws -> UInt64 {
     var ring = try FrontRing(initializing: region, protocol: w.ring)
     var sent: UInt64 = 0, received: UInt64 = 0, events: UInt64 = 0
     while received < count {
@@ -83,8 +88,10 @@ func runFront<W: Workload>(_ w: W, region: UnsafeMutableRawBufferPointer, count:
 /// The back end's loop: consume and answer everything waiting, push, final check, sleep.
 ///
 /// - Returns: notifications sent.
-func runBack<W: Workload>(_ w: W, region: UnsafeMutableRawBufferPointer, count: UInt64,
-                          wake: EventFD, sleep: EventFD) throws -> UInt64 {
+func runBack<W: Workload>(
+    _ w: W, region: UnsafeMutableRawBufferPointer, count: UInt64,
+    wake: EventFD, sleep: EventFD
+) throws -> UInt64 {
     var ring = try BackRing(attaching: region, protocol: w.ring)
     var done: UInt64 = 0, events: UInt64 = 0
     while done < count {

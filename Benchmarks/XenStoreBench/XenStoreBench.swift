@@ -1,6 +1,6 @@
 import Foundation
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 import XenABI
 import XenStore
@@ -52,7 +52,8 @@ struct XenStoreBench {
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
             let p = Process()
             p.executableURL = URL(fileURLWithPath: executable)
-            p.arguments = ["xenstored", "--socket", dir + "/socket"] + (ProcessInfo.processInfo.environment["XSBENCH_POLL_US"].map { ["--poll-microseconds", $0] } ?? [])
+            p.arguments =
+                ["xenstored", "--socket", dir + "/socket"] + (ProcessInfo.processInfo.environment["XSBENCH_POLL_US"].map { ["--poll-microseconds", $0] } ?? [])
             p.standardOutput = FileHandle.nullDevice
             p.standardError = FileHandle.nullDevice
             try p.run()
@@ -203,7 +204,7 @@ struct XenStoreBench {
                     _ = try c.call(frame(.write("/bench/tx", value: Array("\(i)".utf8)), tx: id))
                     _ = try c.call(frame(.transactionEnd(commit: true), tx: id))
                 }
-            },
+            }
         ]
     }
 
@@ -213,8 +214,10 @@ struct XenStoreBench {
         for i in 0..<100 { _ = try c.call(frame(.write(try XenStorePath("/bench/dir/child-\(i)"), value: Array("\(i)".utf8)))) }
         // A realistic tree around it: 50 guests with a dozen device nodes each.
         for d in 1...50 {
-            for key in ["name", "domid", "vm", "device/vbd/51712/state", "device/vbd/51712/ring-ref", "device/vbd/51712/event-channel",
-                        "device/vif/0/state", "device/vif/0/mac", "control/shutdown", "memory/target", "data/updated", "console/port"] {
+            for key in [
+                "name", "domid", "vm", "device/vbd/51712/state", "device/vbd/51712/ring-ref", "device/vbd/51712/event-channel",
+                "device/vif/0/state", "device/vif/0/mac", "control/shutdown", "memory/target", "data/updated", "console/port"
+            ] {
                 _ = try c.call(frame(.write(try XenStorePath("/local/domain/\(d)/\(key)"), value: Array("v\(d)".utf8))))
             }
         }
@@ -237,7 +240,8 @@ struct XenStoreBench {
         var total = 0.0
         for task in tasks {
             guard let stat = try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/schedstat", encoding: .utf8),
-                  let first = stat.split(separator: " ").first, let ns = Double(first) else { continue }
+                let first = stat.split(separator: " ").first, let ns = Double(first)
+            else { continue }
             total += ns / 1000
         }
         return total
@@ -265,8 +269,9 @@ struct XenStoreBench {
         for d in daemons { try prepare(d) }
         print("xenstored: ours vs Xen's C xenstored 4.17, one blocking client each, \(rounds) alternating rounds, medians")
         print("")
-        print(pad("workload", 40) + pad("pvhost ops/s", 14) + pad("C ops/s", 14) + pad("ratio", 9)
-              + pad("pvhost CPU µs/op", 18) + pad("C CPU µs/op", 14) + "CPU ratio (C/ours)")
+        print(
+            pad("workload", 40) + pad("pvhost ops/s", 14) + pad("C ops/s", 14) + pad("ratio", 9)
+                + pad("pvhost CPU µs/op", 18) + pad("C CPU µs/op", 14) + "CPU ratio (C/ours)")
         for workload in workloads(quick: quick) {
             var rates: [[Double]] = [[], []], cpu: [[Double]] = [[], []]
             for _ in 0..<(rounds + 1) {
@@ -279,10 +284,11 @@ struct XenStoreBench {
             }
             let ours = median(Array(rates[0].dropFirst())), theirs = median(Array(rates[1].dropFirst()))
             let ourCPU = median(Array(cpu[0].dropFirst())), theirCPU = median(Array(cpu[1].dropFirst()))
-            print(pad(workload.name, 40) + pad(String(format: "%.0f", ours), 14) + pad(String(format: "%.0f", theirs), 14)
-                  + pad(String(format: "%.2f×", ours / theirs), 9)
-                  + pad(String(format: "%.1f", ourCPU), 18) + pad(String(format: "%.1f", theirCPU), 14)
-                  + String(format: "%.2f×", theirCPU / max(ourCPU, 0.01)))
+            print(
+                pad(workload.name, 40) + pad(String(format: "%.0f", ours), 14) + pad(String(format: "%.0f", theirs), 14)
+                    + pad(String(format: "%.2f×", ours / theirs), 9)
+                    + pad(String(format: "%.1f", ourCPU), 18) + pad(String(format: "%.1f", theirCPU), 14)
+                    + String(format: "%.2f×", theirCPU / max(ourCPU, 0.01)))
         }
         // Latency with 500 idle connections open, against none.
         print("")
@@ -296,10 +302,11 @@ struct XenStoreBench {
                 results.append(try latencies(c, count: quick ? 2_000 : 20_000))
                 withExtendedLifetime(sleepers) {}
             }
-            print(pad("with \(idle) idle connections", 40)
-                  + pad(String(format: "%.1f / %.1f", results[0].0, results[0].1), 16)
-                  + pad(String(format: "%.1f / %.1f", results[1].0, results[1].1), 16)
-                  + String(format: "%.2f×", results[1].0 / results[0].0))
+            print(
+                pad("with \(idle) idle connections", 40)
+                    + pad(String(format: "%.1f / %.1f", results[0].0, results[0].1), 16)
+                    + pad(String(format: "%.1f / %.1f", results[1].0, results[1].1), 16)
+                    + String(format: "%.2f×", results[1].0 / results[0].0))
         }
     }
 

@@ -61,7 +61,9 @@ final class AsyncSemaphore: @unchecked Sendable {
             if let error = immediate { throw error }
             return
         }
-        let id = lock.withLock { defer { nextID &+= 1 }; return nextID }
+        let id = lock.withLock {
+            defer { nextID &+= 1 }; return nextID
+        }
         let outcome: BlockFrontError? = await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
                 let resume: BlockFrontError?? = lock.withLock {

@@ -134,23 +134,27 @@ public final class BlockFront: Sendable {
     public var statistics: Statistics { core.statistics }
 
     /// Connects to the disk `device/vbd/<id>` of this domain (waits for the backend).
-    public static func connect(platform: any PVPlatform, store: XenStoreClient, id: Int,
-                               options: Options = Options()) async throws(BlockFrontError) -> BlockFront {
+    public static func connect(
+        platform: any PVPlatform, store: XenStoreClient, id: Int,
+        options: Options = Options()
+    ) async throws(BlockFrontError) -> BlockFront {
         let core = Core(platform: platform, handle: UInt16(truncatingIfNeeded: id), options: options)
         let driver = Driver(core: core, store: store)
-        let xenbus = XenbusFrontend(store: store, type: "vbd", id: id, driver: driver, connectsDirectly: false,
-                                    reconnects: options.reconnect)
+        let xenbus = XenbusFrontend(
+            store: store, type: "vbd", id: id, driver: driver, connectsDirectly: false,
+            reconnects: options.reconnect)
         let lifecycle = Task {
             do { try await xenbus.run() } catch { core.fail(.closed("\(error)")) }
             core.fail(.closed("the device was closed"))
         }
-        let closer = FrontendCloser<BlockFrontError>(xenbus: xenbus, lifecycle: lifecycle,
-                                                     fail: { core.fail($0 ?? .closed("closed by the frontend")) },
-                                                     release: {
-                                                         // The rings' teardowns (posted to their loops) first.
-                                                         await options.eventLoops.waitForPostedWork()
-                                                         _ = core.drain()
-                                                     })
+        let closer = FrontendCloser<BlockFrontError>(
+            xenbus: xenbus, lifecycle: lifecycle,
+            fail: { core.fail($0 ?? .closed("closed by the frontend")) },
+            release: {
+                // The rings' teardowns (posted to their loops) first.
+                await options.eventLoops.waitForPostedWork()
+                _ = core.drain()
+            })
         // A device that fails on its own (a lying backend, a timeout) closes as if asked to.
         // Weak: the closer's closures hold the core, and a strong reference back would keep
         // both (and the platform's pages and ports) alive forever.
@@ -228,22 +232,26 @@ public final class BlockFront: Sendable {
     public func read(at sector: UInt64, into buffer: BlockBuffer, byteOffset: Int = 0, count: Int? = nil) async throws(BlockFrontError) {
         let bytes = try window(buffer, byteOffset, count)
         try check(sector: sector, count: bytes.count)
-        try await core.run(.read, sector: sector, count: bytes.count, buffer: bytes.baseAddress,
-                           granted: core.trustsBackend ? buffer.pages.pages[(byteOffset / XenPage.size)...] : nil)
+        try await core.run(
+            .read, sector: sector, count: bytes.count, buffer: bytes.baseAddress,
+            granted: core.trustsBackend ? buffer.pages.pages[(byteOffset / XenPage.size)...] : nil)
     }
 
     /// Writes `count` bytes (default: to the end of the buffer) of `buffer` from `byteOffset`
     /// at `sector`; the backend reads them in place. Durable after ``flush()``.
-    public func write(at sector: UInt64, from buffer: BlockBuffer, byteOffset: Int = 0, count: Int? = nil,
-                      barrier: Bool = false) async throws(BlockFrontError) {
+    public func write(
+        at sector: UInt64, from buffer: BlockBuffer, byteOffset: Int = 0, count: Int? = nil,
+        barrier: Bool = false
+    ) async throws(BlockFrontError) {
         let info = self.info
         guard !info.readOnly else { throw .readOnly }
         if barrier && !info.barrier { throw .notSupported("barrier") }
         let bytes = try window(buffer, byteOffset, count)
         try check(sector: sector, count: bytes.count)
         // A barrier goes through pool pages: ordered on its ring without indirect segments.
-        try await core.run(barrier ? .writeBarrier : .write, sector: sector, count: bytes.count, buffer: bytes.baseAddress,
-                           granted: core.trustsBackend && !barrier ? buffer.pages.pages[(byteOffset / XenPage.size)...] : nil)
+        try await core.run(
+            barrier ? .writeBarrier : .write, sector: sector, count: bytes.count, buffer: bytes.baseAddress,
+            granted: core.trustsBackend && !barrier ? buffer.pages.pages[(byteOffset / XenPage.size)...] : nil)
     }
 
     func window(_ buffer: BlockBuffer, _ offset: Int, _ count: Int?) throws(BlockFrontError) -> UnsafeMutableRawBufferPointer {
@@ -269,8 +277,9 @@ public final class BlockFront: Sendable {
         guard let discard = info.discard else { throw .notSupported("discard") }
         guard !info.readOnly else { throw .readOnly }
         try check(sector: sector, count: count)
-        try await core.run(.discard, sector: sector, count: 0, buffer: nil,
-                           discard: (UInt64(count / Blkif.sectorSize), secure && discard.secure))
+        try await core.run(
+            .discard, sector: sector, count: 0, buffer: nil,
+            discard: (UInt64(count / Blkif.sectorSize), secure && discard.secure))
     }
 
     /// Closes the device: requests in flight fail; Closing, then waits (up to 5 s) for the

@@ -42,9 +42,10 @@ final class Core: @unchecked Sendable {
     var currentInfo: BlockFront.Info? { lock.withLock { info } }
     var statistics: BlockFront.Statistics {
         lock.withLock {
-            BlockFront.Statistics(connections: connections, reissued: reissuedCount, notificationsSent: queues.reduce(0) { $0 + $1.channel.notificationsSent },
-                                  spuriousWakeups: queues.reduce(0) { $0 + $1.spuriousWakeups },
-                                  pagesHeldByBackend: (pool?.pagesHeldByBackend ?? 0) + heldPages.count)
+            BlockFront.Statistics(
+                connections: connections, reissued: reissuedCount, notificationsSent: queues.reduce(0) { $0 + $1.channel.notificationsSent },
+                spuriousWakeups: queues.reduce(0) { $0 + $1.spuriousWakeups },
+                pagesHeldByBackend: (pool?.pagesHeldByBackend ?? 0) + heldPages.count)
         }
     }
 
@@ -142,7 +143,9 @@ final class Core: @unchecked Sendable {
             fail(.closed("the backend closed the device"))
             return
         }
-        let old = lock.withLock { defer { queues = []; staged = []; transport = nil }; return queues + staged }
+        let old = lock.withLock {
+            defer { queues = []; staged = []; transport = nil }; return queues + staged
+        }
         var waiting: [InFlight] = []
         for queue in old {
             waiting += queue.halt { [self] in retire(queue) }
@@ -212,10 +215,14 @@ final class Core: @unchecked Sendable {
     /// it still holds.
     @discardableResult
     func drain() -> Int {
-        let held = lock.withLock { defer { heldPages = [] }; return heldPages }
+        let held = lock.withLock {
+            defer { heldPages = [] }; return heldPages
+        }
         var still: [SharedPage] = []
         for page in held where !platform.revoke(page) { still.append(page) }
-        let pool = lock.withLock { heldPages += still; return self.pool }
+        let pool = lock.withLock {
+            heldPages += still; return self.pool
+        }
         return (pool?.drain() ?? 0) + still.count
     }
 
@@ -292,8 +299,10 @@ final class Core: @unchecked Sendable {
     ///   - buffer: reads: where the bytes go; writes: where they come from.
     ///   - granted: the pages of `buffer` when they are a ``BlockBuffer``'s (already granted:
     ///     the backend moves the bytes in place, nothing is copied here).
-    func run(_ operation: BlkifOperation, sector: UInt64, count: Int, buffer: UnsafeMutableRawPointer?,
-             granted: ArraySlice<SharedPage>? = nil, discard: (sectors: UInt64, secure: Bool)? = nil) async throws(BlockFrontError) {
+    func run(
+        _ operation: BlkifOperation, sector: UInt64, count: Int, buffer: UnsafeMutableRawPointer?,
+        granted: ArraySlice<SharedPage>? = nil, discard: (sectors: UInt64, secure: Bool)? = nil
+    ) async throws(BlockFrontError) {
         let info = try await waitForConnection()
         guard let pool = lock.withLock({ pool }) else { throw .closed("not connected") }
         let barrier = operation == .writeBarrier
@@ -303,8 +312,9 @@ final class Core: @unchecked Sendable {
         if count == 0 {
             // Flush and discard: no data pages.
             do {
-                try await submit(operation, chunk: RequestPlan.Chunk(offset: 0, length: 0, sector: sector), buffer: nil, granted: nil,
-                                 discard: discard, owner: transfer)
+                try await submit(
+                    operation, chunk: RequestPlan.Chunk(offset: 0, length: 0, sector: sector), buffer: nil, granted: nil,
+                    discard: discard, owner: transfer)
             } catch {
                 transfer.fail(error)
             }
@@ -326,9 +336,11 @@ final class Core: @unchecked Sendable {
     }
 
     /// Sends one request, waiting for its budget and a ring slot (back-pressure).
-    func submit(_ operation: BlkifOperation, chunk: RequestPlan.Chunk, buffer: UnsafeMutableRawPointer?,
-                granted: ArraySlice<SharedPage>?, discard: (sectors: UInt64, secure: Bool)?,
-                owner: any RequestOwner, tag: Int = 0) async throws(BlockFrontError) {
+    func submit(
+        _ operation: BlkifOperation, chunk: RequestPlan.Chunk, buffer: UnsafeMutableRawPointer?,
+        granted: ArraySlice<SharedPage>?, discard: (sectors: UInt64, secure: Bool)?,
+        owner: any RequestOwner, tag: Int = 0
+    ) async throws(BlockFrontError) {
         guard let pool = lock.withLock({ pool }) else { throw lock.withLock { failure } ?? .closed("not connected") }
         // With a granted buffer the request holds only its indirect pages.
         let budget = granted == nil ? chunk.budget : chunk.indirectPages
@@ -348,8 +360,9 @@ final class Core: @unchecked Sendable {
         }
         let entry: InFlight
         do {
-            entry = try prepare(operation, chunk: chunk, buffer: buffer, granted: granted, discard: discard, pool: pool, budget: budget,
-                                owner: owner, tag: tag)
+            entry = try prepare(
+                operation, chunk: chunk, buffer: buffer, granted: granted, discard: discard, pool: pool, budget: budget,
+                owner: owner, tag: tag)
         } catch {
             queue.slots.release(1)
             pool.budget.release(budget)
@@ -366,13 +379,16 @@ final class Core: @unchecked Sendable {
     /// its pool pages (data pages unless `granted`, then indirect pages), copies a write's
     /// bytes into them, encodes the indirect pages. On failure the pages are back in the pool
     /// (the slot and budget are the caller's to give back).
-    func prepare(_ operation: BlkifOperation, chunk: RequestPlan.Chunk, buffer: UnsafeMutableRawPointer?,
-                 granted: ArraySlice<SharedPage>?, discard: (sectors: UInt64, secure: Bool)?, pool: GrantPool, budget: Int,
-                 owner: any RequestOwner, tag: Int) throws(BlockFrontError) -> InFlight {
+    func prepare(
+        _ operation: BlkifOperation, chunk: RequestPlan.Chunk, buffer: UnsafeMutableRawPointer?,
+        granted: ArraySlice<SharedPage>?, discard: (sectors: UInt64, secure: Bool)?, pool: GrantPool, budget: Int,
+        owner: any RequestOwner, tag: Int
+    ) throws(BlockFrontError) -> InFlight {
         let taken = try pool.take(budget, readOnly: operation == .write || operation == .writeBarrier)
         // Data pages: the granted buffer's (in place) or pool pages; indirect pages after them.
         let first = chunk.offset / XenPage.size
-        let data: ArraySlice<SharedPage> = granted.map { $0[$0.startIndex + first ..< $0.startIndex + first + chunk.pages] }
+        let data: ArraySlice<SharedPage> =
+            granted.map { $0[$0.startIndex + first..<$0.startIndex + first + chunk.pages] }
             ?? taken[0..<min(chunk.pages, taken.count)]
         if let buffer, granted == nil, operation != .read {
             for (index, page) in data.enumerated() {
@@ -392,16 +408,19 @@ final class Core: @unchecked Sendable {
                 }
                 BlkifSegment.encodeIndirectPage(segments, into: UnsafeMutableRawBufferPointer(start: page.address, count: XenPage.size))
             }
-            request = .indirect(BlkifIndirectRequest(operation: operation, segmentCount: UInt16(chunk.pages), handle: handle, id: 0,
-                                                     sector: chunk.sector, indirectGrants: indirect.map(\.ref)))
+            request = .indirect(
+                BlkifIndirectRequest(
+                    operation: operation, segmentCount: UInt16(chunk.pages), handle: handle, id: 0,
+                    sector: chunk.sector, indirectGrants: indirect.map(\.ref)))
         } else {
             var segments = BlkifSegmentList()
             for index in 0..<chunk.pages { segments.append(chunk.segment(index, gref: data[data.startIndex + index].ref)) }
             request = .io(BlkifIORequest(operation: operation, handle: handle, id: 0, sector: chunk.sector, segments: segments))
         }
-        return InFlight(owner: owner, tag: tag, request: request, operation: operation, sector: chunk.sector, pages: taken,
-                        destination: operation == .read && granted == nil ? buffer.map { $0 + chunk.offset } : nil,
-                        byteCount: chunk.length, budget: budget, issued: 0)
+        return InFlight(
+            owner: owner, tag: tag, request: request, operation: operation, sector: chunk.sector, pages: taken,
+            destination: operation == .read && granted == nil ? buffer.map { $0 + chunk.offset } : nil,
+            byteCount: chunk.length, budget: budget, issued: 0)
     }
 
     /// A request that could not go on its ring: waits for the next connection, or fails.
@@ -470,8 +489,9 @@ struct Driver: XenbusFrontendDriver {
         let offer = try await read(backend, BlockNegotiation.offerKeys, in: transaction)
         let (transport, queues) = try failing { () throws(BlockFrontError) in try core.stage(offer: offer, backend: backendID) }
         func write(_ key: String, _ value: String) async throws { try await transaction.write(XenStorePath(frontend + "/" + key), value) }
-        try await clearTransport(transaction, frontend: frontend,
-                                 keys: ["ring-page-order", "multi-queue-num-queues", "event-channel", "protocol", "feature-persistent"])
+        try await clearTransport(
+            transaction, frontend: frontend,
+            keys: ["ring-page-order", "multi-queue-num-queues", "event-channel", "protocol", "feature-persistent"])
         if transport.ringPageOrder > 0 { try await write("ring-page-order", "\(transport.ringPageOrder)") }
         if transport.queues > 1 { try await write("multi-queue-num-queues", "\(transport.queues)") }
         for queue in queues {

@@ -129,7 +129,8 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {
         let place = try takePlace()
         lock.withLock {
             operations[place] = Operation(tag: tag, remaining: 1, error: nil, buffer: nil)
-            queued.append(Piece(place: place, operation: .flushDiskCache, chunk: RequestPlan.Chunk(offset: 0, length: 0, sector: 0), address: nil, granted: nil))
+            queued.append(
+                Piece(place: place, operation: .flushDiskCache, chunk: RequestPlan.Chunk(offset: 0, length: 0, sector: 0), address: nil, granted: nil))
         }
     }
 
@@ -149,8 +150,10 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {
         lock.withLock {
             if bytes.count <= most * XenPage.size {
                 operations[place] = Operation(tag: tag, remaining: 1, error: nil, buffer: buffer)
-                queued.append(Piece(place: place, operation: operation, chunk: RequestPlan.Chunk(offset: 0, length: bytes.count, sector: sector),
-                                    address: bytes.baseAddress, granted: granted))
+                queued.append(
+                    Piece(
+                        place: place, operation: operation, chunk: RequestPlan.Chunk(offset: 0, length: bytes.count, sector: sector),
+                        address: bytes.baseAddress, granted: granted))
                 return
             }
             let chunks = RequestPlan(sector: sector, byteCount: bytes.count, maxSegments: most).chunks
@@ -215,8 +218,10 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {
                 if ring != home { nextRing = ring + 1 }
                 sent += 1
                 do throws(BlockFrontError) {
-                    batches[ring].append(try core.prepare(piece.operation, chunk: piece.chunk, buffer: piece.address, granted: piece.granted,
-                                                          discard: nil, pool: pool, budget: budget, owner: self, tag: piece.place))
+                    batches[ring].append(
+                        try core.prepare(
+                            piece.operation, chunk: piece.chunk, buffer: piece.address, granted: piece.granted,
+                            discard: nil, pool: pool, budget: budget, owner: self, tag: piece.place))
                 } catch {
                     rings[ring].slots.release(1)
                     pool.budget.release(budget)
@@ -293,8 +298,9 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {
             guard let piece = stalled else { break }
             await core.gate.enter()
             do throws(BlockFrontError) {
-                try await core.submit(piece.operation, chunk: piece.chunk, buffer: piece.address, granted: piece.granted, discard: nil,
-                                      owner: self, tag: piece.place)
+                try await core.submit(
+                    piece.operation, chunk: piece.chunk, buffer: piece.address, granted: piece.granted, discard: nil,
+                    owner: self, tag: piece.place)
             } catch {
                 complete(error, tag: piece.place)
                 wake()
@@ -311,7 +317,9 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {
             }
             return Task.isCancelled
         } onCancel: {
-            let waiting = lock.withLock { defer { waiter = nil }; return waiter }
+            let waiting = lock.withLock {
+                defer { waiter = nil }; return waiter
+            }
             waiting?.continuation.resume()
         }
         let collected: [Completion]? = lock.withLock {
@@ -367,7 +375,9 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {
     }
 
     func wake() {
-        let (ended, overflow) = lock.withLock { defer { leaving = 0 }; return (leaving, !queued.isEmpty) }
+        let (ended, overflow) = lock.withLock {
+            defer { leaving = 0 }; return (leaving, !queued.isEmpty)
+        }
         core.gate.leave(ended)
         // Room was made: what waited for it goes out now.
         if overflow { submit() }

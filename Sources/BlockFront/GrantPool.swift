@@ -77,7 +77,9 @@ final class GrantPool: @unchecked Sendable {
     /// the ones held before. Returns how many the backend still maps.
     @discardableResult
     func drain() -> Int {
-        let pages = lock.withLock { defer { free.removeAll(); held.removeAll() }; return free + held }
+        let pages = lock.withLock {
+            defer { free.removeAll(); held.removeAll() }; return free + held
+        }
         revoke(pages)
         return pagesHeldByBackend
     }

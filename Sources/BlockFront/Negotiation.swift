@@ -19,9 +19,11 @@ public enum BlockNegotiation {
     public static let offerKeys = ["max-ring-page-order", "multi-queue-max-queues"]
 
     /// The backend keys read at Connected.
-    public static let diskKeys = ["sectors", "info", "sector-size", "physical-sector-size", "feature-flush-cache", "feature-barrier",
-                                  "feature-discard", "discard-granularity", "discard-alignment", "discard-secure",
-                                  "feature-persistent", "feature-max-indirect-segments"]
+    public static let diskKeys = [
+        "sectors", "info", "sector-size", "physical-sector-size", "feature-flush-cache", "feature-barrier",
+        "feature-discard", "discard-granularity", "discard-alignment", "discard-secure",
+        "feature-persistent", "feature-max-indirect-segments"
+    ]
 
     static func number(_ keys: [String: String], _ key: String) throws(BlockFrontError) -> UInt64? {
         guard let text = keys[key] else { return nil }
@@ -42,8 +44,10 @@ public enum BlockNegotiation {
 
     /// The disk, from the backend's keys at Connected, the transport in use, our own
     /// `trusted` key and our options.
-    public static func disk(backend keys: [String: String], transport: Transport, trusted: String?,
-                            options: BlockFront.Options) throws(BlockFrontError) -> BlockFront.Info {
+    public static func disk(
+        backend keys: [String: String], transport: Transport, trusted: String?,
+        options: BlockFront.Options
+    ) throws(BlockFrontError) -> BlockFront.Info {
         guard let sectors = try number(keys, "sectors"), sectors > 0 else { throw .backendMisbehaved("sectors is missing or 0") }
         guard sectors < UInt64(1) << 54 else { throw .backendMisbehaved("sectors = \(sectors) is beyond any disk (2^63 bytes)") }
         func size(_ key: String, default fallback: UInt64) throws(BlockFrontError) -> Int {
@@ -69,7 +73,8 @@ public enum BlockNegotiation {
             }
             discard = BlockFront.Discard(granularity: Int(granularity), alignment: Int(alignment), secure: try flag(keys, "discard-secure"))
         }
-        let indirect = options.indirectSegments > Blkif.maxSegmentsPerRequest
+        let indirect =
+            options.indirectSegments > Blkif.maxSegmentsPerRequest
             ? Int(min(try number(keys, "feature-max-indirect-segments") ?? 0, UInt64(min(options.indirectSegments, Blkif.maxIndirectSegments))))
             : 0
         let persistent = try flag(keys, "feature-persistent") && options.persistentGrants

@@ -52,7 +52,8 @@ struct ByteView {
         var position = range.lowerBound
         needle.withUnsafeBytes { pattern in
             while hits.count < limit, range.upperBound - position >= needle.count,
-                  let found = memmem(base + position, range.upperBound - position, pattern.baseAddress, needle.count) {
+                let found = memmem(base + position, range.upperBound - position, pattern.baseAddress, needle.count)
+            {
                 let offset = base.distance(to: UnsafeRawPointer(found))
                 hits.append(offset)
                 position = offset + 1
@@ -63,6 +64,6 @@ struct ByteView {
 }
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 import CLinux

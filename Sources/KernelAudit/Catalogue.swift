@@ -50,9 +50,11 @@ public struct EvidenceRule: Sendable, Codable, Equatable {
     public var changelog: String?
 
     var kind: String? {
-        let kinds: [(String, Any?)] = [("symbol", symbol), ("symbolAbsent", symbolAbsent), ("moduleSymbol", moduleSymbol), ("moduleString", moduleString),
-                                       ("moduleParameter", moduleParameter), ("config", config), ("note", note),
-                                       ("minimumVersion", minimumVersion), ("changelog", changelog)]
+        let kinds: [(String, Any?)] = [
+            ("symbol", symbol), ("symbolAbsent", symbolAbsent), ("moduleSymbol", moduleSymbol), ("moduleString", moduleString),
+            ("moduleParameter", moduleParameter), ("config", config), ("note", note),
+            ("minimumVersion", minimumVersion), ("changelog", changelog)
+        ]
         let set = kinds.filter { $0.1 != nil }.map(\.0)
         return set.count == 1 ? set[0] : nil
     }
@@ -89,7 +91,8 @@ public enum Catalogue {
             for package in packages.sorted() where package.hasPrefix("linux-image-\(release)") {
                 let file = doc + "/" + package + "/changelog.Debian.gz"
                 guard let bytes = try? ImageFile.read(path: file),
-                      let text = try? Decompressor.decompress(bytes.bytes, format: .gzip, at: 0, limits: limits) else { continue }
+                    let text = try? Decompressor.decompress(bytes.bytes, format: .gzip, at: 0, limits: limits)
+                else { continue }
                 return (file, String(decoding: text.output.bytes, as: UTF8.self))
             }
         }
@@ -119,14 +122,19 @@ public enum Catalogue {
                     entries.append(entry)
                 }
             } catch let DecodingError.keyNotFound(key, context) {
-                problems.append(CatalogueProblem(file: path, line: line(of: context.codingPath.last?.stringValue, in: text),
-                                                 message: "missing \"\(key.stringValue)\"\(place(context.codingPath))"))
+                problems.append(
+                    CatalogueProblem(
+                        file: path, line: line(of: context.codingPath.last?.stringValue, in: text),
+                        message: "missing \"\(key.stringValue)\"\(place(context.codingPath))"))
             } catch let DecodingError.typeMismatch(_, context), let DecodingError.valueNotFound(_, context) {
-                problems.append(CatalogueProblem(file: path, line: line(of: context.codingPath.last?.stringValue, in: text),
-                                                 message: "wrong type for \"\(context.codingPath.map(\.stringValue).joined(separator: "."))\""))
+                problems.append(
+                    CatalogueProblem(
+                        file: path, line: line(of: context.codingPath.last?.stringValue, in: text),
+                        message: "wrong type for \"\(context.codingPath.map(\.stringValue).joined(separator: "."))\""))
             } catch let DecodingError.dataCorrupted(context) {
                 let line = JSONSyntax.firstErrorLine(text) ?? line(of: context.codingPath.last?.stringValue, in: text)
-                problems.append(CatalogueProblem(file: path, line: line, message: "not valid JSON" + (context.codingPath.isEmpty ? "" : place(context.codingPath))))
+                problems.append(
+                    CatalogueProblem(file: path, line: line, message: "not valid JSON" + (context.codingPath.isEmpty ? "" : place(context.codingPath))))
             } catch {
                 problems.append(CatalogueProblem(file: path, line: nil, message: "\(error)"))
             }
@@ -146,7 +154,9 @@ public enum Catalogue {
     static func validate(_ entry: CatalogueEntry, file: String, text: String, seen: Set<String>) -> CatalogueProblem? {
         func problem(_ message: String, key: String) -> CatalogueProblem { CatalogueProblem(file: file, line: line(of: key, in: text), message: message) }
         if seen.contains(entry.id) { return problem("duplicate id \(entry.id)", key: "id") }
-        if entry.id.isEmpty || !entry.id.allSatisfy({ $0.isLowercase || $0.isNumber || $0 == "-" }) { return problem("id must be lower-case words joined by -", key: "id") }
+        if entry.id.isEmpty || !entry.id.allSatisfy({ $0.isLowercase || $0.isNumber || $0 == "-" }) {
+            return problem("id must be lower-case words joined by -", key: "id")
+        }
         if !["fix", "feature"].contains(entry.kind) { return problem("kind must be \"fix\" or \"feature\"", key: "kind") }
         if !["all", "any"].contains(entry.match) { return problem("match must be \"all\" or \"any\"", key: "match") }
         if entry.evidence.isEmpty { return problem("no evidence rules", key: "evidence") }
@@ -287,8 +297,9 @@ enum CatalogueEvaluator {
         } else {
             status = answers.contains(true) ? .fixed : answers.allSatisfy { $0 == false } ? .notFixed : .unknown
         }
-        return CatalogueResult(id: entry.id, title: entry.title, status: status, evidence: results.map(\.1),
-                               meaning: status == .notFixed ? entry.absence : nil)
+        return CatalogueResult(
+            id: entry.id, title: entry.title, status: status, evidence: results.map(\.1),
+            meaning: status == .notFixed ? entry.absence : nil)
     }
 }
 

@@ -85,18 +85,21 @@ enum Decompressor {
     }
 
     static func limitError(_ format: CompressionFormat, _ limits: DecompressionLimits, at offset: Int) -> KernelAuditError {
-        KernelAuditError(.outputLimitExceeded, "\(format) stream decompresses past the limit of \(limits.maxOutput) bytes",
-                         offset: offset, hint: "If this is a genuine kernel, raise the limit with --max-output; otherwise the stream is a decompression bomb")
+        KernelAuditError(
+            .outputLimitExceeded, "\(format) stream decompresses past the limit of \(limits.maxOutput) bytes",
+            offset: offset, hint: "If this is a genuine kernel, raise the limit with --max-output; otherwise the stream is a decompression bomb")
     }
 
     static func corrupt(_ format: CompressionFormat, _ what: String, at offset: Int) -> KernelAuditError {
-        KernelAuditError(.corruptStream, "\(format) stream is corrupt: \(what)", offset: offset,
-                         hint: "The image is damaged or not what its header says; re-copy it from its package")
+        KernelAuditError(
+            .corruptStream, "\(format) stream is corrupt: \(what)", offset: offset,
+            hint: "The image is damaged or not what its header says; re-copy it from its package")
     }
 
     static func truncated(_ format: CompressionFormat, at offset: Int) -> KernelAuditError {
-        KernelAuditError(.truncated, "\(format) stream ends before its end marker", offset: offset,
-                         hint: "The file is cut short; re-copy it from its package")
+        KernelAuditError(
+            .truncated, "\(format) stream ends before its end marker", offset: offset,
+            hint: "The file is cut short; re-copy it from its package")
     }
 }
 

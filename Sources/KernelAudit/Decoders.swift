@@ -9,7 +9,9 @@ import CZstd
 private let chunk = 4 << 20
 
 /// Makes free space for the next chunk or fails with the limit error.
-private func room(_ output: ImageBuffer, _ format: CompressionFormat, _ limits: DecompressionLimits, at offset: Int) throws(KernelAuditError) -> UnsafeMutableRawBufferPointer {
+private func room(_ output: ImageBuffer, _ format: CompressionFormat, _ limits: DecompressionLimits, at offset: Int) throws(KernelAuditError)
+    -> UnsafeMutableRawBufferPointer
+{
     if output.freeSpace.count == 0 {
         let extra = min(chunk, limits.maxOutput - output.count)
         guard extra > 0, output.reserve(extra: extra, limit: limits.maxOutput) else {
@@ -42,7 +44,9 @@ enum GzipDecoder {
             case Z_STREAM_END: return Int(stream.total_in)
             case Z_OK, Z_BUF_ERROR:
                 if stream.avail_in == 0 && produced < window { throw Decompressor.truncated(.gzip, at: base + Int(stream.total_in)) }
-                if produced == 0 && stream.total_in == before { throw Decompressor.corrupt(.gzip, "the decoder made no progress", at: base + Int(stream.total_in)) }
+                if produced == 0 && stream.total_in == before {
+                    throw Decompressor.corrupt(.gzip, "the decoder made no progress", at: base + Int(stream.total_in))
+                }
                 continue
             default:
                 let message = stream.msg.map { String(cString: $0) } ?? "error \(status)"
@@ -84,10 +88,14 @@ enum Bzip2Decoder {
 }
 
 enum LZMADecoder {
-    static func run(_ input: UnsafeRawBufferPointer, legacy: Bool, into output: ImageBuffer, limits: DecompressionLimits, base: Int) throws(KernelAuditError) -> Int {
+    static func run(_ input: UnsafeRawBufferPointer, legacy: Bool, into output: ImageBuffer, limits: DecompressionLimits, base: Int) throws(KernelAuditError)
+        -> Int
+    {
         let format: CompressionFormat = legacy ? .lzma : .xz
         var stream = lzma_stream()
-        let started = legacy ? lzma_alone_decoder(&stream, limits.maxDecoderMemory)
+        let started =
+            legacy
+            ? lzma_alone_decoder(&stream, limits.maxDecoderMemory)
             : lzma_stream_decoder(&stream, limits.maxDecoderMemory, 0)
         guard started == LZMA_OK else {
             throw KernelAuditError(.unsupported, "liblzma could not start", hint: "Check the liblzma installation")
@@ -111,8 +119,9 @@ enum LZMADecoder {
                 if produced < space.count { throw Decompressor.corrupt(format, "the decoder made no progress", at: base + Int(stream.total_in)) }
                 continue
             case LZMA_MEMLIMIT_ERROR:
-                throw KernelAuditError(.outputLimitExceeded, "\(format) stream asks for more decoder memory than \(limits.maxDecoderMemory) bytes",
-                                       offset: base + Int(stream.total_in), hint: "A real kernel never needs this much; the stream is hostile or damaged")
+                throw KernelAuditError(
+                    .outputLimitExceeded, "\(format) stream asks for more decoder memory than \(limits.maxDecoderMemory) bytes",
+                    offset: base + Int(stream.total_in), hint: "A real kernel never needs this much; the stream is hostile or damaged")
             case LZMA_FORMAT_ERROR: throw Decompressor.corrupt(format, "not an \(format) stream", at: base + Int(stream.total_in))
             case LZMA_OPTIONS_ERROR: throw Decompressor.corrupt(format, "unsupported options", at: base + Int(stream.total_in))
             default: throw Decompressor.corrupt(format, "data error (\(status.rawValue))", at: base + Int(stream.total_in))
@@ -191,14 +200,16 @@ enum LZ4LegacyDecoder {
             if size == magic { position += 4; continue }
             position += 4
             guard size > 0, Int(size) <= input.count - position else {
-                throw size == 0 ? Decompressor.corrupt(.lz4, "empty block", at: base + position - 4)
+                throw size == 0
+                    ? Decompressor.corrupt(.lz4, "empty block", at: base + position - 4)
                     : Decompressor.truncated(.lz4, at: base + position - 4)
             }
             guard Int(size) <= LZ4_compressBound(Int32(blockMax)) else {
                 throw Decompressor.corrupt(.lz4, "block of \(size) bytes is larger than any legacy block", at: base + position - 4)
             }
             guard output.reserve(extra: min(blockMax, limits.maxOutput - output.count), limit: limits.maxOutput),
-                  output.count < limits.maxOutput else {
+                output.count < limits.maxOutput
+            else {
                 throw Decompressor.limitError(.lz4, limits, at: base + position)
             }
             let space = output.freeSpace
@@ -265,7 +276,7 @@ enum LZOPDecoder {
             guard compressed <= uncompressed else {
                 throw Decompressor.corrupt(.lzo, "block compresses to more than its size", at: base + p - 4)
             }
-            if flags & 0x1 != 0 { p += 4 }    // adler32 of the data
+            if flags & 0x1 != 0 { p += 4 }  // adler32 of the data
             if flags & 0x100 != 0 { p += 4 }  // crc32 of the data
             if compressed < uncompressed {
                 if flags & 0x2 != 0 { p += 4 }

@@ -15,11 +15,13 @@ final class ElfFile {
 
     init(_ bytes: UnsafeRawBufferPointer) throws(KernelAuditError) {
         _ = elf_version(UInt32(EV_CURRENT))
-        guard bytes.count >= 16, let handle = elf_memory(
-            UnsafeMutablePointer(mutating: bytes.baseAddress!.assumingMemoryBound(to: CChar.self)), bytes.count)
+        guard bytes.count >= 16,
+            let handle = elf_memory(
+                UnsafeMutablePointer(mutating: bytes.baseAddress!.assumingMemoryBound(to: CChar.self)), bytes.count)
         else {
-            throw KernelAuditError(.badELF, "libelf cannot read the ELF: \(Self.lastError())", offset: 0,
-                                   hint: "The ELF (or the decompressed payload) is damaged; re-copy the image from its package")
+            throw KernelAuditError(
+                .badELF, "libelf cannot read the ELF: \(Self.lastError())", offset: 0,
+                hint: "The ELF (or the decompressed payload) is damaged; re-copy the image from its package")
         }
         // Everything is checked on the local handle: a throw before all properties are set
         // runs no deinit, so the handle is ended here exactly once.
@@ -27,20 +29,22 @@ final class ElfFile {
         guard elf_kind(handle) == ELF_K_ELF, gelf_getehdr(handle, &header) != nil else {
             let message = Self.lastError()
             elf_end(handle)
-            throw KernelAuditError(.badELF, "ELF header unreadable: \(message)", offset: 0,
-                                   hint: "The file claims to be ELF but its header is damaged")
+            throw KernelAuditError(
+                .badELF, "ELF header unreadable: \(message)", offset: 0,
+                hint: "The file claims to be ELF but its header is damaged")
         }
         // libelf reads tables lazily; a cut-short image must fail here, naming where.
         let tables: [(String, UInt64, Int, Int)] = [
             ("program header table", header.e_phoff, Int(header.e_phnum), Int(header.e_phentsize)),
-            ("section header table", header.e_shoff, Int(header.e_shnum), Int(header.e_shentsize)),
+            ("section header table", header.e_shoff, Int(header.e_shnum), Int(header.e_shentsize))
         ]
         for (name, offset, count, size) in tables where count > 0 && offset > 0 {
             let (end, overflow) = Int(clamping: offset).addingReportingOverflow(count * size)
             guard !overflow, end <= bytes.count else {
                 elf_end(handle)
-                throw KernelAuditError(.truncated, "the ELF \(name) (\(count) × \(size) bytes at \(offset)) runs past the end of the \(bytes.count)-byte image",
-                                       offset: Int(clamping: offset), hint: "The kernel image is cut short or damaged; re-copy it from its package")
+                throw KernelAuditError(
+                    .truncated, "the ELF \(name) (\(count) × \(size) bytes at \(offset)) runs past the end of the \(bytes.count)-byte image",
+                    offset: Int(clamping: offset), hint: "The kernel image is cut short or damaged; re-copy it from its package")
             }
         }
         elf = handle
@@ -61,15 +65,17 @@ final class ElfFile {
     func programHeaders() throws(KernelAuditError) -> [GElf_Phdr] {
         var count = 0
         guard elf_getphdrnum(elf, &count) == 0 else {
-            throw KernelAuditError(.badELF, "program headers unreadable: \(Self.lastError())", offset: 0x20,
-                                   hint: "The ELF is truncated or damaged")
+            throw KernelAuditError(
+                .badELF, "program headers unreadable: \(Self.lastError())", offset: 0x20,
+                hint: "The ELF is truncated or damaged")
         }
         var headers: [GElf_Phdr] = []
         for index in 0..<count {
             var header = GElf_Phdr()
             guard gelf_getphdr(elf, Int32(index), &header) != nil else {
-                throw KernelAuditError(.badELF, "program header \(index) unreadable: \(Self.lastError())", offset: nil,
-                                       hint: "The ELF is truncated or damaged")
+                throw KernelAuditError(
+                    .badELF, "program header \(index) unreadable: \(Self.lastError())", offset: nil,
+                    hint: "The ELF is truncated or damaged")
             }
             headers.append(header)
         }
@@ -87,12 +93,14 @@ final class ElfFile {
     /// Notes in a byte range of the file (a PT_NOTE segment), parsed by libelf.
     func notes(fileRange range: Range<Int>) throws(KernelAuditError) -> [RawNote] {
         guard range.upperBound <= bytes.count else {
-            throw KernelAuditError(.truncated, "a PT_NOTE segment runs past the end of the ELF (\(bytes.count) bytes)",
-                                   offset: range.lowerBound, hint: "The kernel image is cut short")
+            throw KernelAuditError(
+                .truncated, "a PT_NOTE segment runs past the end of the ELF (\(bytes.count) bytes)",
+                offset: range.lowerBound, hint: "The kernel image is cut short")
         }
         guard let data = elf_getdata_rawchunk(elf, Int64(range.lowerBound), range.count, ELF_T_NHDR) else {
-            throw KernelAuditError(.badELF, "note segment unreadable: \(Self.lastError())", offset: range.lowerBound,
-                                   hint: "The ELF is damaged")
+            throw KernelAuditError(
+                .badELF, "note segment unreadable: \(Self.lastError())", offset: range.lowerBound,
+                hint: "The ELF is damaged")
         }
         return parseNotes(data, base: range.lowerBound)
     }
@@ -105,8 +113,9 @@ final class ElfFile {
             section = next
             var header = GElf_Shdr()
             guard gelf_getshdr(next, &header) != nil, header.sh_type == SHT_NOTE,
-                  Int(header.sh_offset) + Int(header.sh_size) <= bytes.count,
-                  let data = elf_getdata(next, nil) else { continue }
+                Int(header.sh_offset) + Int(header.sh_size) <= bytes.count,
+                let data = elf_getdata(next, nil)
+            else { continue }
             notes += parseNotes(data, base: Int(header.sh_offset))
         }
         return notes
@@ -121,7 +130,8 @@ final class ElfFile {
             section = next
             var header = GElf_Shdr()
             guard gelf_getshdr(next, &header) != nil, let sectionName = elf_strptr(elf, stringTable, Int(header.sh_name)),
-                  String(cString: sectionName) == name, header.sh_type != SHT_NOBITS else { continue }
+                String(cString: sectionName) == name, header.sh_type != SHT_NOBITS
+            else { continue }
             let start = Int(header.sh_offset), size = Int(header.sh_size)
             guard start >= 0, size >= 0, start + size <= bytes.count else { return nil }
             return (start, UnsafeRawBufferPointer(rebasing: bytes[start..<start + size]))
@@ -138,12 +148,14 @@ final class ElfFile {
             section = next
             var header = GElf_Shdr()
             guard gelf_getshdr(next, &header) != nil, header.sh_type == SHT_SYMTAB, header.sh_entsize > 0,
-                  Int(header.sh_offset) + Int(header.sh_size) <= bytes.count, let data = elf_getdata(next, nil) else { continue }
+                Int(header.sh_offset) + Int(header.sh_size) <= bytes.count, let data = elf_getdata(next, nil)
+            else { continue }
             let count = Int(header.sh_size / header.sh_entsize)
             for index in 0..<count {
                 var symbol = GElf_Sym()
                 guard gelf_getsym(data, Int32(index), &symbol) != nil, symbol.st_name != 0,
-                      let name = elf_strptr(elf, Int(header.sh_link), Int(symbol.st_name)) else { continue }
+                    let name = elf_strptr(elf, Int(header.sh_link), Int(symbol.st_name))
+                else { continue }
                 names.insert(String(cString: name))
             }
         }
@@ -162,8 +174,10 @@ final class ElfFile {
             guard next > 0 else { break }
             let nameBytes = buffer[nameOffset..<nameOffset + Int(header.n_namesz)].prefix { $0 != 0 }
             let descriptor = Array(buffer[descriptorOffset..<descriptorOffset + Int(header.n_descsz)])
-            notes.append(RawNote(name: String(decoding: nameBytes, as: UTF8.self), type: header.n_type,
-                                 descriptor: descriptor, offset: base + descriptorOffset))
+            notes.append(
+                RawNote(
+                    name: String(decoding: nameBytes, as: UTF8.self), type: header.n_type,
+                    descriptor: descriptor, offset: base + descriptorOffset))
             offset = next
         }
         return notes

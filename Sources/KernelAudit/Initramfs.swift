@@ -74,8 +74,9 @@ enum Initramfs {
                 archives.append(.init(offset: offset, compression: format, entries: count))
                 offset += stream.consumed
             } else {
-                throw KernelAuditError(.corruptStream, "the initramfs has neither a cpio archive nor a known compression here",
-                                       offset: offset, hint: "The file is damaged or not an initramfs; rebuild it (update-initramfs -u)")
+                throw KernelAuditError(
+                    .corruptStream, "the initramfs has neither a cpio archive nor a known compression here",
+                    offset: offset, hint: "The file is damaged or not an initramfs; rebuild it (update-initramfs -u)")
             }
         }
         guard !archives.isEmpty else {
@@ -99,8 +100,9 @@ enum Initramfs {
                 case 0x41...0x46: digit = Int(c - 0x41 + 10)
                 case 0x61...0x66: digit = Int(c - 0x61 + 10)
                 default:
-                    throw KernelAuditError(.corruptStream, "cpio header field \(index) is not hexadecimal in \(context)", offset: base + at,
-                                           hint: "The initramfs is damaged; rebuild it (update-initramfs -u)")
+                    throw KernelAuditError(
+                        .corruptStream, "cpio header field \(index) is not hexadecimal in \(context)", offset: base + at,
+                        hint: "The initramfs is damaged; rebuild it (update-initramfs -u)")
                 }
                 value = value << 4 | digit
             }
@@ -108,23 +110,27 @@ enum Initramfs {
         }
         while true {
             guard offset + headerSize <= bytes.count else {
-                throw KernelAuditError(.truncated, "cpio archive ends inside a header in \(context)", offset: base + offset,
-                                       hint: "The initramfs is cut short; rebuild it (update-initramfs -u)")
+                throw KernelAuditError(
+                    .truncated, "cpio archive ends inside a header in \(context)", offset: base + offset,
+                    hint: "The initramfs is cut short; rebuild it (update-initramfs -u)")
             }
             guard ByteView(bytes: bytes).hasPrefix(newcMagic, at: offset) || ByteView(bytes: bytes).hasPrefix(crcMagic, at: offset) else {
-                throw KernelAuditError(.corruptStream, "expected a cpio header (070701) in \(context)", offset: base + offset,
-                                       hint: "The initramfs is damaged; rebuild it (update-initramfs -u)")
+                throw KernelAuditError(
+                    .corruptStream, "expected a cpio header (070701) in \(context)", offset: base + offset,
+                    hint: "The initramfs is damaged; rebuild it (update-initramfs -u)")
             }
             let mode = try field(1), size = try field(6), nameSize = try field(11)
             guard nameSize >= 1, nameSize <= nameLimit else {
-                throw KernelAuditError(.corruptStream, "cpio member name size \(nameSize) is absurd (limit \(nameLimit)) in \(context)",
-                                       offset: base + offset + 6 + 88, hint: "The initramfs is damaged or hostile; rebuild it")
+                throw KernelAuditError(
+                    .corruptStream, "cpio member name size \(nameSize) is absurd (limit \(nameLimit)) in \(context)",
+                    offset: base + offset + 6 + 88, hint: "The initramfs is damaged or hostile; rebuild it")
             }
             let nameStart = offset + headerSize
             let dataStart = (nameStart + nameSize + 3) & ~3
             guard dataStart <= bytes.count, size <= bytes.count - dataStart else {
-                throw KernelAuditError(.truncated, "cpio member at byte \(base + offset) runs past the end of \(context)",
-                                       offset: base + offset, hint: "The initramfs is cut short; rebuild it (update-initramfs -u)")
+                throw KernelAuditError(
+                    .truncated, "cpio member at byte \(base + offset) runs past the end of \(context)",
+                    offset: base + offset, hint: "The initramfs is cut short; rebuild it (update-initramfs -u)")
             }
             let name = String(decoding: bytes[nameStart..<nameStart + nameSize - 1], as: UTF8.self)
             offset = (dataStart + size + 3) & ~3
@@ -149,8 +155,9 @@ enum Initramfs {
             if module == "xen_blkfront" { block = name }
             if module == "xen_netfront" { net = name }
         }
-        return InitramfsInfo(path: path, archives: archives, moduleReleases: releases.sorted(), blockFrontend: block, netFrontend: net,
-                             suspiciousNames: suspicious)
+        return InitramfsInfo(
+            path: path, archives: archives, moduleReleases: releases.sorted(), blockFrontend: block, netFrontend: net,
+            suspiciousNames: suspicious)
     }
 
     /// The first-class question: will this kernel + initramfs find a root disk on xvda?
@@ -159,33 +166,41 @@ enum Initramfs {
         let vbd = frontends?.first { $0.frontend == .vbd }
         if vbd?.state == .builtIn {
             evidence.append(vbd!.evidence)
-            return Verdict(mode: .initramfsRootDisk, answer: .yes, summary: "blkfront is built into the kernel: xvd* disks appear without the initramfs",
-                           evidence: evidence)
+            return Verdict(
+                mode: .initramfsRootDisk, answer: .yes, summary: "blkfront is built into the kernel: xvd* disks appear without the initramfs",
+                evidence: evidence)
         }
         if let release, !info.moduleReleases.isEmpty, !info.moduleReleases.contains(release) {
             evidence.append("modules in the initramfs are for \(info.moduleReleases.joined(separator: ", "))")
-            return Verdict(mode: .initramfsRootDisk, answer: .no,
-                           summary: "the initramfs carries modules for \(info.moduleReleases.joined(separator: ", ")), not \(release): rebuild it for this kernel (update-initramfs -u -k \(release))",
-                           evidence: evidence)
+            return Verdict(
+                mode: .initramfsRootDisk, answer: .no,
+                summary:
+                    "the initramfs carries modules for \(info.moduleReleases.joined(separator: ", ")), not \(release): rebuild it for this kernel (update-initramfs -u -k \(release))",
+                evidence: evidence)
         }
         if let block = info.blockFrontend {
             evidence.append("\(block) in the initramfs")
             if let net = info.netFrontend { evidence.append("\(net) in the initramfs") }
-            return Verdict(mode: .initramfsRootDisk, answer: .yes, summary: "xen-blkfront is in the initramfs: the root disk on xvda will be found",
-                           evidence: evidence)
+            return Verdict(
+                mode: .initramfsRootDisk, answer: .yes, summary: "xen-blkfront is in the initramfs: the root disk on xvda will be found",
+                evidence: evidence)
         }
         if vbd?.state == .absent {
             evidence.append("kernel: \(vbd!.evidence)")
-            return Verdict(mode: .initramfsRootDisk, answer: .no, summary: "this kernel has no blkfront at all: no xvd* disks, whatever the initramfs holds",
-                           evidence: evidence)
+            return Verdict(
+                mode: .initramfsRootDisk, answer: .no, summary: "this kernel has no blkfront at all: no xvd* disks, whatever the initramfs holds",
+                evidence: evidence)
         }
         if vbd == nil || vbd?.state == .unknown {
-            return Verdict(mode: .initramfsRootDisk, answer: .unknown,
-                           summary: "no xen-blkfront in the initramfs, and the kernel's own blkfront cannot be confirmed", evidence: evidence)
+            return Verdict(
+                mode: .initramfsRootDisk, answer: .unknown,
+                summary: "no xen-blkfront in the initramfs, and the kernel's own blkfront cannot be confirmed", evidence: evidence)
         }
         evidence.append(vbd.map { "kernel: \($0.evidence)" } ?? "")
-        return Verdict(mode: .initramfsRootDisk, answer: .no,
-                       summary: "xen-blkfront is a module but not in the initramfs: a root disk on xvda will not be found — add xen-blkfront to /etc/initramfs-tools/modules and run update-initramfs -u",
-                       evidence: evidence)
+        return Verdict(
+            mode: .initramfsRootDisk, answer: .no,
+            summary:
+                "xen-blkfront is a module but not in the initramfs: a root disk on xvda will not be found — add xen-blkfront to /etc/initramfs-tools/modules and run update-initramfs -u",
+            evidence: evidence)
     }
 }

@@ -20,9 +20,11 @@ public struct AuditOptions: Sendable {
     /// A loaded fix catalogue to evaluate (implies symbol recovery).
     public var catalogue: [CatalogueEntry]?
 
-    public init(configPath: String? = nil, modulesPath: String? = nil, rootPath: String? = nil,
-                limits: DecompressionLimits = DecompressionLimits(), symbols: Bool = false, systemMapPath: String? = nil,
-                initrdPath: String? = nil, catalogue: [CatalogueEntry]? = nil) {
+    public init(
+        configPath: String? = nil, modulesPath: String? = nil, rootPath: String? = nil,
+        limits: DecompressionLimits = DecompressionLimits(), symbols: Bool = false, systemMapPath: String? = nil,
+        initrdPath: String? = nil, catalogue: [CatalogueEntry]? = nil
+    ) {
         self.initrdPath = initrdPath
         self.catalogue = catalogue
         self.configPath = configPath
@@ -98,8 +100,9 @@ public struct KernelAuditor: Sendable {
             // syssize covers the protected-mode part to the CRC: a shorter file was cut.
             let expectedEnd = header.protectedModeOffset + Int(header.syssizeBytes(view))
             if header.protocolVersion >= 0x0204, expectedEnd > header.protectedModeOffset, file.count < expectedEnd {
-                throw KernelAuditError(.truncated, "the setup header says the image is \(expectedEnd) bytes, the file has \(file.count)",
-                                       offset: file.count, hint: "The file is cut short; re-copy it from its package")
+                throw KernelAuditError(
+                    .truncated, "the setup header says the image is \(expectedEnd) bytes, the file has \(file.count)",
+                    offset: file.count, hint: "The file is cut short; re-copy it from its package")
             }
             if let range = try header.payloadRange(fileSize: file.count) {
                 image.payloadOffset = range.lowerBound
@@ -112,12 +115,14 @@ public struct KernelAuditor: Sendable {
                     kernelBytes = payloadBytes
                 } else if let format = CompressionFormat.detect(payloadView) {
                     // The stream is bounded by the payload, not by the file (a CRC and maybe a signature follow).
-                    payload = try Decompressor.decompress(UnsafeRawBufferPointer(rebasing: file.bytes[..<range.upperBound]), format: format,
-                                                          at: range.lowerBound, limits: options.limits, sizeHint: trailingSizeHint(payloadBytes))
+                    payload = try Decompressor.decompress(
+                        UnsafeRawBufferPointer(rebasing: file.bytes[..<range.upperBound]), format: format,
+                        at: range.lowerBound, limits: options.limits, sizeHint: trailingSizeHint(payloadBytes))
                     kernelBytes = payload!.output.bytes
                 } else {
-                    throw KernelAuditError(.notAKernel, "the bzImage payload starts with no known compression magic",
-                                           offset: range.lowerBound, hint: "The image is damaged, or uses a compression this pvcheck does not know")
+                    throw KernelAuditError(
+                        .notAKernel, "the bzImage payload starts with no known compression magic",
+                        offset: range.lowerBound, hint: "The image is damaged, or uses a compression this pvcheck does not know")
                 }
             } else {
                 // Before boot protocol 2.08 the header does not say: find the stream by its magic.
@@ -129,10 +134,13 @@ public struct KernelAuditor: Sendable {
             image.container = "efi-zboot"
             image.payloadOffset = zboot.payloadOffset
             image.payloadLength = zboot.payloadSize
-            guard let format = CompressionFormat(rawValue: zboot.compression == "lzma" ? "lzma" : zboot.compression) ??
-                    CompressionFormat.detect(view, at: zboot.payloadOffset) else {
-                throw KernelAuditError(.unsupported, "EFI zboot payload compressed with \"\(zboot.compression)\"", offset: 0x18,
-                                       hint: "Decompress the payload by hand and run pvcheck on the result")
+            guard
+                let format = CompressionFormat(rawValue: zboot.compression == "lzma" ? "lzma" : zboot.compression)
+                    ?? CompressionFormat.detect(view, at: zboot.payloadOffset)
+            else {
+                throw KernelAuditError(
+                    .unsupported, "EFI zboot payload compressed with \"\(zboot.compression)\"", offset: 0x18,
+                    hint: "Decompress the payload by hand and run pvcheck on the result")
             }
             let bytes = UnsafeRawBufferPointer(rebasing: file.bytes[zboot.payloadOffset..<zboot.payloadOffset + zboot.payloadSize])
             payload = try Decompressor.decompress(bytes, format: format, at: 0, limits: options.limits)
@@ -144,8 +152,9 @@ public struct KernelAuditor: Sendable {
             image.container = "arm64-image"
             kernelBytes = file.bytes
         } else if let format = CompressionFormat.detect(view) {
-            payload = try Decompressor.decompress(file.bytes, format: format, at: 0, limits: options.limits,
-                                                  sizeHint: format == .gzip ? trailingSizeHint(file.bytes) : nil)
+            payload = try Decompressor.decompress(
+                file.bytes, format: format, at: 0, limits: options.limits,
+                sizeHint: format == .gzip ? trailingSizeHint(file.bytes) : nil)
             kernelBytes = payload!.output.bytes
             image.container = Arm64ImageHeader.isPresent(ByteView(bytes: kernelBytes)) ? "compressed-arm64-image" : "compressed-elf"
         } else {
@@ -160,7 +169,8 @@ public struct KernelAuditor: Sendable {
             if image.payloadLength == nil { image.payloadLength = payload.consumed }
         }
         report.image = image
-        logger.debug("\(path): \(image.container)\(payload.map { ", \($0.format) payload of \($0.consumed) bytes at \($0.offset) → \($0.output.count) bytes" } ?? "")")
+        logger.debug(
+            "\(path): \(image.container)\(payload.map { ", \($0.format) payload of \($0.consumed) bytes at \($0.offset) → \($0.output.count) bytes" } ?? "")")
 
         // The kernel proper: an ELF (x86, any vmlinux) or a raw arm64 Image.
         let kernelView = ByteView(bytes: kernelBytes)
@@ -175,22 +185,25 @@ public struct KernelAuditor: Sendable {
             elfFile = elf
             if let rodata = elf.section(named: ".rodata"), rodata.bytes.count > 0 { searchBytes = rodata.bytes }
             let architecture = ElfMagic.architecture(machine: elf.machine, bitness: elf.bitness)
-            kernel = AuditReport.KernelInfo(architecture: architecture, elfClass: elf.bitness, elfMachine: elf.machine,
-                                            entry: elf.entry, family: .other, familyEvidence: "")
+            kernel = AuditReport.KernelInfo(
+                architecture: architecture, elfClass: elf.bitness, elfMachine: elf.machine,
+                entry: elf.entry, family: .other, familyEvidence: "")
             let headers = try elf.programHeaders()
             loadSegments = headers.filter { $0.p_type == 1 }.map { ($0.p_paddr, $0.p_memsz) }
             notes = try xenNotes(elf, headers: headers)
             if elf.type != 2 && notes.isEmpty {
-                throw KernelAuditError(.notAKernel, "an ELF \(elf.type == 1 ? "object" : "file of type \(elf.type)") with no Xen notes, not a kernel",
-                                       offset: 16, hint: "Point pvcheck at vmlinuz, vmlinux or a bzImage")
+                throw KernelAuditError(
+                    .notAKernel, "an ELF \(elf.type == 1 ? "object" : "file of type \(elf.type)") with no Xen notes, not a kernel",
+                    offset: 16, hint: "Point pvcheck at vmlinuz, vmlinux or a bzImage")
             }
         } else if let arm = Arm64ImageHeader(kernelView) {
             image.arm64Header = arm
             report.image = image
             kernel = AuditReport.KernelInfo(architecture: "arm64", family: .arm64, familyEvidence: "")
         } else {
-            throw KernelAuditError(.notAKernel, "the \(payload == nil ? "file" : "decompressed payload") is neither an ELF nor an arm64 Image",
-                                   offset: payload == nil ? 0 : nil, hint: "This is not a Linux kernel image pvcheck can read")
+            throw KernelAuditError(
+                .notAKernel, "the \(payload == nil ? "file" : "decompressed payload") is neither an ELF nor an arm64 Image",
+                offset: payload == nil ? 0 : nil, hint: "This is not a Linux kernel image pvcheck can read")
         }
 
         // Release: the setup header's string, else the banner.
@@ -216,7 +229,9 @@ public struct KernelAuditor: Sendable {
         kernel.familyEvidence = family.evidence
         report.kernel = kernel
         report.xenNotes = notes
-        logger.debug("\(path): \(kernel.architecture) \(kernel.family.rawValue) kernel \(kernel.release ?? "?"), \(notes.notes.count) Xen notes from the \(notes.source.rawValue), config: \(config?.source ?? "none")")
+        logger.debug(
+            "\(path): \(kernel.architecture) \(kernel.family.rawValue) kernel \(kernel.release ?? "?"), \(notes.notes.count) Xen notes from the \(notes.source.rawValue), config: \(config?.source ?? "none")"
+        )
 
         // Modules through libkmod.
         var frontends: [FrontendPresence]? = nil
@@ -225,27 +240,31 @@ public struct KernelAuditor: Sendable {
             // modules.builtin.modinfo: the config says whether they are there.
             frontends = index.resolve().map { presence in
                 guard presence.state == .absent, let config, config.state(presence.frontend.configOption) == .builtIn else { return presence }
-                return FrontendPresence(frontend: presence.frontend, state: .builtIn, module: nil, file: nil,
-                                        evidence: config.evidence(presence.frontend.configOption) + " (built in without an alias in modules.builtin.modinfo)")
+                return FrontendPresence(
+                    frontend: presence.frontend, state: .builtIn, module: nil, file: nil,
+                    evidence: config.evidence(presence.frontend.configOption) + " (built in without an alias in modules.builtin.modinfo)")
             }
             report.modules = .init(directory: directory, frontends: frontends!)
             logger.debug("\(path): modules from \(directory)\(index.hasDepmodIndex ? " (depmod index)" : " (modinfo of \(index.xenModuleFiles.count) files)")")
         } else if let config {
             let fromConfig = XenFrontend.allCases.map { frontend -> FrontendPresence in
-                let state: FrontendPresence.State = switch config.state(frontend.configOption) {
-                case .builtIn: .builtIn
-                case .module: .module
-                default: .absent
-                }
-                return FrontendPresence(frontend: frontend, state: state, module: nil, file: nil,
-                                        evidence: config.evidence(frontend.configOption) + (state == .module ? "; no module tree to confirm the file" : ""))
+                let state: FrontendPresence.State =
+                    switch config.state(frontend.configOption) {
+                    case .builtIn: .builtIn
+                    case .module: .module
+                    default: .absent
+                    }
+                return FrontendPresence(
+                    frontend: frontend, state: state, module: nil, file: nil,
+                    evidence: config.evidence(frontend.configOption) + (state == .module ? "; no module tree to confirm the file" : ""))
             }
             report.modules = .init(directory: nil, frontends: fromConfig)
         }
 
-        report.verdicts = VerdictRules.decide(VerdictFacts(
-            architecture: kernel.architecture, elfMachine: kernel.elfMachine, notes: notes,
-            loadSegments: loadSegments, config: config, frontends: frontends, family: family.family, familyEvidence: family.evidence))
+        report.verdicts = VerdictRules.decide(
+            VerdictFacts(
+                architecture: kernel.architecture, elfMachine: kernel.elfMachine, notes: notes,
+                loadSegments: loadSegments, config: config, frontends: frontends, family: family.family, familyEvidence: family.evidence))
 
         if let initrd = initramfsPath(path: path, release: kernel.release) {
             let (info, _) = try Initramfs.read(path: initrd, limits: options.limits)
@@ -281,7 +300,8 @@ public struct KernelAuditor: Sendable {
             notes.append(result.note)
         }
         if let section = elf?.section(named: "__ksymtab_strings"),
-           let table = SymbolFallbacks.strings(of: section.bytes, source: .ksymtabStrings, detail: (notes + ["exported symbols only"]).joined(separator: "; ")) {
+            let table = SymbolFallbacks.strings(of: section.bytes, source: .ksymtabStrings, detail: (notes + ["exported symbols only"]).joined(separator: "; "))
+        {
             return table
         }
         if let section = elf?.section(named: ".BTF"), let table = SymbolFallbacks.btfStrings(section.bytes) { return table }
@@ -327,9 +347,11 @@ public struct KernelAuditor: Sendable {
                 }
             }
         }
-        throw KernelAuditError(.notAKernel, "no kernel found: not a bzImage, ELF or arm64 Image, and no compressed stream in it decompresses to one"
-                               + (lastError.map { " (last attempt: \($0.message))" } ?? ""),
-                               offset: nil, hint: "Check that this is a Linux kernel image (vmlinuz, vmlinux, Image)")
+        throw KernelAuditError(
+            .notAKernel,
+            "no kernel found: not a bzImage, ELF or arm64 Image, and no compressed stream in it decompresses to one"
+                + (lastError.map { " (last attempt: \($0.message))" } ?? ""),
+            offset: nil, hint: "Check that this is a Linux kernel image (vmlinuz, vmlinux, Image)")
     }
 
     func loadConfig(kernelBytes: UnsafeRawBufferPointer, path: String, release: String?) throws(KernelAuditError) -> KernelConfig? {
@@ -379,11 +401,13 @@ public struct KernelAuditor: Sendable {
     }
 
     static func isXenRelevant(_ option: String) -> Bool {
-        option.utf8.split(separator: UInt8(ascii: "_")).contains { $0.elementsEqual("XEN".utf8) || $0.starts(with: "XEN".utf8) } || option == "CONFIG_PVH" || option == "CONFIG_PARAVIRT" || option == "CONFIG_HYPERVISOR_GUEST"
+        option.utf8.split(separator: UInt8(ascii: "_")).contains { $0.elementsEqual("XEN".utf8) || $0.starts(with: "XEN".utf8) } || option == "CONFIG_PVH"
+            || option == "CONFIG_PARAVIRT" || option == "CONFIG_HYPERVISOR_GUEST"
             || option == "CONFIG_IKCONFIG" || option.hasPrefix("CONFIG_KERNEL_") || option == "CONFIG_X86_64" || option == "CONFIG_64BIT"
     }
 
-    static func family(kernel: AuditReport.KernelInfo, config: KernelConfig?, notes: XenNoteSet, container: String) -> (family: KernelFamily, evidence: String) {
+    static func family(kernel: AuditReport.KernelInfo, config: KernelConfig?, notes: XenNoteSet, container: String) -> (family: KernelFamily, evidence: String)
+    {
         if kernel.architecture == "arm64" { return (.arm64, "arm64 kernel (\(container))") }
         guard kernel.architecture.hasPrefix("x86") else { return (.other, "\(kernel.architecture) kernel") }
         if let config {
@@ -434,12 +458,14 @@ enum ImageFile {
         var status = stat()
         guard stat(path, &status) == 0 else {
             let code = errno
-            throw KernelAuditError(.unreadable, "cannot open \(path): \(String(cString: strerror(code)))",
-                                   hint: code == ENOENT ? "Check the path" : "Check the file's permissions")
+            throw KernelAuditError(
+                .unreadable, "cannot open \(path): \(String(cString: strerror(code)))",
+                hint: code == ENOENT ? "Check the path" : "Check the file's permissions")
         }
         guard status.st_mode & S_IFMT == S_IFREG else {
-            throw KernelAuditError(.notAFile, "\(path) is \(status.st_mode & S_IFMT == S_IFDIR ? "a directory" : "not a regular file")",
-                                   hint: "Give a kernel image file; for a whole root filesystem use --root")
+            throw KernelAuditError(
+                .notAFile, "\(path) is \(status.st_mode & S_IFMT == S_IFDIR ? "a directory" : "not a regular file")",
+                hint: "Give a kernel image file; for a whole root filesystem use --root")
         }
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else {
@@ -457,8 +483,9 @@ enum ImageFile {
             if n < 0 {
                 if errno == EINTR { continue }
                 let code = errno
-                throw KernelAuditError(.unreadable, "reading \(path) failed: \(String(cString: strerror(code)))",
-                                       offset: buffer.count, hint: "Check the device the file is on")
+                throw KernelAuditError(
+                    .unreadable, "reading \(path) failed: \(String(cString: strerror(code)))",
+                    offset: buffer.count, hint: "Check the device the file is on")
             }
             if n == 0 { break }
             buffer.commit(n)

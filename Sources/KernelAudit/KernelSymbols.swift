@@ -83,7 +83,8 @@ enum KallsymsFinder {
             for (index, name) in names.enumerated() {
                 symbols.append(KernelSymbol(name: name.name, type: name.type, address: addresses[index]))
             }
-            let detail = "kallsyms (\(layout)): \(tables.count) symbols, token table at payload offset \(tables.tokenTable), names at \(tables.namesStart), \(tables.markers.count) markers"
+            let detail =
+                "kallsyms (\(layout)): \(tables.count) symbols, token table at payload offset \(tables.tokenTable), names at \(tables.namesStart), \(tables.markers.count) markers"
             return SymbolTable(source: .kallsyms, symbols: symbols, detail: detail)
         }
         return nil
@@ -117,8 +118,9 @@ enum KallsymsFinder {
             let index = position + pad
             guard index % 2 == 0, index + 512 <= b.count else { continue }
             if (0..<256).allSatisfy({ Int(view.le(UInt16.self, index + 2 * $0)!) == offsets[$0] }) {
-                return Tables(tokenTable: start, tokens: tokens, tokenIndex: index, markers: [], markersStart: 0,
-                              numSymsOffset: 0, count: 0, namesStart: 0)
+                return Tables(
+                    tokenTable: start, tokens: tokens, tokenIndex: index, markers: [], markersStart: 0,
+                    numSymsOffset: 0, count: 0, namesStart: 0)
             }
         }
         return nil
@@ -134,11 +136,13 @@ enum KallsymsFinder {
         while candidate > floor {
             defer { candidate -= 4 }
             guard view.le(UInt32.self, candidate) == 0, let second = view.le(UInt32.self, candidate + 4),
-                  second >= 256, second <= 0x40000 else { continue }
+                second >= 256, second <= 0x40000
+            else { continue }
             var markers: [UInt32] = [0, second]
             var position = candidate + 8
             while position + 4 <= t.tokenTable, let value = view.le(UInt32.self, position),
-                  value > markers.last!, value - markers.last! <= 0x40000 {
+                value > markers.last!, value - markers.last! <= 0x40000
+            {
                 markers.append(value)
                 position += 4
             }
@@ -242,7 +246,7 @@ enum KallsymsFinder {
         var candidates: [(offsets: Int, base: Int?, layout: String)] = [
             ((beforeNumSyms - 4 * n) & ~3, beforeNumSyms, "before 6.4, base-relative"),
             ((beforeNumSyms - 4 * n) & ~7, beforeNumSyms, "before 6.4, base-relative"),
-            (afterIndex, (afterIndex + 4 * n + 7) & ~7, "6.4+, base-relative"),
+            (afterIndex, (afterIndex + 4 * n + 7) & ~7, "6.4+, base-relative")
         ]
         if pointerSize == 8 {
             candidates += [((t.numSymsOffset - 8 * n) & ~7, nil, "before 6.4, absolute"), (afterIndex, nil, "6.4+, absolute")]
@@ -255,7 +259,9 @@ enum KallsymsFinder {
                 guard let addresses = read(view, candidate.offsets, n, base: candidate.base, absolutePercpu: percpu, pointerSize: pointerSize) else { continue }
                 // Absolute per-CPU tables hold kernel text as negative offsets: without any, the
                 // mode is wrong (every address would be a small absolute value).
-                if percpu, candidate.base != nil, !(0..<n).contains(where: { Int32(bitPattern: view.le(UInt32.self, candidate.offsets + 4 * $0)!) < 0 }) { continue }
+                if percpu, candidate.base != nil, !(0..<n).contains(where: { Int32(bitPattern: view.le(UInt32.self, candidate.offsets + 4 * $0)!) < 0 }) {
+                    continue
+                }
                 var unsorted = 0
                 for i in 1..<max(addresses.count, 1) where addresses[i] < addresses[i - 1] { unsorted += 1 }
                 let layout = candidate.layout + (candidate.base != nil && percpu ? ", absolute per-CPU" : "")
@@ -272,7 +278,9 @@ enum KallsymsFinder {
             guard start + 8 * n <= view.count else { return nil }
             return (0..<n).map { view.le(UInt64.self, start + 8 * $0)! }
         }
-        guard start + 4 * n <= view.count, let relative = pointerSize == 8 ? view.le(UInt64.self, base) : view.le(UInt32.self, base).map(UInt64.init) else { return nil }
+        guard start + 4 * n <= view.count, let relative = pointerSize == 8 ? view.le(UInt64.self, base) : view.le(UInt32.self, base).map(UInt64.init) else {
+            return nil
+        }
         guard relative != 0 else { return nil }
         var addresses = [UInt64](repeating: 0, count: n)
         for i in 0..<n {
@@ -308,7 +316,8 @@ enum SymbolFallbacks {
     /// NUL-separated names of a section (`__ksymtab_strings`: exported symbols).
     static func strings(of section: UnsafeRawBufferPointer, source: SymbolTable.Source, detail: String) -> SymbolTable? {
         let names = section.split(separator: 0).compactMap { bytes -> String? in
-            guard bytes.count >= 2, bytes.allSatisfy({ $0 == 0x5F || ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x7A) || $0 == 0x2E }) else { return nil }
+            guard bytes.count >= 2, bytes.allSatisfy({ $0 == 0x5F || ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x7A) || $0 == 0x2E })
+            else { return nil }
             return String(decoding: bytes, as: UTF8.self)
         }
         guard !names.isEmpty else { return nil }
@@ -321,7 +330,8 @@ enum SymbolFallbacks {
     static func btfStrings(_ section: UnsafeRawBufferPointer) -> SymbolTable? {
         let view = ByteView(bytes: section)
         guard view.le(UInt16.self, 0) == 0xEB9F, let headerLength = view.le(UInt32.self, 4),
-              let stringOffset = view.le(UInt32.self, 16), let stringLength = view.le(UInt32.self, 20) else { return nil }
+            let stringOffset = view.le(UInt32.self, 16), let stringLength = view.le(UInt32.self, 20)
+        else { return nil }
         let start = Int(headerLength) + Int(stringOffset), end = start + Int(stringLength)
         guard start >= 0, end <= section.count, start < end else { return nil }
         return strings(of: UnsafeRawBufferPointer(rebasing: section[start..<end]), source: .btf, detail: ".BTF string table (\(stringLength) bytes)")

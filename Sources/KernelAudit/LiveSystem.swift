@@ -76,9 +76,10 @@ public enum LiveSystem {
         }.sorted()
         let release = text("/proc/sys/kernel/osrelease")
         let config = FileManager.default.fileExists(atPath: root + "/proc/config.gz")
-        return LiveSystemInfo(mode: mode, onXen: onXen, dom0: capabilities?.contains("control_d") == true, hypervisorVersion: version,
-                              otherHypervisor: other, xenDevices: devices, loadedXenModules: modules, release: release,
-                              runningConfig: config, evidence: evidence)
+        return LiveSystemInfo(
+            mode: mode, onXen: onXen, dom0: capabilities?.contains("control_d") == true, hypervisorVersion: version,
+            otherHypervisor: other, xenDevices: devices, loadedXenModules: modules, release: release,
+            runningConfig: config, evidence: evidence)
     }
 
     /// The running kernel's image: `/boot/vmlinuz-<release>` (or vmlinux-, Image-) under the root.

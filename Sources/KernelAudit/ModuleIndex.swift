@@ -66,7 +66,8 @@ final class ModuleIndex {
     init?(directory: String) {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue,
-              let context = kmod_new(directory, nil) else { return nil }
+            let context = kmod_new(directory, nil)
+        else { return nil }
         self.directory = directory
         self.context = context
     }
@@ -184,15 +185,18 @@ final class ModuleIndex {
         if hasDepmodIndex {
             return XenFrontend.allCases.map { frontend in
                 guard let found = lookup(frontend.alias) else {
-                    return FrontendPresence(frontend: frontend, state: .absent, module: nil, file: nil,
-                                            evidence: "depmod's index in \(directory) has no module for \(frontend.alias)")
+                    return FrontendPresence(
+                        frontend: frontend, state: .absent, module: nil, file: nil,
+                        evidence: "depmod's index in \(directory) has no module for \(frontend.alias)")
                 }
                 guard let file = found.file else {
-                    return FrontendPresence(frontend: frontend, state: .builtIn, module: found.module, file: nil,
-                                            evidence: "depmod's index maps \(frontend.alias) to built-in \(found.module)")
+                    return FrontendPresence(
+                        frontend: frontend, state: .builtIn, module: found.module, file: nil,
+                        evidence: "depmod's index maps \(frontend.alias) to built-in \(found.module)")
                 }
-                return FrontendPresence(frontend: frontend, state: .module, module: found.module, file: file,
-                                        evidence: "depmod's index maps \(frontend.alias) to \(file)")
+                return FrontendPresence(
+                    frontend: frontend, state: .module, module: found.module, file: file,
+                    evidence: "depmod's index maps \(frontend.alias) to \(file)")
             }
         }
         var byAlias: [String: (module: String, file: String)] = [:]
@@ -204,15 +208,20 @@ final class ModuleIndex {
         }
         return XenFrontend.allCases.map { frontend in
             if let module = builtinAliases[frontend.alias] {
-                return FrontendPresence(frontend: frontend, state: .builtIn, module: module, file: nil,
-                                        evidence: "\(module).alias=\(frontend.alias) in modules.builtin.modinfo")
+                return FrontendPresence(
+                    frontend: frontend, state: .builtIn, module: module, file: nil,
+                    evidence: "\(module).alias=\(frontend.alias) in modules.builtin.modinfo")
             }
             if let found = byAlias[frontend.alias] {
-                return FrontendPresence(frontend: frontend, state: .module, module: found.module, file: found.file,
-                                        evidence: "alias \(frontend.alias) in the modinfo of \(found.file)")
+                return FrontendPresence(
+                    frontend: frontend, state: .module, module: found.module, file: found.file,
+                    evidence: "alias \(frontend.alias) in the modinfo of \(found.file)")
             }
-            return FrontendPresence(frontend: frontend, state: .absent, module: nil, file: nil,
-                                    evidence: "no module in \(directory) declares \(frontend.alias) (\(candidates.count) xen module files read, modules.builtin.modinfo \(builtinAliases.isEmpty ? "absent" : "read"))")
+            return FrontendPresence(
+                frontend: frontend, state: .absent, module: nil, file: nil,
+                evidence:
+                    "no module in \(directory) declares \(frontend.alias) (\(candidates.count) xen module files read, modules.builtin.modinfo \(builtinAliases.isEmpty ? "absent" : "read"))"
+            )
         }
     }
 }

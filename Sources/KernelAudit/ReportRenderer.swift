@@ -92,7 +92,8 @@ public struct ReportRenderer: Sendable {
         if explain, let notes = report.xenNotes {
             lines.append("  Xen notes (\(notes.source.rawValue)): " + (notes.isEmpty ? "none" : ""))
             for note in notes.notes {
-                let value = note.text.map { "\"\($0)\"" } ?? note.number.map { "0x" + String($0, radix: 16) }
+                let value =
+                    note.text.map { "\"\($0)\"" } ?? note.number.map { "0x" + String($0, radix: 16) }
                     ?? note.numbers.map { $0.map { "0x" + String($0, radix: 16) }.joined(separator: " ") } ?? "-"
                 lines.append("      · \(note.name.padding(toLength: 18, withPad: " ", startingAt: 0)) \(value)\(note.remark.map { "  (\($0))" } ?? "")")
             }
@@ -113,12 +114,13 @@ public enum Requirement: String, Sendable, CaseIterable {
     /// 0 met, 1 not met, 3 cannot tell.
     public func exitCode(for report: AuditReport) -> Int32 {
         guard report.error == nil, report.verdicts != nil else { return 3 }
-        let modes: [BootMode] = switch self {
-        case .pv: [.pv]
-        case .pvh: [.pvh]
-        case .pvhvm: [.hvmPVDrivers]
-        case .dom0: [.pvDom0, .pvhDom0]
-        }
+        let modes: [BootMode] =
+            switch self {
+            case .pv: [.pv]
+            case .pvh: [.pvh]
+            case .pvhvm: [.hvmPVDrivers]
+            case .dom0: [.pvDom0, .pvhDom0]
+            }
         let answers = modes.compactMap { report.verdict($0)?.answer }
         if answers.contains(.yes) { return 0 }
         if answers.contains(.unknown) { return 3 }

@@ -41,8 +41,9 @@ public struct X86SetupHeader: Sendable, Codable, Equatable {
     /// Reads the header; the caller has checked ``isPresent(_:)``.
     init(_ view: ByteView) throws(KernelAuditError) {
         guard let sectors = view.u8(0x1F1), let version = view.le(UInt16.self, 0x206) else {
-            throw KernelAuditError(.truncated, "bzImage setup header is cut short", offset: view.count,
-                                   hint: "The file is incomplete; re-copy it from its package")
+            throw KernelAuditError(
+                .truncated, "bzImage setup header is cut short", offset: view.count,
+                hint: "The file is incomplete; re-copy it from its package")
         }
         setupSectors = sectors
         protocolVersion = version
@@ -64,7 +65,8 @@ public struct X86SetupHeader: Sendable, Codable, Equatable {
         let start = protectedModeOffset + Int(payloadOffset)
         let end = start + Int(payloadLength)
         guard end <= fileSize else {
-            throw KernelAuditError(.badHeader,
+            throw KernelAuditError(
+                .badHeader,
                 "setup header puts the payload at bytes \(start)..<\(end), past the end of the \(fileSize)-byte file",
                 offset: 0x248, hint: "The file is truncated or its header is corrupt; re-copy it from its package")
         }
@@ -93,7 +95,8 @@ public struct Arm64ImageHeader: Sendable, Codable, Equatable {
 
     init?(_ view: ByteView) {
         guard Self.isPresent(view), let text = view.le(UInt64.self, 8), let size = view.le(UInt64.self, 16),
-              let flags = view.le(UInt64.self, 24) else { return nil }
+            let flags = view.le(UInt64.self, 24)
+        else { return nil }
         textOffset = text
         imageSize = size
         self.flags = flags
@@ -113,15 +116,17 @@ struct EFIZbootHeader {
 
     init(_ view: ByteView) throws(KernelAuditError) {
         guard let offset = view.le(UInt32.self, 8), let size = view.le(UInt32.self, 12) else {
-            throw KernelAuditError(.truncated, "EFI zboot header is cut short", offset: view.count,
-                                   hint: "The file is incomplete; re-copy it from its package")
+            throw KernelAuditError(
+                .truncated, "EFI zboot header is cut short", offset: view.count,
+                hint: "The file is incomplete; re-copy it from its package")
         }
         payloadOffset = Int(offset)
         payloadSize = Int(size)
         compression = view.cString(at: 0x18, limit: 32) ?? ""
         guard payloadOffset + payloadSize <= view.count else {
-            throw KernelAuditError(.badHeader, "EFI zboot header puts the payload past the end of the file", offset: 8,
-                                   hint: "The file is truncated or corrupt")
+            throw KernelAuditError(
+                .badHeader, "EFI zboot header puts the payload past the end of the file", offset: 8,
+                hint: "The file is truncated or corrupt")
         }
     }
 }

@@ -115,7 +115,8 @@ enum VerdictRules {
             return no("PADDR_OFFSET without VIRT_BASE: Xen's loader rejects the image")
         }
         if let base = virtBase, let pstart = f.loadSegments.map(\.paddr).min(),
-           let pend = f.loadSegments.map({ $0.paddr &+ $0.memsz }).max() {
+            let pend = f.loadSegments.map({ $0.paddr &+ $0.memsz }).max()
+        {
             let bias = base &- (paddrOffset ?? (n.source == .legacyGuestSection ? base : 0))
             let kstart = pstart &+ bias, kend = pend &+ bias
             evidence.append("kernel spans \(hex(kstart))..\(hex(kend)) (VIRT_BASE \(hex(base)), PADDR_OFFSET \(hex(paddrOffset ?? 0)))")
@@ -166,15 +167,18 @@ enum VerdictRules {
         var evidence: [String] = []
         guard let note = f.notes.note(.phys32Entry), let entry = note.number else {
             if let config = f.config { evidence.append(config.evidence("CONFIG_XEN_PVH")) }
-            return Verdict(mode: .pvh, answer: .no,
-                           summary: "no PHYS32_ENTRY note: Xen says \"not capable of booting inside a HVM container\"", evidence: evidence)
+            return Verdict(
+                mode: .pvh, answer: .no,
+                summary: "no PHYS32_ENTRY note: Xen says \"not capable of booting inside a HVM container\"", evidence: evidence)
         }
         evidence.append(noteEvidence(note))
         if let reloc = f.notes.note(.phys32Reloc) { evidence.append(noteEvidence(reloc)) }
         if let config = f.config {
             evidence.append(config.evidence("CONFIG_XEN_PVH"))
             if !config.state("CONFIG_XEN_PVH").isEnabled {
-                return Verdict(mode: .pvh, answer: .no, summary: "PHYS32_ENTRY present but CONFIG_XEN_PVH is not set: it would boot without Xen support", evidence: evidence)
+                return Verdict(
+                    mode: .pvh, answer: .no, summary: "PHYS32_ENTRY present but CONFIG_XEN_PVH is not set: it would boot without Xen support",
+                    evidence: evidence)
             }
         }
         return Verdict(mode: .pvh, answer: .yes, summary: "PHYS32_ENTRY \(hex(entry)): Xen boots it in a PVH container", evidence: evidence)
@@ -211,8 +215,9 @@ enum VerdictRules {
             return Verdict(mode: .hvmPVDrivers, answer: .no, summary: "not an x86 or arm64 kernel", evidence: [])
         }
         guard let config = f.config else {
-            return Verdict(mode: .hvmPVDrivers, answer: .unknown, summary: "no kernel config: cannot tell whether PV drivers are built",
-                           evidence: ["give the config with --config, or put config-<version> beside the image"])
+            return Verdict(
+                mode: .hvmPVDrivers, answer: .unknown, summary: "no kernel config: cannot tell whether PV drivers are built",
+                evidence: ["give the config with --config, or put config-<version> beside the image"])
         }
         let option = f.family == .arm64 ? "CONFIG_XEN" : "CONFIG_XEN_PVHVM"
         var evidence = [config.evidence(option)]
@@ -227,7 +232,9 @@ enum VerdictRules {
             return Verdict(mode: .hvmPVDrivers, answer: .yes, summary: "\(platform): blkfront and netfront", evidence: evidence)
         case (false?, _), (_, false?):
             let missing = [block.enabled == false ? "blkfront" : nil, net.enabled == false ? "netfront" : nil].compactMap { $0 }
-            return Verdict(mode: .hvmPVDrivers, answer: .no, summary: "\(platform), but without \(missing.joined(separator: " and ")): emulated devices for those", evidence: evidence)
+            return Verdict(
+                mode: .hvmPVDrivers, answer: .no, summary: "\(platform), but without \(missing.joined(separator: " and ")): emulated devices for those",
+                evidence: evidence)
         default:
             return Verdict(mode: .hvmPVDrivers, answer: .unknown, summary: "\(option) set; frontends cannot be confirmed", evidence: evidence)
         }
@@ -236,14 +243,17 @@ enum VerdictRules {
     static func hvm(_ f: VerdictFacts) -> Verdict {
         switch f.family {
         case .pvops:
-            return Verdict(mode: .hvm, answer: .yes, summary: "a pvops kernel: boots on bare metal, KVM and HVM with emulated devices",
-                           evidence: [f.familyEvidence])
+            return Verdict(
+                mode: .hvm, answer: .yes, summary: "a pvops kernel: boots on bare metal, KVM and HVM with emulated devices",
+                evidence: [f.familyEvidence])
         case .arm64:
-            return Verdict(mode: .hvm, answer: .yes, summary: "an arm64 kernel: boots on bare metal, KVM and as a Xen on Arm guest",
-                           evidence: [f.familyEvidence])
+            return Verdict(
+                mode: .hvm, answer: .yes, summary: "an arm64 kernel: boots on bare metal, KVM and as a Xen on Arm guest",
+                evidence: [f.familyEvidence])
         case .xenLinux:
-            return Verdict(mode: .hvm, answer: .no, summary: "a XenLinux kernel: PV only, it cannot boot on bare metal, HVM or KVM — convert it before moving off PV",
-                           evidence: [f.familyEvidence])
+            return Verdict(
+                mode: .hvm, answer: .no, summary: "a XenLinux kernel: PV only, it cannot boot on bare metal, HVM or KVM — convert it before moving off PV",
+                evidence: [f.familyEvidence])
         case .other:
             return Verdict(mode: .hvm, answer: .unknown, summary: "not an x86 or arm64 kernel (\(f.architecture))", evidence: [])
         }

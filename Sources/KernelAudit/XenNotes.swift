@@ -87,28 +87,34 @@ enum XenNoteDecoder {
             let text = String(decoding: d.prefix { $0 != 0 }, as: UTF8.self)
             // Xen reads up to the NUL or the descriptor's end (Linux writes FEATURES without a NUL).
             let printable = text.utf8.allSatisfy { $0 >= 0x20 && $0 < 0x7F }
-            return XenNote(type: raw.type, name: name, size: d.count, offset: raw.offset, text: text, number: nil, numbers: nil,
-                           remark: printable ? nil : "contains unprintable bytes")
+            return XenNote(
+                type: raw.type, name: name, size: d.count, offset: raw.offset, text: text, number: nil, numbers: nil,
+                remark: printable ? nil : "contains unprintable bytes")
         case .numeric?:
             if type == .phys32Entry, d.count == 4 || d.count == 8 {
                 // Pointer-sized on x86-64; the entry is the low 32 bits.
-                return XenNote(type: raw.type, name: name, size: d.count, offset: raw.offset, text: nil,
-                               number: le(d[0..<4]), numbers: nil, remark: nil)
+                return XenNote(
+                    type: raw.type, name: name, size: d.count, offset: raw.offset, text: nil,
+                    number: le(d[0..<4]), numbers: nil, remark: nil)
             }
             guard [1, 2, 4, 8].contains(d.count) else {
-                return XenNote(type: raw.type, name: name, size: d.count, offset: raw.offset, text: nil, number: nil, numbers: nil,
-                               remark: "a \(d.count)-byte numeric note: Xen reads it as 0")
+                return XenNote(
+                    type: raw.type, name: name, size: d.count, offset: raw.offset, text: nil, number: nil, numbers: nil,
+                    remark: "a \(d.count)-byte numeric note: Xen reads it as 0")
             }
-            return XenNote(type: raw.type, name: name, size: d.count, offset: raw.offset, text: nil, number: le(d[...]),
-                           numbers: nil, remark: nil)
+            return XenNote(
+                type: raw.type, name: name, size: d.count, offset: raw.offset, text: nil, number: le(d[...]),
+                numbers: nil, remark: nil)
         case .numericArray?:
             let width = type == .l1MFNValid && d.count % 8 == 0 ? 8 : 4
             let values = stride(from: 0, to: d.count - d.count % width, by: width).map { le(d[$0..<$0 + width]) }
-            return XenNote(type: raw.type, name: name, size: d.count, offset: raw.offset, text: nil, number: nil,
-                           numbers: values, remark: d.count % width == 0 ? nil : "descriptor is not a whole number of words")
+            return XenNote(
+                type: raw.type, name: name, size: d.count, offset: raw.offset, text: nil, number: nil,
+                numbers: values, remark: d.count % width == 0 ? nil : "descriptor is not a whole number of words")
         default:
-            return XenNote(type: raw.type, name: name, size: d.count, offset: raw.offset, text: nil, number: nil, numbers: nil,
-                           remark: type == nil ? "a type Xen 4.17 does not define" : nil)
+            return XenNote(
+                type: raw.type, name: name, size: d.count, offset: raw.offset, text: nil, number: nil, numbers: nil,
+                remark: type == nil ? "a type Xen 4.17 does not define" : nil)
         }
     }
 
@@ -122,12 +128,14 @@ enum XenNoteDecoder {
             let key = String(parts[0].prefix(31))
             let value = parts.count > 1 ? String(parts[1].prefix(127)) : ""
             func string(_ type: XenElfNoteType) -> XenNote {
-                XenNote(type: type.rawValue, name: type.description, size: value.utf8.count, offset: offset, text: value,
-                        number: nil, numbers: nil, remark: "from __xen_guest \(key)")
+                XenNote(
+                    type: type.rawValue, name: type.description, size: value.utf8.count, offset: offset, text: value,
+                    number: nil, numbers: nil, remark: "from __xen_guest \(key)")
             }
             func number(_ type: XenElfNoteType, _ value: UInt64?) -> XenNote {
-                XenNote(type: type.rawValue, name: type.description, size: 8, offset: offset, text: nil, number: value,
-                        numbers: nil, remark: "from __xen_guest \(key)")
+                XenNote(
+                    type: type.rawValue, name: type.description, size: 8, offset: offset, text: nil, number: value,
+                    numbers: nil, remark: "from __xen_guest \(key)")
             }
             switch key {
             case "LOADER": notes.append(string(.loader))
@@ -146,8 +154,10 @@ enum XenNoteDecoder {
         }
         if let page = hypercallPage {
             // A page number: ×4096, then + VIRT_BASE.
-            notes.append(XenNote(type: XenElfNoteType.hypercallPage.rawValue, name: "HYPERCALL_PAGE", size: 8, offset: offset,
-                                 text: nil, number: page &* 4096 &+ (virtBase ?? 0), numbers: nil, remark: "from __xen_guest HYPERCALL_PAGE"))
+            notes.append(
+                XenNote(
+                    type: XenElfNoteType.hypercallPage.rawValue, name: "HYPERCALL_PAGE", size: 8, offset: offset,
+                    text: nil, number: page &* 4096 &+ (virtBase ?? 0), numbers: nil, remark: "from __xen_guest HYPERCALL_PAGE"))
         }
         return XenNoteSet(source: notes.isEmpty ? .none : .legacyGuestSection, notes: notes)
     }

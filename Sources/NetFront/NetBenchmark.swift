@@ -18,7 +18,9 @@ public enum NetBenchmark {
 
     /// Streams `size`-byte frames from `sender` to `receiver` for `seconds`, `batch` per send
     /// call (as GSO TCPv4 segments with `gso`).
-    public static func run(sender: NetFront, receiver: NetFront, size: Int, batch: Int, seconds: Double, gso: Bool = false) async throws(NetFrontError) -> Result {
+    public static func run(sender: NetFront, receiver: NetFront, size: Int, batch: Int, seconds: Double, gso: Bool = false) async throws(NetFrontError)
+        -> Result
+    {
         let to = receiver.info.mac, from = sender.info.mac
         var header = to.bytes + from.bytes + [0x08, 0x00]
         header += [UInt8](repeating: 0, count: max(0, size - header.count))
@@ -57,7 +59,8 @@ public enum NetBenchmark {
         let (count, last) = await counting.value
         let notifications = sender.statistics.notificationsSent + receiver.statistics.notificationsSent - before
         let elapsed = last - start
-        return Result(frames: count, seconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18,
-                      size: size, notificationsPerFrame: count == 0 ? 0 : Double(notifications) / Double(count))
+        return Result(
+            frames: count, seconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18,
+            size: size, notificationsPerFrame: count == 0 ? 0 : Double(notifications) / Double(count))
     }
 }

@@ -103,8 +103,10 @@ public final class NetFront: Sendable {
     private let closer: FrontendCloser<NetFrontError>
 
     /// Connects to `device/vif/<id>` of this domain (waits for the backend).
-    public static func connect(platform: any PVPlatform, store: XenStoreClient, id: Int,
-                               options: NetFrontOptions = NetFrontOptions()) async throws(NetFrontError) -> NetFront {
+    public static func connect(
+        platform: any PVPlatform, store: XenStoreClient, id: Int,
+        options: NetFrontOptions = NetFrontOptions()
+    ) async throws(NetFrontError) -> NetFront {
         guard (1...256).contains(options.txBuffers), (1...256).contains(options.rxBuffers) else {
             throw .platform("txBuffers and rxBuffers must be 1…256 (the ring's size)")
         }
@@ -115,14 +117,15 @@ public final class NetFront: Sendable {
             do { try await xenbus.run() } catch { state.fail(.closed("\(error)")) }
             state.fail(.closed("the device was closed"))
         }
-        let closer = FrontendCloser<NetFrontError>(xenbus: xenbus, lifecycle: lifecycle,
-                                                   fail: { state.fail($0 ?? .closed("closed by the frontend")) },
-                                                   release: {
-                                                       state.disconnected()
-                                                       // The queues' teardowns (posted to their loops) first.
-                                                       await options.eventLoops.waitForPostedWork()
-                                                       state.retryHeld()
-                                                   })
+        let closer = FrontendCloser<NetFrontError>(
+            xenbus: xenbus, lifecycle: lifecycle,
+            fail: { state.fail($0 ?? .closed("closed by the frontend")) },
+            release: {
+                state.disconnected()
+                // The queues' teardowns (posted to their loops) first.
+                await options.eventLoops.waitForPostedWork()
+                state.retryHeld()
+            })
         // Weak: the closer's closures hold the state (see BlockFront.connect).
         state.onFailure = { [weak closer] error in
             if case .backendMisbehaved = error { Task { await closer?.close(reason: error) } }
@@ -277,7 +280,9 @@ final class NetDeviceState: @unchecked Sendable {
     func stage(features: NetNegotiation.Features, mac: MACAddress, mtu: Int, backend: DomainID) throws(NetFrontError) -> [NetQueue] {
         // A failed device stays failed: no new connection while it is being closed.
         if let failure = currentFailure { throw failure }
-        let previous = lock.withLock { defer { staged = [] }; return staged }
+        let previous = lock.withLock {
+            defer { staged = [] }; return staged
+        }
         for queue in previous { release(queue) }
         var made: [NetQueue] = []
         do {
@@ -288,9 +293,11 @@ final class NetDeviceState: @unchecked Sendable {
                 let rxChannel = features.splitEventChannels ? try platform.allocateUnboundPort(remote: backend) : txChannel
                 let txPages = try platform.grantPages(options.txBuffers, to: backend, readOnly: true)
                 let rxPages = try platform.grantPages(options.rxBuffers, to: backend, readOnly: false)
-                made.append(try NetQueue(index: index, features: features, device: self, txRingPage: txRing, rxRingPage: rxRing,
-                                         txChannel: txChannel, rxChannel: rxChannel, txPages: txPages, rxPages: rxPages,
-                                         loop: options.eventLoops.loops[index % options.eventLoops.loops.count]))
+                made.append(
+                    try NetQueue(
+                        index: index, features: features, device: self, txRingPage: txRing, rxRingPage: rxRing,
+                        txChannel: txChannel, rxChannel: rxChannel, txPages: txPages, rxPages: rxPages,
+                        loop: options.eventLoops.loops[index % options.eventLoops.loops.count]))
             }
         } catch let error as PlatformError {
             for queue in made { release(queue) }
@@ -360,7 +367,9 @@ final class NetDeviceState: @unchecked Sendable {
 
     /// Retries the revokes of pages the backend held (at close).
     func retryHeld() {
-        let pages = lock.withLock { defer { held = [] }; return held }
+        let pages = lock.withLock {
+            defer { held = [] }; return held
+        }
         let kept = pages.filter { !platform.revoke($0) }
         lock.withLock { held += kept }
     }
@@ -433,7 +442,9 @@ final class NetDeviceState: @unchecked Sendable {
             if !frames.isEmpty { return frames }
             if let failure = lock.withLock({ failure }) { throw failure }
             if Task.isCancelled { throw .cancelled }
-            let id = lock.withLock { defer { nextReceiver &+= 1 }; return nextReceiver }
+            let id = lock.withLock {
+                defer { nextReceiver &+= 1 }; return nextReceiver
+            }
             await withTaskCancellationHandler {
                 await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                     let now = lock.withLock { () -> Bool in
@@ -475,15 +486,21 @@ struct NetDriver: XenbusFrontendDriver {
             let mac = try NetNegotiation.mac(own["mac"])
             let mtu = try NetNegotiation.mtu(own["mtu"], features: features)
             queues = try state.stage(features: features, mac: mac, mtu: mtu, backend: backendID)
-            let keys = NetNegotiation.frontendKeys(features: features, queues: queues.map {
-                NetNegotiation.QueueKeys(txRing: $0.txRingPage.ref, rxRing: $0.rxRingPage.ref,
-                                         ports: $0.rxChannel === $0.txChannel ? [$0.txChannel.port] : [$0.txChannel.port, $0.rxChannel.port])
-            })
-            try await clearTransport(transaction, frontend: frontend,
-                                     keys: ["tx-ring-ref", "rx-ring-ref", "event-channel", "event-channel-tx", "event-channel-rx",
-                                            "multi-queue-num-queues", "request-rx-copy", "feature-rx-notify", "feature-sg",
-                                            "feature-gso-tcpv4", "feature-gso-tcpv6", "feature-no-csum-offload",
-                                            "feature-ipv6-csum-offload", "ctrl-ring-ref", "event-channel-ctrl"])
+            let keys = NetNegotiation.frontendKeys(
+                features: features,
+                queues: queues.map {
+                    NetNegotiation.QueueKeys(
+                        txRing: $0.txRingPage.ref, rxRing: $0.rxRingPage.ref,
+                        ports: $0.rxChannel === $0.txChannel ? [$0.txChannel.port] : [$0.txChannel.port, $0.rxChannel.port])
+                })
+            try await clearTransport(
+                transaction, frontend: frontend,
+                keys: [
+                    "tx-ring-ref", "rx-ring-ref", "event-channel", "event-channel-tx", "event-channel-rx",
+                    "multi-queue-num-queues", "request-rx-copy", "feature-rx-notify", "feature-sg",
+                    "feature-gso-tcpv4", "feature-gso-tcpv6", "feature-no-csum-offload",
+                    "feature-ipv6-csum-offload", "ctrl-ring-ref", "event-channel-ctrl"
+                ])
             for (key, value) in keys { try await transaction.write(XenStorePath(frontend + "/" + key), value) }
         } catch let error as NetFrontError {
             state.fail(error)

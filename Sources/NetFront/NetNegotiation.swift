@@ -78,8 +78,10 @@ public enum NetNegotiation {
     public static let maxQueues = 16
 
     /// Backend keys read before publishing.
-    public static let offerKeys = ["feature-rx-copy", "feature-sg", "feature-gso-tcpv4", "feature-gso-tcpv6",
-                                   "feature-ipv6-csum-offload", "feature-split-event-channels", "multi-queue-max-queues"]
+    public static let offerKeys = [
+        "feature-rx-copy", "feature-sg", "feature-gso-tcpv4", "feature-gso-tcpv6",
+        "feature-ipv6-csum-offload", "feature-split-event-channels", "multi-queue-max-queues"
+    ]
 
     /// What this frontend uses on a connection.
     public struct Features: Sendable, Equatable {
@@ -116,14 +118,15 @@ public enum NetNegotiation {
             guard let most = UInt64(text), most >= 1 else { throw .refused("multi-queue-max-queues = \"\(text)\"") }
             queues = Int(min(most, UInt64(min(max(options.queues, 1), maxQueues))))
         }
-        return Features(queues: queues,
-                        splitEventChannels: try flag(offer, "feature-split-event-channels") && options.splitEventChannels,
-                        scatterGather: try flag(offer, "feature-sg") && options.scatterGather,
-                        gsoTCPv4: try flag(offer, "feature-gso-tcpv4") && options.gsoTCPv4 && options.scatterGather,
-                        gsoTCPv6: try flag(offer, "feature-gso-tcpv6") && options.gsoTCPv6 && options.scatterGather,
-                        checksumOffload: options.checksumOffload,
-                        ipv6ChecksumOffload: try flag(offer, "feature-ipv6-csum-offload") && options.ipv6ChecksumOffload,
-                        rxNotify: options.rxNotify)
+        return Features(
+            queues: queues,
+            splitEventChannels: try flag(offer, "feature-split-event-channels") && options.splitEventChannels,
+            scatterGather: try flag(offer, "feature-sg") && options.scatterGather,
+            gsoTCPv4: try flag(offer, "feature-gso-tcpv4") && options.gsoTCPv4 && options.scatterGather,
+            gsoTCPv6: try flag(offer, "feature-gso-tcpv6") && options.gsoTCPv6 && options.scatterGather,
+            checksumOffload: options.checksumOffload,
+            ipv6ChecksumOffload: try flag(offer, "feature-ipv6-csum-offload") && options.ipv6ChecksumOffload,
+            rxNotify: options.rxNotify)
     }
 
     /// The ring and channel numbers of one queue.

@@ -50,8 +50,10 @@ final class NetQueue: @unchecked Sendable {  // @unchecked: rings, ids, assemble
     }
 
     /// Sets up the rings and posts every rx buffer (before the backend connects, as netfront).
-    init(index: Int, features: NetNegotiation.Features, device: NetDeviceState, txRingPage: SharedPage, rxRingPage: SharedPage,
-         txChannel: EventChannel, rxChannel: EventChannel, txPages: SharedPages, rxPages: SharedPages, loop: EventLoop) throws(NetFrontError) {
+    init(
+        index: Int, features: NetNegotiation.Features, device: NetDeviceState, txRingPage: SharedPage, rxRingPage: SharedPage,
+        txChannel: EventChannel, rxChannel: EventChannel, txPages: SharedPages, rxPages: SharedPages, loop: EventLoop
+    ) throws(NetFrontError) {
         self.index = index
         self.features = features
         self.device = device
@@ -63,8 +65,9 @@ final class NetQueue: @unchecked Sendable {  // @unchecked: rings, ids, assemble
         self.rxPages = rxPages
         self.loop = loop
         do {
-            rings = Rings(tx: try FrontRing(initializing: UnsafeMutableRawBufferPointer(start: txRingPage.address, count: XenPage.size), protocol: NetifTxRing()),
-                          rx: try FrontRing(initializing: UnsafeMutableRawBufferPointer(start: rxRingPage.address, count: XenPage.size), protocol: NetifRxRing()))
+            rings = Rings(
+                tx: try FrontRing(initializing: UnsafeMutableRawBufferPointer(start: txRingPage.address, count: XenPage.size), protocol: NetifTxRing()),
+                rx: try FrontRing(initializing: UnsafeMutableRawBufferPointer(start: rxRingPage.address, count: XenPage.size), protocol: NetifRxRing()))
         } catch {
             throw .platform("queue \(index): \(error)")
         }
@@ -81,12 +84,15 @@ final class NetQueue: @unchecked Sendable {  // @unchecked: rings, ids, assemble
         var made: [EventLoop.Registration] = []
         do {
             for channel in txChannel === rxChannel ? [rxChannel] : [rxChannel, txChannel] {
-                made.append(try loop.register(channel.descriptor, name: "netfront queue \(index) port \(channel.port.rawValue)",
-                                              owner: channel.descriptorOwner) { [self] events in
-                    if events.contains(.readable) { channel.acknowledge() }
-                    serve()
-                    return .wait
-                })
+                made.append(
+                    try loop.register(
+                        channel.descriptor, name: "netfront queue \(index) port \(channel.port.rawValue)",
+                        owner: channel.descriptorOwner
+                    ) { [self] events in
+                        if events.contains(.readable) { channel.acknowledge() }
+                        serve()
+                        return .wait
+                    })
             }
         } catch {
             for registration in made { registration.cancel() }
@@ -255,8 +261,10 @@ final class NetQueue: @unchecked Sendable {  // @unchecked: rings, ids, assemble
                 let flags = NetRxFlags(rawValue: UInt16(truncatingIfNeeded: raw >> 32)), status = Int(Int16(truncatingIfNeeded: raw >> 48))
                 if id == posted, status > 0, offset + status <= XenPage.size, flags.isDisjoint(with: [.moreData, .extraInfo]) {
                     let source = UnsafeRawBufferPointer(start: rxPages.pages[Int(posted)].address + offset, count: status)
-                    received.append(NetFrame(bytes: Array(source), checksumBlank: flags.contains(.checksumBlank),
-                                             checksumValidated: flags.contains(.dataValidated)))
+                    received.append(
+                        NetFrame(
+                            bytes: Array(source), checksumBlank: flags.contains(.checksumBlank),
+                            checksumValidated: flags.contains(.dataValidated)))
                     counters.framesReceived += 1
                     counters.bytesReceived += status
                     post(posted)
@@ -276,8 +284,10 @@ final class NetQueue: @unchecked Sendable {  // @unchecked: rings, ids, assemble
                         at += fragment.length
                     }
                 }
-                received.append(NetFrame(bytes: bytes, checksumBlank: frame.checksumBlank, checksumValidated: frame.checksumValidated,
-                                         gso: frame.gso.map { NetFrame.GSO(type: $0.type, size: $0.size) }))
+                received.append(
+                    NetFrame(
+                        bytes: bytes, checksumBlank: frame.checksumBlank, checksumValidated: frame.checksumValidated,
+                        gso: frame.gso.map { NetFrame.GSO(type: $0.type, size: $0.size) }))
                 counters.framesReceived += 1
                 counters.bytesReceived += bytes.count
                 for id in buffers { post(id) }

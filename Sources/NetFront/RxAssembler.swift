@@ -86,13 +86,15 @@ public struct RxAssembler: Sendable {
         buffers.append(posted)
         if expecting == .extra { return extra(slot) }
         guard slot.count >= NetifRxResponse.wireSize,
-              case let .response(response)? = try? NetifRxRing().decodeResponse(slot) else {
+            case let .response(response)? = try? NetifRxRing().decodeResponse(slot)
+        else {
             fail(.badLength)
             return end()
         }
         if expecting == .start {
-            frame = Frame(fragments: [], checksumValidated: response.flags.contains(.dataValidated),
-                          checksumBlank: response.flags.contains(.checksumBlank), gso: nil)
+            frame = Frame(
+                fragments: [], checksumValidated: response.flags.contains(.dataValidated),
+                checksumBlank: response.flags.contains(.checksumBlank), gso: nil)
         }
         dataSlots += 1
         if response.id != posted {

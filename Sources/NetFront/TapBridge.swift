@@ -75,8 +75,9 @@ public final class TapBridge: Sendable {
         while !Task.isCancelled {
             guard let frames = try? await nic.receive(max: 64) else { return }
             for frame in frames {
-                let packet = Packet(bytes: frame.bytes, checksumBlank: frame.checksumBlank, dataValidated: frame.checksumValidated,
-                                    gso: frame.gso.map { ($0.type, $0.size) })
+                let packet = Packet(
+                    bytes: frame.bytes, checksumBlank: frame.checksumBlank, dataValidated: frame.checksumValidated,
+                    gso: frame.gso.map { ($0.type, $0.size) })
                 if device.write(packet) { toLinux.wrappingIncrement(ordering: .relaxed) } else { lost.wrappingIncrement(ordering: .relaxed) }
             }
         }
@@ -91,8 +92,10 @@ public final class TapBridge: Sendable {
         while batch.count < 64, let packet = device.read(into: &buffer) {
             // A segment over what netif carries (64 KiB − 1 with its Ethernet header) is cut here.
             for piece in packet.bytes.count > largest ? (packet.segmented() ?? []) : [packet] {
-                batch.append(NetFrame(bytes: piece.bytes, checksumBlank: piece.checksumBlank, checksumValidated: piece.dataValidated,
-                                      gso: piece.gso.map { NetFrame.GSO(type: $0.type, size: $0.size) }))
+                batch.append(
+                    NetFrame(
+                        bytes: piece.bytes, checksumBlank: piece.checksumBlank, checksumValidated: piece.dataValidated,
+                        gso: piece.gso.map { NetFrame.GSO(type: $0.type, size: $0.size) }))
             }
         }
         guard !batch.isEmpty, let registration = registration.withLock({ $0 }) else { return .wait }

@@ -1,6 +1,6 @@
 import Foundation
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 import PVHostProtocol
 import PVSystem
@@ -79,15 +79,18 @@ public final class ReferencePlatform: PVPlatform, @unchecked Sendable {
         do {
             let memory = try SharedMemoryRegion(mapping: descriptors[0], byteCount: info.pages * XenPage.size)
             let grantFrames = try SharedMemoryRegion(mapping: descriptors[1], byteCount: info.grantFrames * XenPage.size)
-            return ReferencePlatform(control: control, info: info, memory: memory, grantFrames: grantFrames,
-                                     storeDelivery: EventFD(adopting: descriptors[2]), storePeer: EventFD(adopting: descriptors[3]))
+            return ReferencePlatform(
+                control: control, info: info, memory: memory, grantFrames: grantFrames,
+                storeDelivery: EventFD(adopting: descriptors[2]), storePeer: EventFD(adopting: descriptors[3]))
         } catch {
             throw .connection("mapping the domain's memory: \(error)")
         }
     }
 
-    private init(control: SeqpacketSocket, info: AttachedDomain, memory: SharedMemoryRegion, grantFrames: SharedMemoryRegion,
-                 storeDelivery: EventFD, storePeer: EventFD) {
+    private init(
+        control: SeqpacketSocket, info: AttachedDomain, memory: SharedMemoryRegion, grantFrames: SharedMemoryRegion,
+        storeDelivery: EventFD, storePeer: EventFD
+    ) {
         self.control = control
         self.info = info
         domain = DomainID(info.domid)
@@ -104,8 +107,10 @@ public final class ReferencePlatform: PVPlatform, @unchecked Sendable {
         // the hang-up alone (requests and replies are read by the caller of each hypercall).
         let transports = self.transports, watch = watchdog
         do {
-            let registration = try EventLoopGroup.shared.next().register(control.fileDescriptor, events: .peerClosed,
-                                                                           name: "pvhost control socket (hang-up)", owner: control) { _ in
+            let registration = try EventLoopGroup.shared.next().register(
+                control.fileDescriptor, events: .peerClosed,
+                name: "pvhost control socket (hang-up)", owner: control
+            ) { _ in
                 transports.hangUp()
                 watch.registration.withLock { $0 }?.cancel()  // once: the hang-up stays readable
                 return .wait
@@ -191,7 +196,8 @@ public final class ReferencePlatform: PVPlatform, @unchecked Sendable {
             if case let .error(why) = reply { throw .refused(why) }
             throw .connection("unexpected reply")
         }
-        return EventChannel(port: EventChannelPort(port), delivery: EventFD(adopting: descriptors[0]), peer: EventFD(adopting: descriptors[1])) { [weak self] port in
+        return EventChannel(port: EventChannelPort(port), delivery: EventFD(adopting: descriptors[0]), peer: EventFD(adopting: descriptors[1])) {
+            [weak self] port in
             _ = try? self?.call(.closePort(port.rawValue))
         }
     }
@@ -213,16 +219,13 @@ public final class ReferencePlatform: PVPlatform, @unchecked Sendable {
         try sharedStore.withLock { (shared) throws(PlatformError) -> XenStoreClient in
             if let client = shared.client { return client }
             let page = memory.baseAddress + info.storeFrame * XenPage.size
-            do {
-                let transport = try XenStoreRingTransport(page: page, incoming: storeDelivery, outgoing: storePeer,
-                                                          name: "domain \(domain.rawValue)'s xenstore ring", keepAlive: memory)
-                transports.add(transport)
-                let client = XenStoreClient(transport: transport)
-                shared.client = client
-                return client
-            } catch {
-                throw .connection("\(error)")
-            }
+            let transport = XenStoreRingTransport(
+                page: page, incoming: storeDelivery, outgoing: storePeer,
+                name: "domain \(domain.rawValue)'s xenstore ring", keepAlive: memory)
+            transports.add(transport)
+            let client = XenStoreClient(transport: transport)
+            shared.client = client
+            return client
         }
     }
 
@@ -276,8 +279,10 @@ public final class ReferencePlatform: PVPlatform, @unchecked Sendable {
 
     /// `GNTTABOP_copy`: pvhost copies between `granter`'s grant and this domain's `frame`.
     public func copyGrant(from granter: DomainID, ref: GrantRef, offset: Int, toFrame frame: Int, frameOffset: Int, length: Int, toGrant: Bool = false) throws {
-        let (reply, descriptors) = try call(.copyGrant(granter: granter.rawValue, ref: ref.rawValue, offset: offset, localFrame: frame,
-                                                             localOffset: frameOffset, length: length, toGrant: toGrant))
+        let (reply, descriptors) = try call(
+            .copyGrant(
+                granter: granter.rawValue, ref: ref.rawValue, offset: offset, localFrame: frame,
+                localOffset: frameOffset, length: length, toGrant: toGrant))
         for fd in descriptors { close(fd) }
         switch reply {
         case .ok: return

@@ -15,9 +15,9 @@ public final class BackingFile: Sendable {
 
     /// `O_DIRECT` (not exported by Swift's Glibc module).
     #if arch(arm64)
-    public static let directFlag: Int32 = 0o200000
+        public static let directFlag: Int32 = 0o200000
     #else
-    public static let directFlag: Int32 = 0o40000
+        public static let directFlag: Int32 = 0o40000
     #endif
 
     /// Opens `path` (read-only, or read-write).
@@ -61,8 +61,10 @@ public final class BackingFile: Sendable {
         func attempt(_ fd: Int32) -> Int {
             vectors.vectors.withUnsafeBufferPointer { v in
                 while true {
-                    let done = write ? pwritev(fd, v.baseAddress, Int32(v.count), off_t(truncatingIfNeeded: offset))
-                                     : preadv(fd, v.baseAddress, Int32(v.count), off_t(truncatingIfNeeded: offset))
+                    let done =
+                        write
+                        ? pwritev(fd, v.baseAddress, Int32(v.count), off_t(truncatingIfNeeded: offset))
+                        : preadv(fd, v.baseAddress, Int32(v.count), off_t(truncatingIfNeeded: offset))
                     if done < 0 && Glibc.errno == EINTR { continue }
                     return done
                 }

@@ -36,8 +36,10 @@ public struct ChildProcess: Sendable {
         var envp: [UnsafeMutablePointer<CChar>?]? = environment.map { $0.map { strdup("\($0.key)=\($0.value)") } + [nil] }
         defer { for pointer in envp ?? [] { free(pointer) } }
         var child: pid_t = 0
-        let result = envp == nil ? posix_spawn(&child, path, &actions, &attributes, &argv, environ)
-                                  : posix_spawn(&child, path, &actions, &attributes, &argv, &envp!)
+        let result =
+            envp == nil
+            ? posix_spawn(&child, path, &actions, &attributes, &argv, environ)
+            : posix_spawn(&child, path, &actions, &attributes, &argv, &envp!)
         guard result == 0 else { throw SystemError("posix_spawn", errno: result, context: path) }
         pid = child
     }
@@ -80,8 +82,10 @@ public struct ChildProcess: Sendable {
 
     /// Runs `path` to its end and returns its status and everything it wrote to stdout and
     /// stderr (stdin is /dev/null); the output is read on an event loop, no thread waits.
-    public static func run(_ path: String, _ arguments: [String], environment: [String: String]? = nil,
-                           on loop: EventLoop = EventLoopGroup.shared.next()) async throws -> (status: Int32, output: String) {
+    public static func run(
+        _ path: String, _ arguments: [String], environment: [String: String]? = nil,
+        on loop: EventLoop = EventLoopGroup.shared.next()
+    ) async throws -> (status: Int32, output: String) {
         var ends: [Int32] = [-1, -1]
         _ = try retryingSyscall32("pipe2") { pipe2(&ends, O_CLOEXEC) }
         let reader = StreamDescriptor(adopting: ends[0], isSocket: false, name: "\(path)'s output")

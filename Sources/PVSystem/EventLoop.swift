@@ -27,7 +27,7 @@ import Synchronization
 /// …
 /// registration.cancel { releaseRingPages() }   // deregistered, then the teardown, on the loop
 /// ```
-public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked: `sources`, `timers` and `polling` are touched only on the loop's thread; everything else is a Mutex or an atomic
+public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked: sources, timers, polling: loop thread only; the rest Mutex/atomic
     /// Shown in thread names and errors.
     public let name: String
     fileprivate let epoll: Int32
@@ -91,8 +91,10 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked
         public static let again = Readiness(rawValue: 1 << 30)
 
         public var description: String {
-            let names: [(Readiness, String)] = [(.readable, "readable"), (.writable, "writable"), (.error, "error"), (.hangUp, "hang-up"),
-                                                (.peerClosed, "peer closed"), (.polled, "polled"), (.pollExpired, "poll expired"), (.again, "again")]
+            let names: [(Readiness, String)] = [
+                (.readable, "readable"), (.writable, "writable"), (.error, "error"), (.hangUp, "hang-up"),
+                (.peerClosed, "peer closed"), (.polled, "polled"), (.pollExpired, "poll expired"), (.again, "again")
+            ]
             return names.filter { contains($0.0) }.map(\.1).joined(separator: ", ")
         }
     }
@@ -125,11 +127,13 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked
         }
         let box = Unmanaged.passRetained(self).toOpaque()
         var handle = pthread_t()
-        let created = pthread_create(&handle, nil, { raw in
-            let loop = Unmanaged<EventLoop>.fromOpaque(raw!).takeRetainedValue()
-            loop.run()
-            return nil
-        }, box)
+        let created = pthread_create(
+            &handle, nil,
+            { raw in
+                let loop = Unmanaged<EventLoop>.fromOpaque(raw!).takeRetainedValue()
+                loop.run()
+                return nil
+            }, box)
         guard created == 0 else {
             Unmanaged<EventLoop>.fromOpaque(box).release()
             throw SystemError("pthread_create", errno: created, context: name)
@@ -212,8 +216,10 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked
     ///   - name: the descriptor's role, for errors (`"blkfront q0 event channel"`).
     ///   - owner: kept alive while registered.
     /// - Throws: ``SystemError`` naming `epoll_ctl` and `name`.
-    public func register(_ fd: Int32, events: Readiness = .readable, name: String, owner: (any Sendable & AnyObject)? = nil,
-                         handler: @escaping @Sendable (Readiness) -> Next) throws(SystemError) -> Registration {
+    public func register(
+        _ fd: Int32, events: Readiness = .readable, name: String, owner: (any Sendable & AnyObject)? = nil,
+        handler: @escaping @Sendable (Readiness) -> Next
+    ) throws(SystemError) -> Registration {
         let watched = try retryingSyscall32("dup", context: "\(self.name): \(name), fd \(fd)") { fcntl(fd, F_DUPFD_CLOEXEC, 0) }
         let registration = Registration(loop: self, fd: watched, name: name, owner: owner, handler: handler)
         let id = registry.withLock { registry in
@@ -397,7 +403,9 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked
         _ = pthread_setname_np(pthread_self(), &threadName)
         defer {
             finished.store(true, ordering: .releasing)
-            let left = registry.withLock { registry in defer { registry.byID.removeAll() }; return Array(registry.byID.values) }
+            let left = registry.withLock { registry in
+                defer { registry.byID.removeAll() }; return Array(registry.byID.values)
+            }
             for registration in left {
                 registration.state.withLock { $0.cancelled = true }
                 var event = epoll_event()
@@ -532,7 +540,7 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked
     }
 
     /// A descriptor watched by a loop (see ``EventLoop/register(_:events:name:handler:)``).
-    public final class Registration: @unchecked Sendable {  // @unchecked: `pollBudget`, `look` and `pollDeadline` are set and read on the loop's thread only; `state` is a Mutex
+    public final class Registration: @unchecked Sendable {  // @unchecked: poll fields on the loop's thread only; `state` is a Mutex
         /// The loop it is registered with (held: a registration keeps its loop alive).
         public let loop: EventLoop
         /// The descriptor epoll watches (a duplicate of the one registered, closed with the

@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Polling a shared ring before sleeping on its event channel: under a steady load the other

@@ -111,7 +111,7 @@ public final class SeqpacketSocket: @unchecked Sendable {
         do {
             guard let (bytes, descriptors) = try receive(flags: Int32(MSG_DONTWAIT)) else { return .ended }
             return .message(bytes: bytes, descriptors: descriptors)
-        } catch where error.errno == .wouldBlock {
+        } catch  where error.errno == .wouldBlock {
             return .nothing
         }
     }

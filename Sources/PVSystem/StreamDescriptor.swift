@@ -70,8 +70,10 @@ public final class StreamDescriptor: Sendable {
     public func write(_ bytes: UnsafeRawBufferPointer) throws(SystemError) -> Int? {
         guard !bytes.isEmpty else { return 0 }
         while true {
-            let n = isSocket ? send(fileDescriptor, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL))
-                             : Glibc.write(fileDescriptor, bytes.baseAddress, bytes.count)
+            let n =
+                isSocket
+                ? send(fileDescriptor, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL))
+                : Glibc.write(fileDescriptor, bytes.baseAddress, bytes.count)
             if n >= 0 { return n }
             switch Glibc.errno {
             case EINTR: continue

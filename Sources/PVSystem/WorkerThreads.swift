@@ -21,14 +21,16 @@ public final class WorkerThreads: Sendable {
             let work = Work(name: "\(name)-\(index)", index: index, body: body, pool: self)
             let box = Unmanaged.passRetained(work).toOpaque()
             var thread = pthread_t()
-            let created = pthread_create(&thread, nil, { raw in
-                let work = Unmanaged<Work>.fromOpaque(raw!).takeRetainedValue()
-                var threadName = work.name.utf8.prefix(15).map { CChar(bitPattern: $0) } + [0]
-                _ = pthread_setname_np(pthread_self(), &threadName)
-                work.body(work.index)
-                work.pool.ended()
-                return nil
-            }, box)
+            let created = pthread_create(
+                &thread, nil,
+                { raw in
+                    let work = Unmanaged<Work>.fromOpaque(raw!).takeRetainedValue()
+                    var threadName = work.name.utf8.prefix(15).map { CChar(bitPattern: $0) } + [0]
+                    _ = pthread_setname_np(pthread_self(), &threadName)
+                    work.body(work.index)
+                    work.pool.ended()
+                    return nil
+                }, box)
             guard created == 0 else {
                 Unmanaged<Work>.fromOpaque(box).release()
                 state.withLock { $0.running -= count - index }

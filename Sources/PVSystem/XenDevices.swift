@@ -116,8 +116,10 @@ public final class GrantAllocDevice: Sendable {
             request.withUnsafeMutableBytes { ioctl(fileDescriptor, XenDeviceIOCTL.allocGref, $0.baseAddress!) }
         }
         return request.withUnsafeBytes { raw in
-            (raw.load(fromByteOffset: XenDeviceIOCTL.allocIndex, as: UInt64.self),
-             (0..<count).map { raw.load(fromByteOffset: XenDeviceIOCTL.allocHeader + 4 * $0, as: UInt32.self) })
+            (
+                raw.load(fromByteOffset: XenDeviceIOCTL.allocIndex, as: UInt64.self),
+                (0..<count).map { raw.load(fromByteOffset: XenDeviceIOCTL.allocHeader + 4 * $0, as: UInt32.self) }
+            )
         }
     }
 

@@ -1,7 +1,7 @@
 import CLinux
 import Foundation
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 import XenABI
 
@@ -102,8 +102,10 @@ public final class TapDevice: @unchecked Sendable {
     private func writeRaw(_ bytes: [UInt8], header: [UInt8] = []) -> Bool {
         let written: Int = header.withUnsafeBytes { head in
             bytes.withUnsafeBytes { body in
-                var vectors = [iovec(iov_base: UnsafeMutableRawPointer(mutating: head.baseAddress), iov_len: head.count),
-                               iovec(iov_base: UnsafeMutableRawPointer(mutating: body.baseAddress), iov_len: body.count)]
+                var vectors = [
+                    iovec(iov_base: UnsafeMutableRawPointer(mutating: head.baseAddress), iov_len: head.count),
+                    iovec(iov_base: UnsafeMutableRawPointer(mutating: body.baseAddress), iov_len: body.count)
+                ]
                 return vectors.withUnsafeMutableBufferPointer { list in
                     head.isEmpty ? writev(fileDescriptor, list.baseAddress! + 1, 1) : writev(fileDescriptor, list.baseAddress!, 2)
                 }

@@ -178,8 +178,9 @@ public struct BlkifSegment: Sendable, Equatable {
     /// Writes segments into an indirect page, packed.
     @inlinable
     public static func encodeIndirectPage(_ segments: some Collection<BlkifSegment>, into page: UnsafeMutableRawBufferPointer) {
-        precondition(segments.count <= Blkif.segmentsPerIndirectPage && page.count >= segments.count * wireSize,
-                     "too many segments for one indirect page")
+        precondition(
+            segments.count <= Blkif.segmentsPerIndirectPage && page.count >= segments.count * wireSize,
+            "too many segments for one indirect page")
         for (index, segment) in segments.enumerated() { segment.encode(page, at: index * wireSize) }
     }
 }
@@ -307,10 +308,13 @@ public struct BlkifIndirectRequest: Sendable, Equatable {
 
     /// - Parameter indirectGrants: grants of the indirect pages, `ceil(segmentCount / 512)` of them.
     @inlinable
-    public init(operation: BlkifOperation, segmentCount: UInt16, handle: UInt16, id: UInt64, sector: UInt64,
-                indirectGrants: some Collection<GrantRef>) {
-        precondition(indirectGrants.count == Self.pagesNeeded(segments: Int(segmentCount)),
-                     "an indirect request needs ceil(segments / 512) indirect pages")
+    public init(
+        operation: BlkifOperation, segmentCount: UInt16, handle: UInt16, id: UInt64, sector: UInt64,
+        indirectGrants: some Collection<GrantRef>
+    ) {
+        precondition(
+            indirectGrants.count == Self.pagesNeeded(segments: Int(segmentCount)),
+            "an indirect request needs ceil(segments / 512) indirect pages")
         self.operation = operation
         self.segmentCount = segmentCount
         self.handle = handle
@@ -482,12 +486,13 @@ public struct BlkifRing: RingProtocol {
         }
         switch operation {
         case .discard:
-            return .discard(BlkifDiscardRequest(
-                secure: slot[l.discardFlag] & Blkif.discardSecureFlag != 0,
-                handle: slot.le(UInt16.self, at: l.discardHandle),
-                id: slot.le(UInt64.self, at: l.discardID),
-                sector: slot.le(UInt64.self, at: l.discardSector),
-                sectorCount: slot.le(UInt64.self, at: l.discardSectorCount)))
+            return .discard(
+                BlkifDiscardRequest(
+                    secure: slot[l.discardFlag] & Blkif.discardSecureFlag != 0,
+                    handle: slot.le(UInt16.self, at: l.discardHandle),
+                    id: slot.le(UInt64.self, at: l.discardID),
+                    sector: slot.le(UInt64.self, at: l.discardSector),
+                    sectorCount: slot.le(UInt64.self, at: l.discardSectorCount)))
         case .indirect:
             let innerCode = slot[l.indirectOperation]
             guard let inner = BlkifOperation(rawValue: innerCode), inner == .read || inner == .write else {
@@ -498,24 +503,26 @@ public struct BlkifRing: RingProtocol {
                 throw .countOutOfRange(field: "blkif indirect nr_segments", value: Int(count), limit: Blkif.maxIndirectSegments)
             }
             let pages = BlkifIndirectRequest.pagesNeeded(segments: Int(count))
-            return .indirect(BlkifIndirectRequest(
-                operation: inner, segmentCount: count,
-                handle: slot.le(UInt16.self, at: l.indirectHandle),
-                id: slot.le(UInt64.self, at: l.indirectID),
-                sector: slot.le(UInt64.self, at: l.indirectSector),
-                indirectGrants: (0..<pages).lazy.map { GrantRef(slot.le(UInt32.self, at: l.indirectGrants + 4 * $0)) }))
+            return .indirect(
+                BlkifIndirectRequest(
+                    operation: inner, segmentCount: count,
+                    handle: slot.le(UInt16.self, at: l.indirectHandle),
+                    id: slot.le(UInt64.self, at: l.indirectID),
+                    sector: slot.le(UInt64.self, at: l.indirectSector),
+                    indirectGrants: (0..<pages).lazy.map { GrantRef(slot.le(UInt32.self, at: l.indirectGrants + 4 * $0)) }))
         default:
             let count = Int(slot[l.requestSegmentCount])
             guard count <= Blkif.maxSegmentsPerRequest else {
                 throw .countOutOfRange(field: "blkif nr_segments", value: count, limit: Blkif.maxSegmentsPerRequest)
             }
             let segments = try BlkifSegmentList(copyingWordsFrom: slot, at: l.requestSegments, count: count)
-            return .io(BlkifIORequest(
-                operation: operation,
-                handle: slot.le(UInt16.self, at: l.requestHandle),
-                id: slot.le(UInt64.self, at: l.requestID),
-                sector: slot.le(UInt64.self, at: l.requestSector),
-                segments: segments))
+            return .io(
+                BlkifIORequest(
+                    operation: operation,
+                    handle: slot.le(UInt16.self, at: l.requestHandle),
+                    id: slot.le(UInt64.self, at: l.requestID),
+                    sector: slot.le(UInt64.self, at: l.requestSector),
+                    segments: segments))
         }
     }
 

@@ -53,7 +53,8 @@ public enum XenElfNoteType: UInt32, Sendable, CaseIterable, CustomStringConverti
         switch self {
         case .info, .xenVersion, .guestOS, .guestVersion, .loader, .paeMode, .features, .bsdSymtab: .string
         case .entry, .hypercallPage, .virtBase, .paddrOffset, .hvStartLow, .suspendCancel, .initP2M, .modStartPFN,
-             .phys32Entry: .numeric
+            .phys32Entry:
+            .numeric
         case .l1MFNValid, .supportedFeatures, .phys32Reloc: .numericArray
         case .crashInfo, .crashRegs, .dumpcoreNone, .dumpcoreHeader, .dumpcoreXenVersion, .dumpcoreFormatVersion: .opaque
         }

@@ -3,7 +3,7 @@ public enum EventChannelABI {
     /// Hypercall commands. C: `EVTCHNOP_*`.
     public enum Operation: UInt32, Sendable, CaseIterable {
         case bindInterdomain = 0, bindVirq = 1, bindPirq = 2, close = 3, send = 4, status = 5, allocUnbound = 6,
-             bindIPI = 7, bindVCPU = 8, unmask = 9, reset = 10, initControl = 11, expandArray = 12, setPriority = 13
+            bindIPI = 7, bindVCPU = 8, unmask = 9, reset = 10, initControl = 11, expandArray = 12, setPriority = 13
     }
 
     /// Port states. C: `EVTCHNSTAT_*`.

@@ -55,9 +55,10 @@ public struct GrantEntryV1: Sendable, Equatable {
 
     public static func decode(_ bytes: UnsafeRawBufferPointer) throws(XenABIError) -> GrantEntryV1 {
         try requireBytes(bytes, wireSize, "grant_entry_v1")
-        return GrantEntryV1(flags: GrantFlags(rawValue: bytes.le(UInt16.self, at: flagsOffset)),
-                            domid: DomainID(bytes.le(UInt16.self, at: domidOffset)),
-                            frame: bytes.le(UInt32.self, at: frameOffset))
+        return GrantEntryV1(
+            flags: GrantFlags(rawValue: bytes.le(UInt16.self, at: flagsOffset)),
+            domid: DomainID(bytes.le(UInt16.self, at: domidOffset)),
+            frame: bytes.le(UInt32.self, at: frameOffset))
     }
 
     public func encode(into bytes: UnsafeMutableRawBufferPointer) {
@@ -81,8 +82,8 @@ public enum GrantTable {
     /// Grant-table hypercall commands. C: `GNTTABOP_*`.
     public enum Operation: UInt32, Sendable, CaseIterable {
         case mapGrantRef = 0, unmapGrantRef = 1, setupTable = 2, dumpTable = 3, transfer = 4, copy = 5,
-             querySize = 6, unmapAndReplace = 7, setVersion = 8, getStatusFrames = 9, getVersion = 10,
-             swapGrantRef = 11, cacheFlush = 12
+            querySize = 6, unmapAndReplace = 7, setVersion = 8, getStatusFrames = 9, getVersion = 10,
+            swapGrantRef = 11, cacheFlush = 12
     }
 
     /// Map flags. C: `GNTMAP_*`.

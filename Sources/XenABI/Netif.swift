@@ -177,14 +177,18 @@ public struct NetifExtraInfo: Sendable, Equatable {
             guard let gsoType = NetifGSOType(rawValue: gsoCode) else {
                 throw .unknownCode(field: "netif GSO type", value: UInt64(gsoCode))
             }
-            return NetifExtraInfo(.gso(size: slot.le(UInt16.self, at: gsoSizeOffset), type: gsoType,
-                                       features: slot.le(UInt16.self, at: gsoFeaturesOffset)), more: more)
+            return NetifExtraInfo(
+                .gso(
+                    size: slot.le(UInt16.self, at: gsoSizeOffset), type: gsoType,
+                    features: slot.le(UInt16.self, at: gsoFeaturesOffset)), more: more)
         case typeMulticastAdd, typeMulticastDelete:
             let mac = MACAddress(wire: slot, at: multicastAddressOffset)
             return NetifExtraInfo(type == typeMulticastAdd ? .multicastAdd(mac) : .multicastDelete(mac), more: more)
         case typeHash:
-            return NetifExtraInfo(.hash(type: slot[hashTypeOffset], algorithm: slot[hashAlgorithmOffset],
-                                        value: slot.le(UInt32.self, at: hashValueOffset)), more: more)
+            return NetifExtraInfo(
+                .hash(
+                    type: slot[hashTypeOffset], algorithm: slot[hashAlgorithmOffset],
+                    value: slot.le(UInt32.self, at: hashValueOffset)), more: more)
         default:
             throw .unknownCode(field: "netif extra type", value: UInt64(type))
         }
@@ -255,12 +259,13 @@ public struct NetifTxRing: RingProtocol {
     @inlinable
     public func decodeRequest(_ slot: UnsafeRawBufferPointer) throws(XenABIError) -> NetifTxSlot {
         try requireBytes(slot, NetifTxRequest.wireSize, "netif_tx_request")
-        return .request(NetifTxRequest(
-            gref: GrantRef(slot.le(UInt32.self, at: NetifTxRequest.grefOffset)),
-            offset: slot.le(UInt16.self, at: NetifTxRequest.offsetOffset),
-            flags: NetTxFlags(rawValue: slot.le(UInt16.self, at: NetifTxRequest.flagsOffset)),
-            id: slot.le(UInt16.self, at: NetifTxRequest.idOffset),
-            size: slot.le(UInt16.self, at: NetifTxRequest.sizeOffset)))
+        return .request(
+            NetifTxRequest(
+                gref: GrantRef(slot.le(UInt32.self, at: NetifTxRequest.grefOffset)),
+                offset: slot.le(UInt16.self, at: NetifTxRequest.offsetOffset),
+                flags: NetTxFlags(rawValue: slot.le(UInt16.self, at: NetifTxRequest.flagsOffset)),
+                id: slot.le(UInt16.self, at: NetifTxRequest.idOffset),
+                size: slot.le(UInt16.self, at: NetifTxRequest.sizeOffset)))
     }
 
     @inlinable
@@ -272,8 +277,9 @@ public struct NetifTxRing: RingProtocol {
     @inlinable
     public func decodeResponse(_ slot: UnsafeRawBufferPointer) throws(XenABIError) -> NetifTxResponse {
         try requireBytes(slot, NetifTxResponse.wireSize, "netif_tx_response")
-        return NetifTxResponse(id: slot.le(UInt16.self, at: NetifTxResponse.idOffset),
-                               status: slot.le(Int16.self, at: NetifTxResponse.statusOffset))
+        return NetifTxResponse(
+            id: slot.le(UInt16.self, at: NetifTxResponse.idOffset),
+            status: slot.le(Int16.self, at: NetifTxResponse.statusOffset))
     }
 }
 
@@ -297,8 +303,9 @@ public struct NetifRxRing: RingProtocol {
     @inlinable
     public func decodeRequest(_ slot: UnsafeRawBufferPointer) throws(XenABIError) -> NetifRxRequest {
         try requireBytes(slot, NetifRxRequest.wireSize, "netif_rx_request")
-        return NetifRxRequest(id: slot.le(UInt16.self, at: NetifRxRequest.idOffset),
-                              gref: GrantRef(slot.le(UInt32.self, at: NetifRxRequest.grefOffset)))
+        return NetifRxRequest(
+            id: slot.le(UInt16.self, at: NetifRxRequest.idOffset),
+            gref: GrantRef(slot.le(UInt32.self, at: NetifRxRequest.grefOffset)))
     }
 
     @inlinable
@@ -317,10 +324,11 @@ public struct NetifRxRing: RingProtocol {
     @inlinable
     public func decodeResponse(_ slot: UnsafeRawBufferPointer) throws(XenABIError) -> NetifRxSlot {
         try requireBytes(slot, NetifRxResponse.wireSize, "netif_rx_response")
-        return .response(NetifRxResponse(
-            id: slot.le(UInt16.self, at: NetifRxResponse.idOffset),
-            offset: slot.le(UInt16.self, at: NetifRxResponse.offsetOffset),
-            flags: NetRxFlags(rawValue: slot.le(UInt16.self, at: NetifRxResponse.flagsOffset)),
-            status: slot.le(Int16.self, at: NetifRxResponse.statusOffset)))
+        return .response(
+            NetifRxResponse(
+                id: slot.le(UInt16.self, at: NetifRxResponse.idOffset),
+                offset: slot.le(UInt16.self, at: NetifRxResponse.offsetOffset),
+                flags: NetRxFlags(rawValue: slot.le(UInt16.self, at: NetifRxResponse.flagsOffset)),
+                status: slot.le(Int16.self, at: NetifRxResponse.statusOffset)))
     }
 }

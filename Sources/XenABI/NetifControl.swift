@@ -100,9 +100,11 @@ public struct NetifControlRing: RingProtocol {
         return NetifControlRequest(
             id: slot.le(UInt16.self, at: NetifControlRequest.idOffset),
             rawType: slot.le(UInt16.self, at: NetifControlRequest.typeOffset),
-            data: (slot.le(UInt32.self, at: NetifControlRequest.dataOffset),
-                   slot.le(UInt32.self, at: NetifControlRequest.dataOffset + 4),
-                   slot.le(UInt32.self, at: NetifControlRequest.dataOffset + 8)))
+            data: (
+                slot.le(UInt32.self, at: NetifControlRequest.dataOffset),
+                slot.le(UInt32.self, at: NetifControlRequest.dataOffset + 4),
+                slot.le(UInt32.self, at: NetifControlRequest.dataOffset + 8)
+            ))
     }
 
     @inlinable

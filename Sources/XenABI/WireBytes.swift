@@ -19,5 +19,5 @@ extension UnsafeMutableRawBufferPointer {
 
 // Some encoders move whole little-endian words between Swift values and slots.
 #if _endian(big)
-#error("PVKit's wire encoders assume a little-endian host, as every Xen architecture is")
+    #error("PVKit's wire encoders assume a little-endian host, as every Xen architecture is")
 #endif

@@ -91,10 +91,11 @@ public struct XsHeader: Sendable, Equatable {
     /// Decodes a header; the payload length is not judged here (see ``XsWire/payloadMax``).
     public static func decode(_ bytes: UnsafeRawBufferPointer) throws(XenABIError) -> XsHeader {
         try requireBytes(bytes, wireSize, "xsd_sockmsg")
-        return XsHeader(type: bytes.le(UInt32.self, at: typeOffset),
-                        requestID: bytes.le(UInt32.self, at: requestIDOffset),
-                        transactionID: bytes.le(UInt32.self, at: transactionIDOffset),
-                        length: bytes.le(UInt32.self, at: lengthOffset))
+        return XsHeader(
+            type: bytes.le(UInt32.self, at: typeOffset),
+            requestID: bytes.le(UInt32.self, at: requestIDOffset),
+            transactionID: bytes.le(UInt32.self, at: transactionIDOffset),
+            length: bytes.le(UInt32.self, at: lengthOffset))
     }
 
     /// Writes the header into the first 16 bytes of `bytes`.
@@ -119,7 +120,7 @@ public struct XsHeader: Sendable, Equatable {
 /// (new errors are only ever appended).
 public enum XsErrorName: String, Sendable, CaseIterable, Error {
     case EINVAL, EACCES, EEXIST, EISDIR, ENOENT, ENOMEM, ENOSPC, EIO, ENOTEMPTY, ENOSYS, EROFS, EBUSY, EAGAIN,
-         EISCONN, E2BIG, EPERM
+        EISCONN, E2BIG, EPERM
 
     /// The Linux errno value of this name (x86 and Arm agree).
     public var errno: Int32 {

@@ -16,8 +16,10 @@ public final class FrontendCloser<Reason: Error & Sendable & CustomStringConvert
 
     /// `fail` ends the device's waiters (nil: closed by its user); `release` stops its I/O and
     /// frees the transport once the backend is Closed (or the wait ran out).
-    public init(xenbus: XenbusFrontend, lifecycle: Task<Void, Never>, fail: @escaping @Sendable (Reason?) -> Void,
-                release: @escaping @Sendable () async -> Void) {
+    public init(
+        xenbus: XenbusFrontend, lifecycle: Task<Void, Never>, fail: @escaping @Sendable (Reason?) -> Void,
+        release: @escaping @Sendable () async -> Void
+    ) {
         self.xenbus = xenbus
         self.lifecycle = lifecycle
         self.fail = fail
@@ -25,7 +27,9 @@ public final class FrontendCloser<Reason: Error & Sendable & CustomStringConvert
     }
 
     public func close(reason: Reason?) async {
-        let first = started.withLock { started in defer { started = true }; return !started }
+        let first = started.withLock { started in
+            defer { started = true }; return !started
+        }
         guard first else {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                 let finished = done.withLock { waiting in
@@ -48,7 +52,9 @@ public final class FrontendCloser<Reason: Error & Sendable & CustomStringConvert
         try? await xenbus.switchState(.closed)
         await xenbus.waitForBackend(in: [.closed, .unknown], timeout: .seconds(5))
         await release()
-        let waiting = done.withLock { waiting in defer { waiting = nil }; return waiting ?? [] }
+        let waiting = done.withLock { waiting in
+            defer { waiting = nil }; return waiting ?? []
+        }
         for continuation in waiting { continuation.resume() }
     }
 }

@@ -53,8 +53,8 @@ public struct FrontendStateMachine: Sendable, Equatable {
         switch (own, backend) {
         // The backend vanished or is shutting down: release everything.
         case (.initialised, .unknown), (.connected, .unknown),
-             (.initialising, .closing), (.initialised, .closing), (.connected, .closing),
-             (.initialised, .closed), (.connected, .closed), (.closing, .closing), (.closing, .closed):
+            (.initialising, .closing), (.initialised, .closing), (.connected, .closing),
+            (.initialised, .closed), (.connected, .closed), (.closing, .closing), (.closing, .closed):
             return .close
         case (.initialising, .initWait), (.initialising, .initialised), (.initialising, .connected):
             return .publish(then: connectsDirectly ? .connected : .initialised)

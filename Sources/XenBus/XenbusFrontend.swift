@@ -73,7 +73,8 @@ public final class XenbusFrontend: Sendable {
     @discardableResult
     public func waitForBackend(in states: Set<XenbusState>, timeout: Duration) async -> Bool {
         guard let backend = try? await store.readString(node(path + "/backend")),
-              let backendState = try? XenStorePath(backend + "/state") else { return true }
+            let backendState = try? XenStorePath(backend + "/state")
+        else { return true }
         guard let events = try? await store.watch(backendState) else { return false }
         defer { events.cancel() }
         return await withTaskGroup(of: Bool.self) { group in

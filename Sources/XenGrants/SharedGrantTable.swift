@@ -35,7 +35,8 @@ public struct SharedGrantTable: @unchecked Sendable {
     }
 
     private func frameWord(_ ref: GrantRef) -> UnsafeAtomic<UInt32> {
-        UnsafeAtomic(at: (base + Int(ref.rawValue) * GrantEntryV1.wireSize + GrantEntryV1.frameOffset).bindMemory(to: UInt32.AtomicRepresentation.self, capacity: 1))
+        UnsafeAtomic(
+            at: (base + Int(ref.rawValue) * GrantEntryV1.wireSize + GrantEntryV1.frameOffset).bindMemory(to: UInt32.AtomicRepresentation.self, capacity: 1))
     }
 
     public func contains(_ ref: GrantRef) -> Bool { Int(ref.rawValue) < count }
@@ -43,8 +44,9 @@ public struct SharedGrantTable: @unchecked Sendable {
     /// The entry as it is now (for status and tests).
     public func entry(_ ref: GrantRef) -> GrantEntryV1 {
         let w = word(ref).load(ordering: .acquiring)
-        return GrantEntryV1(flags: GrantFlags(rawValue: UInt16(truncatingIfNeeded: w)), domid: DomainID(UInt16(w >> 16)),
-                            frame: frameWord(ref).load(ordering: .relaxed))
+        return GrantEntryV1(
+            flags: GrantFlags(rawValue: UInt16(truncatingIfNeeded: w)), domid: DomainID(UInt16(w >> 16)),
+            frame: frameWord(ref).load(ordering: .relaxed))
     }
 
     // MARK: The granting guest

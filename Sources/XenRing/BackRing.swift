@@ -88,7 +88,8 @@ public struct BackRing<P: RingProtocol>: ~Copyable, @unchecked Sendable {
         // Read barrier: slots are read only after the index that covers them.
         let producer = header.requestProducer.load(ordering: .acquiring)
         guard !RingArithmetic.requestProducerOverflows(producer, responseProducer: rspProdPvt, size: geometry.entryCount),
-              producer &- rspProdPvt >= reqCons &- rspProdPvt else {
+            producer &- rspProdPvt >= reqCons &- rspProdPvt
+        else {
             throw .requestProducerAhead(producer: producer, responseProducer: rspProdPvt, size: geometry.entryCount)
         }
         knownRequestProducer = producer

@@ -33,7 +33,8 @@ public final class XenStoreClient: XenStoreOperations, Sendable {
 
     /// Connects the way libxenstore does (``XenStoreLocation``): `XENSTORED_PATH`,
     /// `XENSTORED_RUNDIR`, `/var/run/xenstored/socket`, then `/dev/xen/xenbus`.
-    public static func connect(_ location: XenStoreLocation = .current, loop: EventLoop = EventLoopGroup.shared.next()) throws(XenStoreError) -> XenStoreClient {
+    public static func connect(_ location: XenStoreLocation = .current, loop: EventLoop = EventLoopGroup.shared.next()) throws(XenStoreError) -> XenStoreClient
+    {
         XenStoreClient(transport: try location.open(), loop: loop)
     }
 
@@ -236,8 +237,10 @@ private final class ClientCore: Sendable {
 
     func start() {
         do {
-            let registration = try loop.register(transport.descriptor, name: "xenstore connection to \(transport.name)",
-                                                 owner: transport.descriptorOwner) { [self] events in
+            let registration = try loop.register(
+                transport.descriptor, name: "xenstore connection to \(transport.name)",
+                owner: transport.descriptorOwner
+            ) { [self] events in
                 serve(events)
             }
             let closed = state.withLock { state -> Bool in
@@ -388,7 +391,9 @@ private final class ClientCore: Sendable {
     /// Fails everything, stops watching the connection and ends it.
     func end(_ error: XenStoreError) {
         fail(error)
-        let registration = state.withLock { state in defer { state.registration = nil }; return state.registration }
+        let registration = state.withLock { state in
+            defer { state.registration = nil }; return state.registration
+        }
         registration?.cancel()
         transport.shutdown()
     }
@@ -398,7 +403,7 @@ extension XenStoreClient {
     fileprivate static func subject(of request: XenStoreRequest) -> String? {
         switch request {
         case let .read(p), let .directory(p), let .getPerms(p), let .mkdir(p), let .rm(p), let .write(p, _),
-             let .setPerms(p, _), let .watch(p, _), let .unwatch(p, _), let .directoryPart(p, _):
+            let .setPerms(p, _), let .watch(p, _), let .unwatch(p, _), let .directoryPart(p, _):
             return p.rawValue
         default:
             return nil

@@ -96,8 +96,9 @@ public enum XenStoreRequest: Sendable, Equatable {
     public func message(requestID: UInt32, transactionID: UInt32 = 0, limit: Int = XsWire.payloadMax) throws(XenStoreWireError) -> XsMessage {
         let payload = self.payload
         guard payload.count <= limit else { throw .payloadTooLarge(length: UInt32(payload.count), limit: limit) }
-        return XsMessage(header: XsHeader(type: type, requestID: requestID, transactionID: transactionID, length: UInt32(payload.count)),
-                         payload: payload)
+        return XsMessage(
+            header: XsHeader(type: type, requestID: requestID, transactionID: transactionID, length: UInt32(payload.count)),
+            payload: payload)
     }
 
     /// Parses a request a client sent (the server's side).
@@ -270,9 +271,11 @@ public enum XenStoreReply: Sendable, Equatable {
         default: type = request.type
         }
         let isEvent = { if case .watchEvent = self { return true } else { return false } }()
-        return XsMessage(header: XsHeader(type: type, requestID: isEvent ? 0 : request.requestID,
-                                          transactionID: isEvent ? 0 : request.transactionID, length: UInt32(payload.count)),
-                         payload: payload)
+        return XsMessage(
+            header: XsHeader(
+                type: type, requestID: isEvent ? 0 : request.requestID,
+                transactionID: isEvent ? 0 : request.transactionID, length: UInt32(payload.count)),
+            payload: payload)
     }
 }
 

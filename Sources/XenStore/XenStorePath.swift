@@ -21,9 +21,13 @@ public struct XenStorePath: Hashable, Sendable, CustomStringConvertible, Express
             return
         }
         for byte in text.utf8 {
-            let ok = (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x61 && byte <= 0x7A) || (byte >= 0x30 && byte <= 0x39)
+            let ok =
+                (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x61 && byte <= 0x7A) || (byte >= 0x30 && byte <= 0x39)
                 || byte == 0x2D || byte == 0x2F || byte == 0x5F || byte == 0x40
-            guard ok else { throw .invalidPath(text, "character \(byte < 0x20 || byte >= 0x7F ? "0x" + String(byte, radix: 16) : String(UnicodeScalar(byte))) is not allowed") }
+            guard ok else {
+                throw .invalidPath(
+                    text, "character \(byte < 0x20 || byte >= 0x7F ? "0x" + String(byte, radix: 16) : String(UnicodeScalar(byte))) is not allowed")
+            }
         }
         guard !text.contains("//") else { throw .invalidPath(text, "empty component (//)") }
         guard text == "/" || !text.hasSuffix("/") else { throw .invalidPath(text, "trailing /") }
@@ -73,7 +77,9 @@ public struct XenStorePermission: Hashable, Sendable, CustomStringConvertible {
     public init(_ text: some StringProtocol) throws(XenStoreWireError) {
         guard let first = text.first, let access = Access(rawValue: first) else { throw .invalidPermission(String(text)) }
         let digits = text.dropFirst()
-        guard !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isNumber }), let id = UInt16(digits), id < DomainID.firstReserved.rawValue || id == UInt16.max else {
+        guard !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isNumber }), let id = UInt16(digits),
+            id < DomainID.firstReserved.rawValue || id == UInt16.max
+        else {
             throw .invalidPermission(String(text))
         }
         self.access = access

@@ -32,8 +32,14 @@ public struct XenStoreRing: @unchecked Sendable {
         }
         self.page = page
         self.side = side
-        let requests = (data: page + XenstoreDomainInterface.request, prod: word(XenstoreDomainInterface.requestProducer), cons: word(XenstoreDomainInterface.requestConsumer))
-        let responses = (data: page + XenstoreDomainInterface.response, prod: word(XenstoreDomainInterface.responseProducer), cons: word(XenstoreDomainInterface.responseConsumer))
+        let requests = (
+            data: page + XenstoreDomainInterface.request, prod: word(XenstoreDomainInterface.requestProducer),
+            cons: word(XenstoreDomainInterface.requestConsumer)
+        )
+        let responses = (
+            data: page + XenstoreDomainInterface.response, prod: word(XenstoreDomainInterface.responseProducer),
+            cons: word(XenstoreDomainInterface.responseConsumer)
+        )
         let (outgoing, incoming) = side == .guest ? (requests, responses) : (responses, requests)
         outData = outgoing.data
         outProducer = outgoing.prod

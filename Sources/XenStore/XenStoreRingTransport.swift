@@ -25,8 +25,10 @@ public final class XenStoreRingTransport: XenStoreTransport {
     ///   - incoming: the event channel's daemon-to-guest direction.
     ///   - outgoing: the guest-to-daemon direction.
     ///   - keepAlive: whatever owns the mapping (kept as long as the transport).
-    public init(page: UnsafeMutableRawPointer, incoming: EventFD, outgoing: EventFD, name: String = "xenstore ring",
-                keepAlive: (any Sendable & AnyObject)? = nil) {
+    public init(
+        page: UnsafeMutableRawPointer, incoming: EventFD, outgoing: EventFD, name: String = "xenstore ring",
+        keepAlive: (any Sendable & AnyObject)? = nil
+    ) {
         ring = XenStoreRing(page: page, side: .guest)
         self.incoming = incoming
         self.outgoing = outgoing

@@ -76,8 +76,9 @@ public struct XenStoreLocation: Sendable, Equatable {
         }
         for device in devices {
             do {
-                return FileDescriptorTransport(try StreamDescriptor.open(device: device), payloadLimit: XsWire.xenbusDevicePayloadMax,
-                                               oneRequestAtATime: true)
+                return FileDescriptorTransport(
+                    try StreamDescriptor.open(device: device), payloadLimit: XsWire.xenbusDevicePayloadMax,
+                    oneRequestAtATime: true)
             } catch {
                 tried.append("\(device) (\(error.errno))")
             }

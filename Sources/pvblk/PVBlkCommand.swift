@@ -78,14 +78,19 @@ extension PVBlkCommand {
             let i = disk.info
             if json {
                 let discard = i.discard.map { #"{"alignment":\#($0.alignment),"granularity":\#($0.granularity),"secure":\#($0.secure)}"# } ?? "null"
-                print(#"{"barrier":\#(i.barrier),"bytes":\#(i.bytes),"discard":\#(discard),"flush":\#(i.flush),"indirectSegments":\#(i.indirectSegments),"#
-                      + #""persistentGrants":\#(i.persistentGrants),"physicalSectorSize":\#(i.physicalSectorSize),"queues":\#(i.queues),"readOnly":\#(i.readOnly),"#
-                      + #""ringPages":\#(i.ringPages),"sectorSize":\#(i.sectorSize),"sectors":\#(i.sectors),"trusted":\#(i.trusted)}"#)
+                print(
+                    #"{"barrier":\#(i.barrier),"bytes":\#(i.bytes),"discard":\#(discard),"flush":\#(i.flush),"indirectSegments":\#(i.indirectSegments),"#
+                        + #""persistentGrants":\#(i.persistentGrants),"physicalSectorSize":\#(i.physicalSectorSize),"queues":\#(i.queues),"readOnly":\#(i.readOnly),"#
+                        + #""ringPages":\#(i.ringPages),"sectorSize":\#(i.sectorSize),"sectors":\#(i.sectors),"trusted":\#(i.trusted)}"#)
             } else {
-                print("vbd \(connection.device) of domain \(platform.domain.rawValue): \(i.sectors) sectors (\(i.bytes) bytes), sector size \(i.sectorSize), \(i.readOnly ? "read-only" : "read-write"), flush \(i.flush ? "yes" : "no")")
-                let discard = i.discard.map { "discard yes (granularity \($0.granularity), alignment \($0.alignment)\($0.secure ? ", secure" : ""))" } ?? "discard no"
-                print("\(i.queues) queue(s) of \(i.ringPages) ring page(s), persistent grants \(i.persistentGrants ? "yes" : "no"), indirect segments \(i.indirectSegments), "
-                      + "barrier \(i.barrier ? "yes" : "no"), \(discard), physical sector \(i.physicalSectorSize), trusted \(i.trusted ? "yes" : "no")")
+                print(
+                    "vbd \(connection.device) of domain \(platform.domain.rawValue): \(i.sectors) sectors (\(i.bytes) bytes), sector size \(i.sectorSize), \(i.readOnly ? "read-only" : "read-write"), flush \(i.flush ? "yes" : "no")"
+                )
+                let discard =
+                    i.discard.map { "discard yes (granularity \($0.granularity), alignment \($0.alignment)\($0.secure ? ", secure" : ""))" } ?? "discard no"
+                print(
+                    "\(i.queues) queue(s) of \(i.ringPages) ring page(s), persistent grants \(i.persistentGrants ? "yes" : "no"), indirect segments \(i.indirectSegments), "
+                        + "barrier \(i.barrier ? "yes" : "no"), \(discard), physical sector \(i.physicalSectorSize), trusted \(i.trusted ? "yes" : "no")")
             }
             await disk.close()
         }
@@ -165,7 +170,9 @@ extension PVBlkCommand {
                     throw ExitCode(2)
                 }
             }
-            print("verified \(count) bytes at sector \(sector)\(barrier ? " (barrier write)" : "")\(ioQueue ? " through an I/O queue" : "")\(backing.map { ", and in \($0)" } ?? "")")
+            print(
+                "verified \(count) bytes at sector \(sector)\(barrier ? " (barrier write)" : "")\(ioQueue ? " through an I/O queue" : "")\(backing.map { ", and in \($0)" } ?? "")"
+            )
         }
 
         /// Writes `pattern` at `sector` in 32 KiB operations through a BlockIOQueue, flushes
@@ -198,7 +205,9 @@ extension PVBlkCommand {
                         if let error = completion.error { throw error }
                         guard let (offset, length) = placed.removeValue(forKey: completion.tag) else { continue }
                         if !write {
-                            back.withUnsafeMutableBytes { $0.baseAddress!.advanced(by: offset).copyMemory(from: buffers[completion.tag].bytes.baseAddress!, byteCount: length) }
+                            back.withUnsafeMutableBytes {
+                                $0.baseAddress!.advanced(by: offset).copyMemory(from: buffers[completion.tag].bytes.baseAddress!, byteCount: length)
+                            }
                         }
                         free.append(completion.tag)
                     }
@@ -231,7 +240,9 @@ extension PVBlkCommand {
 
     struct Journal: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Write numbered 4 KiB blocks in order, flushing every few, and print \"durable N\" after each flush (blocks 0..<N are on stable storage): a workload for crash tests.")
+            abstract:
+                "Write numbered 4 KiB blocks in order, flushing every few, and print \"durable N\" after each flush (blocks 0..<N are on stable storage): a workload for crash tests."
+        )
         @OptionGroup var connection: Connection
         @Option(help: "Blocks to write.") var blocks = 1024
         @Option(help: "Blocks between flushes.") var flushEvery = 8
@@ -287,7 +298,8 @@ extension PVBlkCommand {
             let info = disk.info
             let blocks = info.bytes / UInt64(blockSize)
             guard blocks > 0, blockSize % info.sectorSize == 0 else {
-                FileHandle.standardError.write(Data("pvblk: a \(blockSize)-byte block does not fit this disk (\(info.bytes) bytes, \(info.sectorSize)-byte sectors)\n".utf8))
+                FileHandle.standardError.write(
+                    Data("pvblk: a \(blockSize)-byte block does not fit this disk (\(info.bytes) bytes, \(info.sectorSize)-byte sectors)\n".utf8))
                 throw ExitCode(64)
             }
             if write && info.readOnly {
@@ -299,7 +311,10 @@ extension PVBlkCommand {
             do {
                 if zeroCopy || ioQueue { for _ in 0..<queueDepth { granted.append(try await disk.makeBuffer(byteCount: blockSize)) } }
             } catch {
-                FileHandle.standardError.write(Data("pvblk: \(queueDepth) buffers of \(blockSize) bytes do not fit the guest's memory (\(error)); lower --queue-depth or --block-size\n".utf8))
+                FileHandle.standardError.write(
+                    Data(
+                        "pvblk: \(queueDepth) buffers of \(blockSize) bytes do not fit the guest's memory (\(error)); lower --queue-depth or --block-size\n"
+                            .utf8))
                 await disk.close()
                 throw ExitCode(1)
             }
@@ -309,8 +324,12 @@ extension PVBlkCommand {
                 while !Task.isCancelled {
                     try? await Task.sleep(for: .seconds(1))
                     let (count, elapsed) = run.snapshot()
-                    FileHandle.standardError.write(Data(String(format: "\r%.0f s: %.0f IOPS, %.1f MiB/s   ", elapsed, Double(count) / elapsed,
-                                                               Double(count * blockSize) / elapsed / 1_048_576).utf8))
+                    FileHandle.standardError.write(
+                        Data(
+                            String(
+                                format: "\r%.0f s: %.0f IOPS, %.1f MiB/s   ", elapsed, Double(count) / elapsed,
+                                Double(count * blockSize) / elapsed / 1_048_576
+                            ).utf8))
                 }
             }
             try await running {
@@ -370,9 +389,13 @@ extension PVBlkCommand {
             let (count, elapsed) = run.snapshot()
             FileHandle.standardError.write(Data("\n".utf8))
             let stats = disk.statistics
-            print("\(pattern.rawValue) \(write ? "writes" : "reads") of \(blockSize) bytes at queue depth \(queueDepth)\(ioQueue ? " through an I/O queue" : ""), \(info.queues) ring(s) of \(info.ringPages) page(s), persistent grants \(info.persistentGrants ? "on" : "off"), indirect segments \(info.indirectSegments)")
-            print(String(format: "%.0f IOPS, %.1f MiB/s over %.1f s (%d I/Os), %.3f notifications per I/O", Double(count) / elapsed,
-                         Double(count * blockSize) / elapsed / 1_048_576, elapsed, count, Double(stats.notificationsSent) / Double(max(count, 1))))
+            print(
+                "\(pattern.rawValue) \(write ? "writes" : "reads") of \(blockSize) bytes at queue depth \(queueDepth)\(ioQueue ? " through an I/O queue" : ""), \(info.queues) ring(s) of \(info.ringPages) page(s), persistent grants \(info.persistentGrants ? "on" : "off"), indirect segments \(info.indirectSegments)"
+            )
+            print(
+                String(
+                    format: "%.0f IOPS, %.1f MiB/s over %.1f s (%d I/Os), %.3f notifications per I/O", Double(count) / elapsed,
+                    Double(count * blockSize) / elapsed / 1_048_576, elapsed, count, Double(stats.notificationsSent) / Double(max(count, 1))))
             func us(_ p: Double) -> String { String(format: "%.1f", Double(all.valueAtPercentile(p)) / 1000) }
             print("latency µs: p50 \(us(50)), p90 \(us(90)), p99 \(us(99)), p99.9 \(us(99.9)), max \(String(format: "%.1f", Double(all.max) / 1000))")
         }
@@ -471,7 +494,9 @@ final class BenchRun: Sendable {
     /// The next request's sequence number, nil once time is up.
     func next() -> UInt64? {
         guard DispatchTime.now().uptimeNanoseconds < deadline else { return nil }
-        return issued.withLock { n in defer { n += 1 }; return n }
+        return issued.withLock { n in
+            defer { n += 1 }; return n
+        }
     }
 
     func done() { completed.withLock { $0 += 1 } }

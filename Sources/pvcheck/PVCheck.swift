@@ -70,8 +70,9 @@ struct PVCheck: ParsableCommand {
     @Option(help: "A System.map to use when the image has no kallsyms.", completion: .file())
     var systemMap: String?
 
-    @Option(help: "The initramfs to check for the frontends the root disk needs (default: initrd.img-<release> beside the image).",
-            completion: .file())
+    @Option(
+        help: "The initramfs to check for the frontends the root disk needs (default: initrd.img-<release> beside the image).",
+        completion: .file())
     var initrd: String?
 
     @Flag(help: "Check the kernel against the PV fix catalogue (patches/).")
@@ -123,9 +124,10 @@ struct PVCheck: ParsableCommand {
             loadedCatalogue = loaded.entries
         }
         let auditor = KernelAuditor(
-            options: AuditOptions(configPath: config, modulesPath: modules, rootPath: nil,
-                                  limits: DecompressionLimits(maxOutput: maxOutput), symbols: symbols || dumpSymbols != nil,
-                                  systemMapPath: systemMap, initrdPath: initrd, catalogue: loadedCatalogue),
+            options: AuditOptions(
+                configPath: config, modulesPath: modules, rootPath: nil,
+                limits: DecompressionLimits(maxOutput: maxOutput), symbols: symbols || dumpSymbols != nil,
+                systemMapPath: systemMap, initrdPath: initrd, catalogue: loadedCatalogue),
             logger: Logger(label: "pvcheck"))
         var targets = images.map { Fleet.Target(path: $0, isDefault: nil) }
         var liveReport: AuditReport? = nil
@@ -147,8 +149,10 @@ struct PVCheck: ParsableCommand {
             let facts = LiveSystem.read(root: liveRoot)
             var report: AuditReport
             if let release = facts.release, let kernel = LiveSystem.runningKernel(root: liveRoot, release: release) {
-                let liveAuditor = KernelAuditor(options: AuditOptions(configPath: config, modulesPath: modules, rootPath: liveRoot.isEmpty ? "/" : liveRoot,
-                                                                      limits: DecompressionLimits(maxOutput: maxOutput)), logger: Logger(label: "pvcheck"))
+                let liveAuditor = KernelAuditor(
+                    options: AuditOptions(
+                        configPath: config, modulesPath: modules, rootPath: liveRoot.isEmpty ? "/" : liveRoot,
+                        limits: DecompressionLimits(maxOutput: maxOutput)), logger: Logger(label: "pvcheck"))
                 report = liveAuditor.report(path: kernel)
             } else {
                 // The live facts stand on their own; the image is simply not there to audit.
@@ -157,17 +161,21 @@ struct PVCheck: ParsableCommand {
             report.live = facts
             liveReport = report
         }
-        let renderer = ReportRenderer(colour: isatty(STDOUT_FILENO) == 1 && ProcessInfo.processInfo.environment["NO_COLOR"] == nil,
-                                      explain: explain)
+        let renderer = ReportRenderer(
+            colour: isatty(STDOUT_FILENO) == 1 && ProcessInfo.processInfo.environment["NO_COLOR"] == nil,
+            explain: explain)
         var status: Int32 = 0
         var outputs: [(report: AuditReport, symbols: SymbolTable?)] = liveReport.map { [($0, nil)] } ?? []
         let showProgress = !quiet && targets.count > 1 && isatty(STDERR_FILENO) == 1
-        outputs += Fleet.audit(targets, with: auditor, jobs: jobs, progress: { done, total in
-            guard showProgress else { return }
-            let width = 30, filled = width * done / total
-            FileHandle.standardError.write(Data("\r[\(String(repeating: "#", count: filled))\(String(repeating: ".", count: width - filled))] \(done)/\(total)".utf8))
-            if done == total { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
-        })
+        outputs += Fleet.audit(
+            targets, with: auditor, jobs: jobs,
+            progress: { done, total in
+                guard showProgress else { return }
+                let width = 30, filled = width * done / total
+                FileHandle.standardError.write(
+                    Data("\r[\(String(repeating: "#", count: filled))\(String(repeating: ".", count: width - filled))] \(done)/\(total)".utf8))
+                if done == total { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+            })
         for (report, table) in outputs {
             if let dumpSymbols, let table {
                 do {

@@ -26,7 +26,9 @@ struct PVHostCommand: AsyncParsableCommand {
     struct Capture: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Write the frames a switch port sends and receives to a pcap file (tcpdump, tshark, Wireshark read it).",
-            discussion: "Ports: vif<domid>.<devid> for a guest's interface, tap:<name> for a TAP. pvhost writes the file. Example: pvhost capture vif1.0 /tmp/vif1.pcap --seconds 5")
+            discussion:
+                "Ports: vif<domid>.<devid> for a guest's interface, tap:<name> for a TAP. pvhost writes the file. Example: pvhost capture vif1.0 /tmp/vif1.pcap --seconds 5"
+        )
         @Argument(help: "The switch port, e.g. vif1.0.") var port: String
         @Argument(help: "The pcap file to write (by pvhost).", completion: .file()) var file: String
         @Option(help: "pvhost's control socket.") var control: String = "/run/pvhost/control"
@@ -61,7 +63,10 @@ struct PVHostCommand: AsyncParsableCommand {
                 On SIGINT/SIGTERM every guest is told to power off (control/shutdown) and given --grace seconds.
                 """)
 
-        @Argument(help: ArgumentHelp("A JSON file naming the domains that may attach and their limits (without it any name may attach, with default limits).", valueName: "config"), completion: .file())
+        @Argument(
+            help: ArgumentHelp(
+                "A JSON file naming the domains that may attach and their limits (without it any name may attach, with default limits).", valueName: "config"),
+            completion: .file())
         var configPath: String?
 
         @Option(help: "The control socket guests attach to.") var control: String = "/run/pvhost/control"
@@ -97,13 +102,16 @@ struct PVHostCommand: AsyncParsableCommand {
             }
             // Shut down in reverse order: the guests told and given their grace, then the
             // control socket (every remaining domain reclaimed), then xenstored.
-            let group = ServiceGroup(configuration: ServiceGroupConfiguration(services: [
-                .init(service: daemon, serviceName: "xenstored"),
-                .init(service: server, serviceName: "control server"),
-                .init(service: GuestShutdownService(toolstack: toolstack, grace: .seconds(grace)), serviceName: "guest shutdown"),
-                .init(service: TerminationSignalService(signals: signals, logger: logger), successTerminationBehavior: .gracefullyShutdownGroup,
-                      serviceName: "SIGINT/SIGTERM"),
-            ], logger: logger))
+            let group = ServiceGroup(
+                configuration: ServiceGroupConfiguration(
+                    services: [
+                        .init(service: daemon, serviceName: "xenstored"),
+                        .init(service: server, serviceName: "control server"),
+                        .init(service: GuestShutdownService(toolstack: toolstack, grace: .seconds(grace)), serviceName: "guest shutdown"),
+                        .init(
+                            service: TerminationSignalService(signals: signals, logger: logger), successTerminationBehavior: .gracefullyShutdownGroup,
+                            serviceName: "SIGINT/SIGTERM")
+                    ], logger: logger))
             logger.info("running", metadata: ["control": "\(control)", "xenstored": "\(xenstore)"])
             do { try await group.run() } catch {
                 FileHandle.standardError.write(Data("pvhost run: \(error)\n".utf8))
@@ -135,9 +143,13 @@ struct PVHostCommand: AsyncParsableCommand {
                 print(String(d.domid).leftPadded(5) + "  " + d.name.padded(20) + " " + String(d.pages).leftPadded(5) + "  " + String(d.ports).leftPadded(5))
             }
             for device in status.devices {
-                print("device \(device.type) \(device.devid) of domain \(device.frontend): backend state \(device.backendState), frontend state \(device.frontendState)")
+                print(
+                    "device \(device.type) \(device.devid) of domain \(device.frontend): backend state \(device.backendState), frontend state \(device.frontendState)"
+                )
             }
-            print("grants mapped now: \(status.grantsMapped); maps since start: \(status.grantMapsTotal); copies: \(status.grantCopiesTotal); notifications sent by backends: \(status.notificationsSent)")
+            print(
+                "grants mapped now: \(status.grantsMapped); maps since start: \(status.grantMapsTotal); copies: \(status.grantCopiesTotal); notifications sent by backends: \(status.notificationsSent)"
+            )
         }
     }
 
@@ -150,9 +162,11 @@ struct PVHostCommand: AsyncParsableCommand {
         @Option(help: "The socket path (created 0600).", completion: .file())
         var socket: String = "/var/run/xenstored/socket"
 
-        @Option(name: .customLong("quota"), help: ArgumentHelp(
-            "A default quota, NAME=VALUE (repeatable). Names: \(XenStoreQuota.names.joined(separator: ", ")); defaults as C xenstored 4.17 (1000, 2048, 128, 10, 5, 20).",
-            valueName: "name=value"))
+        @Option(
+            name: .customLong("quota"),
+            help: ArgumentHelp(
+                "A default quota, NAME=VALUE (repeatable). Names: \(XenStoreQuota.names.joined(separator: ", ")); defaults as C xenstored 4.17 (1000, 2048, 128, 10, 5, 20).",
+                valueName: "name=value"))
         var quotas: [String] = []
 
         @Option(name: .customLong("domain-quota"), help: ArgumentHelp("A quota for one domain, DOMID:NAME=VALUE (repeatable).", valueName: "domid:name=value"))
@@ -164,7 +178,8 @@ struct PVHostCommand: AsyncParsableCommand {
             func apply(_ text: String, to quota: inout XenStoreQuota) throws {
                 let parts = text.split(separator: "=", maxSplits: 1).map(String.init)
                 guard parts.count == 2, let value = Int(parts[1]), quota.set(parts[0], to: value) else {
-                    throw ValidationError("bad quota \"\(text)\": expected NAME=VALUE with NAME one of \(XenStoreQuota.names.joined(separator: ", ")) and VALUE > 0")
+                    throw ValidationError(
+                        "bad quota \"\(text)\": expected NAME=VALUE with NAME one of \(XenStoreQuota.names.joined(separator: ", ")) and VALUE > 0")
                 }
             }
             for text in quotas { try apply(text, to: &result.defaults) }
@@ -195,11 +210,14 @@ struct PVHostCommand: AsyncParsableCommand {
             server.pollMicroseconds = pollMicroseconds
             ignoreBrokenPipes()
             let logger = Logger(label: "pvhost.xenstored")
-            let group = ServiceGroup(configuration: ServiceGroupConfiguration(services: [
-                .init(service: server, serviceName: "xenstored"),
-                .init(service: TerminationSignalService(signals: signals, logger: logger), successTerminationBehavior: .gracefullyShutdownGroup,
-                      serviceName: "SIGINT/SIGTERM"),
-            ], logger: logger))
+            let group = ServiceGroup(
+                configuration: ServiceGroupConfiguration(
+                    services: [
+                        .init(service: server, serviceName: "xenstored"),
+                        .init(
+                            service: TerminationSignalService(signals: signals, logger: logger), successTerminationBehavior: .gracefullyShutdownGroup,
+                            serviceName: "SIGINT/SIGTERM")
+                    ], logger: logger))
             do { try await group.run() } catch {
                 FileHandle.standardError.write(Data("pvhost xenstored: \(error)\n".utf8))
                 throw ExitCode(1)

@@ -43,7 +43,9 @@ struct Connection: ParsableArguments {
     /// error and exits 1 on failure.
     func open(as domain: String? = nil) async throws -> (NetFront, any PVPlatform) {
         do {
-            let platform: any PVPlatform = xen ? try await LinuxXenPlatform.open()
+            let platform: any PVPlatform =
+                xen
+                ? try await LinuxXenPlatform.open()
                 : try ReferencePlatform.attach(socket: pvhost, name: domain ?? name ?? "", pages: pages)
             let nic = try await NetFront.connect(platform: platform, store: try platform.xenstore(), id: device, options: options)
             return (nic, platform)
@@ -89,7 +91,9 @@ extension PVNetCommand {
             let (nic, platform) = try await connection.open()
             let i = nic.info, f = i.features
             if json {
-                print(#"{"gsoTCPv4":\#(f.gsoTCPv4),"gsoTCPv6":\#(f.gsoTCPv6),"linkUp":\#(i.linkUp),"mac":"\#(i.mac)","mtu":\#(i.mtu),"queues":\#(f.queues),"scatterGather":\#(f.scatterGather),"splitEventChannels":\#(f.splitEventChannels)}"#)
+                print(
+                    #"{"gsoTCPv4":\#(f.gsoTCPv4),"gsoTCPv6":\#(f.gsoTCPv6),"linkUp":\#(i.linkUp),"mac":"\#(i.mac)","mtu":\#(i.mtu),"queues":\#(f.queues),"scatterGather":\#(f.scatterGather),"splitEventChannels":\#(f.splitEventChannels)}"#
+                )
             } else {
                 print("vif \(connection.device) of domain \(platform.domain.rawValue): \(i.mac), mtu \(i.mtu), link \(i.linkUp ? "up" : "down")")
                 print(describe(f))
@@ -139,14 +143,17 @@ extension PVNetCommand {
                 }
                 for frame in frames {
                     let type = frame.bytes.count >= 14 ? String(Int(frame.bytes[12]) << 8 | Int(frame.bytes[13]), radix: 16) : "?"
-                    var line = "\(frame.bytes.count) bytes from \(frame.source.map { "\($0)" } ?? "?") to \(frame.destination.map { "\($0)" } ?? "?") type 0x\(type)"
+                    var line =
+                        "\(frame.bytes.count) bytes from \(frame.source.map { "\($0)" } ?? "?") to \(frame.destination.map { "\($0)" } ?? "?") type 0x\(type)"
                     if hex { line += " " + frame.bytes.map { String(format: "%02x", $0) }.joined() }
                     print(line)
                 }
                 received += frames.count
             }
             let s = nic.statistics
-            if !s.dropped.isEmpty { print("dropped (backend broke a rule): \(s.dropped.map { "\($0.key.rawValue) \($0.value)" }.sorted().joined(separator: ", "))") }
+            if !s.dropped.isEmpty {
+                print("dropped (backend broke a rule): \(s.dropped.map { "\($0.key.rawValue) \($0.value)" }.sorted().joined(separator: ", "))")
+            }
             await nic.close()
         }
     }
@@ -168,10 +175,14 @@ extension PVNetCommand {
             let (receiver, _) = try await connection.open(as: peer)
             let result = try await NetBenchmark.run(sender: sender, receiver: receiver, size: size, batch: batch, seconds: seconds, gso: gso)
             if json {
-                print(#"{"frames":\#(result.frames),"gbits":\#(result.gbits),"notificationsPerFrame":\#(result.notificationsPerFrame),"pps":\#(result.pps),"seconds":\#(result.seconds),"size":\#(size)}"#)
+                print(
+                    #"{"frames":\#(result.frames),"gbits":\#(result.gbits),"notificationsPerFrame":\#(result.notificationsPerFrame),"pps":\#(result.pps),"seconds":\#(result.seconds),"size":\#(size)}"#
+                )
             } else {
-                print(String(format: "%d frames of %d bytes in %.2f s: %.0f frames/s, %.2f Gbit/s, %.4f guest notifications per frame",
-                             result.frames, size, result.seconds, result.pps, result.gbits, result.notificationsPerFrame))
+                print(
+                    String(
+                        format: "%d frames of %d bytes in %.2f s: %.0f frames/s, %.2f Gbit/s, %.4f guest notifications per frame",
+                        result.frames, size, result.seconds, result.pps, result.gbits, result.notificationsPerFrame))
             }
             await sender.close()
             await receiver.close()
@@ -195,7 +206,9 @@ extension PVNetCommand {
             fflush(nil)
             _ = try? await signals.next()
             await bridge.stop()
-            print("to the rings \(bridge.toGuestNetwork.load(ordering: .relaxed)), to Linux \(bridge.toLinux.load(ordering: .relaxed)), lost \(bridge.lost.load(ordering: .relaxed))")
+            print(
+                "to the rings \(bridge.toGuestNetwork.load(ordering: .relaxed)), to Linux \(bridge.toLinux.load(ordering: .relaxed)), lost \(bridge.lost.load(ordering: .relaxed))"
+            )
             await nic.close()
         }
     }

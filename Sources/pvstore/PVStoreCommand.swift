@@ -179,8 +179,10 @@ extension PVStoreCommand {
                 let value = try? await store.read(child)
                 let perms = permissions || output.json ? try? await store.permissions(child) : nil
                 if output.json {
-                    nodes.append(NodeJSON(path: child.rawValue, value: value.map { String(decoding: $0, as: UTF8.self) },
-                                          permissions: perms?.entries.map(\.description)))
+                    nodes.append(
+                        NodeJSON(
+                            path: child.rawValue, value: value.map { String(decoding: $0, as: UTF8.self) },
+                            permissions: perms?.entries.map(\.description)))
                 } else {
                     var line = full ? child.rawValue : String(repeating: " ", count: depth) + name
                     line += value.map { " = \"\(sanitised($0))\"" } ?? ":"

@@ -29,17 +29,21 @@ struct BlockFrontUnitTests {
         var options = BlockFront.Options()
         options.queues = 2
         #expect(try BlockNegotiation.transport(offer: [:], options: options) == .init(ringPageOrder: 0, queues: 1))
-        #expect(try BlockNegotiation.transport(offer: ["max-ring-page-order": "99", "multi-queue-max-queues": "100000"], options: options)
+        #expect(
+            try BlockNegotiation.transport(offer: ["max-ring-page-order": "99", "multi-queue-max-queues": "100000"], options: options)
                 == .init(ringPageOrder: 4, queues: 2))
-        #expect(try BlockNegotiation.transport(offer: ["max-ring-page-order": "2", "multi-queue-max-queues": "0"], options: .minimal)
+        #expect(
+            try BlockNegotiation.transport(offer: ["max-ring-page-order": "2", "multi-queue-max-queues": "0"], options: .minimal)
                 == .init(ringPageOrder: 0, queues: 1))
         #expect(throws: BlockFrontError.backendMisbehaved("max-ring-page-order = \"-1\" is not a number")) {
             try BlockNegotiation.transport(offer: ["max-ring-page-order": "-1"], options: options)
         }
     }
 
-    let good = ["sectors": "8192", "sector-size": "512", "info": "0", "feature-flush-cache": "1", "feature-persistent": "1",
-                "feature-max-indirect-segments": "4294967295", "feature-discard": "1", "discard-granularity": "4096"]
+    let good = [
+        "sectors": "8192", "sector-size": "512", "info": "0", "feature-flush-cache": "1", "feature-persistent": "1",
+        "feature-max-indirect-segments": "4294967295", "feature-discard": "1", "discard-granularity": "4096"
+    ]
     let transport = BlockNegotiation.Transport(ringPageOrder: 2, queues: 3)
 
     @Test("the disk from the backend's keys: features on only when both sides want them; limits clamped")
@@ -56,14 +60,16 @@ struct BlockFrontUnitTests {
         #expect(info2.readOnly && info2.removable && !info2.cdrom)
     }
 
-    @Test("impossible disks are refused with the key that is wrong", arguments: [
-        ("sectors", "0", "sectors is missing or 0"),
-        ("sectors", "lots", "sectors = \"lots\" is not a number"),
-        ("sector-size", "3", "sector-size 3 is not a power of two from 512 to 64 KiB"),
-        ("sector-size", "131072", "sector-size 131072 is not a power of two from 512 to 64 KiB"),
-        ("physical-sector-size", "100", "physical-sector-size 100 is not a power of two from 512 to 64 KiB"),
-        ("discard-granularity", "0", "discard-granularity 0 / discard-alignment 0"),
-    ])
+    @Test(
+        "impossible disks are refused with the key that is wrong",
+        arguments: [
+            ("sectors", "0", "sectors is missing or 0"),
+            ("sectors", "lots", "sectors = \"lots\" is not a number"),
+            ("sector-size", "3", "sector-size 3 is not a power of two from 512 to 64 KiB"),
+            ("sector-size", "131072", "sector-size 131072 is not a power of two from 512 to 64 KiB"),
+            ("physical-sector-size", "100", "physical-sector-size 100 is not a power of two from 512 to 64 KiB"),
+            ("discard-granularity", "0", "discard-granularity 0 / discard-alignment 0")
+        ])
     func refused(key: String, value: String, message: String) {
         var keys = good
         keys[key] = value
@@ -90,11 +96,15 @@ struct BlockFrontUnitTests {
         let semaphore = AsyncSemaphore(units: 2)
         try await semaphore.acquire(2)
         let order = Order()
-        let big = Task { try await semaphore.acquire(2); order.append("big") }
+        let big = Task {
+            try await semaphore.acquire(2); order.append("big")
+        }
         try await Task.sleep(for: .milliseconds(20))
         let cancelled = Task { try await semaphore.acquire(1) }
         try await Task.sleep(for: .milliseconds(20))
-        let small = Task { try await semaphore.acquire(1); order.append("small") }
+        let small = Task {
+            try await semaphore.acquire(1); order.append("small")
+        }
         try await Task.sleep(for: .milliseconds(20))
         cancelled.cancel()
         await #expect(throws: BlockFrontError.cancelled) { try await cancelled.value }

@@ -15,8 +15,10 @@ struct CatalogueTests {
         #expect(Set(entries.map(\.id)).count == entries.count)
         let xsas = Set(entries.compactMap(\.xsa))
         #expect(xsas.isSuperset(of: ["XSA-391", "XSA-396", "XSA-403", "XSA-465", "XSA-466"]))
-        for topic in ["pvh-guest", "pv-dom0", "blkfront-persistent-grants", "blkfront-indirect-descriptors", "blkfront-multi-queue",
-                      "netfront-multi-queue", "netfront-split-event-channels", "netfront-xdp", "balloon", "save-restore"] {
+        for topic in [
+            "pvh-guest", "pv-dom0", "blkfront-persistent-grants", "blkfront-indirect-descriptors", "blkfront-multi-queue",
+            "netfront-multi-queue", "netfront-split-event-channels", "netfront-xdp", "balloon", "save-restore"
+        ] {
             #expect(entries.contains { $0.id == topic }, "\(topic) missing")
         }
         #expect(entries.allSatisfy { !$0.absence.isEmpty && !$0.evidence.isEmpty && !($0.verified ?? []).isEmpty })

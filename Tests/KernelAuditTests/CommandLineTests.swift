@@ -5,18 +5,20 @@ import Testing
 /// The `pvcheck` executable: exit statuses, JSON lines, quiet, help, completions, --root.
 @Suite("pvcheck command line", .timeLimit(.minutes(5)))
 struct CommandLineTests {
-    @Test("exit statuses", arguments: [
-        (["--require", "pv", "bzImage-xz"], Int32(0)),
-        (["--require", "pv", "vmlinux-pvh-only.elf"], 1),
-        (["--require", "pvh", "vmlinux-pvh-only.elf"], 0),
-        (["--require", "dom0", "vmlinux-i386-pvh.elf32"], 3),
-        (["--require", "pvhvm", "Image-arm64.gz"], 0),
-        (["not-a-kernel-object.elf32"], 3),
-        (["bzImage-zstd", "vmlinux-no-xen.elf"], 0),
-        (["--require", "pv", "bzImage-zstd", "vmlinux-no-xen.elf"], 1),
-        (["--require", "bogus", "bzImage-xz"], 2),
-        ([], 2),
-    ] as [([String], Int32)])
+    @Test(
+        "exit statuses",
+        arguments: [
+            (["--require", "pv", "bzImage-xz"], Int32(0)),
+            (["--require", "pv", "vmlinux-pvh-only.elf"], 1),
+            (["--require", "pvh", "vmlinux-pvh-only.elf"], 0),
+            (["--require", "dom0", "vmlinux-i386-pvh.elf32"], 3),
+            (["--require", "pvhvm", "Image-arm64.gz"], 0),
+            (["not-a-kernel-object.elf32"], 3),
+            (["bzImage-zstd", "vmlinux-no-xen.elf"], 0),
+            (["--require", "pv", "bzImage-zstd", "vmlinux-no-xen.elf"], 1),
+            (["--require", "bogus", "bzImage-xz"], 2),
+            ([], 2)
+        ] as [([String], Int32)])
     func exitStatus(arguments: [String], status: Int32) throws {
         let resolved = arguments.map { $0.hasPrefix("-") || ["pv", "pvh", "pvhvm", "dom0", "bogus"].contains($0) ? $0 : fixture($0) }
         let result = try run("pvcheck", resolved)

@@ -37,28 +37,39 @@ struct FixtureVerdictTests {
         Case(file: "vmlinux-pv-pvh.elf", container: "elf", compression: nil, release: release, answers: all),
         Case(file: "vmlinux-section-notes.elf", container: "elf", compression: nil, release: release, answers: all),
         Case(file: "vmlinux-ikconfig.elf", container: "elf", compression: nil, release: release, answers: all),
-        Case(file: "vmlinux-pv-only.elf", container: "elf", compression: nil, release: release,
-             answers: [.yes, .yes, .no, .no, .yes, .yes]),
-        Case(file: "vmlinux-pvh-only.elf", container: "elf", compression: nil, release: release,
-             answers: [.no, .no, .yes, .yes, .yes, .yes]),
-        Case(file: "vmlinux-dom0-only.elf", container: "elf", compression: nil, release: release,
-             answers: [.no, .yes, .yes, .yes, .yes, .yes]),
-        Case(file: "vmlinux-unknown-required.elf", container: "elf", compression: nil, release: release,
-             answers: [.no, .no, .yes, .yes, .yes, .yes]),
-        Case(file: "vmlinux-no-xen.elf", container: "elf", compression: nil, release: release,
-             answers: [.no, .no, .no, .no, .yes, .yes]),
-        Case(file: "vmlinux-i386-pvh.elf32", container: "elf", compression: nil, release: "6.1.0-pvkit-i386",
-             answers: [.no, .no, .yes, .unknown, .unknown, .yes]),
-        Case(file: "vmlinux-legacy-guest.elf32", container: "elf", compression: nil, release: "2.6.16-xen-legacy",
-             answers: [.yes, .no, .no, .no, .no, .no]),
-        Case(file: "vmlinuz-2.6.18-xen-pvkit.gz", container: "compressed-elf", compression: .gzip, release: "2.6.18-xen-pvkit",
-             answers: [.yes, .unknown, .no, .no, .no, .no]),
-        Case(file: "Image-arm64", container: "arm64-image", compression: nil, release: "6.6.0-pvkit-arm64",
-             answers: [.no, .no, .no, .no, .yes, .yes]),
-        Case(file: "Image-arm64.gz", container: "compressed-arm64-image", compression: .gzip, release: "6.6.0-pvkit-arm64",
-             answers: [.no, .no, .no, .no, .yes, .yes]),
-        Case(file: "vmlinuz-arm64-zboot.efi", container: "efi-zboot", compression: .gzip, release: "6.6.0-pvkit-arm64",
-             answers: [.no, .no, .no, .no, .yes, .yes]),
+        Case(
+            file: "vmlinux-pv-only.elf", container: "elf", compression: nil, release: release,
+            answers: [.yes, .yes, .no, .no, .yes, .yes]),
+        Case(
+            file: "vmlinux-pvh-only.elf", container: "elf", compression: nil, release: release,
+            answers: [.no, .no, .yes, .yes, .yes, .yes]),
+        Case(
+            file: "vmlinux-dom0-only.elf", container: "elf", compression: nil, release: release,
+            answers: [.no, .yes, .yes, .yes, .yes, .yes]),
+        Case(
+            file: "vmlinux-unknown-required.elf", container: "elf", compression: nil, release: release,
+            answers: [.no, .no, .yes, .yes, .yes, .yes]),
+        Case(
+            file: "vmlinux-no-xen.elf", container: "elf", compression: nil, release: release,
+            answers: [.no, .no, .no, .no, .yes, .yes]),
+        Case(
+            file: "vmlinux-i386-pvh.elf32", container: "elf", compression: nil, release: "6.1.0-pvkit-i386",
+            answers: [.no, .no, .yes, .unknown, .unknown, .yes]),
+        Case(
+            file: "vmlinux-legacy-guest.elf32", container: "elf", compression: nil, release: "2.6.16-xen-legacy",
+            answers: [.yes, .no, .no, .no, .no, .no]),
+        Case(
+            file: "vmlinuz-2.6.18-xen-pvkit.gz", container: "compressed-elf", compression: .gzip, release: "2.6.18-xen-pvkit",
+            answers: [.yes, .unknown, .no, .no, .no, .no]),
+        Case(
+            file: "Image-arm64", container: "arm64-image", compression: nil, release: "6.6.0-pvkit-arm64",
+            answers: [.no, .no, .no, .no, .yes, .yes]),
+        Case(
+            file: "Image-arm64.gz", container: "compressed-arm64-image", compression: .gzip, release: "6.6.0-pvkit-arm64",
+            answers: [.no, .no, .no, .no, .yes, .yes]),
+        Case(
+            file: "vmlinuz-arm64-zboot.efi", container: "efi-zboot", compression: .gzip, release: "6.6.0-pvkit-arm64",
+            answers: [.no, .no, .no, .no, .yes, .yes])
     ]
 
     @Test("verdicts", arguments: cases)

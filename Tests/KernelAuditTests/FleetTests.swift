@@ -6,9 +6,11 @@ import Testing
 @Suite("fleets", .timeLimit(.minutes(5)))
 struct FleetTests {
     var arguments: [String] {
-        ["--root", fixtures.appendingPathComponent("root").path, "--root", fixtures.appendingPathComponent("live/pvh").path,
-         fixture("bzImage-zstd"), fixture("vmlinux-no-xen.elf"), fixture("Image-arm64.gz"), fixture("not-a-kernel-object.elf32"),
-         fixture("bzImage-lz4"), fixture("vmlinux-pvh-only.elf")]
+        [
+            "--root", fixtures.appendingPathComponent("root").path, "--root", fixtures.appendingPathComponent("live/pvh").path,
+            fixture("bzImage-zstd"), fixture("vmlinux-no-xen.elf"), fixture("Image-arm64.gz"), fixture("not-a-kernel-object.elf32"),
+            fixture("bzImage-lz4"), fixture("vmlinux-pvh-only.elf")
+        ]
     }
 
     @Test("the same fleet prints the same bytes, whatever the parallelism")

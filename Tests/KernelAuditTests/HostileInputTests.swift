@@ -70,8 +70,9 @@ struct HostileInputTests {
         #expect(error?.offset == start)
     }
 
-    @Test("corrupted streams in every compression are errors",
-          arguments: ["bzImage-gzip", "bzImage-bzip2", "bzImage-xz", "bzImage-lzma", "bzImage-lzo", "bzImage-lz4", "bzImage-zstd"])
+    @Test(
+        "corrupted streams in every compression are errors",
+        arguments: ["bzImage-gzip", "bzImage-bzip2", "bzImage-xz", "bzImage-lzma", "bzImage-lzo", "bzImage-lz4", "bzImage-zstd"])
     func corrupted(_ name: String) throws {
         let original = try bytes(of: fixture(name))
         let start = (Int(original[0x1F1]) + 1) * 512 + 64  // payload after the 64-byte stub
@@ -89,9 +90,12 @@ struct HostileInputTests {
         #expect(failures > 0)
     }
 
-    @Test("an image cut at every 7th byte is an error, never a crash",
-          arguments: ["bzImage-gzip", "bzImage-bzip2", "bzImage-xz", "bzImage-lzma", "bzImage-lzo", "bzImage-lz4", "bzImage-zstd",
-                      "vmlinux-pv-pvh.elf", "vmlinux.gz", "Image-arm64.gz", "vmlinux-legacy-guest.elf32"])
+    @Test(
+        "an image cut at every 7th byte is an error, never a crash",
+        arguments: [
+            "bzImage-gzip", "bzImage-bzip2", "bzImage-xz", "bzImage-lzma", "bzImage-lzo", "bzImage-lz4", "bzImage-zstd",
+            "vmlinux-pv-pvh.elf", "vmlinux.gz", "Image-arm64.gz", "vmlinux-legacy-guest.elf32"
+        ])
     func truncated(_ name: String) throws {
         let original = try bytes(of: fixture(name))
         let scratch = try ScratchDirectory()
@@ -131,8 +135,9 @@ struct HostileInputTests {
 struct ParsingTests {
     @Test("config lines")
     func config() {
-        let config = KernelConfig(text: "#\n# comment\nCONFIG_XEN=y\nCONFIG_XEN_PV=m\n# CONFIG_XEN_PVH is not set\nCONFIG_NR_CPUS=64\nCONFIG_S=\"a=b\"\n",
-                                  source: "test")
+        let config = KernelConfig(
+            text: "#\n# comment\nCONFIG_XEN=y\nCONFIG_XEN_PV=m\n# CONFIG_XEN_PVH is not set\nCONFIG_NR_CPUS=64\nCONFIG_S=\"a=b\"\n",
+            source: "test")
         #expect(config.state("CONFIG_XEN") == .builtIn)
         #expect(config.state("CONFIG_XEN_PV") == .module)
         #expect(config.state("CONFIG_XEN_PVH") == .unset)
@@ -143,11 +148,13 @@ struct ParsingTests {
         #expect(!config.isPlausible)
     }
 
-    @Test("--require exit codes", arguments: [
-        ("bzImage-xz", Requirement.pv, Int32(0)), ("vmlinux-pvh-only.elf", .pv, 1), ("vmlinux-pvh-only.elf", .pvh, 0),
-        ("vmlinux-no-xen.elf", .pvhvm, 0), ("vmlinux-no-xen.elf", .dom0, 1), ("vmlinux-i386-pvh.elf32", .dom0, 3),
-        ("vmlinux-i386-pvh.elf32", .pvhvm, 3), ("Image-arm64", .pv, 1),
-    ])
+    @Test(
+        "--require exit codes",
+        arguments: [
+            ("bzImage-xz", Requirement.pv, Int32(0)), ("vmlinux-pvh-only.elf", .pv, 1), ("vmlinux-pvh-only.elf", .pvh, 0),
+            ("vmlinux-no-xen.elf", .pvhvm, 0), ("vmlinux-no-xen.elf", .dom0, 1), ("vmlinux-i386-pvh.elf32", .dom0, 3),
+            ("vmlinux-i386-pvh.elf32", .pvhvm, 3), ("Image-arm64", .pv, 1)
+        ])
     func requirement(file: String, requirement: Requirement, code: Int32) {
         #expect(requirement.exitCode(for: KernelAuditor().report(path: fixture(file))) == code)
     }

@@ -25,10 +25,12 @@ struct InitramfsTests {
         #expect(report.verdicts?.count == 7)
     }
 
-    @Test("verdicts", arguments: [
-        ("initrd-no-blkfront.img", Answer.no, "not in the initramfs"),
-        ("initrd-other-release.img", .no, "6.1.0-other"),
-    ])
+    @Test(
+        "verdicts",
+        arguments: [
+            ("initrd-no-blkfront.img", Answer.no, "not in the initramfs"),
+            ("initrd-other-release.img", .no, "6.1.0-other")
+        ])
     func verdicts(initrd: String, answer: Answer, phrase: String) throws {
         let report = try report(fixture("bzImage-xz"), initrd: fixture(initrd))
         let verdict = try #require(report.verdict(.initramfsRootDisk))
@@ -48,8 +50,10 @@ struct InitramfsTests {
     func member(_ name: String, nameSize: String? = nil, fileSize: Int = 0, magic: String = "070701") -> [UInt8] {
         let size = nameSize ?? String(format: "%08X", name.utf8.count + 1)
         var header = Array(magic.utf8)
-        for field in ["00000001", "000081A4", "00000000", "00000000", "00000001", "00000000", String(format: "%08X", fileSize),
-                      "00000000", "00000000", "00000000", "00000000", size, "00000000"] { header += Array(field.utf8) }
+        for field in [
+            "00000001", "000081A4", "00000000", "00000000", "00000001", "00000000", String(format: "%08X", fileSize),
+            "00000000", "00000000", "00000000", "00000000", size, "00000000"
+        ] { header += Array(field.utf8) }
         var bytes = header + Array(name.utf8) + [0]
         while bytes.count % 4 != 0 { bytes.append(0) }
         bytes += [UInt8](repeating: 0x41, count: fileSize)

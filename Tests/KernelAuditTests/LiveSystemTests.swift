@@ -20,7 +20,7 @@ struct LiveSystemTests {
         Case(tree: "pvh", mode: "pvh", dom0: false, devices: ["console-1", "vbd-51712", "vif-0"], summary: "running as a Xen PVH domU on Xen 4.17.3"),
         Case(tree: "hvm", mode: "hvm", dom0: false, devices: ["vbd-768", "vif-0"], summary: "running as a Xen HVM domU on Xen 4.17.3"),
         Case(tree: "bare-metal", mode: "none", dom0: false, devices: [], summary: "not on Xen"),
-        Case(tree: "kvm", mode: "none", dom0: false, devices: [], summary: "not on Xen (running on QEMU)"),
+        Case(tree: "kvm", mode: "none", dom0: false, devices: [], summary: "not on Xen (running on QEMU)")
     ]
 
     @Test("facts read from the tree", arguments: cases)
@@ -65,9 +65,11 @@ struct BrokenLiveTreeTests {
     func garbage() throws {
         let scratch = try ScratchDirectory()
         let root = scratch.url.path
-        for (path, bytes) in [("sys/hypervisor/type", [0xFF, 0xFE, 0x00, 0x78] as [UInt8]), ("sys/hypervisor/guest_type", Array("PV\u{0}junk".utf8)),
-                              ("sys/hypervisor/version/major", Array("four".utf8)), ("proc/cpuinfo", [UInt8](repeating: 0x80, count: 4096)),
-                              ("proc/modules", Array("\n\n   \nxen\n".utf8)), ("proc/sys/kernel/osrelease", Array("../../../etc/passwd\n".utf8))] {
+        for (path, bytes) in [
+            ("sys/hypervisor/type", [0xFF, 0xFE, 0x00, 0x78] as [UInt8]), ("sys/hypervisor/guest_type", Array("PV\u{0}junk".utf8)),
+            ("sys/hypervisor/version/major", Array("four".utf8)), ("proc/cpuinfo", [UInt8](repeating: 0x80, count: 4096)),
+            ("proc/modules", Array("\n\n   \nxen\n".utf8)), ("proc/sys/kernel/osrelease", Array("../../../etc/passwd\n".utf8))
+        ] {
             try FileManager.default.createDirectory(atPath: (root + "/" + path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
             _ = try scratch.write(path, bytes)
         }

@@ -15,15 +15,16 @@ struct RealKernelTests {
 
     static let kernels = [
         Kernel(suite: "bookworm", compression: .xz, tool: ["xz", "-dc"]),
-        Kernel(suite: "trixie", compression: .zstd, tool: ["zstd", "-dcq"]),
+        Kernel(suite: "trixie", compression: .zstd, tool: ["zstd", "-dcq"])
     ]
 
     /// The extracted package root, or nil with the reason printed (only when the registry was unreachable).
     static func root(_ suite: String) throws -> String? {
         let cache = ProcessInfo.processInfo.environment["PVKIT_CACHE"] ?? (NSHomeDirectory() + "/.cache/pvkit")
         let statusFile = cache + "/kernels/\(suite)/STATUS"
-        let status = try #require(try? String(contentsOfFile: statusFile, encoding: .utf8),
-                                  "no \(statusFile): run scripts/fetch-kernels.sh (make test does)")
+        let status = try #require(
+            try? String(contentsOfFile: statusFile, encoding: .utf8),
+            "no \(statusFile): run scripts/fetch-kernels.sh (make test does)")
         if status.hasPrefix("unreachable") {
             print("skipping Debian \(suite) kernel: the package registry was unreachable (\(status.trimmingCharacters(in: .newlines)))")
             return nil

@@ -9,8 +9,9 @@ struct SymbolTests {
         try KernelAuditor(options: AuditOptions(symbols: true, systemMapPath: systemMap)).auditWithSymbols(path: fixture(name)).symbols
     }
 
-    @Test("kallsyms tables in the pre-6.4 (with seqs_of_names) and 6.4+ layouts",
-          arguments: ["vmlinux-kallsyms-6.1.elf", "vmlinux-kallsyms-6.4.elf"])
+    @Test(
+        "kallsyms tables in the pre-6.4 (with seqs_of_names) and 6.4+ layouts",
+        arguments: ["vmlinux-kallsyms-6.1.elf", "vmlinux-kallsyms-6.4.elf"])
     func kallsyms(_ name: String) throws {
         let table = try #require(try symbols(name))
         #expect(table.source == .kallsyms)

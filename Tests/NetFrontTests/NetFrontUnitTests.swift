@@ -4,8 +4,10 @@ import XenABI
 
 @Suite("NetFront without a backend: negotiation, tx plan, rx assembly", .timeLimit(.minutes(5)))
 struct NetFrontUnitTests {
-    static let everything = ["feature-rx-copy": "1", "feature-sg": "1", "feature-gso-tcpv4": "1", "feature-gso-tcpv6": "1",
-                             "feature-ipv6-csum-offload": "1", "feature-split-event-channels": "1", "multi-queue-max-queues": "8"]
+    static let everything = [
+        "feature-rx-copy": "1", "feature-sg": "1", "feature-gso-tcpv4": "1", "feature-gso-tcpv6": "1",
+        "feature-ipv6-csum-offload": "1", "feature-split-event-channels": "1", "multi-queue-max-queues": "8"
+    ]
 
     static func features(_ offer: [String: String] = everything, _ options: NetFrontOptions = NetFrontOptions()) throws -> NetNegotiation.Features {
         try NetNegotiation.features(offer: offer, options: options)
@@ -35,15 +37,19 @@ struct NetFrontUnitTests {
         var options = NetFrontOptions()
         options.queues = 2
         let features = try Self.features(Self.everything, options)
-        let keys = NetNegotiation.frontendKeys(features: features, queues: [
-            .init(txRing: GrantRef(8), rxRing: GrantRef(9), ports: [EventChannelPort(3), EventChannelPort(4)]),
-            .init(txRing: GrantRef(10), rxRing: GrantRef(11), ports: [EventChannelPort(5), EventChannelPort(6)])])
+        let keys = NetNegotiation.frontendKeys(
+            features: features,
+            queues: [
+                .init(txRing: GrantRef(8), rxRing: GrantRef(9), ports: [EventChannelPort(3), EventChannelPort(4)]),
+                .init(txRing: GrantRef(10), rxRing: GrantRef(11), ports: [EventChannelPort(5), EventChannelPort(6)])
+            ])
         let table = Dictionary(uniqueKeysWithValues: keys)
         #expect(table["multi-queue-num-queues"] == "2" && table["queue-1/rx-ring-ref"] == "11" && table["queue-0/event-channel-rx"] == "4")
         #expect(table["tx-ring-ref"] == nil && table["event-channel"] == nil)
         #expect(table["request-rx-copy"] == "1" && table["feature-sg"] == "1" && table["feature-no-csum-offload"] == nil)
-        let one = NetNegotiation.frontendKeys(features: try Self.features(["feature-rx-copy": "1"], .minimal),
-                                              queues: [.init(txRing: GrantRef(8), rxRing: GrantRef(9), ports: [EventChannelPort(3)])])
+        let one = NetNegotiation.frontendKeys(
+            features: try Self.features(["feature-rx-copy": "1"], .minimal),
+            queues: [.init(txRing: GrantRef(8), rxRing: GrantRef(9), ports: [EventChannelPort(3)])])
         let flat = Dictionary(uniqueKeysWithValues: one)
         #expect(flat["tx-ring-ref"] == "8" && flat["event-channel"] == "3" && flat["multi-queue-num-queues"] == nil)
         #expect(flat["feature-no-csum-offload"] == "1" && flat["feature-sg"] == "0" && flat["feature-gso-tcpv4"] == "0")
@@ -100,13 +106,15 @@ struct NetFrontUnitTests {
     @Test("rx: single and multi-slot frames, a GSO extra, checksum flags; every buffer handed back")
     func rxFrames() throws {
         var rx = RxAssembler(features: try Self.features())
-        let events = Self.feed(&rx, [
-            (Self.data(1, 0, 60, [.dataValidated]), 1),
-            (Self.data(2, 16, 4080, [.moreData, .extraInfo, .checksumBlank]), 2),
-            (.extraInfo(NetifExtraInfo(.gso(size: 1448, type: .tcpv4, features: 0))), 3),
-            (Self.data(4, 0, 4096, [.moreData]), 4),
-            (Self.data(5, 0, 100), 5),
-        ])
+        let events = Self.feed(
+            &rx,
+            [
+                (Self.data(1, 0, 60, [.dataValidated]), 1),
+                (Self.data(2, 16, 4080, [.moreData, .extraInfo, .checksumBlank]), 2),
+                (.extraInfo(NetifExtraInfo(.gso(size: 1448, type: .tcpv4, features: 0))), 3),
+                (Self.data(4, 0, 4096, [.moreData]), 4),
+                (Self.data(5, 0, 100), 5)
+            ])
         #expect(events.count == 2)
         guard case let .frame(first, buffers)? = events.first, case let .frame(second, more)? = events.last else {
             Issue.record("\(events)")
@@ -118,7 +126,9 @@ struct NetFrontUnitTests {
         #expect(rx.counts.isEmpty)
     }
 
-    @Test("rx from a lying backend: wrong id, offset past the page, empty slot, error status, unnegotiated GSO, endless more_data — dropped, counted, buffers back, the next frame fine")
+    @Test(
+        "rx from a lying backend: wrong id, offset past the page, empty slot, error status, unnegotiated GSO, endless more_data — dropped, counted, buffers back, the next frame fine"
+    )
     func rxLies() throws {
         var rx = RxAssembler(features: try Self.features())
         var bad: [(NetifRxSlot, UInt16)] = [
@@ -127,7 +137,7 @@ struct NetFrontUnitTests {
             (Self.data(3, 0, 0), 3),
             (Self.data(4, 0, -1), 4),
             (Self.data(5, 0, 60, [.extraInfo]), 5),
-            (.extraInfo(NetifExtraInfo(.gso(size: 1448, type: .none, features: 0))), 6),
+            (.extraInfo(NetifExtraInfo(.gso(size: 1448, type: .none, features: 0))), 6)
         ]
         for n in 0..<20 { bad.append((Self.data(UInt16(10 + n), 0, 100, [.moreData]), UInt16(10 + n))) }
         // 17 full pages: over 64 KiB.
@@ -138,7 +148,10 @@ struct NetFrontUnitTests {
         #expect(Array(reasons.prefix(5)) == [.wrongID, .badLength, .badLength, .backendError, .badExtra])
         #expect(reasons.contains(.tooManySlots) && reasons.contains(.tooLong))
         let handedBack = events.flatMap { event -> [UInt16] in
-            switch event { case let .frame(_, b): b; case let .dropped(_, b): b }
+            switch event {
+            case let .frame(_, b): b;
+            case let .dropped(_, b): b
+            }
         }
         #expect(handedBack.sorted() == bad.map(\.1).sorted(), "every posted buffer comes back exactly once")
         #expect(rx.counts[.badLength] == 2 && rx.counts[.wrongID] == 1)

@@ -1,7 +1,7 @@
 import BlockFront
 import Foundation
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 import PVHost
 import PVPlatform
@@ -32,14 +32,16 @@ struct BlockConformanceTests {
 
     /// The guest, device and backend, without connecting a frontend.
     func backend(settings: BlockBackend.Settings = .init(), pages: Int? = nil, bytes: Int = 4 << 20)
-        async throws -> (ReferencePlatformTests.Host, ReferencePlatform, Toolstack.Device, BlockBackend, String) {
+        async throws -> (ReferencePlatformTests.Host, ReferencePlatform, Toolstack.Device, BlockBackend, String)
+    {
         let host = try ReferencePlatformTests.Host()
         let path = host.tools.directory + "/disk.img"
         Self.image(path, bytes: bytes)
         let guest = try ReferencePlatform.attach(socket: host.control, name: "g", pages: pages)
         let device = Toolstack.Device(type: "vbd", frontend: guest.domain, devid: 51712)
-        try await host.tools.toolstack.addDevice(device, frontendKeys: ["virtual-device": "51712", "device-type": "disk"],
-                                                 backendKeys: ["params": path, "type": "file"])
+        try await host.tools.toolstack.addDevice(
+            device, frontendKeys: ["virtual-device": "51712", "device-type": "disk"],
+            backendKeys: ["params": path, "type": "file"])
         let backend = try await BlockBackend.start(toolstack: host.tools.toolstack, device: device, path: path, settings: settings)
         return (host, guest, device, backend, path)
     }
@@ -231,16 +233,20 @@ struct BlockConformanceTests {
         let big = try await disk(settings: settings)
         #expect(big.disk.info.sectorSize == 4096 && big.disk.info.sectors == 8192, "sectors stay in 512-byte units")
         await #expect(throws: BlockFrontError.misaligned(sector: 1, count: 4096, sectorSize: 4096)) { _ = try await big.disk.read(sector: 1, count: 4096) }
-        await #expect(throws: BlockFrontError.misaligned(sector: 0, count: 512, sectorSize: 4096)) { try await big.disk.write(sector: 0, Array(repeating: 0, count: 512)) }
+        await #expect(throws: BlockFrontError.misaligned(sector: 0, count: 512, sectorSize: 4096)) {
+            try await big.disk.write(sector: 0, Array(repeating: 0, count: 512))
+        }
         await big.disk.close()
     }
 
     @Test("blkback refuses impossible settings with a message: -1 I/O threads, polling for −5 µs, a 1000-byte sector, ring order 9")
     func badSettings() async throws {
-        for (change, words) in [({ (s: inout BlockBackend.Settings) in s.ioThreads = -1 }, "I/O threads"),
-                                ({ (s: inout BlockBackend.Settings) in s.pollMicroseconds = -5 }, "polling"),
-                                ({ (s: inout BlockBackend.Settings) in s.sectorSize = 1000 }, "sector size"),
-                                ({ (s: inout BlockBackend.Settings) in s.maxRingPageOrder = 9 }, "ring order")] {
+        for (change, words) in [
+            ({ (s: inout BlockBackend.Settings) in s.ioThreads = -1 }, "I/O threads"),
+            ({ (s: inout BlockBackend.Settings) in s.pollMicroseconds = -5 }, "polling"),
+            ({ (s: inout BlockBackend.Settings) in s.sectorSize = 1000 }, "sector size"),
+            ({ (s: inout BlockBackend.Settings) in s.maxRingPageOrder = 9 }, "ring order")
+        ] {
             var settings = BlockBackend.Settings()
             change(&settings)
             do {
@@ -308,7 +314,9 @@ struct BlockConformanceTests {
         #expect(Self.fileBytes(path, offset: 100 * 512, count: 512) == [UInt8](repeating: 0x11, count: 512))
         let held = host.tools.hypervisor.mappedPages(of: guest.domain, by: .dom0)
         #expect(!held.isEmpty, "persistent grants are mapped by the backend")
-        let leaked = held.contains { page in UnsafeRawBufferPointer(start: page, count: 4096).contains(0xEE) && UnsafeRawBufferPointer(start: page, count: 4096).contains(0x11) }
+        let leaked = held.contains { page in
+            UnsafeRawBufferPointer(start: page, count: 4096).contains(0xEE) && UnsafeRawBufferPointer(start: page, count: 4096).contains(0x11)
+        }
         #expect(!leaked, "no page holds bytes of both requests")
         await disk.close()
         await backend.stop()
@@ -323,8 +331,9 @@ struct BlockConformanceTests {
         return host.tools.hypervisor.mappedPages(of: guest.domain, by: .dom0).contains { $0.loadUnaligned(as: UInt64.self) == 0x5EED_CAFE_F00D_D00D }
     }
 
-    @Test("BlockBuffer: the backend reads and writes its pages in place; data right at every offset, with and without persistent grants and indirect segments",
-          arguments: [0, 1, 2])
+    @Test(
+        "BlockBuffer: the backend reads and writes its pages in place; data right at every offset, with and without persistent grants and indirect segments",
+        arguments: [0, 1, 2])
     func blockBuffer(row: Int) async throws {
         var settings = BlockBackend.Settings()
         if row == 1 { settings.persistent = false }
@@ -448,7 +457,9 @@ struct BlockConformanceTests {
         try await Task.sleep(for: .milliseconds(2))
         big.cancel()
         let outcome = await big.result
-        if case let .failure(error) = outcome { #expect(error as? BlockFrontError == .cancelled) } else {
+        if case let .failure(error) = outcome {
+            #expect(error as? BlockFrontError == .cancelled)
+        } else {
             Issue.record("the 4 MiB read finished before the cancel landed; nothing to check")
         }
         #expect(try await small.value == fileBytes(d.path, offset: 0, count: 4096))
@@ -495,8 +506,9 @@ struct BlockConformanceTests {
         await again.stop()
     }
 
-    @Test("a lying backend closes the device with a typed error; pvhost and the frontend survive",
-          arguments: [BlockBackend.HostileMode.unknownID, .garbageStatus, .wrongOperation, .duplicateResponse, .responseProducerAhead])
+    @Test(
+        "a lying backend closes the device with a typed error; pvhost and the frontend survive",
+        arguments: [BlockBackend.HostileMode.unknownID, .garbageStatus, .wrongOperation, .duplicateResponse, .responseProducerAhead])
     func lyingBackend(mode: BlockBackend.HostileMode) async throws {
         var settings = BlockBackend.Settings()
         settings.hostile = mode

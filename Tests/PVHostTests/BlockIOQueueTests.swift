@@ -1,7 +1,7 @@
 import BlockFront
 import Foundation
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 import PVHost
 import PVPlatform
@@ -34,8 +34,9 @@ struct BlockIOQueueTests {
         return rows
     }()
 
-    @Test("random reads, writes and flushes queued in batches match a model and the backing file byte for byte",
-          arguments: 0..<configurations.count)
+    @Test(
+        "random reads, writes and flushes queued in batches match a model and the backing file byte for byte",
+        arguments: 0..<configurations.count)
     func randomWorkload(row: Int) async throws {
         let (name, settings, options) = Self.configurations[row]
         let d = try await conformance.disk(settings: settings, options: options, pages: 4096)
@@ -210,11 +211,12 @@ struct BlockIOQueueTests {
         var completions: [BlockIOQueue.Completion] = []
         while completions.count < 64 { completions += try await queue.completions(atLeast: 64) }
         #expect(Set(completions.map(\.tag)) == Set(0..<64), "every operation completed, once")
-        #expect(completions.allSatisfy { completion in
-            guard let error = completion.error else { return true }
-            if case .closed = error { return true }
-            return false
-        }, "finished before the close, or failed because the device closed: \(completions.compactMap(\.error))")
+        #expect(
+            completions.allSatisfy { completion in
+                guard let error = completion.error else { return true }
+                if case .closed = error { return true }
+                return false
+            }, "finished before the close, or failed because the device closed: \(completions.compactMap(\.error))")
         #expect(throws: BlockFrontError.self) { try queue.read(at: 0, into: buffers[0], tag: 0) }
         #expect(d.host.tools.hypervisor.status.grantsMapped == 0)
     }
@@ -240,7 +242,9 @@ struct BlockIOQueueTests {
         #expect(collected.first?.error != nil)
     }
 
-    @Test("blkback's mapped reads: the backing file cut short under it fails reads past the new end with an I/O error (SIGBUS caught); pvhost and the device live on")
+    @Test(
+        "blkback's mapped reads: the backing file cut short under it fails reads past the new end with an I/O error (SIGBUS caught); pvhost and the device live on"
+    )
     func truncatedUnderMapping() async throws {
         let d = try await conformance.disk()
         let head = conformance.fileBytes(d.path, offset: 0, count: 4096)
@@ -308,7 +312,8 @@ struct BlockIOQueueTests {
         }
         try await d.disk.flush()
         for block in 0..<480 {
-            #expect(conformance.fileBytes(d.path, offset: block * 8192, count: 8192) == [UInt8](repeating: UInt8(block % 16 + 1), count: 8192), "block \(block)")
+            #expect(
+                conformance.fileBytes(d.path, offset: block * 8192, count: 8192) == [UInt8](repeating: UInt8(block % 16 + 1), count: 8192), "block \(block)")
         }
         await d.disk.close()
         await again.stop()
@@ -366,8 +371,9 @@ struct BlockIOQueueTests {
         await again.stop()
     }
 
-    @Test("a lying backend under a queue (unknown id, garbage status, rsp_prod ahead): each operation completes once with the device's error, none hangs, the handler hears of all",
-          arguments: [BlockBackend.HostileMode.unknownID, .garbageStatus, .responseProducerAhead])
+    @Test(
+        "a lying backend under a queue (unknown id, garbage status, rsp_prod ahead): each operation completes once with the device's error, none hangs, the handler hears of all",
+        arguments: [BlockBackend.HostileMode.unknownID, .garbageStatus, .responseProducerAhead])
     func lyingBackend(mode: BlockBackend.HostileMode) async throws {
         var settings = BlockBackend.Settings()
         settings.hostile = mode
@@ -381,10 +387,11 @@ struct BlockIOQueueTests {
         for _ in 0..<500 where collected.all.count < 8 { try await Task.sleep(for: .milliseconds(10)) }
         let all = collected.all
         #expect(all.map(\.tag).sorted() == Array(0..<8), "\(mode): each operation completed once: \(all)")
-        #expect(all.contains { completion in
-            if case .backendMisbehaved? = completion.error { return true }
-            return false
-        }, "\(mode): the lie was named: \(all.compactMap(\.error))")
+        #expect(
+            all.contains { completion in
+                if case .backendMisbehaved? = completion.error { return true }
+                return false
+            }, "\(mode): the lie was named: \(all.compactMap(\.error))")
         #expect(throws: BlockFrontError.self) { try queue.read(at: 0, into: buffers[0], tag: 9) }
         #expect(d.host.tools.hypervisor.domain(d.guest.domain) != nil, "the host lives on")
         await d.disk.close()

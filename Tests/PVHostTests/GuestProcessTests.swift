@@ -1,6 +1,6 @@
 import Foundation
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 import PVSystem
 import Testing
@@ -34,8 +34,9 @@ struct GuestProcessTests {
         /// Starts `TOOL ARGS --pvhost CONTROL --name NAME` (pvstore unless told), its output
         /// written to a file of its own (read with `output`).
         func guest(_ name: String, _ arguments: [String], tool: String = "pvstore") throws -> TestProcess {
-            try TestProcess(Binaries.path(tool), arguments + ["--pvhost", control, "--name", name],
-                            outputPath: directory + "/\(name)-\(UInt32.random(in: 0...UInt32.max)).log")
+            try TestProcess(
+                Binaries.path(tool), arguments + ["--pvhost", control, "--name", name],
+                outputPath: directory + "/\(name)-\(UInt32.random(in: 0...UInt32.max)).log")
         }
 
         /// Runs a guest to its end (two minutes at most).
@@ -87,8 +88,9 @@ struct GuestProcessTests {
             let guest = try host.guest("victim-\(i)", ["watch", "data"])
             // Attached: its home is there and it says its watch is in place (a guest killed
             // mid-attach is another test's case).
-            #expect(try await eventually(within: .seconds(30)) { try await dom0.directory("/local/domain").count == 1 && guest.output.contains("\n") },
-                    "guest \(i) attached")
+            #expect(
+                try await eventually(within: .seconds(30)) { try await dom0.directory("/local/domain").count == 1 && guest.output.contains("\n") },
+                "guest \(i) attached")
             // Some I/O in flight from dom0 to the guest's watch.
             let domid = try await dom0.directory("/local/domain")[0]
             try await dom0.write(XenStorePath("/local/domain/\(domid)/data/ping"), "\(i)")
@@ -191,9 +193,10 @@ struct GuestProcessTests {
         let dom0 = try host.dom0()
         #expect(try await eventually { try await dom0.directory("/local/domain").allSatisfy { $0 == "0" } }, "only dom0's home is left")
         // The directory itself may go (ENOENT) or stay empty; any other error is a failure.
-        #expect(try await eventually {
-            do { return try await dom0.directory("/local/domain/0/backend/vbd").isEmpty } catch XenStoreError.noEntry { return true }
-        }, "the backend directory went with the domain")
+        #expect(
+            try await eventually {
+                do { return try await dom0.directory("/local/domain/0/backend/vbd").isEmpty } catch XenStoreError.noEntry { return true }
+            }, "the backend directory went with the domain")
         // And the disk serves a new guest afterwards.
         let again = try await host.run("alpha", ["verify", "--count", "65536", "--backing", image], tool: "pvblk")
         #expect(again.status == 0, "\(again)")
@@ -203,16 +206,28 @@ struct GuestProcessTests {
         let rate = bench.output.split(separator: "\n").first { $0.hasSuffix("per I/O") }.flatMap { Double($0.split(separator: " ")[0]) } ?? 0
         #expect(rate > 0, "a rate was measured: \(bench.output)")
         #expect(bench.output.contains("latency µs: p50 "), "\(bench)")
-        let zeroCopy = try await host.run("alpha", ["bench", "--seconds", "0.5", "--queue-depth", "2", "--pattern", "sequential",
-                                              "--block-size", "65536", "--zero-copy"], tool: "pvblk")
+        let zeroCopy = try await host.run(
+            "alpha",
+            [
+                "bench", "--seconds", "0.5", "--queue-depth", "2", "--pattern", "sequential",
+                "--block-size", "65536", "--zero-copy"
+            ], tool: "pvblk")
         #expect(zeroCopy.status == 0 && zeroCopy.output.contains("latency µs: p50 "), "\(zeroCopy)")
-        let queued = try await host.run("alpha", ["bench", "--seconds", "0.5", "--queue-depth", "16", "--io-queue", "--queues", "1",
-                                            "--poll-microseconds", "20"], tool: "pvblk")
+        let queued = try await host.run(
+            "alpha",
+            [
+                "bench", "--seconds", "0.5", "--queue-depth", "16", "--io-queue", "--queues", "1",
+                "--poll-microseconds", "20"
+            ], tool: "pvblk")
         #expect(queued.status == 0 && queued.output.contains("random reads of 4096 bytes at queue depth 16 through an I/O queue, 1 ring(s)"), "\(queued)")
         let queuedRate = queued.output.split(separator: "\n").first { $0.hasSuffix("per I/O") }.flatMap { Double($0.split(separator: " ")[0]) } ?? 0
         #expect(queuedRate > 0 && queued.output.contains("latency µs: p50 "), "\(queued)")
-        let queuedWrites = try await host.run("alpha", ["bench", "--seconds", "0.3", "--write", "--io-queue", "--pattern", "sequential", "--block-size", "65536",
-                                                  "--queue-depth", "4"], tool: "pvblk")
+        let queuedWrites = try await host.run(
+            "alpha",
+            [
+                "bench", "--seconds", "0.3", "--write", "--io-queue", "--pattern", "sequential", "--block-size", "65536",
+                "--queue-depth", "4"
+            ], tool: "pvblk")
         #expect(queuedWrites.status == 0 && queuedWrites.output.contains("sequential writes of 65536 bytes"), "\(queuedWrites)")
         #expect(try await host.run("alpha", ["bench", "--poll-microseconds", "-1"], tool: "pvblk").status == 64, "a bad polling time is refused")
         let tooBig = try await host.run("alpha", ["bench", "--io-queue", "--block-size", "1048576", "--queue-depth", "64"], tool: "pvblk")

@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 import PVHost
 import PVSystem
@@ -92,7 +92,9 @@ struct HypervisorTests {
         try [UInt8](1...16).withUnsafeBytes { try hv.copyGrant($0, to: GrantRef(8), of: guest.domain.id, by: .dom0, offset: 100) }
         try out.withUnsafeMutableBytes { try hv.copyGrant(GrantRef(8), of: guest.domain.id, by: .dom0, offset: 100, into: $0) }
         #expect(out == [UInt8](1...16))
-        #expect(throws: GrantStatus.badCopyArg) { try out.withUnsafeMutableBytes { try hv.copyGrant(GrantRef(8), of: guest.domain.id, by: .dom0, offset: 4090, into: $0) } }
+        #expect(throws: GrantStatus.badCopyArg) {
+            try out.withUnsafeMutableBytes { try hv.copyGrant(GrantRef(8), of: guest.domain.id, by: .dom0, offset: 4090, into: $0) }
+        }
         #expect(!guest.table.isInUse(GrantRef(8)))
         #expect(hv.status.grantsMapped == 0 && hv.status.copiesTotal == 2)
     }
@@ -155,15 +157,17 @@ struct PVHostConfigTests {
         #expect(config.domain(named: "gamma") == nil)
     }
 
-    @Test("refusals name the entry and the rule", arguments: [
-        (#"{"domains": [{"name": "a b"}]}"#, "letters, digits"),
-        (#"{"domains": [{"name": "a"}, {"name": "a"}]}"#, "appears twice"),
-        (#"{"domains": [{"name": "a", "pages": 1}]}"#, "pages 1"),
-        (#"{"domains": [{"name": "a", "grantFrames": 0}]}"#, "grantFrames 0"),
-        (#"{"domains": [{"name": "a", "eventChannels": 99999}]}"#, "eventChannels 99999"),
-        (#"{"domain": []}"#, "not a pvhost configuration"),
-        ("not json", "not a pvhost configuration"),
-    ])
+    @Test(
+        "refusals name the entry and the rule",
+        arguments: [
+            (#"{"domains": [{"name": "a b"}]}"#, "letters, digits"),
+            (#"{"domains": [{"name": "a"}, {"name": "a"}]}"#, "appears twice"),
+            (#"{"domains": [{"name": "a", "pages": 1}]}"#, "pages 1"),
+            (#"{"domains": [{"name": "a", "grantFrames": 0}]}"#, "grantFrames 0"),
+            (#"{"domains": [{"name": "a", "eventChannels": 99999}]}"#, "eventChannels 99999"),
+            (#"{"domain": []}"#, "not a pvhost configuration"),
+            ("not json", "not a pvhost configuration")
+        ])
     func invalid(text: String, reason: String) {
         #expect {
             _ = try PVHostConfig.parse(Data(text.utf8), source: "test.json")

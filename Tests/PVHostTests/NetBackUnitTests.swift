@@ -35,12 +35,16 @@ struct NetBackUnitTests {
     func packets() {
         let one = Self.run([Self.slot(Self.request(1, size: 60))])
         #expect(one == [.packet(.init(first: .init(id: 1, gref: GrantRef(101), offset: 0, length: 60), rest: [], length: 60, flags: [], gso: nil, extras: 0))])
-        let three = Self.run([Self.slot(Self.request(1, size: 9000, flags: .moreData)), Self.slot(Self.request(2, size: 4096, flags: .moreData)),
-                              Self.slot(Self.request(3, size: 808))])
+        let three = Self.run([
+            Self.slot(Self.request(1, size: 9000, flags: .moreData)), Self.slot(Self.request(2, size: 4096, flags: .moreData)),
+            Self.slot(Self.request(3, size: 808))
+        ])
         guard case let .packet(p)? = three.first else { Issue.record("\(three)"); return }
         #expect(three.count == 1 && p.first.length == 9000 - 4096 - 808 && p.rest.map(\.length) == [4096, 808] && p.length == 9000)
-        let gso = Self.run([Self.slot(Self.request(1, size: 3000, flags: [.extraInfo, .checksumBlank])),
-                            Self.extraSlot(NetifExtraInfo(.gso(size: 1448, type: .tcpv4, features: 0)))])
+        let gso = Self.run([
+            Self.slot(Self.request(1, size: 3000, flags: [.extraInfo, .checksumBlank])),
+            Self.extraSlot(NetifExtraInfo(.gso(size: 1448, type: .tcpv4, features: 0)))
+        ])
         guard case let .packet(g)? = gso.first else { Issue.record("\(gso)"); return }
         #expect(g.extras == 1 && g.gso == .gso(size: 1448, type: .tcpv4, features: 0) && g.flags.contains(.checksumBlank))
     }
@@ -53,8 +57,15 @@ struct NetBackUnitTests {
         ("the first slot left with too little", [slot(request(1, size: 100, flags: .moreData)), slot(request(2, size: 95))], .tooShort),
         ("19 data slots", (0..<19).map { slot(request(UInt16($0), size: $0 == 0 ? 18 * 100 + 60 : 100, flags: $0 < 18 ? .moreData : [])) }, .tooManySlots),
         ("an extra of an unknown type", [slot(request(1, size: 60, flags: .extraInfo)), [9] + [UInt8](repeating: 0, count: 11)], .badExtra),
-        ("a GSO extra with MSS 0", [slot(request(1, size: 60, flags: .extraInfo)), extraSlot(NetifExtraInfo(.gso(size: 0, type: .tcpv4, features: 0)))], .badExtra),
-        ("an endless extra chain", [slot(request(1, size: 60, flags: .extraInfo))] + (0..<TxAssembler.maxExtras).map { _ in extraSlot(NetifExtraInfo(.hash(type: 0, algorithm: 0, value: 0), more: true)) }, .badExtra),
+        (
+            "a GSO extra with MSS 0", [slot(request(1, size: 60, flags: .extraInfo)), extraSlot(NetifExtraInfo(.gso(size: 0, type: .tcpv4, features: 0)))],
+            .badExtra
+        ),
+        (
+            "an endless extra chain",
+            [slot(request(1, size: 60, flags: .extraInfo))]
+                + (0..<TxAssembler.maxExtras).map { _ in extraSlot(NetifExtraInfo(.hash(type: 0, algorithm: 0, value: 0), more: true)) }, .badExtra
+        )
     ]
 
     @Test("a hostile frontend's packets are refused whole, every slot answered, and the next packet is read right", arguments: 0..<hostile.count)
@@ -64,8 +75,10 @@ struct NetBackUnitTests {
         guard outcomes.count == 2, case let .refused(ids, _, got) = outcomes[0] else { Issue.record("\(name): \(outcomes)"); return }
         #expect(got == reason, "\(name)")
         #expect(!ids.isEmpty, "\(name): its data slots get error responses")
-        #expect(outcomes[1] == .packet(.init(first: .init(id: 77, gref: GrantRef(177), offset: 0, length: 60), rest: [], length: 60, flags: [], gso: nil, extras: 0)),
-                "\(name): back in step afterwards")
+        #expect(
+            outcomes[1]
+                == .packet(.init(first: .init(id: 77, gref: GrantRef(177), offset: 0, length: 60), rest: [], length: 60, flags: [], gso: nil, extras: 0)),
+            "\(name): back in step afterwards")
     }
 
     @Test("checksums: TCP and UDP over IPv4 and IPv6 filled in as the RFCs compute them; other frames left alone")

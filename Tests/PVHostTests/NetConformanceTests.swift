@@ -197,7 +197,9 @@ struct NetConformanceTests {
         return sum
     }
 
-    @Test("offloads: a blank checksum travels blank to a guest that takes it, is filled in for one that does not; GSO passes whole to a guest that negotiated it and is cut in software for one that did not")
+    @Test(
+        "offloads: a blank checksum travels blank to a guest that takes it, is filled in for one that does not; GSO passes whole to a guest that negotiated it and is cut in software for one that did not"
+    )
     func offloads() async throws {
         let net = try Network()
         let a = try await net.guest("a")
@@ -281,7 +283,7 @@ struct NetHostileTests {
     }
 
     static let dropModes: [(NetBackend.HostileMode, RxAssembler.Reason)] = [
-        (.rxWrongID, .wrongID), (.rxBadLength, .badLength), (.rxErrorStatus, .backendError), (.rxBadExtra, .badExtra), (.rxEndlessChain, .tooManySlots),
+        (.rxWrongID, .wrongID), (.rxBadLength, .badLength), (.rxErrorStatus, .backendError), (.rxBadExtra, .badExtra), (.rxEndlessChain, .tooManySlots)
     ]
 
     @Test("bad rx responses: every frame dropped and counted by reason, buffers posted again, the device keeps working", arguments: 0..<dropModes.count)
@@ -291,8 +293,9 @@ struct NetHostileTests {
         defer { withExtendedLifetime(net) {} }  // pvhost lives until the end
         // More frames than b has buffers: dropped ones must come back to be posted again.
         try await flood(a, b, count: 600)
-        #expect(try await eventually { (b.nic.statistics.dropped[reason] ?? 0) >= (mode == .rxEndlessChain ? 20 : 600) },
-                "\(mode): dropped \(b.nic.statistics.dropped)")
+        #expect(
+            try await eventually { (b.nic.statistics.dropped[reason] ?? 0) >= (mode == .rxEndlessChain ? 20 : 600) },
+            "\(mode): dropped \(b.nic.statistics.dropped)")
         #expect(b.nic.statistics.framesReceived == 0 && b.nic.poll().isEmpty, "\(mode): nothing delivered")
         #expect(Set(b.nic.statistics.dropped.keys) == [reason], "\(mode): only \(reason) (\(b.nic.statistics.dropped))")
         // Still usable: b's frames reach a.
@@ -314,7 +317,9 @@ struct NetHostileTests {
         var misbehaved = false
         if case .backendMisbehaved? = error { misbehaved = true }
         #expect(misbehaved, "expected backendMisbehaved, got \(String(describing: error))")
-        await #expect(throws: NetFrontError.self) { try await b.nic.send(NetFrame(bytes: N.frame(to: a.nic.info.mac, from: b.nic.info.mac, bytes: 46, seed: 1))) }
+        await #expect(throws: NetFrontError.self) {
+            try await b.nic.send(NetFrame(bytes: N.frame(to: a.nic.info.mac, from: b.nic.info.mac, bytes: 46, seed: 1)))
+        }
         await a.nic.close()
         await b.nic.close()
     }

@@ -1,6 +1,6 @@
 import Foundation
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 import Testing
 import TestSupport
@@ -45,8 +45,12 @@ struct NetTapTests {
                 let r = try await NetTapTests.sh("/usr/sbin/ip", args)
                 try #require(r.status == 0, "ip \(args.joined(separator: " ")): \(r.output)")
             }
-            let bridge = try TestProcess("/usr/sbin/ip", ["netns", "exec", a, Binaries.path("pvnet"), "tap", "--pvhost", host.control,
-                                                           "--name", "alpha", "--tap", tapA], outputPath: host.directory + "/bridge.log")
+            let bridge = try TestProcess(
+                "/usr/sbin/ip",
+                [
+                    "netns", "exec", a, Binaries.path("pvnet"), "tap", "--pvhost", host.control,
+                    "--name", "alpha", "--tap", tapA
+                ], outputPath: host.directory + "/bridge.log")
             self.bridge = bridge
             // Its first line says the TAP is up.
             try #require(await eventually(within: .seconds(30)) { bridge.output.contains("bridging") || !bridge.isRunning }, "pvnet tap: \(bridge.output)")
@@ -73,8 +77,9 @@ struct NetTapTests {
         }
     }
 
-    @Test("ping across the PV path, from 56 bytes to 65 000 (IP fragments), and a 100 MiB TCP stream whose SHA-256 matches end to end",
-          .enabled(if: NetTapTests.missing == nil, "needs root, /dev/net/tun, ip, ping and python3 (CI has them)"))
+    @Test(
+        "ping across the PV path, from 56 bytes to 65 000 (IP fragments), and a 100 MiB TCP stream whose SHA-256 matches end to end",
+        .enabled(if: NetTapTests.missing == nil, "needs root, /dev/net/tun, ip, ping and python3 (CI has them)"))
     func linuxTraffic() async throws {
         let lab = try await Lab()
         do { try await traffic(lab) } catch {
@@ -110,8 +115,9 @@ struct NetTapTests {
                 c.sendall(chunk); h.update(chunk)
             c.close(); print(100 << 20, h.hexdigest(), flush=True)
             """
-        let receiver = try TestProcess("/usr/sbin/ip", ["netns", "exec", lab.b, "/usr/bin/python3", "-c", server],
-                                       outputPath: lab.host.directory + "/receiver.log")
+        let receiver = try TestProcess(
+            "/usr/sbin/ip", ["netns", "exec", lab.b, "/usr/bin/python3", "-c", server],
+            outputPath: lab.host.directory + "/receiver.log")
         try #require(await eventually(within: .seconds(30)) { receiver.output.contains("ready") || !receiver.isRunning }, "TCP receiver: \(receiver.output)")
         let sent = try await Self.sh("/usr/sbin/ip", ["netns", "exec", lab.a, "/usr/bin/python3", "-c", client])
         #expect(try await receiver.exit(within: .seconds(60)) == 0, "TCP receiver: \(receiver.output)")
@@ -128,29 +134,34 @@ struct NetTapTests {
 /// `pvhost capture`: a switch port's frames in a pcap file that Wireshark's tshark reads.
 @Suite("pvhost capture (pcap, read by tshark)", .serialized, .timeLimit(.minutes(5)))
 struct NetCaptureTests {
-    @Test("frames between two guest processes, captured on one vif, read back by tshark with their addresses and type",
-          .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/tshark"), "/usr/bin/tshark is missing (scripts/install-deps.sh test installs it)"))
+    @Test(
+        "frames between two guest processes, captured on one vif, read back by tshark with their addresses and type",
+        .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/tshark"), "/usr/bin/tshark is missing (scripts/install-deps.sh test installs it)"))
     func capture() async throws {
-        let config = #"{"domains":[{"name":"alpha","pages":2048,"nics":[{"devid":0,"mac":"00:16:3e:00:00:0a"}]},{"name":"beta","pages":2048,"nics":[{"devid":0,"mac":"00:16:3e:00:00:0b"}]}]}"#
+        let config =
+            #"{"domains":[{"name":"alpha","pages":2048,"nics":[{"devid":0,"mac":"00:16:3e:00:00:0a"}]},{"name":"beta","pages":2048,"nics":[{"devid":0,"mac":"00:16:3e:00:00:0b"}]}]}"#
         let host = try await GuestProcessTests.PVHostProcess(config: config)
         let file = host.directory + "/beta.pcap"
         let receiver = try host.guest("beta", ["recv", "--count", "5"], tool: "pvnet")
         // Wait for beta (domain 1, attached first) to be on the switch ("listening"), then capture its vif.
         try #require(await eventually(within: .seconds(30)) { receiver.output.contains("listening") || !receiver.isRunning }, "pvnet recv: \(receiver.output)")
-        let capture = try TestProcess(Binaries.path("pvhost"), ["capture", "vif1.0", file, "--control", host.control, "--seconds", "2"],
-                                      outputPath: host.directory + "/capture.log")
+        let capture = try TestProcess(
+            Binaries.path("pvhost"), ["capture", "vif1.0", file, "--control", host.control, "--seconds", "2"],
+            outputPath: host.directory + "/capture.log")
         try await Task.sleep(for: .milliseconds(300))
         let sent = try await host.run("alpha", ["send", "--to", "00:16:3e:00:00:0b", "--count", "5", "--size", "300"], tool: "pvnet")
         #expect(sent.status == 0, "pvnet send: \(sent.output)")
         #expect(try await receiver.exit(within: .seconds(30)) == 0, "pvnet recv: \(receiver.output)")
         #expect(try await capture.exit(within: .seconds(30)) == 0, "pvhost capture: \(capture.output)")
-        let read = try await NetTapTests.sh("/usr/bin/tshark", ["-r", file, "-T", "fields", "-e", "eth.src", "-e", "eth.dst", "-e", "eth.type", "-e", "frame.len"])
+        let read = try await NetTapTests.sh(
+            "/usr/bin/tshark", ["-r", file, "-T", "fields", "-e", "eth.src", "-e", "eth.dst", "-e", "eth.type", "-e", "frame.len"])
         let lines = read.output.split(separator: "\n").filter { $0.contains("00:16:3e:00:00:0a") }
         #expect(read.status == 0 && lines.count == 5, "tshark: \(read.output)")
         #expect(lines.allSatisfy { $0.split(separator: "\t").map(String.init) == ["00:16:3e:00:00:0a", "00:16:3e:00:00:0b", "0x88b5", "300"] }, "\(lines)")
         // A port that does not exist: refused with the list of ports.
-        let bad = try await NetTapTests.sh(Binaries.path("pvhost"),
-                                     ["capture", "vif9.0", file, "--control", host.control, "--seconds", "0"])
+        let bad = try await NetTapTests.sh(
+            Binaries.path("pvhost"),
+            ["capture", "vif9.0", file, "--control", host.control, "--seconds", "0"])
         #expect(bad.status == 1 && bad.output.contains("no switch port named vif9.0") && bad.output.contains("(ports:"), "\(bad.output)")
     }
 }

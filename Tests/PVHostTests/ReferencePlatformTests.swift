@@ -1,6 +1,6 @@
 import Foundation
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 import PVHost
 import PVPlatform
@@ -97,8 +97,12 @@ struct ReferencePlatformTests {
         }
         // A grant for someone else is refused with Xen's status.
         let other = try frontend.grantPage(to: .dom0, readOnly: false)
-        #expect(throws: ReferencePlatform.GrantRefused(status: .generalError)) { _ = try backend!.mapGrant(from: frontend.domain, ref: other.ref, writable: false) }
-        #expect(throws: ReferencePlatform.GrantRefused(status: .badGntref)) { _ = try backend!.mapGrant(from: frontend.domain, ref: GrantRef(1 << 20), writable: false) }
+        #expect(throws: ReferencePlatform.GrantRefused(status: .generalError)) {
+            _ = try backend!.mapGrant(from: frontend.domain, ref: other.ref, writable: false)
+        }
+        #expect(throws: ReferencePlatform.GrantRefused(status: .badGntref)) {
+            _ = try backend!.mapGrant(from: frontend.domain, ref: GrantRef(1 << 20), writable: false)
+        }
         #expect(try backend!.domainInfo().domid == backendID.rawValue)
         // The backend dies holding the mapping: pvhost undoes it, and the frontend can revoke.
         backend = nil
@@ -111,7 +115,9 @@ struct ReferencePlatformTests {
         #expect(host.tools.hypervisor.domain(backendID) == nil)
     }
 
-    @Test("stopping pvhost ends what it serves: the control server detaches and destroys every guest; xenstored's clients see their connection close (an error, never a hang)")
+    @Test(
+        "stopping pvhost ends what it serves: the control server detaches and destroys every guest; xenstored's clients see their connection close (an error, never a hang)"
+    )
     func stopEndsConnections() async throws {
         let host = try Host()
         let guest = try ReferencePlatform.attach(socket: host.control, name: "g")
@@ -127,7 +133,9 @@ struct ReferencePlatformTests {
         await host.tools.daemon.stop()
         // Bounded: a daemon that kept the socket open would leave the request unanswered; the
         // client is closed after 5 s, which ends the wait with a different reason.
-        let timer = Task { try await Task.sleep(for: .seconds(5)); store.close() }
+        let timer = Task {
+            try await Task.sleep(for: .seconds(5)); store.close()
+        }
         var failure: XenStoreError?
         for _ in 0..<500 where failure == nil {
             do { _ = try await store.exists("/tool") } catch { failure = error }

@@ -1,6 +1,6 @@
 import Foundation
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 import PVHost
 import PVSystem
@@ -32,8 +32,10 @@ struct ToolstackTests {
         func client(for guest: Toolstack.Guest) throws -> XenStoreClient {
             let memory = try SharedMemoryRegion(mapping: dup(guest.domain.memory.fileDescriptor), byteCount: guest.domain.memory.byteCount)
             let page = memory.baseAddress + guest.domain.storeFrame * XenPage.size
-            return XenStoreClient(transport: try XenStoreRingTransport(page: page, incoming: guest.storeChannel.delivery,
-                                                                       outgoing: guest.storeChannel.peer, keepAlive: memory))
+            return XenStoreClient(
+                transport: try XenStoreRingTransport(
+                    page: page, incoming: guest.storeChannel.delivery,
+                    outgoing: guest.storeChannel.peer, keepAlive: memory))
         }
 
         deinit {
@@ -74,8 +76,9 @@ struct ToolstackTests {
         let host = try Host()
         let guest = try await host.toolstack.createDomain(name: "g")
         let device = Toolstack.Device(type: "vbd", frontend: guest.domain.id, devid: 51712)
-        try await host.toolstack.addDevice(device, frontendKeys: ["virtual-device": "51712", "device-type": "disk"],
-                                           backendKeys: ["params": "/tmp/disk.img", "mode": "w"])
+        try await host.toolstack.addDevice(
+            device, frontendKeys: ["virtual-device": "51712", "device-type": "disk"],
+            backendKeys: ["params": "/tmp/disk.img", "mode": "w"])
         let store = host.toolstack.store
         let id = guest.domain.id.rawValue
         #expect(device.frontendPath == "/local/domain/\(id)/device/vbd/51712")

@@ -16,7 +16,9 @@ struct XenStoreEngineTests {
         }
 
         /// Sends a request; returns (reply to the sender, events per connection).
-        mutating func send(_ request: XenStoreRequest, from connection: Int = 0, tx: UInt32 = 0) throws -> (reply: XenStoreReply, events: [Int: [XenStoreReply]]) {
+        mutating func send(_ request: XenStoreRequest, from connection: Int = 0, tx: UInt32 = 0) throws -> (
+            reply: XenStoreReply, events: [Int: [XenStoreReply]]
+        ) {
             let message = try request.message(requestID: nextRequest, transactionID: tx)
             nextRequest += 1
             return decode(engine.handle(message, from: connection), request: request.type, sender: connection, requestID: message.header.requestID)
@@ -76,8 +78,11 @@ struct XenStoreEngineTests {
         var h = Harness()
         // A backend directory the guest may read, under a parent it may not (libxl's layout).
         _ = try h.send(.write("/local/domain/0/backend/vbd/5/51712/state", value: Array("4".utf8)))
-        _ = try h.send(.setPerms("/local/domain/0/backend/vbd/5/51712", XenStorePermissions([XenStorePermission(.none, .dom0), XenStorePermission(.read, DomainID(5))])))
-        _ = try h.send(.setPerms("/local/domain/0/backend/vbd/5/51712/state", XenStorePermissions([XenStorePermission(.none, .dom0), XenStorePermission(.read, DomainID(5))])))
+        _ = try h.send(
+            .setPerms("/local/domain/0/backend/vbd/5/51712", XenStorePermissions([XenStorePermission(.none, .dom0), XenStorePermission(.read, DomainID(5))])))
+        _ = try h.send(
+            .setPerms(
+                "/local/domain/0/backend/vbd/5/51712/state", XenStorePermissions([XenStorePermission(.none, .dom0), XenStorePermission(.read, DomainID(5))])))
         _ = try h.send(.watch("/local/domain/0/backend/vbd/5/51712/state", token: "be"), from: 5)
         let removed = try h.send(.rm("/local/domain/0/backend/vbd/5/51712"))
         #expect(removed.events[5] == [.watchEvent(path: "/local/domain/0/backend/vbd/5/51712/state", token: "be")])

@@ -1,6 +1,6 @@
 import Foundation
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 import Testing
 import XenABI
@@ -107,13 +107,14 @@ struct XenStoreInteropTests {
             ("xenstore-exists", ["/tool/pvkit/b"]), ("xenstore-exists", ["/tool/pvkit/x"]),
             ("xenstore-chmod", ["/tool/pvkit/a", "n0", "r5", "w7"]), ("xenstore-ls", ["-p", "/tool/pvkit"]),
             ("xenstore-rm", ["/tool/pvkit/b"]), ("xenstore-ls", ["/tool/pvkit"]),
-            ("xenstore-watch", ["-n", "1", "/tool/pvkit"]), ("xenstore-rm", ["/tool/pvkit/nope/deeper"]),
+            ("xenstore-watch", ["-n", "1", "/tool/pvkit"]), ("xenstore-rm", ["/tool/pvkit/nope/deeper"])
         ]
         for (tool, arguments) in script {
             let mine = try await ours.tool("/usr/bin/" + tool, arguments)
             let reference = try await runTool("/usr/bin/" + tool, arguments, socket: theirs.socket)
-            #expect(mine.status == reference.status && mine.output == reference.output,
-                    "\(tool) \(arguments): ours \(mine), C xenstored \(reference)")
+            #expect(
+                mine.status == reference.status && mine.output == reference.output,
+                "\(tool) \(arguments): ours \(mine), C xenstored \(reference)")
         }
     }
 
@@ -122,7 +123,9 @@ struct XenStoreInteropTests {
         let test = "/usr/lib/xen-4.17/bin/test-xenstore"
         try Self.available(test)
         let daemon = try await Daemon()
-        let names = try await daemon.tool(test, ["-l"]).output.split(separator: "\n").compactMap { $0.split(separator: ":").first.map { $0.trimmingCharacters(in: .whitespaces) } }
+        let names = try await daemon.tool(test, ["-l"]).output.split(separator: "\n").compactMap {
+            $0.split(separator: ":").first.map { $0.trimmingCharacters(in: .whitespaces) }
+        }
         #expect(names.count == 12)
         let run = try await daemon.tool(test, [])
         #expect(run.status == 0, "\(run.output)")

@@ -1,6 +1,6 @@
 import Foundation
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 import Testing
 import XenABI
@@ -34,7 +34,8 @@ struct XenStoreLyingDaemonTests {
                 guard fd >= 0 else { return }
                 var header = [UInt8](repeating: 0, count: 16)
                 guard recv(fd, &header, 16, Int32(MSG_WAITALL)) == 16,
-                      let parsed = try? header.withUnsafeBytes({ try XsHeader.decode($0) }) else { close(fd); return }
+                    let parsed = try? header.withUnsafeBytes({ try XsHeader.decode($0) })
+                else { close(fd); return }
                 var payload = [UInt8](repeating: 0, count: Int(parsed.length))
                 if parsed.length > 0 { _ = recv(fd, &payload, payload.count, Int32(MSG_WAITALL)) }
                 answer(fd, parsed)
@@ -120,7 +121,9 @@ struct XenStoreLyingDaemonTests {
         daemon.process.child.signal(SIGKILL)
         var events: [XenStoreWatchEvent] = []
         for await event in watch { events.append(event) }
-        #expect(events.count <= 1 && events.allSatisfy { $0.path == "/tool/k" }, "at most the registration event, then the watch ends with the connection: \(events)")
+        #expect(
+            events.count <= 1 && events.allSatisfy { $0.path == "/tool/k" },
+            "at most the registration event, then the watch ends with the connection: \(events)")
         await #expect { try await store.read("/tool/k") } throws: { error in
             guard case .connectionClosed? = error as? XenStoreError else { return false }
             return true

@@ -1,6 +1,6 @@
 import Foundation
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 import Testing
 import XenABI
@@ -20,7 +20,8 @@ struct XenStoreToolTests {
         try #require(FileManager.default.isExecutableFile(atPath: Self.pvstore), "pvstore is not built beside the tests")
         let (socket, handle) = try await kind.start()
         defer { withExtendedLifetime(handle) {} }
-        #expect(try await runTool(Self.pvstore, ["write", "/tool/pv/a", "one", "/tool/pv/b/c", "two", "/tool/pv/t", "tab\there\u{1}"], socket: socket).status == 0)
+        #expect(
+            try await runTool(Self.pvstore, ["write", "/tool/pv/a", "one", "/tool/pv/b/c", "two", "/tool/pv/t", "tab\there\u{1}"], socket: socket).status == 0)
         #expect(try await runTool(Self.pvstore, ["chmod", "/tool/pv/b", "n0", "r5"], socket: socket).status == 0)
         let pairs: [([String], [String])] = [
             (["read", "/tool/pv/a", "/tool/pv/t"], ["xenstore-read", "/tool/pv/a", "/tool/pv/t"]),
@@ -30,7 +31,7 @@ struct XenStoreToolTests {
             (["ls", "-f", "-p", "/tool/pv"], ["xenstore-ls", "-f", "-p", "/tool/pv"]),
             (["list", "/tool/pv"], ["xenstore-list", "/tool/pv"]),
             (["list", "-p", "/tool/pv"], ["xenstore-list", "-p", "/tool/pv"]),
-            (["exists", "/tool/pv/b/c"], ["xenstore-exists", "/tool/pv/b/c"]),
+            (["exists", "/tool/pv/b/c"], ["xenstore-exists", "/tool/pv/b/c"])
         ]
         for (ours, theirs) in pairs {
             let mine = try await runTool(Self.pvstore, ours, socket: socket)

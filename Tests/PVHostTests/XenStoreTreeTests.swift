@@ -38,16 +38,18 @@ struct XenStoreTreeTests {
         #expect(try tree.permissions("/local/domain/5/data/a/b", caller: guest5).owner == DomainID(5))
     }
 
-    @Test("errors as C xenstored gives them", arguments: [
-        ("read a missing node", XsErrorName.ENOENT),
-        ("a guest reads dom0's node", .EACCES),
-        ("a guest writes outside its home", .EACCES),
-        ("a guest reads another guest's home", .EACCES),
-        ("rm under a missing parent", .ENOENT),
-        ("rm /", .EINVAL),
-        ("a guest gives its node away", .EPERM),
-        ("a guest sets perms on dom0's node", .EACCES),
-    ])
+    @Test(
+        "errors as C xenstored gives them",
+        arguments: [
+            ("read a missing node", XsErrorName.ENOENT),
+            ("a guest reads dom0's node", .EACCES),
+            ("a guest writes outside its home", .EACCES),
+            ("a guest reads another guest's home", .EACCES),
+            ("rm under a missing parent", .ENOENT),
+            ("rm /", .EINVAL),
+            ("a guest gives its node away", .EPERM),
+            ("a guest sets perms on dom0's node", .EACCES)
+        ])
     func errors(what: String, error: XsErrorName) throws {
         var tree = try tree()
         try tree.write("/tool/secret", value: bytes("s"), caller: .dom0)
@@ -82,7 +84,8 @@ struct XenStoreTreeTests {
     func acl() throws {
         var tree = try tree()
         try tree.write("/local/domain/5/shared", value: bytes("v"), caller: guest5)
-        try tree.setPermissions("/local/domain/5/shared", XenStorePermissions([XenStorePermission(.none, DomainID(5)), XenStorePermission(.read, DomainID(6))]), caller: guest5)
+        try tree.setPermissions(
+            "/local/domain/5/shared", XenStorePermissions([XenStorePermission(.none, DomainID(5)), XenStorePermission(.read, DomainID(6))]), caller: guest5)
         #expect(try tree.read("/local/domain/5/shared", caller: guest6) == bytes("v"))
         #expect(throws: XsErrorName.EACCES) { try tree.write("/local/domain/5/shared", value: [], caller: guest6) }
     }

@@ -80,8 +80,9 @@ struct XenbusFrontendTests {
         let device = Toolstack.Device(type: "vif", frontend: guest.domain.id, devid: 0)
         try await host.toolstack.addDevice(device)
         let dom0 = host.toolstack.store
-        let frontend = XenbusFrontend(store: try host.client(for: guest), type: "vif", id: 0,
-                                      driver: Driver(recorder: Recorder(), failConnect: true), connectsDirectly: false)
+        let frontend = XenbusFrontend(
+            store: try host.client(for: guest), type: "vif", id: 0,
+            driver: Driver(recorder: Recorder(), failConnect: true), connectsDirectly: false)
         let running = Task { try await frontend.run() }
         try await dom0.write(XenStorePath(device.backendPath + "/state"), "4")  // skipped InitWait
         _ = try await wait(dom0, device.frontendPath + "/state", "5")

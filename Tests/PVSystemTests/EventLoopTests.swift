@@ -137,7 +137,9 @@ struct EventLoopTests {
         defer { loop.shutdown() }
         let fired = Mutex<[Int]>([])
         let done = AsyncStream<Void>.makeStream()
-        loop.schedule(after: .milliseconds(30)) { fired.withLock { $0.append(3) }; done.continuation.yield() }
+        loop.schedule(after: .milliseconds(30)) {
+            fired.withLock { $0.append(3) }; done.continuation.yield()
+        }
         loop.schedule(after: .milliseconds(10)) { fired.withLock { $0.append(1) } }
         let cancelled = loop.schedule(after: .milliseconds(20)) { fired.withLock { $0.append(2) } }
         cancelled.cancel()

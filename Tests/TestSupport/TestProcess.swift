@@ -73,8 +73,10 @@ public final class TestProcess: Sendable {
 
 /// Runs `tool` to its end, at most `timeout` (then it is killed): its status and what it
 /// wrote to stdout and stderr.
-public func runCommand(_ tool: String, _ arguments: [String], environment: [String: String]? = nil,
-                       timeout: Duration = .seconds(120)) async throws -> (status: Int32, output: String) {
+public func runCommand(
+    _ tool: String, _ arguments: [String], environment: [String: String]? = nil,
+    timeout: Duration = .seconds(120)
+) async throws -> (status: Int32, output: String) {
     let log = temporaryPath("pvkit-run")
     defer { unlink(log) }
     let process = try TestProcess(tool, arguments, environment: environment, outputPath: log)

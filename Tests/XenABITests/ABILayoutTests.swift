@@ -75,7 +75,7 @@ struct ABILayoutTests {
             ("offsetof(struct blkif_response, id)", l.responseID),
             ("offsetof(struct blkif_response, operation)", l.responseOperation),
             ("offsetof(struct blkif_response, status)", l.responseStatus),
-            ("sizeof(union blkif_sring_entry)", l.slotSize),
+            ("sizeof(union blkif_sring_entry)", l.slotSize)
         ]
         var source = "#include <stdint.h>\n#include <stddef.h>\n#include <xen/io/blkif.h>\n"
         for (expression, value) in checks {
@@ -88,7 +88,8 @@ struct ABILayoutTests {
     /// The check above must be able to fail: a wrong value is rejected by the compiler.
     @Test("the i386 layout check rejects a wrong offset")
     func blkifX86_32CheckCanFail() throws {
-        let source = "#include <stdint.h>\n#include <stddef.h>\n#include <xen/io/blkif.h>\n"
+        let source =
+            "#include <stdint.h>\n#include <stddef.h>\n#include <xen/io/blkif.h>\n"
             + "_Static_assert(offsetof(struct blkif_request, id) == 8, \"id\");\n"
         let result = try compileC(source, arguments: ["-target", "i386-linux-gnu", "-ffreestanding", "-fsyntax-only"])
         #expect(result.status != 0)

@@ -38,7 +38,7 @@ func swiftABIFacts() -> [String: Int64] {
     put("blkif_sring.ring", SharedRingHeader.size)
     let rings: [(String, Int)] = [
         ("blkif", BlkifRing().slotSize), ("netif_tx", NetifTxRing().slotSize),
-        ("netif_rx", NetifRxRing().slotSize), ("xen_netif_ctrl", NetifControlRing().slotSize),
+        ("netif_rx", NetifRxRing().slotSize), ("xen_netif_ctrl", NetifControlRing().slotSize)
     ]
     for (tag, slotSize) in rings {
         for order in 0...4 {
@@ -81,15 +81,16 @@ func swiftABIFacts() -> [String: Int64] {
     put("blkif_response.operation", b.responseOperation)
     put("blkif_response.status", b.responseStatus)
     for op in BlkifOperation.allCases {
-        let name = switch op {
-        case .read: "READ"
-        case .write: "WRITE"
-        case .writeBarrier: "WRITE_BARRIER"
-        case .flushDiskCache: "FLUSH_DISKCACHE"
-        case .reserved1: "RESERVED_1"
-        case .discard: "DISCARD"
-        case .indirect: "INDIRECT"
-        }
+        let name =
+            switch op {
+            case .read: "READ"
+            case .write: "WRITE"
+            case .writeBarrier: "WRITE_BARRIER"
+            case .flushDiskCache: "FLUSH_DISKCACHE"
+            case .reserved1: "RESERVED_1"
+            case .discard: "DISCARD"
+            case .indirect: "INDIRECT"
+            }
         put("BLKIF_OP_\(name)", op.rawValue)
     }
     put("BLKIF_MAX_SEGMENTS_PER_REQUEST", Blkif.maxSegmentsPerRequest)
@@ -143,14 +144,18 @@ func swiftABIFacts() -> [String: Int64] {
     put("xen_netif_gref.ref", NetifGref.refOffset)
     put("xen_netif_gref.flags", NetifGref.flagsOffset)
     put("xen_netif_gref.status", NetifGref.statusOffset)
-    let txFlags: [(String, NetTxFlags)] = [("csum_blank", .checksumBlank), ("data_validated", .dataValidated),
-                                            ("more_data", .moreData), ("extra_info", .extraInfo)]
+    let txFlags: [(String, NetTxFlags)] = [
+        ("csum_blank", .checksumBlank), ("data_validated", .dataValidated),
+        ("more_data", .moreData), ("extra_info", .extraInfo)
+    ]
     for (name, flag) in txFlags {
         put("NETTXF_\(name)", flag.rawValue)
         put("_NETTXF_\(name)", flag.rawValue.trailingZeroBitCount)
     }
-    let rxFlags: [(String, NetRxFlags)] = [("data_validated", .dataValidated), ("csum_blank", .checksumBlank),
-                                            ("more_data", .moreData), ("extra_info", .extraInfo), ("gso_prefix", .gsoPrefix)]
+    let rxFlags: [(String, NetRxFlags)] = [
+        ("data_validated", .dataValidated), ("csum_blank", .checksumBlank),
+        ("more_data", .moreData), ("extra_info", .extraInfo), ("gso_prefix", .gsoPrefix)
+    ]
     for (name, flag) in rxFlags { put("NETRXF_\(name)", flag.rawValue) }
     put("XEN_NETIF_EXTRA_TYPE_NONE", NetifExtraInfo.typeNone)
     put("XEN_NETIF_EXTRA_TYPE_GSO", NetifExtraInfo.typeGSO)
@@ -173,12 +178,12 @@ func swiftABIFacts() -> [String: Int64] {
         ("SET_HASH_KEY", .setHashKey), ("GET_HASH_MAPPING_SIZE", .getHashMappingSize),
         ("SET_HASH_MAPPING_SIZE", .setHashMappingSize), ("SET_HASH_MAPPING", .setHashMapping),
         ("SET_HASH_ALGORITHM", .setHashAlgorithm), ("GET_GREF_MAPPING_SIZE", .getGrefMappingSize),
-        ("ADD_GREF_MAPPING", .addGrefMapping), ("DEL_GREF_MAPPING", .delGrefMapping),
+        ("ADD_GREF_MAPPING", .addGrefMapping), ("DEL_GREF_MAPPING", .delGrefMapping)
     ]
     for (name, type) in controlTypes { put("XEN_NETIF_CTRL_TYPE_\(name)", type.rawValue) }
     let controlStatuses: [(String, NetifControlStatus)] = [
         ("SUCCESS", .success), ("NOT_SUPPORTED", .notSupported), ("INVALID_PARAMETER", .invalidParameter),
-        ("BUFFER_OVERFLOW", .bufferOverflow),
+        ("BUFFER_OVERFLOW", .bufferOverflow)
     ]
     for (name, status) in controlStatuses { put("XEN_NETIF_CTRL_STATUS_\(name)", status.rawValue) }
     put("XEN_NETIF_CTRL_HASH_ALGORITHM_NONE", NetifHash.algorithmNone)
@@ -240,7 +245,7 @@ func swiftABIFacts() -> [String: Int64] {
         ("GTF_PWT", GrantFlags.pwt.rawValue), ("GTF_PCD", GrantFlags.pcd.rawValue), ("GTF_PAT", GrantFlags.pat.rawValue),
         ("GTF_sub_page", GrantFlags.subPage.rawValue),
         ("GTF_transfer_committed", GrantFlags.transferCommitted.rawValue),
-        ("GTF_transfer_completed", GrantFlags.transferCompleted.rawValue),
+        ("GTF_transfer_completed", GrantFlags.transferCompleted.rawValue)
     ]
     for (name, value) in gtf { put(name, value) }
     put("GNTTAB_NR_RESERVED_ENTRIES", GrantTable.reservedEntries)
@@ -251,7 +256,7 @@ func swiftABIFacts() -> [String: Int64] {
         ("dump_table", .dumpTable), ("transfer", .transfer), ("copy", .copy), ("query_size", .querySize),
         ("unmap_and_replace", .unmapAndReplace), ("set_version", .setVersion),
         ("get_status_frames", .getStatusFrames), ("get_version", .getVersion), ("swap_grant_ref", .swapGrantRef),
-        ("cache_flush", .cacheFlush),
+        ("cache_flush", .cacheFlush)
     ]
     for (name, op) in ops { put("GNTTABOP_\(name)", op.rawValue) }
     put("GNTMAP_device_map", GrantTable.mapDeviceMap)
@@ -265,7 +270,7 @@ func swiftABIFacts() -> [String: Int64] {
         ("okay", .okay), ("general_error", .generalError), ("bad_domain", .badDomain), ("bad_gntref", .badGntref),
         ("bad_handle", .badHandle), ("bad_virt_addr", .badVirtAddr), ("bad_dev_addr", .badDevAddr),
         ("no_device_space", .noDeviceSpace), ("permission_denied", .permissionDenied), ("bad_page", .badPage),
-        ("bad_copy_arg", .badCopyArg), ("address_too_big", .addressTooBig), ("eagain", .eagain), ("no_space", .noSpace),
+        ("bad_copy_arg", .badCopyArg), ("address_too_big", .addressTooBig), ("eagain", .eagain), ("no_space", .noSpace)
     ]
     for (name, status) in statuses { put("GNTST_\(name)", status.rawValue) }
 
@@ -285,12 +290,12 @@ func swiftABIFacts() -> [String: Int64] {
         ("bind_interdomain", .bindInterdomain), ("bind_virq", .bindVirq), ("bind_pirq", .bindPirq), ("close", .close),
         ("send", .send), ("status", .status), ("alloc_unbound", .allocUnbound), ("bind_ipi", .bindIPI),
         ("bind_vcpu", .bindVCPU), ("unmask", .unmask), ("reset", .reset), ("init_control", .initControl),
-        ("expand_array", .expandArray), ("set_priority", .setPriority),
+        ("expand_array", .expandArray), ("set_priority", .setPriority)
     ]
     for (name, op) in evtchnOps { put("EVTCHNOP_\(name)", op.rawValue) }
     let portStatuses: [(String, EventChannelABI.PortStatus)] = [
         ("closed", .closed), ("unbound", .unbound), ("interdomain", .interdomain), ("pirq", .pirq), ("virq", .virq),
-        ("ipi", .ipi),
+        ("ipi", .ipi)
     ]
     for (name, status) in portStatuses { put("EVTCHNSTAT_\(name)", status.rawValue) }
     put("EVTCHN_2L_NR_CHANNELS", EventChannelABI.twoLevelPortCount)

@@ -34,11 +34,13 @@ struct BlkifWireTests {
 
     @Test("a read request has the header's bytes")
     func readRequestGolden() throws {
-        let request = BlkifRequest.io(BlkifIORequest(
-            operation: .read, handle: 51712, id: 0x1122_3344_5566_7788, sector: 0x0102_0304,
-            segments: [BlkifSegment(gref: GrantRef(0xABCD), firstSector: 1, lastSector: 7)]))
+        let request = BlkifRequest.io(
+            BlkifIORequest(
+                operation: .read, handle: 51712, id: 0x1122_3344_5566_7788, sector: 0x0102_0304,
+                segments: [BlkifSegment(gref: GrantRef(0xABCD), firstSector: 1, lastSector: 7)]))
         let bytes = encoded(112) { ring.encodeRequest(request, into: $0) }
-        let expected = hex("""
+        let expected = hex(
+            """
             00 01 00ca 00000000        # operation READ, nr_segments 1, handle 51712, pad
             8877665544332211           # id
             0403020100000000           # sector_number
@@ -53,11 +55,16 @@ struct BlkifWireTests {
         let ring = BlkifRing(abi: abi)
         let requests: [BlkifRequest] = [
             .discard(BlkifDiscardRequest(secure: true, handle: 3, id: 9, sector: 4096, sectorCount: 2048)),
-            .indirect(BlkifIndirectRequest(operation: .write, segmentCount: 600, handle: 5, id: 77, sector: 8,
-                                           indirectGrants: [GrantRef(100), GrantRef(101)])),
+            .indirect(
+                BlkifIndirectRequest(
+                    operation: .write, segmentCount: 600, handle: 5, id: 77, sector: 8,
+                    indirectGrants: [GrantRef(100), GrantRef(101)])),
             .io(BlkifIORequest(operation: .flushDiskCache, handle: 1, id: 2, sector: 0)),
-            .io(BlkifIORequest(operation: .write, handle: 1, id: 3, sector: 64, segments: BlkifSegmentList(
-                (0..<11).map { BlkifSegment(gref: GrantRef(UInt32(1000 + $0)), firstSector: 0, lastSector: 7) }))),
+            .io(
+                BlkifIORequest(
+                    operation: .write, handle: 1, id: 3, sector: 64,
+                    segments: BlkifSegmentList(
+                        (0..<11).map { BlkifSegment(gref: GrantRef(UInt32(1000 + $0)), firstSector: 0, lastSector: 7) })))
         ]
         for request in requests {
             let bytes = encoded(ring.slotSize) { ring.encodeRequest(request, into: $0) }
@@ -91,20 +98,42 @@ struct BlkifWireTests {
             return bytes
         }
         return [
-            Malformed(name: "unknown operation", bytes: slot { $0[0] = 9 },
-                      error: .unknownCode(field: "blkif operation", value: 9)),
-            Malformed(name: "12 segments", bytes: slot { $0[0] = 0; $0[1] = 12 },
-                      error: .countOutOfRange(field: "blkif nr_segments", value: 12, limit: 11)),
-            Malformed(name: "reversed sectors", bytes: slot { $0[1] = 1; $0[28] = 5; $0[29] = 2 },
-                      error: .badSegmentSectors(index: 0, first: 5, last: 2)),
-            Malformed(name: "sector past the page", bytes: slot { $0[1] = 1; $0[28] = 0; $0[29] = 8 },
-                      error: .badSegmentSectors(index: 0, first: 0, last: 8)),
-            Malformed(name: "indirect with a discard inside", bytes: slot { $0[0] = 6; $0[1] = 5 },
-                      error: .unknownCode(field: "blkif indirect_op", value: 5)),
-            Malformed(name: "indirect over 4096 segments", bytes: slot { $0[0] = 6; $0[1] = 0; $0[2] = 0x01; $0[3] = 0x10 },
-                      error: .countOutOfRange(field: "blkif indirect nr_segments", value: 4097, limit: 4096)),
-            Malformed(name: "truncated", bytes: [0, 1, 0],
-                      error: .truncated(structure: "blkif_request", needed: 112, available: 3)),
+            Malformed(
+                name: "unknown operation", bytes: slot { $0[0] = 9 },
+                error: .unknownCode(field: "blkif operation", value: 9)),
+            Malformed(
+                name: "12 segments",
+                bytes: slot {
+                    $0[0] = 0; $0[1] = 12
+                },
+                error: .countOutOfRange(field: "blkif nr_segments", value: 12, limit: 11)),
+            Malformed(
+                name: "reversed sectors",
+                bytes: slot {
+                    $0[1] = 1; $0[28] = 5; $0[29] = 2
+                },
+                error: .badSegmentSectors(index: 0, first: 5, last: 2)),
+            Malformed(
+                name: "sector past the page",
+                bytes: slot {
+                    $0[1] = 1; $0[28] = 0; $0[29] = 8
+                },
+                error: .badSegmentSectors(index: 0, first: 0, last: 8)),
+            Malformed(
+                name: "indirect with a discard inside",
+                bytes: slot {
+                    $0[0] = 6; $0[1] = 5
+                },
+                error: .unknownCode(field: "blkif indirect_op", value: 5)),
+            Malformed(
+                name: "indirect over 4096 segments",
+                bytes: slot {
+                    $0[0] = 6; $0[1] = 0; $0[2] = 0x01; $0[3] = 0x10
+                },
+                error: .countOutOfRange(field: "blkif indirect nr_segments", value: 4097, limit: 4096)),
+            Malformed(
+                name: "truncated", bytes: [0, 1, 0],
+                error: .truncated(structure: "blkif_request", needed: 112, available: 3))
         ]
     }()
 
@@ -129,8 +158,10 @@ struct OtherWireTests {
     @Test("tx request golden bytes")
     func txGolden() throws {
         let ring = NetifTxRing()
-        let request = NetifTxSlot.request(NetifTxRequest(gref: GrantRef(0x0102_0304), offset: 0x10, flags: [.moreData, .checksumBlank],
-                                                         id: 7, size: 1514))
+        let request = NetifTxSlot.request(
+            NetifTxRequest(
+                gref: GrantRef(0x0102_0304), offset: 0x10, flags: [.moreData, .checksumBlank],
+                id: 7, size: 1514))
         let bytes = encoded(12) { ring.encodeRequest(request, into: $0) }
         #expect(bytes == hex("04030201 1000 0500 0700 ea05"))
         #expect(try decoded(bytes) { (b) throws(XenABIError) in try ring.decodeRequest(b) } == request)
@@ -151,7 +182,7 @@ struct OtherWireTests {
             NetifExtraInfo(.gso(size: 1448, type: .tcpv4, features: 0), more: true),
             NetifExtraInfo(.multicastAdd(MACAddress(1, 0, 0x5e, 0, 0, 1))),
             NetifExtraInfo(.multicastDelete(MACAddress("01:00:5e:00:00:02")!)),
-            NetifExtraInfo(.hash(type: 1, algorithm: 1, value: 0xCAFE_F00D)),
+            NetifExtraInfo(.hash(type: 1, algorithm: 1, value: 0xCAFE_F00D))
         ]
         for extra in extras {
             let bytes = encoded(8) { extra.encode(into: $0) }
@@ -212,10 +243,12 @@ struct OtherWireTests {
         #expect(GrantFlags([.permitAccess, .readOnly]).type == 1)
     }
 
-    @Test("xenbus state node values", arguments: [
-        ("4", XenbusState.connected), ("1\n", .initialising), ("6\0", .closed), ("", nil), ("9", nil), ("x", nil),
-        ("-1", nil), ("٣", nil),
-    ] as [(String, XenbusState?)])
+    @Test(
+        "xenbus state node values",
+        arguments: [
+            ("4", XenbusState.connected), ("1\n", .initialising), ("6\0", .closed), ("", nil), ("9", nil), ("x", nil),
+            ("-1", nil), ("٣", nil)
+        ] as [(String, XenbusState?)])
     func xenbusState(value: String, state: XenbusState?) {
         #expect(XenbusState(nodeValue: value) == state)
     }

@@ -16,7 +16,7 @@ struct FrontendStateMachineTests {
         case (.initialised, .connected): return .connect
         case (.connected, .connected): return .refresh
         case (.initialised, .unknown), (.connected, .unknown), (.initialising, .closing), (.initialised, .closing),
-             (.connected, .closing), (.initialised, .closed), (.connected, .closed), (.closing, .closing), (.closing, .closed):
+            (.connected, .closing), (.initialised, .closed), (.connected, .closed), (.closing, .closing), (.closing, .closed):
             return .close
         case (.closed, .initialising), (.closed, .initWait): return .switchTo(.initialising)
         default: return .wait
@@ -28,8 +28,9 @@ struct FrontendStateMachineTests {
         for own in S.allCases {
             for backend in S.allCases {
                 var machine = FrontendStateMachine(connectsDirectly: direct)
-                #expect(machine.next(own: own, backend: backend) == Self.expected(own: own, backend: backend, direct: direct),
-                        "own \(own), backend \(backend), direct \(direct)")
+                #expect(
+                    machine.next(own: own, backend: backend) == Self.expected(own: own, backend: backend, direct: direct),
+                    "own \(own), backend \(backend), direct \(direct)")
             }
         }
     }

@@ -14,8 +14,9 @@ struct CrossProcessRingTests {
     static func peerPath() throws -> String {
         let me = try #require(ChildProcess.currentExecutablePath())
         let path = URL(fileURLWithPath: me).deletingLastPathComponent().appendingPathComponent("ring-bench-c").path
-        try #require(FileManager.default.isExecutableFile(atPath: path),
-                     "ring-bench-c is not built at \(path): run `swift build --build-tests` first")
+        try #require(
+            FileManager.default.isExecutableFile(atPath: path),
+            "ring-bench-c is not built at \(path): run `swift build --build-tests` first")
         return path
     }
 
@@ -31,11 +32,13 @@ struct CrossProcessRingTests {
         }
 
         func spawnPeer(role: String, proto: String) throws -> ChildProcess {
-            try ChildProcess(path: CrossProcessRingTests.peerPath(), arguments: [
-                "peer", "--proto", proto, "--role", role, "--memfd", "\(region.fileDescriptor)",
-                "--bytes", "\(region.byteCount)", "--front-evt", "\(frontEvent.fileDescriptor)",
-                "--back-evt", "\(backEvent.fileDescriptor)", "--count", "\(CrossProcessRingTests.count)",
-            ])
+            try ChildProcess(
+                path: CrossProcessRingTests.peerPath(),
+                arguments: [
+                    "peer", "--proto", proto, "--role", role, "--memfd", "\(region.fileDescriptor)",
+                    "--bytes", "\(region.byteCount)", "--front-evt", "\(frontEvent.fileDescriptor)",
+                    "--back-evt", "\(backEvent.fileDescriptor)", "--count", "\(CrossProcessRingTests.count)"
+                ])
         }
     }
 
@@ -51,8 +54,13 @@ struct CrossProcessRingTests {
                 for i in 0..<UInt64(11) {
                     segments.append(BlkifSegment(gref: GrantRef(UInt32(truncatingIfNeeded: sent + i)), firstSector: 0, lastSector: 7))
                 }
-                guard ring.enqueueRequest(.io(BlkifIORequest(operation: .read, handle: 51712, id: sent, sector: sent * 88,
-                                                             segments: segments))) else { break }
+                guard
+                    ring.enqueueRequest(
+                        .io(
+                            BlkifIORequest(
+                                operation: .read, handle: 51712, id: sent, sector: sent * 88,
+                                segments: segments)))
+                else { break }
                 sent += 1
             }
             if ring.pushRequestsAndCheckNotify() { try channel.backEvent.notify() }
@@ -80,7 +88,8 @@ struct CrossProcessRingTests {
         while done < Self.count {
             while let slot = try ring.nextRequest() {
                 guard case let .request(request) = slot, request.id == UInt16(truncatingIfNeeded: done),
-                      request.gref == GrantRef(UInt32(truncatingIfNeeded: done + 8)), request.size == 60 + UInt16(done % 1400) else {
+                    request.gref == GrantRef(UInt32(truncatingIfNeeded: done + 8)), request.size == 60 + UInt16(done % 1400)
+                else {
                     Issue.record("request \(done) arrived as \(slot)")
                     return
                 }

@@ -22,9 +22,11 @@ struct DifferentialRingTests {
     }
 
     static let schedules: [Schedule] = SwiftEnd.allCases.flatMap { end in
-        [(0, 0 as UInt32, 1 as UInt64), (0, UInt32.max - 50, 2), (1, UInt32.max - 3, 3), (2, 1 << 31, 4),
-         (4, UInt32.max - 700, 5), (0, 12345, 6)]
-            .map { Schedule(swiftEnd: end, order: $0.0, start: $0.1, seed: $0.2) }
+        [
+            (0, 0 as UInt32, 1 as UInt64), (0, UInt32.max - 50, 2), (1, UInt32.max - 3, 3), (2, 1 << 31, 4),
+            (4, UInt32.max - 700, 5), (0, 12345, 6)
+        ]
+        .map { Schedule(swiftEnd: end, order: $0.0, start: $0.1, seed: $0.2) }
     }
 
     @Test("same indexes, same notify decisions, every message once", arguments: schedules)

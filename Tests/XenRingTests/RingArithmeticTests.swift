@@ -4,11 +4,13 @@ import XenRing
 
 @Suite("ring.h index arithmetic", .timeLimit(.minutes(5)))
 struct RingArithmeticTests {
-    @Test("notify iff the event index lies in (old, new]", arguments: [
-        (10, 13, 11, true), (10, 13, 13, true), (10, 13, 14, false), (10, 13, 10, false), (10, 10, 10, false),
-        (UInt32.max - 1, 2, 0, true), (UInt32.max - 1, 2, UInt32.max, true), (UInt32.max - 1, 2, 3, false),
-        (UInt32.max - 1, 2, UInt32.max - 1, false),
-    ] as [(UInt32, UInt32, UInt32, Bool)])
+    @Test(
+        "notify iff the event index lies in (old, new]",
+        arguments: [
+            (10, 13, 11, true), (10, 13, 13, true), (10, 13, 14, false), (10, 13, 10, false), (10, 10, 10, false),
+            (UInt32.max - 1, 2, 0, true), (UInt32.max - 1, 2, UInt32.max, true), (UInt32.max - 1, 2, 3, false),
+            (UInt32.max - 1, 2, UInt32.max - 1, false)
+        ] as [(UInt32, UInt32, UInt32, Bool)])
     func notifyRule(old: UInt32, new: UInt32, event: UInt32, expected: Bool) {
         #expect(RingArithmetic.needsNotify(old: old, new: new, event: event) == expected)
     }
@@ -34,17 +36,21 @@ struct RingArithmeticTests {
         #expect(RingArithmetic.freeRequests(requestProducer: start &+ 5, responseConsumer: start, size: size) == 27)
         #expect(RingArithmetic.freeRequests(requestProducer: start &+ 32, responseConsumer: start, size: size) == 0)
         // A front end claiming 40 requests with only 32 - (5 - 0) slots free for responses.
-        #expect(RingArithmetic.unconsumedRequests(sharedProducer: start &+ 40, requestConsumer: start &+ 5,
-                                                  responseProducer: start, size: size) == 27)
+        #expect(
+            RingArithmetic.unconsumedRequests(
+                sharedProducer: start &+ 40, requestConsumer: start &+ 5,
+                responseProducer: start, size: size) == 27)
         #expect(RingArithmetic.requestProducerOverflows(start &+ 33, responseProducer: start, size: size))
         #expect(!RingArithmetic.requestProducerOverflows(start &+ 32, responseProducer: start, size: size))
         #expect(RingArithmetic.responseProducerOverflows(start &+ 33, responseConsumer: start, size: size))
         #expect(RingArithmetic.requestConsumerOverflows(start &+ 32, responseProducer: start, size: size))
     }
 
-    @Test("geometry rounds down to a power of two", arguments: [
-        (112, 0, 32), (112, 4, 512), (12, 0, 256), (8, 0, 256), (16, 0, 128), (108, 0, 32), (4032, 0, 1), (3000, 1, 2),
-    ] as [(Int, Int, UInt32)])
+    @Test(
+        "geometry rounds down to a power of two",
+        arguments: [
+            (112, 0, 32), (112, 4, 512), (12, 0, 256), (8, 0, 256), (16, 0, 128), (108, 0, 32), (4032, 0, 1), (3000, 1, 2)
+        ] as [(Int, Int, UInt32)])
     func geometry(slot: Int, order: Int, entries: UInt32) {
         #expect(RingGeometry(slotSize: slot, pageOrder: order)?.entryCount == entries)
     }

@@ -7,8 +7,9 @@ import XenRing
 struct SharedRingTests {
     /// Random batches in both directions; every request answered once and in order, across
     /// 2^32 when started near the top.
-    @Test("every request arrives once, in order, across index wrap-around",
-          arguments: [0, UInt32.max - 100, UInt32.max, 1 << 31] as [UInt32])
+    @Test(
+        "every request arrives once, in order, across index wrap-around",
+        arguments: [0, UInt32.max - 100, UInt32.max, 1 << 31] as [UInt32])
     func wrapAround(start: UInt32) throws {
         let pages = RingPages(order: 1)
         let ring = BlkifRing()
@@ -73,10 +74,16 @@ struct SharedRingTests {
     @Test("polling a ring: stops at the first find, at once when nothing can come, and not before its time otherwise")
     func polling() {
         var looks = 0
-        #expect(RingPolling.wait(nanoseconds: 1_000_000_000) { looks += 1; return looks == 3 })
+        #expect(
+            RingPolling.wait(nanoseconds: 1_000_000_000) {
+                looks += 1; return looks == 3
+            })
         #expect(looks == 3)
         looks = 0
-        #expect(!RingPolling.wait(nanoseconds: 1_000_000_000) { looks += 1; return nil })
+        #expect(
+            !RingPolling.wait(nanoseconds: 1_000_000_000) {
+                looks += 1; return nil
+            })
         #expect(looks == 1)
         let clock = ContinuousClock()
         let started = clock.now

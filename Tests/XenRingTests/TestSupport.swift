@@ -37,6 +37,9 @@ final class RingPages {
 
 /// The blkif read request the C reference front end writes for (id, sector, nseg).
 func referenceRead(id: UInt64, sector: UInt64, segments: Int) -> BlkifRequest {
-    .io(BlkifIORequest(operation: .read, handle: 51712, id: id, sector: sector, segments: BlkifSegmentList(
-        (0..<segments).map { BlkifSegment(gref: GrantRef(UInt32(truncatingIfNeeded: id &+ UInt64($0))), firstSector: 0, lastSector: 7) })))
+    .io(
+        BlkifIORequest(
+            operation: .read, handle: 51712, id: id, sector: sector,
+            segments: BlkifSegmentList(
+                (0..<segments).map { BlkifSegment(gref: GrantRef(UInt32(truncatingIfNeeded: id &+ UInt64($0))), firstSector: 0, lastSector: 7) })))
 }

@@ -36,13 +36,14 @@ struct RequestWireTests {
         Case(request: .write("data/empty", value: []), payload: "data/empty\\0"),
         Case(request: .mkdir("/local/domain/5/data"), payload: "/local/domain/5/data\\0"),
         Case(request: .rm("/local/domain/5"), payload: "/local/domain/5\\0"),
-        Case(request: .setPerms("/a", try! XenStorePermissions([XenStorePermission(.none, DomainID(0)), XenStorePermission(.read, DomainID(5))])),
-             payload: "/a\\0n0\\0r5\\0"),
+        Case(
+            request: .setPerms("/a", try! XenStorePermissions([XenStorePermission(.none, DomainID(0)), XenStorePermission(.read, DomainID(5))])),
+            payload: "/a\\0n0\\0r5\\0"),
         Case(request: .isDomainIntroduced(DomainID(9)), payload: "9\\0"),
         Case(request: .resume(DomainID(9)), payload: "9\\0"),
         Case(request: .setTarget(DomainID(2), target: DomainID(7)), payload: "2\\07\\0"),
         Case(request: .resetWatches, payload: "\\0"),
-        Case(request: .directoryPart("/local/domain", offset: 100), payload: "/local/domain\\0100\\0"),
+        Case(request: .directoryPart("/local/domain", offset: 100), payload: "/local/domain\\0100\\0")
     ]
 
     @Test("encode, frame and decode back", arguments: cases)
@@ -140,7 +141,7 @@ struct ReplyWireTests {
         Case(request: .directoryPart, reply: .childrenPart(generation: "17", children: ["c"], complete: true), payload: "17\\0c\\0\\0"),
         Case(request: .control, reply: .text("done"), payload: "done\\0"),
         Case(request: .read, reply: .error(.ENOENT), payload: "ENOENT\\0"),
-        Case(request: .transactionEnd, reply: .error(.EAGAIN), payload: "EAGAIN\\0"),
+        Case(request: .transactionEnd, reply: .error(.EAGAIN), payload: "EAGAIN\\0")
     ]
 
     @Test("encode and decode", arguments: cases)
@@ -163,8 +164,9 @@ struct ReplyWireTests {
     @Test("every error name in xsd_errors order, and unknown names refused")
     func errors() throws {
         for name in XsErrorName.allCases {
-            let message = XsMessage(header: XsHeader(type: .error, requestID: 1, length: UInt32(name.rawValue.utf8.count + 1)),
-                                    payload: Array(name.rawValue.utf8) + [0])
+            let message = XsMessage(
+                header: XsHeader(type: .error, requestID: 1, length: UInt32(name.rawValue.utf8.count + 1)),
+                payload: Array(name.rawValue.utf8) + [0])
             #expect(try XenStoreReply.decode(message, answering: .read) == .error(name))
         }
         let bogus = XsMessage(header: XsHeader(type: .error, requestID: 1, length: 6), payload: wire("EBOGUS\\0"))
@@ -181,7 +183,7 @@ struct FramingTests {
             try! XenStoreRequest.write("/a", value: Array("one".utf8)).message(requestID: 1),
             try! XenStoreRequest.read("/a").message(requestID: 2),
             XenStoreReply.watchEvent(path: "/a", token: "t").message(answering: XsHeader(type: .watch, requestID: 0, length: 0)),
-            try! XenStoreRequest.transactionStart.message(requestID: 3),
+            try! XenStoreRequest.transactionStart.message(requestID: 3)
         ]
         return messages.flatMap(\.bytes)
     }()
@@ -330,7 +332,9 @@ final class CountingTransport: XenStoreTransport, @unchecked Sendable {  // @unc
 
 @Suite("Requests one at a time", .timeLimit(.minutes(5)))
 struct OneRequestAtATimeTests {
-    @Test("a transport that asks (Linux's /dev/xen/xenbus: a WATCH written while another reply is due deadlocks the kernel) gets each reply before the next request; others are pipelined")
+    @Test(
+        "a transport that asks (Linux's /dev/xen/xenbus: a WATCH written while another reply is due deadlocks the kernel) gets each reply before the next request; others are pipelined"
+    )
     func turns() async throws {
         for serial in [true, false] {
             let transport = try CountingTransport(oneRequestAtATime: serial)

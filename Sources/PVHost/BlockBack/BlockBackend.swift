@@ -1,6 +1,6 @@
 import Foundation
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 import Logging
 import PVSystem
@@ -145,11 +145,14 @@ public final class BlockBackend: @unchecked Sendable {
 
     /// Opens the backing file, publishes the disk (size, sector size, features) and goes to
     /// InitWait, then follows the frontend.
-    public static func start(toolstack: Toolstack, device: Toolstack.Device, path: String, settings: Settings = Settings()) async throws(Failure) -> BlockBackend {
+    public static func start(toolstack: Toolstack, device: Toolstack.Device, path: String, settings: Settings = Settings()) async throws(Failure)
+        -> BlockBackend
+    {
         let size = settings.sectorSize
         guard size >= 512, size <= 65536, size & (size - 1) == 0 else { throw .settings("sector size \(size) is not a power of two from 512 to 64 KiB") }
         guard (0...8).contains(settings.maxRingPageOrder), settings.maxQueues >= 1, settings.maxIndirectSegments >= 0,
-              settings.maxIndirectSegments <= Blkif.maxIndirectSegments else {
+            settings.maxIndirectSegments <= Blkif.maxIndirectSegments
+        else {
             throw .settings("ring order 0…8, at least one queue, at most \(Blkif.maxIndirectSegments) indirect segments")
         }
         if let threads = settings.ioThreads, !(0...64).contains(threads) { throw .settings("\(threads) I/O threads per queue (0…64)") }
@@ -159,8 +162,9 @@ public final class BlockBackend: @unchecked Sendable {
         let sectors = file.byteCount / UInt64(size) * UInt64(size / Blkif.sectorSize)
         // A file that cannot be mapped is read with preadv.
         let mapping = settings.mappedReads && !settings.direct ? file.mapForReading(byteCount: Int(sectors) * Blkif.sectorSize) : nil
-        let backend = BlockBackend(toolstack: toolstack, device: device, path: path, file: file, settings: settings,
-                                   sectors: sectors, mapping: mapping)
+        let backend = BlockBackend(
+            toolstack: toolstack, device: device, path: path, file: file, settings: settings,
+            sectors: sectors, mapping: mapping)
         do {
             try await backend.publish()
         } catch {
@@ -170,8 +174,10 @@ public final class BlockBackend: @unchecked Sendable {
         return backend
     }
 
-    private init(toolstack: Toolstack, device: Toolstack.Device, path: String, file: BackingFile, settings: Settings, sectors: UInt64,
-                 mapping: GuardedMapping?) {
+    private init(
+        toolstack: Toolstack, device: Toolstack.Device, path: String, file: BackingFile, settings: Settings, sectors: UInt64,
+        mapping: GuardedMapping?
+    ) {
         self.mapping = mapping
         self.toolstack = toolstack
         self.device = device
@@ -201,7 +207,7 @@ public final class BlockBackend: @unchecked Sendable {
             ("info", "\(info)"), ("mode", s.readOnly ? "r" : "w"),
             ("feature-flush-cache", s.flush ? "1" : "0"), ("feature-barrier", s.barrier ? "1" : "0"),
             ("feature-persistent", s.persistent ? "1" : "0"), ("feature-discard", s.discard ? "1" : "0"),
-            ("max-ring-page-order", "\(s.maxRingPageOrder)"), ("multi-queue-max-queues", "\(s.maxQueues)"),
+            ("max-ring-page-order", "\(s.maxRingPageOrder)"), ("multi-queue-max-queues", "\(s.maxQueues)")
         ]
         if s.discard {
             keys += [("discard-granularity", "\(max(4096, s.sectorSize))"), ("discard-alignment", "0"), ("discard-secure", s.discardSecure ? "1" : "0")]
@@ -227,8 +233,9 @@ public final class BlockBackend: @unchecked Sendable {
 
     /// Watches the frontend's state and connects or disconnects as it moves.
     private func follow() {
-        watcher = xenbus.follow(connectOn: [.initialised, .connected], isConnected: { [weak self] in self?.isConnected },
-                                connect: { [weak self] in await self?.connect() }, disconnect: { [weak self] in await self?.disconnect() })
+        watcher = xenbus.follow(
+            connectOn: [.initialised, .connected], isConnected: { [weak self] in self?.isConnected },
+            connect: { [weak self] in await self?.connect() }, disconnect: { [weak self] in await self?.disconnect() })
     }
 
     private var isConnected: Bool { lock.withLock { connection != nil } }
@@ -256,9 +263,13 @@ public final class BlockBackend: @unchecked Sendable {
         }
         var request = Request()
         request.queues = Int(try await number("multi-queue-num-queues", default: 1))
-        guard (1...settings.maxQueues).contains(request.queues) else { throw BlockBackendError("\(request.queues) queues asked, at most \(settings.maxQueues) offered") }
+        guard (1...settings.maxQueues).contains(request.queues) else {
+            throw BlockBackendError("\(request.queues) queues asked, at most \(settings.maxQueues) offered")
+        }
         request.ringOrder = Int(try await number("ring-page-order", default: 0))
-        guard request.ringOrder <= settings.maxRingPageOrder else { throw BlockBackendError("ring order \(request.ringOrder) asked, at most \(settings.maxRingPageOrder) offered") }
+        guard request.ringOrder <= settings.maxRingPageOrder else {
+            throw BlockBackendError("ring order \(request.ringOrder) asked, at most \(settings.maxRingPageOrder) offered")
+        }
         let frontendPersistent = try await number("feature-persistent", default: 0)
         request.persistent = settings.persistent && frontendPersistent == 1
         let protocolName = await value("protocol") ?? BlkifABI.x86_64.rawValue
@@ -287,9 +298,12 @@ public final class BlockBackend: @unchecked Sendable {
             let queues = made
             lock.withLock { connection = queues }
             await setState(.connected)
-            logger.info("vbd \(device.devid) of domain \(device.frontend.rawValue) connected",
-                        metadata: ["file": "\(path)", "sectors": "\(sectors)", "queues": "\(request.queues)",
-                                   "ring-pages": "\(1 << request.ringOrder)", "persistent": "\(request.persistent)"])
+            logger.info(
+                "vbd \(device.devid) of domain \(device.frontend.rawValue) connected",
+                metadata: [
+                    "file": "\(path)", "sectors": "\(sectors)", "queues": "\(request.queues)",
+                    "ring-pages": "\(1 << request.ringOrder)", "persistent": "\(request.persistent)"
+                ])
         } catch {
             for queue in made {
                 await queue.stop()
@@ -303,7 +317,9 @@ public final class BlockBackend: @unchecked Sendable {
 
     /// Stops serving, unmaps the rings and persistent grants, closes the ports (the xenbus state is the caller's).
     private func disconnect() async {
-        let old: [ServedQueue]? = lock.withLock { defer { connection = nil }; return connection }
+        let old: [ServedQueue]? = lock.withLock {
+            defer { connection = nil }; return connection
+        }
         if let old {
             for queue in old { await queue.stop() }
             let count = old.reduce(0) { $0 + $1.served }
@@ -329,7 +345,9 @@ public final class BlockBackend: @unchecked Sendable {
         await watcher?.value
         await disconnect()
         await setState(.closed)
-        let kept = lock.withLock { defer { abandoned.removeAll() }; return abandoned }
+        let kept = lock.withLock {
+            defer { abandoned.removeAll() }; return abandoned
+        }
         for mappings in kept { for mapping in mappings { try? hypervisor.unmapGrant(mapping.handle, by: .dom0) } }
     }
 }

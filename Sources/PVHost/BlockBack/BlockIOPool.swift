@@ -56,8 +56,10 @@ final class BlockIOPool: Sendable {
 
     /// Starts `count` threads performing `requests` and handing each response to `answer`;
     /// `idle` is told whenever the last job in progress has been answered.
-    init(name: String, count: Int, requests: BlockRequests, answer: @escaping @Sendable (BlkifResponse) -> Void,
-         idle: @escaping @Sendable () -> Void) throws(SystemError) {
+    init(
+        name: String, count: Int, requests: BlockRequests, answer: @escaping @Sendable (BlkifResponse) -> Void,
+        idle: @escaping @Sendable () -> Void
+    ) throws(SystemError) {
         let shared = Shared(ready: try EventFD(semaphore: true), requests: requests, answer: answer, idle: idle)
         self.shared = shared
         threads = try WorkerThreads(name: name, count: count) { _ in shared.work() }

@@ -62,7 +62,8 @@ struct BlockRequests: Sendable {
             var transient: [GrantMapping] = []
             defer { unmap(transient) }
             guard let pointer = self.page(request.indirectGrant(page), writable: false, transient: &transient),
-                  let decoded = try? BlkifSegment.decodeIndirectPage(UnsafeRawBufferPointer(start: pointer, count: XenPage.size), count: inPage) else {
+                let decoded = try? BlkifSegment.decodeIndirectPage(UnsafeRawBufferPointer(start: pointer, count: XenPage.size), count: inPage)
+            else {
                 return .error
             }
             segments += decoded
@@ -93,7 +94,8 @@ struct BlockRequests: Sendable {
         var total: UInt64 = 0
         for segment in segments {
             guard segment.firstSector <= segment.lastSector, segment.lastSector < 8,
-                  UInt64(segment.byteOffset) % alignment == 0, UInt64(segment.byteCount) % alignment == 0 else { return .error }
+                UInt64(segment.byteOffset) % alignment == 0, UInt64(segment.byteCount) % alignment == 0
+            else { return .error }
             total += UInt64(segment.byteCount)
         }
         let start = sector &* UInt64(Blkif.sectorSize)

@@ -28,8 +28,10 @@ struct HostileBlockBack: Sendable {
 
     /// Acts on the shared ring after responses `old..<now` were pushed (`notify` sends an
     /// event to the frontend).
-    func afterPush(ring address: UnsafeMutableRawPointer, geometry: RingGeometry, published old: RingIndex, now: RingIndex,
-                   notify: () -> Void) {
+    func afterPush(
+        ring address: UnsafeMutableRawPointer, geometry: RingGeometry, published old: RingIndex, now: RingIndex,
+        notify: () -> Void
+    ) {
         guard old != now else { return }
         switch mode {
         case .responseProducerAhead:

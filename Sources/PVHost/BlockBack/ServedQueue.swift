@@ -14,7 +14,7 @@ import XenRing
 ///
 /// The I/O itself is ``BlockRequests``; persistent grants are ``PersistentGrants``; the hostile
 /// modes of the conformance suite are ``HostileBlockBack``, a layer the handler asks.
-final class ServedQueue: @unchecked Sendable {  // @unchecked: the ring is under `ringLock`; `backlog` and the scratch arrays are the loop thread's; `stopped` and `registration` are under `ringLock`
+final class ServedQueue: @unchecked Sendable {  // @unchecked: ring, stopped, registration under `ringLock`; backlog, scratch: loop thread
     private unowned let backend: BlockBackend
     private let hypervisor: Hypervisor
     private let requests: BlockRequests
@@ -70,8 +70,9 @@ final class ServedQueue: @unchecked Sendable {  // @unchecked: the ring is under
         pollNanoseconds = UInt64(settings.pollMicroseconds) * 1000
         let grants = persistent ? PersistentGrants(hypervisor: hypervisor, frontend: frontend, limit: settings.maxPersistentGrants) : nil
         self.grants = grants
-        requests = BlockRequests(settings: settings, hypervisor: hypervisor, frontend: frontend, file: backend.file, sectors: backend.sectors,
-                                 mapped: backend.mapping, grants: grants)
+        requests = BlockRequests(
+            settings: settings, hypervisor: hypervisor, frontend: frontend, file: backend.file, sectors: backend.sectors,
+            mapped: backend.mapping, grants: grants)
         loop = hypervisor.eventLoops.next()
         var mappings: [GrantMapping] = []
         do {
@@ -100,10 +101,12 @@ final class ServedQueue: @unchecked Sendable {  // @unchecked: the ring is under
         let box = RingBox(try BackRing(resuming: region, protocol: BlkifRing()))
         let settings = backend.settings
         let threads = hostile == nil ? settings.ioThreads ?? (settings.direct ? 8 : 0) : 0
-        let pool: BlockIOPool? = threads > 0
-            ? try BlockIOPool(name: "\(name) io", count: threads, requests: requests,
-                              answer: { [unowned self] response in answer(CollectionOfOne(response)) },
-                              idle: { [unowned self] in ringLock.withLock { self.registration }?.wake() })
+        let pool: BlockIOPool? =
+            threads > 0
+            ? try BlockIOPool(
+                name: "\(name) io", count: threads, requests: requests,
+                answer: { [unowned self] response in answer(CollectionOfOne(response)) },
+                idle: { [unowned self] in ringLock.withLock { self.registration }?.wake() })
             : nil
         let registration = try loop.register(end.delivery.fileDescriptor, name: name, owner: end.delivery) { [unowned self] events in
             serve(events)

@@ -184,10 +184,14 @@ public struct PVHostConfig: Codable, Sendable, Equatable {
                     throw Invalid(description: "\(at).nics[\(n)]: devid \(nic.devid) must be 0…255 and unique")
                 }
                 if let text = nic.mac {
-                    guard let mac = MACAddress(text), !mac.isMulticast else { throw Invalid(description: "\(at).nics[\(n)]: mac \"\(text)\" is not a unicast xx:xx:xx:xx:xx:xx") }
+                    guard let mac = MACAddress(text), !mac.isMulticast else {
+                        throw Invalid(description: "\(at).nics[\(n)]: mac \"\(text)\" is not a unicast xx:xx:xx:xx:xx:xx")
+                    }
                 }
                 if let mtu = nic.mtu, !(68...65517).contains(mtu) { throw Invalid(description: "\(at).nics[\(n)]: mtu \(mtu) is outside 68…65517") }
-                if let queues = nic.maxQueues, !(1...16).contains(queues) { throw Invalid(description: "\(at).nics[\(n)]: maxQueues \(queues) is outside 1…16") }
+                if let queues = nic.maxQueues, !(1...16).contains(queues) {
+                    throw Invalid(description: "\(at).nics[\(n)]: maxQueues \(queues) is outside 1…16")
+                }
             }
         }
         var tapNames = Set<String>()

@@ -1,7 +1,7 @@
 import Foundation
 import Logging
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 import PVHostProtocol
 import PVSystem
@@ -224,8 +224,11 @@ public final class ControlServer: @unchecked Sendable {
             let interfaces = lock.withLock { nics.removeValue(forKey: domain) } ?? []
             for nic in interfaces { await nic.stop() }
             let reclaimed = await toolstack.destroyDomain(domain)
-            logger.info("domain \(domain.rawValue) detached and destroyed", metadata: [
-                "mappings-by-it": "\(reclaimed.mappingsByIt)", "mappings-of-it": "\(reclaimed.mappingsOfIt)", "ports": "\(reclaimed.ports)"])
+            logger.info(
+                "domain \(domain.rawValue) detached and destroyed",
+                metadata: [
+                    "mappings-by-it": "\(reclaimed.mappingsByIt)", "mappings-of-it": "\(reclaimed.mappingsOfIt)", "ports": "\(reclaimed.ports)"
+                ])
         }
     }
 
@@ -247,8 +250,10 @@ public final class ControlServer: @unchecked Sendable {
                 for devid in (try? await store.directory(XenStorePath("/local/domain/0/backend/\(type)/\(frontend)"))) ?? [] {
                     let backend = "/local/domain/0/backend/\(type)/\(frontend)/\(devid)"
                     let frontendPath = await read(backend + "/frontend")
-                    devices.append(.init(type: type, frontend: UInt16(frontend) ?? 0, devid: devid,
-                                         backendState: await read(backend + "/state"), frontendState: await read(frontendPath + "/state")))
+                    devices.append(
+                        .init(
+                            type: type, frontend: UInt16(frontend) ?? 0, devid: devid,
+                            backendState: await read(backend + "/state"), frontendState: await read(frontendPath + "/state")))
                 }
             }
         }
@@ -291,8 +296,9 @@ public final class ControlServer: @unchecked Sendable {
                             let device = Toolstack.Device(type: "vbd", frontend: d.id, devid: disk.devid)
                             let settings = disk.settings
                             do {
-                                try await toolstack.addDevice(device, frontendKeys: ["virtual-device": "\(disk.devid)", "device-type": "disk"],
-                                                              backendKeys: ["params": disk.path, "type": "file", "mode": settings.readOnly ? "r" : "w"])
+                                try await toolstack.addDevice(
+                                    device, frontendKeys: ["virtual-device": "\(disk.devid)", "device-type": "disk"],
+                                    backendKeys: ["params": disk.path, "type": "file", "mode": settings.readOnly ? "r" : "w"])
                                 backends.append(try await BlockBackend.start(toolstack: toolstack, device: device, path: disk.path, settings: settings))
                             } catch {
                                 for backend in backends { await backend.stop() }
@@ -335,19 +341,30 @@ public final class ControlServer: @unchecked Sendable {
                         return (.error("creating domain \"\(name)\": \(error)"), [])
                     }
                 }
-                let info = AttachedDomain(domid: d.id.rawValue, pages: d.pageCount, grantFrames: d.limits.grantFrames,
-                                          storeFrame: d.storeFrame, storePort: guest.storePort.rawValue)
-                return (.attached(info), [Attachment(fileDescriptor: d.memory.fileDescriptor, owner: d.memory),
-                                          Attachment(fileDescriptor: d.grantFrames.fileDescriptor, owner: d.grantFrames),
-                                          Attachment(fileDescriptor: guest.storeChannel.delivery.fileDescriptor, owner: guest.storeChannel.delivery),
-                                          Attachment(fileDescriptor: guest.storeChannel.peer.fileDescriptor, owner: guest.storeChannel.peer)])
+                let info = AttachedDomain(
+                    domid: d.id.rawValue, pages: d.pageCount, grantFrames: d.limits.grantFrames,
+                    storeFrame: d.storeFrame, storePort: guest.storePort.rawValue)
+                return (
+                    .attached(info),
+                    [
+                        Attachment(fileDescriptor: d.memory.fileDescriptor, owner: d.memory),
+                        Attachment(fileDescriptor: d.grantFrames.fileDescriptor, owner: d.grantFrames),
+                        Attachment(fileDescriptor: guest.storeChannel.delivery.fileDescriptor, owner: guest.storeChannel.delivery),
+                        Attachment(fileDescriptor: guest.storeChannel.peer.fileDescriptor, owner: guest.storeChannel.peer)
+                    ]
+                )
             }
         case let .allocUnbound(remote):
             guard let domain else { return (.error("attach first"), []) }
             do {
                 let (port, end) = try hypervisor.allocUnbound(domain, remote: DomainID(remote))
-                return (.port(port.rawValue), [Attachment(fileDescriptor: end.delivery.fileDescriptor, owner: end.delivery),
-                                               Attachment(fileDescriptor: end.peer.fileDescriptor, owner: end.peer)])
+                return (
+                    .port(port.rawValue),
+                    [
+                        Attachment(fileDescriptor: end.delivery.fileDescriptor, owner: end.delivery),
+                        Attachment(fileDescriptor: end.peer.fileDescriptor, owner: end.peer)
+                    ]
+                )
             } catch {
                 return (.error("\(error)"), [])
             }
@@ -355,8 +372,13 @@ public final class ControlServer: @unchecked Sendable {
             guard let domain else { return (.error("attach first"), []) }
             do {
                 let (local, end) = try hypervisor.bindInterdomain(domain, remote: DomainID(remote), remotePort: EventChannelPort(port))
-                return (.port(local.rawValue), [Attachment(fileDescriptor: end.delivery.fileDescriptor, owner: end.delivery),
-                                                Attachment(fileDescriptor: end.peer.fileDescriptor, owner: end.peer)])
+                return (
+                    .port(local.rawValue),
+                    [
+                        Attachment(fileDescriptor: end.delivery.fileDescriptor, owner: end.delivery),
+                        Attachment(fileDescriptor: end.peer.fileDescriptor, owner: end.peer)
+                    ]
+                )
             } catch {
                 return (.error("\(error)"), [])
             }
@@ -396,10 +418,12 @@ public final class ControlServer: @unchecked Sendable {
             let local = own.page(localFrame) + localOffset
             do {
                 if toGrant {
-                    try hypervisor.copyGrant(UnsafeRawBufferPointer(start: local, count: length), to: GrantRef(ref), of: DomainID(granter), by: domain, offset: offset)
+                    try hypervisor.copyGrant(
+                        UnsafeRawBufferPointer(start: local, count: length), to: GrantRef(ref), of: DomainID(granter), by: domain, offset: offset)
                 } else {
-                    try hypervisor.copyGrant(GrantRef(ref), of: DomainID(granter), by: domain, offset: offset,
-                                             into: UnsafeMutableRawBufferPointer(start: local, count: length))
+                    try hypervisor.copyGrant(
+                        GrantRef(ref), of: DomainID(granter), by: domain, offset: offset,
+                        into: UnsafeMutableRawBufferPointer(start: local, count: length))
                 }
                 return (.ok, [])
             } catch {
@@ -421,9 +445,10 @@ public final class ControlServer: @unchecked Sendable {
             return (.error("attach first"), [])  // answered by serve() from the attach
         case .status:
             let s = hypervisor.status
-            var status = HostStatus(domains: s.domains.map { .init(domid: $0.id.rawValue, name: $0.name, pages: $0.pages, ports: $0.ports) },
-                                    grantsMapped: s.grantsMapped, grantMapsTotal: s.mapsTotal, grantCopiesTotal: s.copiesTotal,
-                                    notificationsSent: s.notificationsSent)
+            var status = HostStatus(
+                domains: s.domains.map { .init(domid: $0.id.rawValue, name: $0.name, pages: $0.pages, ports: $0.ports) },
+                grantsMapped: s.grantsMapped, grantMapsTotal: s.mapsTotal, grantCopiesTotal: s.copiesTotal,
+                notificationsSent: s.notificationsSent)
             let store = toolstack.store
             status.devices = await inline { await Self.devices(store) }
             return (.status(status), [])

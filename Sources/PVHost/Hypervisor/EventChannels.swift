@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 import PVSystem
 import XenABI
@@ -102,7 +102,9 @@ struct EventChannelTable {
 
     /// `EVTCHNOP_bind_interdomain`: connects a new port of `domain` to `remote`'s unbound
     /// `remotePort`, which must have been allocated for `domain`.
-    mutating func bindInterdomain(_ domain: DomainID, remote: DomainID, remotePort: EventChannelPort) throws(EventChannelError) -> (EventChannelPort, EventChannelPortEnd) {
+    mutating func bindInterdomain(_ domain: DomainID, remote: DomainID, remotePort: EventChannelPort) throws(EventChannelError) -> (
+        EventChannelPort, EventChannelPortEnd
+    ) {
         guard ports[domain] != nil else { throw .noDomain(domain) }
         let target = try port(remote, remotePort)
         guard case let .unbound(allowed) = target.state, allowed == domain else { throw .notBindable(remote, remotePort) }

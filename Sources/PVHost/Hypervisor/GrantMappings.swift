@@ -55,8 +55,9 @@ struct GrantBook {
         pins[key] = pin
         let handle = nextHandle
         nextHandle = nextHandle &+ 1 == 0 ? 1 : nextHandle &+ 1
-        let mapping = GrantMapping(handle: handle, granter: granter.id, ref: ref, frame: frame, writable: writable,
-                                   page: granter.page(Int(frame)), mapper: mapper, owner: granter)
+        let mapping = GrantMapping(
+            handle: handle, granter: granter.id, ref: ref, frame: frame, writable: writable,
+            page: granter.page(Int(frame)), mapper: mapper, owner: granter)
         mappings[handle] = mapping
         return mapping
     }
@@ -85,7 +86,8 @@ struct GrantBook {
         let frame: UInt32
         if pinned {
             guard granter.grants.entry(op.ref).domid == mapper,
-                  let existing = mappings.values.first(where: { $0.granter == granter.id && $0.ref == op.ref }) else { return .generalError }
+                let existing = mappings.values.first(where: { $0.granter == granter.id && $0.ref == op.ref })
+            else { return .generalError }
             frame = existing.frame
         } else {
             do { frame = try granter.grants.pin(op.ref, for: mapper, writable: op.toGrant) } catch { return error }

@@ -47,7 +47,9 @@ public final class Hypervisor: @unchecked Sendable {
 
     /// Creates a domain with fresh memory and grant frames.
     public func createDomain(name: String, limits: Domain.Limits = Domain.Limits()) throws(SystemError) -> Domain {
-        let id = state.withLock { s in defer { s.nextDomain += 1 }; return DomainID(s.nextDomain) }
+        let id = state.withLock { s in
+            defer { s.nextDomain += 1 }; return DomainID(s.nextDomain)
+        }
         let domain = try Domain(id: id, name: name, limits: limits)
         state.withLock { s in
             s.domains[id] = domain
@@ -84,7 +86,9 @@ public final class Hypervisor: @unchecked Sendable {
             var reclaimed = Reclaimed()
             let dying = s.domains[id]
             for handle in s.grants.handles(mappedBy: id) {
-                if let mapping = try? s.grants.unmap(handle, by: id, granter: s.domains[s.grants.mappings[handle]?.granter ?? id]) { _ = mapping; reclaimed.mappingsByIt += 1 }
+                if let mapping = try? s.grants.unmap(handle, by: id, granter: s.domains[s.grants.mappings[handle]?.granter ?? id]) {
+                    _ = mapping; reclaimed.mappingsByIt += 1
+                }
             }
             for handle in s.grants.handles(grantedBy: id) {
                 guard let mapper = s.grants.mappings[handle]?.mapper else { continue }
@@ -126,8 +130,10 @@ public final class Hypervisor: @unchecked Sendable {
 
     /// Copies between a granted page and local memory without leaving a mapping behind
     /// (`GNTTABOP_copy`): `.badCopyArg` when offset + length leaves the page.
-    public func copyGrant(_ ref: GrantRef, of granter: DomainID, by mapper: DomainID, offset: Int,
-                          into buffer: UnsafeMutableRawBufferPointer) throws(GrantStatus) {
+    public func copyGrant(
+        _ ref: GrantRef, of granter: DomainID, by mapper: DomainID, offset: Int,
+        into buffer: UnsafeMutableRawBufferPointer
+    ) throws(GrantStatus) {
         guard offset >= 0, offset + buffer.count <= XenPage.size else { throw .badCopyArg }
         let mapping = try mapGrant(ref, of: granter, by: mapper, writable: false)
         buffer.baseAddress?.copyMemory(from: mapping.page + offset, byteCount: buffer.count)
@@ -190,7 +196,9 @@ public final class Hypervisor: @unchecked Sendable {
     }
 
     /// `EVTCHNOP_bind_interdomain` for `domain` to `remote`'s unbound port.
-    public func bindInterdomain(_ domain: DomainID, remote: DomainID, remotePort: EventChannelPort) throws(EventChannelError) -> (port: EventChannelPort, end: EventChannelPortEnd) {
+    public func bindInterdomain(_ domain: DomainID, remote: DomainID, remotePort: EventChannelPort) throws(EventChannelError) -> (
+        port: EventChannelPort, end: EventChannelPortEnd
+    ) {
         try state.withLock { s throws(EventChannelError) in try s.events.bindInterdomain(domain, remote: remote, remotePort: remotePort) }
     }
 
@@ -239,9 +247,10 @@ public final class Hypervisor: @unchecked Sendable {
 
     public var status: Status {
         state.withLock { s in
-            Status(domains: s.domains.values.sorted { $0.id < $1.id }.map { ($0.id, $0.name, $0.pageCount, s.events.count($0.id)) },
-                   grantsMapped: s.grants.count, mapsTotal: s.maps, copiesTotal: s.copies,
-                   notificationsSent: s.events.ports.values.flatMap(\.values).reduce(0) { $0 + $1.sent })
+            Status(
+                domains: s.domains.values.sorted { $0.id < $1.id }.map { ($0.id, $0.name, $0.pageCount, s.events.count($0.id)) },
+                grantsMapped: s.grants.count, mapsTotal: s.maps, copiesTotal: s.copies,
+                notificationsSent: s.events.ports.values.flatMap(\.values).reduce(0) { $0 + $1.sent })
         }
     }
 }

@@ -106,11 +106,14 @@ public final class NetBackend: SwitchPort, @unchecked Sendable {
     /// The MAC address libxl would not pick but pvhost does: 00:16:3e (Xen's prefix), then
     /// the domain and the device number.
     public static func defaultMAC(domain: DomainID, devid: Int) -> MACAddress {
-        MACAddress(0x00, 0x16, 0x3E, UInt8(truncatingIfNeeded: domain.rawValue >> 8), UInt8(truncatingIfNeeded: domain.rawValue), UInt8(truncatingIfNeeded: devid))
+        MACAddress(
+            0x00, 0x16, 0x3E, UInt8(truncatingIfNeeded: domain.rawValue >> 8), UInt8(truncatingIfNeeded: domain.rawValue), UInt8(truncatingIfNeeded: devid))
     }
 
     /// Publishes the vif, joins `network`, goes to InitWait and follows the frontend.
-    public static func start(toolstack: Toolstack, device: Toolstack.Device, network: VirtualSwitch, settings: Settings = Settings()) async throws(Toolstack.Failure) -> NetBackend {
+    public static func start(toolstack: Toolstack, device: Toolstack.Device, network: VirtualSwitch, settings: Settings = Settings()) async throws(Toolstack
+        .Failure) -> NetBackend
+    {
         guard (1...16).contains(settings.maxQueues) else { throw .hypervisor("maxQueues \(settings.maxQueues) is outside 1…16") }
         let backend = NetBackend(toolstack: toolstack, device: device, network: network, settings: settings)
         try await backend.publish()
@@ -133,11 +136,13 @@ public final class NetBackend: SwitchPort, @unchecked Sendable {
     /// The backend keys, as Linux netback writes them at probe.
     var publishedKeys: [(String, String)] {
         let s = settings
-        return [("feature-sg", s.scatterGather ? "1" : "0"), ("feature-gso-tcpv4", s.gsoTCPv4 ? "1" : "0"),
-                ("feature-gso-tcpv6", s.gsoTCPv6 ? "1" : "0"), ("feature-ipv6-csum-offload", s.ipv6ChecksumOffload ? "1" : "0"),
-                ("feature-rx-copy", "1"), ("feature-rx-flip", "0"),
-                ("feature-split-event-channels", s.splitEventChannels ? "1" : "0"),
-                ("multi-queue-max-queues", "\(s.maxQueues)"), ("mac", "\(mac)"), ("handle", "\(device.devid)")]
+        return [
+            ("feature-sg", s.scatterGather ? "1" : "0"), ("feature-gso-tcpv4", s.gsoTCPv4 ? "1" : "0"),
+            ("feature-gso-tcpv6", s.gsoTCPv6 ? "1" : "0"), ("feature-ipv6-csum-offload", s.ipv6ChecksumOffload ? "1" : "0"),
+            ("feature-rx-copy", "1"), ("feature-rx-flip", "0"),
+            ("feature-split-event-channels", s.splitEventChannels ? "1" : "0"),
+            ("multi-queue-max-queues", "\(s.maxQueues)"), ("mac", "\(mac)"), ("handle", "\(device.devid)")
+        ]
     }
 
     private func publish() async throws(Toolstack.Failure) {
@@ -160,8 +165,9 @@ public final class NetBackend: SwitchPort, @unchecked Sendable {
     }
 
     private func follow() {
-        watcher = xenbus.follow(connectOn: [.connected], isConnected: { [weak self] in self?.isConnected },
-                                connect: { [weak self] in await self?.connect() }, disconnect: { [weak self] in await self?.disconnect() })
+        watcher = xenbus.follow(
+            connectOn: [.connected], isConnected: { [weak self] in self?.isConnected },
+            connect: { [weak self] in await self?.connect() }, disconnect: { [weak self] in await self?.disconnect() })
     }
 
     private var isConnected: Bool { lock.withLock { queues != nil } }
@@ -182,11 +188,17 @@ public final class NetBackend: SwitchPort, @unchecked Sendable {
                 guard let text = await value(key) else { return fallback }
                 return text == "1"
             }
-            guard await flag("request-rx-copy", default: false) else { throw NetBackendError("the frontend did not ask for request-rx-copy (page flipping is not served)") }
+            guard await flag("request-rx-copy", default: false) else {
+                throw NetBackendError("the frontend did not ask for request-rx-copy (page flipping is not served)")
+            }
             let queueCount = Int(await value("multi-queue-num-queues").flatMap { UInt32($0) } ?? 1)
-            guard (1...settings.maxQueues).contains(queueCount) else { throw NetBackendError("\(queueCount) queues asked, at most \(settings.maxQueues) offered") }
+            guard (1...settings.maxQueues).contains(queueCount) else {
+                throw NetBackendError("\(queueCount) queues asked, at most \(settings.maxQueues) offered")
+            }
             var accepts = FrontendAccepts()
-            let (sg, gso4, gso6) = (await flag("feature-sg", default: false), await flag("feature-gso-tcpv4", default: false), await flag("feature-gso-tcpv6", default: false))
+            let (sg, gso4, gso6) = (
+                await flag("feature-sg", default: false), await flag("feature-gso-tcpv4", default: false), await flag("feature-gso-tcpv6", default: false)
+            )
             let (noCsum, ipv6Csum) = (await flag("feature-no-csum-offload", default: false), await flag("feature-ipv6-csum-offload", default: false))
             accepts.scatterGather = settings.scatterGather && sg
             accepts.gsoTCPv4 = settings.gsoTCPv4 && gso4
@@ -220,7 +232,9 @@ public final class NetBackend: SwitchPort, @unchecked Sendable {
 
     /// Stops serving, unmaps the rings, closes the ports (the xenbus state is the caller's).
     private func disconnect() async {
-        let old: [VifQueue]? = lock.withLock { defer { queues = nil }; return queues }
+        let old: [VifQueue]? = lock.withLock {
+            defer { queues = nil }; return queues
+        }
         if let old {
             for queue in old { await queue.stop() }
             lock.withLock { for queue in old { before.add(queue) } }

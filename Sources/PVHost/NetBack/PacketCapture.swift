@@ -2,7 +2,7 @@ import Foundation
 import PacketOffload
 import PVSystem
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A pcap file (the classic format tcpdump, tshark and Wireshark read: microsecond time

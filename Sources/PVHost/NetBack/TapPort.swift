@@ -27,12 +27,15 @@ public final class TapPort: SwitchPort, @unchecked Sendable {  // @unchecked: `n
     /// Opens (creating) the TAP `name` in pvhost's network namespace, sets it up and joins the
     /// switch. With `namespace`, moves it into that network namespace first (`ip link set …
     /// netns`; the descriptor keeps working there). Needs CAP_NET_ADMIN.
-    public static func open(name: String, namespace: String? = nil, offloads: Bool = true, network: VirtualSwitch,
-                            loop: EventLoop = Hypervisor.sharedLoops.next()) throws(Failure) -> TapPort {
+    public static func open(
+        name: String, namespace: String? = nil, offloads: Bool = true, network: VirtualSwitch,
+        loop: EventLoop = Hypervisor.sharedLoops.next()
+    ) throws(Failure) -> TapPort {
         let device: TapDevice
         do { device = try TapDevice(name: name, offloads: offloads) } catch { throw Failure(description: error.description) }
         if let namespace {
-            let status = Self.run("/usr/sbin/ip", ["link", "set", name, "netns", namespace])
+            let status =
+                Self.run("/usr/sbin/ip", ["link", "set", name, "netns", namespace])
                 ?? Self.run("/sbin/ip", ["link", "set", name, "netns", namespace])
             guard status == 0 else {
                 throw Failure(description: "moving TAP \(name) into network namespace \(namespace) failed (does `ip netns add \(namespace)` exist?)")

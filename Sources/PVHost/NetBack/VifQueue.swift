@@ -99,12 +99,15 @@ final class VifQueue: @unchecked Sendable {  // @unchecked: the tx ring and its 
         var made: [EventLoop.Registration] = []
         do throws(SystemError) {
             for end in ends {
-                made.append(try loop.register(end.delivery.fileDescriptor, name: "vif \(vif.device.frontend.rawValue).\(vif.device.devid) q\(index)",
-                                              owner: end.delivery) { [self] _ in
-                    end.delivery.consume()
-                    serve()
-                    return .wait
-                })
+                made.append(
+                    try loop.register(
+                        end.delivery.fileDescriptor, name: "vif \(vif.device.frontend.rawValue).\(vif.device.devid) q\(index)",
+                        owner: end.delivery
+                    ) { [self] _ in
+                        end.delivery.consume()
+                        serve()
+                        return .wait
+                    })
             }
         } catch {
             for registration in made { registration.cancel() }
@@ -209,12 +212,16 @@ final class VifQueue: @unchecked Sendable {  // @unchecked: the tx ring and its 
             guard case let .packet(planned) = outcome else { fetched.append([]); continue }
             var bytes = [UInt8](repeating: 0, count: planned.length)
             bytes.withUnsafeMutableBytes { out in
-                txCopies.append(Hypervisor.GrantCopy(ref: planned.first.gref, offset: planned.first.offset, length: planned.first.length,
-                                                     local: out.baseAddress!, toGrant: false))
+                txCopies.append(
+                    Hypervisor.GrantCopy(
+                        ref: planned.first.gref, offset: planned.first.offset, length: planned.first.length,
+                        local: out.baseAddress!, toGrant: false))
                 var at = planned.first.length
                 for segment in planned.rest {
-                    txCopies.append(Hypervisor.GrantCopy(ref: segment.gref, offset: segment.offset, length: segment.length,
-                                                         local: out.baseAddress! + at, toGrant: false))
+                    txCopies.append(
+                        Hypervisor.GrantCopy(
+                            ref: segment.gref, offset: segment.offset, length: segment.length,
+                            local: out.baseAddress! + at, toGrant: false))
                     at += segment.length
                 }
             }
@@ -242,14 +249,17 @@ final class VifQueue: @unchecked Sendable {  // @unchecked: the tx ring and its 
                 }
                 var gso: (type: NetifGSOType, size: UInt16)?
                 if case let .gso(size, type, _)? = planned.gso { gso = (type, size) }
-                packets.append(Packet(bytes: fetched[index], checksumBlank: planned.flags.contains(.checksumBlank),
-                                      dataValidated: planned.flags.contains(.dataValidated), gso: gso))
+                packets.append(
+                    Packet(
+                        bytes: fetched[index], checksumBlank: planned.flags.contains(.checksumBlank),
+                        dataValidated: planned.flags.contains(.dataValidated), gso: gso))
                 txPackets.wrappingIncrement(ordering: .relaxed)
             case let .refused(ids, extras, reason):
                 vif.logger.notice("vif \(frontend.rawValue).\(vif.device.devid): refused a tx packet (\(reason.rawValue))")
                 if let first = ids.first {
-                    respond(first: first, extras: extras, rest: ids.dropFirst().map { TxAssembler.Segment(id: $0, gref: GrantRef(0), offset: 0, length: 0) },
-                            status: Netif.statusError)
+                    respond(
+                        first: first, extras: extras, rest: ids.dropFirst().map { TxAssembler.Segment(id: $0, gref: GrantRef(0), offset: 0, length: 0) },
+                        status: Netif.statusError)
                 } else {
                     for _ in 0..<extras { tx.ring.enqueueResponse(NetifTxResponse(id: 0, status: Netif.statusNull)) }
                 }
@@ -379,12 +389,18 @@ final class VifQueue: @unchecked Sendable {  // @unchecked: the tx ring and its 
                     var flags: NetRxFlags = []
                     if page + 1 < pages { flags.insert(.moreData) }
                     if page == 0 {
-                        if packet.checksumBlank { flags.formUnion([.checksumBlank, .dataValidated]) } else if packet.dataValidated { flags.insert(.dataValidated) }
+                        if packet.checksumBlank {
+                            flags.formUnion([.checksumBlank, .dataValidated])
+                        } else if packet.dataValidated {
+                            flags.insert(.dataValidated)
+                        }
                         if extra != nil { flags.insert(.extraInfo) }
                     }
                     slots.append(.data(id: request.id, length: length, flags: flags, copy: copies.count))
-                    copies.append(Hypervisor.GrantCopy(ref: request.gref, offset: 0, length: length,
-                                                       local: base + page * XenPage.size, toGrant: true))
+                    copies.append(
+                        Hypervisor.GrantCopy(
+                            ref: request.gref, offset: 0, length: length,
+                            local: base + page * XenPage.size, toGrant: true))
                     page += 1
                 }
             }

@@ -42,8 +42,10 @@ struct BackendXenbus: Sendable {
     /// again once we are Closed — or Closing, after a failed connect: a restarted backend can
     /// see the previous instance's Connected and stale ring refs before the frontend noticed
     /// the restart; it then starts over, and so do we.
-    func follow(connectOn: Set<XenbusState>, isConnected: @escaping @Sendable () -> Bool?,
-                connect: @escaping @Sendable () async -> Void, disconnect: @escaping @Sendable () async -> Void) -> Task<Void, Never> {
+    func follow(
+        connectOn: Set<XenbusState>, isConnected: @escaping @Sendable () -> Bool?,
+        connect: @escaping @Sendable () async -> Void, disconnect: @escaping @Sendable () async -> Void
+    ) -> Task<Void, Never> {
         let frontendState = try! XenStorePath(device.frontendPath + "/state")
         let store = self.store, me = self
         return Task {

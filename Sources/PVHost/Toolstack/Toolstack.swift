@@ -68,11 +68,13 @@ public final class Toolstack: Sendable {
             let values: [(String, String)] = [
                 ("name", name), ("domid", "\(id)"), ("vm", "/vm/\(uuid)"),
                 ("memory/static-max", "\(domain.pageCount * 4)"), ("memory/target", "\(domain.pageCount * 4)"),
-                ("store/port", "\(guestPort.rawValue)"), ("store/ring-ref", "\(domain.storeFrame)"),
+                ("store/port", "\(guestPort.rawValue)"), ("store/ring-ref", "\(domain.storeFrame)")
             ]
-            let guestWritable = ["data", "drivers", "feature", "attr", "error", "messages", "control/shutdown",
-                                 "control/feature-poweroff", "control/feature-reboot", "control/feature-suspend",
-                                 "control/sysrq", "device/suspend/event-channel"]
+            let guestWritable = [
+                "data", "drivers", "feature", "attr", "error", "messages", "control/shutdown",
+                "control/feature-poweroff", "control/feature-reboot", "control/feature-suspend",
+                "control/sysrq", "device/suspend/event-channel"
+            ]
             _ = try await store.transaction { tx in
                 try await tx.mkdir(XenStorePath(home))
                 try await tx.setPermissions(XenStorePath(home), readOnly)
@@ -93,9 +95,10 @@ public final class Toolstack: Sendable {
             hypervisor.destroyDomain(domain.id)
             throw Self.failure(error)
         }
-        _ = xenstored.attachRing(domain: domain.id, page: domain.page(domain.storeFrame), fromGuest: daemonEnd.delivery,
-                             toGuest: daemonEnd.peer, keepAlive: domain,
-                             introduce: (gfn: UInt64(domain.storeFrame), port: guestPort))
+        _ = xenstored.attachRing(
+            domain: domain.id, page: domain.page(domain.storeFrame), fromGuest: daemonEnd.delivery,
+            toGuest: daemonEnd.peer, keepAlive: domain,
+            introduce: (gfn: UInt64(domain.storeFrame), port: guestPort))
         return Guest(domain: domain, storePort: guestPort, storeChannel: guestEnd, uuid: uuid)
     }
 

@@ -102,7 +102,9 @@ public final class XenStoreDaemon: @unchecked Sendable {  // @unchecked: the eng
 
     /// Starts serving on the daemon's loop (accepting connections, rings attached later).
     public func start() throws(XenStoreServerError) {
-        let first = state.withLock { s -> Bool in defer { s.started = true }; return !s.started }
+        let first = state.withLock { s -> Bool in
+            defer { s.started = true }; return !s.started
+        }
         guard first else { return }
         let budget = UInt64(max(0, pollMicroseconds)) * 1000
         do {
@@ -168,10 +170,14 @@ public final class XenStoreDaemon: @unchecked Sendable {  // @unchecked: the eng
     /// - Returns: the connection's id, for ``detachRing(_:)``.
     /// With `introduce` (the ring's frame and the guest's port), the domain counts as
     /// introduced and `@introduceDomain` fires, as after a toolstack's INTRODUCE.
-    public func attachRing(domain: DomainID, page: UnsafeMutableRawPointer, fromGuest: EventFD, toGuest: EventFD, keepAlive: AnyObject? = nil,
-                           introduce: (gfn: UInt64, port: EventChannelPort)? = nil) -> Int {
+    public func attachRing(
+        domain: DomainID, page: UnsafeMutableRawPointer, fromGuest: EventFD, toGuest: EventFD, keepAlive: AnyObject? = nil,
+        introduce: (gfn: UInt64, port: EventChannelPort)? = nil
+    ) -> Int {
         XenStoreRing(page: page, side: .daemon).initialize()
-        let id = nextRingID.withLock { id in defer { id += 1 }; return id }
+        let id = nextRingID.withLock { id in
+            defer { id += 1 }; return id
+        }
         let address = UInt(bitPattern: page), owner = SendableBox(keepAlive)
         loop.execute { [self] in
             guard !state.withLock({ $0.stopped }) else { return }
@@ -179,7 +185,8 @@ public final class XenStoreDaemon: @unchecked Sendable {  // @unchecked: the eng
             let client = RingClient(domain: domain, ring: ring, fromGuest: fromGuest, toGuest: toGuest, keepAlive: owner.value, outputLimit: outputLimit)
             rings[id] = client
             do {
-                client.registration = try loop.register(fromGuest.fileDescriptor, name: "xenstore ring of domain \(domain.rawValue)", owner: fromGuest) { [self] _ in
+                client.registration = try loop.register(fromGuest.fileDescriptor, name: "xenstore ring of domain \(domain.rawValue)", owner: fromGuest) {
+                    [self] _ in
                     fromGuest.consume()
                     serviceRing(id)
                     flushSoon()

@@ -172,8 +172,9 @@ public struct XenStoreEngine: Sendable {
             try tree.setPermissions(absolute(path), permissions, caller: caller)
             return [out(.ok)] + events([(absolute(path), false)])
         case let .watch(path, token):
-            let watch = try watches.add(connection: id, path: path, token: token, home: home(caller), privileged: caller.privileged,
-                                        limit: quotas.quota(for: caller.domain).watches)
+            let watch = try watches.add(
+                connection: id, path: path, token: token, home: home(caller), privileged: caller.privileged,
+                limit: quotas.quota(for: caller.domain).watches)
             // OK first, then the event that fires on registration.
             let event = XenStoreReply.watchEvent(path: watch.path, token: token)
             return [out(.ok), Output(connection: id, message: event.message(answering: header))]

@@ -151,7 +151,8 @@ public struct XenStoreTree: Sendable, XenStoreNodeStore {
     func ownedRoots(of domain: DomainID) -> [String] {
         nodes.compactMap { path, node in
             guard node.permissions.owner == domain, let parent = Self.parent(of: path),
-                  nodes[parent]?.permissions.owner != domain else { return nil }
+                nodes[parent]?.permissions.owner != domain
+            else { return nil }
             return path
         }.sorted()
     }
@@ -209,7 +210,8 @@ extension XenStoreNodeStore {
             return [path]
         }
         if !caller.privileged {
-            let probe = XenStoreNode(value: value, permissions: try! XenStorePermissions([XenStorePermission(.none, caller.domain)]), children: [], generation: 0)
+            let probe = XenStoreNode(
+                value: value, permissions: try! XenStorePermissions([XenStorePermission(.none, caller.domain)]), children: [], generation: 0)
             try checkSize(probe, caller)
         }
         let created = try createMissing(path, caller: caller)
@@ -317,7 +319,9 @@ public struct XenStoreWatches: Sendable {
 
     /// WATCH: EEXIST for the same (path, token) twice; E2BIG past `limit` watches on the
     /// connection (C: `quota-nb-watch-per-domain`, 128), unless privileged.
-    public mutating func add(connection: Int, path: XenStorePath, token: String, home: XenStorePath, privileged: Bool, limit: Int = 128) throws(XsErrorName) -> Watch {
+    public mutating func add(connection: Int, path: XenStorePath, token: String, home: XenStorePath, privileged: Bool, limit: Int = 128) throws(XsErrorName)
+        -> Watch
+    {
         let absolute = path.resolved(home: home).rawValue
         guard !watches.contains(where: { $0.connection == connection && $0.path == path.rawValue && $0.token == token }) else { throw .EEXIST }
         guard privileged || counts[connection, default: 0] < limit else { throw .E2BIG }
