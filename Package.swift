@@ -24,13 +24,16 @@ let package = Package(
         .library(name: "XenABI", targets: ["XenABI"]),
         .library(name: "XenRing", targets: ["XenRing"]),
         .library(name: "PVSystem", targets: ["PVSystem"]),
+        .library(name: "XenStoreWire", targets: ["XenStoreWire"]),
         .library(name: "XenStore", targets: ["XenStore"]),
+        .library(name: "XenStoredCore", targets: ["XenStoredCore"]),
         .library(name: "XenGrants", targets: ["XenGrants"]),
         .library(name: "XenBus", targets: ["XenBus"]),
         .library(name: "PVPlatform", targets: ["PVPlatform"]),
         .library(name: "BlockFront", targets: ["BlockFront"]),
         .library(name: "NetFront", targets: ["NetFront"]),
         .library(name: "PacketOffload", targets: ["PacketOffload"]),
+        .library(name: "PacketTap", targets: ["PacketTap"]),
         .library(name: "KernelAudit", targets: ["KernelAudit"]),
         .executable(name: "pvcheck", targets: ["pvcheck"]),
         .executable(name: "pvhost", targets: ["pvhost"]),
@@ -60,17 +63,25 @@ let package = Package(
             name: "XenRing",
             dependencies: ["XenABI", .product(name: "Atomics", package: "swift-atomics")],
             swiftSettings: strictSwift),
-        // XenStore: the xs_wire protocol (pure), the async client and its transports (socket,
-        // /dev/xen/xenbus, a domain's ring page).
+        // xs_wire (pure): paths, requests and replies, framing, the ring page's layout and indexes.
+        .target(
+            name: "XenStoreWire",
+            dependencies: ["XenABI", .product(name: "Atomics", package: "swift-atomics")],
+            swiftSettings: strictSwift),
+        // XenStore: the async client and its transports (socket, /dev/xen/xenbus, a domain's
+        // ring page); re-exports XenStoreWire.
         .target(
             name: "XenStore",
-            dependencies: ["XenABI", "CLinux", "PVSystem", .product(name: "Atomics", package: "swift-atomics")],
+            dependencies: ["XenABI", "XenStoreWire", "PVSystem", .product(name: "Atomics", package: "swift-atomics")],
             swiftSettings: strictSwift),
+        // xenstored's core (pure): the tree, permissions, quotas, transactions, watches and the
+        // per-connection output queue; requests in, replies and events out.
+        .target(name: "XenStoredCore", dependencies: ["XenABI", "XenStoreWire"], swiftSettings: strictSwift),
         // The XenBus frontend lifecycle: a pure state machine and the driver that runs it on XenStore.
-        .target(name: "XenBus", dependencies: ["XenABI", "XenStore"], swiftSettings: strictSwift),
-        .testTarget(name: "BlockFrontTests", dependencies: ["BlockFront", "XenABI"], swiftSettings: testSwift),
+        .target(name: "XenBus", dependencies: ["XenABI", "XenStore", "PVSystem"], swiftSettings: strictSwift),
+        .testTarget(name: "BlockFrontTests", dependencies: ["BlockFront", "XenABI", "PVSystem"], swiftSettings: testSwift),
         // netfront: Ethernet frames over Xen's PV network protocol.
-        .target(name: "NetFront", dependencies: ["XenABI", "XenRing", "XenStore", "XenBus", "PVPlatform", "PVSystem", "CLinux", "PacketOffload",
+        .target(name: "NetFront", dependencies: ["XenABI", "XenRing", "XenStore", "XenBus", "PVPlatform", "PVSystem", "PacketOffload", "PacketTap",
                                                 .product(name: "Atomics", package: "swift-atomics"), .product(name: "DequeModule", package: "swift-collections")], swiftSettings: dataPath),
         .testTarget(name: "NetFrontTests", dependencies: ["NetFront", "XenABI"], swiftSettings: testSwift),
         .testTarget(name: "XenBusTests", dependencies: ["XenBus", "XenABI"], swiftSettings: testSwift),
@@ -81,11 +92,13 @@ let package = Package(
             swiftSettings: strictSwift),
         // Offloads done in software (checksums, TCP segmentation) and TAP devices with Linux's
         // offload header: shared by pvhost's netback and NetFront's TAP bridge.
-        .target(name: "PacketOffload", dependencies: ["XenABI", "CLinux"], swiftSettings: dataPath),
+        .target(name: "PacketOffload", dependencies: ["XenABI"], swiftSettings: dataPath),
+        // Packets in and out of a TAP device (PVSystem's descriptor, PacketOffload's framing).
+        .target(name: "PacketTap", dependencies: ["PacketOffload", "PVSystem", "XenABI"], swiftSettings: dataPath),
         // pvhost's engine: so far the xenstored core (tree, permissions, watches), sans I/O.
         .target(
             name: "PVHost",
-            dependencies: ["XenABI", "XenRing", "XenStore", "XenGrants", "PVSystem", "CLinux", "PVHostProtocol", "PacketOffload",
+            dependencies: ["XenABI", "XenRing", "XenStore", "XenStoredCore", "XenGrants", "PVSystem", "PVHostProtocol", "PacketOffload", "PacketTap",
                            .product(name: "Logging", package: "swift-log"), .product(name: "DequeModule", package: "swift-collections"),
                            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
             swiftSettings: dataPath),
@@ -131,7 +144,7 @@ let package = Package(
         .executableTarget(
             name: "pvhost",
             dependencies: [
-                "PVHost", "PVHostProtocol", "PVPlatform", "XenStore", "PVSystem",
+                "PVHost", "PVHostProtocol", "PVPlatform", "XenStore", "XenStoredCore", "PVSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -142,7 +155,7 @@ let package = Package(
             swiftSettings: strictSwift),
         .executableTarget(
             name: "pvblk",
-            dependencies: ["BlockFront", "PVPlatform", "XenStore", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            dependencies: ["BlockFront", "PVPlatform", "PVSystem", "XenStore", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Histogram", package: "hdrhistogram-swift")],
             swiftSettings: strictSwift),
         .executableTarget(
@@ -181,10 +194,12 @@ let package = Package(
 
         // What several test targets share: processes started, waited for and stopped with a
         // time limit, without blocking a thread.
+        .testTarget(name: "RepositoryTests", swiftSettings: testSwift),
         .target(name: "TestSupport", dependencies: ["PVSystem"], path: "Tests/TestSupport", swiftSettings: testSwift),
         .testTarget(name: "PVSystemTests", dependencies: ["PVSystem", "TestSupport"], swiftSettings: testSwift),
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "XenABI", "PVSystem"], swiftSettings: testSwift),
-        .testTarget(name: "PVHostTests", dependencies: ["TestSupport", "PVHost", "PVPlatform", "PVHostProtocol", "BlockFront", "NetFront", "PacketOffload", "XenStore", "XenABI", "XenGrants", "XenBus", "PVSystem"], swiftSettings: testSwift),
+        .testTarget(name: "XenStoredCoreTests", dependencies: ["XenStoredCore", "XenStoreWire", "XenABI"], swiftSettings: testSwift),
+        .testTarget(name: "PVHostTests", dependencies: ["TestSupport", "PVHost", "PVPlatform", "PVHostProtocol", "BlockFront", "NetFront", "PacketOffload", "XenStore", "XenStoredCore", "XenABI", "XenGrants", "XenBus", "PVSystem"], swiftSettings: testSwift),
         .testTarget(
             name: "KernelAuditTests",
             dependencies: ["KernelAudit", "XenABI", "PVSystem", "TestSupport"],

@@ -155,3 +155,12 @@ static inline int pvkit_guarded_copy(void *to, const void *from, size_t count) {
     pvkit_copy_escape = NULL;
     return 0;
 }
+
+/// ThreadSanitizer's annotations, weak so that they are null outside a `--sanitize=thread`
+/// build. Synchronization.Mutex locks through a futex in the uninstrumented standard library
+/// on Linux, so ThreadSanitizer sees no ordering between two holders of it; PVSystem's
+/// `Locked` names each acquire and release here.
+extern void __tsan_acquire(void *address) __attribute__((weak));
+extern void __tsan_release(void *address) __attribute__((weak));
+static inline void pvkit_tsan_acquire(void *address) { if (__tsan_acquire) __tsan_acquire(address); }
+static inline void pvkit_tsan_release(void *address) { if (__tsan_release) __tsan_release(address); }

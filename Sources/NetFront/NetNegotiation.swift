@@ -56,6 +56,8 @@ public enum NetFrontError: Error, Equatable, Sendable, CustomStringConvertible {
     case closed(String)
     /// Pages, grants or event channels could not be had.
     case platform(String)
+    /// A system call failed (a TAP device, the event loop).
+    case system(SystemError)
     /// The waiting task was cancelled (nothing was taken).
     case cancelled
 
@@ -66,6 +68,7 @@ public enum NetFrontError: Error, Equatable, Sendable, CustomStringConvertible {
         case let .backendMisbehaved(what): "the backend broke the protocol (\(what)); the device is closed"
         case let .closed(why): "the device is closed: \(why)"
         case let .platform(what): what
+        case let .system(error): "\(error)"
         case .cancelled: "cancelled"
         }
     }

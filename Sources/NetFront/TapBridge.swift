@@ -1,5 +1,6 @@
 import Atomics
 import PacketOffload
+import PacketTap
 import PVSystem
 import Synchronization
 
@@ -18,10 +19,12 @@ public final class TapBridge: Sendable {
     private let device: TapDevice
     private let nic: NetFront
     private let loop: EventLoop
-    private let registration: Mutex<EventLoop.Registration?>
-    private let writer: Mutex<Task<Void, Never>?>
+    private let registration: Locked<EventLoop.Registration?>
+    private let writer: Locked<Task<Void, Never>?>
     /// Frames Linux sent (out on the rings), frames written to Linux, frames lost either way.
     public let toGuestNetwork = ManagedAtomic<Int>(0), toLinux = ManagedAtomic<Int>(0), lost = ManagedAtomic<Int>(0)
+    /// The last error either direction met (a TAP read or write, the interface ending).
+    public let lastError = Locked<NetFrontError?>(nil)
 
     /// Opens (creating) TAP `name`, gives it the interface's MAC address, sets it up, and
     /// starts moving frames both ways. Needs CAP_NET_ADMIN.
@@ -33,13 +36,13 @@ public final class TapBridge: Sendable {
             device = try TapDevice(name: name, offloads: offloads)
             try device.setUp(mac: nic.info.mac)
         } catch {
-            throw .platform(error.description)
+            throw .system(error)
         }
         self.name = name
         self.nic = nic
         loop = nic.eventLoops.first ?? EventLoopGroup.shared.next()
-        registration = Mutex(nil)
-        writer = Mutex(nil)
+        registration = Locked(nil)
+        writer = Locked(nil)
         // Registered watching nothing, then armed: the handler always finds its registration.
         let made: EventLoop.Registration
         do {
@@ -47,12 +50,12 @@ public final class TapBridge: Sendable {
                 self?.readFromLinux() ?? .wait
             }
         } catch {
-            throw .platform("\(error)")
+            throw .system(error)
         }
         registration.withLock { $0 = made }
         do { try made.modify(.readable) } catch {
             made.cancel()
-            throw .platform("\(error)")
+            throw .system(error)
         }
         let task = Task(executorPreference: loop) { [weak self] in
             guard let self else { return }
@@ -73,12 +76,21 @@ public final class TapBridge: Sendable {
     /// Received frames to Linux, until the interface closes or the bridge stops.
     private func writeToLinux() async {
         while !Task.isCancelled {
-            guard let frames = try? await nic.receive(max: 64) else { return }
+            let frames: [NetFrame]
+            do { frames = try await nic.receive(max: 64) } catch {
+                if error != .cancelled { lastError.withLock { $0 = error } }
+                return
+            }
             for frame in frames {
                 let packet = Packet(
                     bytes: frame.bytes, checksumBlank: frame.checksumBlank, dataValidated: frame.checksumValidated,
                     gso: frame.gso.map { ($0.type, $0.size) })
-                if device.write(packet) { toLinux.wrappingIncrement(ordering: .relaxed) } else { lost.wrappingIncrement(ordering: .relaxed) }
+                do {
+                    if try device.write(packet) { toLinux.wrappingIncrement(ordering: .relaxed) } else { lost.wrappingIncrement(ordering: .relaxed) }
+                } catch {
+                    lost.wrappingIncrement(ordering: .relaxed)
+                    lastError.withLock { $0 = .system(error) }
+                }
             }
         }
     }
@@ -89,7 +101,13 @@ public final class TapBridge: Sendable {
         var buffer = [UInt8](repeating: 0, count: 65536 + 64)
         let largest = nic.info.features.maxFrameBytes
         var batch: [NetFrame] = []
-        while batch.count < 64, let packet = device.read(into: &buffer) {
+        while batch.count < 64 {
+            let read: Packet?
+            do { read = try device.read(into: &buffer) } catch {
+                lastError.withLock { $0 = .system(error) }
+                break
+            }
+            guard let packet = read else { break }
             // A segment over what netif carries (64 KiB − 1 with its Ethernet header) is cut here.
             for piece in packet.bytes.count > largest ? (packet.segmented() ?? []) : [packet] {
                 batch.append(

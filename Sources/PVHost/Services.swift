@@ -81,7 +81,7 @@ public struct GuestShutdownService: Service {
 
 /// A count of work in progress that can be waited for until none is left.
 final class PendingWork: Sendable {
-    private let state = Mutex((count: 0, waiting: [CheckedContinuation<Void, Never>]()))
+    private let state = Locked((count: 0, waiting: [CheckedContinuation<Void, Never>]()))
 
     func begin() { state.withLock { $0.count += 1 } }
 

@@ -13,7 +13,7 @@ public final class LinuxXenPlatform: PVPlatform, Sendable {
     private let gntalloc: GrantAllocDevice
     private let store: XenStoreClient
     /// Pages granted and not yet released.
-    private let granted = Mutex(0)
+    private let granted = Locked(0)
     /// gntalloc's default limit per process (its `limit` module parameter).
     public static let defaultGrantLimit = 1024
 
@@ -85,7 +85,7 @@ public final class LinuxXenPlatform: PVPlatform, Sendable {
     }
 
     /// Deallocations gntalloc refused (the page then stays allocated), and the last error.
-    public let deallocationFailures = Mutex<(count: Int, last: SystemError?)>((0, nil))
+    public let deallocationFailures = Locked<(count: Int, last: SystemError?)>((0, nil))
 
     // MARK: Event channels
 

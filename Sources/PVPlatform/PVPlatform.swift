@@ -195,5 +195,5 @@ final class Counters: Sendable {
     let sent = ManagedAtomic<Int>(0)
     let received = ManagedAtomic<Int>(0)
     let failed = ManagedAtomic<Int>(0)
-    let lastError = Mutex<SystemError?>(nil)
+    let lastError = Locked<SystemError?>(nil)
 }

@@ -29,10 +29,10 @@ public final class ReferencePlatform: PVPlatform, @unchecked Sendable {
     /// Watches the control socket for pvhost hanging up.
     private let watchdog = HangUpWatch()
     private final class HangUpWatch: Sendable {
-        let registration = Mutex<EventLoop.Registration?>(nil)
+        let registration = Locked<EventLoop.Registration?>(nil)
     }
     /// The client on the xenstore ring while someone holds it.
-    private let sharedStore = Mutex(WeakClient())
+    private let sharedStore = Locked(WeakClient())
     private struct WeakClient { weak var client: XenStoreClient? }
 
     /// Weak references to this domain's xenstore transports.
@@ -64,7 +64,7 @@ public final class ReferencePlatform: PVPlatform, @unchecked Sendable {
         var freeFrames: [Int]
         var freeRefs: [UInt32]
     }
-    private let allocation: Mutex<Allocation>
+    private let allocation: Locked<Allocation>
 
     /// Attaches to pvhost at `socket` as a new domain called `name`.
     public static func attach(socket: String, name: String, pages: Int? = nil) throws(PlatformError) -> ReferencePlatform {
@@ -101,7 +101,7 @@ public final class ReferencePlatform: PVPlatform, @unchecked Sendable {
         self.storePeer = storePeer
         let frames = (0..<info.pages).filter { $0 != info.storeFrame }
         let refs = (UInt32(GrantTable.reservedEntries)..<UInt32(grants.count))
-        allocation = Mutex(Allocation(freeFrames: frames.reversed(), freeRefs: refs.reversed()))
+        allocation = Locked(Allocation(freeFrames: frames.reversed(), freeRefs: refs.reversed()))
         // pvhost gone (its end of the control socket hung up): this domain is dead, so its
         // xenstore connections end instead of waiting forever. Watched on an event loop for
         // the hang-up alone (requests and replies are read by the caller of each hypercall).

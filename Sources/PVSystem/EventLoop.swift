@@ -32,10 +32,10 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked
     public let name: String
     fileprivate let epoll: Int32
     private let wakeup: EventFD
-    private let inbox = Mutex(Inbox())
+    private let inbox = Locked(Inbox())
     /// Work waiting in `inbox` (read without the lock while polling).
     private let queued = Atomic<Int>(0)
-    private let registry = Mutex(Registry())
+    private let registry = Locked(Registry())
     private let finished = Atomic<Bool>(false)
     private let joined = Atomic<Bool>(false)
     /// Set once in `init`, read by `deinit` and the joiner.
@@ -275,7 +275,7 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked
             var timer: Timer?
             var ended: Result<Bool, any Error>?
         }
-        private let state = Mutex(State())
+        private let state = Locked(State())
 
         /// False (and resumed) when the wait ended before it began (cancelled already).
         func arm(_ continuation: CheckedContinuation<Bool, any Error>) -> Bool {
@@ -550,7 +550,7 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked
         fileprivate var id: UInt64 = 0
         /// Let go with the owner once deregistered (it may hold what holds this).
         fileprivate var handler: (@Sendable (Readiness) -> Next)?
-        fileprivate let state = Mutex((cancelled: false, ()))
+        fileprivate let state = Locked((cancelled: false, ()))
         fileprivate var pollBudget: UInt64 = 0
         fileprivate var pollDeadline: UInt64 = 0
         fileprivate var look: (() -> Bool?)?

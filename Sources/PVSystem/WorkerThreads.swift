@@ -10,13 +10,13 @@ public final class WorkerThreads: Sendable {
         var running: Int
         var waiting: [CheckedContinuation<Void, Never>] = []
     }
-    private let state: Mutex<State>
+    private let state: Locked<State>
 
     /// Starts `count` threads named `name-0`, `name-1`, … (as far as 15 bytes go).
     ///
     /// - Throws: ``SystemError`` from `pthread_create` (the threads already started run on).
     public init(name: String, count: Int, body: @escaping @Sendable (Int) -> Void) throws(SystemError) {
-        state = Mutex(State(running: count))
+        state = Locked(State(running: count))
         for index in 0..<count {
             let work = Work(name: "\(name)-\(index)", index: index, body: body, pool: self)
             let box = Unmanaged.passRetained(work).toOpaque()

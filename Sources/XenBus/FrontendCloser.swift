@@ -1,3 +1,4 @@
+import PVSystem
 import Synchronization
 
 /// Closes a frontend device once, whoever asks first (its user, or the device's own failure):
@@ -11,8 +12,8 @@ public final class FrontendCloser<Reason: Error & Sendable & CustomStringConvert
     private let lifecycle: Task<Void, Never>
     private let fail: @Sendable (Reason?) -> Void
     private let release: @Sendable () async -> Void
-    private let started = Mutex(false)
-    private let done = Mutex<[CheckedContinuation<Void, Never>]?>([])
+    private let started = Locked(false)
+    private let done = Locked<[CheckedContinuation<Void, Never>]?>([])
 
     /// `fail` ends the device's waiters (nil: closed by its user); `release` stops its I/O and
     /// frees the transport once the backend is Closed (or the wait ran out).

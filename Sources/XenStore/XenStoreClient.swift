@@ -218,7 +218,7 @@ private final class ClientCore: Sendable {
         var waitingToWrite = false
     }
 
-    let state = Mutex(State())
+    let state = Locked(State())
     let transport: any XenStoreTransport
     let loop: EventLoop
     /// The handler's decoder and read buffer (the loop's thread only).
@@ -413,7 +413,7 @@ extension XenStoreClient {
 
 /// A first-come, first-served async lock: the request whose turn it is, then the next.
 private final class RequestTurn: Sendable {
-    private let state = Mutex<(busy: Bool, waiting: [CheckedContinuation<Void, Never>])>((false, []))
+    private let state = Locked<(busy: Bool, waiting: [CheckedContinuation<Void, Never>])>((false, []))
 
     func acquire() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in

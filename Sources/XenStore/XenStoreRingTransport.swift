@@ -16,7 +16,7 @@ public final class XenStoreRingTransport: XenStoreTransport {
     private let outgoing: EventFD
     private let keepAlive: (any Sendable & AnyObject)?
     /// Notifications that could not be sent (the daemon's end closed), with the last error.
-    private let failures = Mutex<(count: Int, last: SystemError?)>((0, nil))
+    private let failures = Locked<(count: Int, last: SystemError?)>((0, nil))
     /// Set by ``shutdown()``: reads then say the stream ended.
     private let ended = Atomic<Bool>(false)
 

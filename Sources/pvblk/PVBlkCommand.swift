@@ -1,3 +1,4 @@
+import PVSystem
 import ArgumentParser
 import BlockFront
 import Foundation
@@ -483,8 +484,8 @@ final class BenchRun: Sendable {
     let blocks: UInt64
     let deadline: UInt64
     let started = DispatchTime.now().uptimeNanoseconds
-    private let issued = Mutex<UInt64>(0)
-    private let completed = Mutex(0)
+    private let issued = Locked<UInt64>(0)
+    private let completed = Locked(0)
 
     init(blocks: UInt64, deadline: UInt64) {
         self.blocks = blocks

@@ -8,6 +8,7 @@ import PVPlatform
 import PVSystem
 import XenABI
 import XenStore
+import XenStoredCore
 
 extension String {
     func padded(_ width: Int) -> String { count >= width ? self : self + String(repeating: " ", count: width - count) }

@@ -1,4 +1,5 @@
 @testable import BlockFront
+import PVSystem
 import Synchronization
 import Testing
 import XenABI
@@ -135,7 +136,7 @@ struct BlockFrontUnitTests {
 
 /// What happened, in order, across tasks.
 final class Order: Sendable {
-    private let list = Mutex<[String]>([])
+    private let list = Locked<[String]>([])
     func append(_ item: String) { list.withLock { $0.append(item) } }
     var items: [String] { list.withLock { $0 } }
 }

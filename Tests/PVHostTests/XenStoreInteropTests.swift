@@ -5,6 +5,7 @@ import Foundation
 import Testing
 import XenABI
 import XenStore
+import XenStoredCore
 import PVHost
 import PVSystem
 import TestSupport

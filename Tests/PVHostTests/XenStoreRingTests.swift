@@ -7,6 +7,7 @@ import PVSystem
 import Testing
 import XenABI
 import XenStore
+import XenStoredCore
 
 /// A guest talking to xenstored over its ring page: one memfd page mapped twice (the daemon's
 /// mapping and the guest's), two eventfds as the event channel's directions.

@@ -52,7 +52,7 @@ struct EventLoopTests {
     func postedWork() async throws {
         let loop = try EventLoop(name: "test-post")
         defer { loop.shutdown() }
-        let log = Locked<[Int: [Int]]>([:])
+        let log = Shared<[Int: [Int]]>([:])
         await withTaskGroup(of: Void.self) { group in
             for poster in 0..<4 {
                 group.addTask {
@@ -71,7 +71,7 @@ struct EventLoopTests {
         let loop = try EventLoop(name: "test-tasks")
         defer { loop.shutdown() }
         let channel = try EventFD(nonBlocking: true)
-        let waiting = Mutex<CheckedContinuation<Void, Never>?>(nil)
+        let waiting = Shared<CheckedContinuation<Void, Never>?>(nil)
         let registration = try loop.register(channel.fileDescriptor, name: "test eventfd") { _ in
             channel.consume()
             waiting.withLock { $0.take() }?.resume()
@@ -98,7 +98,7 @@ struct EventLoopTests {
         defer { loop.shutdown() }
         let channel = try EventFD(nonBlocking: true)
         let work = Atomic<Int>(0)
-        let heard = Mutex<[String]>([])
+        let heard = Shared<[String]>([])
         let done = AsyncStream<Void>.makeStream()
         let registration = try loop.register(channel.fileDescriptor, name: "test eventfd") { events in
             channel.consume()
@@ -135,7 +135,7 @@ struct EventLoopTests {
     func timers() async throws {
         let loop = try EventLoop(name: "test-timer")
         defer { loop.shutdown() }
-        let fired = Mutex<[Int]>([])
+        let fired = Shared<[Int]>([])
         let done = AsyncStream<Void>.makeStream()
         loop.schedule(after: .milliseconds(30)) {
             fired.withLock { $0.append(3) }; done.continuation.yield()
@@ -189,9 +189,9 @@ struct EventLoopTests {
 }
 
 /// A value shared by closures on several threads.
-final class Locked<Value: Sendable>: Sendable {
-    private let storage: Mutex<Value>
-    init(_ value: Value) { storage = Mutex(value) }
+final class Shared<Value: Sendable>: Sendable {
+    private let storage: Locked<Value>
+    init(_ value: Value) { storage = Locked(value) }
     func withLock<T>(_ body: (inout Value) -> T) -> T { storage.withLock { body(&$0) } }
     var value: Value { storage.withLock { $0 } }
 }

@@ -11,7 +11,7 @@ public final class TestProcess: Sendable {
     public let child: ChildProcess
     /// Where stdout and stderr went (nil: discarded).
     public let outputPath: String?
-    private let status = Mutex<Int32?>(nil)
+    private let status = Locked<Int32?>(nil)
 
     /// The child's process id.
     public var pid: pid_t { child.pid }

@@ -16,7 +16,7 @@ final class BlockIOPool: Sendable {
             var busy = 0
             var stopping = false
         }
-        let state = Mutex(State())
+        let state = Locked(State())
         /// One count per queued job (and one per thread at stop): what the threads wait on.
         let ready: EventFD
         let requests: BlockRequests

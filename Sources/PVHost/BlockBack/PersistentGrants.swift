@@ -1,3 +1,4 @@
+import PVSystem
 import Synchronization
 import XenABI
 
@@ -8,7 +9,7 @@ final class PersistentGrants: Sendable {
     private let hypervisor: Hypervisor
     private let frontend: DomainID
     private let limit: Int
-    private let cache = Mutex<[GrantRef: GrantMapping]>([:])
+    private let cache = Locked<[GrantRef: GrantMapping]>([:])
 
     init(hypervisor: Hypervisor, frontend: DomainID, limit: Int) {
         self.hypervisor = hypervisor

@@ -17,8 +17,8 @@ public final class Hypervisor: @unchecked Sendable {
         var copies = 0
         var maps = 0
     }
-    private let state = Mutex(State())
-    private let destroyObservers = Mutex<[@Sendable (DomainID) -> Void]>([])
+    private let state = Locked(State())
+    private let destroyObservers = Locked<[@Sendable (DomainID) -> Void]>([])
 
     /// Calls `body` when a domain is being destroyed, before its grants are force-unmapped:
     /// backends disconnect its devices and unmap what they hold.

@@ -1,5 +1,6 @@
 import Atomics
 import PacketOffload
+import PacketTap
 import PVSystem
 import Synchronization
 import XenABI
@@ -15,13 +16,22 @@ public final class TapPort: SwitchPort, @unchecked Sendable {  // @unchecked: `n
     private let device: TapDevice
     /// Weak: the switch holds its ports; the port holding it back would keep both alive.
     private weak var network: VirtualSwitch?
-    private let registration = Mutex<EventLoop.Registration?>(nil)
+    private let registration = Locked<EventLoop.Registration?>(nil)
     /// Frames from Linux into the switch, frames from the switch to Linux, frames dropped.
     public let fromLinux = ManagedAtomic<Int>(0), toLinux = ManagedAtomic<Int>(0), dropped = ManagedAtomic<Int>(0)
+    /// The last failed read or write on the TAP.
+    public let lastError = Locked<SystemError?>(nil)
 
     /// Why a TAP could not be opened.
     public struct Failure: Error, CustomStringConvertible {
         public let description: String
+        /// The system call that failed, when one did.
+        public let cause: SystemError?
+
+        init(description: String, cause: SystemError? = nil) {
+            self.description = description
+            self.cause = cause
+        }
     }
 
     /// Opens (creating) the TAP `name` in pvhost's network namespace, sets it up and joins the
@@ -32,7 +42,7 @@ public final class TapPort: SwitchPort, @unchecked Sendable {  // @unchecked: `n
         loop: EventLoop = Hypervisor.sharedLoops.next()
     ) throws(Failure) -> TapPort {
         let device: TapDevice
-        do { device = try TapDevice(name: name, offloads: offloads) } catch { throw Failure(description: error.description) }
+        do { device = try TapDevice(name: name, offloads: offloads) } catch { throw Failure(description: error.description, cause: error) }
         if let namespace {
             let status =
                 Self.run("/usr/sbin/ip", ["link", "set", name, "netns", namespace])
@@ -41,7 +51,7 @@ public final class TapPort: SwitchPort, @unchecked Sendable {  // @unchecked: `n
                 throw Failure(description: "moving TAP \(name) into network namespace \(namespace) failed (does `ip netns add \(namespace)` exist?)")
             }
         } else {
-            do { try device.setUp() } catch { throw Failure(description: error.description) }
+            do { try device.setUp() } catch { throw Failure(description: error.description, cause: error) }
         }
         let port = TapPort(name: name, device: device, network: network)
         network.attach(port)
@@ -52,7 +62,7 @@ public final class TapPort: SwitchPort, @unchecked Sendable {  // @unchecked: `n
             port.registration.withLock { $0 = made }
         } catch {
             network.detach(port)
-            throw Failure(description: "watching TAP \(name): \(error)")
+            throw Failure(description: "watching TAP \(name): \(error)", cause: error)
         }
         return port
     }
@@ -85,7 +95,11 @@ public final class TapPort: SwitchPort, @unchecked Sendable {  // @unchecked: `n
             return .wait
         }
         var batch: [Packet] = []
-        while batch.count < 64, let packet = device.read(into: &buffer) { batch.append(packet) }
+        do {
+            while batch.count < 64, let packet = try device.read(into: &buffer) { batch.append(packet) }
+        } catch {
+            lastError.withLock { $0 = error }
+        }
         if !batch.isEmpty {
             fromLinux.wrappingIncrement(by: batch.count, ordering: .relaxed)
             network?.forward(batch, from: self)
@@ -95,7 +109,12 @@ public final class TapPort: SwitchPort, @unchecked Sendable {  // @unchecked: `n
 
     public func deliver(_ packets: [Packet]) {
         for packet in packets {
-            if device.write(packet) { toLinux.wrappingIncrement(ordering: .relaxed) } else { dropped.wrappingIncrement(ordering: .relaxed) }
+            do {
+                if try device.write(packet) { toLinux.wrappingIncrement(ordering: .relaxed) } else { dropped.wrappingIncrement(ordering: .relaxed) }
+            } catch {
+                dropped.wrappingIncrement(ordering: .relaxed)
+                lastError.withLock { $0 = error }
+            }
         }
     }
 }

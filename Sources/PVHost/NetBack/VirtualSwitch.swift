@@ -1,3 +1,4 @@
+import PVSystem
 import PacketOffload
 import Synchronization
 import XenABI
@@ -26,7 +27,7 @@ public final class VirtualSwitch: Sendable {
         /// Captures by port name.
         var captures: [String: PacketCapture] = [:]
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     public init() {}
 

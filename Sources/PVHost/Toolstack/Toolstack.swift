@@ -12,7 +12,7 @@ public final class Toolstack: Sendable {
     /// pvhost's own xenstore connection (dom0, privileged).
     public let store: XenStoreClient
     /// dom0's end of each guest's xenstore event channel, closed when the guest goes.
-    private let storePorts = Mutex<[DomainID: EventChannelPort]>([:])
+    private let storePorts = Locked<[DomainID: EventChannelPort]>([:])
 
     public init(hypervisor: Hypervisor, xenstored: XenStoreDaemon, store: XenStoreClient) {
         self.hypervisor = hypervisor

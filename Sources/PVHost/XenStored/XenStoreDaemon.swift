@@ -3,6 +3,7 @@ import ServiceLifecycle
 import Synchronization
 import XenABI
 import XenStore
+import XenStoredCore
 
 /// Serves the xenstored engine on a UNIX socket (mode 0600) and on domains' ring pages, on an
 /// event loop of its own: every socket client is dom0 (privileged), as with C xenstored;
@@ -66,8 +67,8 @@ public final class XenStoreDaemon: @unchecked Sendable {  // @unchecked: the eng
     private var dirty: Set<Int> = []
     private var flushPosted = false
     private var listening: EventLoop.Registration?
-    private let nextRingID = Mutex(1 << 24)
-    private let state = Mutex((started: false, stopped: false, waiters: [CheckedContinuation<Void, Never>]()))
+    private let nextRingID = Locked(1 << 24)
+    private let state = Locked((started: false, stopped: false, waiters: [CheckedContinuation<Void, Never>]()))
     /// Notifications to guests that failed (a guest's eventfd gone), counted.
     private let failedNotifications = Atomic<Int>(0)
 

@@ -1,7 +1,7 @@
-import PVHost
+import XenStoredCore
 import Testing
 import XenABI
-import XenStore
+import XenStoreWire
 
 /// The engine through xs_wire messages, as a socket or ring adapter would drive it.
 @Suite("xenstored engine: requests in, replies and events out", .timeLimit(.minutes(5)))

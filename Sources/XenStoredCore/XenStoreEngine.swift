@@ -1,5 +1,5 @@
 import XenABI
-import XenStore
+import XenStoreWire
 
 /// The xenstored engine, sans I/O: every connection's requests in, replies and watch events
 /// out. Sockets and domain rings feed it bytes through their own adapters; it never blocks.

@@ -1,5 +1,5 @@
 import XenABI
-import XenStore
+import XenStoreWire
 
 /// What the daemon has yet to send on one connection (socket or ring), sans I/O: framed bytes,
 /// how many of them went out, and the watch events still queued — an event identical to one

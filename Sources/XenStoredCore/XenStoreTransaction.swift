@@ -1,5 +1,5 @@
 import XenABI
-import XenStore
+import XenStoreWire
 
 /// A transaction, sans I/O. It keeps only the nodes it touched (an overlay over the live tree,
 /// so starting one costs nothing), records the

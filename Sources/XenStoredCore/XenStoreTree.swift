@@ -1,5 +1,5 @@
 import XenABI
-import XenStore
+import XenStoreWire
 
 /// Who is asking: a connection's domain, and whether it is privileged (the control domain, or
 /// dom0's socket).

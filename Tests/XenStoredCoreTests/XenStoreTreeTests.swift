@@ -1,7 +1,7 @@
-import PVHost
+import XenStoredCore
 import Testing
 import XenABI
-import XenStore
+import XenStoreWire
 
 let guest5 = XenStoreCaller(domain: DomainID(5), privileged: false)
 let guest6 = XenStoreCaller(domain: DomainID(6), privileged: false)
