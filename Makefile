@@ -58,7 +58,9 @@ kernels:
 # linked tools from .build-static against Xen's own xenstored). Tests run in parallel, each with
 # a time limit; output reaches the log line by line. Before them: the format check, a build that
 # treats PVKit's warnings as errors and checks that every import is a declared dependency.
-# After them: the ring, queue and XenStore client tests again under ThreadSanitizer.
+# After them: the ring, queue and XenStore client tests again under ThreadSanitizer (but the
+# SIGBUS-guarded copy of a truncated file: the fault lands in TSan's own memcpy, which the
+# guard's handler cannot jump out of; that test runs in the main run).
 # scripts/test-results.sh reads the xUnit report (PVKIT_NO_SKIPS=1, as in CI: fail on a skip).
 TEST_REPORT ?= .build/tests.xml
 TSAN_TESTS ?= XenRingTests|BlockConformanceTests|BlockIOQueueTests|NetConformanceTests|XenStoreClientTests|XenStoreLyingDaemonTests|PVSystemTests|XenStoreTests
@@ -75,7 +77,7 @@ test:
 	scripts/test-results.sh $(TEST_REPORT)
 	$(SWIFT) build --build-tests --sanitize=thread --build-path .build-tsan
 	set -o pipefail; TSAN_OPTIONS=halt_on_error=1 stdbuf -oL -eL $(SWIFT) test --skip-build --disable-xctest --sanitize=thread --build-path .build-tsan \
-	  --filter '$(TSAN_TESTS)' 2>&1 | tee .build/test-tsan.log
+	  --filter '$(TSAN_TESTS)' --skip truncatedUnderMapping 2>&1 | tee .build/test-tsan.log
 
 # The benchmarks behind README.md's performance table (release builds).
 bench:

@@ -94,7 +94,7 @@ let package = Package(
         // offload header: shared by pvhost's netback and NetFront's TAP bridge.
         .target(name: "PacketOffload", dependencies: ["XenABI"], swiftSettings: dataPath),
         // Packets in and out of a TAP device (PVSystem's descriptor, PacketOffload's framing).
-        .target(name: "PacketTap", dependencies: ["PacketOffload", "PVSystem", "XenABI"], swiftSettings: dataPath),
+        .target(name: "PacketTap", dependencies: ["PacketOffload", "PVSystem", "XenABI", .product(name: "Atomics", package: "swift-atomics")], swiftSettings: dataPath),
         // pvhost's engine: so far the xenstored core (tree, permissions, watches), sans I/O.
         .target(
             name: "PVHost",

@@ -37,21 +37,34 @@ extension PVHostBench {
         let seconds = quick ? 0.5 : 2.0
         print("")
         print("netfront → pvhost netback + switch → netfront, guest to guest (pvhost its own process), medians of \(runs) runs of \(seconds) s")
-        print("                                   frames/s      Gbit/s   notifications per frame: guests, backend")
-        for (label, size, batch, gso) in [
-            ("64-byte frames", 64, 128, false), ("1500-byte frames", 1500, 64, false), ("64 KiB GSO TCP segments", 65535, 16, true)
+        print("                                           frames/s      Gbit/s   notifications per frame: guests, backend")
+        var batched: [Int: [Double]] = [:]
+        for (label, size, batch, gso, receiving) in [
+            ("64-byte frames", 64, 128, false, NetBenchmark.Receiving.batches(max: 4096)),
+            ("64-byte frames, for await in frames", 64, 128, false, .frames),
+            ("1500-byte frames", 1500, 64, false, .batches(max: 4096)),
+            ("1500-byte frames, for await in frames", 1500, 64, false, .frames),
+            ("64 KiB GSO TCP segments", 65535, 16, true, .batches(max: 4096))
         ] {
             var results: [(NetBenchmark.Result, Double, Double)] = []
             for _ in 0..<runs {
                 let backend0 = try ReferencePlatform.status(socket: control).notificationsSent
-                let result = try await NetBenchmark.run(sender: nics[0], receiver: nics[1], size: size, batch: batch, seconds: seconds, gso: gso)
+                let result = try await NetBenchmark.run(
+                    sender: nics[0], receiver: nics[1], size: size, batch: batch, seconds: seconds, gso: gso, receiving: receiving)
                 let backend = Double(try ReferencePlatform.status(socket: control).notificationsSent - backend0) / Double(max(result.frames, 1))
                 results.append((result, result.notificationsPerFrame, backend))
             }
             let median = results.sorted { $0.0.pps < $1.0.pps }[results.count / 2]
+            // The frame-at-a-time rows as a ratio of the batched row of the same size (run just before).
+            var versus = ""
+            if case .frames = receiving, let base = batched[size] {
+                versus = String(format: "   %.2f× of receive(max:)", median.0.pps / base.sorted()[base.count / 2])
+            } else {
+                batched[size] = results.map(\.0.pps)
+            }
             print(
-                label.padding(toLength: 32, withPad: " ", startingAt: 0)
-                    + String(format: " %10.0f  %10.2f   %.5f, %.5f", median.0.pps, median.0.gbits, median.1, median.2))
+                label.padding(toLength: 40, withPad: " ", startingAt: 0)
+                    + String(format: " %10.0f  %10.2f   %.5f, %.5f", median.0.pps, median.0.gbits, median.1, median.2) + versus)
         }
         for nic in nics { await nic.close() }
         try tcpAgainstVeth(quick: quick, runs: runs)

@@ -16,11 +16,19 @@ public enum NetBenchmark {
         public var gbits: Double { Double(frames) * Double(size) * 8 / seconds / 1e9 }
     }
 
+    /// How the receiver takes its frames.
+    public enum Receiving: Sendable {
+        /// `receive(max:)`: whatever has arrived, up to `max` per call.
+        case batches(max: Int)
+        /// `for try await frame in nic.frames`, one frame per step.
+        case frames
+    }
+
     /// Streams `size`-byte frames from `sender` to `receiver` for `seconds`, `batch` per send
     /// call (as GSO TCPv4 segments with `gso`).
-    public static func run(sender: NetFront, receiver: NetFront, size: Int, batch: Int, seconds: Double, gso: Bool = false) async throws(NetFrontError)
-        -> Result
-    {
+    public static func run(
+        sender: NetFront, receiver: NetFront, size: Int, batch: Int, seconds: Double, gso: Bool = false, receiving: Receiving = .batches(max: 4096)
+    ) async throws(NetFrontError) -> Result {
         let to = receiver.info.mac, from = sender.info.mac
         var header = to.bytes + from.bytes + [0x08, 0x00]
         header += [UInt8](repeating: 0, count: max(0, size - header.count))
@@ -38,11 +46,22 @@ public enum NetBenchmark {
         let counting = Task { () -> (Int, ContinuousClock.Instant) in
             var count = 0
             var last = clock.now
-            while true {
-                guard let got = try? await receiver.receive(max: 4096), !Task.isCancelled else { break }
-                count += got.count
-                last = clock.now
-                if last > deadline + .milliseconds(200) { break }
+            // An error (the device closed, or cancelled) ends the count.
+            switch receiving {
+            case let .batches(max):
+                while !Task.isCancelled, last <= deadline + .milliseconds(200) {
+                    do { count += try await receiver.receive(max: max).count } catch { break }
+                    last = clock.now
+                }
+            case .frames:
+                var frames = receiver.frames.makeAsyncIterator()
+                while !Task.isCancelled, last <= deadline + .milliseconds(200) {
+                    do {
+                        guard try await frames.next() != nil else { break }
+                    } catch { break }
+                    count += 1
+                    last = clock.now
+                }
             }
             return (count, last)
         }

@@ -19,8 +19,8 @@ public final class TapBridge: Sendable {
     private let device: TapDevice
     private let nic: NetFront
     private let loop: EventLoop
-    private let registration: Locked<EventLoop.Registration?>
-    private let writer: Locked<Task<Void, Never>?>
+    private let registration = Locked<EventLoop.Registration?>(nil)
+    private let writer = Locked<Task<Void, Never>?>(nil)
     /// Frames Linux sent (out on the rings), frames written to Linux, frames lost either way.
     public let toGuestNetwork = ManagedAtomic<Int>(0), toLinux = ManagedAtomic<Int>(0), lost = ManagedAtomic<Int>(0)
     /// The last error either direction met (a TAP read or write, the interface ending).
@@ -32,17 +32,17 @@ public final class TapBridge: Sendable {
         let features = nic.info.features
         // Offloads only when the interface can carry them (GSO needs scatter-gather too).
         let offloads = features.checksumOffload && features.gsoTCPv4 && features.gsoTCPv6
+        let device: TapDevice
         do {
             device = try TapDevice(name: name, offloads: offloads)
             try device.setUp(mac: nic.info.mac)
         } catch {
             throw .system(error)
         }
+        self.device = device
         self.name = name
         self.nic = nic
         loop = nic.eventLoops.first ?? EventLoopGroup.shared.next()
-        registration = Locked(nil)
-        writer = Locked(nil)
         // Registered watching nothing, then armed: the handler always finds its registration.
         let made: EventLoop.Registration
         do {

@@ -8,16 +8,17 @@ import Synchronization
 /// a null weak symbol.
 public struct Locked<Value: ~Copyable>: ~Copyable {
     @usableFromInline let mutex: Mutex<Value>
-    /// The address ThreadSanitizer's annotations name (one byte of our own: the Mutex may move
+    /// An object whose address ThreadSanitizer's annotations name (the Mutex itself may move
     /// with its owner before it is first locked).
-    @usableFromInline let token: UnsafeMutableRawPointer
+    @usableFromInline let token = Token()
+
+    @usableFromInline final class Token: Sendable {
+        @usableFromInline init() {}
+    }
 
     public init(_ initialValue: consuming sending Value) {
         mutex = Mutex(initialValue)
-        token = UnsafeMutableRawPointer.allocate(byteCount: 1, alignment: 1)
     }
-
-    deinit { token.deallocate() }
 
     /// Runs `body` with the value while holding the lock (`Mutex.withLock`).
     @inlinable
@@ -25,11 +26,12 @@ public struct Locked<Value: ~Copyable>: ~Copyable {
         _ body: (inout sending Value) throws(E) -> sending Result
     ) throws(E) -> sending Result {
         try mutex.withLock { (value: inout sending Value) throws(E) -> sending Result in
-            pvkit_tsan_acquire(token)
-            defer { pvkit_tsan_release(token) }
+            let address = Unmanaged.passUnretained(token).toOpaque()
+            pvkit_tsan_acquire(address)
+            defer { pvkit_tsan_release(address) }
             return try body(&value)
         }
     }
 }
 
-extension Locked: @unchecked Sendable where Value: ~Copyable {}  // @unchecked: the value is reached only under the Mutex; `token` is never dereferenced
+extension Locked: Sendable where Value: ~Copyable {}

@@ -1,6 +1,6 @@
 import PVSystem
 import PacketOffload
-import Synchronization
+import Atomics
 import XenABI
 
 /// A TAP device carrying ``Packet``s: Linux's network stack on the other side of a
@@ -12,7 +12,7 @@ public final class TapDevice: Sendable {
     /// The descriptor and its system calls.
     public let interface: TapInterface
     /// Frames read that netif cannot carry (UDP segments, runts), skipped.
-    public let unusableFrames = Atomic<Int>(0)
+    public let unusableFrames = ManagedAtomic<Int>(0)
 
     public var name: String { interface.name }
     public var offloads: Bool { interface.virtioHeaders }
@@ -37,7 +37,7 @@ public final class TapDevice: Sendable {
             guard let count = try read.get() else { return nil }
             let frame = buffer[0..<count]
             if let packet = offloads ? VirtioNetHeader.packet(fromFrame: frame) : Packet(bytes: Array(frame)) { return packet }
-            unusableFrames.wrappingAdd(1, ordering: .relaxed)
+            unusableFrames.wrappingIncrement(ordering: .relaxed)
         }
     }
 
