@@ -35,12 +35,14 @@ struct PVHostBench {
         _ count: Int, ping: @escaping @Sendable () -> Void, waitPing: @escaping @Sendable () -> Void,
         pong: @escaping @Sendable () -> Void, waitPong: @escaping @Sendable () -> Void
     ) -> Double {
+        let done = DispatchSemaphore(value: 0)
         let responder = Thread {
             for _ in 0..<count { waitPing(); pong() }
+            done.signal()
         }
         responder.start()
         let t = seconds { for _ in 0..<count { ping(); waitPong() } }
-        while !responder.isFinished { usleep(100) }
+        done.wait()  // the responder's last pong was waited for above: this returns at once
         return Double(count) / t
     }
 

@@ -7,7 +7,7 @@ import Foundation
 ///
 /// BlockFront holds one for the data pages of a device and one per ring for its slots: the
 /// back-pressure of a full ring or an exhausted page budget.
-final class AsyncSemaphore: @unchecked Sendable {
+final class AsyncSemaphore: @unchecked Sendable {  // @unchecked: every var is under `lock`
     private struct Waiter {
         let id: UInt64
         let units: Int

@@ -301,7 +301,7 @@ public final class BlockFront: Sendable {
 /// Memory granted to a device's backend, for transfers without copies (see
 /// ``BlockFront/makeBuffer(byteCount:)``). Its pages are revoked when the buffer goes away
 /// (kept, and retried at the device's close, while the backend still maps them).
-public final class BlockBuffer: @unchecked Sendable {
+public final class BlockBuffer: @unchecked Sendable {  // @unchecked: granted memory; the caller owns its bytes between transfers, as with any buffer
     /// The memory, page-aligned.
     public let bytes: UnsafeMutableRawBufferPointer
     let core: Core

@@ -8,7 +8,7 @@ import XenStore
 /// A device's state across connections: the rings of the current connection, the data pages,
 /// requests waiting to be re-issued while the backend restarts, and the failure that closed
 /// the device.
-final class Core: @unchecked Sendable {
+final class Core: @unchecked Sendable {  // @unchecked: every var is under `lock`
     let platform: any PVPlatform
     let handle: UInt16
     let options: BlockFront.Options

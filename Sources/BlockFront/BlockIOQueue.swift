@@ -29,7 +29,7 @@ import XenABI
 /// With a handler (``BlockFront/makeIOQueue(depth:handler:)``) completions are handed over on
 /// the completion thread of the ring that carried them, and what the handler submits goes to
 /// that ring first: a steady load then stays with the threads already serving it.
-public final class BlockIOQueue: RequestOwner, @unchecked Sendable {
+public final class BlockIOQueue: RequestOwner, @unchecked Sendable {  // @unchecked: queued work under `lock`, submission state under `submitting`
     /// An operation that ended: the tag it was queued with and its error (nil: success).
     public struct Completion: Sendable, Equatable {
         public let tag: Int

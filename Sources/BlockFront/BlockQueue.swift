@@ -6,7 +6,7 @@ import XenRing
 
 /// A request on a ring, with everything needed to finish it, or to send it again on a new
 /// ring after the backend restarted.
-struct InFlight: @unchecked Sendable {
+struct InFlight: @unchecked Sendable {  // @unchecked: its page addresses are the ring's, used only under the queue's lock
     /// Told when the request ends.
     let owner: any RequestOwner
     /// The owner's name for the request.

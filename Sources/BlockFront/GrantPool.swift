@@ -10,7 +10,7 @@ import XenABI
 ///
 /// The budget is an ``AsyncSemaphore``: a request reserves its pages before it takes a ring
 /// slot, so running out of memory is back-pressure, not an error.
-final class GrantPool: @unchecked Sendable {
+final class GrantPool: @unchecked Sendable {  // @unchecked: the free list is under `lock`; the rest is immutable
     let platform: any PVPlatform
     let backend: DomainID
     let persistent: Bool

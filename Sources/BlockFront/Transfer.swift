@@ -16,7 +16,7 @@ protocol RequestOwner: AnyObject, Sendable {
 
 /// One caller's operation, cut into requests that may sit on several rings: it ends when the
 /// last request has ended and every request was submitted; the first error wins.
-final class Transfer: RequestOwner, @unchecked Sendable {
+final class Transfer: RequestOwner, @unchecked Sendable {  // @unchecked: every var is under `lock`
     private let lock = NSLock()
     private var outstanding = 0
     private var submitting = true
@@ -63,7 +63,7 @@ final class Transfer: RequestOwner, @unchecked Sendable {
 
 /// Orders barrier writes against everything else: ordinary transfers enter side by side; a
 /// barrier waits for those in flight to end and holds later ones back until it is done.
-final class OrderingGate: @unchecked Sendable {
+final class OrderingGate: @unchecked Sendable {  // @unchecked: every var is under `lock`
     private let lock = NSLock()
     private var active = 0
     private var barrier = false

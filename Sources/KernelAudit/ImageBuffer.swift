@@ -4,7 +4,7 @@
 
 /// Bytes of an image held in memory this value owns: a file read whole, or a decompressed
 /// payload. Grows by `realloc`; the decompressors write straight into it.
-public final class ImageBuffer: @unchecked Sendable {
+public final class ImageBuffer: @unchecked Sendable {  // @unchecked: read-only bytes after init
     private(set) var base: UnsafeMutableRawPointer?
     private(set) var capacity: Int
     /// Bytes in use.

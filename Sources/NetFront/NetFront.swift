@@ -227,7 +227,7 @@ public final class NetFront: Sendable {
 }
 
 /// A device's connection, inbox and failure, shared by its queues, its driver and the API.
-final class NetDeviceState: @unchecked Sendable {
+final class NetDeviceState: @unchecked Sendable {  // @unchecked: every var is under `lock`
     let platform: any PVPlatform
     let options: NetFrontOptions
     private let lock = NSLock()

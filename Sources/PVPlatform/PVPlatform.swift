@@ -29,7 +29,7 @@ public protocol PVPlatform: Sendable {
 }
 
 /// A page of this domain's memory shared with a peer through a grant.
-public struct SharedPage: @unchecked Sendable, Equatable {
+public struct SharedPage: @unchecked Sendable, Equatable {  // @unchecked: an address of granted memory; its user owns the bytes
     /// The grant the peer maps.
     public let ref: GrantRef
     /// Its frame in this domain's memory.
@@ -41,7 +41,7 @@ public struct SharedPage: @unchecked Sendable, Equatable {
 }
 
 /// Granted pages mapped contiguously here (see ``PVPlatform/grantPages(_:to:readOnly:)``).
-public struct SharedPages: @unchecked Sendable {
+public struct SharedPages: @unchecked Sendable {  // @unchecked: an address of granted memory; its user owns the bytes
     /// Each page and its grant, in order.
     public let pages: [SharedPage]
     /// All of them, side by side (`pages.count` × 4 KiB).

@@ -14,7 +14,7 @@ import XenStore
 /// grants are written into the shared table with Xen's v1 protocol; event channels are
 /// eventfds pvhost hands over; xenstore is the ring page in this domain's memory. The control
 /// socket carries only the attach and event-channel "hypercalls".
-public final class ReferencePlatform: PVPlatform, @unchecked Sendable {
+public final class ReferencePlatform: PVPlatform, @unchecked Sendable {  // @unchecked: the socket under `controlLock`; the rest Locked or immutable
     public let domain: DomainID
     public let info: AttachedDomain
     public let memory: SharedMemoryRegion
@@ -36,7 +36,7 @@ public final class ReferencePlatform: PVPlatform, @unchecked Sendable {
     private struct WeakClient { weak var client: XenStoreClient? }
 
     /// Weak references to this domain's xenstore transports.
-    private final class Transports: @unchecked Sendable {
+    private final class Transports: @unchecked Sendable {  // @unchecked: every var is under `lock`
         private let lock = NSLock()
         private var list: [WeakTransport] = []
         private var hungUp = false
@@ -232,7 +232,7 @@ public final class ReferencePlatform: PVPlatform, @unchecked Sendable {
     // MARK: Backend hypercalls (a guest that serves other guests)
 
     /// Another domain's granted page, mapped here. Unmap it with ``unmapGrant(_:)``.
-    public struct MappedGrant: @unchecked Sendable {
+    public struct MappedGrant: @unchecked Sendable {  // @unchecked: an address of a mapped grant; its mapper owns the bytes
         public let handle: UInt32
         public let frame: UInt32
         /// The page (4 KiB), shared with the granting domain.

@@ -4,7 +4,7 @@ import Glibc
 /// A connected UNIX `SOCK_SEQPACKET` socket: whole messages, each with optional file
 /// descriptors attached (`SCM_RIGHTS`). pvhost's control channel: small "hypercall" messages
 /// and the memfds/eventfds they hand over; never ring data.
-public final class SeqpacketSocket: @unchecked Sendable {
+public final class SeqpacketSocket: Sendable {
     public let fileDescriptor: Int32
     /// The largest message read.
     public static let maximumMessage = 65536

@@ -8,7 +8,7 @@ import CLinux
 /// pvhost creates guest memory this way and passes the fd (SCM_RIGHTS or inheritance); each
 /// side maps it with ``init(mapping:byteCount:)``. The mapping is removed and the fd closed
 /// when the value is dropped. Pointers obtained from it must not outlive it.
-public final class SharedMemoryRegion: @unchecked Sendable {
+public final class SharedMemoryRegion: @unchecked Sendable {  // @unchecked: a mapping; what is stored in it is its users' protocol
     /// The memfd. Owned: closed on deinit.
     public let fileDescriptor: Int32
     /// Bytes mapped.
@@ -96,7 +96,7 @@ extension SharedMemoryRegion {
 /// A contiguous view of scattered pages of a ``SharedMemoryRegion`` (see
 /// ``SharedMemoryRegion/alias(pages:)``); unmapped when dropped. The region's memory itself
 /// stays (the memfd is shared), but pointers into the alias must not outlive it.
-public final class PageAlias: @unchecked Sendable {
+public final class PageAlias: @unchecked Sendable {  // @unchecked: a mapping; what is stored in it is its users' protocol
     public let address: UnsafeMutableRawPointer
     public let byteCount: Int
     init(address: UnsafeMutableRawPointer, byteCount: Int) {

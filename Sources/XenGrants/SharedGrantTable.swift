@@ -15,7 +15,7 @@ import XenABI
 ///
 /// Every access goes through atomics on the shared page; the guest side can be hostile, so
 /// the host side validates every field it reads.
-public struct SharedGrantTable: @unchecked Sendable {
+public struct SharedGrantTable: @unchecked Sendable {  // @unchecked: entries in shared memory, changed only with atomics
     public let base: UnsafeMutableRawPointer
     /// Entries in the table (frames × 512).
     public let count: Int

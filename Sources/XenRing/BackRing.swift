@@ -8,7 +8,7 @@ import XenABI
 /// front end does) and never trusts the front end's `req_prod`.
 ///
 /// Non-copyable because it holds the private indexes (`rsp_prod_pvt`, `req_cons`).
-public struct BackRing<P: RingProtocol>: ~Copyable, @unchecked Sendable {
+public struct BackRing<P: RingProtocol>: ~Copyable, @unchecked Sendable {  // @unchecked: one owner; shared indexes are atomics (ring.h's barriers)
     public let ringProtocol: P
     public let geometry: RingGeometry
     @usableFromInline let base: UnsafeMutableRawPointer

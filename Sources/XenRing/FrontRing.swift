@@ -10,7 +10,7 @@ import XenABI
 /// Non-copyable because it holds the private indexes (`req_prod_pvt`, `rsp_cons`): two copies
 /// would each believe they own the same slots. It points into shared memory that it does not
 /// own; the region must outlive it.
-public struct FrontRing<P: RingProtocol>: ~Copyable, @unchecked Sendable {
+public struct FrontRing<P: RingProtocol>: ~Copyable, @unchecked Sendable {  // @unchecked: one owner; shared indexes are atomics (ring.h's barriers)
     /// The protocol carried on this ring.
     public let ringProtocol: P
     /// Slot size and count.

@@ -10,7 +10,7 @@ import XenABI
 ///
 /// Never trusting the peer: an index pair that says more than 1024 bytes are outstanding is
 /// a ``Fault`` (the daemon then sets the page's error field, as XENSTORE_ERROR_RINGIDX).
-public struct XenStoreRing: @unchecked Sendable {
+public struct XenStoreRing: @unchecked Sendable {  // @unchecked: the shared page is reached only through its atomics and the copies they order
     /// Which end this process is.
     public enum Side: Sendable { case guest, daemon }
 

@@ -404,7 +404,7 @@ extension PVBlkCommand {
         /// The load through a ``BlockIOQueue``: its handler, on the ring's completion thread,
         /// records each latency and queues the next request into the buffer that just finished.
         private func queued(disk: BlockFront, buffers: [BlockBuffer], run: BenchRun) async throws -> Histogram<UInt64> {
-            final class Load: @unchecked Sendable {
+            final class Load: @unchecked Sendable {  // @unchecked: every var is under `lock`
                 let lock = NSLock()
                 var latencies = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
                 var started: [UInt64]

@@ -19,7 +19,7 @@ import XenStore
 /// sector size, the range inside the disk, writes refused on a read-only disk); a bad request
 /// gets BLKIF_RSP_ERROR, an operation not offered BLKIF_RSP_EOPNOTSUPP, and the backend
 /// carries on. A slow device stalls only its own queues.
-public final class BlockBackend: @unchecked Sendable {
+public final class BlockBackend: @unchecked Sendable {  // @unchecked: every var is under `lock`
     /// What the backend offers; each feature can be switched off (for tests and benchmarks).
     public struct Settings: Sendable, Equatable {
         public var readOnly = false

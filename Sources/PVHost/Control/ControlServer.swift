@@ -14,7 +14,7 @@ import XenStore
 /// watched on one of pvhost's event loops; a request that needs the toolstack is handled by a
 /// task on that loop, and the connection's next request waits for its reply. When a guest's connection ends — it exited, crashed or was
 /// killed — its domain is destroyed and everything it held reclaimed.
-public final class ControlServer: @unchecked Sendable {
+public final class ControlServer: @unchecked Sendable {  // @unchecked: tables under `lock`; connections touched on `loop` only
     public let path: String
     public let toolstack: Toolstack
     /// With a configuration, only its domains may attach, with its limits.

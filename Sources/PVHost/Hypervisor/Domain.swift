@@ -6,7 +6,7 @@ import XenGrants
 /// frame number), its grant-table frames (another memfd, written by the guest) and the page
 /// that carries its xenstore ring. The guest maps the same memfds; nothing else is shared.
 /// Mappings by backends keep the object (and so the memory) alive until they are unmapped.
-public final class Domain: @unchecked Sendable {
+public final class Domain: Sendable {
     public let id: DomainID
     public let name: String
     public let memory: SharedMemoryRegion

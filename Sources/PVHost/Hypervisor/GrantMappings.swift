@@ -4,7 +4,7 @@ import XenGrants
 /// A grant mapped by a backend: the granting domain's page, reachable while the mapping lives.
 /// Sendable by hand: `page` points into shared memory that `owner` keeps mapped, and the page
 /// is the peer's to write at any time (readers copy out once, then check).
-public struct GrantMapping: @unchecked Sendable {
+public struct GrantMapping: @unchecked Sendable {  // @unchecked: an address of a mapped grant; its mapper owns the bytes
     /// What ``Hypervisor/unmapGrant(_:)`` takes back. C: `grant_handle_t`.
     public let handle: UInt32
     public let granter: DomainID

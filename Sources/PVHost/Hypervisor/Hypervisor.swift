@@ -8,7 +8,7 @@ import XenGrants
 /// pvhost itself: its backends map grants and bind event channels through this object.
 /// Thread-safe: one lock around the books; the data path (pages, rings, eventfds) never
 /// takes it.
-public final class Hypervisor: @unchecked Sendable {
+public final class Hypervisor: Sendable {
     private struct State {
         var domains: [DomainID: Domain] = [:]
         var grants = GrantBook()
@@ -152,7 +152,7 @@ public final class Hypervisor: @unchecked Sendable {
 
     /// One copy of a batch (`gnttab_copy_t`): `length` bytes between `local` memory and
     /// `offset` of the granted page `ref`; `status` is filled in per copy.
-    public struct GrantCopy: @unchecked Sendable {
+    public struct GrantCopy: @unchecked Sendable {  // @unchecked: names local memory its caller owns for the call
         public var ref: GrantRef
         public var offset: Int
         public var length: Int

@@ -10,7 +10,7 @@ import XenStore
 /// Connected maps each queue's rings, binds its channels and serves it on a thread
 /// (``VifQueue``). The vif is a port of a ``VirtualSwitch``: what the guest sends is switched
 /// to the other guests and TAP devices, what they send to it lands in its posted buffers.
-public final class NetBackend: SwitchPort, @unchecked Sendable {
+public final class NetBackend: SwitchPort, @unchecked Sendable {  // @unchecked: `network` is weak, set once; every var is under `lock`
     /// What the backend offers; each feature can be switched off.
     public struct Settings: Sendable, Equatable {
         public var scatterGather = true

@@ -7,7 +7,7 @@ import PVSystem
 
 /// A pcap file (the classic format tcpdump, tshark and Wireshark read: microsecond time
 /// stamps, Ethernet link type) that the switch writes frames into.
-final class PacketCapture: @unchecked Sendable {
+final class PacketCapture: @unchecked Sendable {  // @unchecked: writes under `lock`
     let path: String
     private let fd: Int32
     private let lock = NSLock()

@@ -376,11 +376,25 @@ final class VifQueue: @unchecked Sendable {  // @unchecked: the tx ring and its 
             // Ring order: data slot 0, the extra (it uses a request too; that buffer stays
             // empty and goes back to the frontend), then the other data slots.
             // The copies read this storage (kept alive, unchanged, in `placed` until they ran).
+            // A request the ring counted but cannot give (the frontend broke the ring): this
+            // packet's slots are taken back, the rest dropped, the packets placed so far sent.
+            let slotsBefore = slots.count, copiesBefore = copies.count
+            var broken: String?
             packet.bytes.withUnsafeBytes { bytes in
                 let base = UnsafeMutableRawPointer(mutating: bytes.baseAddress!)
                 var page = 0
                 for n in 0..<Int(needed) {
-                    guard let request = try? rx.ring.nextRequest() else { return }
+                    let request: NetifRxRequest
+                    do {
+                        guard let next = try rx.ring.nextRequest() else {
+                            broken = "request \(n) of \(needed) counted as available is not there"
+                            return
+                        }
+                        request = next
+                    } catch {
+                        broken = "\(error)"
+                        return
+                    }
                     if n == 1, let extra {
                         slots.append(.extra(extra))
                         continue
@@ -403,6 +417,12 @@ final class VifQueue: @unchecked Sendable {  // @unchecked: the tx ring and its 
                             local: base + page * XenPage.size, toGrant: true))
                     page += 1
                 }
+            }
+            if let broken {
+                slots.removeSubrange(slotsBefore...)
+                copies.removeSubrange(copiesBefore...)
+                _ = dropPending(reason: broken)
+                break
             }
             pending.removeFirst()
             placed.append(packet)

@@ -406,7 +406,7 @@ public final class XenStoreDaemon: @unchecked Sendable {  // @unchecked: the eng
 }
 
 /// Carries a non-Sendable owner across the command queue (only kept alive, never used).
-struct SendableBox: @unchecked Sendable {
+struct SendableBox: @unchecked Sendable {  // @unchecked: carries an object to the loop thread, the only one that touches it
     let value: AnyObject?
     init(_ value: AnyObject?) { self.value = value }
 }
