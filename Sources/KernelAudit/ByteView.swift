@@ -63,7 +63,4 @@ struct ByteView {
     }
 }
 
-#if canImport(Glibc)
-    import Glibc
-#endif
 import CLinux

@@ -64,12 +64,15 @@ public enum PlatformError: Error, Equatable, Sendable, CustomStringConvertible {
     case refused(String)
     /// The control connection failed.
     case connection(String)
+    /// A system call failed (mapping a granted page, a device ioctl).
+    case system(SystemError)
 
     public var description: String {
         switch self {
         case let .exhausted(what): "out of \(what)"
         case let .refused(why): "pvhost refused: \(why)"
         case let .connection(why): "pvhost control connection: \(why)"
+        case let .system(error): "\(error)"
         }
     }
 }

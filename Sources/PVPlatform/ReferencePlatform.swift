@@ -1,7 +1,4 @@
 import Foundation
-#if canImport(Glibc)
-    import Glibc
-#endif
 import PVHostProtocol
 import PVSystem
 import Synchronization
@@ -72,7 +69,7 @@ public final class ReferencePlatform: PVPlatform, @unchecked Sendable {  // @unc
         do { control = try SeqpacketSocket.connect(to: socket) } catch { throw .connection("\(error)") }
         let (reply, descriptors) = try exchange(control, .attach(name: name, pages: pages))
         guard case let .attached(info) = reply, descriptors.count == 4 else {
-            for fd in descriptors { close(fd) }
+            closeReceivedDescriptors(descriptors)
             if case let .error(why) = reply { throw .refused(why) }
             throw .connection("unexpected reply to attach")
         }
@@ -132,7 +129,7 @@ public final class ReferencePlatform: PVPlatform, @unchecked Sendable {  // @unc
             try control.send(ControlCoding.encode(request))
             guard let (bytes, descriptors) = try control.receive() else { throw PlatformError.connection("pvhost closed the control socket") }
             guard let reply = ControlCoding.decode(ControlReply.self, bytes) else {
-                for fd in descriptors { close(fd) }
+                closeReceivedDescriptors(descriptors)
                 throw PlatformError.connection("malformed reply")
             }
             return (reply, descriptors)
@@ -192,7 +189,7 @@ public final class ReferencePlatform: PVPlatform, @unchecked Sendable {  // @unc
 
     private func channel(_ reply: ControlReply, _ descriptors: [Int32]) throws(PlatformError) -> EventChannel {
         guard case let .port(port) = reply, descriptors.count == 2 else {
-            for fd in descriptors { close(fd) }
+            closeReceivedDescriptors(descriptors)
             if case let .error(why) = reply { throw .refused(why) }
             throw .connection("unexpected reply")
         }
@@ -250,16 +247,18 @@ public final class ReferencePlatform: PVPlatform, @unchecked Sendable {  // @unc
     /// domain, is writable if asked, and pins it).
     public func mapGrant(from granter: DomainID, ref: GrantRef, writable: Bool) throws -> MappedGrant {
         let (reply, descriptors) = try call(.mapGrant(granter: granter.rawValue, ref: ref.rawValue, writable: writable))
-        defer { for fd in descriptors { close(fd) } }
+        defer { closeReceivedDescriptors(descriptors) }
         switch reply {
         case let .mapped(handle, frame) where descriptors.count == 1:
-            let protection = PROT_READ | (writable ? PROT_WRITE : 0)
-            let address = mmap(nil, XenPage.size, protection, MAP_SHARED, descriptors[0], off_t(Int(frame) * XenPage.size))
-            guard let address, address != MAP_FAILED else {
-                _ = try? call(.unmapGrant(handle: handle))
-                throw PlatformError.connection("mapping the granted page: \(String(cString: strerror(errno)))")
+            do {
+                let address = try Memory.map(
+                    descriptors[0], offset: UInt64(frame) * UInt64(XenPage.size), byteCount: XenPage.size, writable: writable,
+                    context: "grant \(ref.rawValue) of domain \(granter.rawValue)")
+                return MappedGrant(handle: handle, frame: frame, address: address)
+            } catch {
+                _ = try? call(.unmapGrant(handle: handle))  // the mapping failed: its pin goes too (the error thrown is the map's)
+                throw PlatformError.system(error)
             }
-            return MappedGrant(handle: handle, frame: frame, address: address)
         case let .grantStatus(value, _):
             throw GrantRefused(status: GrantStatus(rawValue: value) ?? .generalError)
         case let .error(why):
@@ -271,9 +270,9 @@ public final class ReferencePlatform: PVPlatform, @unchecked Sendable {  // @unc
 
     /// `GNTTABOP_unmap_grant_ref`: unmaps the page here, then lets pvhost unpin it.
     public func unmapGrant(_ mapping: MappedGrant) throws {
-        munmap(mapping.address, XenPage.size)
+        Memory.unmap(mapping.address, byteCount: XenPage.size)
         let (reply, descriptors) = try call(.unmapGrant(handle: mapping.handle))
-        for fd in descriptors { close(fd) }
+        closeReceivedDescriptors(descriptors)
         if case let .grantStatus(value, _) = reply { throw GrantRefused(status: GrantStatus(rawValue: value) ?? .generalError) }
     }
 
@@ -283,7 +282,7 @@ public final class ReferencePlatform: PVPlatform, @unchecked Sendable {  // @unc
             .copyGrant(
                 granter: granter.rawValue, ref: ref.rawValue, offset: offset, localFrame: frame,
                 localOffset: frameOffset, length: length, toGrant: toGrant))
-        for fd in descriptors { close(fd) }
+        closeReceivedDescriptors(descriptors)
         switch reply {
         case .ok: return
         case let .grantStatus(value, _): throw GrantRefused(status: GrantStatus(rawValue: value) ?? .generalError)
@@ -298,7 +297,7 @@ public final class ReferencePlatform: PVPlatform, @unchecked Sendable {  // @unc
     /// This domain's start info, asked again.
     public func domainInfo() throws(PlatformError) -> AttachedDomain {
         let (reply, descriptors) = try call(.domainInfo)
-        for fd in descriptors { close(fd) }
+        closeReceivedDescriptors(descriptors)
         guard case let .attached(info) = reply else { throw .connection("unexpected reply to domain info") }
         return info
     }
@@ -309,7 +308,7 @@ public final class ReferencePlatform: PVPlatform, @unchecked Sendable {  // @unc
         let control: SeqpacketSocket
         do { control = try SeqpacketSocket.connect(to: socket) } catch { throw .connection("\(error)") }
         let (reply, descriptors) = try exchange(control, request)
-        for fd in descriptors { close(fd) }
+        closeReceivedDescriptors(descriptors)
         if case let .error(why) = reply { throw .refused(why) }
         guard case .ok = reply else { throw .connection("unexpected reply to \(request)") }
     }
@@ -318,7 +317,7 @@ public final class ReferencePlatform: PVPlatform, @unchecked Sendable {  // @unc
         let control: SeqpacketSocket
         do { control = try SeqpacketSocket.connect(to: socket) } catch { throw .connection("\(error)") }
         let (reply, descriptors) = try exchange(control, .status)
-        for fd in descriptors { close(fd) }
+        closeReceivedDescriptors(descriptors)
         guard case let .status(status) = reply else { throw .connection("unexpected reply to status") }
         return status
     }

@@ -159,3 +159,9 @@ public enum UNIXSocketAddress {
         return address
     }
 }
+
+/// Closes descriptors this process received (`SCM_RIGHTS`) and does not keep. `close(2)`
+/// releases a descriptor even when it reports an error, so there is nothing to retry.
+public func closeReceivedDescriptors(_ descriptors: [Int32]) {
+    for descriptor in descriptors { _ = Glibc.close(descriptor) }
+}
