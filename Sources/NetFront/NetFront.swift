@@ -78,8 +78,11 @@ public final class NetFront: Sendable {
         /// Received frames dropped because the application did not take them in time.
         public var inboxOverflow = 0
         public var notificationsSent = 0
-        /// Wake-ups of the queues' threads, and those that found nothing to do.
+        /// Wake-ups of the queues' handlers, and those that found nothing to do.
         public var wakeups = 0, spuriousWakeups = 0
+        /// Notifications the backend sent that reached the queues (several can arrive as one
+        /// wake-up: an eventfd counts them; on Xen a pending bit counts one).
+        public var notificationsReceived = 0
         /// Connections made (more than one after a backend restart).
         public var connections = 0
         /// Pages (rings and buffers) whose grant the backend has not let go.
@@ -96,6 +99,8 @@ public final class NetFront: Sendable {
             notificationsSent += other.notificationsSent
             wakeups += other.wakeups
             spuriousWakeups += other.spuriousWakeups
+            let (sum, overflow) = notificationsReceived.addingReportingOverflow(other.notificationsReceived)
+            notificationsReceived = overflow ? .max : sum
         }
     }
 

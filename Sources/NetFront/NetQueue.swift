@@ -89,8 +89,7 @@ final class NetQueue: @unchecked Sendable {  // @unchecked: rings, ids, assemble
                         channel.descriptor, name: "netfront queue \(index) port \(channel.port.rawValue)",
                         owner: channel.descriptorOwner
                     ) { [self] events in
-                        if events.contains(.readable) { channel.acknowledge() }
-                        serve()
+                        serve(notifications: events.contains(.readable) ? channel.acknowledge() : 0)
                         return .wait
                     })
             }
@@ -188,13 +187,16 @@ final class NetQueue: @unchecked Sendable {  // @unchecked: rings, ids, assemble
 
     /// A notification (on either channel): tx responses reaped, rx frames assembled and
     /// delivered, buffers posted again, waiting senders woken.
-    private func serve() {
+    private func serve(notifications: UInt64) {
         var woke: [CheckedContinuation<Void, Never>] = []
         var notifyRx = false
         var broken: String?
         let stopped: Bool = lock.withLock {
             guard !halted else { return true }
             counters.wakeups += 1
+            // Saturating: the count is the backend's to choose (an eventfd holds up to 2^64 − 2).
+            let (sum, overflow) = counters.notificationsReceived.addingReportingOverflow(Int(clamping: notifications))
+            counters.notificationsReceived = overflow ? .max : sum
             var work = 0
             do {
                 repeat {

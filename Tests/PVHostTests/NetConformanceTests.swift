@@ -350,13 +350,17 @@ struct NetHostileTests {
         await a.nic.close()
     }
 
-    @Test("an event storm: extra wake-ups counted as spurious, traffic unharmed")
+    @Test("an event storm: 200 extra notifications per batch are absorbed (counted; spurious wake-ups when they come apart), traffic unharmed")
     func eventStorm() async throws {
         let (net, a, b) = try await pair(.eventStorm)
         defer { withExtendedLifetime(net) {} }  // pvhost lives until the end
         try await flood(a, b, count: 50)
         #expect(try await N.receive(b.nic, count: 50).count == 50)
-        #expect(b.nic.statistics.spuriousWakeups > 0)
+        // Whether they wake the queue apart (spurious wake-ups) or land in one eventfd read
+        // depends on scheduling (under load, one); that they arrived and were taken does not.
+        let statistics = b.nic.statistics
+        #expect(statistics.notificationsReceived >= 200, "\(statistics)")
+        #expect(statistics.spuriousWakeups < statistics.wakeups, "\(statistics)")
         await a.nic.close()
         await b.nic.close()
     }
