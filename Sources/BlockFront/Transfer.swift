@@ -1,4 +1,4 @@
-import Foundation
+import PVSystem
 
 /// Whoever is told when a request ends: a ``Transfer`` (one awaited call) or a
 /// ``BlockIOQueue`` (many requests, completions collected).
@@ -16,18 +16,21 @@ protocol RequestOwner: AnyObject, Sendable {
 
 /// One caller's operation, cut into requests that may sit on several rings: it ends when the
 /// last request has ended and every request was submitted; the first error wins.
-final class Transfer: RequestOwner, @unchecked Sendable {  // @unchecked: every var is under `lock`
-    private let lock = NSLock()
-    private var outstanding = 0
-    private var submitting = true
-    private var error: BlockFrontError?
-    private var continuation: CheckedContinuation<Void, Never>?
+final class Transfer: RequestOwner, Sendable {
+    private struct State {
+        var outstanding = 0
+        var submitting = true
+        var error: BlockFrontError?
+        var continuation: CheckedContinuation<Void, Never>?
+    }
+
+    private let state = Locked(State())
 
     /// A request of this transfer went out (its completion will call ``complete(_:tag:)``).
-    func started(tag: Int) { lock.withLock { outstanding += 1 } }
+    func started(tag: Int) { state.withLock { $0.outstanding += 1 } }
 
     /// Records an error without a request (submission stopped).
-    func fail(_ error: BlockFrontError) { lock.withLock { if self.error == nil { self.error = error } } }
+    func fail(_ error: BlockFrontError) { state.withLock { if $0.error == nil { $0.error = error } } }
 
     /// Its continuation is resumed by the last completion: nothing to batch.
     var collectsBatches: Bool { false }
@@ -36,12 +39,12 @@ final class Transfer: RequestOwner, @unchecked Sendable {  // @unchecked: every 
 
     /// A request ended.
     func complete(_ error: BlockFrontError?, tag: Int) {
-        let resume: CheckedContinuation<Void, Never>? = lock.withLock {
-            if let error, self.error == nil { self.error = error }
-            outstanding -= 1
-            guard outstanding == 0, !submitting else { return nil }
-            defer { continuation = nil }
-            return continuation
+        let resume: CheckedContinuation<Void, Never>? = state.withLock { state in
+            if let error, state.error == nil { state.error = error }
+            state.outstanding -= 1
+            guard state.outstanding == 0, !state.submitting else { return nil }
+            defer { state.continuation = nil }
+            return state.continuation
         }
         resume?.resume()
     }
@@ -49,34 +52,37 @@ final class Transfer: RequestOwner, @unchecked Sendable {  // @unchecked: every 
     /// Called once everything is submitted: waits for the requests in flight.
     func finish() async throws(BlockFrontError) {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let done: Bool = lock.withLock {
-                submitting = false
-                if outstanding == 0 { return true }
-                self.continuation = continuation
+            let done: Bool = state.withLock { state in
+                state.submitting = false
+                if state.outstanding == 0 { return true }
+                state.continuation = continuation
                 return false
             }
             if done { continuation.resume() }
         }
-        if let error = lock.withLock({ error }) { throw error }
+        if let error = state.withLock({ $0.error }) { throw error }
     }
 }
 
 /// Orders barrier writes against everything else: ordinary transfers enter side by side; a
 /// barrier waits for those in flight to end and holds later ones back until it is done.
-final class OrderingGate: @unchecked Sendable {  // @unchecked: every var is under `lock`
-    private let lock = NSLock()
-    private var active = 0
-    private var barrier = false
-    private var open = true
-    private var entering: [CheckedContinuation<Void, Never>] = []
-    private var draining: CheckedContinuation<Void, Never>?
+final class OrderingGate: Sendable {
+    private struct State {
+        var active = 0
+        var barrier = false
+        var open = true
+        var entering: [CheckedContinuation<Void, Never>] = []
+        var draining: CheckedContinuation<Void, Never>?
+    }
+
+    private let state = Locked(State())
 
     /// Enters `count` times unless a barrier holds the gate (then the caller must wait with
     /// ``enter()``).
     func tryEnter(_ count: Int = 1) -> Bool {
-        lock.withLock {
-            guard !barrier || !open else { return false }
-            active += count
+        state.withLock { state in
+            guard !state.barrier || !state.open else { return false }
+            state.active += count
             return true
         }
     }
@@ -87,9 +93,9 @@ final class OrderingGate: @unchecked Sendable {  // @unchecked: every var is und
 
     private func waitForBarrierEnd() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let ended: Bool = lock.withLock {
-                if !barrier || !open { return true }
-                entering.append(continuation)
+            let ended: Bool = state.withLock { state in
+                if !state.barrier || !state.open { return true }
+                state.entering.append(continuation)
                 return false
             }
             if ended { continuation.resume() }
@@ -98,11 +104,11 @@ final class OrderingGate: @unchecked Sendable {  // @unchecked: every var is und
 
     func leave(_ count: Int = 1) {
         guard count > 0 else { return }
-        let resume: CheckedContinuation<Void, Never>? = lock.withLock {
-            active -= count
-            guard active == 0 else { return nil }
-            defer { draining = nil }
-            return draining
+        let resume: CheckedContinuation<Void, Never>? = state.withLock { state in
+            state.active -= count
+            guard state.active == 0 else { return nil }
+            defer { state.draining = nil }
+            return state.draining
         }
         resume?.resume()
     }
@@ -111,9 +117,9 @@ final class OrderingGate: @unchecked Sendable {  // @unchecked: every var is und
     func exclusive() async {
         await enterAlone()
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let now: Bool = lock.withLock {
-                if active == 0 || !open { return true }
-                draining = continuation
+            let now: Bool = state.withLock { state in
+                if state.active == 0 || !state.open { return true }
+                state.draining = continuation
                 return false
             }
             if now { continuation.resume() }
@@ -121,9 +127,9 @@ final class OrderingGate: @unchecked Sendable {  // @unchecked: every var is und
     }
 
     private func enterAlone() async {
-        while !lock.withLock({ () -> Bool in
-            guard !barrier || !open else { return false }
-            barrier = true
+        while !state.withLock({ state -> Bool in
+            guard !state.barrier || !state.open else { return false }
+            state.barrier = true
             return true
         }) {
             await waitForBarrierEnd()
@@ -131,20 +137,23 @@ final class OrderingGate: @unchecked Sendable {  // @unchecked: every var is und
     }
 
     func endExclusive() {
-        let waiting: [CheckedContinuation<Void, Never>] = lock.withLock {
-            barrier = false
-            defer { entering.removeAll() }
-            return entering
+        let waiting: [CheckedContinuation<Void, Never>] = state.withLock { state in
+            state.barrier = false
+            defer { state.entering.removeAll() }
+            return state.entering
         }
         for continuation in waiting { continuation.resume() }
     }
 
     /// The device failed: nobody waits here any more.
     func release() {
-        let (waiting, drain): ([CheckedContinuation<Void, Never>], CheckedContinuation<Void, Never>?) = lock.withLock {
-            open = false
-            defer { entering.removeAll(); draining = nil }
-            return (entering, draining)
+        let (waiting, drain): ([CheckedContinuation<Void, Never>], CheckedContinuation<Void, Never>?) = state.withLock { state in
+            state.open = false
+            defer {
+                state.entering.removeAll()
+                state.draining = nil
+            }
+            return (state.entering, state.draining)
         }
         for continuation in waiting { continuation.resume() }
         drain?.resume()

@@ -21,3 +21,14 @@ public enum MonotonicClock {
         return overflow2 ? .max : total
     }
 }
+
+/// Wall time, for time stamps written for people and tools (pcap records); never for
+/// intervals, which take ``MonotonicClock``.
+public enum WallClock {
+    /// Seconds and microseconds since the Unix epoch. C: `clock_gettime(CLOCK_REALTIME)`.
+    public static func now() -> (seconds: Int, microseconds: Int) {
+        var time = timespec()
+        clock_gettime(CLOCK_REALTIME, &time)
+        return (time.tv_sec, time.tv_nsec / 1000)
+    }
+}
