@@ -1,4 +1,4 @@
-import Foundation
+import PVSystem
 import PVPlatform
 import XenABI
 
@@ -10,7 +10,7 @@ import XenABI
 ///
 /// The budget is an ``AsyncSemaphore``: a request reserves its pages before it takes a ring
 /// slot, so running out of memory is back-pressure, not an error.
-final class GrantPool: @unchecked Sendable {  // @unchecked: the free list is under `lock`; the rest is immutable
+final class GrantPool: Sendable {
     let platform: any PVPlatform
     let backend: DomainID
     let persistent: Bool
@@ -19,10 +19,9 @@ final class GrantPool: @unchecked Sendable {  // @unchecked: the free list is un
     /// Pages a request may reserve.
     let budget: AsyncSemaphore
     let limit: Int
-    private let lock = NSLock()
-    private var free: [SharedPage] = []
-    /// Pages the backend still maps after we tried to revoke them.
-    private var held: [SharedPage] = []
+    /// Granted pages ready for reuse, and pages the backend still maps after we tried to
+    /// revoke them.
+    private let pages = Locked<(free: [SharedPage], held: [SharedPage])>(([], []))
 
     init(platform: any PVPlatform, backend: DomainID, persistent: Bool, zeroOnReuse: Bool, pages: Int) {
         self.platform = platform
@@ -40,8 +39,10 @@ final class GrantPool: @unchecked Sendable {  // @unchecked: the free list is un
         var pages: [SharedPage] = []
         pages.reserveCapacity(count)
         if persistent {
-            lock.withLock {
-                while pages.count < count, let page = free.popLast() { pages.append(page) }
+            pages = self.pages.withLock { state in
+                var taken = pages
+                while taken.count < count, let page = state.free.popLast() { taken.append(page) }
+                return taken
             }
             if zeroOnReuse { for page in pages { page.address.initializeMemory(as: UInt8.self, repeating: 0, count: XenPage.size) } }
         }
@@ -61,7 +62,7 @@ final class GrantPool: @unchecked Sendable {  // @unchecked: the free list is un
     func give(_ pages: [SharedPage]) {
         guard !pages.isEmpty else { return }
         if persistent {
-            lock.withLock { free += pages }
+            self.pages.withLock { $0.free += pages }
         } else {
             revoke(pages)
         }
@@ -70,20 +71,24 @@ final class GrantPool: @unchecked Sendable {  // @unchecked: the free list is un
     private func revoke(_ pages: [SharedPage]) {
         var kept: [SharedPage] = []
         for page in pages where !platform.revoke(page) { kept.append(page) }
-        if !kept.isEmpty { lock.withLock { held += kept } }
+        if !kept.isEmpty { self.pages.withLock { $0.held += kept } }
     }
 
     /// Revokes every page this pool granted (on close and before a reconnect), and retries
     /// the ones held before. Returns how many the backend still maps.
     @discardableResult
     func drain() -> Int {
-        let pages = lock.withLock {
-            defer { free.removeAll(); held.removeAll() }; return free + held
+        let all = pages.withLock { state in
+            defer {
+                state.free.removeAll()
+                state.held.removeAll()
+            }
+            return state.free + state.held
         }
-        revoke(pages)
+        revoke(all)
         return pagesHeldByBackend
     }
 
     /// Pages whose grant the backend has not let go (kept allocated, retried by ``drain()``).
-    var pagesHeldByBackend: Int { lock.withLock { held.count } }
+    var pagesHeldByBackend: Int { pages.withLock { $0.held.count } }
 }

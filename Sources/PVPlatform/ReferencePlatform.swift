@@ -33,25 +33,23 @@ public final class ReferencePlatform: PVPlatform, @unchecked Sendable {  // @unc
     private struct WeakClient { weak var client: XenStoreClient? }
 
     /// Weak references to this domain's xenstore transports.
-    private final class Transports: @unchecked Sendable {  // @unchecked: every var is under `lock`
-        private let lock = NSLock()
-        private var list: [WeakTransport] = []
-        private var hungUp = false
+    private final class Transports: Sendable {
         struct WeakTransport { weak var transport: XenStoreRingTransport? }
+        private let state = Locked<(list: [WeakTransport], hungUp: Bool)>(([], false))
 
         func add(_ transport: XenStoreRingTransport) {
-            let dead = lock.withLock { () -> Bool in
-                list.removeAll { $0.transport == nil }
-                list.append(WeakTransport(transport: transport))
-                return hungUp
+            let dead = state.withLock { state -> Bool in
+                state.list.removeAll { $0.transport == nil }
+                state.list.append(WeakTransport(transport: transport))
+                return state.hungUp
             }
             if dead { transport.shutdown() }
         }
 
         func hangUp() {
-            let live = lock.withLock { () -> [XenStoreRingTransport] in
-                hungUp = true
-                return list.compactMap(\.transport)
+            let live = state.withLock { state -> [XenStoreRingTransport] in
+                state.hungUp = true
+                return state.list.compactMap(\.transport)
             }
             for transport in live { transport.shutdown() }
         }
