@@ -16,7 +16,7 @@ import XenStore
 /// sector size, the range inside the disk, writes refused on a read-only disk); a bad request
 /// gets BLKIF_RSP_ERROR, an operation not offered BLKIF_RSP_EOPNOTSUPP, and the backend
 /// carries on. A slow device stalls only its own queues.
-public final class BlockBackend: @unchecked Sendable {  // @unchecked: every var is under `lock`
+public final class BlockBackend: Sendable {
     /// What the backend offers; each feature can be switched off (for tests and benchmarks).
     public struct Settings: Sendable, Equatable {
         public var readOnly = false
@@ -115,15 +115,22 @@ public final class BlockBackend: @unchecked Sendable {  // @unchecked: every var
     /// The file mapped read-only (``Settings/mappedReads``), `sectors` long.
     let mapping: GuardedMapping?
     let logger = Logger(label: "pvhost.blkback")
-    private let lock = NSLock()
-    private var connection: [ServedQueue]?
-    private var watcher: Task<Void, Never>?
-    /// Grant mappings left behind on purpose (hostile mode `keepGrantsAfterClose`).
-    private var abandoned: [[GrantMapping]] = []
+    private struct State {
+        var connection: [ServedQueue]?
+        var watcher: Task<Void, Never>?
+        /// Grant mappings left behind on purpose (hostile mode `keepGrantsAfterClose`).
+        var abandoned: [[GrantMapping]] = []
+        /// Requests served by connections that ended.
+        var servedBefore = 0
+    }
+
+    private let state = Locked(State())
 
     /// Requests served (for status and benchmarks).
-    public var served: Int { lock.withLock { servedBefore } + (lock.withLock { connection } ?? []).reduce(0) { $0 + $1.served } }
-    private var servedBefore = 0
+    public var served: Int {
+        let (before, queues) = state.withLock { ($0.servedBefore, $0.connection ?? []) }
+        return queues.reduce(before) { $0 + $1.served }
+    }
 
     /// Why the backend could not start.
     public enum Failure: Error, CustomStringConvertible {
@@ -230,12 +237,13 @@ public final class BlockBackend: @unchecked Sendable {  // @unchecked: every var
 
     /// Watches the frontend's state and connects or disconnects as it moves.
     private func follow() {
-        watcher = xenbus.follow(
+        let watcher = xenbus.follow(
             connectOn: [.initialised, .connected], isConnected: { [weak self] in self?.isConnected },
             connect: { [weak self] in await self?.connect() }, disconnect: { [weak self] in await self?.disconnect() })
+        state.withLock { $0.watcher = watcher }
     }
 
-    private var isConnected: Bool { lock.withLock { connection != nil } }
+    private var isConnected: Bool { state.withLock { $0.connection != nil } }
     private var xenbus: BackendXenbus { BackendXenbus(store: store, device: device) }
     private func setState(_ state: XenbusState) async { await xenbus.setState(state) }
 
@@ -293,7 +301,7 @@ public final class BlockBackend: @unchecked Sendable {  // @unchecked: every var
             }
             for queue in made { try queue.start() }
             let queues = made
-            lock.withLock { connection = queues }
+            state.withLock { $0.connection = queues }
             await setState(.connected)
             logger.info(
                 "vbd \(device.devid) of domain \(device.frontend.rawValue) connected",
@@ -314,18 +322,19 @@ public final class BlockBackend: @unchecked Sendable {  // @unchecked: every var
 
     /// Stops serving, unmaps the rings and persistent grants, closes the ports (the xenbus state is the caller's).
     private func disconnect() async {
-        let old: [ServedQueue]? = lock.withLock {
-            defer { connection = nil }; return connection
+        let old: [ServedQueue]? = state.withLock { state in
+            defer { state.connection = nil }
+            return state.connection
         }
         if let old {
             for queue in old { await queue.stop() }
             let count = old.reduce(0) { $0 + $1.served }
             if settings.hostile == .keepGrantsAfterClose {
                 let kept = old.map { $0.abandonMappings() }
-                lock.withLock { abandoned += kept }
+                state.withLock { $0.abandoned += kept }
             }
             for queue in old { queue.release() }
-            lock.withLock { servedBefore += count }
+            state.withLock { $0.servedBefore += count }
         }
     }
 
@@ -338,12 +347,14 @@ public final class BlockBackend: @unchecked Sendable {  // @unchecked: every var
     public func stop() async {
         // Ended, not only cancelled: an event it was acting on could otherwise write our old
         // state over a new backend's (a restart right after this returns).
+        let watcher = state.withLock { $0.watcher }
         watcher?.cancel()
         await watcher?.value
         await disconnect()
         await setState(.closed)
-        let kept = lock.withLock {
-            defer { abandoned.removeAll() }; return abandoned
+        let kept = state.withLock { state in
+            defer { state.abandoned.removeAll() }
+            return state.abandoned
         }
         for mappings in kept { for mapping in mappings { try? hypervisor.unmapGrant(mapping.handle, by: .dom0) } }
     }

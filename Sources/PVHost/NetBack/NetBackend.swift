@@ -1,3 +1,4 @@
+import PVSystem
 import Foundation
 import PacketOffload
 import Logging
@@ -10,7 +11,7 @@ import XenStore
 /// Connected maps each queue's rings, binds its channels and serves it on a thread
 /// (``VifQueue``). The vif is a port of a ``VirtualSwitch``: what the guest sends is switched
 /// to the other guests and TAP devices, what they send to it lands in its posted buffers.
-public final class NetBackend: SwitchPort, @unchecked Sendable {  // @unchecked: `network` is weak, set once; every var is under `lock`
+public final class NetBackend: SwitchPort, Sendable {
     /// What the backend offers; each feature can be switched off.
     public struct Settings: Sendable, Equatable {
         public var scatterGather = true
@@ -72,12 +73,16 @@ public final class NetBackend: SwitchPort, @unchecked Sendable {  // @unchecked:
     public let portName: String
     private let toolstack: Toolstack
     /// Weak: the switch holds its ports; the port holding it back would keep both alive.
-    private weak var network: VirtualSwitch?
+    private weak let network: VirtualSwitch?
     let logger = Logger(label: "pvhost.netback")
-    private let lock = NSLock()
-    private var queues: [VifQueue]?
-    private var watcher: Task<Void, Never>?
-    private var before = Counters()
+    private struct State {
+        var queues: [VifQueue]?
+        var watcher: Task<Void, Never>?
+        /// Counters of connections that ended.
+        var before = Counters()
+    }
+
+    private let state = Locked(State())
 
     /// Packets through this vif (for status and tests).
     public struct Counters: Sendable, Equatable {
@@ -93,9 +98,9 @@ public final class NetBackend: SwitchPort, @unchecked Sendable {  // @unchecked:
     }
 
     public var counters: Counters {
-        lock.withLock {
-            var c = before
-            for queue in queues ?? [] { c.add(queue) }
+        state.withLock { state in
+            var c = state.before
+            for queue in state.queues ?? [] { c.add(queue) }
             return c
         }
     }
@@ -165,12 +170,13 @@ public final class NetBackend: SwitchPort, @unchecked Sendable {  // @unchecked:
     }
 
     private func follow() {
-        watcher = xenbus.follow(
+        let watcher = xenbus.follow(
             connectOn: [.connected], isConnected: { [weak self] in self?.isConnected },
             connect: { [weak self] in await self?.connect() }, disconnect: { [weak self] in await self?.disconnect() })
+        state.withLock { $0.watcher = watcher }
     }
 
-    private var isConnected: Bool { lock.withLock { queues != nil } }
+    private var isConnected: Bool { state.withLock { $0.queues != nil } }
     private var xenbus: BackendXenbus { BackendXenbus(store: store, device: device) }
     private func setState(_ state: XenbusState) async { await xenbus.setState(state) }
 
@@ -219,7 +225,7 @@ public final class NetBackend: SwitchPort, @unchecked Sendable {  // @unchecked:
             }
             for queue in made { try queue.start() }
             let queues = made
-            lock.withLock { self.queues = queues }
+            state.withLock { $0.queues = queues }
             await setState(.connected)
             logger.info("\(portName) connected", metadata: ["mac": "\(mac)", "queues": "\(queueCount)", "sg": "\(accepts.scatterGather)"])
         } catch {
@@ -232,12 +238,13 @@ public final class NetBackend: SwitchPort, @unchecked Sendable {  // @unchecked:
 
     /// Stops serving, unmaps the rings, closes the ports (the xenbus state is the caller's).
     private func disconnect() async {
-        let old: [VifQueue]? = lock.withLock {
-            defer { queues = nil }; return queues
+        let old: [VifQueue]? = state.withLock { state in
+            defer { state.queues = nil }
+            return state.queues
         }
         if let old {
             for queue in old { await queue.stop() }
-            lock.withLock { for queue in old { before.add(queue) } }
+            state.withLock { state in for queue in old { state.before.add(queue) } }
         }
     }
 
@@ -255,6 +262,7 @@ public final class NetBackend: SwitchPort, @unchecked Sendable {  // @unchecked:
     public func stop() async {
         // Ended, not only cancelled: an event it was acting on could otherwise write our old
         // state over a new backend's (a restart right after this returns).
+        let watcher = state.withLock { $0.watcher }
         watcher?.cancel()
         await watcher?.value
         network?.detach(self)
@@ -269,8 +277,8 @@ public final class NetBackend: SwitchPort, @unchecked Sendable {  // @unchecked:
 
     /// From the switch: packets for the guest, spread over its queues by flow.
     public func deliver(_ packets: [Packet]) {
-        guard let queues = lock.withLock({ queues }), !queues.isEmpty else {
-            lock.withLock { before.dropped += packets.count }
+        guard let queues = state.withLock({ $0.queues }), !queues.isEmpty else {
+            state.withLock { $0.before.dropped += packets.count }
             return
         }
         if queues.count == 1 {

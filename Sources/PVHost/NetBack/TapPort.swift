@@ -10,12 +10,12 @@ import XenABI
 /// registration on one of pvhost's event loops); frames switched to it are written to the TAP. With offloads (the default) partial
 /// checksums and 64 KiB TCP segments cross as they are, in Linux's `virtio_net_hdr`; without,
 /// checksums are filled in and segments cut first (``TapDevice``).
-public final class TapPort: SwitchPort, @unchecked Sendable {  // @unchecked: `network` is a weak reference set once; the rest is immutable, atomic or a Mutex
+public final class TapPort: SwitchPort, @unchecked Sendable {  // @unchecked: `buffer` is the loop thread's; the rest immutable, atomic or Locked
     public let name: String
     public var portName: String { "tap:\(name)" }
     private let device: TapDevice
     /// Weak: the switch holds its ports; the port holding it back would keep both alive.
-    private weak var network: VirtualSwitch?
+    private weak let network: VirtualSwitch?
     private let registration = Locked<EventLoop.Registration?>(nil)
     /// Frames from Linux into the switch, frames from the switch to Linux, frames dropped.
     public let fromLinux = ManagedAtomic<Int>(0), toLinux = ManagedAtomic<Int>(0), dropped = ManagedAtomic<Int>(0)
