@@ -332,7 +332,9 @@ public enum BlockFrontError: Error, Equatable, Sendable, CustomStringConvertible
     case cancelled
     /// The device is closed (by us, the backend, or the toolstack).
     case closed(String)
-    case platform(String)
+    /// Pages, grants or event channels could not be had (what was being done, and the
+    /// platform's error when there was one).
+    case platform(String, cause: PlatformError? = nil)
     /// A ``BlockBuffer`` used wrongly (another device's, or a range outside it).
     case badBuffer(String)
     /// A ``BlockIOQueue`` already holds `depth` operations (collect completions first).
@@ -349,7 +351,7 @@ public enum BlockFrontError: Error, Equatable, Sendable, CustomStringConvertible
         case let .timedOut(seconds): "a request went unanswered for \(seconds) s; the device is closed"
         case .cancelled: "cancelled"
         case let .closed(why): "the device is closed: \(why)"
-        case let .platform(what): what
+        case let .platform(what, cause): cause.map { "\(what): \($0)" } ?? what
         case let .badBuffer(what): "unusable buffer: \(what)"
         case let .queueFull(depth): "the I/O queue already holds its \(depth) operations; collect completions first"
         }

@@ -63,10 +63,10 @@ final class Core: @unchecked Sendable {  // @unchecked: every var is under `lock
                 let channel: EventChannel
                 do {
                     pages = try platform.grantPages(1 << wanted.ringPageOrder, to: backend, readOnly: false)
-                } catch { throw .platform("\(error)") }
+                } catch { throw .platform("granting ring \(index)'s pages", cause: error) }
                 do { channel = try platform.allocateUnboundPort(remote: backend) } catch {
                     releasePages(pages)
-                    throw .platform("\(error)")
+                    throw .platform("allocating ring \(index)'s event channel", cause: error)
                 }
                 let loops = options.eventLoops.loops
                 made.append(try BlockQueue(index: index, core: self, ringPages: pages, channel: channel, loop: loops[index % loops.count]))
@@ -236,7 +236,7 @@ final class Core: @unchecked Sendable {  // @unchecked: every var is under `lock
     func grantBuffer(pages count: Int) async throws(BlockFrontError) -> SharedPages {
         _ = try await waitForConnection()
         guard let backend = lock.withLock({ pool?.backend }) else { throw .closed("not connected") }
-        do { return try platform.grantPages(count, to: backend, readOnly: false) } catch { throw .platform("\(error)") }
+        do { return try platform.grantPages(count, to: backend, readOnly: false) } catch { throw .platform("granting a buffer's \(count) pages", cause: error) }
     }
 
     /// Whether data may go through caller-granted pages (a backend not trusted gets bounce

@@ -92,7 +92,7 @@ final class BlockQueue: @unchecked Sendable {  // @unchecked: the ring, ids and 
                 serve(events)
             }
         } catch {
-            throw .platform("\(error)")
+            throw .platform("watching ring \(index)'s event channel", cause: .system(error))
         }
         let polling = core.options.pollMicroseconds > 0 ? UInt64(min(core.options.pollMicroseconds, 10_000)) * 1000 : 0
         loop.execute { [self] in

@@ -52,7 +52,7 @@ final class GrantPool: Sendable {
                 pages.append(try platform.grantPage(to: backend, readOnly: readOnly && !persistent))
             } catch {
                 give(pages)
-                throw .platform("\(error)")
+                throw .platform("granting a data page", cause: error)
             }
         }
         return pages

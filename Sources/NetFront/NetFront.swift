@@ -306,7 +306,7 @@ final class NetDeviceState: @unchecked Sendable {  // @unchecked: every var is u
             }
         } catch let error as PlatformError {
             for queue in made { release(queue) }
-            throw .platform("setting up queue \(made.count): \(error) (each queue takes \(2 + options.txBuffers + options.rxBuffers) pages and grants)")
+            throw .platform("setting up queue \(made.count) (each queue takes \(2 + options.txBuffers + options.rxBuffers) pages and grants)", cause: error)
         } catch {
             for queue in made { release(queue) }
             throw error as? NetFrontError ?? .platform("\(error)")

@@ -1,3 +1,4 @@
+import PVPlatform
 import PVSystem
 import XenABI
 
@@ -54,8 +55,9 @@ public enum NetFrontError: Error, Equatable, Sendable, CustomStringConvertible {
     case backendMisbehaved(String)
     /// The device is closed (by us, the backend, or the toolstack).
     case closed(String)
-    /// Pages, grants or event channels could not be had.
-    case platform(String)
+    /// Pages, grants or event channels could not be had (what was being done, and the
+    /// platform's error when there was one).
+    case platform(String, cause: PlatformError? = nil)
     /// A system call failed (a TAP device, the event loop).
     case system(SystemError)
     /// The waiting task was cancelled (nothing was taken).
@@ -67,7 +69,7 @@ public enum NetFrontError: Error, Equatable, Sendable, CustomStringConvertible {
         case let .badFrame(why): "cannot send the frame: \(why)"
         case let .backendMisbehaved(what): "the backend broke the protocol (\(what)); the device is closed"
         case let .closed(why): "the device is closed: \(why)"
-        case let .platform(what): what
+        case let .platform(what, cause): cause.map { "\(what): \($0)" } ?? what
         case let .system(error): "\(error)"
         case .cancelled: "cancelled"
         }

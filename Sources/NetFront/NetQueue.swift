@@ -95,7 +95,7 @@ final class NetQueue: @unchecked Sendable {  // @unchecked: rings, ids, assemble
             }
         } catch {
             for registration in made { registration.cancel() }
-            throw .platform("\(error)")
+            throw .platform("watching queue \(index)'s event channels", cause: .system(error))
         }
         let stopped = lock.withLock { () -> Bool in
             registrations = made
