@@ -137,7 +137,7 @@ let package = Package(
         .target(
             name: "KernelAudit",
             dependencies: [
-                "XenABI", "CLinux", "CZlib", "CLZMA", "CZstd", "CBzip2", "CLZ4", "CLZO", "CLibElf", "CKmod",
+                "XenABI", "PVSystem", "CLinux", "CZlib", "CLZMA", "CZstd", "CBzip2", "CLZ4", "CLZO", "CLibElf", "CKmod",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSwift),

@@ -1,10 +1,9 @@
-#if canImport(Glibc)
-    import Glibc
-#endif
+import Glibc  // malloc, realloc, free
+import PVSystem
 
 /// Bytes of an image held in memory this value owns: a file read whole, or a decompressed
 /// payload. Grows by `realloc`; the decompressors write straight into it.
-public final class ImageBuffer: @unchecked Sendable {  // @unchecked: read-only bytes after init
+public final class ImageBuffer: @unchecked Sendable {  // @unchecked: filled by one decompressor, then only read
     private(set) var base: UnsafeMutableRawPointer?
     private(set) var capacity: Int
     /// Bytes in use.
@@ -25,7 +24,7 @@ public final class ImageBuffer: @unchecked Sendable {  // @unchecked: read-only 
     /// (A file truncated by someone else while it is mapped would fault; pvcheck reads
     /// kernels, not files being rewritten.)
     init?(mapping fd: Int32, count: Int) {
-        guard count > 0, let address = mmap(nil, count, PROT_READ, MAP_PRIVATE, fd, 0), address != MAP_FAILED else { return nil }
+        guard count > 0, let address = try? Memory.mapPrivately(fd, byteCount: count, context: "an image") else { return nil }  // the caller reads it instead
         base = address
         capacity = count
         self.count = count
@@ -35,11 +34,8 @@ public final class ImageBuffer: @unchecked Sendable {  // @unchecked: read-only 
     /// Large payloads fill tens of MiB of fresh memory: transparent huge pages cut the page
     /// faults by 512×. Advice only; ignored where THP is off.
     private func adviseHugePages() {
-        let huge = 2 << 20
-        guard capacity >= 2 * huge, let base else { return }
-        let start = (Int(bitPattern: base) + huge - 1) & ~(huge - 1)
-        let end = (Int(bitPattern: base) + capacity) & ~(huge - 1)
-        if end > start { _ = madvise(UnsafeMutableRawPointer(bitPattern: start), end - start, 14 /* MADV_HUGEPAGE */) }
+        guard capacity >= 4 << 20, let base else { return }
+        Memory.adviseHugePages(base, byteCount: capacity)
     }
 
     /// The bytes in use. Valid while this buffer is alive and not growing.
@@ -78,6 +74,6 @@ public final class ImageBuffer: @unchecked Sendable {  // @unchecked: read-only 
     }
 
     deinit {
-        if mapped { munmap(base, capacity) } else { free(base) }
+        if mapped, let base { Memory.unmap(base, byteCount: capacity) } else { free(base) }
     }
 }

@@ -37,6 +37,12 @@ public final class SeqpacketSocket: Sendable {
         }
     }
 
+    /// Closes a socket made by ``listen(at:)`` and removes its file.
+    public static func stopListening(_ listener: Int32, at path: String) {
+        _ = close(listener)  // close(2) releases the descriptor even when it reports an error
+        _ = unlink(path)  // already gone: nothing to remove
+    }
+
     /// A listening socket at `path` (mode 0600, replacing a stale file), non-blocking.
     public static func listen(at path: String) throws(SystemError) -> Int32 {
         unlink(path)

@@ -152,6 +152,23 @@ public enum Memory {
         return address
     }
 
+    /// Maps the first `byteCount` bytes of a file privately and read-only (no copy; a file
+    /// cut short by someone else while mapped would fault on the missing pages).
+    public static func mapPrivately(_ fd: Int32, byteCount: Int, context: String) throws(SystemError) -> UnsafeMutableRawPointer {
+        let address = mmap(nil, byteCount, PROT_READ, MAP_PRIVATE, fd, 0)
+        guard let address, address != MAP_FAILED else { throw SystemError("mmap", errno: Glibc.errno, context: context) }
+        return address
+    }
+
+    /// Asks for transparent huge pages over the whole 2 MiB pages inside `byteCount` bytes at
+    /// `address` (C: `madvise(MADV_HUGEPAGE)`). Advice only: ignored where THP is off.
+    public static func adviseHugePages(_ address: UnsafeMutableRawPointer, byteCount: Int) {
+        let huge = 2 << 20
+        let start = (Int(bitPattern: address) + huge - 1) & ~(huge - 1)
+        let end = (Int(bitPattern: address) + byteCount) & ~(huge - 1)
+        if end > start { _ = madvise(UnsafeMutableRawPointer(bitPattern: start), end - start, MADV_HUGEPAGE) }
+    }
+
     /// Removes a mapping made by ``map(_:offset:byteCount:writable:context:)``.
     public static func unmap(_ address: UnsafeMutableRawPointer, byteCount: Int) {
         // Fails only for an address that is not a mapping: a bug, not input.

@@ -1,8 +1,5 @@
 import Foundation
 import Logging
-#if canImport(Glibc)
-    import Glibc
-#endif
 import PVHostProtocol
 import PVSystem
 import ServiceLifecycle
@@ -57,8 +54,7 @@ public final class ControlServer: @unchecked Sendable {  // @unchecked: tables u
 
     deinit {
         for tap in taps { tap.stop() }
-        close(listener)
-        unlink(path)
+        SeqpacketSocket.stopListening(listener, at: path)
     }
 
     /// One guest's (or tool's) connection: served one request at a time, in order.
