@@ -404,15 +404,13 @@ extension PVBlkCommand {
         /// The load through a ``BlockIOQueue``: its handler, on the ring's completion thread,
         /// records each latency and queues the next request into the buffer that just finished.
         private func queued(disk: BlockFront, buffers: [BlockBuffer], run: BenchRun) async throws -> Histogram<UInt64> {
-            final class Load: @unchecked Sendable {  // @unchecked: every var is under `lock`
-                let lock = NSLock()
+            struct Load {
                 var latencies = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
                 var started: [UInt64]
                 var state: UInt64 = 0x9E37_79B9_7F4A_7C15
                 var inFlight = 0
                 var error: BlockFrontError?
                 var finished: CheckedContinuation<Void, Never>?
-                init(depth: Int) { started = Array(repeating: 0, count: depth) }
             }
             let (blockSize, pattern, write) = (self.blockSize, self.pattern, self.write)
             if write {
@@ -420,9 +418,13 @@ extension PVBlkCommand {
                     for i in 0..<blockSize { buffer.bytes[i] = UInt8(truncatingIfNeeded: i &* 31 &+ n) }
                 }
             }
-            let load = Load(depth: buffers.count)
-            /// Queues the next request on `tag`'s buffer (under `load.lock`); false when time is up.
-            @Sendable func issue(_ queue: BlockIOQueue, tag: Int) -> Bool {
+            final class Shared: Sendable {
+                let load: Locked<Load>
+                init(depth: Int) { load = Locked(Load(started: Array(repeating: 0, count: depth))) }
+            }
+            let shared = Shared(depth: buffers.count)
+            /// Queues the next request on `tag`'s buffer (the caller holds the load's lock); false when time is up.
+            @Sendable func issue(_ queue: BlockIOQueue, tag: Int, _ load: inout Load) -> Bool {
                 guard load.error == nil, let next = run.next() else { return false }
                 let block: UInt64
                 if pattern == .random {
@@ -443,10 +445,10 @@ extension PVBlkCommand {
                 return true
             }
             await withCheckedContinuation { (finished: CheckedContinuation<Void, Never>) in
-                load.finished = finished
+                shared.load.withLock { $0.finished = finished }
                 let queue = disk.makeIOQueue(depth: buffers.count) { queue, completions in
                     let now = DispatchTime.now().uptimeNanoseconds
-                    let end: CheckedContinuation<Void, Never>? = load.lock.withLock {
+                    let end: CheckedContinuation<Void, Never>? = shared.load.withLock { load in
                         for completion in completions {
                             load.inFlight -= 1
                             if let error = completion.error {
@@ -455,7 +457,7 @@ extension PVBlkCommand {
                             }
                             _ = load.latencies.record(now - load.started[completion.tag])
                             run.done()
-                            _ = issue(queue, tag: completion.tag)
+                            _ = issue(queue, tag: completion.tag, &load)
                         }
                         guard load.inFlight == 0 else { return nil }
                         defer { load.finished = nil }
@@ -464,8 +466,8 @@ extension PVBlkCommand {
                     queue.submit()
                     end?.resume()
                 }
-                let end: CheckedContinuation<Void, Never>? = load.lock.withLock {
-                    for tag in buffers.indices where !issue(queue, tag: tag) { break }
+                let end: CheckedContinuation<Void, Never>? = shared.load.withLock { load in
+                    for tag in buffers.indices where !issue(queue, tag: tag, &load) { break }
                     guard load.inFlight == 0 else { return nil }
                     defer { load.finished = nil }
                     return load.finished
@@ -473,8 +475,9 @@ extension PVBlkCommand {
                 queue.submit()
                 end?.resume()
             }
-            if let error = load.lock.withLock({ load.error }) { throw error }
-            return load.latencies
+            let (error, latencies) = shared.load.withLock { ($0.error, $0.latencies) }
+            if let error { throw error }
+            return latencies
         }
     }
 }

@@ -10,7 +10,7 @@ import XenABI
 /// registration on one of pvhost's event loops); frames switched to it are written to the TAP. With offloads (the default) partial
 /// checksums and 64 KiB TCP segments cross as they are, in Linux's `virtio_net_hdr`; without,
 /// checksums are filled in and segments cut first (``TapDevice``).
-public final class TapPort: SwitchPort, @unchecked Sendable {  // @unchecked: `buffer` is the loop thread's; the rest immutable, atomic or Locked
+public final class TapPort: SwitchPort, Sendable {
     public let name: String
     public var portName: String { "tap:\(name)" }
     private let device: TapDevice
@@ -86,7 +86,8 @@ public final class TapPort: SwitchPort, @unchecked Sendable {  // @unchecked: `b
     }
 
     /// Scratch of the handler (the loop's thread only).
-    private var buffer = [UInt8](repeating: 0, count: 65536 + 64)
+    /// Where frames are read (on the loop thread; the lock is never contended).
+    private let buffer = Locked([UInt8](repeating: 0, count: 65536 + 64))
 
     /// The TAP is readable (or gone): a batch of Linux's frames into the switch.
     private func readFromLinux(_ events: EventLoop.Readiness) -> EventLoop.Next {
@@ -96,7 +97,9 @@ public final class TapPort: SwitchPort, @unchecked Sendable {  // @unchecked: `b
         }
         var batch: [Packet] = []
         do {
-            while batch.count < 64, let packet = try device.read(into: &buffer) { batch.append(packet) }
+            try buffer.withLock { (buffer) throws(SystemError) in
+                while batch.count < 64, let packet = try device.read(into: &buffer) { batch.append(packet) }
+            }
         } catch {
             lastError.withLock { $0 = error }
         }
