@@ -43,18 +43,15 @@ public final class SeqpacketSocket: Sendable {
         _ = unlink(path)  // already gone: nothing to remove
     }
 
-    /// A listening socket at `path` (mode 0600, replacing a stale file), non-blocking.
+    /// A listening socket at `path` (mode 0600, replacing a stale file; the file appears once
+    /// it accepts, see ``UNIXSocketAddress/bindAndListen(_:at:backlog:)``), non-blocking.
     public static func listen(at path: String) throws(SystemError) -> Int32 {
-        unlink(path)
         let fd = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-        guard fd >= 0 else { throw SystemError("socket", errno: errno) }
-        var address = try Self.address(path)
-        let previous = umask(0o077)
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        guard fd >= 0 else { throw SystemError("socket", errno: errno, context: path) }
+        do { try UNIXSocketAddress.bindAndListen(fd, at: path, backlog: 64) } catch {
+            close(fd)
+            throw error
         }
-        umask(previous)
-        guard bound == 0, Glibc.listen(fd, 64) == 0 else { let e = errno; close(fd); throw SystemError("bind/listen", errno: e, context: path) }
         return fd
     }
 

@@ -96,31 +96,15 @@ public final class StreamListener: Sendable {
     public let fileDescriptor: Int32
     public let path: String
 
-    /// C: `socket`, `bind` (umask 077), `listen`.
+    /// C: `socket`, `bind` (umask 077), `listen`, `rename` (see
+    /// ``UNIXSocketAddress/bindAndListen(_:at:backlog:)``).
     public init(unixSocket path: String, backlog: Int32 = 512) throws(SystemError) {
-        unlink(path)
         let fd = try retryingSyscall32("socket", context: path) {
             socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         }
-        var address: sockaddr_un
-        do { address = try UNIXSocketAddress.make(path) } catch {
+        do { try UNIXSocketAddress.bindAndListen(fd, at: path, backlog: backlog) } catch {
             close(fd)
             throw error
-        }
-        let previous = umask(0o077)
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        umask(previous)
-        guard bound == 0 else {
-            let code = Glibc.errno
-            close(fd)
-            throw SystemError("bind", errno: code, context: path)
-        }
-        guard listen(fd, backlog) == 0 else {
-            let code = Glibc.errno
-            close(fd)
-            throw SystemError("listen", errno: code, context: path)
         }
         fileDescriptor = fd
         self.path = path
@@ -149,6 +133,35 @@ public final class StreamListener: Sendable {
 
 /// `sockaddr_un` for a path.
 public enum UNIXSocketAddress {
+    /// Binds `fd` (umask 077) and listens, so that `path` appears only once it accepts
+    /// connections: bound and listening at a temporary name beside it, then renamed over
+    /// `path` (replacing a stale file). A client that connects as soon as the file exists is
+    /// never refused. (Paths too long for the temporary name are bound in place.)
+    public static func bindAndListen(_ fd: Int32, at path: String, backlog: Int32) throws(SystemError) {
+        let temporary = path + ".\(getpid()).new"
+        let staged = Array(temporary.utf8).count < MemoryLayout.size(ofValue: sockaddr_un().sun_path)
+        let bindPath = staged ? temporary : path
+        var address = try make(bindPath)
+        _ = unlink(bindPath)  // a stale file (from a process that died): nothing to do when absent
+        let previous = umask(0o077)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        umask(previous)
+        guard bound == 0 else { throw SystemError("bind", errno: Glibc.errno, context: bindPath) }
+        guard listen(fd, backlog) == 0 else {
+            let code = Glibc.errno
+            _ = unlink(bindPath)
+            throw SystemError("listen", errno: code, context: bindPath)
+        }
+        guard staged else { return }
+        guard rename(temporary, path) == 0 else {
+            let code = Glibc.errno
+            _ = unlink(temporary)
+            throw SystemError("rename", errno: code, context: "\(temporary) to \(path)")
+        }
+    }
+
     /// `ENAMETOOLONG` when `path` does not fit `sun_path` (107 bytes and the NUL).
     public static func make(_ path: String) throws(SystemError) -> sockaddr_un {
         var address = sockaddr_un()

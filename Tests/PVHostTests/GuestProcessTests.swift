@@ -176,6 +176,15 @@ struct GuestProcessTests {
         }
     }
 
+    @Test("a socket file appears only once it accepts: a client connecting the moment it exists is never refused (20 starts of pvhost xenstored)")
+    func socketAcceptsOnceVisible() async throws {
+        for _ in 0..<20 {
+            let daemon = try await XenStoreInteropTests.Daemon()  // returns as soon as the file exists
+            #expect(XenStoreInteropTests.CDaemon.accepts(daemon.socket), "connection refused on \(daemon.socket) right after it appeared")
+            _ = try await daemon.process.stop(within: .seconds(5))
+        }
+    }
+
     @Test("a configured disk: pvblk (a guest process) verifies a pattern against the backing file; a killed pvblk leaves nothing mapped")
     func disk() async throws {
         let image = NSTemporaryDirectory() + "pvkit-disk-\(getpid()).img"

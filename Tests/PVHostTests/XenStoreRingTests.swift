@@ -40,7 +40,7 @@ struct XenStoreRingTests {
             // The toolstack's part: the guest's home, owned by it.
             try await dom0.mkdir(XenStorePath.home(of: domain))
             try await dom0.setPermissions(XenStorePath.home(of: domain), XenStorePermissions([XenStorePermission(.none, domain)]))
-            ringID = daemon.attachRing(domain: domain, page: daemonPage.baseAddress, fromGuest: fromGuest, toGuest: toGuest)
+            ringID = daemon.attachRing(domain: domain, page: daemonPage.baseAddress, fromGuest: fromGuest, toGuest: toGuest, keepAlive: daemonPage)
         }
 
         func guestTransport() throws -> XenStoreRingTransport {

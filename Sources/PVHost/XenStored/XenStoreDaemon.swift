@@ -167,12 +167,15 @@ public final class XenStoreDaemon: @unchecked Sendable {  // @unchecked: the eng
     // MARK: Control from other threads
 
     /// Serves a domain on its xenstore ring page, as that domain. The page is initialised
-    /// (zeroed, features advertised) before the daemon reads it. Thread-safe.
+    /// (zeroed, features advertised) before the daemon reads it. `keepAlive` owns the page's
+    /// mapping: the daemon holds it for as long as it may read the page (a test that let its
+    /// mapping go while the daemon's loop still served the ring read unmapped memory).
+    /// Thread-safe.
     /// - Returns: the connection's id, for ``detachRing(_:)``.
     /// With `introduce` (the ring's frame and the guest's port), the domain counts as
     /// introduced and `@introduceDomain` fires, as after a toolstack's INTRODUCE.
     public func attachRing(
-        domain: DomainID, page: UnsafeMutableRawPointer, fromGuest: EventFD, toGuest: EventFD, keepAlive: AnyObject? = nil,
+        domain: DomainID, page: UnsafeMutableRawPointer, fromGuest: EventFD, toGuest: EventFD, keepAlive: AnyObject,
         introduce: (gfn: UInt64, port: EventChannelPort)? = nil
     ) -> Int {
         XenStoreRing(page: page, side: .daemon).initialize()
