@@ -14,9 +14,10 @@ public final class SeqpacketSocket: Sendable {
 
     /// Connects to a listening socket at `path`.
     public static func connect(to path: String) throws(SystemError) -> SeqpacketSocket {
+        // The address first: a path too long must not leave a socket behind.
+        var address = try UNIXSocketAddress.make(path)
         let fd = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw SystemError("socket", errno: errno) }
-        var address = try Self.address(path)
+        guard fd >= 0 else { throw SystemError("socket", errno: errno, context: path) }
         let result = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
@@ -53,11 +54,6 @@ public final class SeqpacketSocket: Sendable {
             throw error
         }
         return fd
-    }
-
-    /// A UNIX socket address for `path`; ENAMETOOLONG when it does not fit `sun_path`.
-    public static func address(_ path: String) throws(SystemError) -> sockaddr_un {
-        try UNIXSocketAddress.make(path)
     }
 
     deinit { close(fileDescriptor) }
