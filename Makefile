@@ -68,6 +68,7 @@ test: export PVKIT_WARNINGS_AS_ERRORS = 1
 test:
 	@scripts/install-deps.sh test
 	@scripts/fetch-kernels.sh
+	@scripts/make-guests.sh
 	swift format lint --strict --configuration .swift-format -r Sources Tests Benchmarks
 	$(SWIFT) build --build-tests --explicit-target-dependency-import-check error
 	$(SWIFT) build -c release --build-path .build-static -Xswiftc -static-executable --product pvstore

@@ -133,11 +133,20 @@ let package = Package(
         .systemLibrary(name: "CLZO", path: "Sources/CLZO", pkgConfig: "lzo2", providers: [.apt(["liblzo2-dev"])]),
         .systemLibrary(name: "CLibElf", path: "Sources/CLibElf", pkgConfig: "libelf", providers: [.apt(["libelf-dev"])]),
         .systemLibrary(name: "CKmod", path: "Sources/CKmod", pkgConfig: "libkmod", providers: [.apt(["libkmod-dev"])]),
+        .systemLibrary(name: "CBlkid", path: "Sources/CBlkid", pkgConfig: "blkid", providers: [.apt(["libblkid-dev"])]),
+        .systemLibrary(name: "CQcow", path: "Sources/CQcow", pkgConfig: "libqcow", providers: [.apt(["libqcow-dev"])]),
+        // libext2fs reading through a callback (an io_manager), so an ext4 volume in a qcow2 image reads like one in a raw file.
+        .target(name: "CExt2fs", path: "Sources/CExt2fs", linkerSettings: [.linkedLibrary("ext2fs"), .linkedLibrary("com_err")]),
+        // A guest's files: a host directory or a file system inside a raw/qcow2 disk image, links resolved inside the guest.
+        .target(
+            name: "GuestFiles",
+            dependencies: ["PVSystem", "CBlkid", "CQcow", "CExt2fs", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: strictSwift),
         // pvcheck's engine: image detection, decompression, Xen notes, config, modules, verdict.
         .target(
             name: "KernelAudit",
             dependencies: [
-                "XenABI", "PVSystem", "CLinux", "CZlib", "CLZMA", "CZstd", "CBzip2", "CLZ4", "CLZO", "CLibElf", "CKmod",
+                "XenABI", "PVSystem", "GuestFiles", "CLinux", "CZlib", "CLZMA", "CZstd", "CBzip2", "CLZ4", "CLZO", "CLibElf", "CKmod",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSwift),

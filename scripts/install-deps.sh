@@ -4,14 +4,15 @@
 set -euo pipefail
 
 packages=(pkg-config gcc libxen-dev libelf-dev libkmod-dev zlib1g-dev liblzma-dev libzstd-dev liblz4-dev
-          liblzo2-dev libbz2-dev)
+          liblzo2-dev libbz2-dev libblkid-dev libext2fs-dev libqcow-dev)
 case "${1:-build}" in
     # readnotes (xen-utils-4.17) and readelf (binutils) are pvcheck's interop oracles; the
     # decompressor tools extract real kernels independently of pvcheck.
     # iproute2, iputils-ping and python3 drive the Linux-traffic tier (namespaces, TAP, ping, TCP).
     # qemu-system-x86, busybox-static, cpio and kmod run the real-Xen lab (scripts/xen-lab.sh).
     test) packages+=(xz-utils zstd bzip2 binutils xen-utils-4.17 xenstore-utils python3-pip iproute2 iputils-ping tshark
-                     qemu-system-x86 busybox-static cpio kmod) ;;
+                     qemu-system-x86 busybox-static cpio kmod
+                     mmdebstrap qemu-utils xfsprogs fdisk e2fsprogs) ;;
     # The demo's network part: namespaces and ping over the PV path.
     demo) packages+=(iproute2 iputils-ping) ;;
     # C xenstored (xen-utils-4.17) is the xenstored benchmark's baseline.

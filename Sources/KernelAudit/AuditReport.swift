@@ -21,6 +21,12 @@ public struct AuditReport: Sendable, Codable {
     public var fixes: [CatalogueResult]?
     /// The recovered symbol table's source and size (with `--symbols`).
     public var symbols: SymbolsInfo?
+    /// Why the initramfs could not be read (the kernel's own verdicts still stand).
+    public var initramfsError: ErrorInfo?
+    /// The guest root the kernel came from (`--root` or a disk image): its boot and device facts.
+    public var guest: GuestInfo?
+    /// One verdict per platform asked for with `--target`.
+    public var targets: [TargetVerdict]?
     /// Set instead of the rest when the image could not be audited.
     public var error: ErrorInfo?
 

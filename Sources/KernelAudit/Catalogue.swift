@@ -1,4 +1,5 @@
 import Foundation
+import GuestFiles
 import XenABI
 
 /// One entry of the PV kernel-fix catalogue (`patches/*.json`): a fix or feature, where it came
@@ -83,8 +84,8 @@ public enum Catalogue {
     /// The distribution changelog of `release`: in the package tree the image came from, or in the guest root.
     static func changelog(imagePath: String, root: String?, release: String?, limits: DecompressionLimits) -> (file: String, text: String)? {
         guard let release else { return nil }
-        let boot = (imagePath as NSString).deletingLastPathComponent
-        let bases = [(boot as NSString).deletingLastPathComponent, root].compactMap { $0 }
+        let boot = KernelAuditor.directory(of: imagePath)
+        let bases = [KernelAuditor.directory(of: boot), root].compactMap { $0 }
         for base in bases {
             let doc = base + "/usr/share/doc"
             guard let packages = try? FileManager.default.contentsOfDirectory(atPath: doc) else { continue }
@@ -95,6 +96,18 @@ public enum Catalogue {
                 else { continue }
                 return (file, String(decoding: text.output.bytes, as: UTF8.self))
             }
+        }
+        return nil
+    }
+
+    /// The distribution changelog of `release` inside a guest root.
+    static func changelog(in guest: GuestRoot, release: String?, limits: DecompressionLimits) -> (file: String, text: String)? {
+        guard let release else { return nil }
+        for package in guest.names(in: "/usr/share/doc") ?? [] where package.hasPrefix("linux-image-\(release)") {
+            let file = "/usr/share/doc/" + package + "/changelog.Debian.gz"
+            guard let bytes = try? guest.contents(of: file, limit: 64 << 20) else { continue }
+            let text: Decompressed? = bytes.withUnsafeBytes { try? Decompressor.decompress($0, format: .gzip, at: 0, limits: limits) }
+            if let text { return (file, String(decoding: text.output.bytes, as: UTF8.self)) }
         }
         return nil
     }

@@ -29,6 +29,35 @@ public struct InitramfsInfo: Sendable, Codable {
     public let netFrontend: String?
     /// Members whose names would escape the root (`..`, absolute): reported, never written.
     public let suspiciousNames: [String]
+    /// The tool that built it, recognised from its own files: `initramfs-tools`, `dracut`, `mkinitcpio`.
+    public let builder: InitramfsBuilder?
+    /// Why ``builder`` was decided (the member that shows it).
+    public let builderEvidence: String?
+    /// Every kernel module in it, by name (`xen_blkfront`, `nvme`), sorted.
+    public let modules: [String]
+    /// Whether the first archive is an uncompressed early-microcode prefix (`early_cpio`, or
+    /// `kernel/x86/microcode/…`).
+    public let hasEarlyMicrocode: Bool
+}
+
+/// The tools that build an initramfs, and how each is told to add a driver.
+public enum InitramfsBuilder: String, Sendable, Codable {
+    case initramfsTools = "initramfs-tools"
+    case dracut
+    case mkinitcpio
+
+    /// The change that puts `modules` in the next initramfs for `release`, and the command that rebuilds it.
+    public func fix(adding modules: [String], release: String, target: String) -> String {
+        let list = modules.joined(separator: " ")
+        switch self {
+        case .initramfsTools:
+            return "printf '%s\\n' \(list) >> /etc/initramfs-tools/modules && update-initramfs -u -k \(release)"
+        case .dracut:
+            return "echo 'add_drivers+=\" \(list) \"' > /etc/dracut.conf.d/pvcheck-\(target).conf && dracut -f --kver \(release)"
+        case .mkinitcpio:
+            return "add \(list) to MODULES=(…) in /etc/mkinitcpio.conf (or a file in /etc/mkinitcpio.conf.d/), then mkinitcpio -P"
+        }
+    }
 }
 
 /// Reading an initramfs: concatenated cpio archives, the uncompressed early part first, then
@@ -40,7 +69,11 @@ enum Initramfs {
     static let nameLimit = 4096
 
     static func read(path: String, limits: DecompressionLimits) throws(KernelAuditError) -> (info: InitramfsInfo, entries: [CpioEntry]) {
-        let file = try ImageFile.read(path: path)
+        try read(file: try ImageFile.read(path: path), path: path, limits: limits)
+    }
+
+    /// Reads an initramfs already in memory (`path` names it in messages).
+    static func read(file: ImageBuffer, path: String, limits: DecompressionLimits) throws(KernelAuditError) -> (info: InitramfsInfo, entries: [CpioEntry]) {
         guard file.count > 0 else {
             throw KernelAuditError(.empty, "the initramfs \(path) is empty", offset: 0, hint: "Rebuild it (update-initramfs -u)")
         }
@@ -143,8 +176,22 @@ enum Initramfs {
         var releases = Set<String>()
         var block: String? = nil, net: String? = nil
         var suspicious: [String] = []
-        for entry in entries {
+        var modules = Set<String>()
+        var builder: InitramfsBuilder? = nil, builderEvidence: String? = nil
+        var earlyMicrocode = false
+        let firstArchiveEnd = archives.first.map { $0.compression == nil ? $0.entries : 0 } ?? 0
+        for (index, entry) in entries.enumerated() {
             let name = entry.name.hasPrefix("./") ? String(entry.name.dropFirst(2)) : entry.name
+            if index < firstArchiveEnd, name == "early_cpio" || name.hasPrefix("kernel/x86/microcode/") { earlyMicrocode = true }
+            if builder == nil {
+                if name == "conf/initramfs.conf" || name == "scripts/init-top" {
+                    (builder, builderEvidence) = (.initramfsTools, name)
+                } else if name.hasPrefix("usr/lib/dracut/") || name.hasPrefix("lib/dracut/") || name == "usr/lib/dracut-lib.sh" || name == "lib/dracut-lib.sh" {
+                    (builder, builderEvidence) = (.dracut, name)
+                } else if name == "buildconfig" || name == "init_functions" {
+                    (builder, builderEvidence) = (.mkinitcpio, name)
+                }
+            }
             if name.hasPrefix("/") || name.split(separator: "/").contains("..") { suspicious.append(entry.name) }
             let parts = name.split(separator: "/")
             if let modules = parts.firstIndex(of: "modules"), modules > 0, parts[modules - 1] == "lib", modules + 1 < parts.count {
@@ -152,12 +199,14 @@ enum Initramfs {
             }
             guard entry.isRegularFile else { continue }
             let module = moduleName(fromPath: name)
+            if [".ko", ".ko.xz", ".ko.zst", ".ko.gz"].contains(where: { name.hasSuffix($0) }) { modules.insert(module) }
             if module == "xen_blkfront" { block = name }
             if module == "xen_netfront" { net = name }
         }
         return InitramfsInfo(
             path: path, archives: archives, moduleReleases: releases.sorted(), blockFrontend: block, netFrontend: net,
-            suspiciousNames: suspicious)
+            suspiciousNames: suspicious, builder: builder, builderEvidence: builderEvidence, modules: modules.sorted(),
+            hasEarlyMicrocode: earlyMicrocode)
     }
 
     /// The first-class question: will this kernel + initramfs find a root disk on xvda?

@@ -13,6 +13,11 @@ public struct KernelAuditError: Error, Equatable, Sendable, CustomStringConverti
         case badELF
         case badHeader
         case unsupported
+        /// A disk image or guest root that is damaged, has no readable root, or no kernel.
+        case badDiskImage
+        case noKernel
+        /// Reading it needs root (a loop mount).
+        case needsPrivilege
     }
 
     public let code: Code

@@ -1,4 +1,5 @@
 import Foundation
+import GuestFiles
 import Logging
 import XenABI
 
@@ -19,6 +20,10 @@ public struct AuditOptions: Sendable {
     public var initrdPath: String?
     /// A loaded fix catalogue to evaluate (implies symbol recovery).
     public var catalogue: [CatalogueEntry]?
+    /// The platforms to judge the kernel (and its guest root) for (`--target`).
+    public var targets: [TargetProfile] = []
+    /// The Xen release the guest is for (`--xen-version`): the PV loader's decompressors depend on it.
+    public var xenVersion: String?
 
     public init(
         configPath: String? = nil, modulesPath: String? = nil, rootPath: String? = nil,
@@ -83,6 +88,32 @@ public struct KernelAuditor: Sendable {
 
     /// Audits an image already in memory (`path` names it in the report and locates its neighbours).
     public func audit(bytes file: ImageBuffer, path: String) throws(KernelAuditError) -> (report: AuditReport, symbols: SymbolTable?) {
+        try audit(bytes: file, path: path, around: Surroundings(guest: nil, facts: nil, scratch: nil))
+    }
+
+    /// Audits a kernel inside a guest root (a directory or a disk image): its config, modules,
+    /// initramfs and changelog are looked up in the guest, links resolved inside it.
+    public func audit(guestKernel path: String, in guest: GuestRoot, facts: GuestInfo, scratch: String) throws(KernelAuditError) -> (
+        report: AuditReport, symbols: SymbolTable?
+    ) {
+        let bytes: [UInt8]
+        do {
+            bytes = try guest.contents(of: path, limit: options.limits.maxOutput)
+        } catch {
+            throw KernelAuditError(.unreadable, "cannot read \(path) in \(guest.description): \(error.message)", hint: error.hint)
+        }
+        let buffer = ImageBuffer(capacity: max(1, bytes.count))
+        _ = buffer.reserve(extra: bytes.count, limit: Int.max)
+        bytes.withUnsafeBytes { source in
+            if let base = source.baseAddress { buffer.freeSpace.baseAddress!.copyMemory(from: base, byteCount: source.count) }
+        }
+        buffer.commit(bytes.count)
+        return try audit(bytes: buffer, path: path, around: Surroundings(guest: guest, facts: facts, scratch: scratch))
+    }
+
+    func audit(bytes file: ImageBuffer, path: String, around surroundings: Surroundings) throws(KernelAuditError) -> (
+        report: AuditReport, symbols: SymbolTable?
+    ) {
         var report = AuditReport(path: path)
         let view = ByteView(bytes: file.bytes)
         guard file.count > 0 else {
@@ -220,7 +251,7 @@ public struct KernelAuditor: Sendable {
         }
 
         // Config: embedded first, then the places a user would keep it.
-        let config = try loadConfig(kernelBytes: searchBytes, path: path, release: kernel.release)
+        let config = try loadConfig(kernelBytes: searchBytes, path: path, release: kernel.release, around: surroundings)
         if let config {
             report.config = .init(source: config.source, xenOptions: config.values.filter { Self.isXenRelevant($0.key) })
         }
@@ -235,7 +266,9 @@ public struct KernelAuditor: Sendable {
 
         // Modules through libkmod.
         var frontends: [FrontendPresence]? = nil
-        if let directory = moduleDirectory(path: path, release: kernel.release), let index = ModuleIndex(directory: directory) {
+        let moduleIndex = moduleDirectory(path: path, release: kernel.release, around: surroundings).flatMap { ModuleIndex(directory: $0) }
+        if let index = moduleIndex {
+            let directory = index.directory
             // Built-in drivers that only have a device table carry no alias in
             // modules.builtin.modinfo: the config says whether they are there.
             frontends = index.resolve().map { presence in
@@ -266,35 +299,58 @@ public struct KernelAuditor: Sendable {
                 architecture: kernel.architecture, elfMachine: kernel.elfMachine, notes: notes,
                 loadSegments: loadSegments, config: config, frontends: frontends, family: family.family, familyEvidence: family.evidence))
 
-        if let initrd = initramfsPath(path: path, release: kernel.release) {
-            let (info, _) = try Initramfs.read(path: initrd, limits: options.limits)
-            report.initramfs = info
-            report.verdicts?.append(Initramfs.verdict(info, release: kernel.release, frontends: report.modules?.frontends))
+        // A damaged initramfs is its own error: the kernel's verdicts stand.
+        do {
+            if let (initrd, buffer) = try initramfs(path: path, release: kernel.release, around: surroundings) {
+                let (info, _) = try Initramfs.read(file: buffer, path: initrd, limits: options.limits)
+                report.initramfs = info
+                report.verdicts?.append(Initramfs.verdict(info, release: kernel.release, frontends: report.modules?.frontends))
+            }
+        } catch {
+            report.initramfsError = .init(code: error.code, message: error.message, offset: error.offset, hint: error.hint)
+        }
+        if let guest = surroundings.facts { report.guest = guest }
+        if !options.targets.isEmpty {
+            let facts = TargetFacts(
+                report: report, config: config, modules: moduleIndex, initramfs: report.initramfs, guest: surroundings.facts,
+                kernelPath: surroundings.guest == nil ? nil : path, xenVersion: options.xenVersion)
+            report.targets = options.targets.map { TargetRules.evaluate($0, facts) }
         }
 
         var symbols: SymbolTable? = nil
         if options.symbols || options.catalogue != nil {
-            symbols = recoverSymbols(kernelBytes, elf: elfFile, path: path, release: kernel.release, config: config)
+            symbols = recoverSymbols(kernelBytes, elf: elfFile, path: path, release: kernel.release, config: config, around: surroundings)
             if let symbols { report.symbols = SymbolsInfo(source: symbols.source, count: symbols.symbols.count, detail: symbols.detail) }
             logger.debug("\(path): symbols: \(symbols?.detail ?? "none")")
         }
         if let catalogue = options.catalogue {
-            let index = moduleDirectory(path: path, release: kernel.release).flatMap { ModuleIndex(directory: $0) }
-            var facts = CatalogueFacts(symbols: symbols, config: config, notes: notes, release: kernel.release, modules: index, limits: options.limits)
-            facts.changelog = Catalogue.changelog(imagePath: path, root: options.rootPath, release: kernel.release, limits: options.limits)
+            var facts = CatalogueFacts(
+                symbols: symbols, config: config, notes: notes, release: kernel.release, modules: moduleIndex, limits: options.limits)
+            facts.changelog =
+                surroundings.guest.flatMap { Catalogue.changelog(in: $0, release: kernel.release, limits: options.limits) }
+                ?? Catalogue.changelog(imagePath: path, root: options.rootPath, release: kernel.release, limits: options.limits)
             report.fixes = catalogue.map { CatalogueEvaluator.evaluate($0, &facts) }
         }
         return (report, symbols)
     }
 
     /// kallsyms, else a real System.map, else `__ksymtab_strings`, else `.BTF` strings, else plain strings.
-    func recoverSymbols(_ bytes: UnsafeRawBufferPointer, elf: ElfFile?, path: String, release: String?, config: KernelConfig?) -> SymbolTable? {
+    func recoverSymbols(
+        _ bytes: UnsafeRawBufferPointer, elf: ElfFile?, path: String, release: String?, config: KernelConfig?, around surroundings: Surroundings
+    ) -> SymbolTable? {
         let pointerSize = (elf?.bitness ?? 64) / 8
         let percpu: Bool? = config.map { $0.state("CONFIG_KALLSYMS_ABSOLUTE_PERCPU") == .builtIn }
         if let table = KallsymsFinder.find(bytes, pointerSize: pointerSize, absolutePercpu: percpu) { return table }
         var notes: [String] = ["no kallsyms tables found"]
-        let directory = (path as NSString).deletingLastPathComponent
-        for candidate in [options.systemMapPath, release.map { directory + "/System.map-\($0)" }].compactMap({ $0 }) {
+        var candidates = [options.systemMapPath].compactMap { $0 }
+        if let release {
+            if let guest = surroundings.guest {
+                if let host = guest.mounts.count == 1 ? guest.hostFile("/boot/System.map-\(release)") : nil { candidates.append(host) }
+            } else {
+                candidates.append(Self.directory(of: path) + "/System.map-\(release)")
+            }
+        }
+        for candidate in candidates {
             let result = SymbolFallbacks.systemMap(path: candidate)
             if let table = result.table { return table }
             notes.append(result.note)
@@ -354,7 +410,9 @@ public struct KernelAuditor: Sendable {
             offset: nil, hint: "Check that this is a Linux kernel image (vmlinuz, vmlinux, Image)")
     }
 
-    func loadConfig(kernelBytes: UnsafeRawBufferPointer, path: String, release: String?) throws(KernelAuditError) -> KernelConfig? {
+    func loadConfig(kernelBytes: UnsafeRawBufferPointer, path: String, release: String?, around surroundings: Surroundings) throws(KernelAuditError)
+        -> KernelConfig?
+    {
         // The kernel (its .rodata when known) holds IKCONFIG; the file itself only when it is
         // not a compressed payload's container, i.e. when the two are the same bytes.
         if let embedded = EmbeddedConfig.find(in: kernelBytes, limits: options.limits) {
@@ -367,8 +425,16 @@ public struct KernelAuditor: Sendable {
             return KernelConfig(text: text, source: given)
         }
         guard let release else { return nil }
-        let directory = (path as NSString).deletingLastPathComponent
-        var candidates = [directory + "/config-\(release)"]
+        if let guest = surroundings.guest {
+            for candidate in ["/boot/config-\(release)", "/lib/modules/\(release)/config", "/usr/lib/modules/\(release)/config"] {
+                if let text = guest.text(of: candidate, limit: 16 << 20) {
+                    let config = KernelConfig(text: text, source: candidate)
+                    if config.isPlausible { return config }
+                }
+            }
+            return nil
+        }
+        var candidates = [Self.directory(of: path) + "/config-\(release)"]
         if let root = options.rootPath {
             candidates += [root + "/boot/config-\(release)", root + "/lib/modules/\(release)/config", root + "/usr/lib/modules/\(release)/config"]
         }
@@ -381,20 +447,57 @@ public struct KernelAuditor: Sendable {
         return nil
     }
 
-    func initramfsPath(path: String, release: String?) -> String? {
-        if let given = options.initrdPath { return given }
-        guard let release else { return nil }
-        let directory = (path as NSString).deletingLastPathComponent
-        var candidates = [directory + "/initrd.img-\(release)"]
-        if let root = options.rootPath { candidates.append(root + "/boot/initrd.img-\(release)") }
-        return candidates.first { FileManager.default.fileExists(atPath: $0) }
+    /// The initramfs names distributions give it: Debian's, dracut's (Fedora, RHEL), SUSE's, Arch's.
+    static func initramfsNames(_ release: String) -> [String] {
+        ["initrd.img-\(release)", "initramfs-\(release).img", "initrd-\(release)", "initramfs-\(release)"]
     }
 
-    func moduleDirectory(path: String, release: String?) -> String? {
+    /// The initramfs to check, and its bytes: `--initrd`, else beside the kernel or in the guest's /boot.
+    func initramfs(path: String, release: String?, around surroundings: Surroundings) throws(KernelAuditError) -> (String, ImageBuffer)? {
+        if let given = options.initrdPath { return (given, try ImageFile.read(path: given)) }
+        guard let release else { return nil }
+        if let guest = surroundings.guest {
+            for name in Self.initramfsNames(release) where guest.isFile("/boot/" + name) {
+                do {
+                    let bytes = try guest.contents(of: "/boot/" + name, limit: options.limits.maxOutput)
+                    let buffer = ImageBuffer(capacity: max(1, bytes.count))
+                    _ = buffer.reserve(extra: bytes.count, limit: Int.max)
+                    bytes.withUnsafeBytes { source in
+                        if let base = source.baseAddress { buffer.freeSpace.baseAddress!.copyMemory(from: base, byteCount: source.count) }
+                    }
+                    buffer.commit(bytes.count)
+                    return ("/boot/" + name, buffer)
+                } catch {
+                    throw KernelAuditError(.unreadable, "cannot read /boot/\(name) in \(guest.description): \(error.message)", hint: error.hint)
+                }
+            }
+            return nil
+        }
+        var candidates = Self.initramfsNames(release).map { Self.directory(of: path) + "/" + $0 }
+        if let root = options.rootPath { candidates += Self.initramfsNames(release).map { root + "/boot/" + $0 } }
+        guard let found = candidates.first(where: { FileManager.default.fileExists(atPath: $0) }) else { return nil }
+        return (found, try ImageFile.read(path: found))
+    }
+
+    /// The directory a path is in: "." for a bare name, never a trap on `./x` or `/x`.
+    static func directory(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        let directory = String(path[..<slash])
+        return directory.isEmpty ? "/" : directory
+    }
+
+    func moduleDirectory(path: String, release: String?, around surroundings: Surroundings) -> String? {
         if let given = options.modulesPath { return given }
         guard let release else { return nil }
-        let directory = (path as NSString).deletingLastPathComponent
-        let parent = (directory as NSString).deletingLastPathComponent
+        if let guest = surroundings.guest, let scratch = surroundings.scratch {
+            for candidate in ["/lib/modules/\(release)", "/usr/lib/modules/\(release)"] where guest.isDirectory(candidate) {
+                // libkmod reads depmod's indexes; the module files themselves are not needed.
+                return try? guest.hostDirectory(candidate, scratch: scratch) { $0.hasPrefix("modules.") }
+            }
+            return nil
+        }
+        let directory = Self.directory(of: path)
+        let parent = Self.directory(of: directory)
         var candidates = [directory + "/lib/modules/\(release)", parent + "/lib/modules/\(release)", parent + "/usr/lib/modules/\(release)"]
         if let root = options.rootPath { candidates += [root + "/lib/modules/\(release)", root + "/usr/lib/modules/\(release)"] }
         return candidates.first { FileManager.default.fileExists(atPath: $0) }
@@ -427,6 +530,15 @@ public struct KernelAuditor: Sendable {
         }
         return (.pvops, container == "bzImage" ? "a bzImage (XenLinux kernels ship as ELF): a pvops kernel" : "no XenLinux markers: a pvops kernel")
     }
+}
+
+/// Where a kernel's companions are looked up: beside its file on this machine (no guest), or
+/// in the guest root it belongs to.
+struct Surroundings {
+    var guest: GuestRoot?
+    var facts: GuestInfo?
+    /// Where copies of guest files that a library wants on disk go (libkmod's indexes).
+    var scratch: String?
 }
 
 /// The program header type libelf hands out.

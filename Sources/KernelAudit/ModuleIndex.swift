@@ -178,6 +178,97 @@ final class ModuleIndex {
         return (name, file)
     }
 
+    /// Where a module is in this tree: built in (`modules.builtin`), a file, or absent. Names
+    /// are exact (`nvme` is never `nvmem`); `-` and `_` are the same, as for modprobe.
+    enum ModuleLocation: Equatable {
+        case builtIn
+        case file(String)
+        case absent
+    }
+
+    func location(ofModule given: String) -> ModuleLocation {
+        let name = given.replacingOccurrences(of: "-", with: "_")
+        if hasDepmodIndex {
+            var list: OpaquePointer? = nil
+            guard kmod_module_new_from_lookup(context, name, &list) >= 0, let list else { return .absent }
+            defer { kmod_module_unref_list(list) }
+            var entry: OpaquePointer? = list
+            while let current = entry {
+                if let module = kmod_module_get_module(current) {
+                    defer { kmod_module_unref(module) }
+                    // A lookup of a name may also match an alias of another module: only the module itself counts.
+                    if String(cString: kmod_module_get_name(module)) == name {
+                        guard let path = kmod_module_get_path(module) else { return .builtIn }
+                        var file = String(cString: path)
+                        if file.hasPrefix(directory + "/") { file.removeFirst(directory.count + 1) }
+                        return .file(file)
+                    }
+                }
+                entry = kmod_list_next(list, current)
+            }
+            return .absent
+        }
+        if builtinNames.contains(name) { return .builtIn }
+        return allModuleFiles[name].map { .file($0) } ?? .absent
+    }
+
+    /// The modules `name` needs loaded first, and theirs, from `modules.dep` (or each file's
+    /// modinfo `depends` when the tree has no index), in no particular order.
+    func dependencies(ofModule given: String) -> Set<String> {
+        var seen = Set<String>()
+        var pending = [given.replacingOccurrences(of: "-", with: "_")]
+        while let name = pending.popLast() {
+            for dependency in directDependencies(name) where !seen.contains(dependency) {
+                seen.insert(dependency)
+                pending.append(dependency)
+            }
+        }
+        seen.remove(given.replacingOccurrences(of: "-", with: "_"))
+        return seen
+    }
+
+    private func directDependencies(_ name: String) -> [String] {
+        guard case .file(let file) = location(ofModule: name) else { return [] }
+        if hasDepmodIndex {
+            var module: OpaquePointer? = nil
+            guard kmod_module_new_from_name(context, name, &module) == 0, let module else { return [] }
+            defer { kmod_module_unref(module) }
+            guard let list = kmod_module_get_dependencies(module) else { return [] }
+            defer { kmod_module_unref_list(list) }
+            var names: [String] = []
+            var entry: OpaquePointer? = list
+            while let current = entry {
+                if let dependency = kmod_module_get_module(current) {
+                    names.append(String(cString: kmod_module_get_name(dependency)))
+                    kmod_module_unref(dependency)
+                }
+                entry = kmod_list_next(list, current)
+            }
+            return names
+        }
+        return info(ofFile: file, key: "depends").flatMap { $0.split(separator: ",").map { String($0) } }
+    }
+
+    /// `modules.builtin`'s names (one `kernel/…/name.ko` per line).
+    lazy var builtinNames: Set<String> = {
+        guard let data = FileManager.default.contents(atPath: directory + "/modules.builtin") else { return [] }
+        return Set(data.split(separator: UInt8(ascii: "\n")).map { moduleName(fromPath: String(decoding: $0, as: UTF8.self)) })
+    }()
+
+    /// Every module file of the tree by name, from `modules.order` or a walk.
+    lazy var allModuleFiles: [String: String] = {
+        var files: [String: String] = [:]
+        for top in ["kernel", "updates", "extra"] {
+            guard let walker = FileManager.default.enumerator(atPath: directory + "/" + top) else { continue }
+            while let path = walker.nextObject() as? String {
+                if [".ko", ".ko.xz", ".ko.zst", ".ko.gz"].contains(where: { path.hasSuffix($0) }) {
+                    files[moduleName(fromPath: path)] = top + "/" + path
+                }
+            }
+        }
+        return files
+    }()
+
     /// Resolves every frontend: through depmod's index when the tree has one, else from the
     /// modinfo of the module files themselves. In that case only files whose name mentions
     /// "xen" are opened (every Xen frontend's does), which keeps a 4000-module tree fast.

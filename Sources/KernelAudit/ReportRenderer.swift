@@ -20,6 +20,8 @@ public struct ReportRenderer: Sendable {
 
     private func paint(_ text: String, _ code: String) -> String { colour ? "\u{1B}[\(code)m\(text)\u{1B}[0m" : text }
 
+    func answerText(_ a: Answer) -> String { answer(a) }
+
     private func answer(_ a: Answer) -> String {
         let padded = a.rawValue.padding(toLength: 7, withPad: " ", startingAt: 0)
         switch a {
@@ -86,6 +88,7 @@ public struct ReportRenderer: Sendable {
                 if explain { for item in fix.evidence { lines.append("      · \(item)") } }
             }
         }
+        lines += targetLines(report)
         if let symbols = report.symbols {
             lines.append("  Symbols: \(symbols.count) from \(symbols.source.rawValue)" + (explain ? " — \(symbols.detail)" : ""))
         }

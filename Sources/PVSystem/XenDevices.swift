@@ -1,4 +1,6 @@
 import Glibc
+import CLinux
+import SystemPackage
 
 /// The ioctl numbers and argument layouts of Linux's `xen/evtchn.h` and `xen/gntalloc.h`
 /// (checked against the headers by the ABI tests).
@@ -167,6 +169,19 @@ public enum Memory {
         let start = (Int(bitPattern: address) + huge - 1) & ~(huge - 1)
         let end = (Int(bitPattern: address) + byteCount) & ~(huge - 1)
         if end > start { _ = madvise(UnsafeMutableRawPointer(bitPattern: start), end - start, MADV_HUGEPAGE) }
+    }
+
+    /// A file in memory of `byteCount` bytes that hold nothing yet (C: `memfd_create` and
+    /// `ftruncate`): pages cost memory only once written, so a disk-sized file is free.
+    public static func sparseFile(name: String, byteCount: UInt64) throws(SystemError) -> FileDescriptor {
+        let fd = Int32(try retryingSyscall("memfd_create", context: name) { Int(memfd_create(name, UInt32(MFD_CLOEXEC))) })
+        do throws(SystemError) {
+            _ = try retryingSyscall32("ftruncate", context: "\(name) to \(byteCount) bytes") { ftruncate(fd, off_t(clamping: byteCount)) }
+        } catch {
+            close(fd)
+            throw error
+        }
+        return FileDescriptor(rawValue: fd)
     }
 
     /// Removes a mapping made by ``map(_:offset:byteCount:writable:context:)``.

@@ -8,24 +8,24 @@ import Logging
 struct PVCheck: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pvcheck",
-        abstract: "Audit Linux kernel images for Xen PV, PVH and HVM, with evidence.",
+        abstract: "Audit Linux guests for Xen PV, PVH and HVM and the platforms they move to, with evidence.",
         discussion: """
-            Reads bzImage (EFI stub, signed), vmlinux, vmlinux.gz/.xz/…, arm64 Image/Image.gz and EFI zboot
-            images; every compression Linux uses. Config: embedded IKCONFIG, --config, config-<release> beside
-            the image, or under --root. Modules: --modules, lib/modules/<release> beside the image or under --root.
+            Each argument is a kernel image, a guest root directory, or a whole disk image (raw or qcow2, MBR or GPT; ext2/3/4 read without mounting, XFS and btrfs through a read-only loop mount as root). Kernels: bzImage (EFI stub, signed), vmlinux, vmlinux.gz/.xz/…, arm64 Image/Image.gz and EFI zboot, in every compression Linux uses. Config: embedded IKCONFIG, --config, config-<release> beside the image or in the guest. Modules: --modules, lib/modules/<release> beside the image or in the guest.
 
-            Exit status: 0 audited (with --require: requirement met), 1 requirement not met,
-            2 usage error, 3 could not tell (unreadable, damaged or unknown image; unknown verdict).
+            --target checks a platform (xen-pv, xen-pvh, xen-hvm, aws-nitro, kvm, firecracker, cloud-hypervisor, hyperv-azure, or all): does the kernel boot there, does it and its initramfs find the root disk, does it get a network driver and a console, and what in the guest root (fstab, crypttab, root=, network configuration, the default boot entry) breaks there. Each finding comes with the change that fixes it; pvcheck never changes the image.
+
+            Exit status: 0 audited (with --require or --target: every requirement met), 1 a requirement or target not met, 2 usage error, 3 could not tell (an unreadable, damaged or unknown input, or an unknown verdict).
 
             Examples:
               pvcheck /boot/vmlinuz-6.1.0-27-amd64
               pvcheck --explain --config /boot/config-6.1.0-27-amd64 vmlinuz
               pvcheck --require pv --quiet /mnt/guest/boot/vmlinuz-*  && echo "boots PV"
-              pvcheck --root /mnt/guest --json
+              pvcheck --target aws-nitro --target kvm disk.qcow2
+              pvcheck --target all --jobs 8 --json images/*.qcow2 > fleet.jsonl
             """,
         version: "pvcheck 0.1 (JSON schema \(AuditReport.schema))")
 
-    @Argument(help: "Kernel images to audit.", completion: .file())
+    @Argument(help: "Kernel images, guest root directories or disk images (raw, qcow2) to audit.", completion: .file())
     var images: [String] = []
 
     @Option(help: "A mounted guest root filesystem: audit every kernel in its /boot (repeatable, for fleets).", completion: .directory)
@@ -42,6 +42,17 @@ struct PVCheck: ParsableCommand {
 
     @Option(help: "Exit 0 only if the kernel can boot this way: pv, pvh, pvhvm or dom0.")
     var require: RequirementArgument?
+
+    @Option(
+        help: ArgumentHelp(
+            "A platform to check the guest for (repeatable or comma-separated; 'all' for every one).", valueName: "target"))
+    var target: [String] = []
+
+    @Option(help: "The target profiles directory (default: patches/targets of the catalogue PVKit ships).", completion: .directory)
+    var targetDirectory: String?
+
+    @Option(help: "The Xen release the guest will run on, for xen-pv's decompressor check (e.g. 4.14).")
+    var xenVersion: String?
 
     @Flag(help: "Report how this machine runs now (/sys/hypervisor, /proc/xen, Xen devices, loaded modules) and audit its running kernel.")
     var live = false
@@ -101,7 +112,12 @@ struct PVCheck: ParsableCommand {
     }
 
     func validate() throws {
-        if images.isEmpty && root.isEmpty && !live && liveRoot == nil { throw ValidationError("Give at least one kernel image, --root DIR or --live.") }
+        if images.isEmpty && root.isEmpty && !live && liveRoot == nil {
+            throw ValidationError("Give at least one kernel image, disk image, --root DIR or --live.")
+        }
+        if let xenVersion, xenVersion.split(separator: ".").count < 2 || !xenVersion.split(separator: ".").allSatisfy({ Int($0) != nil }) {
+            throw ValidationError("--xen-version takes a release such as 4.17, not \"\(xenVersion)\".")
+        }
         if jobs < 1 { throw ValidationError("--jobs must be at least 1.") }
         if maxOutput < 1 << 20 { throw ValidationError("--max-output must be at least 1048576 bytes.") }
         if dumpSymbols != nil && (images.count != 1 || !root.isEmpty) { throw ValidationError("--dump-symbols takes exactly one image.") }
@@ -123,27 +139,16 @@ struct PVCheck: ParsableCommand {
             for problem in loaded.problems { FileHandle.standardError.write(Data("pvcheck: catalogue: \(problem)\n".utf8)) }
             loadedCatalogue = loaded.entries
         }
-        let auditor = KernelAuditor(
-            options: AuditOptions(
-                configPath: config, modulesPath: modules, rootPath: nil,
-                limits: DecompressionLimits(maxOutput: maxOutput), symbols: symbols || dumpSymbols != nil,
-                systemMapPath: systemMap, initrdPath: initrd, catalogue: loadedCatalogue),
-            logger: Logger(label: "pvcheck"))
-        var targets = images.map { Fleet.Target(path: $0, isDefault: nil) }
+        let profiles = try loadTargets()
+        var options = AuditOptions(
+            configPath: config, modulesPath: modules, rootPath: nil,
+            limits: DecompressionLimits(maxOutput: maxOutput), symbols: symbols || dumpSymbols != nil,
+            systemMapPath: systemMap, initrdPath: initrd, catalogue: loadedCatalogue)
+        options.targets = profiles
+        options.xenVersion = xenVersion
+        let auditor = KernelAuditor(options: options, logger: Logger(label: "pvcheck"))
+        let inputs = images.map(AuditInput.classify) + root.map { AuditInput.root($0) }
         var liveReport: AuditReport? = nil
-        for root in root {
-            do {
-                let found = try RootScanner.kernels(root: root)
-                if found.paths.isEmpty {
-                    if !quiet { FileHandle.standardError.write(Data("pvcheck: no kernels in \(root)/boot\n".utf8)) }
-                    throw ExitCode(3)
-                }
-                targets += found.paths.map { Fleet.Target(path: $0, isDefault: $0 == found.defaultPath, rootPath: root) }
-            } catch let error as KernelAuditError {
-                if !quiet { FileHandle.standardError.write(Data("pvcheck: \(error)\n".utf8)) }
-                throw ExitCode(3)
-            }
-        }
         if live || liveRoot != nil {
             let liveRoot = self.liveRoot.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 } ?? ""
             let facts = LiveSystem.read(root: liveRoot)
@@ -166,9 +171,9 @@ struct PVCheck: ParsableCommand {
             explain: explain)
         var status: Int32 = 0
         var outputs: [(report: AuditReport, symbols: SymbolTable?)] = liveReport.map { [($0, nil)] } ?? []
-        let showProgress = !quiet && targets.count > 1 && isatty(STDERR_FILENO) == 1
+        let showProgress = !quiet && inputs.count > 1 && isatty(STDERR_FILENO) == 1
         outputs += Fleet.audit(
-            targets, with: auditor, jobs: jobs,
+            inputs, with: auditor, jobs: jobs,
             progress: { done, total in
                 guard showProgress else { return }
                 let width = 30, filled = width * done / total
@@ -186,15 +191,47 @@ struct PVCheck: ParsableCommand {
                 }
             }
             if !quiet { print(json ? ReportRenderer.json(report) : renderer.text(report)) }
-            let code: Int32 = require.map { $0.requirement.exitCode(for: report) } ?? (report.error == nil ? 0 : 3)
+            var code: Int32 = require.map { $0.requirement.exitCode(for: report) } ?? (report.error == nil ? 0 : 3)
+            if !profiles.isEmpty, report.error == nil {
+                let answers = report.targets?.map(\.answer) ?? []
+                code = max(code, answers.contains(.unknown) ? 3 : answers.contains(.no) ? 1 : 0)
+            }
             status = max(status, code)
         }
-        if !quiet && !json && targets.count > 1 { print(renderer.summary(outputs.map(\.report))) }
+        let reports = outputs.map(\.report)
+        if !quiet && !json && reports.count > 1 { print(renderer.summary(reports)) }
+        if !quiet && json && !profiles.isEmpty && reports.count > 1 {
+            FileHandle.standardError.write(Data((renderer.targetMatrix(reports).joined(separator: "\n") + "\n").utf8))
+        }
         if status != 0 { throw ExitCode(status) }
     }
 }
 
 extension PVCheck {
+    /// The profiles `--target` names, from `--target-directory` or the shipped `patches/targets`.
+    func loadTargets() throws -> [TargetProfile] {
+        let wanted = target.flatMap { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } }.filter { !$0.isEmpty }
+        guard !wanted.isEmpty else { return [] }
+        guard let directory = targetDirectory ?? Self.defaultCatalogue().map({ $0 + "/targets" }) else {
+            FileHandle.standardError.write(Data("pvcheck: no target profiles found; give --target-directory DIR\n".utf8))
+            throw ExitCode(2)
+        }
+        let loaded = TargetCatalogue.load(directory: directory)
+        for problem in loaded.problems { FileHandle.standardError.write(Data("pvcheck: target profile: \(problem)\n".utf8)) }
+        if !loaded.problems.isEmpty { throw ExitCode(3) }
+        if wanted.contains("all") { return loaded.profiles }
+        var profiles: [TargetProfile] = []
+        for id in wanted {
+            guard let profile = loaded.profiles.first(where: { $0.id == id }) else {
+                FileHandle.standardError.write(
+                    Data("pvcheck: unknown target \"\(id)\"; known: \(loaded.profiles.map(\.id).joined(separator: ", ")), all\n".utf8))
+                throw ExitCode(2)
+            }
+            if !profiles.contains(profile) { profiles.append(profile) }
+        }
+        return profiles
+    }
+
     /// `$PVCHECK_CATALOGUE`, else a `patches` folder of JSON entries in a directory above the
     /// executable (the repository, for a build from source), else `../share/pvkit/patches`.
     static func defaultCatalogue() -> String? {

@@ -1,3 +1,4 @@
+import GuestFiles
 import KernelAudit
 import Testing
 import XenABI
@@ -151,10 +152,10 @@ struct FixtureVerdictTests {
 struct RootAndModuleTests {
     @Test("--root finds every kernel and the default one")
     func rootScan() throws {
-        let found = try RootScanner.kernels(root: fixtures.appendingPathComponent("root").path)
-        #expect(found.paths.map { ($0 as NSString).lastPathComponent } == ["vmlinuz-6.1.0-pvkit-hvm", "vmlinuz-6.6.0-pvkit-fixture"])
-        #expect(found.defaultPath?.hasSuffix("vmlinuz-6.6.0-pvkit-fixture") == true)
-        #expect(throws: KernelAuditError.self) { try RootScanner.kernels(root: "/nonexistent-pvkit-root") }
+        let found = GuestAudit.kernels(in: try GuestRoot(directory: fixtures.appendingPathComponent("root").path))
+        #expect(found.paths == ["/boot/vmlinuz-6.1.0-pvkit-hvm", "/boot/vmlinuz-6.6.0-pvkit-fixture"])
+        #expect(found.defaultPath == "/boot/vmlinuz-6.6.0-pvkit-fixture")
+        #expect(throws: GuestFileError.self) { try GuestRoot(directory: "/nonexistent-pvkit-root") }
     }
 
     @Test("libkmod resolves frontends: plain .ko, .ko.xz, built-in, config-only")

@@ -5,9 +5,19 @@ import Testing
 /// Fleets: many images and roots at once, sorted output, the worst exit status.
 @Suite("fleets", .timeLimit(.minutes(5)))
 struct FleetTests {
+    /// A second guest root: a copy of fixtures/root without its /vmlinuz link.
+    let scratch: ScratchDirectory
+    var secondRoot: String { scratch.url.appendingPathComponent("second").path }
+
+    init() throws {
+        scratch = try ScratchDirectory()
+        try FileManager.default.copyItem(atPath: fixtures.appendingPathComponent("root").path, toPath: scratch.url.appendingPathComponent("second").path)
+        try FileManager.default.removeItem(atPath: scratch.url.appendingPathComponent("second/vmlinuz").path)
+    }
+
     var arguments: [String] {
         [
-            "--root", fixtures.appendingPathComponent("root").path, "--root", fixtures.appendingPathComponent("live/pvh").path,
+            "--root", fixtures.appendingPathComponent("root").path, "--root", secondRoot,
             fixture("bzImage-zstd"), fixture("vmlinux-no-xen.elf"), fixture("Image-arm64.gz"), fixture("not-a-kernel-object.elf32"),
             fixture("bzImage-lz4"), fixture("vmlinux-pvh-only.elf")
         ]
@@ -39,18 +49,26 @@ struct FleetTests {
         #expect(result.stdout.contains("could not be read"))
         let json = try run("pvcheck", ["--json"] + arguments)
         let reports = try json.stdout.split(separator: "\n").map { try JSONDecoder().decode(AuditReport.self, from: Data($0.utf8)) }
-        let pvh = try #require(reports.first { $0.path.hasSuffix("live/pvh/boot/vmlinuz-6.6.0-pvkit-fixture") })
-        #expect(pvh.modules?.directory?.contains("live/pvh/lib/modules") == true)
+        let pvh = try #require(reports.first { $0.path.hasSuffix("second/boot/vmlinuz-6.6.0-pvkit-fixture") })
+        #expect(pvh.modules?.directory?.contains("second/lib/modules") == true)
         #expect(pvh.isDefault == false)
         #expect(pvh.verdict(.initramfsRootDisk)?.answer == .yes)
         #expect(!json.stdout.contains("images: "), "JSON lines stay pure")
     }
 
+    @Test("a root's links resolve inside the root: live/pvh's boot -> ../../root/boot names the guest's /root/boot, so it has no kernels")
+    func confinedLinks() throws {
+        let result = try run("pvcheck", ["--json", "--root", fixtures.appendingPathComponent("live/pvh").path])
+        let report = try JSONDecoder().decode(AuditReport.self, from: Data(result.stdout.utf8))
+        #expect(report.error?.code == .noKernel)
+        #expect(result.status == 3)
+    }
+
     @Test("the library runs a fleet in path order")
     func library() {
-        let targets = ["bzImage-xz", "bzImage-gzip", "vmlinux.gz"].map { Fleet.Target(path: fixture($0), isDefault: nil) }
-        let reports = Fleet.audit(targets, with: KernelAuditor(), jobs: 3).map(\.report)
-        #expect(reports.map(\.path) == targets.map(\.path).sorted())
+        let inputs = ["bzImage-xz", "bzImage-gzip", "vmlinux.gz"].map { AuditInput.kernel(fixture($0)) }
+        let reports = Fleet.audit(inputs, with: KernelAuditor(), jobs: 3).map(\.report)
+        #expect(reports.map(\.path) == inputs.map(\.path).sorted())
         #expect(reports.allSatisfy { $0.verdict(.pv)?.answer == .yes })
     }
 }

@@ -61,15 +61,13 @@ struct InitramfsTests {
         return bytes
     }
 
-    func initrdError(_ bytes: [UInt8]) throws -> KernelAuditError? {
+    /// The initramfs's own error: the kernel's verdicts stand beside it.
+    func initrdError(_ bytes: [UInt8]) throws -> AuditReport.ErrorInfo? {
         let scratch = try ScratchDirectory()
         let path = try scratch.write("initrd", bytes)
-        do {
-            _ = try KernelAuditor(options: AuditOptions(initrdPath: path)).audit(path: fixture("bzImage-xz"))
-            return nil
-        } catch {
-            return error
-        }
+        let report = try KernelAuditor(options: AuditOptions(initrdPath: path)).audit(path: fixture("bzImage-xz"))
+        #expect(report.verdict(.pv)?.answer == .yes, "a damaged initramfs must not hide the kernel's verdicts")
+        return report.initramfsError
     }
 
     @Test("hostile archives are errors naming the byte")

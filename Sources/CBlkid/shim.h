@@ -1,0 +1,2 @@
+// libblkid (util-linux) for partition tables and file-system superblocks.
+#include <blkid/blkid.h>

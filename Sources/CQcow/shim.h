@@ -1,0 +1,2 @@
+// libqcow (libyal) for QEMU copy-on-write disk images, read-only.
+#include <libqcow.h>

@@ -1,0 +1,187 @@
+import CQcow
+import SystemPackage
+
+typealias QcowFile = UnsafeMutablePointer<libqcow_file_t>
+typealias QcowError = UnsafeMutablePointer<libqcow_error_t>
+
+/// A whole disk image opened read-only: raw, or qcow2 through libqcow. Reads are of the
+/// virtual disk, whatever the format stores; nothing is ever written (the file is opened
+/// `O_RDONLY`).
+public final class DiskImage {
+    public enum Format: String, Sendable, Codable {
+        case raw, qcow2
+    }
+
+    public let path: String
+    public let format: Format
+    /// The virtual disk's size in bytes.
+    public let size: UInt64
+    /// Bytes of the image read so far (the virtual disk's, not the file's).
+    public private(set) var bytesRead: UInt64 = 0
+    private let file: FileDescriptor
+    private var qcow: QcowFile?
+
+    /// The qcow header's magic, "QFI\xfb".
+    static let qcowMagic: [UInt8] = [0x51, 0x46, 0x49, 0xFB]
+
+    public init(path: String) throws(GuestFileError) {
+        self.path = path
+        let file: FileDescriptor
+        do {
+            file = try FileDescriptor.open(FilePath(path), .readOnly, options: [.closeOnExec])
+        } catch {
+            throw GuestFileError(
+                .unreadable, "cannot open \(path): \(error)", hint: (error as? Errno) == .noSuchFileOrDirectory ? "Check the path" : "Check the file's permissions")
+        }
+        var header = [UInt8](repeating: 0, count: 72)
+        let headerCount: Int
+        let fileSize: Int64
+        do {
+            headerCount = try header.withUnsafeMutableBytes { try file.read(fromAbsoluteOffset: 0, into: $0) }
+            fileSize = try file.seek(offset: 0, from: .end)
+        } catch {
+            try? file.close()
+            throw GuestFileError(.unreadable, "reading \(path) failed: \(error)", hint: "Check the device the image is on")
+        }
+        self.file = file
+        guard headerCount >= 4, Array(header[0..<4]) == Self.qcowMagic else {
+            format = .raw
+            size = UInt64(fileSize)
+            return
+        }
+        format = .qcow2
+        do {
+            try Self.checkQcowHeader(header[0..<headerCount], path: path)
+            let opened = try Self.openQcow(path)
+            qcow = opened.handle
+            size = opened.size
+        } catch {
+            try? file.close()
+            throw error
+        }
+    }
+
+    deinit {
+        if let opened = qcow {
+            var handle: QcowFile? = opened
+            var error: QcowError? = nil
+            _ = libqcow_file_close(opened, &error)
+            libqcow_error_free(&error)
+            _ = libqcow_file_free(&handle, &error)
+            libqcow_error_free(&error)
+        }
+        try? file.close()
+    }
+
+    /// Refuses what libqcow would read wrongly for an audit: a backing file (the data is
+    /// elsewhere) and encryption (no key is given).
+    static func checkQcowHeader(_ header: ArraySlice<UInt8>, path: String) throws(GuestFileError) {
+        func be(_ at: Int, _ count: Int) -> UInt64? {
+            guard header.count >= at + count else { return nil }
+            return header[header.startIndex + at..<header.startIndex + at + count].reduce(0) { $0 << 8 | UInt64($1) }
+        }
+        guard let version = be(4, 4), version >= 1, version <= 3 else {
+            throw GuestFileError(
+                .unsupported, "\(path) is qcow version \(be(4, 4).map(String.init) ?? "?"), not 1, 2 or 3",
+                hint: "Convert it with qemu-img convert -O qcow2")
+        }
+        let backingOffset = be(8, 8) ?? 0
+        if backingOffset != 0 {
+            throw GuestFileError(
+                .unsupported, "\(path) is a qcow\(version) overlay: its data continues in a backing file",
+                hint: "Audit the flattened disk: qemu-img convert -O qcow2 \(path) flat.qcow2")
+        }
+        let cryptMethod = be(version == 1 ? 36 : 32, 4) ?? 0
+        if cryptMethod != 0 {
+            throw GuestFileError(
+                .unsupported, "\(path) is encrypted (qcow crypt method \(cryptMethod))", hint: "Audit a decrypted copy (qemu-img convert)")
+        }
+    }
+
+    static func openQcow(_ path: String) throws(GuestFileError) -> (handle: QcowFile, size: UInt64) {
+        var error: QcowError? = nil
+        var handle: QcowFile? = nil
+        guard libqcow_file_initialize(&handle, &error) == 1, let opened = handle else {
+            throw GuestFileError(.unreadable, "libqcow cannot start: \(message(&error))", hint: "Check libqcow's installation")
+        }
+        handle = opened
+        guard libqcow_file_open(opened, path, Int32(LIBQCOW_ACCESS_FLAG_READ.rawValue), &error) == 1 else {
+            let text = message(&error)
+            _ = libqcow_file_free(&handle, &error)
+            libqcow_error_free(&error)
+            throw GuestFileError(.damaged, "\(path) is not a qcow image libqcow can read: \(text)", hint: "Check it with qemu-img check")
+        }
+        var size: size64_t = 0
+        guard libqcow_file_get_media_size(opened, &size, &error) == 1 else {
+            let text = message(&error)
+            _ = libqcow_file_close(opened, &error)
+            _ = libqcow_file_free(&handle, &error)
+            libqcow_error_free(&error)
+            throw GuestFileError(.damaged, "\(path) has no readable disk size: \(text)", hint: "Check it with qemu-img check")
+        }
+        return (opened, UInt64(size))
+    }
+
+    static func message(_ error: inout QcowError?) -> String {
+        guard error != nil else { return "no reason given" }
+        var buffer = [CChar](repeating: 0, count: 512)
+        _ = libqcow_error_sprint(error, &buffer, buffer.count)
+        libqcow_error_free(&error)
+        let text = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        // libyal's messages are one line per layer; the innermost says what was wrong.
+        return text.split(separator: "\n").last.map(String.init) ?? text
+    }
+
+    /// Fills `buffer` from `offset` of the virtual disk; a read past its end is an error.
+    public func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(GuestFileError) {
+        guard buffer.count > 0 else { return }
+        let (end, overflow) = offset.addingReportingOverflow(UInt64(buffer.count))
+        guard !overflow, end <= size else {
+            throw GuestFileError(
+                .damaged, "a read of \(buffer.count) bytes at \(offset) runs past the end of \(path) (\(size) bytes)",
+                hint: "The partition table or file system describes a larger disk: the image is cut short or damaged")
+        }
+        if let qcow {
+            var error: QcowError? = nil
+            var done = 0
+            while done < buffer.count {
+                let n = libqcow_file_read_buffer_at_offset(
+                    qcow, buffer.baseAddress! + done, buffer.count - done, off64_t(offset) + off64_t(done), &error)
+                guard n > 0 else {
+                    throw GuestFileError(
+                        .damaged, "reading \(path) at \(offset + UInt64(done)) failed: \(Self.message(&error))",
+                        hint: "The qcow image's tables point outside the file or it is cut short; check it with qemu-img check")
+                }
+                done += n
+            }
+        } else {
+            var done = 0
+            while done < buffer.count {
+                let n: Int
+                do {
+                    n = try file.read(fromAbsoluteOffset: Int64(offset) + Int64(done), into: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]))
+                } catch {
+                    throw GuestFileError(.unreadable, "reading \(path) at \(offset + UInt64(done)) failed: \(error)", hint: "Check the device the image is on")
+                }
+                guard n > 0 else {
+                    throw GuestFileError(.damaged, "\(path) ends at \(offset + UInt64(done)), inside a read", hint: "The image is cut short")
+                }
+                done += n
+            }
+        }
+        bytesRead &+= UInt64(buffer.count)
+    }
+
+    /// `count` bytes at `offset`.
+    public func bytes(at offset: UInt64, count: Int) throws(GuestFileError) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        let result: Result<Void, GuestFileError> = bytes.withUnsafeMutableBytes { buffer in
+            Result { () throws(GuestFileError) in try read(at: offset, into: buffer) }
+        }
+        try result.get()
+        return bytes
+    }
+
+    /// The raw file's descriptor, for libraries that probe a descriptor (libblkid); nil for qcow2.
+    var rawDescriptor: FileDescriptor? { format == .raw ? file : nil }
+}
