@@ -31,7 +31,8 @@ public final class DiskImage {
             file = try FileDescriptor.open(FilePath(path), .readOnly, options: [.closeOnExec])
         } catch {
             throw GuestFileError(
-                .unreadable, "cannot open \(path): \(error)", hint: (error as? Errno) == .noSuchFileOrDirectory ? "Check the path" : "Check the file's permissions")
+                .unreadable, "cannot open \(path): \(error)",
+                hint: (error as? Errno) == .noSuchFileOrDirectory ? "Check the path" : "Check the file's permissions")
         }
         var header = [UInt8](repeating: 0, count: 72)
         let headerCount: Int

@@ -78,14 +78,20 @@ extension ReportRenderer {
         let targets = reports.first { $0.targets != nil }?.targets?.map(\.target) ?? []
         let nameWidth = min(70, max(5, reports.map { $0.path.count }.max() ?? 5))
         let width = max(9, (targets.map(\.count).max() ?? 0) + 2)
-        var lines = ["", "image".padding(toLength: nameWidth, withPad: " ", startingAt: 0) + "  " + targets.map { $0.padding(toLength: width, withPad: " ", startingAt: 0) }.joined()]
+        var lines = [
+            "",
+            "image".padding(toLength: nameWidth, withPad: " ", startingAt: 0) + "  "
+                + targets.map { $0.padding(toLength: width, withPad: " ", startingAt: 0) }.joined()
+        ]
         for report in reports {
             let name = report.path.count > nameWidth ? "…" + report.path.suffix(nameWidth - 1) : report.path
             let cells = targets.map { id -> String in
                 guard report.error == nil else { return "error" }
                 return report.targets?.first { $0.target == id }?.answer.rawValue ?? "-"
             }
-            lines.append(name.padding(toLength: nameWidth, withPad: " ", startingAt: 0) + "  " + cells.map { $0.padding(toLength: width, withPad: " ", startingAt: 0) }.joined())
+            lines.append(
+                name.padding(toLength: nameWidth, withPad: " ", startingAt: 0) + "  "
+                    + cells.map { $0.padding(toLength: width, withPad: " ", startingAt: 0) }.joined())
         }
         return lines
     }
@@ -96,7 +102,8 @@ extension ReportRenderer {
         if let guest = report.guest {
             var what = "  Guest: \(guest.os ?? "unknown OS") in \(guest.root)"
             if let image = guest.image {
-                what += " — \(image.format.rawValue) image, \(image.partitionTable ?? "no partition table"), \(image.partitions.count) partition\(image.partitions.count == 1 ? "" : "s"), root on partition \(image.rootPartition)"
+                what +=
+                    " — \(image.format.rawValue) image, \(image.partitionTable ?? "no partition table"), \(image.partitions.count) partition\(image.partitions.count == 1 ? "" : "s"), root on partition \(image.rootPartition)"
             }
             lines.append(what)
         }

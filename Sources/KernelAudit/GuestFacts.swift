@@ -93,7 +93,9 @@ enum GuestFacts {
         info.network = networkReferences(root)
         if let conf = root.text(of: "/etc/initramfs-tools/initramfs.conf") { info.initramfsToolsModules = keyValues(conf)["MODULES"] }
         if root.isFile("/etc/initramfs-tools/initramfs.conf") || root.isFile("/usr/sbin/mkinitramfs") { info.installedBuilders.append(.initramfsTools) }
-        if root.isFile("/etc/dracut.conf") || root.isDirectory("/etc/dracut.conf.d") || root.isFile("/usr/bin/dracut") { info.installedBuilders.append(.dracut) }
+        if root.isFile("/etc/dracut.conf") || root.isDirectory("/etc/dracut.conf.d") || root.isFile("/usr/bin/dracut") {
+            info.installedBuilders.append(.dracut)
+        }
         if root.isFile("/etc/mkinitcpio.conf") { info.installedBuilders.append(.mkinitcpio) }
         return info
     }
@@ -351,8 +353,7 @@ enum GuestFacts {
             }
         }
         // NetworkManager and RHEL ifcfg
-        for path in files("/etc/NetworkManager/system-connections") + files("/etc/sysconfig/network-scripts").filter({ $0.contains("/ifcfg-") })
-        {
+        for path in files("/etc/NetworkManager/system-connections") + files("/etc/sysconfig/network-scripts").filter({ $0.contains("/ifcfg-") }) {
             for (number, line) in lines(path) {
                 for key in ["interface-name=", "DEVICE="] where line.hasPrefix(key) {
                     let name = line.dropFirst(key.count).trimmingCharacters(in: CharacterSet(charactersIn: "\"'"))

@@ -102,7 +102,9 @@ enum TargetRules {
             return row(verdict.answer, verdict.summary, verdict.evidence)
         case .firmware:
             guard let verdict = report.verdict(.hvm) else { return row(.unknown, "no HVM verdict", []) }
-            return row(verdict.answer, verdict.answer == .yes ? "\(container) kernel for \(architecture): firmware and a boot loader start it" : verdict.summary, verdict.evidence)
+            return row(
+                verdict.answer, verdict.answer == .yes ? "\(container) kernel for \(architecture): firmware and a boot loader start it" : verdict.summary,
+                verdict.evidence)
         case .directFirecracker:
             if architecture == "arm64" { return row(.yes, "an arm64 Image: Firecracker loads it directly", ["container \(container)"]) }
             guard architecture.hasPrefix("x86") else { return row(.no, "Firecracker runs x86_64 and arm64 kernels, not \(architecture)", []) }
@@ -235,10 +237,12 @@ enum TargetRules {
                     continue
                 }
                 let dependencies = facts.modules?.dependencies(ofModule: module.module).sorted() ?? []
-                let needed = [module.module] + dependencies.filter {
-                    if case .file = facts.modules?.location(ofModule: $0) { return true }
-                    return false
-                }
+                let needed =
+                    [module.module]
+                    + dependencies.filter {
+                        if case .file = facts.modules?.location(ofModule: $0) { return true }
+                        return false
+                    }
                 guard let initramfs = facts.initramfs else {
                     result.missingFromInitramfs += needed
                     result.evidence.append("\(module.module) is a module (\(file)) and no initramfs was found to load it from")
@@ -273,9 +277,12 @@ enum TargetRules {
                 evidence: [], fixes: [])
         }
         let results = profile.rootDisk.map { check($0, facts, needsInitramfs: true) }
-        var evidence = facts.initramfs.map { info in
-            ["initramfs \(info.path): \(info.modules.count) modules\(info.builder.map { ", built by \($0.rawValue) (\(info.builderEvidence ?? ""))" } ?? "")"]
-        } ?? ["no initramfs found"]
+        var evidence =
+            facts.initramfs.map { info in
+                [
+                    "initramfs \(info.path): \(info.modules.count) modules\(info.builder.map { ", built by \($0.rawValue) (\(info.builderEvidence ?? ""))" } ?? "")"
+                ]
+            } ?? ["no initramfs found"]
         if let mode = facts.guest?.initramfsToolsModules { evidence.append("/etc/initramfs-tools/initramfs.conf: MODULES=\(mode)") }
         if let best = results.first(where: { $0.satisfied && $0.choice.fallback != true }) {
             return TargetCheck(
@@ -289,7 +296,9 @@ enum TargetRules {
             let top = primary.choice.modules.map(\.module).filter { primary.missingFromInitramfs.contains($0) }
             let modules = top.isEmpty ? primary.missingFromInitramfs : top
             if facts.initramfs == nil {
-                fixes.append("build an initramfs for \(release) that holds \(modules.joined(separator: ", ")) (update-initramfs -c -k \(release), or dracut -f --kver \(release))")
+                fixes.append(
+                    "build an initramfs for \(release) that holds \(modules.joined(separator: ", ")) (update-initramfs -c -k \(release), or dracut -f --kver \(release))"
+                )
             } else {
                 fixes.append((builder(facts) ?? .initramfsTools).fix(adding: modules, release: release, target: profile.id))
             }
@@ -300,7 +309,8 @@ enum TargetRules {
         if let fallback = results.first(where: { $0.satisfied && $0.choice.fallback == true }) {
             return TargetCheck(
                 check: .rootDisk, answer: .yes,
-                summary: "only through \(fallback.choice.name): \(results.filter { $0.choice.fallback != true }.map(\.choice.name).joined(separator: " and ")) not usable",
+                summary:
+                    "only through \(fallback.choice.name): \(results.filter { $0.choice.fallback != true }.map(\.choice.name).joined(separator: " and ")) not usable",
                 evidence: evidence + results.flatMap(\.evidence), fixes: fixes)
         }
         let why = results.filter { $0.choice.fallback != true }.map { result in
@@ -373,7 +383,8 @@ enum TargetRules {
         guard let (line, source) = commandLine(facts) else {
             return TargetCheck(
                 check: .console, answer: .unknown,
-                summary: facts.guest == nil ? "no guest root: give --root or a disk image to read the boot loader's console" : "no boot loader configuration found",
+                summary: facts.guest == nil
+                    ? "no guest root: give --root or a disk image to read the boot loader's console" : "no boot loader configuration found",
                 evidence: [], fixes: [])
         }
         let consoles = parameters(line).filter { $0.key == "console" }.compactMap { $0.value?.split(separator: ",").first.map(String.init) }
@@ -386,7 +397,8 @@ enum TargetRules {
             }
             return TargetCheck(
                 check: .console, answer: .no,
-                summary: "no console= given: the kernel writes to the VGA console only, and \(profile.name) shows \(profile.consoles.joined(separator: " or "))",
+                summary:
+                    "no console= given: the kernel writes to the VGA console only, and \(profile.name) shows \(profile.consoles.joined(separator: " or "))",
                 evidence: evidence, fixes: [consoleFix(profile, facts)])
         }
         let shown = consoles.filter { profile.consoles.contains($0) }
@@ -446,7 +458,9 @@ enum TargetRules {
         var broken: [String] = [], notes: [String] = [], fixes: [String] = []
         func device(_ entry: FstabEntry, file: String) {
             guard let (family, name) = diskName(entry.device), !profile.diskNames.contains(family) else { return }
-            broken.append("\(file) line \(entry.line) names \(entry.device): \(profile.name) names its disks \(profile.diskNames.map { "/dev/\($0)*" }.joined(separator: " or "))")
+            broken.append(
+                "\(file) line \(entry.line) names \(entry.device): \(profile.name) names its disks \(profile.diskNames.map { "/dev/\($0)*" }.joined(separator: " or "))"
+            )
             let uuid = uuid(for: name, facts)
             let tag = uuid.map { "UUID=\($0)" } ?? "UUID=$(blkid -s UUID -o value \(entry.device))"
             if file == "/etc/fstab" {
@@ -469,7 +483,8 @@ enum TargetRules {
         var networkBroken = false
         for reference in guest.network {
             if let mac = reference.mac {
-                broken.append("\(reference.file) line \(reference.line) (\(reference.kind)) is tied to MAC \(mac): the NIC's address changes on \(profile.name)")
+                broken.append(
+                    "\(reference.file) line \(reference.line) (\(reference.kind)) is tied to MAC \(mac): the NIC's address changes on \(profile.name)")
                 networkBroken = true
             } else if let interface = reference.interface, !interface.contains("*"), !expected.contains(where: { glob($0, interface) }) {
                 broken.append(
