@@ -131,7 +131,10 @@ public final class GuestRoot {
     /// The host path of a guest directory, for libraries that take one (libkmod): the
     /// directory itself when the guest is on this machine's file system, else a private copy
     /// of the regular files directly in it whose names pass `include` (made under `scratch`).
-    public func hostDirectory(_ path: String, scratch: String, include: (String) -> Bool) throws(GuestFileError) -> String {
+    /// With `recursive`, subdirectories are copied too (at most `limit` bytes in all).
+    public func hostDirectory(
+        _ path: String, scratch: String, recursive: Bool = false, limit: Int = 256 << 20, include: (String) -> Bool
+    ) throws(GuestFileError) -> String {
         let resolved = try resolve(path)
         guard rawKind(resolved) == .directory else {
             throw GuestFileError(.notFound, "\(path) is not a directory in \(description)", hint: "Check the guest's files")
@@ -144,14 +147,35 @@ public final class GuestRoot {
         } catch {
             throw GuestFileError(.unreadable, "cannot make \(copy): \(error.localizedDescription)", hint: "Check the space in \(scratch)")
         }
-        for name in try fileSystem.names(in: inner) where include(name) {
+        var budget = limit
+        try copyFiles(fileSystem, inner, to: copy, recursive: recursive, budget: &budget, include: include)
+        return copy
+    }
+
+    private func copyFiles(
+        _ fileSystem: GuestFileSystem, _ inner: String, to copy: String, recursive: Bool, budget: inout Int, include: (String) -> Bool
+    ) throws(GuestFileError) {
+        for name in try fileSystem.names(in: inner) {
             let member = (inner == "/" ? "" : inner) + "/" + name
-            guard case .file? = fileSystem.kind(of: member) else { continue }
-            let bytes = try fileSystem.contents(of: member, limit: 256 << 20)
-            guard FileManager.default.createFile(atPath: copy + "/" + name, contents: Data(bytes)) else {
-                throw GuestFileError(.unreadable, "cannot write \(copy)/\(name)", hint: "Check the space in \(scratch)")
+            switch fileSystem.kind(of: member) {
+            case .file(let size)? where include(name):
+                guard size <= UInt64(budget) else {
+                    throw GuestFileError(.tooLarge, "copying \(member) of \(description) would pass the \(budget)-byte budget", hint: "The tree is not what it should be")
+                }
+                let bytes = try fileSystem.contents(of: member, limit: budget)
+                budget -= bytes.count
+                guard FileManager.default.createFile(atPath: copy + "/" + name, contents: Data(bytes)) else {
+                    throw GuestFileError(.unreadable, "cannot write \(copy)/\(name)", hint: "Check the space in the temporary directory")
+                }
+            case .directory? where recursive:
+                do {
+                    try FileManager.default.createDirectory(atPath: copy + "/" + name, withIntermediateDirectories: true)
+                } catch {
+                    throw GuestFileError(.unreadable, "cannot make \(copy)/\(name): \(error.localizedDescription)", hint: "Check the temporary directory")
+                }
+                try copyFiles(fileSystem, member, to: copy + "/" + name, recursive: true, budget: &budget, include: include)
+            default: continue
             }
         }
-        return copy
     }
 }

@@ -492,7 +492,13 @@ public struct KernelAuditor: Sendable {
         if let guest = surroundings.guest, let scratch = surroundings.scratch {
             for candidate in ["/lib/modules/\(release)", "/usr/lib/modules/\(release)"] where guest.isDirectory(candidate) {
                 // libkmod reads depmod's indexes; the module files themselves are not needed.
-                return try? guest.hostDirectory(candidate, scratch: scratch) { $0.hasPrefix("modules.") }
+                // A tree without them is read from its modules' own modinfo: copy those.
+                if guest.isFile(candidate + "/modules.dep.bin") {
+                    return try? guest.hostDirectory(candidate, scratch: scratch) { $0.hasPrefix("modules.") }
+                }
+                return try? guest.hostDirectory(candidate, scratch: scratch, recursive: true, limit: 64 << 20) { name in
+                    name.hasPrefix("modules.") || [".ko", ".ko.xz", ".ko.zst", ".ko.gz"].contains { name.hasSuffix($0) }
+                }
             }
             return nil
         }
