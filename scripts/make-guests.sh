@@ -14,7 +14,8 @@
 set -uo pipefail
 
 cache="${PVKIT_CACHE:-$HOME/.cache/pvkit}/guests"
-version=3
+version=4        # of the images
+roots_version=1  # of the roots (rebuilt only when this changes)
 mkdir -p "$cache"
 if [ -f "$cache/STATUS" ] && [ "$(cat "$cache/STATUS")" = "ok $version" ]; then
     echo "guests: cached in $cache"
@@ -24,7 +25,7 @@ if [ "$(id -u)" -ne 0 ]; then
     echo "unreachable building guest roots needs root (mmdebstrap, chroot, loop mounts)" > "$cache/STATUS"
     exit 0
 fi
-rm -rf "${cache:?}"/*
+rm -f "$cache/STATUS" "$cache"/*/*.raw "$cache"/*/*.qcow2
 uuid=0f3c2a4e-7d1b-4c55-9a66-5e2f4b1c8d01
 mirror=http://deb.debian.org/debian
 
@@ -48,6 +49,8 @@ EOF
 # One root: name, kernel package, extra packages, customize script (runs with $1 = the root).
 build_root() {
     local name=$1 kernel=$2 extra=$3 hook=$4
+    if [ "$(cat "$cache/$name/roots.ok" 2>/dev/null)" = "$roots_version" ]; then return 0; fi
+    rm -rf "${cache:?}/$name"
     local log="$cache/$name.log"
     mkdir -p "$cache/$name"
     if ! timeout 900 mmdebstrap --variant=apt --include="$kernel,zstd$extra" \
@@ -90,6 +93,7 @@ build_root no-nvme linux-image-amd64 ",initramfs-tools" "$common"'
 
 # Ground truth for the tests, from Debian's own tools.
 for name in most dracut xvda no-nvme; do
+    echo "$roots_version" > "$cache/$name/roots.ok"
     root="$cache/$name/root"
     rel=$(cat "$cache/$name/release")
     if [ "$name" = dracut ]; then
@@ -107,9 +111,10 @@ image() { # variant fs table format
     rm -f "$raw"
     truncate -s 2G "$raw"
     local label=dos; [ "$table" = gpt ] && label=gpt
-    printf 'label: %s\nstart=2048, type=%s\n' "$label" "$([ "$table" = gpt ] && echo 0FC63DAF-8483-4772-8E79-3D69D8477DE4 || echo 83)" \
+    # 2 GiB less 2 MiB: aligned, and clear of GPT's backup table at the end.
+    local sectors=4190208 size=$((4190208 * 512 / 4096))
+    printf 'label: %s\nstart=2048, size=%s, type=%s\n' "$label" "$sectors" "$([ "$table" = gpt ] && echo 0FC63DAF-8483-4772-8E79-3D69D8477DE4 || echo 83)" \
         | sfdisk -q "$raw"
-    local size=$(( (2 * 1024 * 1024 * 1024 - 1024 * 1024 - 33 * 512) / 4096 ))
     if [ "$fs" = ext4 ]; then
         mkfs.ext4 -q -F -b 4096 -U "$uuid" -E offset=1048576 -d "$cache/$name/root" "$raw" "${size}" || return 1
     else

@@ -31,6 +31,7 @@ struct PVCheckBench {
         defer {
             symbolRecovery(results, pvcheck: pvcheck, rounds: max(1, rounds / 3))
             for result in results { try? FileManager.default.removeItem(atPath: result.2) }
+            diskImages(cache: cache, pvcheck: pvcheck, rounds: rounds)
         }
         for (suite, tool) in [("bookworm", ["xz", "-dc"]), ("trixie", ["zstd", "-dcq"])] {
             let status = (try? String(contentsOfFile: "\(cache)/kernels/\(suite)/STATUS", encoding: .utf8)) ?? ""
@@ -71,6 +72,57 @@ struct PVCheckBench {
                     format: "%@ %@ %@ %9.3f %15.3f %10.2f× %11.0f MiB %12.2f×",
                     "\(report.kernel!.release!) (\(report.image!.compression!))".padding(toLength: 28, withPad: " ", startingAt: 0),
                     mib(Double(length)), mib(vmlinux), aTime, bTime, ratios[ratios.count / 2], peak / 1048576, peak / vmlinux))
+        }
+    }
+
+    /// `pvcheck --target all` on a whole 2 GiB qcow2 image against the same command on the
+    /// kernel, initramfs, config and module indexes extracted from it beforehand; wall time and
+    /// peak memory, medians.
+    static func diskImages(cache: String, pvcheck: String, rounds: Int) {
+        print("")
+        let guests = cache + "/guests"
+        guard (try? String(contentsOfFile: guests + "/STATUS", encoding: .utf8))?.hasPrefix("ok ") == true,
+            let release = try? String(contentsOfFile: guests + "/most/release", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        else {
+            print("disk images: none (run scripts/make-guests.sh as root)")
+            return
+        }
+        let root = guests + "/most/root"
+        let extracted = NSTemporaryDirectory() + "pvcheck-bench-extracted"
+        try? FileManager.default.removeItem(atPath: extracted)
+        defer { try? FileManager.default.removeItem(atPath: extracted) }
+        do {
+            try FileManager.default.createDirectory(atPath: extracted + "/modules", withIntermediateDirectories: true)
+            for name in ["vmlinuz-\(release)", "initrd.img-\(release)", "config-\(release)"] {
+                try FileManager.default.copyItem(atPath: root + "/boot/" + name, toPath: extracted + "/" + name)
+            }
+            for name in try FileManager.default.contentsOfDirectory(atPath: root + "/lib/modules/\(release)") where name.hasPrefix("modules.") {
+                try FileManager.default.copyItem(atPath: root + "/lib/modules/\(release)/" + name, toPath: extracted + "/modules/" + name)
+            }
+            print("pvcheck --target all on a 2 GiB qcow2 image vs on its kernel and initramfs extracted beforehand, \(rounds) rounds each; medians")
+            print("")
+            print("image                    image s  extracted s  time ratio  image peak  extracted peak")
+            for image in ["ext4-mbr.qcow2", "ext4-gpt.raw"] {
+                var a: [Sample] = [], b: [Sample] = []
+                for _ in 0..<(rounds + 1) {
+                    a.append(try measure(pvcheck, ["--target", "all", "--json", guests + "/most/" + image], allowing: [0, 1, 3]))
+                    b.append(
+                        try measure(
+                            pvcheck,
+                            ["--target", "all", "--json", "--modules", extracted + "/modules", extracted + "/vmlinuz-\(release)"],
+                            allowing: [0, 1, 3]))
+                }
+                a.removeFirst()
+                b.removeFirst()
+                let ratios = zip(a, b).map { $0.seconds / $1.seconds }.sorted()
+                print(
+                    String(
+                        format: "%@ %7.3f %12.3f %10.2f× %7.0f MiB %11.0f MiB", image.padding(toLength: 22, withPad: " ", startingAt: 0),
+                        median(a.map(\.seconds)), median(b.map(\.seconds)), ratios[ratios.count / 2], median(a.map(\.peakBytes)) / 1048576,
+                        median(b.map(\.peakBytes)) / 1048576))
+            }
+        } catch {
+            print("disk images: \(error)")
         }
     }
 
@@ -126,12 +178,12 @@ struct PVCheckBench {
 
     /// Runs a command under /usr/bin/time (which forks it fresh, so its peak memory is its own)
     /// with output on /dev/null; wall time around the whole run, peak RSS as time reports it.
-    static func measure(_ path: String, _ arguments: [String]) throws -> Sample {
+    static func measure(_ path: String, _ arguments: [String], allowing statuses: Set<Int32> = [0]) throws -> Sample {
         let report = NSTemporaryDirectory() + "pvcheck-bench-rss"
         let start = DispatchTime.now()
         let status = try spawn("/usr/bin/time", ["-f", "%M", "-o", report, path] + arguments)
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
-        guard status == 0, let text = try? String(contentsOfFile: report, encoding: .utf8),
+        guard statuses.contains(status), let text = try? String(contentsOfFile: report, encoding: .utf8),
             let kilobytes = Double(text.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: "\n").last ?? "")
         else {
             throw BenchError("\(path) \(arguments.joined(separator: " ")) failed (status \(status))")

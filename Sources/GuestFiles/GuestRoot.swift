@@ -160,7 +160,8 @@ public final class GuestRoot {
             switch fileSystem.kind(of: member) {
             case .file(let size)? where include(name):
                 guard size <= UInt64(budget) else {
-                    throw GuestFileError(.tooLarge, "copying \(member) of \(description) would pass the \(budget)-byte budget", hint: "The tree is not what it should be")
+                    throw GuestFileError(
+                        .tooLarge, "copying \(member) of \(description) would pass the \(budget)-byte budget", hint: "The tree is not what it should be")
                 }
                 let bytes = try fileSystem.contents(of: member, limit: budget)
                 budget -= bytes.count

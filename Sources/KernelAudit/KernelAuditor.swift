@@ -494,7 +494,9 @@ public struct KernelAuditor: Sendable {
                 // libkmod reads depmod's indexes; the module files themselves are not needed.
                 // A tree without them is read from its modules' own modinfo: copy those.
                 if guest.isFile(candidate + "/modules.dep.bin") {
-                    return try? guest.hostDirectory(candidate, scratch: scratch) { $0.hasPrefix("modules.") }
+                    guard let copy = try? guest.hostDirectory(candidate, scratch: scratch, include: { $0.hasPrefix("modules.") }) else { return nil }
+                    Self.placeModuleFiles(listedIn: copy)
+                    return copy
                 }
                 return try? guest.hostDirectory(candidate, scratch: scratch, recursive: true, limit: 64 << 20) { name in
                     name.hasPrefix("modules.") || [".ko", ".ko.xz", ".ko.zst", ".ko.gz"].contains { name.hasSuffix($0) }
@@ -507,6 +509,22 @@ public struct KernelAuditor: Sendable {
         var candidates = [directory + "/lib/modules/\(release)", parent + "/lib/modules/\(release)", parent + "/usr/lib/modules/\(release)"]
         if let root = options.rootPath { candidates += [root + "/lib/modules/\(release)", root + "/usr/lib/modules/\(release)"] }
         return candidates.first { FileManager.default.fileExists(atPath: $0) }
+    }
+
+    /// libkmod checks that each module `modules.dep` names exists before it reports it as a
+    /// dependency: a copy of the indexes gets an empty file at each path (never read).
+    static func placeModuleFiles(listedIn directory: String) {
+        guard let dep = FileManager.default.contents(atPath: directory + "/modules.dep") else { return }
+        var made = Set<String>()
+        for line in dep.split(separator: UInt8(ascii: "\n")) {
+            guard let colon = line.firstIndex(of: UInt8(ascii: ":")) else { continue }
+            let relative = String(decoding: line[..<colon], as: UTF8.self)
+            // Paths inside the tree only: a hostile index must not place files elsewhere.
+            guard !relative.hasPrefix("/"), !relative.split(separator: "/").contains(".."), made.insert(relative).inserted else { continue }
+            let path = directory + "/" + relative
+            try? FileManager.default.createDirectory(atPath: Self.directory(of: path), withIntermediateDirectories: true)
+            _ = FileManager.default.createFile(atPath: path, contents: nil)
+        }
     }
 
     static func isXenRelevant(_ option: String) -> Bool {

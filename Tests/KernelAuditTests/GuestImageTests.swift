@@ -139,7 +139,10 @@ struct GuestImageTests {
         let fromRoot = try Guests.audit(.root(Guests.root(variant)))
         for name in Guests.images {
             let path = Guests.cache + "/\(variant)/\(name)"
-            let before = try digest(path)
+            // The checksum of a 2 GiB raw file costs seconds: every qcow2, and the raw images of one variant.
+            let checksummed = name.hasSuffix(".qcow2") || variant == "most"
+            let before = checksummed ? try digest(path) : ""
+            let modified = try FileManager.default.attributesOfItem(atPath: path)[.modificationDate] as? Date
             let report = try Guests.audit(AuditInput.classify(path))
             #expect(report.error == nil, "\(name): \(report.error?.message ?? "")")
             let image = try #require(report.guest?.image, "\(name)")
@@ -149,9 +152,11 @@ struct GuestImageTests {
             #expect(image.partitions.first?.uuid == Guests.uuid)
             #expect(image.partitions.first?.fileSystem == (name.hasPrefix("xfs") ? "xfs" : "ext4"))
             #expect(report.initramfs?.modules == fromRoot.initramfs?.modules, "\(name)")
-            let answers = { (report: AuditReport) in report.targets?.flatMap { verdict in verdict.checks.map { "\(verdict.target) \($0.check) \($0.answer)" } } }
+            let answers = { (report: AuditReport) in report.targets?.flatMap { verdict in verdict.checks.map { "\(verdict.target) \($0.check) \($0.answer)" } }
+            }
             #expect(answers(report) == answers(fromRoot), "\(name)")
-            #expect(try digest(path) == before, "\(name) changed")
+            if checksummed { #expect(try digest(path) == before, "\(name) changed") }
+            #expect(try FileManager.default.attributesOfItem(atPath: path)[.modificationDate] as? Date == modified, "\(name) was written")
         }
     }
 
@@ -160,7 +165,8 @@ struct GuestImageTests {
         let report = try Guests.audit(.diskImage(Guests.cache + "/most/ext4-mbr.qcow2"))
         let read = try #require(report.guest?.image?.bytesRead)
         let kernel = try #require(report.image?.fileSize)
-        let initrd = try #require(try FileManager.default.attributesOfItem(atPath: Guests.root("most") + "/boot/initrd.img-\(try Guests.release("most"))")[.size] as? Int)
+        let initrd = try #require(
+            try FileManager.default.attributesOfItem(atPath: Guests.root("most") + "/boot/initrd.img-\(try Guests.release("most"))")[.size] as? Int)
         // The kernel, the initramfs, depmod's indexes and the small files, not the 2 GiB.
         #expect(read < UInt64(kernel + initrd) + 64 << 20, "read \(read) bytes")
     }
