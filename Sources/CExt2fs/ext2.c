@@ -14,7 +14,16 @@ struct pvkit_disk {
     uint64_t offset;
     uint64_t size;
     int block_size;
+    // libext2fs reads a file one block at a time: a read-ahead window turns a file's blocks
+    // into one callback per 256 KiB. `cache_start` is an offset within the file system.
+    uint8_t *cache;
+    uint64_t cache_start;
+    size_t cache_length;
+    // Where the last read ended: a read that starts there is sequential and reads ahead.
+    uint64_t last_end;
 };
+
+enum { PVKIT_CACHE_SIZE = 256 * 1024 };
 
 struct pvkit_ext2 {
     ext2_filsys fs;
@@ -70,8 +79,23 @@ static errcode_t pvkit_io_read64(io_channel channel, unsigned long long block, i
         // Past the partition: what a short device returns.
         return EXT2_ET_SHORT_READ;
     }
-    int error = disk->read(disk->context, disk->offset + start, data, (size_t)bytes);
-    return error == 0 ? 0 : (errcode_t)error;
+    int sequential = start == disk->last_end;
+    disk->last_end = end;
+    int cached = disk->cache_length > 0 && start >= disk->cache_start && end <= disk->cache_start + disk->cache_length;
+    if (!cached && (bytes > PVKIT_CACHE_SIZE || disk->cache == NULL || !sequential)) {
+        int error = disk->read(disk->context, disk->offset + start, data, (size_t)bytes);
+        return error == 0 ? 0 : (errcode_t)error;
+    }
+    if (!cached) {
+        uint64_t length = disk->size - start < PVKIT_CACHE_SIZE ? disk->size - start : PVKIT_CACHE_SIZE;
+        disk->cache_length = 0;
+        int error = disk->read(disk->context, disk->offset + start, disk->cache, (size_t)length);
+        if (error != 0) return (errcode_t)error;
+        disk->cache_start = start;
+        disk->cache_length = (size_t)length;
+    }
+    memcpy(data, disk->cache + (start - disk->cache_start), (size_t)bytes);
+    return 0;
 }
 
 static errcode_t pvkit_io_read(io_channel channel, unsigned long block, int count, void *data) {
@@ -128,6 +152,7 @@ long pvkit_ext2_open(pvkit_ext2_read_fn read, void *context, uint64_t offset, ui
         free(disk);
         return EXT2_ET_NO_MEMORY;
     }
+    disk->cache = malloc(PVKIT_CACHE_SIZE);
     disk->read = read;
     disk->context = context;
     disk->offset = offset;
@@ -137,6 +162,7 @@ long pvkit_ext2_open(pvkit_ext2_read_fn read, void *context, uint64_t offset, ui
     ext2_filsys fs = NULL;
     errcode_t error = ext2fs_open2(name, NULL, EXT2_FLAG_64BITS, 0, 0, &pvkit_io_manager, &fs);
     if (error != 0) {
+        free(disk->cache);
         free(disk);
         free(handle);
         return (long)error;
@@ -150,6 +176,7 @@ long pvkit_ext2_open(pvkit_ext2_read_fn read, void *context, uint64_t offset, ui
 void pvkit_ext2_close(pvkit_ext2 *handle) {
     if (handle == NULL) return;
     ext2fs_close_free(&handle->fs);
+    free(handle->disk->cache);
     free(handle->disk);
     free(handle);
 }

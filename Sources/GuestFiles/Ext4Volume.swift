@@ -81,6 +81,16 @@ public final class Ext4Volume: GuestFileSystem {
     }
 
     public func contents(of path: String, limit: Int) throws(GuestFileError) -> [UInt8] {
+        var storage = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+        defer { storage.deallocate() }
+        try read(path, limit: limit) { count in
+            storage = .allocate(byteCount: count, alignment: 16)
+            return storage
+        }
+        return [UInt8](storage)
+    }
+
+    public func read(_ path: String, limit: Int, into allocate: (Int) -> UnsafeMutableRawBufferPointer) throws(GuestFileError) {
         guard let found = stat(path), found.mode & 0o170000 == 0o100000 else {
             throw GuestFileError(.notFound, "\(path) is not a regular file in \(description)", hint: "Check the guest's files")
         }
@@ -88,15 +98,18 @@ public final class Ext4Volume: GuestFileSystem {
             throw GuestFileError(
                 .tooLarge, "\(path) in \(description) is \(found.size) bytes, more than the \(limit) read", hint: "The file is not what it should be")
         }
-        var bytes = [UInt8](repeating: 0, count: Int(found.size))
+        let buffer = allocate(Int(found.size))
+        guard buffer.count == Int(found.size) else {
+            throw GuestFileError(.unreadable, "no room to read \(path) (\(found.size) bytes)", hint: "Check the memory limits")
+        }
+        guard found.size > 0 else { return }
         var got = 0
-        let code = bytes.withUnsafeMutableBytes { pvkit_ext2_read(handle, found.inode, 0, $0.baseAddress, $0.count, &got) }
-        guard code == 0, got == bytes.count else {
+        let code = pvkit_ext2_read(handle, found.inode, 0, buffer.baseAddress, buffer.count, &got)
+        guard code == 0, got == buffer.count else {
             throw GuestFileError(
-                .damaged, "reading \(path) in \(description) failed after \(got) of \(bytes.count) bytes: \(Self.message(code))",
+                .damaged, "reading \(path) in \(description) failed after \(got) of \(buffer.count) bytes: \(Self.message(code))",
                 hint: "The file system or the image is damaged; check a copy with e2fsck -n")
         }
-        return bytes
     }
 
     public func names(in path: String) throws(GuestFileError) -> [String] {

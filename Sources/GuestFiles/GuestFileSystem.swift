@@ -20,6 +20,9 @@ public protocol GuestFileSystem: AnyObject {
     func linkTarget(of path: String) throws(GuestFileError) -> String
     /// The bytes of the regular file at `path`, at most `limit` of them (else ``GuestFileError/Code/tooLarge``).
     func contents(of path: String, limit: Int) throws(GuestFileError) -> [UInt8]
+    /// Reads the regular file at `path` (at most `limit` bytes) straight into the buffer
+    /// `allocate` returns for its size, with no copy in between.
+    func read(_ path: String, limit: Int, into allocate: (Int) -> UnsafeMutableRawBufferPointer) throws(GuestFileError)
     /// The names in the directory at `path`, sorted.
     func names(in path: String) throws(GuestFileError) -> [String]
     /// The host directory that holds `path` when the file system is one (a directory, a
@@ -81,6 +84,14 @@ public final class HostDirectory: GuestFileSystem {
             throw error
         } catch {
             throw GuestFileError(.unreadable, "reading \(host(path)) failed: \(error.localizedDescription)", hint: "Check the device the guest root is on")
+        }
+    }
+
+    public func read(_ path: String, limit: Int, into allocate: (Int) -> UnsafeMutableRawBufferPointer) throws(GuestFileError) {
+        let bytes = try contents(of: path, limit: limit)
+        let buffer = allocate(bytes.count)
+        bytes.withUnsafeBytes { source in
+            if let base = source.baseAddress, let target = buffer.baseAddress { target.copyMemory(from: base, byteCount: min(source.count, buffer.count)) }
         }
     }
 

@@ -108,6 +108,13 @@ public final class GuestRoot {
         return try fileSystem.contents(of: inner, limit: limit)
     }
 
+    /// Reads a regular file straight into the buffer `allocate` returns for its size.
+    public func read(_ path: String, limit: Int, into allocate: (Int) -> UnsafeMutableRawBufferPointer) throws(GuestFileError) {
+        let resolved = try resolve(path)
+        let (fileSystem, inner) = locate(resolved)
+        try fileSystem.read(inner, limit: limit, into: allocate)
+    }
+
     /// A text file (at most `limit` bytes), or nil when it is missing or unreadable.
     public func text(of path: String, limit: Int = 1 << 20) -> String? {
         guard let bytes = try? contents(of: path, limit: limit) else { return nil }
@@ -165,8 +172,12 @@ public final class GuestRoot {
                 }
                 let bytes = try fileSystem.contents(of: member, limit: budget)
                 budget -= bytes.count
-                guard FileManager.default.createFile(atPath: copy + "/" + name, contents: Data(bytes)) else {
-                    throw GuestFileError(.unreadable, "cannot write \(copy)/\(name)", hint: "Check the space in the temporary directory")
+                // A private scratch copy: no atomic rename, no fsync.
+                do {
+                    try Data(bytes).write(to: URL(fileURLWithPath: copy + "/" + name))
+                } catch {
+                    throw GuestFileError(
+                        .unreadable, "cannot write \(copy)/\(name): \(error.localizedDescription)", hint: "Check the space in the temporary directory")
                 }
             case .directory? where recursive:
                 do {

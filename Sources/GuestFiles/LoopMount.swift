@@ -125,6 +125,9 @@ public final class LoopMount: GuestFileSystem {
     public func kind(of path: String) -> GuestFileKind? { directory.kind(of: path) }
     public func linkTarget(of path: String) throws(GuestFileError) -> String { try directory.linkTarget(of: path) }
     public func contents(of path: String, limit: Int) throws(GuestFileError) -> [UInt8] { try directory.contents(of: path, limit: limit) }
+    public func read(_ path: String, limit: Int, into allocate: (Int) -> UnsafeMutableRawBufferPointer) throws(GuestFileError) {
+        try directory.read(path, limit: limit, into: allocate)
+    }
     public func names(in path: String) throws(GuestFileError) -> [String] { try directory.names(in: path) }
     public func hostPath(of path: String) -> String? { directory.hostPath(of: path) }
 }

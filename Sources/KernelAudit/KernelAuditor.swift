@@ -96,18 +96,7 @@ public struct KernelAuditor: Sendable {
     public func audit(guestKernel path: String, in guest: GuestRoot, facts: GuestInfo, scratch: String) throws(KernelAuditError) -> (
         report: AuditReport, symbols: SymbolTable?
     ) {
-        let bytes: [UInt8]
-        do {
-            bytes = try guest.contents(of: path, limit: options.limits.maxOutput)
-        } catch {
-            throw KernelAuditError(.unreadable, "cannot read \(path) in \(guest.description): \(error.message)", hint: error.hint)
-        }
-        let buffer = ImageBuffer(capacity: max(1, bytes.count))
-        _ = buffer.reserve(extra: bytes.count, limit: Int.max)
-        bytes.withUnsafeBytes { source in
-            if let base = source.baseAddress { buffer.freeSpace.baseAddress!.copyMemory(from: base, byteCount: source.count) }
-        }
-        buffer.commit(bytes.count)
+        let buffer = try Self.read(path, in: guest, limit: options.limits.maxOutput)
         return try audit(bytes: buffer, path: path, around: Surroundings(guest: guest, facts: facts, scratch: scratch))
     }
 
@@ -266,7 +255,10 @@ public struct KernelAuditor: Sendable {
 
         // Modules through libkmod.
         var frontends: [FrontendPresence]? = nil
-        let moduleIndex = moduleDirectory(path: path, release: kernel.release, around: surroundings).flatMap { ModuleIndex(directory: $0) }
+        let moduleIndex = moduleDirectory(path: path, release: kernel.release, around: surroundings).flatMap { directory in
+            // A copy of a disk image's indexes has no module files beside them.
+            ModuleIndex(directory: directory, hasModuleFiles: surroundings.guest?.hostFile("/") != nil || surroundings.guest == nil)
+        }
         if let index = moduleIndex {
             let directory = index.directory
             // Built-in drivers that only have a device table carry no alias in
@@ -458,18 +450,7 @@ public struct KernelAuditor: Sendable {
         guard let release else { return nil }
         if let guest = surroundings.guest {
             for name in Self.initramfsNames(release) where guest.isFile("/boot/" + name) {
-                do {
-                    let bytes = try guest.contents(of: "/boot/" + name, limit: options.limits.maxOutput)
-                    let buffer = ImageBuffer(capacity: max(1, bytes.count))
-                    _ = buffer.reserve(extra: bytes.count, limit: Int.max)
-                    bytes.withUnsafeBytes { source in
-                        if let base = source.baseAddress { buffer.freeSpace.baseAddress!.copyMemory(from: base, byteCount: source.count) }
-                    }
-                    buffer.commit(bytes.count)
-                    return ("/boot/" + name, buffer)
-                } catch {
-                    throw KernelAuditError(.unreadable, "cannot read /boot/\(name) in \(guest.description): \(error.message)", hint: error.hint)
-                }
+                return ("/boot/" + name, try Self.read("/boot/" + name, in: guest, limit: options.limits.maxOutput))
             }
             return nil
         }
@@ -477,6 +458,26 @@ public struct KernelAuditor: Sendable {
         if let root = options.rootPath { candidates += Self.initramfsNames(release).map { root + "/boot/" + $0 } }
         guard let found = candidates.first(where: { FileManager.default.fileExists(atPath: $0) }) else { return nil }
         return (found, try ImageFile.read(path: found))
+    }
+
+    /// A guest file in memory: mapped when the guest is on this machine's file system, else
+    /// read straight from the image into the buffer.
+    static func read(_ path: String, in guest: GuestRoot, limit: Int) throws(KernelAuditError) -> ImageBuffer {
+        if let host = guest.hostFile(path) { return try ImageFile.read(path: host) }
+        var buffer: ImageBuffer? = nil
+        do {
+            try guest.read(path, limit: limit) { count in
+                let made = ImageBuffer(capacity: max(1, count))
+                _ = made.reserve(extra: count, limit: Int.max)
+                made.commit(count)
+                buffer = made
+                return UnsafeMutableRawBufferPointer(mutating: made.bytes)
+            }
+        } catch {
+            throw KernelAuditError(.unreadable, "cannot read \(path) in \(guest.description): \(error.message)", hint: error.hint)
+        }
+        guard let buffer else { throw KernelAuditError(.unreadable, "cannot read \(path) in \(guest.description)", hint: "Check the image") }
+        return buffer
     }
 
     /// The directory a path is in: "." for a bare name, never a trap on `./x` or `/x`.
@@ -494,9 +495,7 @@ public struct KernelAuditor: Sendable {
                 // libkmod reads depmod's indexes; the module files themselves are not needed.
                 // A tree without them is read from its modules' own modinfo: copy those.
                 if guest.isFile(candidate + "/modules.dep.bin") {
-                    guard let copy = try? guest.hostDirectory(candidate, scratch: scratch, include: { $0.hasPrefix("modules.") }) else { return nil }
-                    Self.placeModuleFiles(listedIn: copy)
-                    return copy
+                    return try? guest.hostDirectory(candidate, scratch: scratch, include: { $0.hasPrefix("modules.") })
                 }
                 return try? guest.hostDirectory(candidate, scratch: scratch, recursive: true, limit: 64 << 20) { name in
                     name.hasPrefix("modules.") || [".ko", ".ko.xz", ".ko.zst", ".ko.gz"].contains { name.hasSuffix($0) }
@@ -509,22 +508,6 @@ public struct KernelAuditor: Sendable {
         var candidates = [directory + "/lib/modules/\(release)", parent + "/lib/modules/\(release)", parent + "/usr/lib/modules/\(release)"]
         if let root = options.rootPath { candidates += [root + "/lib/modules/\(release)", root + "/usr/lib/modules/\(release)"] }
         return candidates.first { FileManager.default.fileExists(atPath: $0) }
-    }
-
-    /// libkmod checks that each module `modules.dep` names exists before it reports it as a
-    /// dependency: a copy of the indexes gets an empty file at each path (never read).
-    static func placeModuleFiles(listedIn directory: String) {
-        guard let dep = FileManager.default.contents(atPath: directory + "/modules.dep") else { return }
-        var made = Set<String>()
-        for line in dep.split(separator: UInt8(ascii: "\n")) {
-            guard let colon = line.firstIndex(of: UInt8(ascii: ":")) else { continue }
-            let relative = String(decoding: line[..<colon], as: UTF8.self)
-            // Paths inside the tree only: a hostile index must not place files elsewhere.
-            guard !relative.hasPrefix("/"), !relative.split(separator: "/").contains(".."), made.insert(relative).inserted else { continue }
-            let path = directory + "/" + relative
-            try? FileManager.default.createDirectory(atPath: Self.directory(of: path), withIntermediateDirectories: true)
-            _ = FileManager.default.createFile(atPath: path, contents: nil)
-        }
     }
 
     static func isXenRelevant(_ option: String) -> Bool {

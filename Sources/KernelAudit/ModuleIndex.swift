@@ -63,13 +63,20 @@ final class ModuleIndex {
     let directory: String
     private let context: OpaquePointer
 
-    init?(directory: String) {
+    /// False for a copy of a tree's indexes without its module files (from a disk image):
+    /// dependencies then come from `modules.dep` itself, as libkmod would need the files.
+    let hasModuleFiles: Bool
+
+    init?(directory: String, hasModuleFiles: Bool = true) {
+        self.hasModuleFiles = hasModuleFiles
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue,
             let context = kmod_new(directory, nil)
         else { return nil }
         self.directory = directory
         self.context = context
+        // Without the files, libkmod reports each dependency it cannot stat: expected here.
+        if !hasModuleFiles { kmod_set_log_priority(context, 0) }
     }
 
     deinit { kmod_unref(context) }
@@ -229,6 +236,7 @@ final class ModuleIndex {
 
     private func directDependencies(_ name: String) -> [String] {
         guard case .file(let file) = location(ofModule: name) else { return [] }
+        if !hasModuleFiles { return depFile[file] ?? [] }
         if hasDepmodIndex {
             var module: OpaquePointer? = nil
             guard kmod_module_new_from_name(context, name, &module) == 0, let module else { return [] }
@@ -248,6 +256,20 @@ final class ModuleIndex {
         }
         return info(ofFile: file, key: "depends").flatMap { $0.split(separator: ",").map { String($0) } }
     }
+
+    /// `modules.dep`: module file → the names of the modules it depends on.
+    lazy var depFile: [String: [String]] = {
+        guard let data = FileManager.default.contents(atPath: directory + "/modules.dep") else { return [:] }
+        var lines: [String: [String]] = [:]
+        for line in data.split(separator: UInt8(ascii: "\n")) {
+            guard let colon = line.firstIndex(of: UInt8(ascii: ":")) else { continue }
+            let file = String(decoding: line[..<colon], as: UTF8.self)
+            lines[file] = line[line.index(after: colon)...].split(separator: UInt8(ascii: " ")).map {
+                moduleName(fromPath: String(decoding: $0, as: UTF8.self))
+            }
+        }
+        return lines
+    }()
 
     /// `modules.builtin`'s names (one `kernel/…/name.ko` per line).
     lazy var builtinNames: Set<String> = {
