@@ -23,6 +23,12 @@ demo:
 	-.build/release/pvcheck fixtures/images/vmlinuz-2.6.18-xen-pvkit.gz fixtures/images/Image-arm64.gz
 	@echo "== pvcheck --live on this machine"
 	.build/release/pvcheck --live
+	@echo "== a migration check on real Debian disk images (built once by scripts/make-guests.sh as root, cached)"
+	@scripts/make-guests.sh
+	@g=$${PVKIT_CACHE:-$$HOME/.cache/pvkit}/guests; if grep -q '^ok' $$g/STATUS 2>/dev/null; then \
+	  .build/release/pvcheck --target aws-nitro $$g/xvda/ext4-gpt.raw; \
+	  .build/release/pvcheck --target aws-nitro,kvm,xen-pv,xen-hvm $$g/*/ext4-mbr.qcow2 | tail -7; \
+	else echo "no guest images: $$(cat $$g/STATUS 2>/dev/null)"; fi; true
 	@for k in $${PVKIT_CACHE:-$$HOME/.cache/pvkit}/kernels/*/root/boot/vmlinuz-*; do \
 	  [ -f "$$k" ] && echo "== pvcheck --fixes --symbols on $$k" && .build/release/pvcheck --fixes --symbols "$$k"; done; true
 	@echo "== pvhost xenstored with pvstore (a dom0 session on a private socket)"

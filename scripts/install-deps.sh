@@ -12,9 +12,10 @@ case "${1:-build}" in
     # qemu-system-x86, busybox-static, cpio and kmod run the real-Xen lab (scripts/xen-lab.sh).
     test) packages+=(xz-utils zstd bzip2 binutils xen-utils-4.17 xenstore-utils python3-pip iproute2 iputils-ping tshark
                      qemu-system-x86 busybox-static cpio kmod
-                     mmdebstrap qemu-utils xfsprogs fdisk e2fsprogs) ;;
-    # The demo's network part: namespaces and ping over the PV path.
-    demo) packages+=(iproute2 iputils-ping) ;;
+                     mmdebstrap qemu-utils xfsprogs fdisk e2fsprogs qemu-system-common) ;;
+    # The demo's network part: namespaces and ping over the PV path; its migration check on
+    # real Debian disk images (scripts/make-guests.sh).
+    demo) packages+=(iproute2 iputils-ping mmdebstrap qemu-utils xfsprogs fdisk e2fsprogs qemu-system-common) ;;
     # C xenstored (xen-utils-4.17) is the xenstored benchmark's baseline.
     # iperf3 measures TCP over `pvnet tap` against a veth pair.
     bench) packages+=(xz-utils zstd time xen-utils-4.17 iproute2 iperf3) ;;

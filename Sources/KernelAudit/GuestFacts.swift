@@ -23,6 +23,9 @@ public struct GuestInfo: Sendable, Codable {
     public var grubDefaults: String?
     /// Getty units enabled for a terminal (`ttyS0`, `tty1`, `hvc0`) and `/etc/inittab` gettys.
     public var gettys: [String] = []
+    /// systemd's getty generator is installed: it starts a getty on hvc0 (and the kernel's
+    /// `console=`) by itself.
+    public var hasGettyGenerator: Bool = false
     /// Network configuration tied to an interface name or a MAC address.
     public var network: [NetworkReference] = []
     /// `/etc/initramfs-tools/initramfs.conf`'s `MODULES=`, when set.
@@ -90,6 +93,8 @@ enum GuestFacts {
             info.grubDefaults = line.trimmingCharacters(in: .whitespaces)
         }
         info.gettys = gettys(root)
+        info.hasGettyGenerator = ["/lib/systemd/system-generators/systemd-getty-generator", "/usr/lib/systemd/system-generators/systemd-getty-generator"]
+            .contains { root.isFile($0) }
         info.network = networkReferences(root)
         if let conf = root.text(of: "/etc/initramfs-tools/initramfs.conf") { info.initramfsToolsModules = keyValues(conf)["MODULES"] }
         if root.isFile("/etc/initramfs-tools/initramfs.conf") || root.isFile("/usr/sbin/mkinitramfs") { info.installedBuilders.append(.initramfsTools) }

@@ -269,7 +269,9 @@ public struct KernelAuditor: Sendable {
                     frontend: presence.frontend, state: .builtIn, module: nil, file: nil,
                     evidence: config.evidence(presence.frontend.configOption) + " (built in without an alias in modules.builtin.modinfo)")
             }
-            report.modules = .init(directory: directory, frontends: frontends!)
+            // A copy of a guest's indexes is named by the guest's path, not the scratch one.
+            let shown = surroundings.guest != nil && surroundings.guest?.hostFile("/") == nil ? "/lib/modules/\(kernel.release ?? "")" : directory
+            report.modules = .init(directory: shown, frontends: frontends!)
             logger.debug("\(path): modules from \(directory)\(index.hasDepmodIndex ? " (depmod index)" : " (modinfo of \(index.xenModuleFiles.count) files)")")
         } else if let config {
             let fromConfig = XenFrontend.allCases.map { frontend -> FrontendPresence in

@@ -402,6 +402,16 @@ enum TargetRules {
                 evidence: evidence, fixes: [consoleFix(profile, facts)])
         }
         let shown = consoles.filter { profile.consoles.contains($0) }
+        // A getty on a console the platform shows gives a login there even when the kernel's
+        // messages go elsewhere (systemd's getty generator starts one on hvc0 by itself).
+        var logins = (facts.guest?.gettys ?? []).filter { profile.consoles.contains($0) }
+        if facts.guest?.hasGettyGenerator == true, profile.consoles.contains("hvc0"), !logins.contains("hvc0") { logins.append("hvc0") }
+        if shown.isEmpty, let login = logins.first {
+            return TargetCheck(
+                check: .console, answer: .yes,
+                summary: "a login on \(login) (\(facts.guest?.gettys.contains(login) == true ? "getty unit" : "systemd's getty generator")); the kernel's messages go to \(consoles.joined(separator: ", ")), which \(profile.name) does not show",
+                evidence: evidence, fixes: [])
+        }
         if !shown.isEmpty {
             return TargetCheck(
                 check: .console, answer: .yes, summary: "console=\(shown.joined(separator: ", console=")) is shown by \(profile.name)", evidence: evidence,
