@@ -36,6 +36,11 @@ public struct GuestInfo: Sendable, Codable {
     public var notes: [String] = []
 }
 
+extension GuestInfo {
+    /// Reads a guest root's boot and device facts.
+    public static func read(_ root: GuestRoot) -> GuestInfo { GuestFacts.read(root) }
+}
+
 /// The image a guest root came from.
 public struct DiskImageInfo: Sendable, Codable {
     public var path: String
@@ -189,9 +194,12 @@ enum GuestFacts {
             guard let text = root.text(of: path) else { continue }
             var entries: [BootEntry] = [], defaultValue = 0
             for (index, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-                let parts = line.trimmingCharacters(in: .whitespaces).split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "=" }).map(String.init)
-                guard let key = parts.first else { continue }
-                let rest = parts.dropFirst().joined(separator: " ")
+                // `key value` or `key=value`; the value keeps its own `=` (kernel parameters).
+                let trimmed = line.trimmingCharacters(in: .whitespaces)
+                guard let end = trimmed.firstIndex(where: { $0 == " " || $0 == "\t" || $0 == "=" }) else { continue }
+                let key = String(trimmed[..<end])
+                let rest = trimmed[end...].drop { $0 == " " || $0 == "\t" || $0 == "=" }.trimmingCharacters(in: .whitespaces)
+                let parts = [key] + rest.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
                 switch key {
                 case "default": defaultValue = Int(rest) ?? 0
                 case "title": entries.append(BootEntry(title: rest, kernel: "", initrd: nil, commandLine: "", source: path))

@@ -409,7 +409,8 @@ enum TargetRules {
         if shown.isEmpty, let login = logins.first {
             return TargetCheck(
                 check: .console, answer: .yes,
-                summary: "a login on \(login) (\(facts.guest?.gettys.contains(login) == true ? "getty unit" : "systemd's getty generator")); the kernel's messages go to \(consoles.joined(separator: ", ")), which \(profile.name) does not show",
+                summary:
+                    "a login on \(login) (\(facts.guest?.gettys.contains(login) == true ? "getty unit" : "systemd's getty generator")); the kernel's messages go to \(consoles.joined(separator: ", ")), which \(profile.name) does not show",
                 evidence: evidence, fixes: [])
         }
         if !shown.isEmpty {
