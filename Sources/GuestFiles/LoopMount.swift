@@ -43,7 +43,7 @@ public final class LoopMount: GuestFileSystem {
         var exportFile: String? = nil
         if disk.format == .qcow2 {
             let file = scratch + "/disk.raw"
-            FileManager.default.createFile(atPath: file, contents: nil)
+            _ = FileManager.default.createFile(atPath: file, contents: nil)
             do {
                 exporter = try Self.exportRaw(disk.path, at: file)
             } catch {
