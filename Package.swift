@@ -135,12 +135,14 @@ let package = Package(
         .systemLibrary(name: "CKmod", path: "Sources/CKmod", pkgConfig: "libkmod", providers: [.apt(["libkmod-dev"])]),
         .systemLibrary(name: "CBlkid", path: "Sources/CBlkid", pkgConfig: "blkid", providers: [.apt(["libblkid-dev"])]),
         .systemLibrary(name: "CQcow", path: "Sources/CQcow", pkgConfig: "libqcow", providers: [.apt(["libqcow-dev"])]),
+        .systemLibrary(name: "CVmdk", path: "Sources/CVmdk", pkgConfig: "libvmdk", providers: [.apt(["libvmdk-dev", "libbfio-dev"])]),
+        .systemLibrary(name: "CVhdi", path: "Sources/CVhdi", pkgConfig: "libvhdi", providers: [.apt(["libvhdi-dev"])]),
         // libext2fs reading through a callback (an io_manager), so an ext4 volume in a qcow2 image reads like one in a raw file.
         .target(name: "CExt2fs", path: "Sources/CExt2fs", linkerSettings: [.linkedLibrary("ext2fs"), .linkedLibrary("com_err")]),
         // A guest's files: a host directory or a file system inside a raw/qcow2 disk image, links resolved inside the guest.
         .target(
             name: "GuestFiles",
-            dependencies: ["PVSystem", "CBlkid", "CQcow", "CExt2fs", .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: ["PVSystem", "CBlkid", "CQcow", "CVmdk", "CVhdi", "CExt2fs", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: strictSwift),
         // pvcheck's engine: image detection, decompression, Xen notes, config, modules, verdict.
         .target(
@@ -211,7 +213,7 @@ let package = Package(
         .testTarget(name: "PVHostTests", dependencies: ["TestSupport", "PVHost", "PVPlatform", "PVHostProtocol", "BlockFront", "NetFront", "PacketOffload", "XenStore", "XenStoredCore", "XenABI", "XenGrants", "XenBus", "PVSystem"], swiftSettings: testSwift),
         .testTarget(
             name: "KernelAuditTests",
-            dependencies: ["KernelAudit", "XenABI", "PVSystem", "TestSupport"],
+            dependencies: ["KernelAudit", "GuestFiles", "XenABI", "PVSystem", "TestSupport"],
             swiftSettings: testSwift),
 
         // C reference compiled against /usr/include/xen (libxen-dev): layout facts and ring.h.

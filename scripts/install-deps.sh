@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(pkg-config gcc libxen-dev libelf-dev libkmod-dev zlib1g-dev liblzma-dev libzstd-dev liblz4-dev
-          liblzo2-dev libbz2-dev libblkid-dev libext2fs-dev libqcow-dev)
+          liblzo2-dev libbz2-dev libblkid-dev libext2fs-dev libqcow-dev libvmdk-dev libvhdi-dev libbfio-dev)
 case "${1:-build}" in
     # readnotes (xen-utils-4.17) and readelf (binutils) are pvcheck's interop oracles; the
     # decompressor tools extract real kernels independently of pvcheck.

@@ -1,15 +1,30 @@
 import CQcow
+import CVhdi
+import CVmdk
 import SystemPackage
 
+/// libyal's handles and errors are all `intptr_t *` in C.
+typealias YalHandle = UnsafeMutablePointer<Int>
 typealias QcowFile = UnsafeMutablePointer<libqcow_file_t>
 typealias QcowError = UnsafeMutablePointer<libqcow_error_t>
 
-/// A whole disk image opened read-only: raw, or qcow2 through libqcow. Reads are of the
-/// virtual disk, whatever the format stores; nothing is ever written (the file is opened
-/// `O_RDONLY`).
+/// A whole disk image opened read-only: raw, or qcow2, VMDK, VHD and VHDX through libyal's
+/// libqcow, libvmdk and libvhdi. Reads are of the virtual disk, whatever the format stores;
+/// nothing is ever written (files are opened read-only).
 public final class DiskImage {
     public enum Format: String, Sendable, Codable {
-        case raw, qcow2
+        case raw, qcow2, vmdk, vhd, vhdx
+
+        /// qemu's block driver for the format (for a FUSE export to a loop device).
+        var qemuDriver: String {
+            switch self {
+            case .raw: "raw"
+            case .qcow2: "qcow2"
+            case .vmdk: "vmdk"
+            case .vhd: "vpc"
+            case .vhdx: "vhdx"
+            }
+        }
     }
 
     public let path: String
@@ -20,6 +35,8 @@ public final class DiskImage {
     public private(set) var bytesRead: UInt64 = 0
     private let file: FileDescriptor
     private var qcow: QcowFile?
+    private var vmdk: YalHandle?
+    private var vhdi: YalHandle?
 
     /// The qcow header's magic, "QFI\xfb".
     static let qcowMagic: [UInt8] = [0x51, 0x46, 0x49, 0xFB]
@@ -45,17 +62,40 @@ public final class DiskImage {
             throw GuestFileError(.unreadable, "reading \(path) failed: \(error)", hint: "Check the device the image is on")
         }
         self.file = file
-        guard headerCount >= 4, Array(header[0..<4]) == Self.qcowMagic else {
+        var footer = [UInt8](repeating: 0, count: 8)
+        if fileSize >= 512 {
+            _ = try? footer.withUnsafeMutableBytes { try file.read(fromAbsoluteOffset: fileSize - 512, into: $0) }
+        }
+        func starts(_ text: String) -> Bool { headerCount >= text.utf8.count && header.starts(with: Array(text.utf8)) }
+        if headerCount >= 4, Array(header[0..<4]) == Self.qcowMagic {
+            format = .qcow2
+        } else if starts("KDMV") || starts("# Disk DescriptorFile") {
+            format = .vmdk
+        } else if starts("vhdxfile") {
+            format = .vhdx
+        } else if starts("conectix") || footer == Array("conectix".utf8) {
+            format = .vhd
+        } else {
             format = .raw
             size = UInt64(fileSize)
             return
         }
-        format = .qcow2
         do {
-            try Self.checkQcowHeader(header[0..<headerCount], path: path)
-            let opened = try Self.openQcow(path)
-            qcow = opened.handle
-            size = opened.size
+            switch format {
+            case .qcow2:
+                try Self.checkQcowHeader(header[0..<headerCount], path: path)
+                let opened = try Self.openQcow(path)
+                qcow = opened.handle
+                size = opened.size
+            case .vmdk:
+                let opened = try Self.openVmdk(path)
+                vmdk = opened.handle
+                size = opened.size
+            default:
+                let opened = try Self.openVhdi(path, format: format)
+                vhdi = opened.handle
+                size = opened.size
+            }
         } catch {
             try? file.close()
             throw error
@@ -63,6 +103,22 @@ public final class DiskImage {
     }
 
     deinit {
+        if let handle = vmdk {
+            var error: YalHandle? = nil
+            _ = libvmdk_handle_close(handle, &error)
+            libvmdk_error_free(&error)
+            var optional: YalHandle? = handle
+            _ = libvmdk_handle_free(&optional, &error)
+            libvmdk_error_free(&error)
+        }
+        if let handle = vhdi {
+            var error: YalHandle? = nil
+            _ = libvhdi_file_close(handle, &error)
+            libvhdi_error_free(&error)
+            var optional: YalHandle? = handle
+            _ = libvhdi_file_free(&optional, &error)
+            libvhdi_error_free(&error)
+        }
         if let opened = qcow {
             var handle: QcowFile? = opened
             var error: QcowError? = nil
@@ -123,6 +179,94 @@ public final class DiskImage {
         return (opened, UInt64(size))
     }
 
+    static func openVmdk(_ path: String) throws(GuestFileError) -> (handle: YalHandle, size: UInt64) {
+        var error: YalHandle? = nil
+        var handle: YalHandle? = nil
+        guard libvmdk_handle_initialize(&handle, &error) == 1, let opened = handle else {
+            throw GuestFileError(.unreadable, "libvmdk cannot start: \(vmdkMessage(&error))", hint: "Check libvmdk's installation")
+        }
+        func fail(_ what: String) -> GuestFileError {
+            let text = vmdkMessage(&error)
+            _ = libvmdk_handle_close(opened, &error)
+            libvmdk_error_free(&error)
+            _ = libvmdk_handle_free(&handle, &error)
+            libvmdk_error_free(&error)
+            return GuestFileError(.damaged, "\(path) \(what): \(text)", hint: "Check it with qemu-img check, or convert it with qemu-img convert -O raw")
+        }
+        guard libvmdk_handle_open(opened, path, Int32(LIBVMDK_ACCESS_FLAG_READ.rawValue), &error) == 1 else {
+            throw fail("is not a VMDK image libvmdk can read")
+        }
+        // A snapshot delta's data continues in its parent (0xffffffff: no parent).
+        var parent: UInt32 = 0xFFFF_FFFF
+        if libvmdk_handle_get_parent_content_identifier(opened, &parent, &error) == 1, parent != 0xFFFF_FFFF {
+            _ = libvmdk_handle_close(opened, &error)
+            _ = libvmdk_handle_free(&handle, &error)
+            libvmdk_error_free(&error)
+            throw GuestFileError(
+                .unsupported, "\(path) is a VMDK snapshot: its data continues in a parent image",
+                hint: "Audit the merged disk: qemu-img convert -O qcow2 \(path) flat.qcow2")
+        }
+        libvmdk_error_free(&error)
+        // Split and flat VMDKs keep their data in extent files named by the descriptor.
+        guard libvmdk_handle_open_extent_data_files(opened, &error) == 1 else { throw fail("has extent files libvmdk cannot open") }
+        var size: size64_t = 0
+        guard libvmdk_handle_get_media_size(opened, &size, &error) == 1 else { throw fail("has no readable disk size") }
+        return (opened, UInt64(size))
+    }
+
+    static func openVhdi(_ path: String, format: Format) throws(GuestFileError) -> (handle: YalHandle, size: UInt64) {
+        var error: YalHandle? = nil
+        var handle: YalHandle? = nil
+        guard libvhdi_file_initialize(&handle, &error) == 1, let opened = handle else {
+            throw GuestFileError(.unreadable, "libvhdi cannot start: \(vhdiMessage(&error))", hint: "Check libvhdi's installation")
+        }
+        func fail(_ code: GuestFileError.Code, _ what: String, hint: String) -> GuestFileError {
+            let text = error == nil ? "" : ": " + vhdiMessage(&error)
+            _ = libvhdi_file_close(opened, &error)
+            libvhdi_error_free(&error)
+            _ = libvhdi_file_free(&handle, &error)
+            libvhdi_error_free(&error)
+            return GuestFileError(code, "\(path) \(what)\(text)", hint: hint)
+        }
+        guard libvhdi_file_open(opened, path, Int32(LIBVHDI_ACCESS_FLAG_READ.rawValue), &error) == 1 else {
+            throw fail(.damaged, "is not a \(format.rawValue.uppercased()) image libvhdi can read", hint: "Check it with qemu-img check")
+        }
+        var diskType: UInt32 = 0
+        if libvhdi_file_get_disk_type(opened, &diskType, &error) == 1, diskType == UInt32(LIBVHDI_DISK_TYPE_DIFFERENTIAL.rawValue) {
+            throw fail(
+                .unsupported, "is a differencing \(format.rawValue.uppercased()): its data continues in a parent image",
+                hint: "Audit the merged disk: qemu-img convert -O qcow2 \(path) flat.qcow2")
+        }
+        libvhdi_error_free(&error)
+        var size: size64_t = 0
+        guard libvhdi_file_get_media_size(opened, &size, &error) == 1 else {
+            throw fail(.damaged, "has no readable disk size", hint: "Check it with qemu-img check")
+        }
+        return (opened, UInt64(size))
+    }
+
+    /// The innermost line of a libyal error (one line per layer; the last says what was wrong).
+    static func innermost(_ buffer: [CChar]) -> String {
+        let text = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return text.split(separator: "\n").last.map(String.init) ?? text
+    }
+
+    static func vmdkMessage(_ error: inout YalHandle?) -> String {
+        guard error != nil else { return "no reason given" }
+        var buffer = [CChar](repeating: 0, count: 512)
+        _ = libvmdk_error_sprint(error, &buffer, buffer.count)
+        libvmdk_error_free(&error)
+        return innermost(buffer)
+    }
+
+    static func vhdiMessage(_ error: inout YalHandle?) -> String {
+        guard error != nil else { return "no reason given" }
+        var buffer = [CChar](repeating: 0, count: 512)
+        _ = libvhdi_error_sprint(error, &buffer, buffer.count)
+        libvhdi_error_free(&error)
+        return innermost(buffer)
+    }
+
     static func message(_ error: inout QcowError?) -> String {
         guard error != nil else { return "no reason given" }
         var buffer = [CChar](repeating: 0, count: 512)
@@ -142,16 +286,30 @@ public final class DiskImage {
                 .damaged, "a read of \(buffer.count) bytes at \(offset) runs past the end of \(path) (\(size) bytes)",
                 hint: "The partition table or file system describes a larger disk: the image is cut short or damaged")
         }
-        if let qcow {
-            var error: QcowError? = nil
+        if format != .raw {
             var done = 0
             while done < buffer.count {
-                let n = libqcow_file_read_buffer_at_offset(
-                    qcow, buffer.baseAddress! + done, buffer.count - done, off64_t(offset) + off64_t(done), &error)
+                let at = off64_t(offset) + off64_t(done)
+                let target = buffer.baseAddress! + done, count = buffer.count - done
+                var n = -1
+                var reason = ""
+                if let qcow {
+                    var error: QcowError? = nil
+                    n = libqcow_file_read_buffer_at_offset(qcow, target, count, at, &error)
+                    if n <= 0 { reason = Self.message(&error) }
+                } else if let vmdk {
+                    var error: YalHandle? = nil
+                    n = libvmdk_handle_read_buffer_at_offset(vmdk, target, count, at, &error)
+                    if n <= 0 { reason = Self.vmdkMessage(&error) }
+                } else if let vhdi {
+                    var error: YalHandle? = nil
+                    n = libvhdi_file_read_buffer_at_offset(vhdi, target, count, at, &error)
+                    if n <= 0 { reason = Self.vhdiMessage(&error) }
+                }
                 guard n > 0 else {
                     throw GuestFileError(
-                        .damaged, "reading \(path) at \(offset + UInt64(done)) failed: \(Self.message(&error))",
-                        hint: "The qcow image's tables point outside the file or it is cut short; check it with qemu-img check")
+                        .damaged, "reading \(path) at \(offset + UInt64(done)) failed: \(reason)",
+                        hint: "The \(format.rawValue) image's tables point outside the file or it is cut short; check it with qemu-img check")
                 }
                 done += n
             }
@@ -183,6 +341,6 @@ public final class DiskImage {
         return bytes
     }
 
-    /// The raw file's descriptor, for libraries that probe a descriptor (libblkid); nil for qcow2.
+    /// The raw file's descriptor, for libraries that probe a descriptor (libblkid); nil for the other formats.
     var rawDescriptor: FileDescriptor? { format == .raw ? file : nil }
 }

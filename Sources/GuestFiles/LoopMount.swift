@@ -2,8 +2,8 @@ import Foundation
 import PVSystem
 
 /// A file system Linux reads for us: XFS, btrfs and the rest that have no userspace library
-/// here, mounted read-only from a loop device (root only). A qcow2 image is first exposed as
-/// a raw file by `qemu-storage-daemon`'s read-only FUSE export. The mount is private to this
+/// here, mounted read-only from a loop device (root only). A qcow2, VMDK, VHD or VHDX image is
+/// first exposed as a raw file by `qemu-storage-daemon`'s read-only FUSE export. The mount is private to this
 /// object and removed when it goes away.
 public final class LoopMount: GuestFileSystem {
     public let description: String
@@ -41,11 +41,11 @@ public final class LoopMount: GuestFileSystem {
         var source = disk.path
         var exporter: ChildProcess? = nil
         var exportFile: String? = nil
-        if disk.format == .qcow2 {
+        if disk.format != .raw {
             let file = scratch + "/disk.raw"
             _ = FileManager.default.createFile(atPath: file, contents: nil)
             do {
-                exporter = try Self.exportRaw(disk.path, at: file)
+                exporter = try Self.exportRaw(disk.path, driver: disk.format.qemuDriver, at: file)
             } catch {
                 try? FileManager.default.removeItem(atPath: scratch)
                 throw error
@@ -84,11 +84,11 @@ public final class LoopMount: GuestFileSystem {
 
     /// Starts qemu-storage-daemon exporting `image` read-only as a raw file at `file` (FUSE),
     /// and waits until the export is there.
-    static func exportRaw(_ image: String, at file: String) throws(GuestFileError) -> ChildProcess {
+    static func exportRaw(_ image: String, driver: String, at file: String) throws(GuestFileError) -> ChildProcess {
         let daemon = "/usr/bin/qemu-storage-daemon"
         guard ChildProcess.isExecutable(daemon) else {
             throw GuestFileError(
-                .needsPrivilege, "reading a qcow2 image's XFS or btrfs needs qemu-storage-daemon to expose it to a loop device",
+                .needsPrivilege, "reading XFS or btrfs in a \(driver) image needs qemu-storage-daemon to expose it to a loop device",
                 hint: "Install qemu-system-common (Debian), or convert the image to raw: qemu-img convert -O raw")
         }
         let escaped = image.replacingOccurrences(of: ",", with: ",,")
@@ -98,7 +98,7 @@ public final class LoopMount: GuestFileSystem {
                 path: daemon,
                 arguments: [
                     "--blockdev", "driver=file,node-name=file,filename=\(escaped),read-only=on",
-                    "--blockdev", "driver=qcow2,node-name=disk,file=file,read-only=on",
+                    "--blockdev", "driver=\(driver),node-name=disk,file=file,read-only=on",
                     "--export", "type=fuse,id=raw,node-name=disk,mountpoint=\(file),writable=off"
                 ])
         } catch {

@@ -22,8 +22,18 @@ public enum AuditInput: Sendable, Equatable {
         defer { try? handle.close() }
         let head = [UInt8]((try? handle.read(upToCount: 4096)) ?? Data())
         func at(_ offset: Int, _ bytes: [UInt8]) -> Bool { head.count >= offset + bytes.count && Array(head[offset..<offset + bytes.count]) == bytes }
-        if at(0, [0x51, 0x46, 0x49, 0xFB]) { return .diskImage(path) }
+        // qcow, VMDK (sparse or a descriptor), VHDX, dynamic VHD (a footer copy at the start).
+        if at(0, [0x51, 0x46, 0x49, 0xFB]) || at(0, Array("KDMV".utf8)) || at(0, Array("# Disk DescriptorFile".utf8))
+            || at(0, Array("vhdxfile".utf8)) || at(0, Array("conectix".utf8))
+        {
+            return .diskImage(path)
+        }
         if at(0x202, Array("HdrS".utf8)) || at(0, [0x7F, 0x45, 0x4C, 0x46]) || at(0, [0x4D, 0x5A]) { return .kernel(path) }
+        // A fixed VHD: a raw disk with its footer in the last 512 bytes.
+        if let end = try? handle.seekToEnd(), end >= 1024 {
+            try? handle.seek(toOffset: end - 512)
+            if (try? handle.read(upToCount: 8)) == Data("conectix".utf8) { return .diskImage(path) }
+        }
         if at(512, Array("EFI PART".utf8)) || at(0, Array("XFSB".utf8)) || at(1080, [0x53, 0xEF]) { return .diskImage(path) }
         // An MBR: the boot signature and at least one partition entry with a type.
         if at(510, [0x55, 0xAA]), (0..<4).contains(where: { head.count > 446 + $0 * 16 + 4 && head[446 + $0 * 16 + 4] != 0 }) {

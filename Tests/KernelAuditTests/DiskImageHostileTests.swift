@@ -41,19 +41,31 @@ enum SmallDisk {
 
 @Suite("disk images: hostile and damaged", .enabled(if: SmallDisk.available, "needs sfdisk, mkfs.ext4 and qemu-img"), .timeLimit(.minutes(5)))
 struct DiskImageHostileTests {
-    @Test("a good small image: ext4 read without mounting, raw and qcow2, MBR and GPT")
+    @Test("a good small image: ext4 read without mounting, raw, qcow2, VMDK (sparse and stream-optimized), VHD and VHDX, MBR and GPT")
     func good() throws {
         let scratch = try ScratchDirectory()
         for table in ["dos", "gpt"] {
             let raw = try SmallDisk.make(in: scratch, table: table)
-            let qcow = raw + ".qcow2"
-            try SmallDisk.shell("qemu-img convert -q -f raw -O qcow2 '\(raw)' '\(qcow)'")
-            for path in [raw, qcow] {
+            var paths = [raw]
+            for (format, options, suffix) in [
+                ("qcow2", "", "qcow2"), ("vmdk", "", "vmdk"), ("vmdk", "-o subformat=streamOptimized", "stream.vmdk"), ("vpc", "", "vhd"),
+                ("vpc", "-o subformat=fixed", "fixed.vhd"), ("vhdx", "", "vhdx")
+            ] {
+                try SmallDisk.shell("qemu-img convert -q -f raw -O \(format) \(options) '\(raw)' '\(raw).\(suffix)'")
+                paths.append(raw + "." + suffix)
+            }
+            for path in paths {
+                #expect(AuditInput.classify(path) == .diskImage(path), "\(path)")
                 let reports = SmallDisk.audit(path)
                 #expect(reports.count == 2, "fixtures/root holds two kernels")
                 #expect(reports.allSatisfy { $0.error == nil }, "\(reports.compactMap(\.error?.message))")
                 #expect(reports.contains { $0.isDefault == true && $0.path.hasSuffix(":/boot/vmlinuz-6.6.0-pvkit-fixture") })
-                #expect(reports.first?.guest?.image?.partitionTable == table)
+                #expect(reports.first?.guest?.image?.partitionTable == table, "\(path)")
+                let format = reports.first?.guest?.image?.format
+                #expect(
+                    format
+                        == (path.hasSuffix("vhd")
+                            ? .vhd : path.hasSuffix("vhdx") ? .vhdx : path.hasSuffix("vmdk") ? .vmdk : path.hasSuffix("qcow2") ? .qcow2 : .raw))
                 #expect(reports.contains { $0.modules?.frontends.contains { $0.frontend == .vbd && $0.state != .absent } == true })
             }
         }
@@ -102,6 +114,11 @@ struct DiskImageHostileTests {
         try SmallDisk.shell("qemu-img create -q -f qcow2 -F raw -b '\(raw)' '\(overlay)'")
         let refused = try #require(SmallDisk.audit(overlay).first?.error)
         #expect(refused.code == .unsupported && refused.hint.contains("qemu-img convert"))
+        // So is a VMDK snapshot delta.
+        let base = scratch.url.appendingPathComponent("base.vmdk").path, delta = scratch.url.appendingPathComponent("delta.vmdk").path
+        try SmallDisk.shell("qemu-img convert -q -f raw -O vmdk '\(raw)' '\(base)' && qemu-img create -q -f vmdk -b '\(base)' -F vmdk '\(delta)'")
+        let snapshot = try #require(SmallDisk.audit(delta).first?.error)
+        #expect(snapshot.code == .unsupported && snapshot.message.contains("snapshot"), "\(snapshot.message)")
     }
 
     @Test("an image cut at 24 places, raw and qcow2: each an error or a report, never a crash, never a write")

@@ -1,0 +1,2 @@
+// libvhdi (libyal) for Microsoft VHD and VHDX disk images, read-only.
+#include <libvhdi.h>

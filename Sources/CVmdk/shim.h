@@ -1,0 +1,2 @@
+// libvmdk (libyal) for VMware VMDK disk images, read-only.
+#include <libvmdk.h>
