@@ -41,8 +41,11 @@ public struct AuditOptions: Sendable {
     }
 }
 
-/// pvcheck's pipeline: file → container → payload → ELF (libelf) → notes, version, config,
-/// modules → verdicts. Every failure is a ``KernelAuditError``; nothing traps on bad input.
+/// pvcheck's kernel pipeline, a value per stage: the container (``ContainerStage``), the
+/// kernel's facts (``KernelStage``), its modules (``ModuleStage``), then verdicts, initramfs,
+/// targets, symbols and catalogue. The guest side (locating the root, reading a disk image,
+/// the guest's facts) is ``GuestAudit``. Every failure is a ``KernelAuditError``; nothing traps
+/// on bad input.
 public struct KernelAuditor: Sendable {
     public let options: AuditOptions
     /// Where each stage logs (debug level).
@@ -100,10 +103,65 @@ public struct KernelAuditor: Sendable {
         return try audit(bytes: buffer, path: path, around: Surroundings(guest: guest, facts: facts, scratch: scratch))
     }
 
+    /// The pipeline: container → kernel facts → modules → verdicts → initramfs → targets →
+    /// symbols and catalogue. Each stage is a value in and a value out.
     func audit(bytes file: ImageBuffer, path: String, around surroundings: Surroundings) throws(KernelAuditError) -> (
         report: AuditReport, symbols: SymbolTable?
     ) {
+        var container = try readContainer(file, path: path)
+        let facts = try kernelFacts(&container, path: path, around: surroundings)
+        let modules = moduleFacts(facts, path: path, around: surroundings)
+        let kernel = facts.kernel, notes = facts.notes, config = facts.config, moduleIndex = modules.index
         var report = AuditReport(path: path)
+        report.image = container.image
+        report.kernel = kernel
+        report.xenNotes = notes
+        if let config { report.config = .init(source: config.source, xenOptions: config.values.filter { Self.isXenRelevant($0.key) }) }
+        report.modules = modules.info
+        report.verdicts = VerdictRules.decide(
+            VerdictFacts(
+                architecture: kernel.architecture, elfMachine: kernel.elfMachine, notes: notes,
+                loadSegments: facts.loadSegments, config: config, frontends: modules.frontends, family: kernel.family,
+                familyEvidence: kernel.familyEvidence))
+
+        // A damaged initramfs is its own error: the kernel's verdicts stand.
+        do {
+            if let (initrd, buffer) = try initramfs(path: path, release: kernel.release, around: surroundings) {
+                let (info, _) = try Initramfs.read(file: buffer, path: initrd, limits: options.limits)
+                report.initramfs = info
+                report.verdicts?.append(Initramfs.verdict(info, release: kernel.release, frontends: report.modules?.frontends))
+            }
+        } catch {
+            report.initramfsError = .init(code: error.code, message: error.message, offset: error.offset, hint: error.hint)
+        }
+        if let guest = surroundings.facts { report.guest = guest }
+        if !options.targets.isEmpty {
+            let targetFacts = TargetFacts(
+                report: report, config: config, modules: moduleIndex, initramfs: report.initramfs, guest: surroundings.facts,
+                kernelPath: surroundings.guest == nil ? nil : path, xenVersion: options.xenVersion)
+            report.targets = options.targets.map { TargetRules.evaluate($0, targetFacts) }
+        }
+
+        var symbols: SymbolTable? = nil
+        if options.symbols || options.catalogue != nil {
+            symbols = recoverSymbols(container.kernelBytes, elf: facts.elf, path: path, release: kernel.release, config: config, around: surroundings)
+            if let symbols { report.symbols = SymbolsInfo(source: symbols.source, count: symbols.symbols.count, detail: symbols.detail) }
+            logger.debug("\(path): symbols: \(symbols?.detail ?? "none")")
+        }
+        if let catalogue = options.catalogue {
+            var catalogueFacts = CatalogueFacts(
+                symbols: symbols, config: config, notes: notes, release: kernel.release, modules: moduleIndex, limits: options.limits)
+            catalogueFacts.changelog =
+                surroundings.guest.flatMap { Catalogue.changelog(in: $0, release: kernel.release, limits: options.limits) }
+                ?? Catalogue.changelog(imagePath: path, root: options.rootPath, release: kernel.release, limits: options.limits)
+            report.fixes = catalogue.map { CatalogueEvaluator.evaluate($0, &catalogueFacts) }
+        }
+        return (report, symbols)
+    }
+
+    /// Stage 1, the container: what wraps the kernel (bzImage, EFI zboot, a compressed or bare
+    /// ELF, an arm64 Image), its payload decompressed, and the kernel's own bytes.
+    func readContainer(_ file: ImageBuffer, path: String) throws(KernelAuditError) -> ContainerStage {
         let view = ByteView(bytes: file.bytes)
         guard file.count > 0 else {
             throw KernelAuditError(.empty, "the file is empty", offset: 0, hint: "Point pvcheck at a kernel image such as /boot/vmlinuz-<version>")
@@ -188,11 +246,16 @@ public struct KernelAuditor: Sendable {
             if image.payloadOffset == nil { image.payloadOffset = payload.offset }
             if image.payloadLength == nil { image.payloadLength = payload.consumed }
         }
-        report.image = image
         logger.debug(
             "\(path): \(image.container)\(payload.map { ", \($0.format) payload of \($0.consumed) bytes at \($0.offset) → \($0.output.count) bytes" } ?? "")")
 
+        return ContainerStage(file: file, image: image, payload: payload, kernelBytes: kernelBytes)
+    }
+
+    /// Stage 2, the kernel's facts: its ELF and Xen notes (libelf), release, config and family.
+    func kernelFacts(_ container: inout ContainerStage, path: String, around surroundings: Surroundings) throws(KernelAuditError) -> KernelStage {
         // The kernel proper: an ELF (x86, any vmlinux) or a raw arm64 Image.
+        let kernelBytes = container.kernelBytes, payload = container.payload
         let kernelView = ByteView(bytes: kernelBytes)
         var kernel: AuditReport.KernelInfo
         var notes = XenNoteSet(source: .none, notes: [])
@@ -217,8 +280,7 @@ public struct KernelAuditor: Sendable {
                     offset: 16, hint: "Point pvcheck at vmlinuz, vmlinux or a bzImage")
             }
         } else if let arm = Arm64ImageHeader(kernelView) {
-            image.arm64Header = arm
-            report.image = image
+            container.image.arm64Header = arm
             kernel = AuditReport.KernelInfo(architecture: "arm64", family: .arm64, familyEvidence: "")
         } else {
             throw KernelAuditError(
@@ -227,7 +289,7 @@ public struct KernelAuditor: Sendable {
         }
 
         // Release: the setup header's string, else the banner.
-        if let version = image.setupHeader?.kernelVersion, let release = version.split(separator: " ").first {
+        if let version = container.image.setupHeader?.kernelVersion, let release = version.split(separator: " ").first {
             kernel.release = String(release)
             kernel.releaseSource = "setup header"
         }
@@ -241,20 +303,22 @@ public struct KernelAuditor: Sendable {
 
         // Config: embedded first, then the places a user would keep it.
         let config = try loadConfig(kernelBytes: searchBytes, path: path, release: kernel.release, around: surroundings)
-        if let config {
-            report.config = .init(source: config.source, xenOptions: config.values.filter { Self.isXenRelevant($0.key) })
-        }
-        let family = Self.family(kernel: kernel, config: config, notes: notes, container: image.container)
+        let family = Self.family(kernel: kernel, config: config, notes: notes, container: container.image.container)
         kernel.family = family.family
         kernel.familyEvidence = family.evidence
-        report.kernel = kernel
-        report.xenNotes = notes
         logger.debug(
             "\(path): \(kernel.architecture) \(kernel.family.rawValue) kernel \(kernel.release ?? "?"), \(notes.notes.count) Xen notes from the \(notes.source.rawValue), config: \(config?.source ?? "none")"
         )
 
-        // Modules through libkmod.
+        return KernelStage(kernel: kernel, notes: notes, loadSegments: loadSegments, elf: elfFile, config: config)
+    }
+
+    /// Stage 3, the modules: the tree through libkmod (depmod's index, else the modules' own
+    /// modinfo), else the config alone.
+    func moduleFacts(_ facts: KernelStage, path: String, around surroundings: Surroundings) -> ModuleStage {
+        let kernel = facts.kernel, config = facts.config
         var frontends: [FrontendPresence]? = nil
+        var info: AuditReport.ModulesInfo? = nil
         let moduleIndex = moduleDirectory(path: path, release: kernel.release, around: surroundings).flatMap { directory in
             // A copy of a disk image's indexes has no module files beside them.
             ModuleIndex(directory: directory, hasModuleFiles: surroundings.guest?.hostFile("/") != nil || surroundings.guest == nil)
@@ -271,7 +335,7 @@ public struct KernelAuditor: Sendable {
             }
             // A copy of a guest's indexes is named by the guest's path, not the scratch one.
             let shown = surroundings.guest != nil && surroundings.guest?.hostFile("/") == nil ? "/lib/modules/\(kernel.release ?? "")" : directory
-            report.modules = .init(directory: shown, frontends: frontends!)
+            info = .init(directory: shown, frontends: frontends!)
             logger.debug("\(path): modules from \(directory)\(index.hasDepmodIndex ? " (depmod index)" : " (modinfo of \(index.xenModuleFiles.count) files)")")
         } else if let config {
             let fromConfig = XenFrontend.allCases.map { frontend -> FrontendPresence in
@@ -285,47 +349,10 @@ public struct KernelAuditor: Sendable {
                     frontend: frontend, state: state, module: nil, file: nil,
                     evidence: config.evidence(frontend.configOption) + (state == .module ? "; no module tree to confirm the file" : ""))
             }
-            report.modules = .init(directory: nil, frontends: fromConfig)
+            info = .init(directory: nil, frontends: fromConfig)
         }
 
-        report.verdicts = VerdictRules.decide(
-            VerdictFacts(
-                architecture: kernel.architecture, elfMachine: kernel.elfMachine, notes: notes,
-                loadSegments: loadSegments, config: config, frontends: frontends, family: family.family, familyEvidence: family.evidence))
-
-        // A damaged initramfs is its own error: the kernel's verdicts stand.
-        do {
-            if let (initrd, buffer) = try initramfs(path: path, release: kernel.release, around: surroundings) {
-                let (info, _) = try Initramfs.read(file: buffer, path: initrd, limits: options.limits)
-                report.initramfs = info
-                report.verdicts?.append(Initramfs.verdict(info, release: kernel.release, frontends: report.modules?.frontends))
-            }
-        } catch {
-            report.initramfsError = .init(code: error.code, message: error.message, offset: error.offset, hint: error.hint)
-        }
-        if let guest = surroundings.facts { report.guest = guest }
-        if !options.targets.isEmpty {
-            let facts = TargetFacts(
-                report: report, config: config, modules: moduleIndex, initramfs: report.initramfs, guest: surroundings.facts,
-                kernelPath: surroundings.guest == nil ? nil : path, xenVersion: options.xenVersion)
-            report.targets = options.targets.map { TargetRules.evaluate($0, facts) }
-        }
-
-        var symbols: SymbolTable? = nil
-        if options.symbols || options.catalogue != nil {
-            symbols = recoverSymbols(kernelBytes, elf: elfFile, path: path, release: kernel.release, config: config, around: surroundings)
-            if let symbols { report.symbols = SymbolsInfo(source: symbols.source, count: symbols.symbols.count, detail: symbols.detail) }
-            logger.debug("\(path): symbols: \(symbols?.detail ?? "none")")
-        }
-        if let catalogue = options.catalogue {
-            var facts = CatalogueFacts(
-                symbols: symbols, config: config, notes: notes, release: kernel.release, modules: moduleIndex, limits: options.limits)
-            facts.changelog =
-                surroundings.guest.flatMap { Catalogue.changelog(in: $0, release: kernel.release, limits: options.limits) }
-                ?? Catalogue.changelog(imagePath: path, root: options.rootPath, release: kernel.release, limits: options.limits)
-            report.fixes = catalogue.map { CatalogueEvaluator.evaluate($0, &facts) }
-        }
-        return (report, symbols)
+        return ModuleStage(index: moduleIndex, info: info, frontends: frontends)
     }
 
     /// kallsyms, else a real System.map, else `__ksymtab_strings`, else `.BTF` strings, else plain strings.
@@ -539,6 +566,30 @@ public struct KernelAuditor: Sendable {
         }
         return (.pvops, container == "bzImage" ? "a bzImage (XenLinux kernels ship as ELF): a pvops kernel" : "no XenLinux markers: a pvops kernel")
     }
+}
+
+/// Stage 1's value: the container and the kernel's bytes (in the file or the decompressed payload, both kept alive here).
+struct ContainerStage {
+    let file: ImageBuffer
+    var image: AuditReport.ImageInfo
+    let payload: Decompressed?
+    let kernelBytes: UnsafeRawBufferPointer
+}
+
+/// Stage 2's value: what the kernel is.
+struct KernelStage {
+    var kernel: AuditReport.KernelInfo
+    var notes: XenNoteSet
+    var loadSegments: [(paddr: UInt64, memsz: UInt64)]
+    var elf: ElfFile?
+    var config: KernelConfig?
+}
+
+/// Stage 3's value: the module tree and the frontends found in it.
+struct ModuleStage {
+    var index: ModuleIndex?
+    var info: AuditReport.ModulesInfo?
+    var frontends: [FrontendPresence]?
 }
 
 /// Where a kernel's companions are looked up: beside its file on this machine (no guest), or
