@@ -36,6 +36,19 @@ enum Guests {
         return names
     }
 
+    /// kmod's `modinfo -F filename`: "(builtin)" or the module's path under the root.
+    static func modinfo(_ variant: String, _ module: String) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/sbin/modinfo")
+        process.arguments = ["-b", root(variant), "-k", try release(variant), "-F", "filename", module]
+        let out = Pipe()
+        process.standardOutput = out
+        try process.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
     static func profiles() throws -> [TargetProfile] {
         let loaded = TargetCatalogue.load(directory: fixtures.deletingLastPathComponent().appendingPathComponent("patches/targets").path)
         #expect(loaded.problems.isEmpty)
@@ -73,6 +86,9 @@ struct GuestImageTests {
         let report = try Guests.audit(.root(Guests.root("most")))
         let config = try String(contentsOfFile: Guests.root("most") + "/boot/config-\(try Guests.release("most"))", encoding: .utf8)
         #expect(config.contains("CONFIG_BLK_DEV_NVME=y"), "the premise: Debian's cloud kernel has NVMe built in")
+        #expect(try Guests.modinfo("most", "nvme") == "(builtin)")
+        let ena = try Guests.modinfo("most", "ena")
+        #expect(try Guests.check(report, "aws-nitro", .network).evidence.contains { ena.hasSuffix($0.components(separatedBy: ": ").last ?? "-") })
         let nitro = try Guests.check(report, "aws-nitro", .rootDisk)
         #expect(nitro.answer == .yes && nitro.summary.contains("nvme") && nitro.summary.contains("built in"))
         #expect(try Guests.check(report, "aws-nitro", .network).answer == .yes)
@@ -116,9 +132,12 @@ struct GuestImageTests {
         let config = try String(contentsOfFile: Guests.root("no-nvme") + "/boot/config-\(release)", encoding: .utf8)
         #expect(config.contains("CONFIG_BLK_DEV_NVME=m"), "the premise: nvme is a module in Debian's generic kernel")
         #expect(!(try Guests.listedModules("no-nvme")).contains("nvme"))
+        let nvme = try Guests.modinfo("no-nvme", "nvme")
         let report = try Guests.audit(.root(Guests.root("no-nvme")))
         let nitro = try Guests.check(report, "aws-nitro", .rootDisk)
         #expect(nitro.answer == .no)
+        let relative = try #require(nvme.components(separatedBy: "/lib/modules/\(release)/").last)
+        #expect(nitro.evidence.contains { $0.contains("nvme is a module (\(relative))") }, "modinfo says \(nvme)")
         #expect(nitro.fixes == ["printf '%s\\n' nvme nvme_core >> /etc/initramfs-tools/modules && update-initramfs -u -k \(release)"])
         #expect(try Guests.check(report, "kvm", .rootDisk).answer == .yes, "virtio_blk and virtio_pci were listed")
         #expect(try Guests.check(report, "hyperv-azure", .rootDisk).answer == .no)
