@@ -6,6 +6,8 @@
 #
 # Variants (each a root made by mmdebstrap from Debian packages):
 #   most     linux-image-cloud-amd64, initramfs-tools MODULES=most, fstab by UUID, ttyS0
+#   dep      the same with MODULES=dep: the initramfs keeps only the drivers of the disk this
+#            machine builds on (bind mounts make the chroot's / a mount point for mkinitramfs)
 #   dracut   linux-image-cloud-amd64 with a dracut-built (no-hostonly) initramfs, console hvc0
 #   xvda     MODULES=most, but fstab and root= name /dev/xvda1, hvc0 console, MAC-pinned network
 #   no-nvme  linux-image-amd64 (nvme is a module there), MODULES=list without nvme
@@ -14,7 +16,7 @@
 set -uo pipefail
 
 cache="${PVKIT_CACHE:-$HOME/.cache/pvkit}/guests"
-version=4        # of the images
+version=5        # of the images
 roots_version=1  # of the roots (rebuilt only when this changes)
 mkdir -p "$cache"
 if [ -f "$cache/STATUS" ] && [ "$(cat "$cache/STATUS")" = "ok $version" ]; then
@@ -70,6 +72,15 @@ build_root most linux-image-cloud-amd64 ",initramfs-tools" "$common"'
     ln -sf /lib/systemd/system/serial-getty@.service "$1/etc/systemd/system/getty.target.wants/serial-getty@ttyS0.service"
     echo GRUB_CMDLINE_LINUX=\"console=tty0 console=ttyS0,115200 net.ifnames=0\" > "$1/etc/default/grub"'"
     $(declare -f grub_cfg); uuid=$uuid; grub_cfg \$rel \"root=UUID=$uuid ro console=tty0 console=ttyS0,115200 net.ifnames=0\" > \"\$1/boot/grub/grub.cfg\""
+build_root dep linux-image-cloud-amd64 ",initramfs-tools" "$common"'
+    printf "UUID='$uuid' / auto errors=remount-ro 0 1\n" > "$1/etc/fstab"
+    sed -i "s/^MODULES=.*/MODULES=dep/" "$1/etc/initramfs-tools/initramfs.conf"
+    mount --bind "$1" "$1" && mount -t proc proc "$1/proc" && mount -t sysfs sys "$1/sys" && mount --bind /dev "$1/dev"
+    status=0; chroot "$1" update-initramfs -u -k all || status=$?
+    umount "$1/dev" "$1/sys" "$1/proc"; umount "$1"
+    [ "$status" = 0 ]
+    mkdir -p "$1/boot/grub"'"
+    $(declare -f grub_cfg); uuid=$uuid; grub_cfg \$rel \"root=UUID=$uuid ro console=ttyS0\" > \"\$1/boot/grub/grub.cfg\""
 build_root dracut linux-image-cloud-amd64 ",dracut,systemd" "$common"'
     printf "UUID='$uuid' / auto defaults 0 1\n" > "$1/etc/fstab"
     chroot "$1" dracut -f --no-hostonly --kver "$rel" "/boot/initrd.img-$rel"
@@ -92,7 +103,7 @@ build_root no-nvme linux-image-amd64 ",initramfs-tools" "$common"'
     $(declare -f grub_cfg); uuid=$uuid; grub_cfg \$rel \"root=UUID=$uuid ro console=ttyS0\" > \"\$1/boot/grub/grub.cfg\""
 
 # Ground truth for the tests, from Debian's own tools.
-for name in most dracut xvda no-nvme; do
+for name in most dep dracut xvda no-nvme; do
     echo "$roots_version" > "$cache/$name/roots.ok"
     root="$cache/$name/root"
     rel=$(cat "$cache/$name/release")
@@ -131,7 +142,7 @@ image() { # variant fs table format
         qemu-img convert -q -f raw -O qcow2 "$raw" "$out" && rm -f "$raw"
     fi
 }
-for name in most dracut xvda no-nvme; do
+for name in most dep dracut xvda no-nvme; do
     for spec in "ext4 gpt raw" "ext4 mbr qcow2" "xfs mbr raw" "xfs gpt qcow2"; do
         # shellcheck disable=SC2086
         if ! image $name $spec; then

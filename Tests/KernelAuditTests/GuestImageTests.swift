@@ -12,7 +12,7 @@ enum Guests {
     static var available: Bool { status?.hasPrefix("ok ") == true }
     static var reason: Comment { "no guest images in \(cache): \(status ?? "run scripts/make-guests.sh as root (make test does)")" }
 
-    static let variants = ["most", "dracut", "xvda", "no-nvme"]
+    static let variants = ["most", "dep", "dracut", "xvda", "no-nvme"]
     static let images = ["ext4-gpt.raw", "ext4-mbr.qcow2", "xfs-mbr.raw", "xfs-gpt.qcow2"]
     static let uuid = "0f3c2a4e-7d1b-4c55-9a66-5e2f4b1c8d01"
 
@@ -142,6 +142,21 @@ struct GuestImageTests {
         #expect(try Guests.check(report, "kvm", .rootDisk).answer == .yes, "virtio_blk and virtio_pci were listed")
         #expect(try Guests.check(report, "hyperv-azure", .rootDisk).answer == .no)
         #expect(report.targets?.first { $0.target == "aws-nitro" }?.answer == .no)
+    }
+
+    @Test("MODULES=dep keeps only the build machine's disk drivers: each target's root disk follows lsinitramfs, and the fix is the modules line")
+    func dep() throws {
+        let listed = try Guests.listedModules("dep")
+        #expect(listed.count < (try Guests.listedModules("most")).count, "the premise: dep keeps fewer modules than most")
+        let report = try Guests.audit(.root(Guests.root("dep")))
+        #expect(report.guest?.initramfsToolsModules == "dep")
+        let pv = try Guests.check(report, "xen-pv", .rootDisk)
+        #expect(pv.answer == (listed.contains("xen_blkfront") ? .yes : .no))
+        if pv.answer == .no {
+            #expect(pv.fixes == ["printf '%s\\n' xen_blkfront >> /etc/initramfs-tools/modules && update-initramfs -u -k \(try Guests.release("dep"))"])
+            #expect(pv.evidence.contains("/etc/initramfs-tools/initramfs.conf: MODULES=dep"))
+        }
+        #expect(try Guests.check(report, "aws-nitro", .rootDisk).answer == .yes, "nvme is built into the cloud kernel")
     }
 
     @Test("dracut's initramfs: recognised, and its fix is an add_drivers line")
