@@ -21,9 +21,7 @@ public enum Fleet {
             slots.wait()
             queue.async(group: group) {
                 defer { slots.signal() }
-                var options = auditor.options
-                if case .root(let root) = input { options.rootPath = root }
-                let reports = GuestAudit.audit(input, with: KernelAuditor(options: options, logger: auditor.logger))
+                let reports = GuestAudit.audit(input, with: auditor)
                 results.withLock { $0[index] = reports }
                 let finished = done.add(1, ordering: .relaxed).newValue
                 progress(finished, inputs.count)
