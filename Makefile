@@ -27,7 +27,7 @@ demo:
 	@scripts/make-guests.sh
 	@g=$${PVKIT_CACHE:-$$HOME/.cache/pvkit}/guests; if grep -q '^ok' $$g/STATUS 2>/dev/null; then \
 	  .build/release/pvcheck --target aws-nitro $$g/xvda/ext4-gpt.raw; \
-	  .build/release/pvcheck --target aws-nitro,kvm,xen-pv,xen-hvm $$g/*/ext4-mbr.qcow2 | tail -7; \
+	  .build/release/pvcheck --target aws-nitro,kvm,xen-pv,xen-hvm $$g/*/ext4-mbr.qcow2 | tail -9; \
 	else echo "no guest images: $$(cat $$g/STATUS 2>/dev/null)"; fi; true
 	@for k in $${PVKIT_CACHE:-$$HOME/.cache/pvkit}/kernels/*/root/boot/vmlinuz-*; do \
 	  [ -f "$$k" ] && echo "== pvcheck --fixes --symbols on $$k" && .build/release/pvcheck --fixes --symbols "$$k"; done; true

@@ -38,6 +38,14 @@ public final class GuestDisk {
         let ranked = candidates.map { ($0, $1, score($1)) }.filter { $0.2 >= 2 }.sorted { $0.2 > $1.2 }
         guard let (partition, fileSystem, _) = ranked.first else {
             if let firstError { throw firstError }
+            if let volume = table.partitions.first(where: { $0.fileSystem == "LVM2_member" }) {
+                throw GuestFileError(
+                    .unsupported,
+                    "\(path) keeps its file systems in LVM (partition \(volume.number) is an LVM physical volume): pvcheck does not activate volume groups",
+                    hint:
+                        "Activate it read-only on a copy (losetup -r -P -f --show IMAGE; vgchange -ay --readonly VG), mount the root logical volume read-only, and give it with --root"
+                )
+            }
             let found = table.partitions.map { "\($0.number): \($0.fileSystem ?? "no file system")" }.joined(separator: ", ")
             throw GuestFileError(
                 .noRoot,

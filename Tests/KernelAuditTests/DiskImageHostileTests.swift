@@ -27,6 +27,16 @@ enum SmallDisk {
         return path
     }
 
+    /// A 192 MiB raw disk with one btrfs partition holding fixtures/root (mkfs.btrfs --rootdir).
+    static func makeBtrfs(in scratch: ScratchDirectory) throws -> String {
+        let path = scratch.url.appendingPathComponent("btrfs.raw").path, volume = path + ".volume"
+        try shell(
+            "truncate -s 192M '\(path)' && printf 'label: gpt\\nstart=2048, size=389120\\n' | /usr/sbin/sfdisk -q '\(path)'"
+                + " && truncate -s 190M '\(volume)' && mkfs.btrfs -q -f -r '\(fixtures.appendingPathComponent("root").path)' '\(volume)'"
+                + " && dd if='\(volume)' of='\(path)' bs=1M seek=1 conv=notrunc status=none && rm '\(volume)'")
+        return path
+    }
+
     static func patch(_ path: String, at offset: Int, _ bytes: [UInt8]) throws {
         let handle = try #require(FileHandle(forUpdatingAtPath: path))
         try handle.seek(toOffset: UInt64(offset))
@@ -69,6 +79,30 @@ struct DiskImageHostileTests {
                 #expect(reports.contains { $0.modules?.frontends.contains { $0.frontend == .vbd && $0.state != .absent } == true })
             }
         }
+    }
+
+    @Test(
+        "btrfs through a read-only loop mount, raw and qcow2 (FUSE export); an LVM physical volume is named with what to do",
+        .enabled(if: getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/sbin/mkfs.btrfs"), "needs root and btrfs-progs"))
+    func mounted() throws {
+        let scratch = try ScratchDirectory()
+        let raw = try SmallDisk.makeBtrfs(in: scratch)
+        try SmallDisk.shell("qemu-img convert -q -f raw -O qcow2 '\(raw)' '\(raw).qcow2'")
+        for path in [raw, raw + ".qcow2"] {
+            let before = try digest(path)
+            let reports = SmallDisk.audit(path)
+            #expect(reports.count == 2 && reports.allSatisfy { $0.error == nil }, "\(reports.compactMap(\.error?.message))")
+            #expect(reports.first?.guest?.image?.partitions.first?.fileSystem == "btrfs")
+            #expect(try digest(path) == before)
+        }
+        #expect(!(try String(contentsOfFile: "/proc/mounts", encoding: .utf8)).contains("pvcheck-mount"), "every mount is gone")
+        let lvm = scratch.url.appendingPathComponent("lvm.raw").path
+        try SmallDisk.shell(
+            "truncate -s 64M '\(lvm)' && printf 'label: dos\\nstart=2048, size=120000\\n' | /usr/sbin/sfdisk -q '\(lvm)'"
+                + " && L=$(losetup --find --show --offset 1048576 --sizelimit 61440000 '\(lvm)') && pvcreate -q -ff -y --devices $L $L; s=$?; losetup -d $L; exit $s"
+        )
+        let error = try #require(SmallDisk.audit(lvm).first?.error)
+        #expect(error.code == .unsupported && error.message.contains("LVM") && error.hint.contains("vgchange -ay --readonly"))
     }
 
     @Test("a partition entry past the end of the disk is named, never followed")
