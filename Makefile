@@ -2,7 +2,7 @@
 SWIFT ?= swift
 SHELL := /bin/bash
 
-.PHONY: deps build demo test bench kernels fixtures clean
+.PHONY: deps build demo test bench fuzz kernels fixtures clean
 
 deps:
 	@scripts/install-deps.sh build
@@ -85,6 +85,14 @@ test:
 	$(SWIFT) build --build-tests --sanitize=thread --build-path .build-tsan
 	set -o pipefail; TSAN_OPTIONS=halt_on_error=1 stdbuf -oL -eL $(SWIFT) test --skip-build --disable-xctest --sanitize=thread --build-path .build-tsan \
 	  --filter '$(TSAN_TESTS)' --skip truncatedUnderMapping 2>&1 | tee .build/test-tsan.log
+
+# libFuzzer targets (Tests/Fuzz), one per input surface, each FUZZ_SECONDS from corpora kept in
+# ~/.cache/pvkit/fuzz; a crash fails the run with its input saved (scripts/fuzz.sh).
+FUZZ_SECONDS ?= 60
+fuzz:
+	@scripts/install-deps.sh test
+	$(SWIFT) build -c release --product pvkit-fuzz -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING --scratch-path .build-fuzz
+	scripts/fuzz.sh $(FUZZ_SECONDS)
 
 # The benchmarks behind README.md's performance table (release builds).
 bench:

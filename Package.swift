@@ -193,6 +193,10 @@ let package = Package(
             swiftSettings: strictSwift),
         .executableTarget(name: "ring-bench-c", path: "Benchmarks/RingBenchC"),
         // pvcheck against xz -dc / zstd -dc on real kernels.
+        // libFuzzer targets, one per input surface (`make fuzz`); without -DFUZZING a corpus replayer.
+        .executableTarget(
+            name: "pvkit-fuzz", dependencies: ["KernelAudit", "GuestFiles", "XenABI", "XenStoreWire", "XenStoredCore"], path: "Tests/Fuzz",
+            swiftSettings: strictSwift),
         .executableTarget(name: "pvcheck-bench", dependencies: ["KernelAudit"], path: "Benchmarks/PVCheckBench", swiftSettings: strictSwift),
         // Our xenstored against Xen's C xenstored, same client load, side by side.
         .executableTarget(name: "xenstore-bench", dependencies: ["XenStore", "XenABI"], path: "Benchmarks/XenStoreBench", swiftSettings: strictSwift),

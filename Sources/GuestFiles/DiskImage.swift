@@ -84,6 +84,7 @@ public final class DiskImage {
             switch format {
             case .qcow2:
                 try Self.checkQcowHeader(header[0..<headerCount], path: path)
+                try Self.checkQcowTables(header[0..<headerCount], file: file, fileSize: UInt64(fileSize), path: path)
                 let opened = try Self.openQcow(path)
                 qcow = opened.handle
                 size = opened.size
@@ -137,9 +138,9 @@ public final class DiskImage {
             guard header.count >= at + count else { return nil }
             return header[header.startIndex + at..<header.startIndex + at + count].reduce(0) { $0 << 8 | UInt64($1) }
         }
-        guard let version = be(4, 4), version >= 1, version <= 3 else {
+        guard let version = be(4, 4), version >= 2, version <= 3 else {
             throw GuestFileError(
-                .unsupported, "\(path) is qcow version \(be(4, 4).map(String.init) ?? "?"), not 1, 2 or 3",
+                .unsupported, "\(path) is qcow version \(be(4, 4).map(String.init) ?? "?"), not 2 or 3",
                 hint: "Convert it with qemu-img convert -O qcow2")
         }
         let backingOffset = be(8, 8) ?? 0
@@ -148,10 +149,69 @@ public final class DiskImage {
                 .unsupported, "\(path) is a qcow\(version) overlay: its data continues in a backing file",
                 hint: "Audit the flattened disk: qemu-img convert -O qcow2 \(path) flat.qcow2")
         }
-        let cryptMethod = be(version == 1 ? 36 : 32, 4) ?? 0
+        let cryptMethod = be(32, 4) ?? 0
         if cryptMethod != 0 {
             throw GuestFileError(
                 .unsupported, "\(path) is encrypted (qcow crypt method \(cryptMethod))", hint: "Audit a decrypted copy (qemu-img convert)")
+        }
+    }
+
+    /// Every L1 and L2 entry must name clusters inside the file before libqcow reads any: a
+    /// table pointing past the end (a cut image) made libqcow 20201213 copy past its own buffer
+    /// (found by the disk-image fuzz target under ASan). The walk reads the L1 table and each L2
+    /// table once (for a 2 GiB image with 64 KiB clusters: 4 L2 tables, 256 KiB).
+    static func checkQcowTables(_ header: ArraySlice<UInt8>, file: FileDescriptor, fileSize: UInt64, path: String) throws(GuestFileError) {
+        func be(_ bytes: ArraySlice<UInt8>, _ at: Int, _ count: Int) -> UInt64 {
+            bytes[bytes.startIndex + at..<bytes.startIndex + at + count].reduce(0) { $0 << 8 | UInt64($1) }
+        }
+        func damaged(_ what: String) -> GuestFileError {
+            GuestFileError(
+                .damaged, "\(path) is a damaged qcow2 image: \(what)", hint: "The image is cut short or its tables lie; check it with qemu-img check")
+        }
+        guard header.count >= 72 else { throw damaged("its header is cut short") }
+        let clusterBits = be(header, 20, 4)
+        guard clusterBits >= 9, clusterBits <= 21 else { throw damaged("cluster_bits \(clusterBits) is outside 9–21") }
+        let clusterSize = UInt64(1) << clusterBits
+        let l1Size = be(header, 36, 4), l1Offset = be(header, 40, 8)
+        guard l1Offset <= fileSize, l1Size <= (fileSize - l1Offset) / 8 else {
+            throw damaged("its L1 table (\(l1Size) entries at \(l1Offset)) runs past the end of the \(fileSize)-byte file")
+        }
+        func read(_ offset: UInt64, _ count: Int) throws(GuestFileError) -> [UInt8] {
+            var bytes = [UInt8](repeating: 0, count: count)
+            let got: Int
+            do {
+                got = try bytes.withUnsafeMutableBytes { try file.read(fromAbsoluteOffset: Int64(offset), into: $0) }
+            } catch {
+                throw GuestFileError(.unreadable, "reading \(path) at \(offset) failed: \(error)", hint: "Check the device the image is on")
+            }
+            guard got == count else { throw damaged("a table at \(offset) is cut short") }
+            return bytes
+        }
+        /// A cluster of `count` bytes at `offset` lies inside the file.
+        func inside(_ offset: UInt64, _ count: UInt64) -> Bool { offset <= fileSize && count <= fileSize - offset }
+        let offsetMask: UInt64 = 0x00FF_FFFF_FFFF_FE00
+        let compressedOffsetBits = 62 - (clusterBits - 8)
+        let l1 = try read(l1Offset, Int(l1Size) * 8)[...]
+        for index in 0..<Int(l1Size) {
+            let l2Offset = be(l1, index * 8, 8) & offsetMask
+            guard l2Offset != 0 else { continue }
+            guard inside(l2Offset, clusterSize) else { throw damaged("L1 entry \(index) names an L2 table at \(l2Offset), past the end of the file") }
+            let l2 = try read(l2Offset, Int(clusterSize))[...]
+            for slot in 0..<Int(clusterSize / 8) {
+                let entry = be(l2, slot * 8, 8)
+                if entry & (1 << 62) != 0 {
+                    // Compressed: the host offset in the low bits, then the count of extra 512-byte sectors.
+                    let host = entry & ((1 << compressedOffsetBits) - 1)
+                    let sectors = ((entry & ((1 << 62) - 1)) >> compressedOffsetBits) + 1
+                    guard inside(host, 0), sectors * 512 <= fileSize - host + 512 else {
+                        throw damaged("L2 table at \(l2Offset), entry \(slot), names compressed data past the end of the file")
+                    }
+                } else if entry & offsetMask != 0 {
+                    guard inside(entry & offsetMask, clusterSize) else {
+                        throw damaged("L2 table at \(l2Offset), entry \(slot), names a cluster at \(entry & offsetMask), past the end of the file")
+                    }
+                }
+            }
         }
     }
 

@@ -73,7 +73,7 @@ public struct CatalogueResult: Sendable, Codable, Equatable {
 }
 
 /// A problem in a catalogue file: which file, which line when known, what is wrong.
-public struct CatalogueProblem: Sendable, Codable, Equatable, CustomStringConvertible {
+public struct CatalogueProblem: Error, Sendable, Codable, Equatable, CustomStringConvertible {
     public let file: String
     public let line: Int?
     public let message: String
@@ -125,34 +125,41 @@ public enum Catalogue {
                 problems.append(CatalogueProblem(file: path, line: nil, message: "unreadable"))
                 continue
             }
-            let text = String(decoding: data, as: UTF8.self)
-            do {
-                let entry = try JSONDecoder().decode(CatalogueEntry.self, from: data)
-                if let problem = validate(entry, file: path, text: text, seen: ids) {
-                    problems.append(problem)
-                } else {
-                    ids.insert(entry.id)
-                    entries.append(entry)
-                }
-            } catch let DecodingError.keyNotFound(key, context) {
-                problems.append(
-                    CatalogueProblem(
-                        file: path, line: line(of: context.codingPath.last?.stringValue, in: text),
-                        message: "missing \"\(key.stringValue)\"\(place(context.codingPath))"))
-            } catch let DecodingError.typeMismatch(_, context), let DecodingError.valueNotFound(_, context) {
-                problems.append(
-                    CatalogueProblem(
-                        file: path, line: line(of: context.codingPath.last?.stringValue, in: text),
-                        message: "wrong type for \"\(context.codingPath.map(\.stringValue).joined(separator: "."))\""))
-            } catch let DecodingError.dataCorrupted(context) {
-                let line = JSONSyntax.firstErrorLine(text) ?? line(of: context.codingPath.last?.stringValue, in: text)
-                problems.append(
-                    CatalogueProblem(file: path, line: line, message: "not valid JSON" + (context.codingPath.isEmpty ? "" : place(context.codingPath))))
-            } catch {
-                problems.append(CatalogueProblem(file: path, line: nil, message: "\(error)"))
+            switch parse(data, file: path, seen: ids) {
+            case .success(let entry):
+                ids.insert(entry.id)
+                entries.append(entry)
+            case .failure(let problem):
+                problems.append(problem)
             }
         }
         return (entries, problems)
+    }
+
+    /// One entry's JSON (`file` names it in problems; `seen` holds the ids already loaded).
+    public static func parse(_ data: Data, file path: String, seen ids: Set<String> = []) -> Result<CatalogueEntry, CatalogueProblem> {
+        let text = String(decoding: data, as: UTF8.self)
+        do {
+            let entry = try JSONDecoder().decode(CatalogueEntry.self, from: data)
+            if let problem = validate(entry, file: path, text: text, seen: ids) { return .failure(problem) }
+            return .success(entry)
+        } catch let DecodingError.keyNotFound(key, context) {
+            return .failure(
+                CatalogueProblem(
+                    file: path, line: line(of: context.codingPath.last?.stringValue, in: text),
+                    message: "missing \"\(key.stringValue)\"\(place(context.codingPath))"))
+        } catch let DecodingError.typeMismatch(_, context), let DecodingError.valueNotFound(_, context) {
+            return .failure(
+                CatalogueProblem(
+                    file: path, line: line(of: context.codingPath.last?.stringValue, in: text),
+                    message: "wrong type for \"\(context.codingPath.map(\.stringValue).joined(separator: "."))\""))
+        } catch let DecodingError.dataCorrupted(context) {
+            let line = JSONSyntax.firstErrorLine(text) ?? line(of: context.codingPath.last?.stringValue, in: text)
+            return .failure(
+                CatalogueProblem(file: path, line: line, message: "not valid JSON" + (context.codingPath.isEmpty ? "" : place(context.codingPath))))
+        } catch {
+            return .failure(CatalogueProblem(file: path, line: nil, message: "\(error)"))
+        }
     }
 
     static func place(_ path: [any CodingKey]) -> String {

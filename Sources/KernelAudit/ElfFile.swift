@@ -105,6 +105,14 @@ final class ElfFile {
         return parseNotes(data, base: range.lowerBound)
     }
 
+    /// The file bytes a section header's offset and size name, or nil when they do not fit
+    /// in the file (sizes from the file are untrusted: no conversion or sum may trap).
+    func fileRange(offset: UInt64, size: UInt64) -> Range<Int>? {
+        let count = UInt64(bytes.count)
+        guard offset <= count, size <= count - offset else { return nil }
+        return Int(offset)..<Int(offset + size)
+    }
+
     /// Notes of every SHT_NOTE section.
     func noteSections() -> [RawNote] {
         var notes: [RawNote] = []
@@ -113,10 +121,10 @@ final class ElfFile {
             section = next
             var header = GElf_Shdr()
             guard gelf_getshdr(next, &header) != nil, header.sh_type == SHT_NOTE,
-                Int(header.sh_offset) + Int(header.sh_size) <= bytes.count,
+                let range = fileRange(offset: header.sh_offset, size: header.sh_size),
                 let data = elf_getdata(next, nil)
             else { continue }
-            notes += parseNotes(data, base: Int(header.sh_offset))
+            notes += parseNotes(data, base: range.lowerBound)
         }
         return notes
     }
@@ -132,9 +140,8 @@ final class ElfFile {
             guard gelf_getshdr(next, &header) != nil, let sectionName = elf_strptr(elf, stringTable, Int(header.sh_name)),
                 String(cString: sectionName) == name, header.sh_type != SHT_NOBITS
             else { continue }
-            let start = Int(header.sh_offset), size = Int(header.sh_size)
-            guard start >= 0, size >= 0, start + size <= bytes.count else { return nil }
-            return (start, UnsafeRawBufferPointer(rebasing: bytes[start..<start + size]))
+            guard let range = fileRange(offset: header.sh_offset, size: header.sh_size) else { return nil }
+            return (range.lowerBound, UnsafeRawBufferPointer(rebasing: bytes[range]))
         }
         return nil
     }
@@ -148,9 +155,10 @@ final class ElfFile {
             section = next
             var header = GElf_Shdr()
             guard gelf_getshdr(next, &header) != nil, header.sh_type == SHT_SYMTAB, header.sh_entsize > 0,
-                Int(header.sh_offset) + Int(header.sh_size) <= bytes.count, let data = elf_getdata(next, nil)
+                fileRange(offset: header.sh_offset, size: header.sh_size) != nil, let data = elf_getdata(next, nil)
             else { continue }
-            let count = Int(header.sh_size / header.sh_entsize)
+            // gelf_getsym takes an int index.
+            let count = Int(min(header.sh_size / header.sh_entsize, UInt64(Int32.max)))
             for index in 0..<count {
                 var symbol = GElf_Sym()
                 guard gelf_getsym(data, Int32(index), &symbol) != nil, symbol.st_name != 0,
@@ -171,7 +179,9 @@ final class ElfFile {
         // Xen's libelf stops at 65536 notes; so do we.
         while notes.count < 65536 {
             let next = gelf_getnote(data, offset, &header, &nameOffset, &descriptorOffset)
-            guard next > 0 else { break }
+            guard next > 0, nameOffset <= buffer.count, Int(header.n_namesz) <= buffer.count - nameOffset,
+                descriptorOffset <= buffer.count, Int(header.n_descsz) <= buffer.count - descriptorOffset
+            else { break }
             let nameBytes = buffer[nameOffset..<nameOffset + Int(header.n_namesz)].prefix { $0 != 0 }
             let descriptor = Array(buffer[descriptorOffset..<descriptorOffset + Int(header.n_descsz)])
             notes.append(

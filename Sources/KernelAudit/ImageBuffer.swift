@@ -23,6 +23,14 @@ public final class ImageBuffer: @unchecked Sendable {  // @unchecked: filled by 
     /// Maps `count` bytes of an open file privately, read-only: no copy, no zeroed pages.
     /// (A file truncated by someone else while it is mapped would fault; pvcheck reads
     /// kernels, not files being rewritten.)
+    /// A copy of `bytes`.
+    convenience init(copying bytes: UnsafeRawBufferPointer) {
+        self.init(capacity: max(1, bytes.count))
+        _ = reserve(extra: bytes.count, limit: Int.max)
+        if let source = bytes.baseAddress, let target = freeSpace.baseAddress { target.copyMemory(from: source, byteCount: bytes.count) }
+        commit(bytes.count)
+    }
+
     init?(mapping fd: Int32, count: Int) {
         guard count > 0, let address = try? Memory.mapPrivately(fd, byteCount: count, context: "an image") else { return nil }  // the caller reads it instead
         base = address

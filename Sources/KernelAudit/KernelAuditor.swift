@@ -67,6 +67,22 @@ public struct KernelAuditor: Sendable {
         }
     }
 
+    /// Audits an image in memory; errors become the report's `error`.
+    public func report(bytes: UnsafeRawBufferPointer, path: String) -> AuditReport {
+        do {
+            return try audit(bytes: ImageBuffer(copying: bytes), path: path).report
+        } catch {
+            var report = AuditReport(path: path)
+            report.error = .init(code: error.code, message: error.message, offset: error.offset, hint: error.hint)
+            return report
+        }
+    }
+
+    /// Reads an initramfs in memory (`path` names it in messages).
+    public func initramfs(bytes: UnsafeRawBufferPointer, path: String) throws(KernelAuditError) -> InitramfsInfo {
+        try Initramfs.read(file: ImageBuffer(copying: bytes), path: path, limits: options.limits).info
+    }
+
     /// Like ``report(path:)``, with the symbol table when it was recovered.
     public func reportWithSymbols(path: String) -> (report: AuditReport, symbols: SymbolTable?) {
         do {

@@ -57,8 +57,39 @@ public struct TargetProfile: Sendable, Codable, Equatable {
     ]
 }
 
+/// A target profile that does not load: the message names the file.
+public struct TargetProfileProblem: Error, Sendable {
+    public let message: String
+}
+
 /// The target profiles of a directory.
 public enum TargetCatalogue {
+    /// One profile's JSON, strictly: an unknown key, a missing one or a wrong type is a problem.
+    public static func parse(_ data: Data, file path: String) -> Result<TargetProfile, TargetProfileProblem> {
+        func problem(_ text: String) -> Result<TargetProfile, TargetProfileProblem> { .failure(TargetProfileProblem(message: "\(path): \(text)")) }
+        do {
+            let object = try JSONSerialization.jsonObject(with: data)
+            guard let top = object as? [String: Any] else { return problem("the top level is not an object") }
+            let unknown = Set(top.keys).subtracting(TargetProfile.keys)
+            if !unknown.isEmpty {
+                return problem("unknown key\(unknown.count > 1 ? "s" : "") \(unknown.sorted().map { "\"\($0)\"" }.joined(separator: ", "))")
+            }
+            let profile = try JSONDecoder().decode(TargetProfile.self, from: data)
+            guard !profile.rootDisk.isEmpty, !profile.network.isEmpty, !profile.consoles.isEmpty else {
+                return problem("rootDisk, network and consoles must each list at least one entry")
+            }
+            return .success(profile)
+        } catch let DecodingError.keyNotFound(key, _) {
+            return problem("missing \"\(key.stringValue)\"")
+        } catch let DecodingError.typeMismatch(_, context) {
+            return problem("wrong type at \(context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? "." + $0.stringValue }.joined())")
+        } catch let DecodingError.dataCorrupted(context) {
+            return problem(context.debugDescription)
+        } catch {
+            return problem("not valid JSON (\((error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String ?? "\(error)"))")
+        }
+    }
+
     /// Loads every `*.json` in `directory`, strictly: an unknown key, a missing one, a wrong
     /// type or an id that is not the file's name is a problem naming the file.
     public static func load(directory: String) -> (profiles: [TargetProfile], problems: [String]) {
@@ -72,35 +103,15 @@ public enum TargetCatalogue {
                 problems.append("\(path): cannot be read")
                 continue
             }
-            do {
-                let object = try JSONSerialization.jsonObject(with: data)
-                guard let top = object as? [String: Any] else {
-                    problems.append("\(path): the top level is not an object")
-                    continue
-                }
-                let unknown = Set(top.keys).subtracting(TargetProfile.keys)
-                if !unknown.isEmpty {
-                    problems.append("\(path): unknown key\(unknown.count > 1 ? "s" : "") \(unknown.sorted().map { "\"\($0)\"" }.joined(separator: ", "))")
-                    continue
-                }
-                let profile = try JSONDecoder().decode(TargetProfile.self, from: data)
+            switch parse(data, file: path) {
+            case .success(let profile):
                 guard profile.id + ".json" == name else {
                     problems.append("\(path): id \"\(profile.id)\" is not the file's name")
                     continue
                 }
-                guard !profile.rootDisk.isEmpty, !profile.network.isEmpty, !profile.consoles.isEmpty else {
-                    problems.append("\(path): rootDisk, network and consoles must each list at least one entry")
-                    continue
-                }
                 profiles.append(profile)
-            } catch let DecodingError.keyNotFound(key, _) {
-                problems.append("\(path): missing \"\(key.stringValue)\"")
-            } catch let DecodingError.typeMismatch(_, context) {
-                problems.append("\(path): wrong type at \(context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? "." + $0.stringValue }.joined())")
-            } catch let DecodingError.dataCorrupted(context) {
-                problems.append("\(path): \(context.debugDescription)")
-            } catch {
-                problems.append("\(path): not valid JSON (\((error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String ?? "\(error)"))")
+            case .failure(let problem):
+                problems.append(problem.message)
             }
         }
         return (profiles, problems)

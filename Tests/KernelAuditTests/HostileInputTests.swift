@@ -166,3 +166,61 @@ struct ParsingTests {
         for requirement in Requirement.allCases { #expect(requirement.exitCode(for: report) == 3) }
     }
 }
+
+/// Section headers whose offsets and sizes do not fit in the file (found by an outside fuzz
+/// campaign: each used to trap in an Int conversion or sum).
+@Suite("ELF section headers that lie", .timeLimit(.minutes(2)))
+struct LyingSectionHeaderTests {
+    /// `image` with every section header's field at `fieldOffset` (8 bytes) set to `value`,
+    /// for the sections whose sh_type is `type` (all when nil).
+    static func patched(_ image: [UInt8], field fieldOffset: Int, value: UInt64, type: UInt32? = nil) -> [UInt8] {
+        var bytes = image
+        func le<T: FixedWidthInteger>(_ at: Int, _: T.Type) -> T {
+            (0..<MemoryLayout<T>.size).reduce(T(0)) { $0 | T(bytes[at + $1]) << (8 * $1) }
+        }
+        let shoff = Int(le(0x28, UInt64.self)), entsize = Int(le(0x3A, UInt16.self)), count = Int(le(0x3C, UInt16.self))
+        for index in 0..<count {
+            let header = shoff + index * entsize
+            guard header + 64 <= bytes.count else { continue }
+            if let type, le(header + 4, UInt32.self) != type { continue }
+            for i in 0..<8 { bytes[header + fieldOffset + i] = UInt8(truncatingIfNeeded: value >> (8 * i)) }
+        }
+        return bytes
+    }
+
+    @Test(
+        "sh_size 2^63-1 or 2^63 and sh_offset 2^64-1 on note sections and on every section: a report, never a trap",
+        arguments: [
+            (32, UInt64(0x7FFF_FFFF_FFFF_FFFF), UInt32?(7)), (24, UInt64.max, UInt32?(7)), (32, UInt64(1) << 63, UInt32?.none),
+            (24, UInt64.max, UInt32?.none)
+        ])
+    func lying(field: Int, value: UInt64, type: UInt32?) throws {
+        let scratch = try ScratchDirectory()
+        for name in ["vmlinux-section-notes.elf", "vmlinux-kallsyms-6.1.elf", "vmlinux-ksymtab.elf"] {
+            let path = try scratch.write(name, Self.patched(try bytes(of: fixture(name)), field: field, value: value, type: type))
+            let report = KernelAuditor(options: AuditOptions(symbols: true)).report(path: path)
+            #expect(report.error != nil || report.verdicts != nil)
+        }
+    }
+
+    @Test("a path that starts with ./ audits, and a bare name finds the config beside it")
+    func relativePaths() throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.pvcheck)
+        process.currentDirectoryURL = fixtures.appendingPathComponent("images")
+        process.arguments = ["--json", "./vmlinux-pv-pvh.elf"]
+        let out = Pipe()
+        process.standardOutput = out
+        try process.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0)
+        let report = try JSONDecoder().decode(AuditReport.self, from: data)
+        #expect(report.verdict(.pv)?.answer == .yes)
+        #expect(report.config?.source.hasSuffix("config-6.6.0-pvkit-fixture") == true, "config-<release> beside a ./ path")
+    }
+
+    static var pvcheck: String {
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("pvcheck").path
+    }
+}

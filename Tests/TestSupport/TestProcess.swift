@@ -98,8 +98,10 @@ public struct TimedOut: Error, CustomStringConvertible {
     public var description: String { "\(what) did not finish within \(after)" }
 }
 
-/// Waits until `condition` holds, looking every 10 ms, `timeout` at most; whether it held.
-public func eventually(within timeout: Duration = .seconds(5), _ condition: () async throws -> Bool) async rethrows -> Bool {
+/// Waits until `condition` holds, looking every 10 ms, `timeout` at most; whether it held. The
+/// default is generous: `make test` runs every suite at once on two cores (a guest process took
+/// over 5 s to attach while the disk-image tier was writing 2 GiB images).
+public func eventually(within timeout: Duration = .seconds(30), _ condition: () async throws -> Bool) async rethrows -> Bool {
     let deadline = MonotonicClock.now() &+ MonotonicClock.nanoseconds(timeout)
     while true {
         if try await condition() { return true }
