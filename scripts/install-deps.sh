@@ -12,7 +12,8 @@ case "${1:-build}" in
     # qemu-system-x86, busybox-static, cpio and kmod run the real-Xen lab (scripts/xen-lab.sh).
     test) packages+=(xz-utils zstd bzip2 binutils xen-utils-4.17 xenstore-utils python3-pip iproute2 iputils-ping tshark
                      qemu-system-x86 busybox-static cpio kmod
-                     mmdebstrap qemu-utils xfsprogs fdisk e2fsprogs qemu-system-common btrfs-progs lvm2) ;;
+                     mmdebstrap qemu-utils xfsprogs fdisk e2fsprogs qemu-system-common btrfs-progs lvm2
+                     lz4 lzop time) ;;
     # The demo's network part: namespaces and ping over the PV path; its migration check on
     # real Debian disk images (scripts/make-guests.sh).
     demo) packages+=(iproute2 iputils-ping mmdebstrap qemu-utils xfsprogs fdisk e2fsprogs qemu-system-common) ;;

@@ -1,2 +1,3 @@
 // libzstd for zstd payloads.
 #include <zstd.h>
+#include <zstd_errors.h>

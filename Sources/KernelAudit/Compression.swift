@@ -58,20 +58,30 @@ public struct Decompressed: Sendable {
     /// Compressed bytes consumed.
     public let consumed: Int
     public let output: ImageBuffer
+    /// Bytes the stream decompressed to (more than `output` holds when a consumer drained it).
+    public var produced: Int { output.produced }
 }
 
 /// Streaming decompression of a whole stream held in memory, into a buffer that grows within
 /// the limit. Sizes announced by the stream (gzip ISIZE, the kernel's size trailer) are only
 /// used as a first reservation, never trusted.
 enum Decompressor {
+    /// With a `consumer`, the output is a window: the consumer is handed the bytes produced so
+    /// far (and the stream offset of the first) whenever the decoder needs room, returns how many
+    /// it is done with, and those are dropped — memory stays at a few MiB.
     static func decompress(
         _ input: UnsafeRawBufferPointer, format: CompressionFormat, at offset: Int, limits: DecompressionLimits,
-        sizeHint: Int? = nil
+        sizeHint: Int? = nil, consumer: ImageBuffer.Consumer? = nil
     ) throws(KernelAuditError) -> Decompressed {
         let stream = UnsafeRawBufferPointer(rebasing: input[offset...])
-        let hint = min(sizeHint ?? stream.count * 4, limits.maxOutput)
+        let hint = consumer == nil ? min(sizeHint ?? stream.count * 4, limits.maxOutput) : 4 << 20
         // Room for the announced size and the decoder's end-of-stream probe, so an honest size means no reallocation.
         let output = ImageBuffer(capacity: hint + 65536)
+        output.consumer = consumer
+        // The whole limit as address space up front (pages cost memory only once written): the
+        // buffer never moves, so there is never an old and a new copy at once, and the peak is
+        // the output so far plus the decoder's state. Where that much is refused, it grows instead.
+        if consumer == nil { _ = output.reserve(extra: limits.maxOutput, limit: limits.maxOutput) }
         let consumed: Int
         switch format {
         case .gzip: consumed = try GzipDecoder.run(stream, into: output, limits: limits, base: offset)
@@ -81,6 +91,8 @@ enum Decompressor {
         case .lz4: consumed = try LZ4LegacyDecoder.run(stream, into: output, limits: limits, base: offset)
         case .lzo: consumed = try LZOPDecoder.run(stream, into: output, limits: limits, base: offset)
         }
+        try output.drain()
+        output.releaseUnused()
         return Decompressed(format: format, offset: offset, consumed: consumed, output: output)
     }
 

@@ -13,12 +13,17 @@ private func room(_ output: ImageBuffer, _ format: CompressionFormat, _ limits: 
     -> UnsafeMutableRawBufferPointer
 {
     if output.freeSpace.count == 0 {
-        let extra = min(chunk, limits.maxOutput - output.count)
-        guard extra > 0, output.reserve(extra: extra, limit: limits.maxOutput) else {
+        try output.drain()
+        let extra = min(chunk, limits.maxOutput - output.produced)
+        guard extra > 0, output.reserve(extra: extra, limit: limits.maxOutput - output.dropped) else {
             throw Decompressor.limitError(format, limits, at: offset)
         }
     }
-    return output.freeSpace
+    // Never more than the limit leaves, whatever the capacity.
+    let allowed = limits.maxOutput - output.produced
+    guard allowed > 0 else { throw Decompressor.limitError(format, limits, at: offset) }
+    let space = output.freeSpace
+    return UnsafeMutableRawBufferPointer(rebasing: space[..<min(space.count, allowed)])
 }
 
 enum GzipDecoder {
@@ -137,11 +142,12 @@ enum ZstdDecoder {
         }
         defer { ZSTD_freeDCtx(context) }
         // The kernel's frames declare no content size but a 128 MiB window. Decoding into one
-        // stable output buffer (sized from the size trailer) lets zstd use the output as its
-        // window: no second 55 MiB buffer, no copies. If the buffer turns out too small, start
-        // over streaming.
+        // stable output buffer lets zstd use the output as its window: no second window buffer,
+        // no copies. The buffer is reserved at the output limit (address space only: pages cost
+        // memory once written), so the peak is the output so far plus a constant, and a bomb
+        // stops at the limit. Where the reservation is refused, stream instead.
         let start = output.count
-        if output.freeSpace.count > 1 << 20 {
+        if output.consumer == nil, output.reserve(extra: limits.maxOutput - start, limit: limits.maxOutput), output.freeSpace.count > 0 {
             ZSTD_DCtx_setParameter(context, ZSTD_dParameter(rawValue: 1001) /* ZSTD_d_stableOutBuffer */, 1)
             let space = output.freeSpace
             var source = ZSTD_inBuffer(src: input.baseAddress, size: input.count, pos: 0)
@@ -150,20 +156,23 @@ enum ZstdDecoder {
                 let before = (source.pos, target.pos)
                 let result = ZSTD_decompressStream(context, &target, &source)
                 if ZSTD_isError(result) != 0 {
-                    if target.pos == target.size { break }  // too small: stream instead
+                    // The whole limit is the output buffer: too small for the frame means past the limit.
+                    if target.pos == target.size || ZSTD_getErrorCode(result) == ZSTD_error_dstSize_tooSmall {
+                        throw Decompressor.limitError(.zstd, limits, at: base + source.pos)
+                    }
                     throw Decompressor.corrupt(.zstd, String(cString: ZSTD_getErrorName(result)), at: base + source.pos)
                 }
                 if result == 0 {
                     output.commit(target.pos)
+                    output.releaseUnused()
                     return source.pos
                 }
-                if target.pos == target.size { break }
+                if target.pos == target.size { throw Decompressor.limitError(.zstd, limits, at: base + source.pos) }
                 if source.pos == source.size { throw Decompressor.truncated(.zstd, at: base + source.pos) }
                 if (source.pos, target.pos) == before { throw Decompressor.corrupt(.zstd, "the decoder made no progress", at: base + source.pos) }
             }
-            ZSTD_DCtx_reset(context, ZSTD_reset_session_and_parameters)
-            output.truncate(to: start)
         }
+        output.truncate(to: start)
         let windowLog = Int32(min(31, max(10, 63 - limits.maxDecoderMemory.leadingZeroBitCount)))
         ZSTD_DCtx_setParameter(context, ZSTD_d_windowLogMax, windowLog)
         var source = ZSTD_inBuffer(src: input.baseAddress, size: input.count, pos: 0)
@@ -207,17 +216,19 @@ enum LZ4LegacyDecoder {
             guard Int(size) <= LZ4_compressBound(Int32(blockMax)) else {
                 throw Decompressor.corrupt(.lz4, "block of \(size) bytes is larger than any legacy block", at: base + position - 4)
             }
-            guard output.reserve(extra: min(blockMax, limits.maxOutput - output.count), limit: limits.maxOutput),
-                output.count < limits.maxOutput
+            try output.drain()
+            guard output.produced < limits.maxOutput,
+                output.reserve(extra: min(blockMax, limits.maxOutput - output.produced), limit: limits.maxOutput - output.dropped)
             else {
                 throw Decompressor.limitError(.lz4, limits, at: base + position)
             }
-            let space = output.freeSpace
+            let free = output.freeSpace
+            let space = UnsafeMutableRawBufferPointer(rebasing: free[..<min(free.count, limits.maxOutput - output.produced)])
             let written = LZ4_decompress_safe(
                 (input.baseAddress! + position).assumingMemoryBound(to: CChar.self),
                 space.baseAddress!.assumingMemoryBound(to: CChar.self), Int32(size), Int32(min(space.count, blockMax)))
             guard written >= 0 else {
-                if space.count < blockMax && output.count + space.count >= limits.maxOutput {
+                if space.count < blockMax && output.produced + space.count >= limits.maxOutput {
                     throw Decompressor.limitError(.lz4, limits, at: base + position)
                 }
                 throw Decompressor.corrupt(.lz4, "bad block", at: base + position)
@@ -283,7 +294,8 @@ enum LZOPDecoder {
                 if flags & 0x200 != 0 { p += 4 }
             }
             try need(compressed)
-            guard output.reserve(extra: uncompressed, limit: limits.maxOutput) else {
+            try output.drain()
+            guard uncompressed <= limits.maxOutput - output.produced, output.reserve(extra: uncompressed, limit: limits.maxOutput - output.dropped) else {
                 throw Decompressor.limitError(.lzo, limits, at: base + p)
             }
             let space = output.freeSpace

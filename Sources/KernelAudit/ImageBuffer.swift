@@ -49,6 +49,35 @@ public final class ImageBuffer: @unchecked Sendable {  // @unchecked: filled by 
     /// The bytes in use. Valid while this buffer is alive and not growing.
     public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: count) }
 
+    /// A consumer of a decompressor's output: given the bytes held and the stream offset of the
+    /// first, it returns how many it is done with.
+    typealias Consumer = (UnsafeRawBufferPointer, Int) throws(KernelAuditError) -> Int
+
+    /// With a consumer the buffer is a window over a stream (see ``drain()``).
+    var consumer: Consumer?
+    /// Bytes already handed to the consumer and dropped from the front.
+    private(set) var dropped = 0
+    /// Every byte written: the dropped ones and those held.
+    var produced: Int { dropped + count }
+
+    /// Hands the bytes held to the consumer and drops those it is done with.
+    func drain() throws(KernelAuditError) {
+        guard let consumer, count > 0, let base else { return }
+        let used = try consumer(bytes, dropped)
+        guard used > 0 else { return }
+        precondition(used <= count, "a consumer used more bytes than it was given")
+        base.copyMemory(from: base + used, byteCount: count - used)
+        count -= used
+        dropped += used
+    }
+
+    /// Gives back the capacity past the bytes in use (after a reservation at the limit).
+    func releaseUnused() {
+        guard !mapped, capacity > count + (1 << 20), let base, let moved = realloc(base, max(count, 1)) else { return }
+        self.base = moved
+        capacity = max(count, 1)
+    }
+
     /// Makes room for at least `extra` more bytes, within `limit` in all.
     /// - Returns: false when the limit forbids it.
     func reserve(extra: Int, limit: Int) -> Bool {

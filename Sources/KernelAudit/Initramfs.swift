@@ -60,6 +60,119 @@ public enum InitramfsBuilder: String, Sendable, Codable {
     }
 }
 
+/// A `newc`/`crc` cpio stream parsed as it arrives: headers and names are read, file data is
+/// counted and skipped, never held. Archives may follow each other (zero padding between).
+struct CpioStreamParser {
+    /// The header's fields, as the cpio format names them.
+    static let fieldNames = [
+        "ino", "mode", "uid", "gid", "nlink", "mtime", "filesize", "devmajor", "devminor", "rdevmajor", "rdevminor", "namesize", "check"
+    ]
+    let context: String
+    /// The compressed archive's offset in the file, when the stream is a decompressed one.
+    let fileOffset: Int?
+    private(set) var entries: [CpioEntry] = []
+    /// Data bytes still to skip of the current member.
+    private var skipping = 0
+    /// Whether the last archive ended with its trailer (only zeros or a new archive may follow).
+    private var betweenArchives = false
+    /// Whether a non-cpio byte after a trailer ended the stream (an uncompressed part followed by a compressed one).
+    private(set) var stopped = false
+
+    init(context: String, fileOffset: Int?) {
+        self.context = context
+        self.fileOffset = fileOffset
+    }
+
+    func error(_ code: KernelAuditError.Code, _ what: String, at position: Int, hint: String) -> KernelAuditError {
+        if let fileOffset {
+            return KernelAuditError(code, "\(what) at byte \(position) of the decompressed stream in \(context)", offset: fileOffset, hint: hint)
+        }
+        return KernelAuditError(code, "\(what) in \(context)", offset: position, hint: hint)
+    }
+
+    /// Consumes what it can of `bytes` (which start at stream offset `start`); returns how many
+    /// bytes are done with. The rest is offered again with more after it.
+    mutating func consume(_ bytes: UnsafeRawBufferPointer, at start: Int) throws(KernelAuditError) -> Int {
+        var offset = 0
+        let view = ByteView(bytes: bytes)
+        while offset < bytes.count, !stopped {
+            if skipping > 0 {
+                let step = min(skipping, bytes.count - offset)
+                skipping -= step
+                offset += step
+                continue
+            }
+            if betweenArchives {
+                if bytes[offset] == 0 {
+                    offset += 1
+                    continue
+                }
+                guard bytes.count - offset >= 6 else { return offset }
+                guard view.hasPrefix(Initramfs.newcMagic, at: offset) || view.hasPrefix(Initramfs.crcMagic, at: offset) else {
+                    stopped = true
+                    return offset
+                }
+                betweenArchives = false
+            }
+            guard bytes.count - offset >= Initramfs.headerSize else { return offset }
+            guard view.hasPrefix(Initramfs.newcMagic, at: offset) || view.hasPrefix(Initramfs.crcMagic, at: offset) else {
+                throw error(
+                    .corruptStream, "expected a cpio header (070701)", at: start + offset, hint: "The initramfs is damaged; rebuild it (update-initramfs -u)")
+            }
+            func field(_ index: Int) throws(KernelAuditError) -> Int {
+                let at = offset + 6 + 8 * index
+                var value = 0
+                for i in 0..<8 {
+                    let c = bytes[at + i]
+                    let digit: Int
+                    switch c {
+                    case 0x30...0x39: digit = Int(c - 0x30)
+                    case 0x41...0x46: digit = Int(c - 0x41 + 10)
+                    case 0x61...0x66: digit = Int(c - 0x61 + 10)
+                    default:
+                        throw error(
+                            .corruptStream, "cpio header field \(Self.fieldNames[index]) is not hexadecimal", at: start + at,
+                            hint: "The initramfs is damaged; rebuild it (update-initramfs -u)")
+                    }
+                    value = value << 4 | digit
+                }
+                return value
+            }
+            let mode = try field(1), size = try field(6), nameSize = try field(11)
+            guard nameSize >= 1, nameSize <= Initramfs.nameLimit else {
+                throw error(
+                    .corruptStream, "cpio namesize \(nameSize) is absurd (limit \(Initramfs.nameLimit))", at: start + offset + 6 + 88,
+                    hint: "The initramfs is damaged or hostile; rebuild it")
+            }
+            let nameStart = offset + Initramfs.headerSize
+            let dataStart = (nameStart + nameSize + 3) & ~3
+            guard bytes.count >= dataStart else { return offset }
+            let name = String(decoding: bytes[nameStart..<nameStart + nameSize - 1], as: UTF8.self)
+            let padded = (size + 3) & ~3
+            if name == "TRAILER!!!" {
+                betweenArchives = true
+                offset = dataStart
+                skipping = padded
+                continue
+            }
+            entries.append(CpioEntry(name: name, mode: UInt32(truncatingIfNeeded: mode), size: size, dataOffset: start + dataStart))
+            offset = dataStart
+            skipping = padded
+        }
+        return offset
+    }
+
+    /// The stream ended at `end`: it must not end inside a member.
+    func finish(at end: Int) throws(KernelAuditError) {
+        if stopped || (betweenArchives && skipping == 0) { return }
+        // Data padding may be cut at the very end of a stream.
+        if betweenArchives && skipping < 4 { return }
+        throw error(
+            .truncated, entries.isEmpty ? "cpio archive ends inside a header" : "cpio member \(entries.last!.name) runs past the end",
+            at: end, hint: "The initramfs is cut short; rebuild it (update-initramfs -u)")
+    }
+}
+
 /// Reading an initramfs: concatenated cpio archives, the uncompressed early part first, then
 /// any compression Linux supports; bounded by the decompression limits; nothing is written.
 enum Initramfs {
@@ -87,24 +200,23 @@ enum Initramfs {
             while offset < bytes.count, bytes[offset] == 0 { offset += 1 }
             guard offset < bytes.count else { break }
             if view.hasPrefix(newcMagic, at: offset) || view.hasPrefix(crcMagic, at: offset) {
-                let (members, end) = try parse(bytes, from: offset, base: 0, context: path)
-                archives.append(.init(offset: offset, compression: nil, entries: members.count))
-                entries += members
-                offset = end
+                // Uncompressed (the early microcode part): parsed in place, in the file's offsets.
+                var parser = CpioStreamParser(context: path, fileOffset: nil)
+                let used = try parser.consume(UnsafeRawBufferPointer(rebasing: bytes[offset...]), at: offset)
+                try parser.finish(at: offset + used)
+                archives.append(.init(offset: offset, compression: nil, entries: parser.entries.count))
+                entries += parser.entries
+                offset += used
             } else if let format = CompressionFormat.detect(view, at: offset) {
-                let stream = try Decompressor.decompress(bytes, format: format, at: offset, limits: limits)
-                let inner = stream.output.bytes
-                var innerOffset = 0
-                var count = 0
-                while innerOffset < inner.count {
-                    while innerOffset < inner.count, inner[innerOffset] == 0 { innerOffset += 1 }
-                    guard innerOffset < inner.count else { break }
-                    let (members, end) = try parse(inner, from: innerOffset, base: offset, context: "\(path) (\(format) archive at byte \(offset))")
-                    entries += members
-                    count += members.count
-                    innerOffset = end
+                // Compressed: the members are parsed as the decompressor produces them and their
+                // data is dropped, so memory stays at a few MiB whatever a member's size.
+                var parser = CpioStreamParser(context: "\(path) (\(format) archive at byte \(offset))", fileOffset: offset)
+                let stream = try Decompressor.decompress(bytes, format: format, at: offset, limits: limits) { (window, start) throws(KernelAuditError) in
+                    try parser.consume(window, at: start)
                 }
-                archives.append(.init(offset: offset, compression: format, entries: count))
+                try parser.finish(at: stream.produced)
+                entries += parser.entries
+                archives.append(.init(offset: offset, compression: format, entries: parser.entries.count))
                 offset += stream.consumed
             } else {
                 throw KernelAuditError(
@@ -116,60 +228,6 @@ enum Initramfs {
             throw KernelAuditError(.notAKernel, "\(path) holds no cpio archive", offset: 0, hint: "This is not an initramfs")
         }
         return (summarize(path: path, archives: archives, entries: entries), entries)
-    }
-
-    /// Parses one cpio archive up to and including its `TRAILER!!!`.
-    static func parse(_ bytes: UnsafeRawBufferPointer, from start: Int, base: Int, context: String) throws(KernelAuditError) -> ([CpioEntry], Int) {
-        var entries: [CpioEntry] = []
-        var offset = start
-        func field(_ index: Int) throws(KernelAuditError) -> Int {
-            let at = offset + 6 + 8 * index
-            var value = 0
-            for i in 0..<8 {
-                let c = bytes[at + i]
-                let digit: Int
-                switch c {
-                case 0x30...0x39: digit = Int(c - 0x30)
-                case 0x41...0x46: digit = Int(c - 0x41 + 10)
-                case 0x61...0x66: digit = Int(c - 0x61 + 10)
-                default:
-                    throw KernelAuditError(
-                        .corruptStream, "cpio header field \(index) is not hexadecimal in \(context)", offset: base + at,
-                        hint: "The initramfs is damaged; rebuild it (update-initramfs -u)")
-                }
-                value = value << 4 | digit
-            }
-            return value
-        }
-        while true {
-            guard offset + headerSize <= bytes.count else {
-                throw KernelAuditError(
-                    .truncated, "cpio archive ends inside a header in \(context)", offset: base + offset,
-                    hint: "The initramfs is cut short; rebuild it (update-initramfs -u)")
-            }
-            guard ByteView(bytes: bytes).hasPrefix(newcMagic, at: offset) || ByteView(bytes: bytes).hasPrefix(crcMagic, at: offset) else {
-                throw KernelAuditError(
-                    .corruptStream, "expected a cpio header (070701) in \(context)", offset: base + offset,
-                    hint: "The initramfs is damaged; rebuild it (update-initramfs -u)")
-            }
-            let mode = try field(1), size = try field(6), nameSize = try field(11)
-            guard nameSize >= 1, nameSize <= nameLimit else {
-                throw KernelAuditError(
-                    .corruptStream, "cpio member name size \(nameSize) is absurd (limit \(nameLimit)) in \(context)",
-                    offset: base + offset + 6 + 88, hint: "The initramfs is damaged or hostile; rebuild it")
-            }
-            let nameStart = offset + headerSize
-            let dataStart = (nameStart + nameSize + 3) & ~3
-            guard dataStart <= bytes.count, size <= bytes.count - dataStart else {
-                throw KernelAuditError(
-                    .truncated, "cpio member at byte \(base + offset) runs past the end of \(context)",
-                    offset: base + offset, hint: "The initramfs is cut short; rebuild it (update-initramfs -u)")
-            }
-            let name = String(decoding: bytes[nameStart..<nameStart + nameSize - 1], as: UTF8.self)
-            offset = (dataStart + size + 3) & ~3
-            if name == "TRAILER!!!" { return (entries, min(offset, bytes.count)) }
-            entries.append(CpioEntry(name: name, mode: UInt32(truncatingIfNeeded: mode), size: size, dataOffset: dataStart))
-        }
     }
 
     static func summarize(path: String, archives: [InitramfsInfo.Archive], entries: [CpioEntry]) -> InitramfsInfo {

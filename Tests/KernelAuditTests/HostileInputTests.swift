@@ -224,3 +224,59 @@ struct LyingSectionHeaderTests {
         URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("pvcheck").path
     }
 }
+
+/// Memory limits are limits: peak memory measured by /usr/bin/time on pvcheck itself.
+@Suite("memory limits", .serialized, .timeLimit(.minutes(5)))
+struct MemoryLimitTests {
+    static let tools = ["/usr/bin/time", "/usr/bin/gzip", "/usr/bin/bzip2", "/usr/bin/xz", "/usr/bin/zstd", "/usr/bin/lz4", "/usr/bin/lzop", "/usr/bin/cpio"]
+    static var available: Bool { tools.allSatisfy { FileManager.default.isExecutableFile(atPath: $0) } }
+    /// pvcheck's own size (~26 MiB: the Swift runtime, Foundation, the libraries) plus a
+    /// decoder's state (xz's dictionary at the kernel's presets, 8 MiB): the README's constant.
+    static let overhead = 40 << 20
+
+    /// Peak resident bytes of one pvcheck run, and its exit status.
+    static func peak(_ arguments: [String]) throws -> (bytes: Int, status: Int32) {
+        let scratch = try ScratchDirectory()
+        let report = scratch.url.appendingPathComponent("time").path
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/time")
+        process.arguments = ["-f", "%M", "-o", report, LyingSectionHeaderTests.pvcheck] + arguments
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        let text = try String(contentsOfFile: report, encoding: .utf8)
+        let kilobytes = try #require(Int(text.split(separator: "\n").last?.trimmingCharacters(in: .whitespaces) ?? ""))
+        return (kilobytes * 1024, process.terminationStatus)
+    }
+
+    @Test(
+        "a 256 MiB bomb in each compression stops at a 64 MiB limit with at most the constant above it",
+        .enabled(if: available, "needs /usr/bin/time and the compressors"),
+        arguments: [
+            ("gz", "gzip -c"), ("bz2", "bzip2 -c"), ("xz", "xz -T1 -c"), ("lzma", "xz --format=lzma -c"), ("zst", "zstd -q -c"), ("lz4", "lz4 -q -l -c"),
+            ("lzo", "lzop -c")
+        ])
+    func bombs(suffix: String, command: String) throws {
+        let scratch = try ScratchDirectory()
+        let bomb = scratch.url.appendingPathComponent("bomb.\(suffix)").path
+        try SmallDisk.shell("head -c 256M /dev/zero | \(command) > '\(bomb)'")
+        let limit = 64 << 20
+        let (bytes, status) = try Self.peak(["--max-output", String(limit), bomb])
+        #expect(status == 3)
+        #expect(bytes <= limit + Self.overhead, "peak \(bytes >> 20) MiB for a \(limit >> 20) MiB limit")
+    }
+
+    @Test("an initramfs member of 512 MiB is streamed, never held: the peak stays far below it", .enabled(if: available, "needs cpio, zstd and /usr/bin/time"))
+    func largeMember() throws {
+        let scratch = try ScratchDirectory()
+        let directory = scratch.url.path
+        try SmallDisk.shell(
+            "cd '\(directory)' && truncate -s 512M big && echo big | cpio -o -H newc --quiet | zstd -q -1 > initrd.zst && rm big")
+        let (bytes, status) = try Self.peak(["--initrd", directory + "/initrd.zst", fixture("bzImage-xz")])
+        #expect(status == 0)
+        #expect(bytes <= 64 << 20, "peak \(bytes >> 20) MiB for a 512 MiB member")
+        let report = try KernelAuditor(options: AuditOptions(initrdPath: directory + "/initrd.zst")).audit(path: fixture("bzImage-xz"))
+        #expect(report.initramfs?.archives.first?.entries == 1)
+    }
+}
