@@ -19,6 +19,8 @@ public struct AuditReport: Sendable, Codable {
     public var initramfs: InitramfsInfo?
     /// The fix catalogue's results (with `--fixes`).
     public var fixes: [CatalogueResult]?
+    /// Problems in the catalogue's files (with `--fixes`): those entries were skipped.
+    public var catalogueProblems: [CatalogueProblem]?
     /// The recovered symbol table's source and size (with `--symbols`).
     public var symbols: SymbolsInfo?
     /// Why the initramfs could not be read (the kernel's own verdicts still stand).

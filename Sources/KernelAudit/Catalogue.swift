@@ -76,8 +76,17 @@ public struct CatalogueResult: Sendable, Codable, Equatable {
 public struct CatalogueProblem: Error, Sendable, Codable, Equatable, CustomStringConvertible {
     public let file: String
     public let line: Int?
+    /// 1-based column, when the problem is at a character.
+    public var column: Int? = nil
     public let message: String
-    public var description: String { "\(file)\(line.map { ":\($0)" } ?? ""): \(message)" }
+    public var description: String { "\(file)\(line.map { ":\($0)" } ?? "")\(column.map { ":\($0)" } ?? ""): \(message)" }
+
+    public init(file: String, line: Int?, column: Int? = nil, message: String) {
+        self.file = file
+        self.line = line
+        self.column = column
+        self.message = message
+    }
 }
 
 public enum Catalogue {
@@ -118,16 +127,19 @@ public enum Catalogue {
             return ([], [CatalogueProblem(file: directory, line: nil, message: "cannot list the catalogue directory")])
         }
         var entries: [CatalogueEntry] = [], problems: [CatalogueProblem] = []
-        var ids = Set<String>()
+        var ids: [String: String] = [:]
         for name in names.filter({ $0.hasSuffix(".json") }).sorted() {
             let path = directory + "/" + name
-            guard let data = FileManager.default.contents(atPath: path) else {
-                problems.append(CatalogueProblem(file: path, line: nil, message: "unreadable"))
+            let data: Data
+            do {
+                data = try Data(contentsOf: URL(fileURLWithPath: path))
+            } catch {
+                problems.append(CatalogueProblem(file: path, line: nil, message: "unreadable: \((error as NSError).localizedDescription)"))
                 continue
             }
             switch parse(data, file: path, seen: ids) {
             case .success(let entry):
-                ids.insert(entry.id)
+                ids[entry.id] = path
                 entries.append(entry)
             case .failure(let problem):
                 problems.append(problem)
@@ -136,9 +148,38 @@ public enum Catalogue {
         return (entries, problems)
     }
 
-    /// One entry's JSON (`file` names it in problems; `seen` holds the ids already loaded).
-    public static func parse(_ data: Data, file path: String, seen ids: Set<String> = []) -> Result<CatalogueEntry, CatalogueProblem> {
+    /// The keys an entry and an evidence rule may have: anything else is a problem (a typo
+    /// would otherwise be a silently ignored rule).
+    static let entryKeys: Set<String> = [
+        "id", "title", "kind", "xsa", "cve", "component", "upstream", "stable", "absence", "match", "evidence", "verified"
+    ]
+    static let ruleKeys: Set<String> = [
+        "symbol", "symbolAbsent", "moduleSymbol", "moduleString", "moduleParameter", "module", "config", "values", "note",
+        "minimumVersion", "changelog"
+    ]
+
+    /// One entry's JSON, strictly (`file` names it in problems; `seen` maps the ids already
+    /// loaded to their files). Syntax is checked first by ``JSONSyntax``, which reports line and
+    /// column, trailing commas and duplicate keys (Foundation's parser accepts both or says
+    /// only that the text is invalid).
+    public static func parse(_ data: Data, file path: String, seen ids: [String: String] = [:]) -> Result<CatalogueEntry, CatalogueProblem> {
         let text = String(decoding: data, as: UTF8.self)
+        if let syntax = JSONSyntax.check(text) {
+            return .failure(CatalogueProblem(file: path, line: syntax.line, column: syntax.column, message: "not valid JSON: \(syntax.reason)"))
+        }
+        if let top = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] {
+            let unknown = Set(top.keys).subtracting(entryKeys).sorted()
+            if let key = unknown.first {
+                return .failure(CatalogueProblem(file: path, line: line(of: key, in: text), message: "unknown key \"\(key)\""))
+            }
+            for (index, rule) in ((top["evidence"] as? [Any]) ?? []).enumerated() {
+                if let rule = rule as? [String: Any], let key = Set(rule.keys).subtracting(ruleKeys).sorted().first {
+                    return .failure(CatalogueProblem(file: path, line: line(of: key, in: text), message: "unknown key \"\(key)\" in evidence[\(index)]"))
+                }
+            }
+        } else {
+            return .failure(CatalogueProblem(file: path, line: 1, column: 1, message: "the top level is not a JSON object"))
+        }
         do {
             let entry = try JSONDecoder().decode(CatalogueEntry.self, from: data)
             if let problem = validate(entry, file: path, text: text, seen: ids) { return .failure(problem) }
@@ -152,9 +193,9 @@ public enum Catalogue {
             return .failure(
                 CatalogueProblem(
                     file: path, line: line(of: context.codingPath.last?.stringValue, in: text),
-                    message: "wrong type for \"\(context.codingPath.map(\.stringValue).joined(separator: "."))\""))
+                    message: "wrong type for \"\(Self.path(context.codingPath))\""))
         } catch let DecodingError.dataCorrupted(context) {
-            let line = JSONSyntax.firstErrorLine(text) ?? line(of: context.codingPath.last?.stringValue, in: text)
+            let line = line(of: context.codingPath.last?.stringValue, in: text)
             return .failure(
                 CatalogueProblem(file: path, line: line, message: "not valid JSON" + (context.codingPath.isEmpty ? "" : place(context.codingPath))))
         } catch {
@@ -162,8 +203,19 @@ public enum Catalogue {
         }
     }
 
-    static func place(_ path: [any CodingKey]) -> String {
-        path.isEmpty ? "" : " in \(path.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: "."))"
+    static func place(_ codingPath: [any CodingKey]) -> String { codingPath.isEmpty ? "" : " in \(path(codingPath))" }
+
+    /// `evidence[0].values[1]`, not Swift's "Index 0".
+    static func path(_ codingPath: [any CodingKey]) -> String {
+        var text = ""
+        for key in codingPath {
+            if let index = key.intValue {
+                text += "[\(index)]"
+            } else {
+                text += (text.isEmpty ? "" : ".") + key.stringValue
+            }
+        }
+        return text
     }
 
     static func line(of key: String?, in text: String) -> Int? {
@@ -171,9 +223,9 @@ public enum Catalogue {
         return text[..<range.lowerBound].filter { $0 == "\n" }.count + 1
     }
 
-    static func validate(_ entry: CatalogueEntry, file: String, text: String, seen: Set<String>) -> CatalogueProblem? {
+    static func validate(_ entry: CatalogueEntry, file: String, text: String, seen: [String: String]) -> CatalogueProblem? {
         func problem(_ message: String, key: String) -> CatalogueProblem { CatalogueProblem(file: file, line: line(of: key, in: text), message: message) }
-        if seen.contains(entry.id) { return problem("duplicate id \(entry.id)", key: "id") }
+        if let other = seen[entry.id] { return problem("duplicate id \(entry.id): \(other) has it too", key: "id") }
         if entry.id.isEmpty || !entry.id.allSatisfy({ $0.isLowercase || $0.isNumber || $0 == "-" }) {
             return problem("id must be lower-case words joined by -", key: "id")
         }
@@ -185,11 +237,26 @@ public enum Catalogue {
             if ["moduleSymbol", "moduleString", "moduleParameter"].contains(kind) && rule.module == nil {
                 return problem("evidence[\(index)]: \(kind) needs \"module\"", key: "evidence")
             }
-            if kind == "minimumVersion", KernelVersion(rule.minimumVersion!) == nil {
-                return problem("evidence[\(index)]: \"\(rule.minimumVersion!)\" is not a version", key: "minimumVersion")
+            let values = [rule.symbol, rule.symbolAbsent, rule.moduleSymbol, rule.moduleString, rule.moduleParameter, rule.module, rule.config, rule.note]
+            if values.contains(where: { $0?.trimmingCharacters(in: .whitespaces).isEmpty == true }) || rule.values?.contains("") == true {
+                return problem("evidence[\(index)]: an empty value", key: "evidence")
+            }
+            if let version = rule.minimumVersion, !Self.isVersion(version) {
+                return problem("evidence[\(index)]: \"\(version)\" is not a version (numbers joined by single dots, like 5.9)", key: "minimumVersion")
+            }
+            if let note = rule.note, !XenElfNoteType.allCases.contains(where: { $0.description == note }) {
+                return problem("evidence[\(index)]: \"\(note)\" is not a Xen ELF note name (elfnote.h: ENTRY, PHYS32_ENTRY, …)", key: "note")
             }
         }
         return nil
+    }
+}
+
+extension Catalogue {
+    /// "5.9", "6.1.0": at least two numbers, single dots, nothing else.
+    static func isVersion(_ text: String) -> Bool {
+        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
+        return parts.count >= 2 && parts.allSatisfy { !$0.isEmpty && $0.allSatisfy(\.isASCII) && $0.allSatisfy(\.isNumber) }
     }
 }
 
@@ -323,67 +390,118 @@ enum CatalogueEvaluator {
     }
 }
 
-/// Finds where a JSON text first goes wrong (Foundation's decoder says only that it does):
-/// a small recursive-descent syntax check that returns the line of the first error.
+/// Finds where a JSON text first goes wrong, with line, column and what: a small
+/// recursive-descent check (RFC 8259) that also refuses trailing commas and duplicate keys.
+/// Written here because no position-reporting JSON parser is among the packages we may use.
 enum JSONSyntax {
-    static func firstErrorLine(_ text: String) -> Int? {
+    struct Problem: Equatable {
+        let line: Int
+        let column: Int
+        let reason: String
+    }
+
+    static func check(_ text: String) -> Problem? {
         let bytes = Array(text.utf8)
         var i = 0
-        struct Failure: Error { let at: Int }
+        struct Failure: Error {
+            let at: Int
+            let reason: String
+        }
         func space() { while i < bytes.count, [0x20, 0x0A, 0x0D, 0x09].contains(bytes[i]) { i += 1 } }
-        func expect(_ c: UInt8) throws { guard i < bytes.count, bytes[i] == c else { throw Failure(at: i) }; i += 1 }
-        func literal(_ word: String) throws { for c in word.utf8 { try expect(c) } }
-        func string() throws {
-            try expect(0x22)
-            while i < bytes.count, bytes[i] != 0x22 {
-                if bytes[i] == 0x5C { i += 1 }
-                guard i < bytes.count, bytes[i] >= 0x20 else { throw Failure(at: i) }
+        func describe() -> String { i < bytes.count ? "\"\(String(decoding: [bytes[i]], as: UTF8.self))\"" : "the end of the text" }
+        func expect(_ c: UInt8, _ what: String) throws(Failure) {
+            guard i < bytes.count, bytes[i] == c else { throw Failure(at: i, reason: "expected \(what), found \(describe())") }
+            i += 1
+        }
+        func literal(_ word: String) throws(Failure) {
+            let start = i
+            for c in word.utf8 {
+                guard i < bytes.count, bytes[i] == c else { throw Failure(at: start, reason: "expected a value, found \(describe())") }
                 i += 1
             }
-            try expect(0x22)
         }
-        func number() throws {
+        func string() throws(Failure) -> String {
+            let start = i
+            try expect(0x22, "a string")
+            while i < bytes.count, bytes[i] != 0x22 {
+                if bytes[i] == 0x5C { i += 1 }
+                guard i < bytes.count, bytes[i] >= 0x20 else { throw Failure(at: i, reason: "a control character or the end inside a string") }
+                i += 1
+            }
+            try expect(0x22, "the end of the string")
+            return String(decoding: bytes[(start + 1)..<(i - 1)], as: UTF8.self)
+        }
+        func number() throws(Failure) {
             let start = i
             while i < bytes.count, "+-0123456789.eE".utf8.contains(bytes[i]) { i += 1 }
-            guard i > start else { throw Failure(at: i) }
+            guard i > start else { throw Failure(at: i, reason: "expected a value, found \(describe())") }
         }
-        func value(_ depth: Int) throws {
-            guard depth < 64 else { throw Failure(at: i) }
+        func value(_ depth: Int) throws(Failure) {
+            guard depth < 64 else { throw Failure(at: i, reason: "nested deeper than 64 levels") }
             space()
-            guard i < bytes.count else { throw Failure(at: i) }
+            guard i < bytes.count else { throw Failure(at: i, reason: "expected a value, found the end of the text") }
             switch bytes[i] {
             case 0x7B:
-                i += 1; space()
-                if i < bytes.count, bytes[i] == 0x7D { i += 1; return }
+                i += 1
+                space()
+                if i < bytes.count, bytes[i] == 0x7D {
+                    i += 1
+                    return
+                }
+                var keys = Set<String>()
                 while true {
-                    space(); try string(); space(); try expect(0x3A); try value(depth + 1); space()
-                    if i < bytes.count, bytes[i] == 0x2C { i += 1; continue }
-                    try expect(0x7D); return
+                    space()
+                    let at = i
+                    if i < bytes.count, bytes[i] == 0x7D { throw Failure(at: at, reason: "a trailing comma before \"}\"") }
+                    let key = try string()
+                    guard keys.insert(key).inserted else { throw Failure(at: at, reason: "duplicate key \"\(key)\"") }
+                    space()
+                    try expect(0x3A, "\":\"")
+                    try value(depth + 1)
+                    space()
+                    if i < bytes.count, bytes[i] == 0x2C {
+                        i += 1
+                        continue
+                    }
+                    try expect(0x7D, "\",\" or \"}\"")
+                    return
                 }
             case 0x5B:
-                i += 1; space()
-                if i < bytes.count, bytes[i] == 0x5D { i += 1; return }
-                while true {
-                    try value(depth + 1); space()
-                    if i < bytes.count, bytes[i] == 0x2C { i += 1; continue }
-                    try expect(0x5D); return
+                i += 1
+                space()
+                if i < bytes.count, bytes[i] == 0x5D {
+                    i += 1
+                    return
                 }
-            case 0x22: try string()
+                while true {
+                    space()
+                    if i < bytes.count, bytes[i] == 0x5D { throw Failure(at: i, reason: "a trailing comma before \"]\"") }
+                    try value(depth + 1)
+                    space()
+                    if i < bytes.count, bytes[i] == 0x2C {
+                        i += 1
+                        continue
+                    }
+                    try expect(0x5D, "\",\" or \"]\"")
+                    return
+                }
+            case 0x22: _ = try string()
             case 0x74: try literal("true")
             case 0x66: try literal("false")
             case 0x6E: try literal("null")
             default: try number()
             }
         }
-        do {
+        do throws(Failure) {
             try value(0)
             space()
-            if i < bytes.count { throw Failure(at: i) }
+            if i < bytes.count { throw Failure(at: i, reason: "text after the end of the value") }
             return nil
-        } catch let failure as Failure {
-            return bytes[..<min(failure.at, bytes.count)].filter { $0 == 0x0A }.count + 1
         } catch {
-            return nil
+            let before = bytes[..<min(error.at, bytes.count)]
+            let line = before.filter { $0 == 0x0A }.count + 1
+            let column = before.count - (before.lastIndex(of: 0x0A).map { $0 + 1 } ?? 0) + 1
+            return Problem(line: line, column: column, reason: error.reason)
         }
     }
 }

@@ -92,6 +92,9 @@ struct PVCheck: ParsableCommand {
     @Option(help: "The fix catalogue directory (implies --fixes; default: the patches/ folder PVKit ships).", completion: .directory)
     var catalogue: String?
 
+    @Flag(help: "Exit 3 when a catalogue file has a problem (without it the broken entries are skipped and reported).")
+    var strict = false
+
     @Option(help: "The most bytes a payload may decompress to (decompression-bomb guard).")
     var maxOutput: Int = 1 << 30
 
@@ -130,6 +133,7 @@ struct PVCheck: ParsableCommand {
             return handler
         }
         var loadedCatalogue: [CatalogueEntry]? = nil
+        var catalogueProblems: [CatalogueProblem] = []
         if fixes || catalogue != nil {
             guard let directory = catalogue ?? Self.defaultCatalogue() else {
                 FileHandle.standardError.write(Data("pvcheck: no catalogue found; give --catalogue DIR\n".utf8))
@@ -138,6 +142,7 @@ struct PVCheck: ParsableCommand {
             let loaded = Catalogue.load(directory: directory)
             for problem in loaded.problems { FileHandle.standardError.write(Data("pvcheck: catalogue: \(problem)\n".utf8)) }
             loadedCatalogue = loaded.entries
+            catalogueProblems = loaded.problems
         }
         let profiles = try loadTargets()
         var options = AuditOptions(
@@ -181,6 +186,10 @@ struct PVCheck: ParsableCommand {
                     Data("\r[\(String(repeating: "#", count: filled))\(String(repeating: ".", count: width - filled))] \(done)/\(total)".utf8))
                 if done == total { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
             })
+        if loadedCatalogue != nil {
+            for index in outputs.indices { outputs[index].report.catalogueProblems = catalogueProblems }
+            if strict && !catalogueProblems.isEmpty { status = 3 }
+        }
         for (report, table) in outputs {
             if let dumpSymbols, let table {
                 do {

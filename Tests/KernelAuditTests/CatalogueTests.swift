@@ -44,6 +44,54 @@ struct CatalogueTests {
         #expect(rule.message.contains("exactly one rule kind") && rule.line != nil)
     }
 
+    @Test("lax input is refused with line and column: trailing commas, duplicate keys, unknown keys, empty values, unknown notes, bad versions")
+    func strict() throws {
+        let scratch = try ScratchDirectory()
+        let good = try String(contentsOfFile: Self.directory + "/balloon.json", encoding: .utf8)
+        func variant(_ name: String, _ text: String) throws {
+            _ = try scratch.write(name + ".json", Array(text.replacingOccurrences(of: "\"id\": \"balloon\"", with: "\"id\": \"\(name)\"").utf8))
+        }
+        try variant(
+            "trailing",
+            good.replacingOccurrences(of: "\"match\": \"all\"", with: "\"match\": \"all\",").replacingOccurrences(
+                of: "\"match\": \"any\"", with: "\"match\": \"any\","))
+        let lastBrace = try #require(good.lastIndex(of: "}"))
+        try variant("trailing", String(good[..<lastBrace]).trimmingCharacters(in: .whitespacesAndNewlines) + ",\n}\n")
+        try variant("duplicate", good.replacingOccurrences(of: "\"kind\": \"feature\"", with: "\"kind\": \"feature\", \"kind\": \"fix\""))
+        try variant("unknown", good.replacingOccurrences(of: "\"kind\": \"feature\"", with: "\"kind\": \"feature\", \"kinds\": 1"))
+        try variant("empty", good.replacingOccurrences(of: "\"config\": \"CONFIG_XEN_BALLOON\"", with: "\"config\": \"\""))
+        try variant("note", good.replacingOccurrences(of: "\"config\": \"CONFIG_XEN_BALLOON\"", with: "\"note\": \"NO_SUCH_NOTE\""))
+        try variant("version", good.replacingOccurrences(of: "\"config\": \"CONFIG_XEN_BALLOON\"", with: "\"minimumVersion\": \"5..9\""))
+        // Two files with the same id: the second (by name) is the problem, naming the first.
+        _ = try scratch.write("again.json", Array(good.utf8))
+        _ = try scratch.write("balloon.json", Array(good.utf8))
+        let (entries, problems) = Catalogue.load(directory: scratch.url.path)
+        func problem(_ name: String) -> CatalogueProblem? { problems.first { $0.file.hasSuffix("/\(name).json") } }
+        #expect(entries.map(\.id) == ["balloon"] && entries.count == 1, "\(problems)")
+        let trailing = try #require(problem("trailing"))
+        #expect(trailing.message.contains("trailing comma") && trailing.line != nil && trailing.column != nil, "\(trailing)")
+        #expect(problem("duplicate")?.message.contains("duplicate key \"kind\"") == true)
+        #expect(problem("unknown")?.message.contains("unknown key \"kinds\"") == true)
+        #expect(problem("empty")?.message.contains("empty value") == true)
+        #expect(problem("note")?.message.contains("NO_SUCH_NOTE") == true)
+        #expect(problem("version")?.message.contains("5..9") == true)
+        let again = try #require(problems.first { $0.message.contains("duplicate id balloon") })
+        #expect(again.message.contains("again.json") && again.file.hasSuffix("/balloon.json"), "both files are named: \(again)")
+    }
+
+    @Test("catalogue problems are in the JSON; --strict makes them the exit status")
+    func strictExit() throws {
+        let scratch = try ScratchDirectory()
+        let good = try String(contentsOfFile: Self.directory + "/balloon.json", encoding: .utf8)
+        _ = try scratch.write("balloon.json", Array(good.utf8))
+        _ = try scratch.write("broken.json", Array("{\"id\": \"broken\",}".utf8))
+        let lax = try run("pvcheck", ["--json", "--catalogue", scratch.url.path, fixture("vmlinux-pv-pvh.elf")])
+        let report = try JSONDecoder().decode(AuditReport.self, from: Data(lax.stdout.utf8))
+        #expect(report.catalogueProblems?.first?.file.hasSuffix("broken.json") == true)
+        #expect(lax.status == 0)
+        #expect(try run("pvcheck", ["--quiet", "--strict", "--catalogue", scratch.url.path, fixture("vmlinux-pv-pvh.elf")]).status == 3)
+    }
+
     func results(_ path: String, root: String? = nil) throws -> [String: CatalogueResult.Status] {
         let entries = Catalogue.load(directory: Self.directory).entries
         let report = try KernelAuditor(options: AuditOptions(rootPath: root, catalogue: entries)).audit(path: path)
