@@ -155,7 +155,7 @@ public final class XenStoreClient: XenStoreOperations, Sendable {
             defer { state.watches.removeAll() }
             return Array(state.watches.values)
         }
-        for stream in streams { stream.finish() }
+        for stream in streams { stream.continuation.finish() }
     }
 
     /// A daemon-specific CONTROL command (privileged).
@@ -169,13 +169,16 @@ public final class XenStoreClient: XenStoreOperations, Sendable {
     /// to `path` before it was sent (see ``XenStoreWatch``), so read the state on each event.
     /// The watch is removed from the daemon when iteration ends or the task is cancelled.
     public func watch(_ path: XenStorePath, token: String? = nil) async throws(XenStoreError) -> XenStoreWatch {
-        let (stream, continuation) = AsyncStream<XenStoreWatchEvent>.makeStream()
+        // Bounded (XSA-349): a daemon or backend flooding events cannot grow the queue without
+        // end. Past the limit the oldest events give way and are counted.
+        let (stream, continuation) = AsyncStream<XenStoreWatchEvent>.makeStream(bufferingPolicy: .bufferingNewest(XenStoreWatch.queueLimit))
+        let drops = XenStoreWatchDrops()
         let chosen: Result<String, XenStoreError> = core.state.withLock { state in
             if let closed = state.closed { return .failure(closed) }
             let token = token ?? "pvkit-\(state.nextToken)"
             state.nextToken += 1
             guard state.watches[token] == nil else { return .failure(.alreadyExists("watch token \(token)")) }
-            state.watches[token] = continuation
+            state.watches[token] = WatchQueue(continuation: continuation, drops: drops)
             return .success(token)
         }
         let token = try chosen.get()
@@ -192,8 +195,14 @@ public final class XenStoreClient: XenStoreOperations, Sendable {
             guard removed else { return }
             Task { _ = try? await self.call(.unwatch(path, token: token), transaction: 0) }
         }
-        return XenStoreWatch(path: path, token: token, stream: stream, continuation: continuation)
+        return XenStoreWatch(path: path, token: token, stream: stream, continuation: continuation, drops: drops)
     }
+}
+
+/// A watch's event queue and the count of events it had no room for.
+struct WatchQueue {
+    let continuation: AsyncStream<XenStoreWatchEvent>.Continuation
+    let drops: XenStoreWatchDrops
 }
 
 /// What the client and its event-loop handler share: requests in flight, watch streams,
@@ -209,7 +218,7 @@ private final class ClientCore: Sendable {
         var nextRequestID: UInt32 = 1
         var nextToken = 1
         var pending: [UInt32: Pending] = [:]
-        var watches: [String: AsyncStream<XenStoreWatchEvent>.Continuation] = [:]
+        var watches: [String: WatchQueue] = [:]
         var closed: XenStoreError?
         /// Bytes accepted and not yet written (in order).
         var output: [UInt8] = []
@@ -358,8 +367,10 @@ private final class ClientCore: Sendable {
                 throw .badReply("malformed WATCH_EVENT")
             }
             // An event for a watch already removed is harmless (it may have been queued).
-            let stream = state.withLock { $0.watches[token] }
-            stream?.yield(XenStoreWatchEvent(path: path, token: token))
+            let queue = state.withLock { $0.watches[token] }
+            if case .dropped = queue?.continuation.yield(XenStoreWatchEvent(path: path, token: token)) {
+                queue?.drops.count.withLock { $0 &+= 1 }
+            }
             return
         }
         guard let pending = state.withLock({ $0.pending.removeValue(forKey: message.header.requestID) }) else {
@@ -385,7 +396,7 @@ private final class ClientCore: Sendable {
             return (Array(state.pending.values), Array(state.watches.values))
         }
         for request in pending { request.continuation.resume(returning: .failure(error)) }
-        for watch in watches { watch.finish() }
+        for watch in watches { watch.continuation.finish() }
     }
 
     /// Fails everything, stops watching the connection and ends it.

@@ -1,3 +1,4 @@
+import Synchronization
 import XenABI
 
 /// The node operations, shared by a client (outside any transaction) and a transaction
@@ -117,6 +118,11 @@ public struct XenStoreTransaction: XenStoreOperations {
     }
 }
 
+/// The count of a watch's events that found its queue full.
+final class XenStoreWatchDrops: Sendable {
+    let count = Mutex(0)
+}
+
 /// One watch event: the path that changed (relative if the watch was) and the watch's token.
 public struct XenStoreWatchEvent: Sendable, Equatable {
     public let path: String
@@ -135,12 +141,22 @@ public struct XenStoreWatchEvent: Sendable, Equatable {
 /// an event identical to one still queued for the connection, so the registration event of a
 /// watch on `P` and a write to `P` made before it left can arrive as one event. Read the state
 /// after each event rather than counting events.
+///
+/// The queue is bounded (``queueLimit`` events, as FreeBSD's XSA-349 fix bounds it): a peer that
+/// floods events cannot grow it without end. When it is full the oldest events give way;
+/// ``droppedEvents`` counts them — when it grows, read the whole watched subtree again.
 public struct XenStoreWatch: AsyncSequence, Sendable {
     public typealias Element = XenStoreWatchEvent
+    /// Events held for one watch at most.
+    public static let queueLimit = 1024
     public let path: XenStorePath
     public let token: String
     let stream: AsyncStream<XenStoreWatchEvent>
     let continuation: AsyncStream<XenStoreWatchEvent>.Continuation
+    let drops: XenStoreWatchDrops
+
+    /// Events that arrived while the queue was full (their place went to newer ones).
+    public var droppedEvents: Int { drops.count.withLock { $0 } }
 
     /// Unregisters the watch; iteration ends.
     public func cancel() { continuation.finish() }

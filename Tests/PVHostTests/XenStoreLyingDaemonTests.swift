@@ -2,6 +2,7 @@ import Foundation
 #if canImport(Glibc)
     import Glibc
 #endif
+import TestSupport
 import Testing
 import XenABI
 import XenStore
@@ -57,6 +58,38 @@ struct XenStoreLyingDaemonTests {
     static func send(_ fd: Int32, _ bytes: [UInt8]) { _ = Glibc.send(fd, bytes, bytes.count, Int32(MSG_NOSIGNAL)) }
     static func frame(type: UInt32, requestID: UInt32, payload: [UInt8]) -> [UInt8] {
         XsHeader(type: type, requestID: requestID, transactionID: 0, length: UInt32(payload.count)).bytes + payload
+    }
+
+    @Test("XSA-349: a daemon flooding 100 000 watch events cannot grow the watch's queue past its limit; the drops are counted")
+    func watchFlood() async throws {
+        let flood = 100_000
+        let daemon = try FakeDaemon { fd, header in
+            Self.send(fd, Self.frame(type: header.type, requestID: header.requestID, payload: Array("OK".utf8) + [0]))
+            var batch: [UInt8] = []
+            for index in 0..<flood {
+                batch += Self.frame(type: XsMessageType.watchEvent.rawValue, requestID: 0, payload: Array("/flood/\(index)".utf8) + [0] + Array("t".utf8) + [0])
+                if batch.count > 65536 {
+                    Self.send(fd, batch)
+                    batch.removeAll(keepingCapacity: true)
+                }
+            }
+            Self.send(fd, batch)
+            usleep(500_000)
+        }
+        let store = try daemon.client()
+        let watch = try await store.watch("/flood", token: "t")
+        // Let the flood arrive without reading it.
+        #expect(try await eventually { watch.droppedEvents >= flood - XenStoreWatch.queueLimit })
+        var held = 0
+        var last = ""
+        for await event in watch {
+            held += 1
+            last = event.path
+            if event.path == "/flood/\(flood - 1)" { break }
+        }
+        #expect(held <= XenStoreWatch.queueLimit, "the queue held \(held) events")
+        #expect(last == "/flood/\(flood - 1)", "the newest events are kept")
+        #expect(watch.droppedEvents == flood - held)
     }
 
     @Test("a reply for a request never made ends the connection with badReply")
