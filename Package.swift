@@ -195,7 +195,8 @@ let package = Package(
         // pvcheck against xz -dc / zstd -dc on real kernels.
         // libFuzzer targets, one per input surface (`make fuzz`); without -DFUZZING a corpus replayer.
         .executableTarget(
-            name: "pvkit-fuzz", dependencies: ["KernelAudit", "GuestFiles", "XenABI", "XenStoreWire", "XenStoredCore"], path: "Tests/Fuzz",
+            name: "pvkit-fuzz", dependencies: ["KernelAudit", "GuestFiles", "XenABI", "XenStoreWire", "XenStoredCore", "PVHostProtocol", "XenBus"],
+            path: "Tests/Fuzz",
             swiftSettings: strictSwift),
         .executableTarget(name: "pvcheck-bench", dependencies: ["KernelAudit"], path: "Benchmarks/PVCheckBench", swiftSettings: strictSwift),
         // Our xenstored against Xen's C xenstored, same client load, side by side.

@@ -10,10 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
 shift || true
-binary=.build-fuzz/release/pvkit-fuzz
+binary=${PVKIT_FUZZ_BINARY:-.build-fuzz/release/pvkit-fuzz}
 cache="${PVKIT_CACHE:-$HOME/.cache/pvkit}/fuzz"
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(kernel initramfs catalogue target xs-wire xenstored disk-image guest-facts)
+[ ${#targets[@]} -eq 0 ] && targets=(kernel initramfs catalogue target xs-wire xenstored disk-image guest-facts control xenbus)
 
 seed() { # target directory
     local target=$1 dir=$2
@@ -56,6 +56,15 @@ EOF
             cp "$scratch/disk.raw" "$dir/disk.raw"
             qemu-img convert -q -f raw -O qcow2 "$scratch/disk.raw" "$dir/disk.qcow2"
             rm -rf "$scratch"
+            ;;
+        control)
+            printf '%s' '{"attach":{"name":"alpha","pages":64}}' > "$dir/attach"
+            printf '%s' '{"status":{}}' > "$dir/status"
+            printf '%s' '{"domains":[{"id":1,"name":"a","pages":64,"pid":7}],"grantsMapped":0,"grantMapsTotal":0,"grantCopiesTotal":0,"notificationsSent":0}' > "$dir/host-status"
+            ;;
+        xenbus)
+            printf '\000\001\002\002\002\003\004\004\004\377\004\006\006\005\006' > "$dir/handshake"
+            printf '\001\001\004\004\004\004\005' > "$dir/direct"
             ;;
         guest-facts)
             printf 'etc/fstab\001/dev/xvda1 / ext4 defaults 0 1\000boot/grub/grub.cfg\001set default="0"\nmenuentry '"'"'D'"'"' {\n\tlinux /boot/vmlinuz-1 root=/dev/xvda1 console=hvc0\n}\n\000etc/network/interfaces\001auto eth0\niface eth0 inet dhcp\n\000vmlinuz\001->boot/vmlinuz-1\000' > "$dir/seed-debian"

@@ -1,7 +1,9 @@
 import Foundation
 import GuestFiles
 import KernelAudit
+import PVHostProtocol
 import XenABI
+import XenBus
 import XenStoreWire
 import XenStoredCore
 
@@ -25,6 +27,10 @@ enum FuzzTarget: String, CaseIterable {
     case diskImage = "disk-image"
     /// A guest root's files (fstab, crypttab, boot loaders, network configuration).
     case guestFacts = "guest-facts"
+    /// pvhost's control-socket messages (requests and replies as pvhost and a guest decode them).
+    case control
+    /// The XenBus frontend state machine driven by any sequence of own and backend states.
+    case xenbus
 
     static let current: FuzzTarget = {
         let name = ProcessInfo.processInfo.environment["PVKIT_FUZZ_TARGET"] ?? ""
@@ -60,6 +66,23 @@ enum FuzzTarget: String, CaseIterable {
             Self.diskImage(bytes)
         case .guestFacts:
             _ = GuestInfo.read(GuestRoot(root: MemoryFileSystem(bytes)))
+        case .control:
+            let message = Array(bytes)
+            _ = ControlCoding.decode(ControlRequest.self, message)
+            _ = ControlCoding.decode(ControlReply.self, message)
+            _ = ControlCoding.decode(HostStatus.self, message)
+        case .xenbus:
+            // Each pair of bytes: the frontend's own state and the backend's, as a watch reads
+            // them (any 32-bit value may be written to the node; unknown ones read as unknown).
+            var machine = FrontendStateMachine(connectsDirectly: bytes.first.map { $0 & 1 == 1 } ?? false)
+            var index = 1
+            while index + 1 < bytes.count {
+                let own = XenbusState(rawValue: UInt32(bytes[index])) ?? .unknown
+                let backend = XenbusState(rawValue: UInt32(bytes[index + 1])) ?? .unknown
+                if bytes[index] == 0xFF { machine.restart() }
+                _ = machine.next(own: own, backend: backend)
+                index += 2
+            }
         }
     }
 
