@@ -139,6 +139,8 @@ let package = Package(
         .systemLibrary(name: "CVhdi", path: "Sources/CVhdi", pkgConfig: "libvhdi", providers: [.apt(["libvhdi-dev"])]),
         // libext2fs reading through a callback (an io_manager), so an ext4 volume in a qcow2 image reads like one in a raw file.
         .target(name: "CExt2fs", path: "Sources/CExt2fs", linkerSettings: [.linkedLibrary("ext2fs"), .linkedLibrary("com_err")]),
+        // C: the per-thread "what I was doing" a crash prints (signal handlers chained to Swift's backtracer).
+        .target(name: "CCrashContext", path: "Sources/CCrashContext"),
         // A guest's files: a host directory or a file system inside a raw/qcow2 disk image, links resolved inside the guest.
         .target(
             name: "GuestFiles",
@@ -148,7 +150,7 @@ let package = Package(
         .target(
             name: "KernelAudit",
             dependencies: [
-                "XenABI", "PVSystem", "GuestFiles", "CLinux", "CZlib", "CLZMA", "CZstd", "CBzip2", "CLZ4", "CLZO", "CLibElf", "CKmod",
+                "XenABI", "PVSystem", "GuestFiles", "CCrashContext", "CLinux", "CZlib", "CLZMA", "CZstd", "CBzip2", "CLZ4", "CLZO", "CLibElf", "CKmod",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSwift),

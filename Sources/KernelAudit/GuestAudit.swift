@@ -60,6 +60,8 @@ public enum GuestAudit {
             }
         case .diskImage(let path):
             let disk: GuestDisk
+            CrashContext.set("opening the disk image \(path)")
+            defer { CrashContext.set(nil) }
             do {
                 disk = try GuestDisk(path: path)
             } catch {
@@ -109,6 +111,7 @@ public enum GuestAudit {
     static func audit(_ root: GuestRoot, image: DiskImageInfo?, name: String, hostPrefix: String?, with auditor: KernelAuditor) -> [(
         report: AuditReport, symbols: SymbolTable?
     )] {
+        CrashContext.set("reading the guest root \(name)")
         var facts = GuestFacts.read(root)
         facts.image = image
         let (kernels, defaultPath) = kernels(in: root)

@@ -1,3 +1,4 @@
+import CCrashContext
 import Foundation
 import GuestFiles
 import Logging
@@ -124,9 +125,14 @@ public struct KernelAuditor: Sendable {
     func audit(bytes file: ImageBuffer, path: String, around surroundings: Surroundings) throws(KernelAuditError) -> (
         report: AuditReport, symbols: SymbolTable?
     ) {
+        defer { CrashContext.set(nil) }
+        CrashContext.set("auditing \(path): reading its container")
         var container = try readContainer(file, path: path)
+        CrashContext.set("auditing \(path): reading the kernel (ELF, notes, config)")
         let facts = try kernelFacts(&container, path: path, around: surroundings)
+        CrashContext.set("auditing \(path): reading its modules")
         let modules = moduleFacts(facts, path: path, around: surroundings)
+        CrashContext.set("auditing \(path): deciding the verdicts, the initramfs and the targets")
         let kernel = facts.kernel, notes = facts.notes, config = facts.config, moduleIndex = modules.index
         var report = AuditReport(path: path)
         report.image = container.image
@@ -582,6 +588,14 @@ public struct KernelAuditor: Sendable {
         }
         return (.pvops, container == "bzImage" ? "a bzImage (XenLinux kernels ship as ELF): a pvops kernel" : "no XenLinux markers: a pvops kernel")
     }
+}
+
+/// What this thread is doing, for the message a crash prints (`CCrashContext`).
+public enum CrashContext {
+    /// Installs the crash handlers (once): a crash then names the image and stage it was in.
+    public static func install(program: String) { pvkit_crash_context_install(program) }
+
+    static func set(_ text: String?) { pvkit_crash_context_set(text) }
 }
 
 /// Stage 1's value: the container and the kernel's bytes (in the file or the decompressed payload, both kept alive here).

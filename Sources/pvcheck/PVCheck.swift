@@ -101,6 +101,7 @@ struct PVCheck: ParsableCommand {
     /// Runs the command with pvcheck's exit statuses: usage errors are 2 (ArgumentParser's
     /// default is 64), everything else as the command says.
     static func main() {
+        CrashContext.install(program: "pvcheck")
         do {
             var command = try parseAsRoot()
             try command.run()

@@ -280,3 +280,26 @@ struct MemoryLimitTests {
         #expect(report.initramfs?.archives.first?.entries == 1)
     }
 }
+
+@Suite("a crash names its image and stage", .timeLimit(.minutes(2)))
+struct CrashContextTests {
+    @Test("SIGSEGV while a bomb decompresses: stderr names the image and the stage before Swift's backtrace")
+    func namesTheImage() throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: LyingSectionHeaderTests.pvcheck)
+        process.arguments = [fixture("bzImage-bomb-zstd")]
+        var environment = ProcessInfo.processInfo.environment
+        environment["SWIFT_BACKTRACE"] = "enable=no"
+        process.environment = environment
+        let err = Pipe()
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = err
+        try process.run()
+        usleep(400_000)
+        kill(process.processIdentifier, SIGSEGV)
+        let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationReason == .uncaughtSignal)
+        #expect(text.contains("pvcheck: crashed while auditing \(fixture("bzImage-bomb-zstd")): reading its container"), "\(text)")
+    }
+}
