@@ -6,6 +6,11 @@
 # with the input in fixtures/.
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
+#
+# FUZZ_REPORT_ONLY=1 (CI): a new crash is reported — its input printed in base64, so it can be
+# turned into a test from the log alone — without failing the run; a target built without
+# instrumentation, or a run that cannot start, still fails. Regression inputs are replayed by
+# `make test` (FuzzRegressionTests) and fail there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
@@ -88,7 +93,15 @@ for target in "${targets[@]}"; do
         -timeout=30 -artifact_prefix="$crashes/" -print_final_stats=1 "$corpus" >"$log" 2>&1; then
         echo "fuzz: $target FAILED: $(grep -m1 -E 'ERROR|deadly|Fatal|timeout' "$log" || tail -1 "$log")"
         echo "fuzz: inputs in $crashes; log $log"
-        status=1
+        if [ "${FUZZ_REPORT_ONLY:-0}" = 1 ] && ls "$crashes"/* >/dev/null 2>&1; then
+            grep -m1 -A12 -E 'ERROR|deadly' "$log" || true
+            for input in "$crashes"/*; do
+                echo "fuzz: $target crash input $(basename "$input") ($(stat -c %s "$input") bytes, base64, gzip):"
+                gzip -c "$input" | base64 -w 120
+            done
+        else
+            status=1
+        fi
     fi
     runs=$(grep -m1 -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo 0)
     grep -m1 -q 'Loaded .* modules' "$log" || { echo "fuzz: $target: libFuzzer saw no instrumentation"; status=1; }
