@@ -198,7 +198,7 @@ let package = Package(
         // libFuzzer targets, one per input surface (`make fuzz`); without -DFUZZING a corpus replayer.
         .executableTarget(
             name: "pvkit-fuzz", dependencies: ["KernelAudit", "GuestFiles", "XenABI", "XenStoreWire", "XenStoredCore", "PVHostProtocol", "XenBus"],
-            path: "Tests/Fuzz",
+            path: "Tests/Fuzz", exclude: ["xs-wire.dict"],
             swiftSettings: strictSwift),
         .executableTarget(name: "pvcheck-bench", dependencies: ["KernelAudit"], path: "Benchmarks/PVCheckBench", swiftSettings: strictSwift),
         // Our xenstored against Xen's C xenstored, same client load, side by side.

@@ -86,11 +86,13 @@ for target in "${targets[@]}"; do
     seed "$target" "$corpus"
     maxlen=65536
     [ "$target" = disk-image ] && maxlen=$((3 << 20))
+    dict=()
+    case $target in xs-wire | xenstored) dict=(-dict=Tests/Fuzz/xs-wire.dict) ;; esac
     log="$cache/$target/last.log"
     echo "fuzz: $target for ${seconds}s (corpus $corpus)"
     if ! PVKIT_FUZZ_TARGET=$target SWIFT_BACKTRACE=enable=no ASAN_OPTIONS=detect_leaks=0 \
         timeout $((seconds + 120)) "$binary" -max_total_time="$seconds" -max_len="$maxlen" -rss_limit_mb=4096 \
-        -timeout=30 -artifact_prefix="$crashes/" -print_final_stats=1 "$corpus" >"$log" 2>&1; then
+        -timeout=30 -artifact_prefix="$crashes/" -print_final_stats=1 "${dict[@]}" "$corpus" >"$log" 2>&1; then
         echo "fuzz: $target FAILED: $(grep -m1 -E 'ERROR|deadly|Fatal|timeout' "$log" || tail -1 "$log")"
         echo "fuzz: inputs in $crashes; log $log"
         if [ "${FUZZ_REPORT_ONLY:-0}" = 1 ] && ls "$crashes"/* >/dev/null 2>&1; then
