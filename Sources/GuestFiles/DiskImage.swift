@@ -64,7 +64,12 @@ public final class DiskImage {
         self.file = file
         var footer = [UInt8](repeating: 0, count: 8)
         if fileSize >= 512 {
-            _ = try? footer.withUnsafeMutableBytes { try file.read(fromAbsoluteOffset: fileSize - 512, into: $0) }
+            do {
+                _ = try footer.withUnsafeMutableBytes { try file.read(fromAbsoluteOffset: fileSize - 512, into: $0) }
+            } catch {
+                try? file.close()
+                throw GuestFileError(.unreadable, "reading the end of \(path) failed: \(error)", hint: "Check the device the image is on")
+            }
         }
         func starts(_ text: String) -> Bool { headerCount >= text.utf8.count && header.starts(with: Array(text.utf8)) }
         if headerCount >= 4, Array(header[0..<4]) == Self.qcowMagic {

@@ -59,27 +59,47 @@ public final class LoopMount: GuestFileSystem {
             "-t", type, "-o", "\(Self.options(fileSystem: type)),loop,offset=\(partition.offset),sizelimit=\(partition.size)", source,
             mountPoint
         ]
-        let status = (try? ChildProcess(path: "/bin/mount", arguments: arguments).waitForExit()) ?? -1
-        guard status == 0 else {
+        let outcome: String?
+        do {
+            let status = try ChildProcess(path: "/bin/mount", arguments: arguments).waitForExit()
+            outcome = status == 0 ? nil : "exit status \(status)"
+        } catch {
+            outcome = "\(error)"
+        }
+        if let outcome {
             Self.stopExport(exporter, exportFile)
             try? FileManager.default.removeItem(atPath: scratch)
             throw GuestFileError(
-                .unreadable, "mount -t \(type) of \(disk.path) partition \(partition.number) failed (status \(status))",
+                .unreadable, "mount -t \(type) of \(disk.path) partition \(partition.number) failed (\(outcome))",
                 hint: "Check that this kernel supports \(type) (modprobe \(type)) and the file system is sound")
         }
         do {
             directory = try HostDirectory(mountPoint)
         } catch {
-            _ = try? ChildProcess(path: "/bin/umount", arguments: [mountPoint]).waitForExit()
+            Self.unmount(mountPoint, lazily: false)
             Self.stopExport(exporter, exportFile)
             throw error
         }
     }
 
     deinit {
-        _ = try? ChildProcess(path: "/bin/umount", arguments: [mountPoint]).waitForExit()
+        Self.unmount(mountPoint, lazily: false)
         Self.stopExport(exporter, exportFile)
         try? FileManager.default.removeItem(atPath: scratch)
+    }
+
+    /// Unmounts, and says so on stderr when it cannot: a mount left behind is worth knowing.
+    static func unmount(_ point: String, lazily: Bool) {
+        var problem: String? = nil
+        do {
+            let status = try ChildProcess(path: "/bin/umount", arguments: (lazily ? ["-l"] : []) + [point]).waitForExit()
+            if status != 0 { problem = "umount exited \(status)" }
+        } catch {
+            problem = "\(error)"
+        }
+        if let problem {
+            FileHandle.standardError.write(Data("pvcheck: could not unmount \(point) (\(problem)); remove it with umount -l \(point)\n".utf8))
+        }
     }
 
     /// Starts qemu-storage-daemon exporting `image` read-only as a raw file at `file` (FUSE),
@@ -119,7 +139,7 @@ public final class LoopMount: GuestFileSystem {
         guard let child else { return }
         child.signal(SIGTERM)
         _ = try? child.waitForExit()
-        if let file { _ = try? ChildProcess(path: "/bin/umount", arguments: ["-l", file]).waitForExit() }
+        if let file { unmount(file, lazily: true) }
     }
 
     public func kind(of path: String) -> GuestFileKind? { directory.kind(of: path) }
