@@ -310,36 +310,31 @@ public final class DiskImage {
         return (opened, UInt64(size))
     }
 
-    /// The innermost line of a libyal error (one line per layer; the last says what was wrong).
-    static func innermost(_ buffer: [CChar]) -> String {
+    /// A libyal error as text, and the error freed: each library has its own `*_error_sprint`
+    /// and `*_error_free`, the same shape. The messages are one line per layer; the innermost
+    /// (last) says what was wrong.
+    static func yalMessage(
+        _ error: inout YalHandle?, sprint: (YalHandle?, UnsafeMutablePointer<CChar>, Int) -> Int32,
+        free: (UnsafeMutablePointer<YalHandle?>) -> Void
+    ) -> String {
+        guard error != nil else { return "no reason given" }
+        var buffer = [CChar](repeating: 0, count: 512)
+        _ = buffer.withUnsafeMutableBufferPointer { sprint(error, $0.baseAddress!, $0.count) }
+        free(&error)
         let text = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         return text.split(separator: "\n").last.map(String.init) ?? text
     }
 
     static func vmdkMessage(_ error: inout YalHandle?) -> String {
-        guard error != nil else { return "no reason given" }
-        var buffer = [CChar](repeating: 0, count: 512)
-        _ = libvmdk_error_sprint(error, &buffer, buffer.count)
-        libvmdk_error_free(&error)
-        return innermost(buffer)
+        yalMessage(&error, sprint: { libvmdk_error_sprint($0, $1, $2) }, free: { libvmdk_error_free($0) })
     }
 
     static func vhdiMessage(_ error: inout YalHandle?) -> String {
-        guard error != nil else { return "no reason given" }
-        var buffer = [CChar](repeating: 0, count: 512)
-        _ = libvhdi_error_sprint(error, &buffer, buffer.count)
-        libvhdi_error_free(&error)
-        return innermost(buffer)
+        yalMessage(&error, sprint: { libvhdi_error_sprint($0, $1, $2) }, free: { libvhdi_error_free($0) })
     }
 
     static func message(_ error: inout QcowError?) -> String {
-        guard error != nil else { return "no reason given" }
-        var buffer = [CChar](repeating: 0, count: 512)
-        _ = libqcow_error_sprint(error, &buffer, buffer.count)
-        libqcow_error_free(&error)
-        let text = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        // libyal's messages are one line per layer; the innermost says what was wrong.
-        return text.split(separator: "\n").last.map(String.init) ?? text
+        yalMessage(&error, sprint: { libqcow_error_sprint($0, $1, $2) }, free: { libqcow_error_free($0) })
     }
 
     /// Fills `buffer` from `offset` of the virtual disk; a read past its end is an error.

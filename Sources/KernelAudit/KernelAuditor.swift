@@ -545,11 +545,17 @@ public struct KernelAuditor: Sendable {
             for candidate in ["/lib/modules/\(release)", "/usr/lib/modules/\(release)"] where guest.isDirectory(candidate) {
                 // libkmod reads depmod's indexes; the module files themselves are not needed.
                 // A tree without them is read from its modules' own modinfo: copy those.
-                if guest.isFile(candidate + "/modules.dep.bin") {
-                    return try? guest.hostDirectory(candidate, scratch: scratch, include: { $0.hasPrefix("modules.") })
-                }
-                return try? guest.hostDirectory(candidate, scratch: scratch, recursive: true, limit: 64 << 20) { name in
-                    name.hasPrefix("modules.") || [".ko", ".ko.xz", ".ko.zst", ".ko.gz"].contains { name.hasSuffix($0) }
+                do {
+                    if guest.isFile(candidate + "/modules.dep.bin") {
+                        return try guest.hostDirectory(candidate, scratch: scratch, include: { $0.hasPrefix("modules.") })
+                    }
+                    return try guest.hostDirectory(candidate, scratch: scratch, recursive: true, limit: 64 << 20) { name in
+                        name.hasPrefix("modules.") || [".ko", ".ko.xz", ".ko.zst", ".ko.gz"].contains { name.hasSuffix($0) }
+                    }
+                } catch {
+                    // The audit goes on from the config alone; say why the modules are missing.
+                    logger.warning("\(path): the module tree \(candidate) in \(guest.description) cannot be read: \(error.message) (\(error.hint))")
+                    return nil
                 }
             }
             return nil

@@ -155,13 +155,14 @@ struct DiskImageHostileTests {
         #expect(snapshot.code == .unsupported && snapshot.message.contains("snapshot"), "\(snapshot.message)")
     }
 
-    @Test("an image cut at 24 places, raw and qcow2: each an error or a report, never a crash, never a write")
+    @Test("an image cut at 27 places, raw, qcow2, VMDK, VHD and VHDX: each an error or a report, never a crash, never a write")
     func truncated() throws {
         let scratch = try ScratchDirectory()
         let raw = try SmallDisk.make(in: scratch)
-        let qcow = raw + ".qcow2"
-        try SmallDisk.shell("qemu-img convert -q -f raw -O qcow2 '\(raw)' '\(qcow)'")
-        for source in [raw, qcow] {
+        for (format, suffix) in [("qcow2", "qcow2"), ("vmdk", "vmdk"), ("vpc", "vhd"), ("vhdx", "vhdx")] {
+            try SmallDisk.shell("qemu-img convert -q -f raw -O \(format) '\(raw)' '\(raw).\(suffix)'")
+        }
+        for source in [raw] + ["qcow2", "vmdk", "vhd", "vhdx"].map({ raw + "." + $0 }) {
             let whole = try bytes(of: source)
             // The raw disk's data ends near 1 MiB + the file system; cut inside it as well as at the ends.
             let cuts = (0..<24).map { whole.count * $0 / 24 + ($0 % 3) * 511 } + [512, 1_049_600, 1_052_672]
