@@ -8,30 +8,38 @@ import XenStore
 /// A device's state across connections: the rings of the current connection, the data pages,
 /// requests waiting to be re-issued while the backend restarts, and the failure that closed
 /// the device.
-final class Core: @unchecked Sendable {  // @unchecked: every var is under `lock`
+final class Core: Sendable {
     let platform: any PVPlatform
     let handle: UInt16
     let options: BlockFront.Options
     let gate = OrderingGate()
-    private let lock = NSLock()
-    /// Rings made at publish, started at Connected.
-    private var staged: [BlockQueue] = []
-    private var transport: BlockNegotiation.Transport?
-    private var queues: [BlockQueue] = []
-    private var nextQueue = 0
-    private var pool: GrantPool?
-    private var info: BlockFront.Info?
-    private var failure: BlockFrontError?
-    /// In flight when the backend went away; re-issued on the next connection.
-    private var suspended: [InFlight] = []
-    private var waiters: [CheckedContinuation<BlockFrontError?, Never>] = []
-    /// Ring and buffer pages the backend did not let go (kept, retried at close).
-    private var heldPages: [SharedPage] = []
-    private var connections = 0
-    private var reissuedCount = 0
-    private var reconnectTimer: Task<Void, Never>?
+    private let state = Locked(State())
+
+    private struct State {
+        /// Rings made at publish, started at Connected.
+        var staged: [BlockQueue] = []
+        var transport: BlockNegotiation.Transport?
+        var queues: [BlockQueue] = []
+        var nextQueue = 0
+        var pool: GrantPool?
+        var info: BlockFront.Info?
+        var failure: BlockFrontError?
+        /// In flight when the backend went away; re-issued on the next connection.
+        var suspended: [InFlight] = []
+        var waiters: [CheckedContinuation<BlockFrontError?, Never>] = []
+        /// Ring and buffer pages the backend did not let go (kept, retried at close).
+        var heldPages: [SharedPage] = []
+        var connections = 0
+        var reissuedCount = 0
+        var reconnectTimer: Task<Void, Never>?
+        var onFailure: (@Sendable (BlockFrontError) -> Void)?
+    }
+
     /// Told once when the device fails on its own (set before the handshake starts).
-    nonisolated(unsafe) var onFailure: (@Sendable (BlockFrontError) -> Void)?
+    var onFailure: (@Sendable (BlockFrontError) -> Void)? {
+        get { state.withLock { $0.onFailure } }
+        set { state.withLock { $0.onFailure = newValue } }
+    }
 
     init(platform: any PVPlatform, handle: UInt16, options: BlockFront.Options) {
         self.platform = platform
@@ -39,13 +47,13 @@ final class Core: @unchecked Sendable {  // @unchecked: every var is under `lock
         self.options = options
     }
 
-    var currentInfo: BlockFront.Info? { lock.withLock { info } }
+    var currentInfo: BlockFront.Info? { state.withLock { s in s.info } }
     var statistics: BlockFront.Statistics {
-        lock.withLock {
+        state.withLock { s in
             BlockFront.Statistics(
-                connections: connections, reissued: reissuedCount, notificationsSent: queues.reduce(0) { $0 + $1.channel.notificationsSent },
-                spuriousWakeups: queues.reduce(0) { $0 + $1.spuriousWakeups },
-                pagesHeldByBackend: (pool?.pagesHeldByBackend ?? 0) + heldPages.count)
+                connections: s.connections, reissued: s.reissuedCount, notificationsSent: s.queues.reduce(0) { $0 + $1.channel.notificationsSent },
+                spuriousWakeups: s.queues.reduce(0) { $0 + $1.spuriousWakeups },
+                pagesHeldByBackend: (s.pool?.pagesHeldByBackend ?? 0) + s.heldPages.count)
         }
     }
 
@@ -53,8 +61,8 @@ final class Core: @unchecked Sendable {  // @unchecked: every var is under `lock
 
     /// The rings to publish (made once per connection attempt: publish may be retried).
     func stage(offer: [String: String], backend: DomainID) throws(BlockFrontError) -> (BlockNegotiation.Transport, [BlockQueue]) {
-        if let failure = lock.withLock({ failure }) { throw failure }
-        if let existing = lock.withLock({ self.transport.map { ($0, self.staged) } }), !existing.1.isEmpty { return existing }
+        if let failure = state.withLock({ s in s.failure }) { throw failure }
+        if let existing = state.withLock({ s in s.transport.map { ($0, s.staged) } }), !existing.1.isEmpty { return existing }
         let wanted = try BlockNegotiation.transport(offer: offer, options: options)
         var made: [BlockQueue] = []
         do throws(BlockFrontError) {
@@ -75,35 +83,35 @@ final class Core: @unchecked Sendable {  // @unchecked: every var is under `lock
             for queue in made { _ = queue.halt { [self] in retire(queue) } }
             throw error
         }
-        lock.withLock {
-            self.transport = wanted
-            self.staged = made
+        state.withLock { s in
+            s.transport = wanted
+            s.staged = made
         }
         return (wanted, made)
     }
 
     /// The backend is Connected: start the rings, re-issue what was suspended, admit callers.
     func connected(backend keys: [String: String], trusted: String?, backendID: DomainID) throws(BlockFrontError) {
-        guard let transport = lock.withLock({ self.transport }) else { throw .closed("connected before publishing") }
+        guard let transport = state.withLock({ s in s.transport }) else { throw .closed("connected before publishing") }
         let info = try BlockNegotiation.disk(backend: keys, transport: transport, trusted: trusted, options: options)
         // The pool is made at the first connection and kept across reconnects (suspended
         // requests hold its pages). Never more than three quarters of what the domain can
         // still grant, and room for at least two of the largest requests.
-        lock.withLock {
-            guard pool == nil else { return }
+        state.withLock { s in
+            guard s.pool == nil else { return }
             let budget = max(min(options.pages, platform.availablePages * 3 / 4), 2 * (Blkif.maxSegmentsPerRequest + 1))
-            pool = GrantPool(platform: platform, backend: backendID, persistent: info.persistentGrants, zeroOnReuse: !info.trusted, pages: budget)
+            s.pool = GrantPool(platform: platform, backend: backendID, persistent: info.persistentGrants, zeroOnReuse: !info.trusted, pages: budget)
         }
-        let (started, again, ready): ([BlockQueue], [InFlight], [CheckedContinuation<BlockFrontError?, Never>]) = lock.withLock {
-            reconnectTimer?.cancel()
-            reconnectTimer = nil
-            self.info = info
-            queues = staged
-            staged = []
-            connections += 1
-            reissuedCount += suspended.count
-            defer { suspended = []; waiters = [] }
-            return (queues, suspended, waiters)
+        let (started, again, ready): ([BlockQueue], [InFlight], [CheckedContinuation<BlockFrontError?, Never>]) = state.withLock { s in
+            s.reconnectTimer?.cancel()
+            s.reconnectTimer = nil
+            s.info = info
+            s.queues = s.staged
+            s.staged = []
+            s.connections += 1
+            s.reissuedCount += s.suspended.count
+            defer { s.suspended = []; s.waiters = [] }
+            return (s.queues, s.suspended, s.waiters)
         }
         do throws(BlockFrontError) {
             for queue in started { try queue.start() }
@@ -139,12 +147,12 @@ final class Core: @unchecked Sendable {  // @unchecked: every var is under `lock
     /// The backend went away (Closing/Closed). With reconnect on, requests in flight wait for
     /// the next connection (bounded by the reconnect timeout); otherwise they fail.
     func disconnected() {
-        guard options.reconnect, options.reconnectTimeout > .zero, lock.withLock({ failure == nil }) else {
+        guard options.reconnect, options.reconnectTimeout > .zero, state.withLock({ s in s.failure == nil }) else {
             fail(.closed("the backend closed the device"))
             return
         }
-        let old = lock.withLock {
-            defer { queues = []; staged = []; transport = nil }; return queues + staged
+        let old = state.withLock { s in
+            defer { s.queues = []; s.staged = []; s.transport = nil }; return s.queues + s.staged
         }
         var waiting: [InFlight] = []
         for queue in old {
@@ -152,9 +160,9 @@ final class Core: @unchecked Sendable {  // @unchecked: every var is under `lock
             queue.slots.fail(.closed("the backend restarted"))
         }
         let timeout = options.reconnectTimeout
-        lock.withLock {
-            suspended += waiting.sorted { $0.issued < $1.issued }
-            reconnectTimer = Task { [weak self] in
+        state.withLock { s in
+            s.suspended += waiting.sorted { $0.issued < $1.issued }
+            s.reconnectTimer = Task { [weak self] in
                 try? await Task.sleep(for: timeout)
                 guard !Task.isCancelled, let self else { return }
                 self.fail(.closed("the backend did not come back within \(timeout)"))
@@ -165,19 +173,19 @@ final class Core: @unchecked Sendable {  // @unchecked: every var is under `lock
     /// Waits until the device is connected (the first time, or again after a backend restart).
     func waitForConnection() async throws(BlockFrontError) -> BlockFront.Info {
         // Fast path (every request): connected, no suspension.
-        if let info = lock.withLock({ failure == nil && !queues.isEmpty ? info : nil }) { return info }
+        if let info = state.withLock({ s in s.failure == nil && !s.queues.isEmpty ? s.info : nil }) { return info }
         while true {
             let error: BlockFrontError? = await withCheckedContinuation { continuation in
-                let immediate: BlockFrontError?? = lock.withLock {
-                    if let failure { return .some(failure) }
-                    if info != nil && !queues.isEmpty { return .some(nil) }
-                    waiters.append(continuation)
+                let immediate: BlockFrontError?? = state.withLock { s in
+                    if let failure = s.failure { return .some(failure) }
+                    if s.info != nil && !s.queues.isEmpty { return .some(nil) }
+                    s.waiters.append(continuation)
                     return nil
                 }
                 if let immediate { continuation.resume(returning: immediate) }
             }
             if let error { throw error }
-            if let info = lock.withLock({ queues.isEmpty ? nil : info }) { return info }
+            if let info = state.withLock({ s in s.queues.isEmpty ? nil : s.info }) { return info }
         }
     }
 
@@ -185,13 +193,14 @@ final class Core: @unchecked Sendable {  // @unchecked: every var is under `lock
     /// pages are revoked (kept while the backend maps them).
     func fail(_ error: BlockFrontError) {
         var first = false
-        let (old, waiting, ready, pool) = lock.withLock { () -> ([BlockQueue], [InFlight], [CheckedContinuation<BlockFrontError?, Never>], GrantPool?) in
-            if failure == nil { failure = error; first = true }
-            reconnectTimer?.cancel()
-            defer { queues = []; staged = []; suspended = []; waiters = []; transport = nil }
-            return (queues + staged, suspended, waiters, self.pool)
+        let (old, waiting, ready, pool) = state.withLock {
+            (s: inout State) -> ([BlockQueue], [InFlight], [CheckedContinuation<BlockFrontError?, Never>], GrantPool?) in
+            if s.failure == nil { s.failure = error; first = true }
+            s.reconnectTimer?.cancel()
+            defer { s.queues = []; s.staged = []; s.suspended = []; s.waiters = []; s.transport = nil }
+            return (s.queues + s.staged, s.suspended, s.waiters, s.pool)
         }
-        let error = lock.withLock { failure } ?? error
+        let error = state.withLock { s in s.failure } ?? error
         pool?.budget.fail(error)
         gate.release()
         var entries = waiting
@@ -206,22 +215,22 @@ final class Core: @unchecked Sendable {  // @unchecked: every var is under `lock
 
     /// The backend wrote Connected again: re-read the size (a capacity change).
     func resized(backend keys: [String: String], trusted: String?) throws(BlockFrontError) {
-        guard let transport = lock.withLock({ self.transport }) else { return }
+        guard let transport = state.withLock({ s in s.transport }) else { return }
         let new = try BlockNegotiation.disk(backend: keys, transport: transport, trusted: trusted, options: options)
-        lock.withLock { info?.sectors = new.sectors }
+        state.withLock { s in s.info?.sectors = new.sectors }
     }
 
     /// After close: revokes every page, retrying the ones the backend held. Returns how many
     /// it still holds.
     @discardableResult
     func drain() -> Int {
-        let held = lock.withLock {
-            defer { heldPages = [] }; return heldPages
+        let held = state.withLock { s in
+            defer { s.heldPages = [] }; return s.heldPages
         }
         var still: [SharedPage] = []
         for page in held where !platform.revoke(page) { still.append(page) }
-        let pool = lock.withLock {
-            heldPages += still; return self.pool
+        let pool = state.withLock { s in
+            s.heldPages += still; return s.pool
         }
         return (pool?.drain() ?? 0) + still.count
     }
@@ -235,20 +244,20 @@ final class Core: @unchecked Sendable {  // @unchecked: every var is under `lock
     /// place by every request that uses them.
     func grantBuffer(pages count: Int) async throws(BlockFrontError) -> SharedPages {
         _ = try await waitForConnection()
-        guard let backend = lock.withLock({ pool?.backend }) else { throw .closed("not connected") }
+        guard let backend = state.withLock({ s in s.pool?.backend }) else { throw .closed("not connected") }
         do { return try platform.grantPages(count, to: backend, readOnly: false) } catch { throw .platform("granting a buffer's \(count) pages", cause: error) }
     }
 
     /// Whether data may go through caller-granted pages (a backend not trusted gets bounce
     /// pages, zeroed, instead).
-    var trustsBackend: Bool { lock.withLock { info?.trusted ?? false } }
+    var trustsBackend: Bool { state.withLock { s in s.info?.trusted ?? false } }
 
     /// Ring or buffer pages no longer used: revoked, or kept (retried by ``drain()``) while the
     /// backend still maps them.
     func releasePages(_ pages: SharedPages) {
         var kept: [SharedPage] = []
         for page in pages.pages where !platform.revoke(page) { kept.append(page) }
-        if !kept.isEmpty { lock.withLock { heldPages += kept } }
+        if !kept.isEmpty { state.withLock { s in s.heldPages += kept } }
     }
 
     // MARK: I/O
@@ -266,31 +275,31 @@ final class Core: @unchecked Sendable {  // @unchecked: every var is under `lock
     /// resumes it without a hop; others get the next ring, round robin.
     func nextRing() -> BlockQueue? {
         let here = EventLoop.current
-        return lock.withLock {
-            guard !queues.isEmpty else { return nil }
-            nextQueue &+= 1
+        return state.withLock { s in
+            guard !s.queues.isEmpty else { return nil }
+            s.nextQueue &+= 1
             if let here {
-                for offset in 0..<queues.count {
-                    let queue = queues[(nextQueue &+ offset) % queues.count]
+                for offset in 0..<s.queues.count {
+                    let queue = s.queues[(s.nextQueue &+ offset) % s.queues.count]
                     if queue.loop === here { return queue }
                 }
             }
-            return queues[nextQueue % queues.count]
+            return s.queues[s.nextQueue % s.queues.count]
         }
     }
 
     /// The rings of the current connection (empty while there is none).
-    var currentRings: [BlockQueue] { lock.withLock { queues } }
+    var currentRings: [BlockQueue] { state.withLock { s in s.queues } }
 
     /// The pages of the current connection (nil before the first).
-    var currentPool: GrantPool? { lock.withLock { pool } }
+    var currentPool: GrantPool? { state.withLock { s in s.pool } }
 
     /// What a request needs to know of the device, read together: the negotiated disk, the
     /// page pool, the error that closed it.
-    var snapshot: (info: BlockFront.Info?, pool: GrantPool?, failure: BlockFrontError?) { lock.withLock { (info, pool, failure) } }
+    var snapshot: (info: BlockFront.Info?, pool: GrantPool?, failure: BlockFrontError?) { state.withLock { s in (s.info, s.pool, s.failure) } }
 
     /// The error that closed the device, if it is closed.
-    var currentFailure: BlockFrontError? { lock.withLock { failure } }
+    var currentFailure: BlockFrontError? { state.withLock { s in s.failure } }
 
     /// Runs one operation: the data cut into requests, each holding pages of the budget and a
     /// ring slot while in flight; ends when all have ended (the first error wins).
@@ -304,7 +313,7 @@ final class Core: @unchecked Sendable {  // @unchecked: every var is under `lock
         granted: ArraySlice<SharedPage>? = nil, discard: (sectors: UInt64, secure: Bool)? = nil
     ) async throws(BlockFrontError) {
         let info = try await waitForConnection()
-        guard let pool = lock.withLock({ pool }) else { throw .closed("not connected") }
+        guard let pool = state.withLock({ s in s.pool }) else { throw .closed("not connected") }
         let barrier = operation == .writeBarrier
         if barrier { await gate.exclusive() } else { await gate.enter() }
         defer { if barrier { gate.endExclusive() } else { gate.leave() } }
@@ -341,7 +350,7 @@ final class Core: @unchecked Sendable {  // @unchecked: every var is under `lock
         granted: ArraySlice<SharedPage>?, discard: (sectors: UInt64, secure: Bool)?,
         owner: any RequestOwner, tag: Int = 0
     ) async throws(BlockFrontError) {
-        guard let pool = lock.withLock({ pool }) else { throw lock.withLock { failure } ?? .closed("not connected") }
+        guard let pool = state.withLock({ s in s.pool }) else { throw state.withLock { s in s.failure } ?? .closed("not connected") }
         // With a granted buffer the request holds only its indirect pages.
         let budget = granted == nil ? chunk.budget : chunk.indirectPages
         try await pool.budget.acquire(budget)
@@ -353,7 +362,7 @@ final class Core: @unchecked Sendable {  // @unchecked: every var is under `lock
                 break
             } catch {
                 // A ring closed under us by a backend restart: take one of the next connection.
-                if case .cancelled = error {} else if lock.withLock({ failure == nil && options.reconnect }) { continue }
+                if case .cancelled = error {} else if state.withLock({ s in s.failure == nil && options.reconnect }) { continue }
                 pool.budget.release(budget)
                 throw error
             }
@@ -419,18 +428,18 @@ final class Core: @unchecked Sendable {  // @unchecked: every var is under `lock
         }
         return InFlight(
             owner: owner, tag: tag, request: request, operation: operation, sector: chunk.sector, pages: taken,
-            destination: operation == .read && granted == nil ? buffer.map { $0 + chunk.offset } : nil,
+            destination: operation == .read && granted == nil ? buffer.map { MemoryAddress($0 + chunk.offset) } : nil,
             byteCount: chunk.length, budget: budget, issued: 0)
     }
 
     /// A request that could not go on its ring: waits for the next connection, or fails.
     func park(_ entry: InFlight, error: BlockFrontError) {
-        let parked: Bool = lock.withLock {
-            guard failure == nil, options.reconnect, queues.isEmpty else { return false }
-            suspended.append(entry)
+        let parked: Bool = state.withLock { s in
+            guard s.failure == nil, options.reconnect, s.queues.isEmpty else { return false }
+            s.suspended.append(entry)
             return true
         }
-        if !parked { finish(entry, error: lock.withLock { failure } ?? error) }
+        if !parked { finish(entry, error: state.withLock { s in s.failure } ?? error) }
     }
 
     /// A response arrived (checked by the ring): data out, pages back, owner told (the ring
@@ -442,7 +451,7 @@ final class Core: @unchecked Sendable {  // @unchecked: every var is under `lock
             if let destination = entry.destination {
                 for (index, page) in entry.pages.prefix((entry.byteCount + XenPage.size - 1) / XenPage.size).enumerated() {
                     let start = index * XenPage.size
-                    (destination + start).copyMemory(from: page.address, byteCount: min(XenPage.size, entry.byteCount - start))
+                    (destination.pointer + start).copyMemory(from: page.address, byteCount: min(XenPage.size, entry.byteCount - start))
                 }
             }
         case .notSupported: error = .notSupported("\(entry.operation)")
@@ -461,7 +470,7 @@ final class Core: @unchecked Sendable {  // @unchecked: every var is under `lock
     /// Pages and budget back, owner told.
     private func end(_ entry: InFlight, error: BlockFrontError?) {
         if !entry.pages.isEmpty || entry.budget > 0 {
-            let pool = lock.withLock { self.pool }
+            let pool = state.withLock { s in s.pool }
             pool?.give(entry.pages)
             pool?.budget.release(entry.budget)
         }

@@ -1,6 +1,7 @@
 import DequeModule
 import Foundation
 import PVPlatform
+import PVSystem
 import XenABI
 
 /// A submission and completion queue on a disk, for a caller that keeps many requests in
@@ -29,7 +30,7 @@ import XenABI
 /// With a handler (``BlockFront/makeIOQueue(depth:handler:)``) completions are handed over on
 /// the completion thread of the ring that carried them, and what the handler submits goes to
 /// that ring first: a steady load then stays with the threads already serving it.
-public final class BlockIOQueue: RequestOwner, @unchecked Sendable {  // @unchecked: queued work under `lock`, submission state under `submitting`
+public final class BlockIOQueue: RequestOwner, Sendable {
     /// An operation that ended: the tag it was queued with and its error (nil: success).
     public struct Completion: Sendable, Equatable {
         public let tag: Int
@@ -49,25 +50,56 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {  // @unchec
 
     private let disk: BlockFront
     private var core: Core { disk.core }
-    private let lock = NSLock()
-    /// Serialises ``submit()`` end to end (requests leave in the order they were queued).
-    private let submitting = NSLock()
-    private var operations: [Operation]
-    private var freePlaces: [Int]
-    /// Requests queued and not yet on a ring, in order.
-    private var queued: Deque<Piece> = []
-    /// Requests on a ring (or parked for a reconnect) and not yet ended.
-    private var onRings = 0
-    /// Gate entries of ended requests, given back together at ``wake()``.
-    private var leaving = 0
-    /// A submit is scheduled for when the device is connected again.
-    private var retrying = false
-    /// The ring the next request goes to first (round robin; under `submitting`).
-    private var nextRing = 0
-    private var done: [Completion] = []
-    /// The places of `done`, freed when they are collected.
-    private var donePlaces: [Int] = []
-    private var waiter: (continuation: CheckedContinuation<Void, Never>, atLeast: Int)?
+    private let lock: Locked<State>
+    /// Serialises ``submit()`` end to end (requests leave in the order they were queued);
+    /// holds the ring the next request goes to first (round robin).
+    private let submitting = Locked(0)
+
+    private struct State {
+        let depth: Int
+        var operations: [Operation]
+        var freePlaces: [Int]
+        /// Requests queued and not yet on a ring, in order.
+        var queued: Deque<Piece> = []
+        /// Requests on a ring (or parked for a reconnect) and not yet ended.
+        var onRings = 0
+        /// Gate entries of ended requests, given back together at ``wake()``.
+        var leaving = 0
+        /// A submit is scheduled for when the device is connected again.
+        var retrying = false
+        var done: [Completion] = []
+        /// The places of `done`, freed when they are collected.
+        var donePlaces: [Int] = []
+        var waiter: (continuation: CheckedContinuation<Void, Never>, atLeast: Int)?
+
+        /// Takes the completions, freeing their places.
+        mutating func collect() -> [Completion] {
+            defer {
+                freePlaces += donePlaces
+                donePlaces.removeAll(keepingCapacity: true)
+                done.removeAll(keepingCapacity: true)
+            }
+            return done
+        }
+
+        /// Enough completions collected: `atLeast`, or all there will be.
+        func isReady(_ atLeast: Int) -> Bool {
+            let outstanding = depth - freePlaces.count
+            return done.count >= min(atLeast, outstanding)
+        }
+
+        /// One request of the operation at `place` ended; the operation completes with its
+        /// last.
+        mutating func record(_ error: BlockFrontError?, place: Int) {
+            if let error, operations[place].error == nil { operations[place].error = error }
+            operations[place].remaining -= 1
+            if operations[place].remaining == 0 {
+                done.append(Completion(tag: operations[place].tag, error: operations[place].error))
+                donePlaces.append(place)
+                operations[place].buffer = nil
+            }
+        }
+    }
     /// When set, completions go to it on the ring's completion thread instead of waiting for
     /// ``completions(atLeast:)``.
     private let handler: (@Sendable (BlockIOQueue, [Completion]) -> Void)?
@@ -86,7 +118,7 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {  // @unchec
         let place: Int
         let operation: BlkifOperation
         let chunk: RequestPlan.Chunk
-        let address: UnsafeMutableRawPointer?
+        let address: MemoryAddress?
         let granted: ArraySlice<SharedPage>?
         var budget: Int { granted == nil ? chunk.budget : chunk.indirectPages }
     }
@@ -95,12 +127,11 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {  // @unchec
         self.disk = disk
         self.depth = depth
         self.handler = handler
-        operations = Array(repeating: Operation(), count: depth)
-        freePlaces = Array((0..<depth).reversed())
+        lock = Locked(State(depth: depth, operations: Array(repeating: Operation(), count: depth), freePlaces: Array((0..<depth).reversed())))
     }
 
     /// Operations queued, in flight, or completed and not yet collected.
-    public var occupied: Int { lock.withLock { depth - freePlaces.count } }
+    public var occupied: Int { lock.withLock { s in depth - s.freePlaces.count } }
 
     // MARK: Queueing
 
@@ -127,9 +158,9 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {  // @unchec
         if let failure { throw failure }
         guard let info, info.flush else { throw .notSupported("flush") }
         let place = try takePlace()
-        lock.withLock {
-            operations[place] = Operation(tag: tag, remaining: 1, error: nil, buffer: nil)
-            queued.append(
+        lock.withLock { s in
+            s.operations[place] = Operation(tag: tag, remaining: 1, error: nil, buffer: nil)
+            s.queued.append(
                 Piece(place: place, operation: .flushDiskCache, chunk: RequestPlan.Chunk(offset: 0, length: 0, sector: 0), address: nil, granted: nil))
         }
     }
@@ -147,25 +178,25 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {  // @unchec
         let wanted = min(info.indirectSegments, fits, granted == nil ? BlockFront.copiedRequestSegments : Int.max)
         let most = wanted <= Blkif.maxSegmentsPerRequest ? Blkif.maxSegmentsPerRequest : wanted
         let place = try takePlace()
-        lock.withLock {
+        lock.withLock { s in
             if bytes.count <= most * XenPage.size {
-                operations[place] = Operation(tag: tag, remaining: 1, error: nil, buffer: buffer)
-                queued.append(
+                s.operations[place] = Operation(tag: tag, remaining: 1, error: nil, buffer: buffer)
+                s.queued.append(
                     Piece(
                         place: place, operation: operation, chunk: RequestPlan.Chunk(offset: 0, length: bytes.count, sector: sector),
-                        address: bytes.baseAddress, granted: granted))
+                        address: bytes.baseAddress.map(MemoryAddress.init), granted: granted))
                 return
             }
             let chunks = RequestPlan(sector: sector, byteCount: bytes.count, maxSegments: most).chunks
-            operations[place] = Operation(tag: tag, remaining: chunks.count, error: nil, buffer: buffer)
+            s.operations[place] = Operation(tag: tag, remaining: chunks.count, error: nil, buffer: buffer)
             for chunk in chunks {
-                queued.append(Piece(place: place, operation: operation, chunk: chunk, address: bytes.baseAddress, granted: granted))
+                s.queued.append(Piece(place: place, operation: operation, chunk: chunk, address: bytes.baseAddress.map(MemoryAddress.init), granted: granted))
             }
         }
     }
 
     private func takePlace() throws(BlockFrontError) -> Int {
-        let place: Int? = lock.withLock { freePlaces.popLast() }
+        let place: Int? = lock.withLock { s in s.freePlaces.popLast() }
         guard let place else { throw .queueFull(depth: depth) }
         return place
     }
@@ -178,7 +209,7 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {  // @unchec
     public func submit() {
         // Requests a halted ring refused are parked after the submission lock is let go:
         // parking one can end it, and its completion can submit again (from this thread).
-        let (failed, parked): ([(Int, BlockFrontError)], [(InFlight, BlockFrontError)]) = submitting.withLock {
+        let (failed, parked): ([(Int, BlockFrontError)], [(InFlight, BlockFrontError)]) = submitting.withLock { nextRing in
             let rings = core.currentRings
             guard let pool = core.currentPool, !rings.isEmpty else {
                 retryWhenConnected()
@@ -186,12 +217,12 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {  // @unchec
             }
             // Everything queued, taken at once; what finds no room goes back in front.
             var pieces: Deque<Piece> = []
-            lock.withLock { swap(&pieces, &queued) }
+            lock.withLock { s in swap(&pieces, &s.queued) }
             guard !pieces.isEmpty else { return ([], []) }
             // The gate and the rings' slots taken for the whole batch (an even share of each
             // ring), the unused given back after.
             guard core.gate.tryEnter(pieces.count) else {
-                lock.withLock { queued.prepend(contentsOf: pieces) }
+                lock.withLock { s in s.queued.prepend(contentsOf: pieces) }
                 return ([], [])
             }
             // From a ring's completion thread (a handler), that ring first: the requests stay
@@ -210,7 +241,8 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {  // @unchec
             var sent = 0
             while let piece = pieces.first {
                 let preferred = home.flatMap { room[$0] > 0 ? $0 : nil }
-                guard let ring = preferred ?? (0..<rings.count).lazy.map({ (self.nextRing + $0) % rings.count }).first(where: { room[$0] > 0 }) else { break }
+                guard let ring = preferred ?? (0..<rings.count).lazy.map({ [start = nextRing] in (start + $0) % rings.count }).first(where: { room[$0] > 0 })
+                else { break }
                 let budget = piece.budget
                 guard budget == 0 || pool.budget.tryAcquire(budget) else { break }
                 pieces.removeFirst()
@@ -220,7 +252,7 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {  // @unchec
                 do throws(BlockFrontError) {
                     batches[ring].append(
                         try core.prepare(
-                            piece.operation, chunk: piece.chunk, buffer: piece.address, granted: piece.granted,
+                            piece.operation, chunk: piece.chunk, buffer: piece.address?.pointer, granted: piece.granted,
                             discard: nil, pool: pool, budget: budget, owner: self, tag: piece.place))
                 } catch {
                     rings[ring].slots.release(1)
@@ -230,9 +262,9 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {  // @unchec
             }
             for (ring, unused) in room.enumerated() where unused > 0 { rings[ring].slots.release(unused) }
             core.gate.leave(pieces.count)
-            lock.withLock {
-                onRings += sent
-                if !pieces.isEmpty { queued.prepend(contentsOf: pieces) }
+            lock.withLock { s in
+                s.onRings += sent
+                if !pieces.isEmpty { s.queued.prepend(contentsOf: pieces) }
             }
             var parked: [(InFlight, BlockFrontError)] = []
             for (ring, var entries) in batches.enumerated() where !entries.isEmpty {
@@ -253,15 +285,15 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {  // @unchec
     /// is connected again, without waiting for the caller to submit again (a handler has
     /// nothing else to wake it). One retry at a time.
     private func retryWhenConnected() {
-        let schedule: Bool = lock.withLock {
-            guard !queued.isEmpty, !retrying else { return false }
-            retrying = true
+        let schedule: Bool = lock.withLock { s in
+            guard !s.queued.isEmpty, !s.retrying else { return false }
+            s.retrying = true
             return true
         }
         guard schedule else { return }
         Task { [core] in
             _ = try? await core.waitForConnection()
-            lock.withLock { retrying = false }
+            lock.withLock { s in s.retrying = false }
             submit()
         }
     }
@@ -269,10 +301,10 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {  // @unchec
     /// A closed device ends what is still queued, with its error.
     private func failQueuedIfClosed() {
         guard let failure = core.currentFailure else { return }
-        let failed: Bool = lock.withLock {
-            defer { queued.removeAll() }
-            for piece in queued { record(failure, place: piece.place) }
-            return !queued.isEmpty
+        let failed: Bool = lock.withLock { s in
+            defer { s.queued.removeAll() }
+            for piece in s.queued { s.record(failure, place: piece.place) }
+            return !s.queued.isEmpty
         }
         if failed { wake() }
     }
@@ -290,16 +322,16 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {  // @unchec
         while true {
             submit()
             // Nothing of ours in flight will free room: wait for it like the async calls.
-            let stalled: Piece? = lock.withLock {
-                guard onRings == 0, let piece = queued.popFirst() else { return nil }
-                onRings += 1
+            let stalled: Piece? = lock.withLock { s in
+                guard s.onRings == 0, let piece = s.queued.popFirst() else { return nil }
+                s.onRings += 1
                 return piece
             }
             guard let piece = stalled else { break }
             await core.gate.enter()
             do throws(BlockFrontError) {
                 try await core.submit(
-                    piece.operation, chunk: piece.chunk, buffer: piece.address, granted: piece.granted, discard: nil,
+                    piece.operation, chunk: piece.chunk, buffer: piece.address?.pointer, granted: piece.granted, discard: nil,
                     owner: self, tag: piece.place)
             } catch {
                 complete(error, tag: piece.place)
@@ -308,42 +340,26 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {  // @unchec
         }
         let cancelled: Bool = await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let now: Bool = lock.withLock {
-                    if Task.isCancelled || isReady(atLeast) { return true }
-                    waiter = (continuation, atLeast)
+                let now: Bool = lock.withLock { s in
+                    if Task.isCancelled || s.isReady(atLeast) { return true }
+                    s.waiter = (continuation, atLeast)
                     return false
                 }
                 if now { continuation.resume() }
             }
             return Task.isCancelled
         } onCancel: {
-            let waiting = lock.withLock {
-                defer { waiter = nil }; return waiter
+            let waiting = lock.withLock { s in
+                defer { s.waiter = nil }; return s.waiter
             }
             waiting?.continuation.resume()
         }
-        let collected: [Completion]? = lock.withLock {
-            if cancelled && !isReady(atLeast) { return nil }
-            return collect()
+        let collected: [Completion]? = lock.withLock { s in
+            if cancelled && !s.isReady(atLeast) { return nil }
+            return s.collect()
         }
         guard let collected else { throw .cancelled }
         return collected
-    }
-
-    /// Takes the completions, freeing their places (under `lock`).
-    private func collect() -> [Completion] {
-        defer {
-            freePlaces += donePlaces
-            donePlaces.removeAll(keepingCapacity: true)
-            done.removeAll(keepingCapacity: true)
-        }
-        return done
-    }
-
-    /// Enough completions collected (under `lock`): `atLeast`, or all there will be.
-    private func isReady(_ atLeast: Int) -> Bool {
-        let outstanding = depth - freePlaces.count
-        return done.count >= min(atLeast, outstanding)
     }
 
     // MARK: RequestOwner
@@ -355,40 +371,28 @@ public final class BlockIOQueue: RequestOwner, @unchecked Sendable {  // @unchec
 
     /// A request that went on a ring (or was about to) ended.
     func complete(_ error: BlockFrontError?, tag: Int) {
-        lock.withLock {
-            onRings -= 1
-            leaving += 1
-            record(error, place: tag)
-        }
-    }
-
-    /// One request of the operation at `place` ended (under `lock`); the operation completes
-    /// with its last.
-    private func record(_ error: BlockFrontError?, place: Int) {
-        if let error, operations[place].error == nil { operations[place].error = error }
-        operations[place].remaining -= 1
-        if operations[place].remaining == 0 {
-            done.append(Completion(tag: operations[place].tag, error: operations[place].error))
-            donePlaces.append(place)
-            operations[place].buffer = nil
+        lock.withLock { s in
+            s.onRings -= 1
+            s.leaving += 1
+            s.record(error, place: tag)
         }
     }
 
     func wake() {
-        let (ended, overflow) = lock.withLock {
-            defer { leaving = 0 }; return (leaving, !queued.isEmpty)
+        let (ended, overflow) = lock.withLock { s in
+            defer { s.leaving = 0 }; return (s.leaving, !s.queued.isEmpty)
         }
         core.gate.leave(ended)
         // Room was made: what waited for it goes out now.
         if overflow { submit() }
         if let handler {
-            let collected: [Completion] = lock.withLock { collect() }
+            let collected: [Completion] = lock.withLock { s in s.collect() }
             if !collected.isEmpty { handler(self, collected) }
             return
         }
-        let ready: CheckedContinuation<Void, Never>? = lock.withLock {
-            guard let waiter, isReady(waiter.atLeast) else { return nil }
-            defer { self.waiter = nil }
+        let ready: CheckedContinuation<Void, Never>? = lock.withLock { s in
+            guard let waiter = s.waiter, s.isReady(waiter.atLeast) else { return nil }
+            s.waiter = nil
             return waiter.continuation
         }
         ready?.resume()

@@ -6,7 +6,7 @@ import XenRing
 
 /// A request on a ring, with everything needed to finish it, or to send it again on a new
 /// ring after the backend restarted.
-struct InFlight: @unchecked Sendable {  // @unchecked: its page addresses are the ring's, used only under the queue's lock
+struct InFlight: Sendable {
     /// Told when the request ends.
     let owner: any RequestOwner
     /// The owner's name for the request.
@@ -18,8 +18,9 @@ struct InFlight: @unchecked Sendable {  // @unchecked: its page addresses are th
     let sector: UInt64
     /// Data pages, then indirect pages.
     let pages: [SharedPage]
-    /// Reads: where this request's bytes go in the caller's buffer.
-    let destination: UnsafeMutableRawPointer?
+    /// Reads: where this request's bytes go in the caller's buffer (the caller's until the
+    /// request ends).
+    let destination: MemoryAddress?
     let byteCount: Int
     /// Budget units the request holds (given back when it ends).
     let budget: Int
@@ -32,7 +33,7 @@ struct InFlight: @unchecked Sendable {  // @unchecked: its page addresses are th
 /// registration on an event loop, whose handler copies each response out of the ring once and
 /// checks it before anything else reads it. Tasks that prefer that loop submit and resume on
 /// its thread.
-final class BlockQueue: @unchecked Sendable {  // @unchecked: the ring, ids and in-flight table are under `lock`; `registration` and `timer` too
+final class BlockQueue: Sendable {
     let index: Int
     let ringPages: SharedPages
     let channel: EventChannel
@@ -42,28 +43,31 @@ final class BlockQueue: @unchecked Sendable {  // @unchecked: the ring, ids and 
     let slots: AsyncSemaphore
     let entries: Int
     private unowned let core: Core
-    private let lock = NSLock()
-    private let ring: RingBox
-    private var inFlight: [InFlight?]
-    /// Free ids, first in first out: a stale duplicate response is then unlikely to name an
-    /// id that is in flight again.
-    private var freeIDs: FreeIDs
-    /// Set by ``halt(then:)``: nothing goes on this ring any more.
-    private var halted = false
-    private var registration: EventLoop.Registration?
-    private var timer: EventLoop.Timer?
-    /// Wake-ups that found no response (an event storm is counted, not obeyed).
-    var spuriousWakeups: Int { lock.withLock { spurious } }
-    private var spurious = 0
-    // Scratch of the handler (the loop's thread only).
-    private var done: [(InFlight, BlkifStatus)] = []
-    private var woken: [any RequestOwner] = []
+    private let state: Locked<State>
+    /// The handler's scratch (the loop's thread only).
+    private let scratch: LoopBound<Scratch>
 
-    /// The ring, touched only under `lock`.
-    private final class RingBox: @unchecked Sendable {  // @unchecked: used only under the queue's lock
+    private struct State: ~Copyable {
         var ring: FrontRing<BlkifRing>
-        init(_ ring: consuming FrontRing<BlkifRing>) { self.ring = ring }
+        var inFlight: [InFlight?]
+        /// Free ids, first in first out: a stale duplicate response is then unlikely to name an
+        /// id that is in flight again.
+        var freeIDs: FreeIDs
+        /// Set by ``halt(then:)``: nothing goes on this ring any more.
+        var halted = false
+        var registration: EventLoop.Registration?
+        var timer: EventLoop.Timer?
+        /// Wake-ups that found no response (an event storm is counted, not obeyed).
+        var spurious = 0
     }
+
+    private struct Scratch {
+        var done: [(InFlight, BlkifStatus)] = []
+        var woken: [any RequestOwner] = []
+    }
+
+    /// Wake-ups that found no response (an event storm is counted, not obeyed).
+    var spuriousWakeups: Int { state.withLock { $0.spurious } }
 
     init(index: Int, core: Core, ringPages: SharedPages, channel: EventChannel, loop: EventLoop) throws(BlockFrontError) {
         self.index = index
@@ -72,15 +76,17 @@ final class BlockQueue: @unchecked Sendable {  // @unchecked: the ring, ids and 
         self.channel = channel
         self.loop = loop
         let region = UnsafeMutableRawBufferPointer(start: ringPages.address, count: ringPages.pages.count * XenPage.size)
+        let ring: FrontRing<BlkifRing>
         do {
-            ring = RingBox(try FrontRing(initializing: region, protocol: BlkifRing()))
+            ring = try FrontRing(initializing: region, protocol: BlkifRing())
         } catch {
             throw .platform("ring \(index): \(error)")
         }
-        entries = Int(ring.ring.geometry.entryCount)
+        let entries = Int(ring.geometry.entryCount)
+        self.entries = entries
         slots = AsyncSemaphore(units: entries)
-        inFlight = Array(repeating: nil, count: entries)
-        freeIDs = FreeIDs(count: entries)
+        state = Locked(State(ring: ring, inFlight: Array(repeating: nil, count: entries), freeIDs: FreeIDs(count: entries)))
+        scratch = LoopBound(Scratch(), on: loop)
     }
 
     /// Watches the ring's event channel on its loop (and, with a request timeout, checks the
@@ -98,12 +104,12 @@ final class BlockQueue: @unchecked Sendable {  // @unchecked: the ring, ids and 
         loop.execute { [self] in
             made.setPolling(nanoseconds: polling) { [self] in
                 // Nothing in flight: nothing can come.
-                lock.withLock { freeIDs.isFull ? nil : ((try? ring.ring.unconsumedResponses()) ?? 1) > 0 }
+                state.withLock { s in s.freeIDs.isFull ? nil : ((try? s.ring.unconsumedResponses()) ?? 1) > 0 }
             }
         }
-        let stopped = lock.withLock { () -> Bool in
-            registration = made
-            return halted
+        let stopped = state.withLock { (s: inout State) -> Bool in
+            s.registration = made
+            return s.halted
         }
         if stopped { made.cancel() }
         if let timeout = core.options.requestTimeout { checkTimeout(every: .milliseconds(100), limit: MonotonicClock.nanoseconds(timeout)) }
@@ -116,9 +122,9 @@ final class BlockQueue: @unchecked Sendable {  // @unchecked: the ring, ids and 
                 self.core.fail(.timedOut(seconds: Double(limit) / 1e9))
                 return
             }
-            if !self.lock.withLock({ self.halted }) { self.checkTimeout(every: period, limit: limit) }
+            if !self.state.withLock({ s in s.halted }) { self.checkTimeout(every: period, limit: limit) }
         }
-        lock.withLock { timer = next }
+        state.withLock { s in s.timer = next }
     }
 
     /// Puts `entry` on the ring (the caller holds a slot) and notifies when the backend asked.
@@ -132,17 +138,17 @@ final class BlockQueue: @unchecked Sendable {  // @unchecked: the ring, ids and 
     /// halted.
     func submit<Entries: MutableCollection>(_ entries: inout Entries) throws(BlockFrontError) where Entries.Element == InFlight {
         let now = MonotonicClock.now()
-        let notify: Bool? = lock.withLock {
-            guard !halted else { return nil }
+        let notify: Bool? = state.withLock { s in
+            guard !s.halted else { return nil }
             for index in entries.indices {
                 // A slot held per entry: an id is free for each.
-                let id = freeIDs.take()!
+                let id = s.freeIDs.take()!
                 entries[index].request.id = UInt64(id)
                 entries[index].issued = now
-                inFlight[id] = entries[index]
-                ring.ring.enqueueRequest(entries[index].request)
+                s.inFlight[id] = entries[index]
+                s.ring.enqueueRequest(entries[index].request)
             }
-            return ring.ring.pushRequestsAndCheckNotify()
+            return s.ring.pushRequestsAndCheckNotify()
         }
         guard let notify else { throw .closed("ring \(index) was halted (the backend went away)") }
         if notify { channel.notify() }
@@ -153,13 +159,13 @@ final class BlockQueue: @unchecked Sendable {  // @unchecked: the ring, ids and 
     /// close the channel) runs on the loop once the channel is out of its epoll set. Never
     /// blocks.
     func halt(then teardown: @escaping @Sendable () -> Void) -> [InFlight] {
-        let (waiting, registration, timer) = lock.withLock { () -> ([InFlight], EventLoop.Registration?, EventLoop.Timer?) in
-            halted = true
+        let (waiting, registration, timer) = state.withLock { (s: inout State) -> ([InFlight], EventLoop.Registration?, EventLoop.Timer?) in
+            s.halted = true
             defer {
-                for id in inFlight.indices { inFlight[id] = nil }
-                freeIDs = FreeIDs(count: self.entries)
+                for id in s.inFlight.indices { s.inFlight[id] = nil }
+                s.freeIDs = FreeIDs(count: self.entries)
             }
-            return (inFlight.compactMap { $0 }, self.registration, self.timer)
+            return (s.inFlight.compactMap { $0 }, s.registration, s.timer)
         }
         timer?.cancel()
         if let registration { registration.cancel(then: teardown) } else { teardown() }
@@ -167,7 +173,7 @@ final class BlockQueue: @unchecked Sendable {  // @unchecked: the ring, ids and 
     }
 
     /// The oldest request's issue time, if any is in flight.
-    private var oldest: UInt64? { lock.withLock { inFlight.lazy.compactMap { $0?.issued }.min() } }
+    private var oldest: UInt64? { state.withLock { s in s.inFlight.lazy.compactMap { $0?.issued }.min() } }
 
     /// A thread-specific value naming the ring whose handler is running (its address,
     /// compared, never followed): a ``BlockIOQueue`` handler submitting from there sends to
@@ -188,13 +194,13 @@ final class BlockQueue: @unchecked Sendable {  // @unchecked: the ring, ids and 
         defer { pthread_setspecific(Self.homeKey, nil) }
         let notified = events.contains(.readable)
         if notified, channel.acknowledge() > 0 { channel.countWakeup() }
-        done.removeAll(keepingCapacity: true)
+        scratch.value.done.removeAll(keepingCapacity: true)
         var broken: String?
-        let stopped: Bool = lock.withLock {
-            guard !halted else { return true }
+        let stopped: Bool = state.withLock { s in
+            guard !s.halted else { return true }
             do {
-                while let response = try ring.ring.nextResponse() {
-                    guard response.id < UInt64(entries), let entry = inFlight[Int(response.id)] else {
+                while let response = try s.ring.nextResponse() {
+                    guard response.id < UInt64(entries), let entry = s.inFlight[Int(response.id)] else {
                         broken = "a response for id \(response.id), which is not in flight on ring \(index)"
                         return false
                     }
@@ -202,35 +208,35 @@ final class BlockQueue: @unchecked Sendable {  // @unchecked: the ring, ids and 
                         broken = "response \(response.id): operation \(response.operationCode) for \(entry.operation), status \(response.status.rawValue)"
                         return false
                     }
-                    inFlight[Int(response.id)] = nil
-                    freeIDs.give(Int(response.id))
-                    done.append((entry, response.status))
+                    s.inFlight[Int(response.id)] = nil
+                    s.freeIDs.give(Int(response.id))
+                    scratch.value.done.append((entry, response.status))
                 }
             } catch {
                 broken = "\(error)"
             }
-            if done.isEmpty && broken == nil && notified { spurious += 1 }
+            if scratch.value.done.isEmpty && broken == nil && notified { s.spurious += 1 }
             return false
         }
         if stopped { return .wait }
-        if !done.isEmpty { slots.release(done.count) }
-        woken.removeAll(keepingCapacity: true)
-        for (entry, status) in done {
+        if !scratch.value.done.isEmpty { slots.release(scratch.value.done.count) }
+        scratch.value.woken.removeAll(keepingCapacity: true)
+        for (entry, status) in scratch.value.done {
             core.finish(entry, status: status)
-            if entry.owner.collectsBatches, !woken.contains(where: { $0 === entry.owner }) { woken.append(entry.owner) }
+            if entry.owner.collectsBatches, !scratch.value.woken.contains(where: { $0 === entry.owner }) { scratch.value.woken.append(entry.owner) }
         }
-        done.removeAll(keepingCapacity: true)
+        scratch.value.done.removeAll(keepingCapacity: true)
         // Owners that collect completions hear of the whole batch at once.
-        for owner in woken { owner.wake() }
-        woken.removeAll(keepingCapacity: true)
+        for owner in scratch.value.woken { owner.wake() }
+        scratch.value.woken.removeAll(keepingCapacity: true)
         if let broken {
             core.fail(.backendMisbehaved(broken))
             return .wait
         }
         // Keep looking while requests are in flight (the loop's budget), unless it is spent.
-        if core.options.pollMicroseconds > 0, !events.contains(.pollExpired), lock.withLock({ !freeIDs.isFull }) { return .poll }
+        if core.options.pollMicroseconds > 0, !events.contains(.pollExpired), state.withLock({ s in !s.freeIDs.isFull }) { return .poll }
         do {
-            let more = try lock.withLock { () throws(RingError) -> Bool in halted ? false : try ring.ring.finalCheckForResponses() }
+            let more = try state.withLock { (s: inout State) throws(RingError) -> Bool in s.halted ? false : try s.ring.finalCheckForResponses() }
             return more ? .again : .wait
         } catch {
             core.fail(.backendMisbehaved("\(error)"))

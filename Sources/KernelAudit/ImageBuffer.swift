@@ -20,9 +20,6 @@ public final class ImageBuffer: @unchecked Sendable {  // @unchecked: filled by 
         adviseHugePages()
     }
 
-    /// Maps `count` bytes of an open file privately, read-only: no copy, no zeroed pages.
-    /// (A file truncated by someone else while it is mapped would fault; pvcheck reads
-    /// kernels, not files being rewritten.)
     /// A copy of `bytes`.
     convenience init(copying bytes: UnsafeRawBufferPointer) {
         self.init(capacity: max(1, bytes.count))
@@ -31,6 +28,9 @@ public final class ImageBuffer: @unchecked Sendable {  // @unchecked: filled by 
         commit(bytes.count)
     }
 
+    /// Maps `count` bytes of an open file privately, read-only: no copy, no zeroed pages.
+    /// (A file truncated by someone else while it is mapped would fault; pvcheck reads
+    /// kernels, not files being rewritten.)
     init?(mapping fd: Int32, count: Int) {
         guard count > 0, let address = try? Memory.mapPrivately(fd, byteCount: count, context: "an image") else { return nil }  // the caller reads it instead
         base = address

@@ -29,29 +29,37 @@ public protocol PVPlatform: Sendable {
 }
 
 /// A page of this domain's memory shared with a peer through a grant.
-public struct SharedPage: @unchecked Sendable, Equatable {  // @unchecked: an address of granted memory; its user owns the bytes
+public struct SharedPage: Sendable, Equatable {
     /// The grant the peer maps.
     public let ref: GrantRef
     /// Its frame in this domain's memory.
     public let frame: Int
-    /// The page, 4 KiB.
-    public let address: UnsafeMutableRawPointer
+    /// The page, 4 KiB; its user owns the bytes, the peer reads or writes them while granted.
+    public var address: UnsafeMutableRawPointer { location.pointer }
+    private let location: MemoryAddress
+
+    public init(ref: GrantRef, frame: Int, address: UnsafeMutableRawPointer) {
+        self.ref = ref
+        self.frame = frame
+        location = MemoryAddress(address)
+    }
 
     public static func == (a: SharedPage, b: SharedPage) -> Bool { a.ref == b.ref && a.frame == b.frame }
 }
 
 /// Granted pages mapped contiguously here (see ``PVPlatform/grantPages(_:to:readOnly:)``).
-public struct SharedPages: @unchecked Sendable {  // @unchecked: an address of granted memory; its user owns the bytes
+public struct SharedPages: Sendable {
     /// Each page and its grant, in order.
     public let pages: [SharedPage]
     /// All of them, side by side (`pages.count` × 4 KiB).
-    public let address: UnsafeMutableRawPointer
+    public var address: UnsafeMutableRawPointer { location.pointer }
+    private let location: MemoryAddress
     /// Keeps the contiguous view mapped.
-    let view: AnyObject?
+    let view: PageAlias?
 
-    public init(pages: [SharedPage], address: UnsafeMutableRawPointer, view: AnyObject?) {
+    public init(pages: [SharedPage], address: UnsafeMutableRawPointer, view: PageAlias?) {
         self.pages = pages
-        self.address = address
+        location = MemoryAddress(address)
         self.view = view
     }
 }

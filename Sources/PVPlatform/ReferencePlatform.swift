@@ -227,11 +227,18 @@ public final class ReferencePlatform: PVPlatform, @unchecked Sendable {  // @unc
     // MARK: Backend hypercalls (a guest that serves other guests)
 
     /// Another domain's granted page, mapped here. Unmap it with ``unmapGrant(_:)``.
-    public struct MappedGrant: @unchecked Sendable {  // @unchecked: an address of a mapped grant; its mapper owns the bytes
+    public struct MappedGrant: Sendable {
         public let handle: UInt32
         public let frame: UInt32
-        /// The page (4 KiB), shared with the granting domain.
-        public let address: UnsafeMutableRawPointer
+        /// The page (4 KiB), shared with the granting domain; its mapper owns the bytes.
+        public var address: UnsafeMutableRawPointer { location.pointer }
+        private let location: MemoryAddress
+
+        init(handle: UInt32, frame: UInt32, address: UnsafeMutableRawPointer) {
+            self.handle = handle
+            self.frame = frame
+            location = MemoryAddress(address)
+        }
     }
 
     /// Why a grant operation was refused: Xen's status.

@@ -98,7 +98,7 @@ public final class BackingFile: Sendable {
 
 /// The segments of one vectored read or write (`iovec`s), adjacent ones joined; reused
 /// between requests without allocating.
-public struct IOVectors: Sendable {
+public struct IOVectors {
     fileprivate var vectors: [iovec] = []
     /// Bytes in all segments.
     public private(set) var byteCount = 0
@@ -127,8 +127,6 @@ public struct IOVectors: Sendable {
     }
 }
 
-extension iovec: @retroactive @unchecked Sendable {}  // @unchecked: a pointer and a length; the memory's owner decides who touches it
-
 /// A file mapped read-only and shared, for serving reads with one copy out of the page
 /// cache and no system call. Copies are guarded: a page the file no longer has (it was cut
 /// short under the backend, or the device failed to read it) raises SIGBUS, which fails that
@@ -136,8 +134,10 @@ extension iovec: @retroactive @unchecked Sendable {}  // @unchecked: a pointer a
 ///
 /// The SIGBUS handler and the copies that rely on it are the C shim's static functions with a
 /// thread-local escape; they are all called from this file so they share one copy of it.
-public struct GuardedMapping: @unchecked Sendable {  // @unchecked: a read-only mapping; every copy out of it is checked
-    public let base: UnsafeMutableRawPointer
+public struct GuardedMapping: Sendable {
+    /// The mapping (read-only; every copy out of it is checked).
+    public var base: UnsafeMutableRawPointer { start.pointer }
+    private let start: MemoryAddress
     public let byteCount: Int
 
     /// SIGBUS handled for guarded copies (installed once, before the first mapping).
@@ -147,7 +147,7 @@ public struct GuardedMapping: @unchecked Sendable {  // @unchecked: a read-only 
         guard byteCount > 0, Self.guarded else { return nil }
         let mapped = mmap(nil, byteCount, PROT_READ, MAP_SHARED, descriptor, 0)
         guard let mapped, mapped != MAP_FAILED else { return nil }
-        base = mapped
+        start = MemoryAddress(mapped)
         self.byteCount = byteCount
     }
 

@@ -8,13 +8,14 @@ import CLinux
 /// pvhost creates guest memory this way and passes the fd (SCM_RIGHTS or inheritance); each
 /// side maps it with ``init(mapping:byteCount:)``. The mapping is removed and the fd closed
 /// when the value is dropped. Pointers obtained from it must not outlive it.
-public final class SharedMemoryRegion: @unchecked Sendable {  // @unchecked: a mapping; what is stored in it is its users' protocol
+public final class SharedMemoryRegion: Sendable {
     /// The memfd. Owned: closed on deinit.
     public let fileDescriptor: Int32
     /// Bytes mapped.
     public let byteCount: Int
     /// The mapping, page-aligned.
-    public let baseAddress: UnsafeMutableRawPointer
+    public var baseAddress: UnsafeMutableRawPointer { base.pointer }
+    private let base: MemoryAddress
 
     /// Creates a zero-filled memfd of `byteCount` bytes and maps it shared.
     ///
@@ -27,7 +28,7 @@ public final class SharedMemoryRegion: @unchecked Sendable {  // @unchecked: a m
         let fd = Int32(try retryingSyscall("memfd_create", context: name) { Int(memfd_create(name, flags)) })
         do throws(SystemError) {
             _ = try retryingSyscall("ftruncate", context: name) { Int(ftruncate(fd, off_t(byteCount))) }
-            baseAddress = try Self.map(fd: fd, byteCount: byteCount)
+            base = MemoryAddress(try Self.map(fd: fd, byteCount: byteCount))
         } catch {
             close(fd)
             throw error
@@ -45,7 +46,7 @@ public final class SharedMemoryRegion: @unchecked Sendable {  // @unchecked: a m
         guard Int(status.st_size) >= byteCount else {
             throw SystemError("mmap", errno: EINVAL, context: "fd \(fileDescriptor) holds \(status.st_size) bytes, \(byteCount) wanted")
         }
-        baseAddress = try Self.map(fd: fileDescriptor, byteCount: byteCount)
+        base = MemoryAddress(try Self.map(fd: fileDescriptor, byteCount: byteCount))
         self.fileDescriptor = fileDescriptor
         self.byteCount = byteCount
     }
@@ -96,11 +97,12 @@ extension SharedMemoryRegion {
 /// A contiguous view of scattered pages of a ``SharedMemoryRegion`` (see
 /// ``SharedMemoryRegion/alias(pages:)``); unmapped when dropped. The region's memory itself
 /// stays (the memfd is shared), but pointers into the alias must not outlive it.
-public final class PageAlias: @unchecked Sendable {  // @unchecked: a mapping; what is stored in it is its users' protocol
-    public let address: UnsafeMutableRawPointer
+public final class PageAlias: Sendable {
+    public var address: UnsafeMutableRawPointer { base.pointer }
     public let byteCount: Int
+    private let base: MemoryAddress
     init(address: UnsafeMutableRawPointer, byteCount: Int) {
-        self.address = address
+        base = MemoryAddress(address)
         self.byteCount = byteCount
     }
     deinit { munmap(address, byteCount) }

@@ -1,10 +1,11 @@
+import PVSystem
 import XenABI
 import XenGrants
 
 /// A grant mapped by a backend: the granting domain's page, reachable while the mapping lives.
 /// Sendable by hand: `page` points into shared memory that `owner` keeps mapped, and the page
 /// is the peer's to write at any time (readers copy out once, then check).
-public struct GrantMapping: @unchecked Sendable {  // @unchecked: an address of a mapped grant; its mapper owns the bytes
+public struct GrantMapping: Sendable {
     /// What ``Hypervisor/unmapGrant(_:)`` takes back. C: `grant_handle_t`.
     public let handle: UInt32
     public let granter: DomainID
@@ -12,7 +13,8 @@ public struct GrantMapping: @unchecked Sendable {  // @unchecked: an address of 
     public let frame: UInt32
     public let writable: Bool
     /// The granted page (4 KiB) in pvhost's mapping of the granter's memory.
-    public let page: UnsafeMutableRawPointer
+    public var page: UnsafeMutableRawPointer { location.pointer }
+    let location: MemoryAddress
     public let mapper: DomainID
     /// Keeps the granter's memory mapped as long as this mapping value exists.
     let owner: Domain
@@ -57,7 +59,7 @@ struct GrantBook {
         nextHandle = nextHandle &+ 1 == 0 ? 1 : nextHandle &+ 1
         let mapping = GrantMapping(
             handle: handle, granter: granter.id, ref: ref, frame: frame, writable: writable,
-            page: granter.page(Int(frame)), mapper: mapper, owner: granter)
+            location: MemoryAddress(granter.page(Int(frame))), mapper: mapper, owner: granter)
         mappings[handle] = mapping
         return mapping
     }

@@ -152,7 +152,7 @@ public final class Hypervisor: Sendable {
 
     /// One copy of a batch (`gnttab_copy_t`): `length` bytes between `local` memory and
     /// `offset` of the granted page `ref`; `status` is filled in per copy.
-    public struct GrantCopy: @unchecked Sendable {  // @unchecked: names local memory its caller owns for the call
+    public struct GrantCopy {
         public var ref: GrantRef
         public var offset: Int
         public var length: Int
