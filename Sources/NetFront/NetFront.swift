@@ -232,50 +232,59 @@ public final class NetFront: Sendable {
 }
 
 /// A device's connection, inbox and failure, shared by its queues, its driver and the API.
-final class NetDeviceState: @unchecked Sendable {  // @unchecked: every var is under `lock`
+final class NetDeviceState: Sendable {
     let platform: any PVPlatform
     let options: NetFrontOptions
-    private let lock = NSLock()
-    private var queues: [NetQueue] = []
-    private var staged: [NetQueue] = []
-    private var features: NetNegotiation.Features?
-    private var info: NetFront.Info?
-    private var connected = false
-    private var connectionWaiters: [CheckedContinuation<Void, Never>] = []
-    private var failure: NetFrontError?
+    private let lock = Locked(State())
+
+    private struct State {
+        var queues: [NetQueue] = []
+        var staged: [NetQueue] = []
+        var features: NetNegotiation.Features?
+        var info: NetFront.Info?
+        var connected = false
+        var connectionWaiters: [CheckedContinuation<Void, Never>] = []
+        var failure: NetFrontError?
+        /// Received frames not yet taken.
+        var inbox = Deque<NetFrame>()
+        /// Tasks waiting for frames, by a number each (so a cancelled one can be found).
+        var receivers: [UInt64: CheckedContinuation<Void, Never>] = [:]
+        var nextReceiver: UInt64 = 0
+        var finished = NetFront.Statistics()
+        var overflow = 0
+        var connections = 0
+        var held: [SharedPage] = []
+        var onFailure: (@Sendable (NetFrontError) -> Void)?
+    }
+
     /// Why the device failed, if it did.
-    var currentFailure: NetFrontError? { lock.withLock { failure } }
-    /// Received frames not yet taken.
-    private var inbox = Deque<NetFrame>()
-    /// Tasks waiting for frames, by a number each (so a cancelled one can be found).
-    private var receivers: [UInt64: CheckedContinuation<Void, Never>] = [:]
-    private var nextReceiver: UInt64 = 0
-    private var finished = NetFront.Statistics()
-    private var overflow = 0
-    private var connections = 0
-    private var held: [SharedPage] = []
-    var onFailure: (@Sendable (NetFrontError) -> Void)?
+    var currentFailure: NetFrontError? { lock.withLock { $0.failure } }
+    /// Told once when the device fails (set before the handshake starts).
+    var onFailure: (@Sendable (NetFrontError) -> Void)? {
+        get { lock.withLock { $0.onFailure } }
+        set { lock.withLock { $0.onFailure = newValue } }
+    }
 
     init(platform: any PVPlatform, options: NetFrontOptions) {
         self.platform = platform
         self.options = options
     }
 
-    var currentInfo: NetFront.Info? { lock.withLock { info } }
+    var currentInfo: NetFront.Info? { lock.withLock { s in s.info } }
 
     /// The queues of the current connection (for tests that play a hostile frontend).
-    var liveQueues: [NetQueue] { lock.withLock { queues } }
+    var liveQueues: [NetQueue] { lock.withLock { s in s.queues } }
 
     var statistics: NetFront.Statistics {
-        lock.lock()
-        let live = queues
-        var s = finished
-        s.inboxOverflow = overflow
-        s.connections = connections
-        s.pagesHeldByBackend = held.count
-        lock.unlock()
-        for queue in live { s.add(queue.statistics) }
-        return s
+        var (statistics, live) = lock.withLock { s in
+            var statistics = s.finished
+            statistics.inboxOverflow = s.overflow
+            statistics.connections = s.connections
+            statistics.pagesHeldByBackend = s.held.count
+            return (statistics, s.queues)
+        }
+        for queue in live { statistics.add(queue.statistics) }
+        return statistics
     }
 
     // MARK: Connection
@@ -285,8 +294,8 @@ final class NetDeviceState: @unchecked Sendable {  // @unchecked: every var is u
     func stage(features: NetNegotiation.Features, mac: MACAddress, mtu: Int, backend: DomainID) throws(NetFrontError) -> [NetQueue] {
         // A failed device stays failed: no new connection while it is being closed.
         if let failure = currentFailure { throw failure }
-        let previous = lock.withLock {
-            defer { staged = [] }; return staged
+        let previous = lock.withLock { s in
+            defer { s.staged = [] }; return s.staged
         }
         for queue in previous { release(queue) }
         var made: [NetQueue] = []
@@ -311,16 +320,16 @@ final class NetDeviceState: @unchecked Sendable {  // @unchecked: every var is u
             for queue in made { release(queue) }
             throw error as? NetFrontError ?? .platform("\(error)")
         }
-        lock.withLock {
-            staged = made
-            self.features = features
-            info = NetFront.Info(mac: mac, mtu: mtu, features: features, linkUp: true)
+        lock.withLock { s in
+            s.staged = made
+            s.features = features
+            s.info = NetFront.Info(mac: mac, mtu: mtu, features: features, linkUp: true)
         }
         do throws(NetFrontError) {
             for queue in made { try queue.start() }
         } catch {
             for queue in made { release(queue) }
-            lock.withLock { staged = [] }
+            lock.withLock { s in s.staged = [] }
             throw error
         }
         return made
@@ -328,32 +337,32 @@ final class NetDeviceState: @unchecked Sendable {  // @unchecked: every var is u
 
     /// The backend is Connected: the staged queues go live.
     func connected(linkUp: Bool) {
-        let waiters = lock.withLock { () -> [CheckedContinuation<Void, Never>] in
-            guard failure == nil else { return [] }
-            if !staged.isEmpty {
-                queues = staged
-                staged = []
-                connections += 1
+        let waiters = lock.withLock { (s: inout State) -> [CheckedContinuation<Void, Never>] in
+            guard s.failure == nil else { return [] }
+            if !s.staged.isEmpty {
+                s.queues = s.staged
+                s.staged = []
+                s.connections += 1
             }
-            if let old = info { info = NetFront.Info(mac: old.mac, mtu: old.mtu, features: old.features, linkUp: linkUp) }
-            connected = !queues.isEmpty
-            defer { connectionWaiters.removeAll() }
-            return connectionWaiters
+            if let old = s.info { s.info = NetFront.Info(mac: old.mac, mtu: old.mtu, features: old.features, linkUp: linkUp) }
+            s.connected = !s.queues.isEmpty
+            defer { s.connectionWaiters.removeAll() }
+            return s.connectionWaiters
         }
         for waiter in waiters { waiter.resume() }
     }
 
     /// The backend went away: queues stop, pages are revoked (kept while mapped).
     func disconnected() {
-        let old = lock.withLock { () -> [NetQueue] in
-            connected = false
-            defer { queues = []; staged = [] }
-            return queues + staged
+        let old = lock.withLock { (s: inout State) -> [NetQueue] in
+            s.connected = false
+            defer { s.queues = []; s.staged = [] }
+            return s.queues + s.staged
         }
         for queue in old {
             queue.halt()
-            let s = queue.statistics
-            lock.withLock { finished.add(s) }
+            let statistics = queue.statistics
+            lock.withLock { s in s.finished.add(statistics) }
             release(queue)
         }
     }
@@ -366,28 +375,28 @@ final class NetDeviceState: @unchecked Sendable {  // @unchecked: every var is u
             let kept = pages.filter { !platform.revoke($0) }
             queue.txChannel.close()
             if queue.rxChannel !== queue.txChannel { queue.rxChannel.close() }
-            lock.withLock { held += kept }
+            lock.withLock { s in s.held += kept }
         }
     }
 
     /// Retries the revokes of pages the backend held (at close).
     func retryHeld() {
-        let pages = lock.withLock {
-            defer { held = [] }; return held
+        let pages = lock.withLock { s in
+            defer { s.held = [] }; return s.held
         }
         let kept = pages.filter { !platform.revoke($0) }
-        lock.withLock { held += kept }
+        lock.withLock { s in s.held += kept }
     }
 
     func waitForConnection() async throws(NetFrontError) {
         while true {
-            let ready: Bool? = lock.withLock { failure != nil ? nil : connected }
-            guard let ready else { throw lock.withLock { failure! } }
+            let ready: Bool? = lock.withLock { s in s.failure != nil ? nil : s.connected }
+            guard let ready else { throw lock.withLock { s in s.failure! } }
             if ready { return }
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let now = lock.withLock { () -> Bool in
-                    if failure != nil || connected { return true }
-                    connectionWaiters.append(continuation)
+                let now = lock.withLock { (s: inout State) -> Bool in
+                    if s.failure != nil || s.connected { return true }
+                    s.connectionWaiters.append(continuation)
                     return false
                 }
                 if now { continuation.resume() }
@@ -398,7 +407,7 @@ final class NetDeviceState: @unchecked Sendable {  // @unchecked: every var is u
     /// The live queues and features, waiting through a reconnect.
     func connection() async throws(NetFrontError) -> ([NetQueue], NetNegotiation.Features) {
         while true {
-            let current: ([NetQueue], NetNegotiation.Features)? = lock.withLock { connected ? (queues, features!) : nil }
+            let current: ([NetQueue], NetNegotiation.Features)? = lock.withLock { s in s.connected ? (s.queues, s.features!) : nil }
             if let current { return current }
             try await waitForConnection()
         }
@@ -406,36 +415,36 @@ final class NetDeviceState: @unchecked Sendable {  // @unchecked: every var is u
 
     /// Ends the device: waiting senders, receivers and connectors see `error`.
     func fail(_ error: NetFrontError) {
-        let (first, waiters) = lock.withLock { () -> (Bool, [CheckedContinuation<Void, Never>]) in
-            guard failure == nil else { return (false, []) }
-            failure = error
-            defer { connectionWaiters.removeAll(); receivers.removeAll() }
-            return (true, connectionWaiters + receivers.values)
+        let (first, waiters) = lock.withLock { (s: inout State) -> (Bool, [CheckedContinuation<Void, Never>]) in
+            guard s.failure == nil else { return (false, []) }
+            s.failure = error
+            defer { s.connectionWaiters.removeAll(); s.receivers.removeAll() }
+            return (true, s.connectionWaiters + s.receivers.values)
         }
         guard first else { return }
         for waiter in waiters { waiter.resume() }
-        for queue in lock.withLock({ queues }) { queue.halt() }
-        onFailure?(error)
+        for queue in lock.withLock({ s in s.queues }) { queue.halt() }
+        lock.withLock { $0.onFailure }?(error)
     }
 
     // MARK: Inbox
 
     /// Frames from a queue's thread (dropped and counted beyond the inbox limit).
     func deliver(_ frames: [NetFrame]) {
-        let waiting = lock.withLock { () -> [CheckedContinuation<Void, Never>] in
-            let room = max(0, options.inboxLimit - inbox.count)
-            inbox.append(contentsOf: frames.prefix(room))
-            overflow += max(0, frames.count - room)
-            defer { receivers.removeAll() }
-            return Array(receivers.values)
+        let waiting = lock.withLock { (s: inout State) -> [CheckedContinuation<Void, Never>] in
+            let room = max(0, options.inboxLimit - s.inbox.count)
+            s.inbox.append(contentsOf: frames.prefix(room))
+            s.overflow += max(0, frames.count - room)
+            defer { s.receivers.removeAll() }
+            return Array(s.receivers.values)
         }
         for receiver in waiting { receiver.resume() }
     }
 
     func take(max: Int) -> [NetFrame] {
-        lock.withLock {
-            let taken = Array(inbox.prefix(Swift.max(max, 1)))
-            inbox.removeFirst(taken.count)
+        lock.withLock { s in
+            let taken = Array(s.inbox.prefix(Swift.max(max, 1)))
+            s.inbox.removeFirst(taken.count)
             return taken
         }
     }
@@ -445,22 +454,22 @@ final class NetDeviceState: @unchecked Sendable {  // @unchecked: every var is u
         while true {
             let frames = take(max: max)
             if !frames.isEmpty { return frames }
-            if let failure = lock.withLock({ failure }) { throw failure }
+            if let failure = lock.withLock({ s in s.failure }) { throw failure }
             if Task.isCancelled { throw .cancelled }
-            let id = lock.withLock {
-                defer { nextReceiver &+= 1 }; return nextReceiver
+            let id = lock.withLock { s in
+                defer { s.nextReceiver &+= 1 }; return s.nextReceiver
             }
             await withTaskCancellationHandler {
                 await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                    let now = lock.withLock { () -> Bool in
-                        if failure != nil || !inbox.isEmpty || Task.isCancelled { return true }
-                        receivers[id] = continuation
+                    let now = lock.withLock { (s: inout State) -> Bool in
+                        if s.failure != nil || !s.inbox.isEmpty || Task.isCancelled { return true }
+                        s.receivers[id] = continuation
                         return false
                     }
                     if now { continuation.resume() }
                 }
             } onCancel: {
-                lock.withLock { receivers.removeValue(forKey: id) }?.resume()
+                lock.withLock { s in s.receivers.removeValue(forKey: id) }?.resume()
             }
         }
     }
