@@ -14,7 +14,7 @@ import XenRing
 ///
 /// The I/O itself is ``BlockRequests``; persistent grants are ``PersistentGrants``; the hostile
 /// modes of the conformance suite are ``HostileBlockBack``, a layer the handler asks.
-final class ServedQueue: @unchecked Sendable {  // @unchecked: ring, stopped, registration under `ringLock`; backlog, scratch: loop thread
+final class ServedQueue: Sendable {
     private unowned let backend: BlockBackend
     private let hypervisor: Hypervisor
     private let requests: BlockRequests
@@ -24,7 +24,9 @@ final class ServedQueue: @unchecked Sendable {  // @unchecked: ring, stopped, re
     private let grants: PersistentGrants?
     private let ringMappings: [GrantMapping]
     private let ringView: PageAlias?
-    private let ringAddress: UnsafeMutableRawPointer
+    /// The ring's pages, side by side (the frontend's, kept mapped by `ringMappings`).
+    private let ringStart: MemoryAddress
+    private var ringAddress: UnsafeMutableRawPointer { ringStart.pointer }
     private let ringBytes: Int
     private let port: EventChannelPort
     private let end: EventChannelPortEnd
@@ -33,25 +35,28 @@ final class ServedQueue: @unchecked Sendable {  // @unchecked: ring, stopped, re
     private let servedCount = ManagedAtomic<Int>(0)
     /// Notifications to the frontend that failed (its port gone under us).
     private let failedNotifications = ManagedAtomic<Int>(0)
-    /// The ring, under `ringLock` (requests taken by the handler, responses put by whichever
-    /// thread finished the I/O).
-    private let ringLock = NSLock()
-    private var box: RingBox?
-    private var registration: EventLoop.Registration?
-    private var stopped = false
-    private var pool: BlockIOPool?
-    private final class RingBox: @unchecked Sendable {  // @unchecked: used only under the queue's `ringLock`
-        var ring: BackRing<BlkifRing>
-        init(_ ring: consuming BackRing<BlkifRing>) { self.ring = ring }
-    }
-    // The handler's (the loop's thread only).
-    /// Requests taken off the ring and not yet served: what waits behind a flush, barrier or
-    /// discard while the I/O threads finish the reads and writes before it.
-    private var backlog = Deque<BlkifRequest>()
-    private var responses: [BlkifResponse] = []
-    private var vectors = IOVectors()
+    /// The ring and what starts and stops it (requests taken by the handler, responses put
+    /// by whichever thread finished the I/O).
+    private let ringLock: Locked<RingState>
+    /// The handler's (the loop's thread only).
+    private let scratch: LoopBound<Scratch>
     /// Mappings handed to the hostile mode that keeps them: not unmapped by ``release()``.
-    private var abandoned = false
+    private let abandoned = ManagedAtomic<Bool>(false)
+
+    private struct RingState: ~Copyable {
+        var ring: BackRing<BlkifRing>
+        var registration: EventLoop.Registration?
+        var stopped = false
+        var pool: BlockIOPool?
+    }
+
+    private struct Scratch {
+        /// Requests taken off the ring and not yet served: what waits behind a flush, barrier
+        /// or discard while the I/O threads finish the reads and writes before it.
+        var backlog = Deque<BlkifRequest>()
+        var responses: [BlkifResponse] = []
+        var vectors = IOVectors()
+    }
 
     var served: Int { servedCount.load(ordering: .relaxed) }
     /// Responses served inline are published in groups of this many (a notification at most
@@ -80,10 +85,10 @@ final class ServedQueue: @unchecked Sendable {  // @unchecked: ring, stopped, re
             if mappings.count > 1 {
                 let view = try mappings[0].owner.memory.alias(pages: mappings.map { Int($0.frame) })
                 ringView = view
-                ringAddress = view.address
+                ringStart = MemoryAddress(view.address)
             } else {
                 ringView = nil
-                ringAddress = mappings[0].page
+                ringStart = MemoryAddress(mappings[0].page)
             }
             (port, end) = try hypervisor.bindInterdomain(.dom0, remote: frontend, remotePort: remotePort)
         } catch {
@@ -92,13 +97,21 @@ final class ServedQueue: @unchecked Sendable {  // @unchecked: ring, stopped, re
         }
         ringMappings = mappings
         ringBytes = refs.count * XenPage.size
+        // Attached where the shared `rsp_prod` stands (nothing is answered before `start`).
+        let ring: BackRing<BlkifRing>
+        do {
+            ring = try BackRing(resuming: UnsafeMutableRawBufferPointer(start: ringStart.pointer, count: ringBytes), protocol: BlkifRing())
+        } catch {
+            for mapping in mappings { try? hypervisor.unmapGrant(mapping.handle, by: .dom0) }
+            try? hypervisor.closePort(.dom0, port)
+            throw error
+        }
+        ringLock = Locked(RingState(ring: ring))
+        scratch = LoopBound(Scratch(), on: loop)
     }
 
-    /// Attaches to the ring where the shared `rsp_prod` stands, starts the I/O threads (if
-    /// any) and watches the channel.
+    /// Starts the I/O threads (if any) and watches the channel.
     func start() throws {
-        let region = UnsafeMutableRawBufferPointer(start: ringAddress, count: ringBytes)
-        let box = RingBox(try BackRing(resuming: region, protocol: BlkifRing()))
         let settings = backend.settings
         let threads = hostile == nil ? settings.ioThreads ?? (settings.direct ? 8 : 0) : 0
         let pool: BlockIOPool? =
@@ -106,20 +119,19 @@ final class ServedQueue: @unchecked Sendable {  // @unchecked: ring, stopped, re
             ? try BlockIOPool(
                 name: "\(name) io", count: threads, requests: requests,
                 answer: { [unowned self] response in answer(CollectionOfOne(response)) },
-                idle: { [unowned self] in ringLock.withLock { self.registration }?.wake() })
+                idle: { [unowned self] in ringLock.withLock { $0.registration }?.wake() })
             : nil
         let registration = try loop.register(end.delivery.fileDescriptor, name: name, owner: end.delivery) { [unowned self] events in
             serve(events)
         }
         ringLock.withLock {
-            self.box = box
-            self.pool = pool
-            self.registration = registration
+            $0.pool = pool
+            $0.registration = registration
         }
         if pollNanoseconds > 0 {
             loop.execute { [self] in
                 registration.setPolling(nanoseconds: pollNanoseconds) { [self] in
-                    ringLock.withLock { ((try? box.ring.availableRequests()) ?? 1) > 0 }
+                    ringLock.withLock { ((try? $0.ring.availableRequests()) ?? 1) > 0 }
                 }
             }
         }
@@ -130,9 +142,9 @@ final class ServedQueue: @unchecked Sendable {  // @unchecked: ring, stopped, re
     /// Stops serving: returns once nothing of this queue runs any more (the channel out of the
     /// loop, the I/O threads ended). The mappings stay until ``release()``.
     func stop() async {
-        let (registration, pool) = ringLock.withLock { () -> (EventLoop.Registration?, BlockIOPool?) in
-            stopped = true
-            return (self.registration, self.pool)
+        let (registration, pool) = ringLock.withLock { s in
+            s.stopped = true
+            return (s.registration, s.pool)
         }
         if let registration {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
@@ -144,14 +156,14 @@ final class ServedQueue: @unchecked Sendable {  // @unchecked: ring, stopped, re
 
     /// For hostile mode `keepGrantsAfterClose`: the mappings ``release()`` will leave in place.
     func abandonMappings() -> [GrantMapping] {
-        abandoned = true
+        abandoned.store(true, ordering: .relaxed)
         return ringMappings + (grants?.removeAll() ?? [])
     }
 
     /// After ``stop()``: unmaps persistent grants and the ring, closes the port.
     func release() {
         let cached = grants?.removeAll() ?? []
-        if !abandoned {
+        if !abandoned.load(ordering: .relaxed) {
             for mapping in cached { try? hypervisor.unmapGrant(mapping.handle, by: .dom0) }
             for mapping in ringMappings { try? hypervisor.unmapGrant(mapping.handle, by: .dom0) }
         }
@@ -163,12 +175,12 @@ final class ServedQueue: @unchecked Sendable {  // @unchecked: ring, stopped, re
     /// A notification (or polling found requests): take them off the ring and serve them.
     private func serve(_ events: EventLoop.Readiness) -> EventLoop.Next {
         if events.contains(.readable) { end.delivery.consume() }
-        let taken: Result<Int, RingError>? = ringLock.withLock { () -> Result<Int, RingError>? in
-            guard !stopped, let box else { return nil }
+        let taken: Result<Int, RingError>? = ringLock.withLock { (s: inout RingState) -> Result<Int, RingError>? in
+            guard !s.stopped else { return nil }
             var count = 0
             do throws(RingError) {
-                while let request = try box.ring.nextRequest() {
-                    backlog.append(request)
+                while let request = try s.ring.nextRequest() {
+                    scratch.value.backlog.append(request)
                     count += 1
                 }
             } catch {
@@ -192,10 +204,9 @@ final class ServedQueue: @unchecked Sendable {  // @unchecked: ring, stopped, re
 
     /// Serves what was taken, in order, then polls or makes ring.h's final check.
     private func serveBacklog(_ events: EventLoop.Readiness) -> EventLoop.Next {
-        guard let box = ringLock.withLock({ stopped ? nil : self.box }) else { return .wait }
-        let pool = ringLock.withLock { self.pool }
-        responses.removeAll(keepingCapacity: true)
-        while let request = backlog.first {
+        guard let pool = ringLock.withLock({ $0.stopped ? nil : .some($0.pool) }) else { return .wait }
+        scratch.value.responses.removeAll(keepingCapacity: true)
+        while let request = scratch.value.backlog.first {
             if let hostile {
                 if hostile.vanishes {
                     backend.vanish()
@@ -203,40 +214,40 @@ final class ServedQueue: @unchecked Sendable {  // @unchecked: ring, stopped, re
                     return .wait
                 }
                 if !hostile.answers {
-                    backlog.removeFirst()
+                    scratch.value.backlog.removeFirst()
                     continue
                 }
             }
             if let pool {
                 if request.movesData {
-                    backlog.removeFirst()
+                    scratch.value.backlog.removeFirst()
                     pool.submit(request)
                     continue
                 }
                 // Ordered after what the I/O threads hold: served when they are idle.
                 if pool.isBusy { break }
             }
-            backlog.removeFirst()
-            let response = requests.perform(request, vectors: &vectors)
-            responses.append(hostile?.rewrite(response) ?? response)
+            scratch.value.backlog.removeFirst()
+            let response = requests.perform(request, vectors: &scratch.value.vectors)
+            scratch.value.responses.append(hostile?.rewrite(response) ?? response)
             // Published a few at a time: the frontend reuses slots while the rest are served.
-            if responses.count == Self.publishEvery {
-                answer(responses)
-                responses.removeAll(keepingCapacity: true)
+            if scratch.value.responses.count == Self.publishEvery {
+                answer(scratch.value.responses)
+                scratch.value.responses.removeAll(keepingCapacity: true)
             }
         }
-        answer(responses)
-        responses.removeAll(keepingCapacity: true)
-        if !backlog.isEmpty { return .wait }  // resumed when the I/O threads are idle
+        answer(scratch.value.responses)
+        scratch.value.responses.removeAll(keepingCapacity: true)
+        if !scratch.value.backlog.isEmpty { return .wait }  // resumed when the I/O threads are idle
         if pollNanoseconds > 0, !events.contains(.pollExpired) { return .poll }
-        let more = ringLock.withLock { (try? box.ring.finalCheckForRequests()) == true }
+        let more = ringLock.withLock { (try? $0.ring.finalCheckForRequests()) == true }
         return more ? .again : .wait
     }
 
     private func stopServing() {
-        let registration = ringLock.withLock { () -> EventLoop.Registration? in
-            stopped = true
-            return self.registration
+        let registration = ringLock.withLock { s in
+            s.stopped = true
+            return s.registration
         }
         registration?.cancel()
     }
@@ -244,12 +255,11 @@ final class ServedQueue: @unchecked Sendable {  // @unchecked: ring, stopped, re
     /// Puts responses on the ring, publishes them, and notifies when the frontend asked.
     private func answer(_ responses: some Collection<BlkifResponse>) {
         guard !responses.isEmpty else { return }
-        let pushed: (notify: Bool, geometry: RingGeometry, published: RingIndex, now: RingIndex)? = ringLock.withLock {
-            guard let box else { return nil }
-            let published = box.ring.publishedResponses
-            for response in responses { box.ring.enqueueResponse(response) }
-            let notify = box.ring.pushResponsesAndCheckNotify()
-            return (notify, box.ring.geometry, published, box.ring.publishedResponses)
+        let pushed: (notify: Bool, geometry: RingGeometry, published: RingIndex, now: RingIndex)? = ringLock.withLock { s in
+            let published = s.ring.publishedResponses
+            for response in responses { s.ring.enqueueResponse(response) }
+            let notify = s.ring.pushResponsesAndCheckNotify()
+            return (notify, s.ring.geometry, published, s.ring.publishedResponses)
         }
         guard let pushed else { return }
         if pushed.notify { notifyFrontend() }
