@@ -23,7 +23,7 @@ struct FrontendAccepts: Sendable, Equatable {
 /// arrive from other ports' loops (``deliver(_:)``) and go straight into the buffers the
 /// frontend posted (grant copy), or wait in a bounded queue until it posts more; the rx-notify
 /// event brings the handler back to place them.
-final class VifQueue: @unchecked Sendable {  // @unchecked: the tx ring and its scratch are the loop thread's; the rx ring and `pending` are under `rxLock`
+final class VifQueue: Sendable {
     private unowned let vif: NetBackend
     let index: Int
     private let mappings: [GrantMapping]
@@ -33,29 +33,38 @@ final class VifQueue: @unchecked Sendable {  // @unchecked: the tx ring and its 
     private let accepts: FrontendAccepts
     private let hypervisor: Hypervisor
     private let hostile: NetBackend.HostileMode?
-    private let rxRingAddress: UnsafeMutableRawPointer
+    private let rxRingStart: MemoryAddress
     /// The loop the channels are watched on.
     private let loop: EventLoop
-    /// Under `rxLock`, with `stopped`.
-    private var registrations: [EventLoop.Registration] = []
-    private var assembler = TxAssembler()
-    private var packets: [Packet] = []
-    private let tx: TxBox
-    /// The rx ring and what waits for it, under `rxLock`.
-    private let rxLock = NSLock()
-    private let rx: RxBox
-    private var pending = Deque<Packet>()
-    private var stopped = false
+    /// The tx ring and the handler's scratch (the loop's thread only).
+    private let tx: LoopBound<TxSide>
+    /// The rx ring and what waits for it (packets arrive from any port's thread).
+    private let rxLock: Locked<RxSide>
     /// Packets waiting for rx buffers, at most.
     static let pendingLimit = 1024
 
-    private final class TxBox: @unchecked Sendable {  // @unchecked: the loop thread's only
+    private struct TxSide: ~Copyable {
         var ring: BackRing<NetifTxRing>
-        init(_ ring: consuming BackRing<NetifTxRing>) { self.ring = ring }
+        var assembler = TxAssembler()
+        var packets: [Packet] = []
+        /// Kept between batches (no allocation per batch).
+        var outcomes: [TxAssembler.Outcome] = []
+        var fetched: [[UInt8]] = []
+        var copies: [Hypervisor.GrantCopy] = []
+        /// Hostile `vanish` happened: the queue stops serving.
+        var vanished = false
     }
-    private final class RxBox: @unchecked Sendable {  // @unchecked: used only under `rxLock`
+
+    private struct RxSide: ~Copyable {
         var ring: BackRing<NetifRxRing>
-        init(_ ring: consuming BackRing<NetifRxRing>) { self.ring = ring }
+        var pending = Deque<Packet>()
+        var stopped = false
+        var registrations: [EventLoop.Registration] = []
+        /// Scratch of ``placeLocked(_:)``, kept between batches.
+        var slots: [Slot] = []
+        var copies: [Hypervisor.GrantCopy] = []
+        /// The packets those copies read from, alive until the copies ran.
+        var placed: [Packet] = []
     }
 
     /// Counters.
@@ -80,15 +89,17 @@ final class VifQueue: @unchecked Sendable {  // @unchecked: the tx ring and its 
             mapped.append(try hypervisor.mapGrant(txRef, of: frontend, by: .dom0, writable: true))
             mapped.append(try hypervisor.mapGrant(rxRef, of: frontend, by: .dom0, writable: true))
             for port in ports { bound.append(try hypervisor.bindInterdomain(.dom0, remote: frontend, remotePort: port)) }
-            tx = TxBox(try BackRing(resuming: UnsafeMutableRawBufferPointer(start: mapped[0].page, count: XenPage.size), protocol: NetifTxRing()))
-            rx = RxBox(try BackRing(resuming: UnsafeMutableRawBufferPointer(start: mapped[1].page, count: XenPage.size), protocol: NetifRxRing()))
+            let txRing = try BackRing(resuming: UnsafeMutableRawBufferPointer(start: mapped[0].page, count: XenPage.size), protocol: NetifTxRing())
+            let rxRing = try BackRing(resuming: UnsafeMutableRawBufferPointer(start: mapped[1].page, count: XenPage.size), protocol: NetifRxRing())
+            tx = LoopBound(TxSide(ring: txRing), on: loop)
+            rxLock = Locked(RxSide(ring: rxRing))
         } catch {
             for mapping in mapped { try? hypervisor.unmapGrant(mapping.handle, by: .dom0) }
             for (port, _) in bound { try? hypervisor.closePort(.dom0, port) }
             throw error
         }
         mappings = mapped
-        rxRingAddress = mapped[1].page
+        rxRingStart = MemoryAddress(mapped[1].page)
         txPort = bound[0].0
         rxPort = bound.last!.0
         ends = bound.map(\.1)
@@ -113,18 +124,18 @@ final class VifQueue: @unchecked Sendable {  // @unchecked: the tx ring and its 
             for registration in made { registration.cancel() }
             throw error
         }
-        let stopped = rxLock.withLock { () -> Bool in
-            registrations = made
-            return self.stopped
+        let stopped = rxLock.withLock { s in
+            s.registrations = made
+            return s.stopped
         }
         if stopped { for registration in made { registration.cancel() } }
     }
 
     /// Stops serving from the handler (a broken ring, hostile `vanish`).
     private func stopServing() {
-        let registrations = rxLock.withLock { () -> [EventLoop.Registration] in
-            stopped = true
-            return self.registrations
+        let registrations = rxLock.withLock { s in
+            s.stopped = true
+            return s.registrations
         }
         for registration in registrations { registration.cancel() }
     }
@@ -132,10 +143,10 @@ final class VifQueue: @unchecked Sendable {  // @unchecked: the tx ring and its 
     /// Stops serving; returns once the channels are out of the loop (nothing of this queue
     /// runs after), with the rings unmapped and the ports closed.
     func stop() async {
-        let registrations = rxLock.withLock { () -> [EventLoop.Registration] in
-            stopped = true
-            defer { self.registrations = [] }
-            return self.registrations
+        let registrations = rxLock.withLock { s in
+            s.stopped = true
+            defer { s.registrations = [] }
+            return s.registrations
         }
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             loop.execute { [self] in
@@ -164,110 +175,103 @@ final class VifQueue: @unchecked Sendable {  // @unchecked: the tx ring and its 
     /// A notification: everything on the tx ring taken, forwarded, answered; packets waiting
     /// for rx buffers placed; until ring.h's final check finds nothing more.
     private func serve() {
-        guard !vanished, !rxLock.withLock({ stopped }) else { return }
+        guard !tx.value.vanished, !rxLock.withLock({ $0.stopped }) else { return }
         do {
             repeat {
-                try takePackets(&assembler, into: &packets)
-                if vanished {
+                try takePackets(&tx.value)
+                if tx.value.vanished {
                     stopServing()
                     return
                 }
-                if !packets.isEmpty {
-                    vif.forward(packets)
-                    packets.removeAll(keepingCapacity: true)
+                if !tx.value.packets.isEmpty {
+                    vif.forward(tx.value.packets)
+                    tx.value.packets.removeAll(keepingCapacity: true)
                 }
                 placePending()
-            } while try tx.ring.finalCheckForRequests()
+            } while try tx.value.ring.finalCheckForRequests()
         } catch {
             vif.logger.error("vif \(vif.device.frontend.rawValue).\(vif.device.devid) queue \(index): \(error); stopped serving it")
             stopServing()
         }
     }
 
-    /// Scratch space of the queue's handler, kept between batches (no allocation per batch).
-    private var outcomes: [TxAssembler.Outcome] = []
-    /// Hostile `vanish` happened: the queue stops serving.
-    private var vanished = false
-    private var fetched: [[UInt8]] = []
-    private var txCopies: [Hypervisor.GrantCopy] = []
-
-    /// Takes every waiting tx request: packets fetched by grant copy (one batch), answered,
-    /// and appended to `packets`.
-    private func takePackets(_ assembler: inout TxAssembler, into packets: inout [Packet]) throws(RingError) {
-        outcomes.removeAll(keepingCapacity: true)
-        fetched.removeAll(keepingCapacity: true)
-        txCopies.removeAll(keepingCapacity: true)
-        while let raw: (UInt64, UInt32) = try tx.ring.nextRequest(decode: { slot throws(XenABIError) in
+    /// Takes every waiting tx request: t.packets t.fetched by grant copy (one batch), answered,
+    /// and appended to `t.packets`.
+    private func takePackets(_ t: inout TxSide) throws(RingError) {
+        t.outcomes.removeAll(keepingCapacity: true)
+        t.fetched.removeAll(keepingCapacity: true)
+        t.copies.removeAll(keepingCapacity: true)
+        while let raw: (UInt64, UInt32) = try t.ring.nextRequest(decode: { slot throws(XenABIError) in
             (slot.loadUnaligned(as: UInt64.self), slot.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
         }) {
-            if let outcome = withUnsafeBytes(of: raw, { assembler.consume(UnsafeRawBufferPointer(rebasing: $0[0..<NetifTxRequest.wireSize])) }) {
-                outcomes.append(outcome)
+            if let outcome = withUnsafeBytes(of: raw, { t.assembler.consume(UnsafeRawBufferPointer(rebasing: $0[0..<NetifTxRequest.wireSize])) }) {
+                t.outcomes.append(outcome)
             }
-            if outcomes.count >= 64 { break }
+            if t.outcomes.count >= 64 { break }
         }
-        guard !outcomes.isEmpty else { return }
+        guard !t.outcomes.isEmpty else { return }
         // Fetch every packet's bytes with one batch of copies. The copies point into the new
         // arrays' storage, which nothing resizes or shares before the copies ran.
-        for outcome in outcomes {
-            guard case let .packet(planned) = outcome else { fetched.append([]); continue }
+        for outcome in t.outcomes {
+            guard case let .packet(planned) = outcome else { t.fetched.append([]); continue }
             var bytes = [UInt8](repeating: 0, count: planned.length)
             bytes.withUnsafeMutableBytes { out in
-                txCopies.append(
+                t.copies.append(
                     Hypervisor.GrantCopy(
                         ref: planned.first.gref, offset: planned.first.offset, length: planned.first.length,
                         local: out.baseAddress!, toGrant: false))
                 var at = planned.first.length
                 for segment in planned.rest {
-                    txCopies.append(
+                    t.copies.append(
                         Hypervisor.GrantCopy(
                             ref: segment.gref, offset: segment.offset, length: segment.length,
                             local: out.baseAddress! + at, toGrant: false))
                     at += segment.length
                 }
             }
-            fetched.append(bytes)
+            t.fetched.append(bytes)
         }
         let frontend = vif.device.frontend
-        txCopies.withUnsafeMutableBufferPointer { hypervisor.copyGrants($0, of: frontend, by: .dom0) }
+        t.copies.withUnsafeMutableBufferPointer { hypervisor.copyGrants($0, of: frontend, by: .dom0) }
         var next = 0
-        for index in outcomes.indices {
-            switch outcomes[index] {
+        for index in t.outcomes.indices {
+            switch t.outcomes[index] {
             case let .packet(planned):
                 if hostile == .vanish {
                     vif.vanish()
-                    vanished = true
+                    t.vanished = true
                     return
                 }
                 let count = 1 + planned.rest.count
                 var failed = false
-                for copy in next..<next + count where txCopies[copy].status != .okay { failed = true }
+                for copy in next..<next + count where t.copies[copy].status != .okay { failed = true }
                 next += count
-                respond(first: planned.first.id, extras: planned.extras, rest: planned.rest, status: failed ? Netif.statusError : Netif.statusOkay)
+                respond(&t, first: planned.first.id, extras: planned.extras, rest: planned.rest, status: failed ? Netif.statusError : Netif.statusOkay)
                 if failed {
                     txRefused.wrappingIncrement(ordering: .relaxed)
                     continue
                 }
                 var gso: (type: NetifGSOType, size: UInt16)?
                 if case let .gso(size, type, _)? = planned.gso { gso = (type, size) }
-                packets.append(
+                t.packets.append(
                     Packet(
-                        bytes: fetched[index], checksumBlank: planned.flags.contains(.checksumBlank),
+                        bytes: t.fetched[index], checksumBlank: planned.flags.contains(.checksumBlank),
                         dataValidated: planned.flags.contains(.dataValidated), gso: gso))
                 txPackets.wrappingIncrement(ordering: .relaxed)
             case let .refused(ids, extras, reason):
                 vif.logger.notice("vif \(frontend.rawValue).\(vif.device.devid): refused a tx packet (\(reason.rawValue))")
                 if let first = ids.first {
                     respond(
-                        first: first, extras: extras, rest: ids.dropFirst().map { TxAssembler.Segment(id: $0, gref: GrantRef(0), offset: 0, length: 0) },
+                        &t, first: first, extras: extras, rest: ids.dropFirst().map { TxAssembler.Segment(id: $0, gref: GrantRef(0), offset: 0, length: 0) },
                         status: Netif.statusError)
                 } else {
-                    for _ in 0..<extras { tx.ring.enqueueResponse(NetifTxResponse(id: 0, status: Netif.statusNull)) }
+                    for _ in 0..<extras { t.ring.enqueueResponse(NetifTxResponse(id: 0, status: Netif.statusNull)) }
                 }
                 txRefused.wrappingIncrement(ordering: .relaxed)
             }
         }
         if hostile == .txNeverAnswer { return }
-        if tx.ring.pushResponsesAndCheckNotify() { notifyFrontend(txPort) }
+        if t.ring.pushResponsesAndCheckNotify() { notifyFrontend(txPort) }
         if hostile == .eventStorm {
             // After the frontend had time to take the responses and sleep: every one of these
             // wakes it for nothing.
@@ -278,12 +282,12 @@ final class VifQueue: @unchecked Sendable {  // @unchecked: the tx ring and its 
 
     /// Responses for one packet in ring order: the first data slot, a null per extra slot,
     /// the other data slots.
-    private func respond(first: UInt16, extras: Int, rest: [TxAssembler.Segment], status: Int16) {
+    private func respond(_ t: inout TxSide, first: UInt16, extras: Int, rest: [TxAssembler.Segment], status: Int16) {
         if hostile == .txNeverAnswer { return }
         let first = hostile == .txUnknownID ? first &+ 1000 : first
-        tx.ring.enqueueResponse(NetifTxResponse(id: first, status: status))
-        for _ in 0..<extras { tx.ring.enqueueResponse(NetifTxResponse(id: first, status: Netif.statusNull)) }
-        for segment in rest { tx.ring.enqueueResponse(NetifTxResponse(id: segment.id, status: status)) }
+        t.ring.enqueueResponse(NetifTxResponse(id: first, status: status))
+        for _ in 0..<extras { t.ring.enqueueResponse(NetifTxResponse(id: first, status: Netif.statusNull)) }
+        for segment in rest { t.ring.enqueueResponse(NetifTxResponse(id: segment.id, status: status)) }
     }
 
     // MARK: Receive side
@@ -301,25 +305,23 @@ final class VifQueue: @unchecked Sendable {  // @unchecked: the tx ring and its 
             }
             packets = cut
         }
-        rxLock.lock()
-        guard !stopped else {
-            rxLock.unlock()
+        let notify: Bool? = rxLock.withLock { [packets] s in
+            guard !s.stopped else { return nil }
+            let room = Self.pendingLimit - s.pending.count
+            if room < packets.count { rxDropped.wrappingIncrement(by: packets.count - max(room, 0), ordering: .relaxed) }
+            s.pending.append(contentsOf: packets.prefix(max(room, 0)))
+            return placeLocked(&s)
+        }
+        guard let notify else {
             rxDropped.wrappingIncrement(by: packets.count, ordering: .relaxed)
             return
         }
-        let room = Self.pendingLimit - pending.count
-        if room < packets.count { rxDropped.wrappingIncrement(by: packets.count - max(room, 0), ordering: .relaxed) }
-        pending.append(contentsOf: packets.prefix(max(room, 0)))
-        let notify = placeLocked()
-        rxLock.unlock()
         if notify { notifyFrontend(rxPort) }
     }
 
     /// From the queue's own handler (the frontend posted buffers).
     private func placePending() {
-        rxLock.lock()
-        let notify = placeLocked()
-        rxLock.unlock()
+        let notify = rxLock.withLock { placeLocked(&$0) }
         if notify { notifyFrontend(rxPort) }
     }
 
@@ -328,24 +330,18 @@ final class VifQueue: @unchecked Sendable {  // @unchecked: the tx ring and its 
         case data(id: UInt16, length: Int, flags: NetRxFlags, copy: Int)
         case extra(NetifExtraInfo)
     }
-    /// Scratch space of `placeLocked` (under `rxLock`), kept between batches.
-    private var slots: [Slot] = []
-    private var copies: [Hypervisor.GrantCopy] = []
-    /// The packets those copies read from, alive until the copies ran.
-    private var placed: [Packet] = []
-
-    /// Puts pending packets into posted buffers while they fit (under `rxLock`); returns
+    /// Puts s.pending packets into posted buffers while they fit (under `rxLock`); returns
     /// whether to notify the frontend.
-    private func placeLocked() -> Bool {
-        guard !pending.isEmpty else { return false }
-        slots.removeAll(keepingCapacity: true)
-        copies.removeAll(keepingCapacity: true)
-        placed.removeAll(keepingCapacity: true)
+    private func placeLocked(_ s: inout RxSide) -> Bool {
+        guard !s.pending.isEmpty else { return false }
+        s.slots.removeAll(keepingCapacity: true)
+        s.copies.removeAll(keepingCapacity: true)
+        s.placed.removeAll(keepingCapacity: true)
         var available: UInt32
-        do { available = try rx.ring.availableRequests() } catch {
-            return dropPending(reason: "\(error)")
+        do { available = try s.ring.availableRequests() } catch {
+            return dropPending(&s, reason: "\(error)")
         }
-        while var packet = pending.first {
+        while var packet = s.pending.first {
             // What this frontend can take, decided before any slot is used.
             if packet.checksumBlank && !canTakeBlank(packet) {
                 if !packet.completeChecksum() { packet.checksumBlank = false }  // not TCP/UDP: nothing to fill in
@@ -353,7 +349,7 @@ final class VifQueue: @unchecked Sendable {  // @unchecked: the tx ring and its 
             var extra: NetifExtraInfo?
             if let gso = packet.gso {
                 guard accepts(gso: gso.type) else {  // cut in deliver(); never here
-                    drop()
+                    drop(&s)
                     continue
                 }
                 extra = NetifExtraInfo(.gso(size: gso.size, type: gso.type, features: 0))
@@ -362,23 +358,23 @@ final class VifQueue: @unchecked Sendable {  // @unchecked: the tx ring and its 
             if hostile == .rxBadExtra { extra = NetifExtraInfo(.gso(size: 0, type: .tcpv4, features: 0)) }
             let pages = (packet.bytes.count + XenPage.size - 1) / XenPage.size
             guard packet.bytes.count >= 14, pages <= (accepts.scatterGather ? Netif.minimumSlotsPerPacket : 1) else {
-                drop()
+                drop(&s)
                 continue
             }
             let needed = UInt32(pages + (extra == nil ? 0 : 1))
             if available < needed {
-                do { available = try rx.ring.requestNotification(whenAvailable: needed) } catch {
-                    return dropPending(reason: "\(error)")
+                do { available = try s.ring.requestNotification(whenAvailable: needed) } catch {
+                    return dropPending(&s, reason: "\(error)")
                 }
                 if available < needed { break }
             }
             available -= needed
             // Ring order: data slot 0, the extra (it uses a request too; that buffer stays
-            // empty and goes back to the frontend), then the other data slots.
-            // The copies read this storage (kept alive, unchanged, in `placed` until they ran).
+            // empty and goes back to the frontend), then the other data s.slots.
+            // The s.copies read this storage (kept alive, unchanged, in `s.placed` until they ran).
             // A request the ring counted but cannot give (the frontend broke the ring): this
-            // packet's slots are taken back, the rest dropped, the packets placed so far sent.
-            let slotsBefore = slots.count, copiesBefore = copies.count
+            // packet's s.slots are taken back, the rest dropped, the packets s.placed so far sent.
+            let slotsBefore = s.slots.count, copiesBefore = s.copies.count
             var broken: String?
             packet.bytes.withUnsafeBytes { bytes in
                 let base = UnsafeMutableRawPointer(mutating: bytes.baseAddress!)
@@ -386,7 +382,7 @@ final class VifQueue: @unchecked Sendable {  // @unchecked: the tx ring and its 
                 for n in 0..<Int(needed) {
                     let request: NetifRxRequest
                     do {
-                        guard let next = try rx.ring.nextRequest() else {
+                        guard let next = try s.ring.nextRequest() else {
                             broken = "request \(n) of \(needed) counted as available is not there"
                             return
                         }
@@ -396,7 +392,7 @@ final class VifQueue: @unchecked Sendable {  // @unchecked: the tx ring and its 
                         return
                     }
                     if n == 1, let extra {
-                        slots.append(.extra(extra))
+                        s.slots.append(.extra(extra))
                         continue
                     }
                     let length = min(XenPage.size, bytes.count - page * XenPage.size)
@@ -410,8 +406,8 @@ final class VifQueue: @unchecked Sendable {  // @unchecked: the tx ring and its 
                         }
                         if extra != nil { flags.insert(.extraInfo) }
                     }
-                    slots.append(.data(id: request.id, length: length, flags: flags, copy: copies.count))
-                    copies.append(
+                    s.slots.append(.data(id: request.id, length: length, flags: flags, copy: s.copies.count))
+                    s.copies.append(
                         Hypervisor.GrantCopy(
                             ref: request.gref, offset: 0, length: length,
                             local: base + page * XenPage.size, toGrant: true))
@@ -419,21 +415,21 @@ final class VifQueue: @unchecked Sendable {  // @unchecked: the tx ring and its 
                 }
             }
             if let broken {
-                slots.removeSubrange(slotsBefore...)
-                copies.removeSubrange(copiesBefore...)
-                _ = dropPending(reason: broken)
+                s.slots.removeSubrange(slotsBefore...)
+                s.copies.removeSubrange(copiesBefore...)
+                _ = dropPending(&s, reason: broken)
                 break
             }
-            pending.removeFirst()
-            placed.append(packet)
+            s.pending.removeFirst()
+            s.placed.append(packet)
             rxPackets.wrappingIncrement(ordering: .relaxed)
         }
-        guard !slots.isEmpty else { return false }
-        copies.withUnsafeMutableBufferPointer { hypervisor.copyGrants($0, of: vif.device.frontend, by: .dom0) }
-        for slot in slots {
+        guard !s.slots.isEmpty else { return false }
+        s.copies.withUnsafeMutableBufferPointer { hypervisor.copyGrants($0, of: vif.device.frontend, by: .dom0) }
+        for slot in s.slots {
             switch slot {
             case let .data(id, length, flags, copy):
-                let ok = copies[copy].status == .okay
+                let ok = s.copies[copy].status == .okay
                 var response = NetifRxResponse(id: id, offset: 0, flags: flags, status: ok ? Int16(length) : Netif.statusError)
                 switch hostile {
                 case .rxWrongID?: response.id &+= 1
@@ -442,15 +438,15 @@ final class VifQueue: @unchecked Sendable {  // @unchecked: the tx ring and its 
                 case .rxEndlessChain?: response.flags.insert(.moreData)
                 default: break
                 }
-                rx.ring.enqueueResponse(.response(response))
+                s.ring.enqueueResponse(.response(response))
             case let .extra(info):
-                rx.ring.enqueueResponse(.extraInfo(info))
+                s.ring.enqueueResponse(.extraInfo(info))
             }
         }
-        placed.removeAll(keepingCapacity: true)
-        let notify = rx.ring.pushResponsesAndCheckNotify()
+        s.placed.removeAll(keepingCapacity: true)
+        let notify = s.ring.pushResponsesAndCheckNotify()
         if hostile == .rxProducerAhead {
-            (rxRingAddress + SharedRingHeader.responseProducer).storeBytes(of: rx.ring.publishedResponses &+ 300, as: UInt32.self)
+            (rxRingStart.pointer + SharedRingHeader.responseProducer).storeBytes(of: s.ring.publishedResponses &+ 300, as: UInt32.self)
             return true
         }
         if hostile == .eventStorm {
@@ -469,17 +465,17 @@ final class VifQueue: @unchecked Sendable {  // @unchecked: the tx ring and its 
         return ethertype == 0x86DD ? accepts.ipv6ChecksumOffload : accepts.checksumOffload
     }
 
-    /// The first pending packet cannot go to this frontend: dropped, counted.
-    private func drop() {
-        pending.removeFirst()
+    /// The first s.pending packet cannot go to this frontend: dropped, counted.
+    private func drop(_ s: inout RxSide) {
+        s.pending.removeFirst()
         rxDropped.wrappingIncrement(ordering: .relaxed)
     }
 
     /// A frontend that broke its rx ring: everything waiting is dropped, the ring left alone.
-    private func dropPending(reason: String) -> Bool {
+    private func dropPending(_ s: inout RxSide, reason: String) -> Bool {
         vif.logger.error("vif \(vif.device.frontend.rawValue).\(vif.device.devid) rx ring: \(reason)")
-        rxDropped.wrappingIncrement(by: pending.count, ordering: .relaxed)
-        pending.removeAll()
+        rxDropped.wrappingIncrement(by: s.pending.count, ordering: .relaxed)
+        s.pending.removeAll()
         return false
     }
 }
