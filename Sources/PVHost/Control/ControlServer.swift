@@ -11,7 +11,7 @@ import XenStore
 /// watched on one of pvhost's event loops; a request that needs the toolstack is handled by a
 /// task on that loop, and the connection's next request waits for its reply. When a guest's connection ends — it exited, crashed or was
 /// killed — its domain is destroyed and everything it held reclaimed.
-public final class ControlServer: @unchecked Sendable {  // @unchecked: tables under `lock`; connections touched on `loop` only
+public final class ControlServer: Sendable {
     public let path: String
     public let toolstack: Toolstack
     /// With a configuration, only its domains may attach, with its limits.
@@ -20,15 +20,16 @@ public final class ControlServer: @unchecked Sendable {  // @unchecked: tables u
     private let logger: Logger
     /// The loop the socket and its connections are served on.
     private let loop: EventLoop
-    private let lock = NSLock()
-    /// The disks served for each attached domain.
-    private var disks: [DomainID: [BlockBackend]] = [:]
-    /// The network interfaces served for each attached domain.
-    private var nics: [DomainID: [NetBackend]] = [:]
+    private let lock = Locked(Backends())
+    /// What is served for each attached domain.
+    private struct Backends {
+        var disks: [DomainID: [BlockBackend]] = [:]
+        var nics: [DomainID: [NetBackend]] = [:]
+    }
     /// The switch every vif and TAP is a port of.
     public let network = VirtualSwitch()
     /// The configuration's TAP devices.
-    public private(set) var taps: [TapPort] = []
+    public let taps: [TapPort]
 
     /// Why the server could not start.
     public struct StartFailure: Error, CustomStringConvertible { public let description: String }
@@ -40,6 +41,8 @@ public final class ControlServer: @unchecked Sendable {  // @unchecked: tables u
         self.toolstack = toolstack
         self.config = config
         loop = toolstack.hypervisor.eventLoops.next()
+        served = LoopBound(Served(), on: loop)
+        var taps: [TapPort] = []
         for tap in config?.taps ?? [] {
             do { taps.append(try TapPort.open(name: tap.name, namespace: tap.netns, network: network, loop: toolstack.hypervisor.eventLoops.next())) } catch {
                 for opened in taps { opened.stop() }
@@ -50,6 +53,7 @@ public final class ControlServer: @unchecked Sendable {  // @unchecked: tables u
             for opened in taps { opened.stop() }
             throw StartFailure(description: "control socket \(path): \(error)")
         }
+        self.taps = taps
     }
 
     deinit {
@@ -57,22 +61,69 @@ public final class ControlServer: @unchecked Sendable {  // @unchecked: tables u
         SeqpacketSocket.stopListening(listener, at: path)
     }
 
-    /// One guest's (or tool's) connection: served one request at a time, in order.
-    private final class Connection: @unchecked Sendable {  // @unchecked: every field is touched on the server's loop only
+    /// One guest's (or tool's) connection: served one request at a time, in order. Its state
+    /// is the server loop's (the handler and the tasks preferring that loop).
+    private final class Connection: Sendable {
         let socket: SeqpacketSocket
-        var registration: EventLoop.Registration?
-        var domain: DomainID?
-        var info: AttachedDomain?
-        /// A request is being handled (reading is paused until its reply is sent).
-        var busy = false
-        /// The peer went while a request was being handled: ended once it is done.
-        var hungUp = false
-        init(socket: SeqpacketSocket) { self.socket = socket }
+        private let state: LoopBound<State>
+
+        private struct State {
+            var registration: EventLoop.Registration?
+            var domain: DomainID?
+            var info: AttachedDomain?
+            /// A request is being handled (reading is paused until its reply is sent).
+            var busy = false
+            /// The peer went while a request was being handled: ended once it is done.
+            var hungUp = false
+        }
+
+        init(socket: SeqpacketSocket, loop: EventLoop) {
+            self.socket = socket
+            state = LoopBound(State(), on: loop)
+        }
+
+        var registration: EventLoop.Registration? {
+            get { state.value.registration }
+            set { state.value.registration = newValue }
+        }
+        var domain: DomainID? {
+            get { state.value.domain }
+            set { state.value.domain = newValue }
+        }
+        var info: AttachedDomain? {
+            get { state.value.info }
+            set { state.value.info = newValue }
+        }
+        var busy: Bool {
+            get { state.value.busy }
+            set { state.value.busy = newValue }
+        }
+        var hungUp: Bool {
+            get { state.value.hungUp }
+            set { state.value.hungUp = newValue }
+        }
     }
-    /// Live connections (the loop's thread only).
-    private var connections: [ObjectIdentifier: Connection] = [:]
-    private var listening: EventLoop.Registration?
-    private var stopped: [CheckedContinuation<Void, Never>]? = []
+
+    /// The connections and the listener (the loop's thread only).
+    private let served: LoopBound<Served>
+    private struct Served {
+        var connections: [ObjectIdentifier: Connection] = [:]
+        var listening: EventLoop.Registration?
+        /// Who waits for the server to stop; nil once it stopped.
+        var stopped: [CheckedContinuation<Void, Never>]? = []
+    }
+    private var connections: [ObjectIdentifier: Connection] {
+        _read { yield served.value.connections }
+        _modify { yield &served.value.connections }
+    }
+    private var listening: EventLoop.Registration? {
+        get { served.value.listening }
+        set { served.value.listening = newValue }
+    }
+    private var stopped: [CheckedContinuation<Void, Never>]? {
+        _read { yield served.value.stopped }
+        _modify { yield &served.value.stopped }
+    }
 
     /// Starts accepting connections on the server's loop; each is served there.
     public func start() throws(StartFailure) {
@@ -129,7 +180,7 @@ public final class ControlServer: @unchecked Sendable {  // @unchecked: tables u
             }
             guard let socket = accepted else { return }
             guard stopped != nil else { socket.shutdown(); continue }
-            let connection = Connection(socket: socket)
+            let connection = Connection(socket: socket, loop: loop)
             do {
                 connection.registration = try loop.register(socket.fileDescriptor, name: "pvhost control connection", owner: socket) { [self] _ in
                     receive(on: connection)
@@ -215,9 +266,9 @@ public final class ControlServer: @unchecked Sendable {  // @unchecked: tables u
         reclaims.begin()
         Task(executorPreference: loop) { [self] in
             defer { reclaims.end() }
-            let backends = lock.withLock { disks.removeValue(forKey: domain) } ?? []
+            let backends = lock.withLock { s in s.disks.removeValue(forKey: domain) } ?? []
             for backend in backends { await backend.stop() }
-            let interfaces = lock.withLock { nics.removeValue(forKey: domain) } ?? []
+            let interfaces = lock.withLock { s in s.nics.removeValue(forKey: domain) } ?? []
             for nic in interfaces { await nic.stop() }
             let reclaimed = await toolstack.destroyDomain(domain)
             logger.info(
@@ -304,7 +355,7 @@ public final class ControlServer: @unchecked Sendable {  // @unchecked: tables u
                         return .success(backends)
                     }
                     switch started {
-                    case let .success(backends): lock.withLock { disks[d.id] = backends }
+                    case let .success(backends): lock.withLock { s in s.disks[d.id] = backends }
                     case let .failure(error):
                         _ = await inline { await toolstack.destroyDomain(d.id) }
                         return (.error("creating domain \"\(name)\": \(error)"), [])
@@ -327,9 +378,9 @@ public final class ControlServer: @unchecked Sendable {  // @unchecked: tables u
                         return .success(backends)
                     }
                     switch started {
-                    case let .success(backends): lock.withLock { nics[d.id] = backends }
+                    case let .success(backends): lock.withLock { s in s.nics[d.id] = backends }
                     case let .failure(error):
-                        let disksStarted = lock.withLock { disks.removeValue(forKey: d.id) } ?? []
+                        let disksStarted = lock.withLock { s in s.disks.removeValue(forKey: d.id) } ?? []
                         _ = await inline {
                             for backend in disksStarted { await backend.stop() }
                             return await toolstack.destroyDomain(d.id)
