@@ -231,17 +231,20 @@ private final class ClientCore: Sendable {
     let transport: any XenStoreTransport
     let loop: EventLoop
     /// The handler's decoder and read buffer (the loop's thread only).
-    private let reader: Reader
+    private let reader: LoopBound<Reader>
 
-    private final class Reader: @unchecked Sendable {  // @unchecked: used only by the registration's handler, on the loop's thread
+    private struct Reader {
         var decoder = XsFrameDecoder()
         var buffer = [UInt8](repeating: 0, count: 65536)
+
+        /// The first `count` bytes of `buffer` (just read) to the decoder.
+        mutating func feed(_ count: Int) { decoder.feed(buffer[..<count]) }
     }
 
     init(transport: any XenStoreTransport, loop: EventLoop) {
         self.transport = transport
         self.loop = loop
-        reader = Reader()
+        reader = LoopBound(Reader(), on: loop)
     }
 
     func start() {
@@ -325,7 +328,7 @@ private final class ClientCore: Sendable {
     private func serve(_ events: EventLoop.Readiness) -> EventLoop.Next {
         flush()
         for _ in 0..<16 {
-            let received: Result<Int?, XenStoreError> = reader.buffer.withUnsafeMutableBytes { raw in
+            let received: Result<Int?, XenStoreError> = reader.value.buffer.withUnsafeMutableBytes { raw in
                 do throws(XenStoreError) { return .success(try transport.read(into: raw)) } catch { return .failure(error) }
             }
             let count: Int
@@ -345,9 +348,9 @@ private final class ClientCore: Sendable {
                 end(.connectionClosed("\(transport.name): the daemon ended the connection"))
                 return .wait
             }
-            reader.decoder.feed(reader.buffer[..<count])
+            reader.value.feed(count)
             do {
-                while let message = try reader.decoder.next() { try dispatch(message) }
+                while let message = try reader.value.decoder.next() { try dispatch(message) }
             } catch let error as XenStoreError {
                 end(error)
                 return .wait

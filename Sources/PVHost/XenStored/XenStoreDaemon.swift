@@ -44,13 +44,13 @@ public final class XenStoreDaemon: @unchecked Sendable {  // @unchecked: the eng
         let ring: XenStoreRing
         let fromGuest: EventFD
         let toGuest: EventFD
-        let keepAlive: AnyObject?
+        let keepAlive: (any Sendable & AnyObject)?
         var registration: EventLoop.Registration?
         var decoder = XsFrameDecoder()
         var output: XenStoreOutputQueue
         var broken = false
 
-        init(domain: DomainID, ring: XenStoreRing, fromGuest: EventFD, toGuest: EventFD, keepAlive: AnyObject?, outputLimit: Int) {
+        init(domain: DomainID, ring: XenStoreRing, fromGuest: EventFD, toGuest: EventFD, keepAlive: (any Sendable & AnyObject)?, outputLimit: Int) {
             self.domain = domain
             self.ring = ring
             self.fromGuest = fromGuest
@@ -175,18 +175,18 @@ public final class XenStoreDaemon: @unchecked Sendable {  // @unchecked: the eng
     /// With `introduce` (the ring's frame and the guest's port), the domain counts as
     /// introduced and `@introduceDomain` fires, as after a toolstack's INTRODUCE.
     public func attachRing(
-        domain: DomainID, page: UnsafeMutableRawPointer, fromGuest: EventFD, toGuest: EventFD, keepAlive: AnyObject,
+        domain: DomainID, page: UnsafeMutableRawPointer, fromGuest: EventFD, toGuest: EventFD, keepAlive: any Sendable & AnyObject,
         introduce: (gfn: UInt64, port: EventChannelPort)? = nil
     ) -> Int {
         XenStoreRing(page: page, side: .daemon).initialize()
         let id = nextRingID.withLock { id in
             defer { id += 1 }; return id
         }
-        let address = UInt(bitPattern: page), owner = SendableBox(keepAlive)
+        let address = MemoryAddress(page)
         loop.execute { [self] in
             guard !state.withLock({ $0.stopped }) else { return }
-            let ring = XenStoreRing(page: UnsafeMutableRawPointer(bitPattern: address)!, side: .daemon)
-            let client = RingClient(domain: domain, ring: ring, fromGuest: fromGuest, toGuest: toGuest, keepAlive: owner.value, outputLimit: outputLimit)
+            let ring = XenStoreRing(page: address.pointer, side: .daemon)
+            let client = RingClient(domain: domain, ring: ring, fromGuest: fromGuest, toGuest: toGuest, keepAlive: keepAlive, outputLimit: outputLimit)
             rings[id] = client
             do {
                 client.registration = try loop.register(fromGuest.fileDescriptor, name: "xenstore ring of domain \(domain.rawValue)", owner: fromGuest) {
@@ -406,12 +406,6 @@ public final class XenStoreDaemon: @unchecked Sendable {  // @unchecked: the eng
         }
         // Whatever is left goes when the guest has read and notified us.
     }
-}
-
-/// Carries a non-Sendable owner across the command queue (only kept alive, never used).
-struct SendableBox: @unchecked Sendable {  // @unchecked: carries an object to the loop thread, the only one that touches it
-    let value: AnyObject?
-    init(_ value: AnyObject?) { self.value = value }
 }
 
 /// Why the daemon could not start.
