@@ -355,24 +355,23 @@ struct PVHostBench {
     /// `reads` random 4 KiB reads kept 32 in flight through a ``BlockIOQueue`` whose handler,
     /// on the ring's completion thread, queues the next read into the buffer that just filled.
     static func ioQueueReads(disk: BlockFront, buffers: [BlockBuffer], reads: Int, blocks: Int) async throws {
-        final class Progress: @unchecked Sendable {
-            let lock = NSLock()
+        struct Progress {
             var state: UInt64 = 0x9E37_79B9_7F4A_7C15
             var issued = 0
             var completed = 0
             var error: BlockFrontError?
             var finished: CheckedContinuation<Void, Never>?
-            /// The next random block's sector (under `lock`).
-            func nextSector(_ blocks: Int) -> UInt64 {
+            /// The next random block's sector.
+            mutating func nextSector(_ blocks: Int) -> UInt64 {
                 state ^= state << 13; state ^= state >> 7; state ^= state << 17
                 return (state % UInt64(blocks)) * 8
             }
         }
-        let progress = Progress()
+        let progress = Locked(Progress())
         await withCheckedContinuation { (finished: CheckedContinuation<Void, Never>) in
-            progress.finished = finished
+            progress.withLock { $0.finished = finished }
             let queue = disk.makeIOQueue(depth: buffers.count) { queue, completions in
-                let end: CheckedContinuation<Void, Never>? = progress.lock.withLock {
+                let end: CheckedContinuation<Void, Never>? = progress.withLock { progress in
                     for completion in completions {
                         progress.completed += 1
                         if let error = completion.error { progress.error = progress.error ?? error }
@@ -391,7 +390,7 @@ struct PVHostBench {
                 queue.submit()
                 end?.resume()
             }
-            progress.lock.withLock {
+            progress.withLock { progress in
                 for (tag, buffer) in buffers.enumerated() {
                     do throws(BlockFrontError) {
                         try queue.read(at: progress.nextSector(blocks), into: buffer, tag: tag)
@@ -403,7 +402,7 @@ struct PVHostBench {
             }
             queue.submit()
         }
-        if let error = progress.error { throw error }
+        if let error = progress.withLock({ $0.error }) { throw error }
     }
 
     static func asyncSeconds(_ body: () async throws -> Void) async rethrows -> Double {

@@ -210,10 +210,11 @@ func measureSwift<W: Workload>(_ w: W, proto: ProtocolChoice, mode: Mode, count:
 }
 
 /// Carries the back thread's result to the front thread (written once, read after `group.wait()`).
-final class BackResult: @unchecked Sendable {
-    private var result: Result<UInt64, any Error>?
-    func set(_ value: Result<UInt64, any Error>) { result = value }
-    func get() throws -> UInt64 { try result!.get() }
+/// The back end's outcome, set on its thread, read after the join.
+final class BackResult: Sendable {
+    private let result = Locked<Result<UInt64, any Error>?>(nil)
+    func set(_ value: Result<UInt64, any Error>) { result.withLock { $0 = value } }
+    func get() throws -> UInt64 { try result.withLock { $0 }!.get() }
 }
 
 func measureC(_ harness: String, proto: ProtocolChoice, mode: Mode, count: UInt64) throws -> Measurement {

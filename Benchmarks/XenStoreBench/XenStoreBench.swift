@@ -2,6 +2,7 @@ import Foundation
 #if canImport(Glibc)
     import Glibc
 #endif
+import Synchronization
 import XenABI
 import XenStore
 
@@ -84,7 +85,7 @@ struct XenStoreBench {
     }
 
     /// A plain blocking client: write a request, read replies; as libxenstore does it.
-    final class RawClient: @unchecked Sendable {
+    final class RawClient: @unchecked Sendable {  // @unchecked: each client is handed to one thread, the only one that uses it
         let fd: Int32
         var buffer = [UInt8](repeating: 0, count: 1 << 16)
         var decoder = XsFrameDecoder()
@@ -171,11 +172,10 @@ struct XenStoreBench {
         }
     }
 
-    final class Failures: @unchecked Sendable {
-        private let lock = NSLock()
-        private var list: [String] = []
-        func add(_ s: String) { lock.withLock { list.append(s) } }
-        var first: String? { lock.withLock { list.first } }
+    final class Failures: Sendable {
+        private let list = Mutex<[String]>([])
+        func add(_ s: String) { list.withLock { $0.append(s) } }
+        var first: String? { list.withLock { $0.first } }
     }
 
     static func workloads(quick: Bool) -> [Workload] {

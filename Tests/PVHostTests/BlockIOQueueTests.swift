@@ -5,6 +5,7 @@ import Foundation
 #endif
 import PVHost
 import PVPlatform
+import PVSystem
 import Testing
 import XenABI
 import XenStore
@@ -149,19 +150,18 @@ struct BlockIOQueueTests {
         let file = conformance.fileBytes(d.path, offset: 0, count: 4 << 20)
         var buffers: [BlockBuffer] = []
         for _ in 0..<32 { buffers.append(try await d.disk.makeBuffer(byteCount: 4096)) }
-        final class State: @unchecked Sendable {
-            let lock = NSLock()
+        struct State {
             var rng = SeededBytes(seed: 5)
             var blockOf: [Int] = Array(repeating: 0, count: 32)
             var issued = 0, completed = 0, wrong = 0, failed = 0
             var finished: CheckedContinuation<Void, Never>?
         }
-        let state = State()
+        let state = Locked(State())
         let total = 3000
         await withCheckedContinuation { (finished: CheckedContinuation<Void, Never>) in
-            state.finished = finished
+            state.withLock { $0.finished = finished }
             let queue = d.disk.makeIOQueue(depth: 32) { [buffers] queue, completions in
-                let end: CheckedContinuation<Void, Never>? = state.lock.withLock {
+                let end: CheckedContinuation<Void, Never>? = state.withLock { state in
                     for completion in completions {
                         state.completed += 1
                         let block = state.blockOf[completion.tag]
@@ -179,7 +179,7 @@ struct BlockIOQueueTests {
                 queue.submit()
                 end?.resume()
             }
-            state.lock.withLock {
+            state.withLock { state in
                 for tag in 0..<32 {
                     let block = Int(state.rng.nextWord() % 1024)
                     state.blockOf[tag] = block
@@ -188,9 +188,10 @@ struct BlockIOQueueTests {
             }
             queue.submit()
         }
-        #expect(state.completed == total)
-        #expect(state.failed == 0)
-        #expect(state.wrong == 0, "every buffer held its block when its completion arrived")
+        let (completed, failed, wrong) = state.withLock { ($0.completed, $0.failed, $0.wrong) }
+        #expect(completed == total)
+        #expect(failed == 0)
+        #expect(wrong == 0, "every buffer held its block when its completion arrived")
         await d.disk.close()
     }
 
@@ -399,10 +400,9 @@ struct BlockIOQueueTests {
 }
 
 /// Completions a queue's handler handed over, kept for the test to read.
-private final class Collected: @unchecked Sendable {
-    private let lock = NSLock()
-    private var completions: [BlockIOQueue.Completion] = []
-    var all: [BlockIOQueue.Completion] { lock.withLock { completions } }
+private final class Collected: Sendable {
+    private let completions = Locked<[BlockIOQueue.Completion]>([])
+    var all: [BlockIOQueue.Completion] { completions.withLock { $0 } }
     /// The handler.
-    @Sendable func take(_ queue: BlockIOQueue, _ batch: [BlockIOQueue.Completion]) { lock.withLock { completions += batch } }
+    @Sendable func take(_ queue: BlockIOQueue, _ batch: [BlockIOQueue.Completion]) { completions.withLock { $0 += batch } }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import PVSystem
 import PacketOffload
 @testable import PVHost
 import Testing
@@ -110,11 +111,12 @@ struct NetBackUnitTests {
         #expect(!shortFilled && short.bytes == Array(tcp.blank.prefix(30)))
     }
 
-    final class Sink: SwitchPort, @unchecked Sendable {
+    final class Sink: SwitchPort, Sendable {
         let portName: String
-        var got: [[UInt8]] = []
+        private let received = Locked<[[UInt8]]>([])
+        var got: [[UInt8]] { received.withLock { $0 } }
         init(_ name: String) { portName = name }
-        func deliver(_ packets: [Packet]) { got += packets.map(\.bytes) }
+        func deliver(_ packets: [Packet]) { received.withLock { $0 += packets.map(\.bytes) } }
     }
 
     @Test("the switch learns, forwards, floods, filters, and forgets a port's addresses when it leaves")

@@ -13,7 +13,7 @@ import XenStore
 /// pvhost in the same process acting as the backend: grants, revokes, event channels.
 @Suite("PVPlatform.Reference against pvhost", .serialized, .timeLimit(.minutes(5)))
 struct ReferencePlatformTests {
-    final class Host: @unchecked Sendable {
+    final class Host: Sendable {
         let tools: ToolstackTests.Host
         let server: ControlServer
         var control: String { tools.directory + "/control" }

@@ -12,7 +12,7 @@ import XenStore
 /// ring page in their own memory, with their own identity.
 @Suite("pvhost toolstack: domains and devices as libxl lays them out", .serialized, .timeLimit(.minutes(5)))
 struct ToolstackTests {
-    final class Host: @unchecked Sendable {
+    final class Host: Sendable {
         let directory: String
         let daemon: XenStoreDaemon
         let hypervisor = Hypervisor()

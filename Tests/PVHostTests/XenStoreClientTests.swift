@@ -2,6 +2,7 @@ import Foundation
 #if canImport(Glibc)
     import Glibc
 #endif
+import PVSystem
 import Testing
 import XenABI
 import XenStore
@@ -208,13 +209,12 @@ struct XenStoreClientTests {
 }
 
 /// A counter a transaction body can bump (bodies are not isolated to one task).
-final class Counter: @unchecked Sendable {
-    private let lock = NSLock()
-    private var count = 0
+final class Counter: Sendable {
+    private let count = Locked(0)
     func increment() -> Int {
-        lock.withLock {
-            count += 1; return count
+        count.withLock {
+            $0 += 1; return $0
         }
     }
-    var value: Int { lock.withLock { count } }
+    var value: Int { count.withLock { $0 } }
 }

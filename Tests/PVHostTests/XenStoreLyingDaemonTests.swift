@@ -13,11 +13,9 @@ import XenStore
 struct XenStoreLyingDaemonTests {
     /// A one-connection fake daemon: reads one request header + payload, then runs `answer`
     /// with the connection and the request's header.
-    final class FakeDaemon: @unchecked Sendable {
+    final class FakeDaemon: Sendable {
         let socket: String
         let listener: Int32
-        var thread: Thread?
-
         init(answer: @escaping @Sendable (Int32, XsHeader) -> Void) throws {
             socket = NSTemporaryDirectory() + "pvkit-fake-\(UUID().uuidString.prefix(8)).sock"
             let listener = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
@@ -30,7 +28,7 @@ struct XenStoreLyingDaemonTests {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
             }
             try #require(bound == 0 && listen(listener, 4) == 0)
-            thread = Thread {
+            let thread = Thread {
                 let fd = accept(listener, nil, nil)
                 guard fd >= 0 else { return }
                 var header = [UInt8](repeating: 0, count: 16)
@@ -42,7 +40,7 @@ struct XenStoreLyingDaemonTests {
                 answer(fd, parsed)
                 close(fd)
             }
-            thread?.start()
+            thread.start()
         }
 
         func client() throws -> XenStoreClient {

@@ -13,7 +13,7 @@ import XenStoredCore
 /// mapping and the guest's), two eventfds as the event channel's directions.
 @Suite("xenstored on a domain's ring page", .serialized, .timeLimit(.minutes(5)))
 struct XenStoreRingTests {
-    final class Setup: @unchecked Sendable {
+    final class Setup: Sendable {
         let daemon: XenStoreDaemon
         let directory: String
         let daemonPage: SharedMemoryRegion
