@@ -148,4 +148,30 @@ struct PackageLayoutTests {
             }
         }
     }
+
+    /// Where `@unchecked Sendable` may appear at most (issue 18: under 15 in all).
+    static let uncheckedLimit = 14
+
+    @Test("every @unchecked Sendable in Sources, Tests and Benchmarks gives its reason on the line, and there are at most 14")
+    func uncheckedSendable() throws {
+        var found: [String] = []
+        for folder in ["Sources", "Tests", "Benchmarks"] {
+            let directory = Manifest.root.appendingPathComponent(folder)
+            let files = try #require(FileManager.default.enumerator(atPath: directory.path)).compactMap { $0 as? String }.filter { $0.hasSuffix(".swift") }
+            for file in files {
+                let text = try String(contentsOf: directory.appendingPathComponent(file), encoding: .utf8)
+                for (number, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() where line.contains("@unchecked Sendable") {
+                    // A declaration that claims it (not a comment or a string that names it).
+                    let code = line.split(separator: "//", maxSplits: 1).first ?? ""
+                    let modifiers: Set<Substring> = ["public", "private", "fileprivate", "internal", "package", "final", "open"]
+                    let keyword = code.split(separator: " ").first { !modifiers.contains($0) }
+                    guard code.contains("@unchecked Sendable"), let keyword, ["class", "struct", "enum", "extension", "actor"].contains(keyword) else { continue }
+                    found.append("\(folder)/\(file):\(number + 1)")
+                    #expect(line.contains("// @unchecked: "), "\(folder)/\(file):\(number + 1) claims Sendable without its reason on the line")
+                }
+            }
+        }
+        #expect(!found.isEmpty, "the scan found the known uses")
+        #expect(found.count <= Self.uncheckedLimit, "\(found.count) uses of @unchecked Sendable (at most \(Self.uncheckedLimit)): \(found.joined(separator: ", "))")
+    }
 }
