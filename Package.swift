@@ -31,6 +31,8 @@ let package = Package(
         .library(name: "XenBus", targets: ["XenBus"]),
         .library(name: "PVPlatform", targets: ["PVPlatform"]),
         .library(name: "BlockFront", targets: ["BlockFront"]),
+        .library(name: "NBDProtocol", targets: ["NBDProtocol"]),
+        .library(name: "NBDServer", targets: ["NBDServer"]),
         .library(name: "NetFront", targets: ["NetFront"]),
         .library(name: "PacketOffload", targets: ["PacketOffload"]),
         .library(name: "PacketTap", targets: ["PacketTap"]),
@@ -102,6 +104,15 @@ let package = Package(
                            .product(name: "Logging", package: "swift-log"), .product(name: "DequeModule", package: "swift-collections"),
                            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
             swiftSettings: dataPath),
+        // The NBD protocol (pure): the server's handshake and request checks, replies.
+        .target(name: "NBDProtocol", swiftSettings: strictSwift),
+        // An NBD server exporting a BlockFront disk (UNIX socket or loopback TCP).
+        .target(
+            name: "NBDServer",
+            dependencies: ["NBDProtocol", "BlockFront", "PVSystem", "XenABI", .product(name: "Logging", package: "swift-log"),
+                           .product(name: "DequeModule", package: "swift-collections"),
+                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
+            swiftSettings: strictSwift),
         // blkfront: a virtual disk over Xen's PV block protocol.
         .target(
             name: "BlockFront",
@@ -168,8 +179,9 @@ let package = Package(
             swiftSettings: strictSwift),
         .executableTarget(
             name: "pvblk",
-            dependencies: ["BlockFront", "PVPlatform", "PVSystem", "XenStore", .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                           .product(name: "Histogram", package: "hdrhistogram-swift")],
+            dependencies: ["BlockFront", "NBDServer", "PVPlatform", "PVSystem", "XenStore", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                           .product(name: "Histogram", package: "hdrhistogram-swift"), .product(name: "Logging", package: "swift-log"),
+                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
             swiftSettings: strictSwift),
         .executableTarget(
             name: "pvnet",

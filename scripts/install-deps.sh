@@ -10,16 +10,18 @@ case "${1:-build}" in
     # decompressor tools extract real kernels independently of pvcheck.
     # iproute2, iputils-ping and python3 drive the Linux-traffic tier (namespaces, TAP, ping, TCP).
     # qemu-system-x86, busybox-static, cpio and kmod run the real-Xen lab (scripts/xen-lab.sh).
+    # libnbd's nbdinfo/nbdcopy/nbdsh and qemu-img are the NBD export's clients; nbdkit its baseline.
     test) packages+=(xz-utils zstd bzip2 binutils xen-utils-4.17 xenstore-utils python3-pip iproute2 iputils-ping tshark
                      qemu-system-x86 busybox-static cpio kmod
                      mmdebstrap qemu-utils xfsprogs fdisk e2fsprogs qemu-system-common btrfs-progs lvm2
-                     lz4 lzop time) ;;
+                     lz4 lzop time
+                     libnbd-bin python3-libnbd nbdkit) ;;
     # The demo's network part: namespaces and ping over the PV path; its migration check on
     # real Debian disk images (scripts/make-guests.sh).
     demo) packages+=(iproute2 iputils-ping mmdebstrap qemu-utils xfsprogs fdisk e2fsprogs qemu-system-common) ;;
     # C xenstored (xen-utils-4.17) is the xenstored benchmark's baseline.
     # iperf3 measures TCP over `pvnet tap` against a veth pair.
-    bench) packages+=(xz-utils zstd time xen-utils-4.17 iproute2 iperf3) ;;
+    bench) packages+=(xz-utils zstd time xen-utils-4.17 iproute2 iperf3 libnbd-bin nbdkit) ;;
 esac
 
 # The pyxs Python client (PyPI) is an interop peer of our xenstored; kept in the cache, not

@@ -246,12 +246,22 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {  // @unchecked
     /// - Throws: `CancellationError`, or ``SystemError`` when `fd` cannot be watched.
     @discardableResult
     public func readable(_ fd: Int32, name: String, timeout: Duration? = nil) async throws -> Bool {
+        try await ready(fd, events: .readable, name: name, timeout: timeout)
+    }
+
+    /// Waits until `fd` is writable (or in error, or hung up), as ``readable(_:name:timeout:)``.
+    @discardableResult
+    public func writable(_ fd: Int32, name: String, timeout: Duration? = nil) async throws -> Bool {
+        try await ready(fd, events: .writable, name: name, timeout: timeout)
+    }
+
+    private func ready(_ fd: Int32, events: Readiness, name: String, timeout: Duration?) async throws -> Bool {
         let wait = OneShotWait()
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Bool, any Error>) in
                 guard wait.arm(continuation) else { return }
                 do {
-                    let registration = try register(fd, name: name) { _ in
+                    let registration = try register(fd, events: events, name: name) { _ in
                         wait.finish(.success(true))
                         return .wait
                     }

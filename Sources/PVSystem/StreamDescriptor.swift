@@ -83,6 +83,30 @@ public final class StreamDescriptor: Sendable {
         }
     }
 
+    /// Writes what fits now of `first` then `second` in one call (C: `writev`): the count,
+    /// nil when nothing fits.
+    public func write(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer) throws(SystemError) -> Int? {
+        guard !second.isEmpty else { return try write(first) }
+        var vectors = [
+            iovec(iov_base: UnsafeMutableRawPointer(mutating: first.baseAddress), iov_len: first.count),
+            iovec(iov_base: UnsafeMutableRawPointer(mutating: second.baseAddress), iov_len: second.count)
+        ]
+        while true {
+            let n = vectors.withUnsafeMutableBufferPointer { v in
+                var message = msghdr()
+                message.msg_iov = v.baseAddress
+                message.msg_iovlen = v.count
+                return isSocket ? sendmsg(fileDescriptor, &message, Int32(MSG_NOSIGNAL)) : writev(fileDescriptor, v.baseAddress, Int32(v.count))
+            }
+            if n >= 0 { return n }
+            switch Glibc.errno {
+            case EINTR: continue
+            case EAGAIN: return nil
+            case let code: throw SystemError(isSocket ? "sendmsg" : "writev", errno: code, context: name)
+            }
+        }
+    }
+
     /// Ends both directions of a socket: the peer sees the end, and an event loop watching
     /// this descriptor sees it hang up. Nothing for a device.
     public func shutdown() {
@@ -94,7 +118,11 @@ public final class StreamDescriptor: Sendable {
 /// blocking.
 public final class StreamListener: Sendable {
     public let fileDescriptor: Int32
+    /// The socket file (empty for a TCP listener).
     public let path: String
+    /// The TCP port listened on (0 for a UNIX socket): the one asked for, or the one the
+    /// kernel chose for port 0.
+    public let port: UInt16
 
     /// C: `socket`, `bind` (umask 077), `listen`, `rename` (see
     /// ``UNIXSocketAddress/bindAndListen(_:at:backlog:)``).
@@ -108,6 +136,36 @@ public final class StreamListener: Sendable {
         }
         fileDescriptor = fd
         self.path = path
+        port = 0
+    }
+
+    /// A TCP listener on an IPv4 address (`127.0.0.1` keeps it on this machine), with
+    /// `SO_REUSEADDR`. C: `socket`, `setsockopt`, `bind`, `listen`, `getsockname`.
+    public init(tcpHost host: String, port: UInt16, backlog: Int32 = 512) throws(SystemError) {
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = port.bigEndian
+        guard inet_pton(AF_INET, host, &address.sin_addr) == 1 else { throw SystemError("inet_pton", errno: EINVAL, context: "\(host) (an IPv4 address)") }
+        let name = "\(host):\(port)"
+        let fd = try retryingSyscall32("socket", context: name) {
+            socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        }
+        var one: Int32 = 1
+        _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0, listen(fd, backlog) == 0 else {
+            let code = Glibc.errno
+            close(fd)
+            throw SystemError(bound == 0 ? "listen" : "bind", errno: code, context: name)
+        }
+        var actual = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &actual) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        fileDescriptor = fd
+        path = ""
+        self.port = UInt16(bigEndian: actual.sin_port)
     }
 
     /// The next waiting connection, or nil when none waits. Connections that died before
@@ -115,7 +173,7 @@ public final class StreamListener: Sendable {
     public func accept() throws(SystemError) -> StreamDescriptor? {
         while true {
             let fd = accept4(fileDescriptor, nil, nil, Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue))
-            if fd >= 0 { return StreamDescriptor(adopting: fd, isSocket: true, name: "\(path) client") }
+            if fd >= 0 { return StreamDescriptor(adopting: fd, isSocket: true, name: path.isEmpty ? "TCP port \(port) client" : "\(path) client") }
             switch Glibc.errno {
             case EINTR, ECONNABORTED, EPROTO: continue
             case EAGAIN: return nil
@@ -127,7 +185,7 @@ public final class StreamListener: Sendable {
     /// Stops listening and removes the socket file.
     deinit {
         close(fileDescriptor)
-        unlink(path)
+        if !path.isEmpty { unlink(path) }
     }
 }
 

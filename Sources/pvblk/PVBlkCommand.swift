@@ -3,6 +3,9 @@ import ArgumentParser
 import BlockFront
 import Foundation
 import Histogram
+import Logging
+import NBDServer
+import ServiceLifecycle
 import Synchronization
 import PVPlatform
 import XenStore
@@ -15,7 +18,7 @@ struct PVBlkCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pvblk",
         abstract: "Use a virtual disk through Xen's PV block protocol, as a guest of pvhost.",
-        subcommands: [Info.self, Read.self, Write.self, Verify.self, Discard.self, Journal.self, Bench.self])
+        subcommands: [Info.self, Read.self, Write.self, Verify.self, Discard.self, Journal.self, Bench.self, Export.self])
 }
 
 struct Connection: ParsableArguments {

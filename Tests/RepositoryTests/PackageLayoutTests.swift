@@ -88,7 +88,7 @@ struct Manifest {
 struct PackageLayoutTests {
     /// Modules whose code is pure: no libc, no Foundation, no system module; they depend only on
     /// each other and on swift-atomics.
-    static let pure: Set<String> = ["XenABI", "XenRing", "XenStoreWire", "XenStoredCore", "XenGrants", "PacketOffload"]
+    static let pure: Set<String> = ["XenABI", "XenRing", "XenStoreWire", "XenStoredCore", "XenGrants", "PacketOffload", "NBDProtocol"]
     static let forbiddenImports: Set<String> = ["Glibc", "Musl", "Foundation", "FoundationEssentials", "Dispatch", "CLinux", "SystemPackage", "PVSystem"]
 
     /// The first column of README.md's table under "Modules — who imports what", and the
