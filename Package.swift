@@ -81,6 +81,7 @@ let package = Package(
         .target(name: "XenStoredCore", dependencies: ["XenABI", "XenStoreWire"], swiftSettings: strictSwift),
         // The XenBus frontend lifecycle: a pure state machine and the driver that runs it on XenStore.
         .target(name: "XenBus", dependencies: ["XenABI", "XenStore", "PVSystem"], swiftSettings: strictSwift),
+        .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"], swiftSettings: testSwift),
         .testTarget(name: "BlockFrontTests", dependencies: ["BlockFront", "XenABI", "PVSystem"], swiftSettings: testSwift),
         // netfront: Ethernet frames over Xen's PV network protocol.
         .target(name: "NetFront", dependencies: ["XenABI", "XenRing", "XenStore", "XenBus", "PVPlatform", "PVSystem", "PacketOffload", "PacketTap",

@@ -313,10 +313,10 @@ public struct NBDServerSession: Sendable {
         case .flush:
             guard offered.contains(.sendFlush) else { return refuse(.invalid) }
             return .request(NBDRequest(command: command, flags: flags, cookie: cookie, offset: 0, length: 0), consumed: consumed)
+        case .write where offered.contains(.readOnly), .trim where offered.contains(.readOnly), .writeZeroes where offered.contains(.readOnly):
+            return refuse(.permission)
         case .trim where !offered.contains(.sendTrim), .writeZeroes where !offered.contains(.sendWriteZeroes):
             return refuse(.invalid)
-        case .write, .trim, .writeZeroes:
-            if offered.contains(.readOnly) { return refuse(.permission) }
         default:
             break
         }
