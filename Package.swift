@@ -210,7 +210,7 @@ let package = Package(
         // pvcheck against xz -dc / zstd -dc on real kernels.
         // libFuzzer targets, one per input surface (`make fuzz`); without -DFUZZING a corpus replayer.
         .executableTarget(
-            name: "pvkit-fuzz", dependencies: ["KernelAudit", "GuestFiles", "XenABI", "XenStoreWire", "XenStoredCore", "PVHostProtocol", "XenBus"],
+            name: "pvkit-fuzz", dependencies: ["KernelAudit", "GuestFiles", "XenABI", "XenStoreWire", "XenStoredCore", "PVHostProtocol", "XenBus", "NBDProtocol"],
             path: "Tests/Fuzz", exclude: ["xs-wire.dict"],
             swiftSettings: strictSwift),
         .executableTarget(name: "pvcheck-bench", dependencies: ["KernelAudit"], path: "Benchmarks/PVCheckBench", swiftSettings: strictSwift),

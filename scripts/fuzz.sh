@@ -18,7 +18,7 @@ shift || true
 binary=${PVKIT_FUZZ_BINARY:-.build-fuzz/release/pvkit-fuzz}
 cache="${PVKIT_CACHE:-$HOME/.cache/pvkit}/fuzz"
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(kernel initramfs catalogue target xs-wire xenstored disk-image guest-facts control xenbus)
+[ ${#targets[@]} -eq 0 ] && targets=(kernel initramfs catalogue target xs-wire xenstored disk-image guest-facts control xenbus nbd)
 
 seed() { # target directory
     local target=$1 dir=$2
@@ -66,6 +66,23 @@ EOF
             printf '%s' '{"attach":{"name":"alpha","pages":64}}' > "$dir/attach"
             printf '%s' '{"status":{}}' > "$dir/status"
             printf '%s' '{"domains":[{"id":1,"name":"a","pages":64,"pid":7}],"grantsMapped":0,"grantMapsTotal":0,"grantCopiesTotal":0,"notificationsSent":0}' > "$dir/host-status"
+            ;;
+        nbd)
+            # Export pick, client flags, STRUCTURED_REPLY, GO "xvda" asking for block sizes,
+            # then READ, WRITE (512 bytes), FLUSH, TRIM, DISC; and EXPORT_NAME, LIST, ABORT.
+            python3 - "$dir" <<'PY'
+import struct, sys
+opt = lambda o, d=b"": b"IHAVEOPT" + struct.pack(">II", o, len(d)) + d
+req = lambda c, off=0, n=0, f=0: struct.pack(">IHHQQI", 0x25609513, f, c, 1, off, n)
+go = opt(8) + opt(7, struct.pack(">I", 4) + b"xvda" + struct.pack(">HH", 1, 3))
+seeds = {
+    "go": b"\x20" + struct.pack(">I", 3) + go + req(0, 0, 4096) + req(1, 512, 512) + b"\xab" * 512 + req(3) + req(4, 0, 4096, 1) + req(2),
+    "export-name": b"\x21" + struct.pack(">I", 1) + opt(3) + opt(1, b"xvda") + req(0, 0, 512),
+    "abort": b"\x00" + struct.pack(">I", 3) + opt(42, b"x") + opt(5) + opt(2),
+}
+for name, data in seeds.items():
+    open(f"{sys.argv[1]}/{name}", "wb").write(data)
+PY
             ;;
         xenbus)
             printf '\000\001\002\002\002\003\004\004\004\377\004\006\006\005\006' > "$dir/handshake"

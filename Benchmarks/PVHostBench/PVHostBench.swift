@@ -51,6 +51,7 @@ struct PVHostBench {
         let runs = quick ? 3 : 7
         if CommandLine.arguments.contains("--block") { return try await block(quick: quick, runs: runs) }
         if CommandLine.arguments.contains("--net") { return try await net(quick: quick, runs: runs) }
+        if CommandLine.arguments.contains("--nbd") { return try await nbd(quick: quick, runs: runs) }
         let hv = Hypervisor()
         let guest = try hv.createDomain(name: "bench")
         let guestView = try SharedMemoryRegion(mapping: dup(guest.grantFrames.fileDescriptor), byteCount: guest.grantFrames.byteCount)
@@ -95,6 +96,7 @@ struct PVHostBench {
         print(String(format: "bare eventfd round trip (baseline)%10.0f /s   (%.1f µs)   ratio %.2f×", bare, 1e6 / bare, channel / bare))
         try await block(quick: quick, runs: runs)
         try await net(quick: quick, runs: runs)
+        try await nbd(quick: quick, runs: runs)
     }
 
     /// BlockFront through pvhost's blkback against `pread` on the same file (page cache warm),

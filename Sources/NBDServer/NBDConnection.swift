@@ -15,6 +15,7 @@ final class NBDConnection: Sendable {
     /// Requests in flight.
     private let inFlight: AsyncGate
     private let structured = Locked(false)
+    private let buffers = RequestBuffers()
 
     init(server: NBDServer, socket: StreamDescriptor, loop: EventLoop) {
         self.server = server
@@ -51,19 +52,22 @@ final class NBDConnection: Sendable {
                         break loop
                     case let .request(request, consumed):
                         input.consume(consumed)
-                        var payload: [UInt8] = []
-                        if request.command == .write {
-                            guard let data = try await input.take(Int(request.length), from: socket, loop: loop) else { break loop }
-                            payload = data
-                        }
                         guard await inFlight.acquire() else { break loop }
-                        group.addTask { [payload] in
-                            await self.perform(request, payload: payload)
+                        let buffer = request.command == .read || request.command == .write ? buffers.take(Int(request.length)) : nil
+                        if request.command == .write, let buffer {
+                            guard try await input.take(into: buffer.bytes(Int(request.length)), from: socket, loop: loop) else {
+                                inFlight.release()
+                                break loop
+                            }
+                        }
+                        group.addTask {
+                            await self.perform(request, buffer: buffer)
+                            if let buffer { self.buffers.give(buffer) }
                             self.inFlight.release()
                         }
                     case let .refuse(cookie, command, error, payload, consumed):
                         input.consume(consumed)
-                        if payload > 0 { guard try await input.take(payload, from: socket, loop: loop) != nil else { break loop } }
+                        if payload > 0 { guard try await input.skip(payload, from: socket, loop: loop) else { break loop } }
                         server.count(request: true)
                         try await send(
                             NBDReplies.failure(
@@ -85,7 +89,8 @@ final class NBDConnection: Sendable {
 
     // MARK: Requests
 
-    private func perform(_ request: NBDRequest, payload: [UInt8]) async {
+    /// Serves `request`; `buffer` holds a WRITE's data, or receives a READ's.
+    private func perform(_ request: NBDRequest, buffer: RequestBuffer?) async {
         let disk = server.disk
         let sector = request.offset / UInt64(Blkif.sectorSize)
         let count = Int(request.length)
@@ -98,15 +103,18 @@ final class NBDConnection: Sendable {
                     server.count(request: false)
                     return
                 }
-                let data = try await disk.read(sector: sector, count: count)
+                guard let buffer else { return }
+                let data = buffer.bytes(count)
+                try await disk.read(at: sector, into: data)
                 let header =
                     isStructured
                     ? NBDReplies.data(cookie: request.cookie, offset: request.offset, count: count) : NBDReplies.simple(cookie: request.cookie)
                 server.count(request: false)
-                try? await send(header, data)
+                try? await send(header, UnsafeRawBufferPointer(data))
                 return
             case .write:
-                try await disk.write(sector: sector, payload)
+                guard let buffer else { return }
+                try await disk.write(at: sector, from: UnsafeRawBufferPointer(buffer.bytes(count)))
             case .writeZeroes:
                 var done = 0
                 while done < count {
@@ -144,20 +152,17 @@ final class NBDConnection: Sendable {
 
     // MARK: Output
 
-    /// Sends `header` then `data`, whole, one reply at a time.
-    private func send(_ header: [UInt8], _ data: [UInt8] = []) async throws {
+    /// Sends `header` then `data` (memory the caller holds until this returns), whole, one
+    /// reply at a time.
+    private func send(_ header: [UInt8], _ data: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0)) async throws {
         guard await sending.acquire() else { throw CancellationError() }
         defer { sending.release() }
         var sent = 0
         let total = header.count + data.count
         while sent < total {
             let n: Int? = try header.withUnsafeBytes { h in
-                try data.withUnsafeBytes { d in
-                    if sent < h.count {
-                        return try socket.write(UnsafeRawBufferPointer(rebasing: h[sent...]), d)
-                    }
-                    return try socket.write(UnsafeRawBufferPointer(rebasing: d[(sent - h.count)...]))
-                }
+                if sent < h.count { return try socket.write(UnsafeRawBufferPointer(rebasing: h[sent...]), data) }
+                return try socket.write(UnsafeRawBufferPointer(rebasing: data[(sent - h.count)...]))
             }
             if let n {
                 guard n > 0 else { throw SystemError("send", errno: 32, context: peer) }
@@ -210,17 +215,41 @@ struct InputBuffer {
         return true
     }
 
-    /// The next `count` bytes (a WRITE's data), read from `socket` as needed; nil at the end
-    /// of the stream.
-    mutating func take(_ count: Int, from socket: StreamDescriptor, loop: EventLoop) async throws -> [UInt8]? {
-        var out = [UInt8]()
-        out.reserveCapacity(count)
-        while out.count < count {
-            if start == end { guard try await fill(from: socket, loop: loop, atLeast: 1) else { return nil } }
-            let piece = min(count - out.count, end - start)
-            out += bytes[start..<(start + piece)]
+    /// Fills `target` (a WRITE's data) from what is buffered, then from `socket`; false at
+    /// the end of the stream.
+    mutating func take(into target: UnsafeMutableRawBufferPointer, from socket: StreamDescriptor, loop: EventLoop) async throws -> Bool {
+        var done = 0
+        while done < target.count {
+            if start == end {
+                // Large data straight into the target, past the buffer.
+                if target.count - done >= bytes.count {
+                    switch try socket.read(into: UnsafeMutableRawBufferPointer(rebasing: target[done...])) {
+                    case nil: try await loop.readable(socket.fileDescriptor, name: "NBD client \(socket.name)")
+                    case 0?: return false
+                    case let n?: done += n
+                    }
+                    continue
+                }
+                guard try await fill(from: socket, loop: loop, atLeast: 1) else { return false }
+            }
+            let piece = min(target.count - done, end - start)
+            let from = start
+            bytes.withUnsafeBytes { raw in (target.baseAddress! + done).copyMemory(from: raw.baseAddress! + from, byteCount: piece) }
+            done += piece
             consume(piece)
         }
-        return out
+        return true
+    }
+
+    /// Drops the next `count` bytes (a refused WRITE's data); false at the end of the stream.
+    mutating func skip(_ count: Int, from socket: StreamDescriptor, loop: EventLoop) async throws -> Bool {
+        var left = count
+        while left > 0 {
+            if start == end { guard try await fill(from: socket, loop: loop, atLeast: 1) else { return false } }
+            let piece = min(left, end - start)
+            consume(piece)
+            left -= piece
+        }
+        return true
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import GuestFiles
 import KernelAudit
+import NBDProtocol
 import PVHostProtocol
 import XenABI
 import XenBus
@@ -31,6 +32,8 @@ enum FuzzTarget: String, CaseIterable {
     case control
     /// The XenBus frontend state machine driven by any sequence of own and backend states.
     case xenbus
+    /// An NBD client's bytes through the server session: handshake options, then requests.
+    case nbd
 
     static let current: FuzzTarget = {
         let name = ProcessInfo.processInfo.environment["PVKIT_FUZZ_TARGET"] ?? ""
@@ -71,6 +74,8 @@ enum FuzzTarget: String, CaseIterable {
             _ = ControlCoding.decode(ControlRequest.self, message)
             _ = ControlCoding.decode(ControlReply.self, message)
             _ = ControlCoding.decode(HostStatus.self, message)
+        case .nbd:
+            Self.nbd(bytes)
         case .xenbus:
             // Each pair of bytes: the frontend's own state and the backend's, as a watch reads
             // them (any 32-bit value may be written to the node; unknown ones read as unknown).
@@ -104,6 +109,37 @@ enum FuzzTarget: String, CaseIterable {
                 engine.disconnect(id)
                 engine.connect(id, caller: callers[id])
                 decoders[id] = XsFrameDecoder(limit: 4096)
+            }
+        }
+    }
+
+    /// The first byte picks the export (read-only or not, its size and block size); the rest
+    /// is what a client sent. What the session consumes must be what it was given.
+    static func nbd(_ bytes: UnsafeRawBufferPointer) {
+        guard let pick = bytes.first else { return }
+        let flags: NBD.TransmissionFlags = pick & 1 == 0 ? [.sendFlush, .sendFUA, .sendTrim, .sendWriteZeroes] : [.readOnly]
+        let export = NBDExport(
+            name: "xvda", size: UInt64(pick >> 1) << 12, flags: flags, minimumBlock: pick & 2 == 0 ? 512 : 4096, maximumPayload: 1 << 16)
+        var session = NBDServerSession(exports: [export, NBDExport(name: "", size: 0, flags: [])])
+        var at = 1
+        while at < bytes.count, session.phase != .closed {
+            let rest = UnsafeRawBufferPointer(rebasing: bytes[at...])
+            guard let step = try? session.step(rest) else { return }
+            switch step {
+            case let .needMore(count):
+                precondition(count > 0, "asks for more, not nothing")
+                return
+            case let .reply(_, consumed), let .transmission(_, consumed), let .close(_, consumed), let .disconnect(consumed):
+                precondition(consumed > 0 && consumed <= rest.count, "consumed what it was given")
+                at += consumed
+            case let .request(request, consumed):
+                precondition(consumed <= rest.count, "consumed what it was given")
+                precondition(request.offset.addingReportingOverflow(UInt64(request.length)).overflow == false, "a checked range")
+                precondition(request.offset + UInt64(request.length) <= export.size || session.export != export, "inside the export")
+                at += consumed + (request.command == .write ? Int(request.length) : 0)
+            case let .refuse(_, _, _, payload, consumed):
+                precondition(consumed <= rest.count && payload <= Int(export.maximumPayload), "a bounded payload to skip")
+                at += consumed + payload
             }
         }
     }

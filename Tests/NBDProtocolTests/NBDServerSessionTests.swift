@@ -159,12 +159,22 @@ struct NBDServerSessionTests {
         }
         func refused(_ step: NBDServerSession.Step?) -> NBD.Errno? { if case let .refuse(_, _, error, _, _)? = step { error } else { nil } }
         // Served.
-        #expect(try answer(Client.request(0, cookie: 99, offset: 4096, length: 8192)) == .request(NBDRequest(command: .read, flags: [], cookie: 99, offset: 4096, length: 8192), consumed: 28))
+        #expect(
+            try answer(Client.request(0, cookie: 99, offset: 4096, length: 8192))
+                == .request(NBDRequest(command: .read, flags: [], cookie: 99, offset: 4096, length: 8192), consumed: 28))
         #expect(try answer(Client.request(0, length: 0)) == .request(NBDRequest(command: .read, flags: [], cookie: 7, offset: 0, length: 0), consumed: 28))
-        #expect(try answer(Client.request(1, flags: 1, offset: (1 << 20) - 512, length: 512)) == .request(NBDRequest(command: .write, flags: .fua, cookie: 7, offset: (1 << 20) - 512, length: 512), consumed: 28))
-        #expect(try answer(Client.request(3, offset: 5, length: 9)) == .request(NBDRequest(command: .flush, flags: [], cookie: 7, offset: 0, length: 0), consumed: 28))
-        #expect(try answer(Client.request(6, flags: 2, length: 1 << 20)) == .request(NBDRequest(command: .writeZeroes, flags: .noHole, cookie: 7, offset: 0, length: 1 << 20), consumed: 28))
-        #expect(try answer(Client.request(0, flags: 4, length: 512), structured: true) == .request(NBDRequest(command: .read, flags: .dontFragment, cookie: 7, offset: 0, length: 512), consumed: 28))
+        #expect(
+            try answer(Client.request(1, flags: 1, offset: (1 << 20) - 512, length: 512))
+                == .request(NBDRequest(command: .write, flags: .fua, cookie: 7, offset: (1 << 20) - 512, length: 512), consumed: 28))
+        #expect(
+            try answer(Client.request(3, offset: 5, length: 9))
+                == .request(NBDRequest(command: .flush, flags: [], cookie: 7, offset: 0, length: 0), consumed: 28))
+        #expect(
+            try answer(Client.request(6, flags: 2, length: 1 << 20))
+                == .request(NBDRequest(command: .writeZeroes, flags: .noHole, cookie: 7, offset: 0, length: 1 << 20), consumed: 28))
+        #expect(
+            try answer(Client.request(0, flags: 4, length: 512), structured: true)
+                == .request(NBDRequest(command: .read, flags: .dontFragment, cookie: 7, offset: 0, length: 512), consumed: 28))
         #expect(try answer(Client.request(2)) == .disconnect(consumed: 28))
         // Refused, each with its error.
         #expect(refused(try answer(Client.request(0, offset: 1 << 20, length: 512))) == .invalid, "read past the end")
@@ -181,13 +191,17 @@ struct NBDServerSessionTests {
         #expect(refused(try answer(Client.request(0, flags: 4, length: 512))) == .invalid, "DF without structured replies")
         #expect(refused(try answer(Client.request(1, flags: 2, length: 512))) == .invalid, "NO_HOLE on a write")
         let readOnly = NBDExport(name: "r", size: 1 << 20, flags: [.readOnly])
-        for command: UInt16 in [1, 4, 6] { #expect(refused(try answer(Client.request(command, length: 512), export: readOnly)) == .permission, "command \(command) on a read-only export") }
+        for command: UInt16 in [1, 4, 6] {
+            #expect(refused(try answer(Client.request(command, length: 512), export: readOnly)) == .permission, "command \(command) on a read-only export")
+        }
         #expect(refused(try answer(Client.request(3), export: readOnly)) == .invalid, "FLUSH was not offered")
         #expect(refused(try answer(Client.request(0, flags: 1, length: 512), export: readOnly)) == .invalid, "FUA was not offered")
         // A refused WRITE still has its data to skip.
         if case let .refuse(cookie, command, _, payload, _)? = try answer(Client.request(1, cookie: 5, offset: 1 << 20, length: 1024)) {
             #expect(cookie == 5 && command == 1 && payload == 1024)
-        } else { Issue.record("a refused write names its payload") }
+        } else {
+            Issue.record("a refused write names its payload")
+        }
     }
 
     @Test("the handshake cut at every byte: each prefix asks for more and takes nothing it cannot finish; whole, it reaches transmission")
@@ -216,7 +230,9 @@ struct NBDServerSessionTests {
             NBDReplies.error(cookie: 3, error: .io, message: "gone")
                 == Client.be(NBD.structuredReplyMagic) + Client.be(UInt16(1)) + Client.be(UInt16(0x8001)) + Client.be(UInt64(3)) + Client.be(UInt32(10))
                 + Client.be(UInt32(5)) + Client.be(UInt16(4)) + Array("gone".utf8))
-        #expect(NBDReplies.done(cookie: 3) == Client.be(NBD.structuredReplyMagic) + Client.be(UInt16(1)) + Client.be(UInt16(0)) + Client.be(UInt64(3)) + Client.be(UInt32(0)))
+        #expect(
+            NBDReplies.done(cookie: 3) == Client.be(NBD.structuredReplyMagic) + Client.be(UInt16(1)) + Client.be(UInt16(0)) + Client.be(UInt64(3))
+                + Client.be(UInt32(0)))
         #expect(NBDReplies.failure(cookie: 1, command: 1, error: .io, message: "x", structured: true).count == 16, "only READs get structured errors")
     }
 }

@@ -29,7 +29,9 @@ struct NBDExportTests {
         init(bytes: Int = 16 << 20, arguments: [String] = []) async throws {
             image = temporaryPath("pvkit-nbd") + ".img"
             var data = Data(count: bytes)
-            data.withUnsafeMutableBytes { raw in for i in stride(from: 0, to: raw.count, by: 8) { raw.storeBytes(of: UInt64(i) &* 0x9E37_79B9_7F4A_7C15, toByteOffset: i, as: UInt64.self) } }
+            data.withUnsafeMutableBytes { raw in
+                for i in stride(from: 0, to: raw.count, by: 8) { raw.storeBytes(of: UInt64(i) &* 0x9E37_79B9_7F4A_7C15, toByteOffset: i, as: UInt64.self) }
+            }
             try data.write(to: URL(fileURLWithPath: image))
             host = try await GuestProcessTests.PVHostProcess(config: #"{"domains": [{"name": "alpha", "disks": [{"devid": 51712, "path": "\#(image)"}]}]}"#)
             let socket = host.directory + "/nbd.sock"
@@ -63,7 +65,9 @@ struct NBDExportTests {
         for key in ["can_flush", "can_fua", "can_trim", "can_zero", "can_multi_conn", "can_df"] { #expect(export[key] as? Bool == true, "\(key): \(export)") }
         #expect(export["is_read_only"] as? Bool == false && export["can_cache"] as? Bool == false)
         #expect(export["block_size_minimum"] as? Int == 512 && export["block_size_maximum"] as? Int == 4 << 20)
-        #expect(try await runCommand("/usr/bin/nbdinfo", ["--list", e.uri.replacingOccurrences(of: "/xvda?", with: "/?")], timeout: .seconds(30)).output.contains("xvda"))
+        #expect(
+            try await runCommand("/usr/bin/nbdinfo", ["--list", e.uri.replacingOccurrences(of: "/xvda?", with: "/?")], timeout: .seconds(30)).output.contains(
+                "xvda"))
     }
 
     @Test("nbdcopy reads the whole disk (4 connections) identical to the backing file, and writes a new image that lands byte for byte")
@@ -155,7 +159,8 @@ struct NBDExportTests {
         #expect(try await e.export.stop(with: SIGTERM, within: .seconds(20)) == 0, "\(e.export.output)")
     }
 
-    @Test("hostile clients: the handshake cut at every byte, garbage, a bad request magic, an oversized write, unknown commands; the export survives and serves")
+    @Test(
+        "hostile clients: the handshake cut at every byte, garbage, a bad request magic, an oversized write, unknown commands; the export survives and serves")
     func hostile() async throws {
         let e = try await Exported()
         let socket = e.host.directory + "/nbd.sock"
