@@ -29,8 +29,8 @@ extension PVHostBench {
         let size = quick ? 64 << 20 : 512 << 20
         let image = directory + "/disk.img", source = directory + "/source.img"
         var chunk = [UInt8](repeating: 0, count: 1 << 20)
-        FileManager.default.createFile(atPath: image, contents: nil)
-        FileManager.default.createFile(atPath: source, contents: nil)
+        _ = FileManager.default.createFile(atPath: image, contents: nil)
+        _ = FileManager.default.createFile(atPath: source, contents: nil)
         for path in [image, source] {
             let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
             for m in 0..<(size >> 20) {
