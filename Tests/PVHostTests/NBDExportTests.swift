@@ -159,6 +159,21 @@ struct NBDExportTests {
         #expect(try await e.export.stop(with: SIGTERM, within: .seconds(20)) == 0, "\(e.export.output)")
     }
 
+    @Test("the backend goes away (pvhost killed): a FUA write made before is in the backing file; a later read gets EIO at once, the export stays up")
+    func backendGone() async throws {
+        let e = try await Exported()
+        let wrote = try await python(e.uri, "h.pwrite(b'\\x77' * 4096, 8192, nbd.CMD_FLAG_FUA)\nprint('written')\nh.shutdown()")
+        #expect(wrote.status == 0 && wrote.output.contains("written"), "\(wrote.output)")
+        #expect(try await e.host.process.stop(with: SIGKILL, within: .seconds(10)) == 128 + SIGKILL)
+        let read = try await python(
+            e.uri, "import time\nt = time.time()\ntry:\n    h.pread(4096, 0); print('no error')\nexcept nbd.Error as error:\n    print('error', error.errno)\nprint('seconds %.1f' % (time.time() - t))")
+        #expect(read.status == 0 && read.output.contains("error EIO"), "\(read.output)")
+        let seconds = read.output.split(separator: "\n").first { $0.hasPrefix("seconds") }.flatMap { Double($0.dropFirst(8)) } ?? 99
+        #expect(seconds < 10, "the error came at once, not after a hang (\(seconds) s)")
+        #expect(try e.backing()[8192..<12288].allSatisfy { $0 == 0x77 }, "the acknowledged write is on the disk")
+        #expect(e.export.isRunning && e.export.output.contains("closed"), "\(e.export.output)")
+    }
+
     @Test(
         "hostile clients: the handshake cut at every byte, garbage, a bad request magic, an oversized write, unknown commands; the export survives and serves")
     func hostile() async throws {
