@@ -221,8 +221,8 @@ struct InputBuffer {
         var done = 0
         while done < target.count {
             if start == end {
-                // Large data straight into the target, past the buffer.
-                if target.count - done >= bytes.count {
+                // The rest of large data straight into the target, past the buffer.
+                if target.count - done >= 16 << 10 {
                     switch try socket.read(into: UnsafeMutableRawBufferPointer(rebasing: target[done...])) {
                     case nil: try await loop.readable(socket.fileDescriptor, name: "NBD client \(socket.name)")
                     case 0?: return false
