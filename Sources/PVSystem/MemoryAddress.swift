@@ -8,7 +8,7 @@
 /// place that says so: the types that carry addresses (``SharedMemoryRegion``, a shared page,
 /// a mapped grant, a request's destination) store a `MemoryAddress` and are `Sendable` without
 /// a claim of their own.
-public struct MemoryAddress: @unchecked Sendable, Hashable {  // @unchecked: an address; who may touch the bytes is the owner's protocol, documented where each is made
+public struct MemoryAddress: @unchecked Sendable, Hashable {  // @unchecked: an address; the owner's protocol governs the bytes
     /// The address.
     public let pointer: UnsafeMutableRawPointer
 

@@ -166,7 +166,10 @@ struct NBDExportTests {
         #expect(wrote.status == 0 && wrote.output.contains("written"), "\(wrote.output)")
         #expect(try await e.host.process.stop(with: SIGKILL, within: .seconds(10)) == 128 + SIGKILL)
         let read = try await python(
-            e.uri, "import time\nt = time.time()\ntry:\n    h.pread(4096, 0); print('no error')\nexcept nbd.Error as error:\n    print('error', error.errno)\nprint('seconds %.1f' % (time.time() - t))")
+            e.uri,
+            "import time\nt = time.time()\ntry:\n    h.pread(4096, 0); print('no error')\n"
+                + "except nbd.Error as error:\n    print('error', error.errno)\nprint('seconds %.1f' % (time.time() - t))"
+        )
         #expect(read.status == 0 && read.output.contains("error EIO"), "\(read.output)")
         let seconds = read.output.split(separator: "\n").first { $0.hasPrefix("seconds") }.flatMap { Double($0.dropFirst(8)) } ?? 99
         #expect(seconds < 10, "the error came at once, not after a hang (\(seconds) s)")

@@ -165,13 +165,16 @@ struct PackageLayoutTests {
                     let code = line.split(separator: "//", maxSplits: 1).first ?? ""
                     let modifiers: Set<Substring> = ["public", "private", "fileprivate", "internal", "package", "final", "open"]
                     let keyword = code.split(separator: " ").first { !modifiers.contains($0) }
-                    guard code.contains("@unchecked Sendable"), let keyword, ["class", "struct", "enum", "extension", "actor"].contains(keyword) else { continue }
+                    guard code.contains("@unchecked Sendable"), let keyword, ["class", "struct", "enum", "extension", "actor"].contains(keyword) else {
+                        continue
+                    }
                     found.append("\(folder)/\(file):\(number + 1)")
                     #expect(line.contains("// @unchecked: "), "\(folder)/\(file):\(number + 1) claims Sendable without its reason on the line")
                 }
             }
         }
         #expect(!found.isEmpty, "the scan found the known uses")
-        #expect(found.count <= Self.uncheckedLimit, "\(found.count) uses of @unchecked Sendable (at most \(Self.uncheckedLimit)): \(found.joined(separator: ", "))")
+        #expect(
+            found.count <= Self.uncheckedLimit, "\(found.count) uses of @unchecked Sendable (at most \(Self.uncheckedLimit)): \(found.joined(separator: ", "))")
     }
 }
